@@ -1,0 +1,138 @@
+"""The daemon's error types: one module, one small closed hierarchy.
+
+Callers catch these types, never a bare ``Exception``. Each class names the gRPC status code it
+maps to (``grpc_code``, a plain string so this module does not import grpc); the single mapping to
+``grpc.StatusCode`` lives in :mod:`dualbladed.service.status`.
+
+Rollback guarantee: every operation that raises one of these errors leaves the store exactly as it
+was before the call (no extent leaked, no metadata half-written, nothing already acknowledged
+lost). Messages name the offending value and the rule it broke, because they travel to clients
+verbatim.
+"""
+
+from __future__ import annotations
+
+
+class DualbladeError(Exception):
+    """Base of every expected failure. ``str(err)`` is the human-readable message."""
+
+    grpc_code: str = "INTERNAL"
+
+
+class InvalidArgument(DualbladeError):
+    """A request or config value breaks a rule (bad key, bad length, unknown option)."""
+
+    grpc_code = "INVALID_ARGUMENT"
+
+
+class Misaligned(InvalidArgument):
+    """An O_DIRECT offset, length or buffer address is not a multiple of the block size."""
+
+    def __init__(self, what: str, value: int, alignment: int) -> None:
+        super().__init__(
+            f"{what} {value} is not aligned to {alignment} bytes "
+            f"({value} % {alignment} = {value % alignment})"
+        )
+        self.what = what
+        self.value = value
+        self.alignment = alignment
+
+
+class OutOfRange(InvalidArgument):
+    """An offset/length pair falls outside the buffer or device it addresses."""
+
+    grpc_code = "OUT_OF_RANGE"
+
+
+class NotFound(DualbladeError):
+    """No such key (for this tenant: other tenants' keys are indistinguishable from absent)."""
+
+    grpc_code = "NOT_FOUND"
+
+
+class AlreadyExists(DualbladeError):
+    grpc_code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(DualbladeError):
+    """The system is not in a state that allows the call (closed store, wrong namespace)."""
+
+    grpc_code = "FAILED_PRECONDITION"
+
+
+class DeviceRefused(FailedPrecondition):
+    """A block device is unsafe to take (mounted, partitioned, held, foreign signature)."""
+
+    def __init__(self, path: str, reasons: list[str]) -> None:
+        super().__init__(f"refusing to use {path}: " + "; ".join(reasons))
+        self.path = path
+        self.reasons = list(reasons)
+
+
+class DeviceBusy(DeviceRefused):
+    """O_EXCL open failed with EBUSY: the device is mounted or claimed by someone else."""
+
+
+class SuperblockError(FailedPrecondition):
+    """Neither superblock copy is valid, or the namespace belongs to another store."""
+
+
+class ResourceExhausted(DualbladeError):
+    grpc_code = "RESOURCE_EXHAUSTED"
+
+
+class OutOfSpace(ResourceExhausted):
+    """No free extent is large enough (possibly although enough bytes are free in total)."""
+
+    def __init__(self, requested: int, free: int, largest_free: int) -> None:
+        kind = "fragmented" if free >= requested else "full"
+        super().__init__(
+            f"out of space ({kind}): requested {requested} bytes, {free} bytes free, "
+            f"largest contiguous free extent {largest_free} bytes"
+        )
+        self.requested = requested
+        self.free = free
+        self.largest_free = largest_free
+
+
+class QuotaExceeded(ResourceExhausted):
+    """The tenant's capacity quota would be exceeded."""
+
+
+class PermissionDenied(DualbladeError):
+    grpc_code = "PERMISSION_DENIED"
+
+
+class Unauthenticated(DualbladeError):
+    """Missing, unknown or expired session token."""
+
+    grpc_code = "UNAUTHENTICATED"
+
+
+class Unavailable(DualbladeError):
+    """The daemon is shutting down or a dependency is temporarily gone."""
+
+    grpc_code = "UNAVAILABLE"
+
+
+class DataLoss(DualbladeError):
+    """Stored bytes failed verification; they are never returned."""
+
+    grpc_code = "DATA_LOSS"
+
+
+class ChecksumMismatch(DataLoss):
+    def __init__(self, key: bytes, expected: int, actual: int) -> None:
+        super().__init__(
+            f"checksum mismatch for key {key!r}: stored {expected:#018x}, read {actual:#018x}; "
+            "the object was dropped"
+        )
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+
+class DeviceIOError(DualbladeError):
+    """The device returned an I/O error (EIO and friends)."""
+
+    grpc_code = "INTERNAL"

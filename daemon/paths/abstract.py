@@ -1,0 +1,74 @@
+"""Residency paths: where an object's bytes live.
+
+Two implementations exist:
+
+- ``direct``    (:mod:`dualbladed.paths.direct`): one contiguous LBA extent on the owned
+  namespace, O_DIRECT I/O, no page cache.
+- ``pagecache`` (:mod:`dualbladed.paths.pagecache`): a range inside a few large slab files in the
+  state directory, buffered I/O, served from RAM while memory lasts.
+
+Both address their space as :class:`~dualbladed.alloc.abstract.Extent` ``(offset, length)``; for
+the page-cache path the offset is virtual (slab index * slab size + offset in slab), so one
+metadata schema and one allocator type serve both.
+
+Primitives:
+
+- ``name``                         "direct" | "pagecache" (stored in metadata).
+- ``alignment``                    extents and I/O are multiples of this.
+- ``allocate(length) -> Extent``   reserve space; ``OutOfSpace`` leaves the path unchanged.
+- ``release(extent)``              give space back (the page-cache path also drops its pages).
+- ``reserve(extent)``              mark space used when rebuilding from committed metadata.
+- ``write(extent, src)``           write ``len(src)`` bytes at the start of ``extent``; ``src``
+                                   is any contiguous buffer (unaligned tails are bounced).
+- ``read(extent, dst)``            read ``len(dst)`` bytes from the start of ``extent``.
+- ``flush()``                      make completed writes durable.
+- ``prefetch(extent)``             optional hint that a read is coming (WILLNEED).
+- ``resident_bytes() -> int``      bytes this path currently holds in RAM (0 for direct).
+- ``stats() -> AllocStats``        space accounting.
+- ``close()``
+"""
+
+from __future__ import annotations
+
+import abc
+
+from dualbladed.alloc.abstract import AllocStats, Extent
+
+DIRECT = "direct"
+PAGECACHE = "pagecache"
+PATH_NAMES = (DIRECT, PAGECACHE)
+
+
+class ResidencyPath(abc.ABC):
+    name: str
+    alignment: int
+
+    @abc.abstractmethod
+    def allocate(self, length: int) -> Extent: ...
+
+    @abc.abstractmethod
+    def release(self, extent: Extent) -> None: ...
+
+    @abc.abstractmethod
+    def reserve(self, extent: Extent) -> None: ...
+
+    @abc.abstractmethod
+    def write(self, extent: Extent, src: memoryview) -> None: ...
+
+    @abc.abstractmethod
+    def read(self, extent: Extent, dst: memoryview) -> None: ...
+
+    @abc.abstractmethod
+    def flush(self) -> None: ...
+
+    def prefetch(self, extent: Extent) -> None:  # noqa: B027 - optional hook
+        """Hint that ``extent`` will be read soon. Default: nothing."""
+
+    def resident_bytes(self) -> int:
+        return 0
+
+    @abc.abstractmethod
+    def stats(self) -> AllocStats: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install into ./.venv (system packages fio and systemd when apt is available) and run the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  need=()
+  command -v fio >/dev/null || need+=(fio)
+  command -v systemd-analyze >/dev/null || need+=(systemd)
+  if [ ${#need[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -r requirements-dev.txt
+.venv/bin/ruff check .
+exec .venv/bin/python -m pytest -q "$@"
