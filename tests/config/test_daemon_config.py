@@ -1,0 +1,222 @@
+"""dualbladed.config: precedence, validation messages, sizes, per-user defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+from dualbladed.config import (
+    DEFAULT_NAMESPACE_BYTES,
+    DaemonConfig,
+    GiB,
+    MiB,
+    QuotaConfig,
+    build_arg_parser,
+    load_config,
+    load_config_file,
+    parse_listen_address,
+    parse_size,
+)
+from dualbladed.errors import InvalidArgument
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "dualbladed.toml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture
+def as_user(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    return tmp_path
+
+
+def test_root_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    cfg = load_config([])
+    assert cfg.state_dir == "/var/lib/dualblade"
+    assert cfg.socket == "/run/dualblade/grpc.sock"
+    assert cfg.handshake_socket == "/run/dualblade/handshake.sock"
+    assert cfg.lock_path == "/run/dualblade/dualbladed.lock"
+    assert cfg.namespace.path == "/var/lib/dualblade/namespace.img"
+    assert cfg.namespace.size == DEFAULT_NAMESPACE_BYTES
+    assert (cfg.log_format, cfg.log_level, cfg.admin_group) == ("json", "INFO", "dualblade-admin")
+
+
+def test_user_defaults_follow_xdg(as_user: Path) -> None:
+    cfg = load_config([])
+    assert cfg.state_dir == str(as_user / "state" / "dualblade")
+    assert cfg.socket == str(as_user / "run" / "dualblade" / "grpc.sock")
+    assert cfg.namespace.path == str(as_user / "state" / "dualblade" / "namespace.img")
+
+
+def test_user_defaults_without_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)
+    monkeypatch.setattr(os, "getuid", lambda: 4242)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = load_config([])
+    assert cfg.state_dir == str(tmp_path / ".local" / "state" / "dualblade")
+    assert cfg.socket == "/tmp/dualblade-4242/grpc.sock"
+
+
+def test_file_then_flags_precedence(as_user: Path) -> None:
+    path = write(
+        as_user,
+        """
+        state_dir = "/srv/db-state"
+        socket = "/srv/db-run/grpc.sock"
+        log_format = "console"
+        [namespace]
+        path = "/srv/ns.img"
+        size = "8GiB"
+        [io]
+        queue_depth = 32
+        """,
+    )
+    from_file = load_config(["--config", path])
+    assert from_file.state_dir == "/srv/db-state"
+    assert from_file.namespace.size == 8 * GiB
+    assert from_file.io.queue_depth == 32
+    assert from_file.log_format == "console"
+    # Companions follow the socket's directory.
+    assert from_file.handshake_socket == "/srv/db-run/handshake.sock"
+    assert from_file.lock_path == "/srv/db-run/dualbladed.lock"
+
+    cfg = load_config(
+        ["--config", path, "--namespace-size", "512M", "--socket", "/x/y.sock"]
+        + ["--log-format", "json", "--force", "--format", "--namespace", "/dev/nvme0n1"]
+    )
+    assert cfg.namespace.size == 512 * MiB
+    assert cfg.namespace.path == "/dev/nvme0n1"
+    assert cfg.namespace.force and cfg.namespace.format
+    assert cfg.socket == "/x/y.sock" and cfg.lock_path == "/x/dualbladed.lock"
+    assert cfg.log_format == "json"
+    # Untouched file values survive flags for other keys.
+    assert cfg.state_dir == "/srv/db-state" and cfg.io.queue_depth == 32
+
+
+def test_relative_paths(as_user: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(as_user, 'state_dir = "st"\n')
+    assert load_config(["--config", path]).state_dir == str(as_user / "st")
+    monkeypatch.chdir(as_user / "..")
+    cfg = load_config(["--state-dir", "rel"])
+    assert cfg.state_dir == str(as_user.parent / "rel")
+
+
+def test_example_config_loads(as_user: Path) -> None:
+    cfg = load_config_file(str(REPO / "systemd" / "dualbladed.toml"))
+    assert cfg.namespace.path.startswith("/dev/disk/by-id/")
+    assert cfg.quota.quota_for(1000, "scratch") == 16 * GiB
+    assert cfg.residency.weights["llama-70b"] == 2.0
+    assert cfg.metrics.prometheus_address == "127.0.0.1:9464"
+    assert cfg.residency.pagecache_max_bytes == 64 * GiB
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[residency]\nmode = "fast"',
+            "residency.mode: expected one of adaptive, pagecache, direct, got 'fast'",
+        ),
+        ("bogus = 1", "bogus: unknown setting"),
+        ("[io]\nqueue_dpth = 4", "io.queue_dpth: unknown setting"),
+        ('[io]\nqueue_depth = "many"', "io.queue_depth: expected an integer"),
+        ("[io]\nqueue_depth = 0", "io.queue_depth: expected an integer >= 1"),
+        ("[io]\nrequest_bytes = 1000", "io.request_bytes: expected at least 4096"),
+        ("[io]\nrequest_bytes = 6000", "io.request_bytes: 6000 is not a multiple of 4096"),
+        ("[namespace]\nforce = 1", "namespace.force: expected true or false"),
+        ('[limits]\nmax_object_bytes = "2GB"', "limits.max_object_bytes: unit 'GB' is ambiguous"),
+        ("io = 3", "io: expected a table"),
+        ('[quota.per_tenant]\n"a/b" = 1', "quota.per_tenant: tenant key 'a/b'"),
+        ("[residency.weights]\nx = -1.0", "residency.weights.x: expected a finite weight"),
+        ('[metrics]\nprometheus_address = "10.0.0.5:9464"', "is not a loopback address"),
+        ('log_level = "LOUD"', "log_level: expected one of"),
+        ('[limits]\ndefault_arena_bytes = "8GiB"', "exceeds limits.max_arena_bytes"),
+        ('lock_path = "/run/x/grpc.sock"\nsocket = "/run/x/grpc.sock"', "must differ"),
+        ("state_dir = [", "config file"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        load_config(["--config", write(tmp_path, text)])
+    assert message in str(err.value)
+
+
+def test_bad_flag_value_names_key_and_flag() -> None:
+    with pytest.raises(InvalidArgument, match=r"namespace.size \(--namespace-size\)"):
+        load_config(["--namespace-size", "lots"])
+    with pytest.raises(InvalidArgument, match="log_format"):
+        load_config(["--log-format", "xml"])
+
+
+def test_missing_file() -> None:
+    with pytest.raises(InvalidArgument, match="/nonexistent.toml"):
+        load_config(["--config", "/nonexistent.toml"])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (4096, 4096),
+        ("4096", 4096),
+        ("4GiB", 4 * GiB),
+        ("4G", 4 * GiB),
+        ("4gi", 4 * GiB),
+        ("512M", 512 * MiB),
+        ("1.5 GiB", 3 * GiB // 2),
+        ("7B", 7),
+        ("2TiB", 2 << 40),
+    ],
+)
+def test_parse_size(text: str | int, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["4GB", "4 mb", "1.0001K", "-1", "x", "4Q", True, 2.5, -3])
+def test_parse_size_rejects(text: object) -> None:
+    with pytest.raises(InvalidArgument):
+        parse_size(text)  # type: ignore[arg-type]
+
+
+def test_listen_address() -> None:
+    assert parse_listen_address("127.0.0.1:9464") == ("127.0.0.1", 9464)
+    assert parse_listen_address("[::1]:9") == ("::1", 9)
+    assert parse_listen_address("localhost:80") == ("127.0.0.1", 80)
+    assert parse_listen_address("0.0.0.0:9464") == ("0.0.0.0", 9464)
+    for bad in ("192.168.1.2:1", "127.0.0.1:0", "127.0.0.1", "example.com:1"):
+        with pytest.raises(InvalidArgument):
+            parse_listen_address(bad)
+
+
+def test_quota_for_precedence() -> None:
+    q = QuotaConfig(default_bytes=5, per_tenant={"llama": 10, "1000/llama": 20})
+    assert q.quota_for(1000, "llama") == 20
+    assert q.quota_for(1001, "llama") == 10
+    assert q.quota_for(1000, "other") == 5
+
+
+def test_config_is_frozen(as_user: Path) -> None:
+    cfg = load_config([])
+    assert isinstance(cfg, DaemonConfig)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.socket = "/elsewhere"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cfg.quota.per_tenant["x"] = 1  # type: ignore[index]
+
+
+def test_help_lists_every_flag() -> None:
+    text = build_arg_parser().format_help()
+    for flag in ("--config", "--namespace", "--namespace-size", "--state-dir", "--socket"):
+        assert flag in text
+    assert "--log-format" in text and "--force" in text and "--format" in text
