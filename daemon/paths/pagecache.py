@@ -1,0 +1,435 @@
+"""The page-cache residency path: objects packed into a few large slab files, buffered I/O.
+
+Why slabs and not one file per object: a KV object is small (a layer's block, KiB to a few MiB)
+and there are millions of them. One file each would cost an inode, a dentry and a directory
+update per put, plus an fsync of the directory for durability; the filesystem journal would
+become the bottleneck. Slab files are created once, sized with ``ftruncate`` (sparse), and
+objects are ranges inside them, so a put is one ``pwritev`` and nothing else.
+
+Addressing. An :class:`~dualbladed.alloc.abstract.Extent` offset here is *virtual*::
+
+    offset = slab_index * slab_bytes + offset_in_slab
+
+so the store keeps one extent schema for both paths. Each slab has its own
+:class:`~dualbladed.alloc.extent.ExtentAllocator` over ``[0, slab_capacity)``. One allocator per
+slab (rather than one allocator over the whole virtual range with boundary handling) makes "no
+extent crosses a slab" true by construction: an allocator can only hand out ranges inside its
+own slab, coalescing cannot merge free space across a boundary, and a lazily created slab is
+simply a new allocator. Allocation tries slabs in index order (best-fit inside each), which
+packs objects into the low slabs and keeps the slab count small.
+
+On-disk layout: ``<directory>/slab-0000.dat``, ``slab-0001.dat``, ... Every slab's file size is
+its capacity, ``min(slab_bytes, max_bytes - index * slab_bytes)`` rounded down to the alignment;
+the last slab may be short. Slabs are created lazily when no existing slab has room, until the
+total reaches ``max_bytes`` (then :class:`~dualbladed.errors.OutOfSpace`, nothing changed). The
+free map is never persisted: after a restart the slabs are found again, every allocator starts
+fully free, and the store calls :meth:`PageCachePath.reserve` for each committed extent.
+
+Cache control. ``posix_fadvise``: WILLNEED in :meth:`prefetch`, DONTNEED in :meth:`release`
+and :meth:`drop_cache` (used after a demotion moved the bytes to the direct path). DONTNEED
+only drops *clean* pages, so :meth:`drop_cache` first writes back a dirty slab.
+
+Residency. :meth:`resident_bytes` maps each slab read-only (no page is touched) and asks
+``mincore(2)`` which pages are in RAM. Cost: one mmap/munmap plus one byte of vector per 4 KiB
+page, i.e. 64 KiB of vector and well under a millisecond per 256 MiB slab; the answer is cached
+for ``resident_ttl_s`` (default 1 s) because the arbiter asks on every tick. Where mincore is not
+available the estimate is the allocated bytes (an upper bound).
+
+Locking: one lock guards the allocators, the slab table and the dirty set; data I/O runs
+outside it (``pread``/``pwrite`` on a shared fd are thread-safe and release the GIL).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import mmap
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from dualbladed.alloc.abstract import AllocStats, Extent
+from dualbladed.alloc.extent import ExtentAllocator
+from dualbladed.errors import (
+    DeviceIOError,
+    FailedPrecondition,
+    InvalidArgument,
+    OutOfRange,
+    OutOfSpace,
+)
+from dualbladed.paths.abstract import PAGECACHE, ResidencyPath
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+_SLAB_RE = re.compile(r"^slab-(\d{4,})\.dat$")
+#: byte -> 1 if the page is resident (bit 0 of the mincore vector), else 0.
+_RESIDENT_BIT = bytes(b & 1 for b in range(256))
+
+
+def slab_name(index: int) -> str:
+    return f"slab-{index:04d}.dat"
+
+
+@dataclass
+class _Slab:
+    index: int
+    fd: int
+    capacity: int
+    alloc: ExtentAllocator
+
+
+class _Mincore:
+    """``mincore(2)`` over a read-only shared mapping made with libc's own mmap.
+
+    Python's :class:`mmap.mmap` does not expose its address for a read-only map, so the mapping
+    is made through ctypes; it is never dereferenced, so no page is faulted in.
+    """
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        self._mmap = libc.mmap
+        self._mmap.restype = ctypes.c_void_p
+        self._mmap.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_long,
+        ]
+        self._munmap = libc.munmap
+        self._munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self._mincore = libc.mincore
+        self._mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+        self.page = mmap.PAGESIZE
+
+    def resident(self, fd: int, length: int) -> int:
+        """Bytes of ``fd``'s first ``length`` bytes that are in the page cache."""
+        if length <= 0:
+            return 0
+        addr = self._mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            err = ctypes.get_errno()
+            raise OSError(err, f"mmap for mincore: {os.strerror(err)}")
+        try:
+            pages = (length + self.page - 1) // self.page
+            vec = ctypes.create_string_buffer(pages)
+            if self._mincore(addr, length, vec) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"mincore: {os.strerror(err)}")
+            return vec.raw[:pages].translate(_RESIDENT_BIT).count(1) * self.page
+        finally:
+            self._munmap(addr, length)
+
+
+class PageCachePath(ResidencyPath):
+    """Buffered slab files in ``directory``; see the module docstring."""
+
+    name = PAGECACHE
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        slab_bytes: int = 256 * MiB,
+        max_bytes: int,
+        alignment: int = 4096,
+        resident_ttl_s: float = 1.0,
+    ) -> None:
+        if alignment <= 0 or alignment & (alignment - 1):
+            raise InvalidArgument(f"alignment {alignment} must be a positive power of two")
+        if slab_bytes <= 0 or slab_bytes % alignment:
+            raise InvalidArgument(
+                f"slab_bytes {slab_bytes} must be a positive multiple of alignment {alignment}"
+            )
+        if max_bytes < alignment:
+            raise InvalidArgument(f"max_bytes {max_bytes} is below one block ({alignment})")
+        self.alignment = alignment
+        self.directory = Path(directory)
+        self.slab_bytes = slab_bytes
+        self.max_bytes = max_bytes - max_bytes % alignment
+        self._resident_ttl = resident_ttl_s
+        self._lock = threading.Lock()
+        self._slabs: list[_Slab] = []
+        self._dirty: set[int] = set()
+        self._closed = False
+        self._resident_cache: tuple[float, int] | None = None
+        try:
+            self._mincore: _Mincore | None = _Mincore()
+        except (OSError, AttributeError):  # no libc / no mincore symbol: estimate instead
+            self._mincore = None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._open_existing()
+
+    # ------------------------------------------------------------------ slabs
+
+    def _open_existing(self) -> None:
+        found = sorted(
+            int(m.group(1)) for p in self.directory.iterdir() if (m := _SLAB_RE.match(p.name))
+        )
+        # Slab indices are dense by construction; a gap (a deleted file) is recreated empty so
+        # that virtual offsets keep their meaning.
+        for index in range(found[-1] + 1 if found else 0):
+            self._open_slab(index, create=index not in found)
+        if found:
+            log.info(
+                "page-cache path reopened %d slabs (%d bytes) in %s",
+                len(self._slabs),
+                sum(s.capacity for s in self._slabs),
+                self.directory,
+            )
+
+    def _capacity_for(self, index: int) -> int:
+        return min(self.slab_bytes, self.max_bytes - index * self.slab_bytes)
+
+    def _open_slab(self, index: int, *, create: bool) -> _Slab:
+        path = self.directory / slab_name(index)
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
+        fd = os.open(path, flags, 0o600)
+        try:
+            if create:
+                capacity = self._capacity_for(index)
+                if capacity < self.alignment:
+                    raise OutOfSpace(self.alignment, 0, 0)
+                os.ftruncate(fd, capacity)
+            else:
+                capacity = os.fstat(fd).st_size
+                if capacity > self.slab_bytes or capacity % self.alignment or capacity == 0:
+                    raise FailedPrecondition(
+                        f"{path} is {capacity} bytes: a slab must be a non-zero multiple of "
+                        f"{self.alignment} no larger than slab_bytes {self.slab_bytes} "
+                        "(was slab_bytes changed?)"
+                    )
+        except BaseException:
+            os.close(fd)
+            if create:
+                path.unlink(missing_ok=True)
+            raise
+        slab = _Slab(index, fd, capacity, ExtentAllocator(0, capacity, self.alignment))
+        self._slabs.append(slab)
+        return slab
+
+    def _locate(self, extent: Extent) -> tuple[_Slab, int]:
+        """The slab holding ``extent`` and the offset inside it; OutOfRange if it crosses."""
+        index, inner = divmod(extent.offset, self.slab_bytes)
+        if extent.offset < 0 or extent.length <= 0 or index >= len(self._slabs):
+            raise OutOfRange(f"extent {extent} is outside the page-cache slabs")
+        slab = self._slabs[index]
+        if inner + extent.length > slab.capacity:
+            raise OutOfRange(
+                f"extent {extent} crosses the end of slab {index} (capacity {slab.capacity})"
+            )
+        return slab, inner
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FailedPrecondition("the page-cache path is closed")
+
+    # ------------------------------------------------------------- allocation
+
+    def allocate(self, length: int) -> Extent:
+        if length <= 0:
+            raise InvalidArgument(f"allocation length {length} must be positive")
+        with self._lock:
+            self._check_open()
+            for slab in self._slabs:
+                if slab.alloc.stats().largest_free >= length:
+                    inner = slab.alloc.allocate(length)
+                    return Extent(slab.index * self.slab_bytes + inner.offset, inner.length)
+            index = len(self._slabs)
+            rounded = -(-length // self.alignment) * self.alignment
+            if index * self.slab_bytes >= self.max_bytes or rounded > self._capacity_for(index):
+                st = self._stats_locked()
+                raise OutOfSpace(length, st.free, st.largest_free)
+            slab = self._open_slab(index, create=True)
+            log.info("page-cache path created %s (%d bytes)", slab_name(index), slab.capacity)
+            inner = slab.alloc.allocate(length)
+            return Extent(slab.index * self.slab_bytes + inner.offset, inner.length)
+
+    def release(self, extent: Extent) -> None:
+        with self._lock:
+            self._check_open()
+            slab, inner = self._locate(extent)
+            slab.alloc.free(Extent(inner, extent.length))
+            self._resident_cache = None
+        self._fadvise(slab.fd, inner, extent.length, os.POSIX_FADV_DONTNEED)
+
+    def reserve(self, extent: Extent) -> None:
+        with self._lock:
+            self._check_open()
+            slab, inner = self._locate(extent)
+            slab.alloc.reserve(Extent(inner, extent.length))
+
+    # -------------------------------------------------------------------- I/O
+
+    def write(self, extent: Extent, src: memoryview) -> None:
+        n = memoryview(src).nbytes
+        slab, inner = self._io_target(extent, n)
+        done = 0
+        view = memoryview(src).cast("B")
+        while done < n:
+            wrote = self._io(os.pwritev, slab.fd, view[done:], inner + done, extent)
+            if wrote == 0:
+                raise DeviceIOError(f"short write to page-cache extent {extent} at byte {done}")
+            done += wrote
+        with self._lock:
+            self._dirty.add(slab.index)
+            self._resident_cache = None
+
+    def read(self, extent: Extent, dst: memoryview) -> None:
+        n = memoryview(dst).nbytes
+        slab, inner = self._io_target(extent, n)
+        done = 0
+        view = memoryview(dst).cast("B")
+        while done < n:
+            got = self._io(os.preadv, slab.fd, view[done:], inner + done, extent)
+            if got == 0:  # cannot happen inside a slab (ftruncate'd), unless it was cut short
+                raise DeviceIOError(f"unexpected end of slab reading {extent} at byte {done}")
+            done += got
+
+    @staticmethod
+    def _io(fn: object, fd: int, buf: memoryview, offset: int, extent: Extent) -> int:
+        try:
+            return fn(fd, [buf], offset)  # type: ignore[operator]
+        except OSError as e:
+            raise DeviceIOError(f"page-cache I/O on extent {extent} failed: {e}") from e
+
+    def _io_target(self, extent: Extent, nbytes: int) -> tuple[_Slab, int]:
+        with self._lock:
+            self._check_open()
+            slab, inner = self._locate(extent)
+        if nbytes > extent.length:
+            raise OutOfRange(f"{nbytes} bytes do not fit in extent {extent}")
+        return slab, inner
+
+    def flush(self) -> None:
+        with self._lock:
+            self._check_open()
+            dirty = sorted(self._dirty)
+            self._dirty.clear()
+        for index in dirty:
+            try:
+                os.fdatasync(self._slabs[index].fd)
+            except OSError as e:
+                with self._lock:
+                    self._dirty.update(dirty)
+                raise DeviceIOError(f"fdatasync of {slab_name(index)} failed: {e}") from e
+
+    # ---------------------------------------------------------- cache control
+
+    def prefetch(self, extent: Extent) -> None:
+        with self._lock:
+            self._check_open()
+            slab, inner = self._locate(extent)
+        self._fadvise(slab.fd, inner, extent.length, os.POSIX_FADV_WILLNEED)
+
+    def drop_cache(self, extent: Extent) -> None:
+        """Evict ``extent``'s pages from RAM (after a demotion), keeping the bytes on disk.
+
+        DONTNEED skips dirty pages, so a dirty slab is written back first (one fdatasync of the
+        slab: drop_cache is a background-migration call, not a hot-path one).
+        """
+        with self._lock:
+            self._check_open()
+            slab, inner = self._locate(extent)
+            dirty = slab.index in self._dirty
+            self._dirty.discard(slab.index)
+            self._resident_cache = None
+        if dirty:
+            try:
+                os.fdatasync(slab.fd)
+            except OSError as e:
+                with self._lock:
+                    self._dirty.add(slab.index)
+                raise DeviceIOError(f"fdatasync of {slab_name(slab.index)} failed: {e}") from e
+        self._fadvise(slab.fd, inner, extent.length, os.POSIX_FADV_DONTNEED)
+
+    @staticmethod
+    def _fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        try:
+            os.posix_fadvise(fd, offset, length, advice)
+        except OSError as e:  # advice only: never fail the caller for it
+            if e.errno != errno.ESPIPE:
+                log.warning("posix_fadvise(%d) failed: %s", advice, e)
+
+    def resident_bytes(self) -> int:
+        now = time.monotonic()
+        with self._lock:
+            self._check_open()
+            cached = self._resident_cache
+            if cached is not None and now - cached[0] < self._resident_ttl:
+                return cached[1]
+            slabs = [(s.fd, s.capacity) for s in self._slabs]
+            used = self._stats_locked().used
+        total = used
+        if self._mincore is not None:
+            try:
+                total = sum(self._mincore.resident(fd, cap) for fd, cap in slabs)
+            except OSError as e:
+                log.warning("mincore failed, estimating residency from allocation: %s", e)
+                self._mincore = None
+        with self._lock:
+            self._resident_cache = (now, total)
+        return total
+
+    # ------------------------------------------------------------- accounting
+
+    def stats(self) -> AllocStats:
+        with self._lock:
+            return self._stats_locked()
+
+    def _stats_locked(self) -> AllocStats:
+        """Space over ``max_bytes``: slabs not yet created count as free, one extent each."""
+        per = [s.alloc.stats() for s in self._slabs]
+        made = sum(s.capacity for s in self._slabs)
+        pending = [
+            self._capacity_for(i)
+            for i in range(len(self._slabs), -(-self.max_bytes // self.slab_bytes))
+        ]
+        free = sum(p.free for p in per) + sum(pending)
+        used = sum(p.used for p in per)
+        largest = max([p.largest_free for p in per] + pending + [0])
+        return AllocStats(
+            capacity=made + sum(pending),
+            free=free,
+            used=used,
+            largest_free=largest,
+            free_extents=sum(p.free_extents for p in per) + len(pending),
+            fragmentation=0.0 if free == 0 else 1.0 - largest / free,
+        )
+
+    def free_extents(self) -> Iterator[Extent]:
+        """The free map in virtual offsets (created slabs only)."""
+        with self._lock:
+            out = [
+                Extent(s.index * self.slab_bytes + e.offset, e.length)
+                for s in self._slabs
+                for e in s.alloc.free_extents()
+            ]
+        return iter(out)
+
+    @property
+    def slab_count(self) -> int:
+        return len(self._slabs)
+
+    def close(self) -> None:
+        """Write back dirty slabs (best effort) and close the files; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+        try:
+            self.flush()
+        except DeviceIOError as e:
+            log.error("page-cache path: write-back on close failed: %s", e)
+        with self._lock:
+            self._closed = True
+            slabs, self._slabs = self._slabs, []
+        for slab in slabs:
+            os.close(slab.fd)
