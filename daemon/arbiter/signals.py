@@ -1,0 +1,272 @@
+"""Memory signals for the residency arbiter: host memory, the daemon's own cgroup, PSI.
+
+What is read, and why:
+
+- ``MemAvailable`` (psutil, i.e. /proc/meminfo): the kernel's estimate of what can be allocated
+  without swapping, clean page cache included.
+- The daemon's OWN memory cgroup, found from ``/proc/self/cgroup``: on cgroup v1 the line whose
+  controller list contains ``memory``; on v2 the unified ``0::`` line. A host may be hybrid
+  (v1 memory controller plus a v2 tree without it); the v1 memory line wins then, because that is
+  where the limit is enforced. The mount point comes from ``/proc/self/mountinfo``, with the
+  mount's root stripped from the cgroup path (containers bind-mount a sub-tree); the classic
+  ``/sys/fs/cgroup[/memory|/unified]`` locations are the fallback. Page cache written by the
+  daemon is charged to this cgroup, so this is the limit that bounds the page-cache path.
+
+  - v1: ``memory.limit_in_bytes`` (values >= 2**60 mean unlimited), lowered by
+    ``hierarchical_memory_limit`` from ``memory.stat`` (an ancestor's limit);
+    ``memory.usage_in_bytes``; cache = ``total_cache`` (else ``cache``) from ``memory.stat``.
+  - v2: the smallest ``memory.max`` / ``memory.high`` ("max" = unlimited) of the cgroup and
+    its visible ancestors (``high`` is where the kernel starts reclaiming and throttling, so it
+    is the effective ceiling); ``memory.current``; cache = ``file`` from ``memory.stat``.
+
+- PSI memory pressure (avg10 of ``some`` and ``full``, percent): from the cgroup's
+  ``memory.pressure`` on v2, otherwise ``/proc/pressure/memory``.
+
+Effective available memory: ``min(MemAvailable, limit - usage + cache)``: usage counts the page
+cache charged to the cgroup and that cache is reclaimable, so it is added back.
+
+Every reader tolerates missing or unreadable files (``None`` fields, never an exception): a
+container may hide /sys, a kernel may lack PSI. ``root`` re-bases every path, so tests build a
+fake ``/proc`` and ``/sys`` under ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+#: cgroup v1 reports "no limit" as PAGE_COUNTER_MAX rounded to pages (~2**63); anything this
+#: large is no limit at all.
+V1_UNLIMITED = 1 << 60
+
+
+@dataclass(frozen=True)
+class MemorySignals:
+    timestamp: float  # time.monotonic() of the read
+    mem_total: int
+    mem_available: int
+    cgroup_version: int | None  # 1, 2, or None (no memory cgroup found)
+    cgroup_limit: int | None  # None when unlimited or unknown
+    cgroup_usage: int | None
+    cgroup_cache: int | None  # page cache charged to the cgroup
+    psi_some_avg10: float | None  # percent
+    psi_full_avg10: float | None
+
+    @property
+    def effective_available(self) -> int:
+        """``min(MemAvailable, limit - usage + cache)``, never negative."""
+        avail = self.mem_available
+        if self.cgroup_limit is not None and self.cgroup_usage is not None:
+            headroom = self.cgroup_limit - self.cgroup_usage + (self.cgroup_cache or 0)
+            avail = min(avail, headroom)
+        return max(0, avail)
+
+
+@dataclass(frozen=True)
+class CgroupLocation:
+    version: int  # 1 or 2
+    directory: Path
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _read_int(path: Path) -> int | None:
+    text = _read_text(path)
+    if text is None:
+        return None
+    text = text.strip()
+    if text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _read_stat(path: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in (_read_text(path) or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
+def parse_psi(text: str | None) -> tuple[float | None, float | None]:
+    """(some avg10, full avg10) from a pressure file's text."""
+    some = full = None
+    for line in (text or "").splitlines():
+        kind, _, rest = line.partition(" ")
+        fields = dict(f.split("=", 1) for f in rest.split() if "=" in f)
+        try:
+            value = float(fields["avg10"])
+        except (KeyError, ValueError):
+            continue
+        if kind == "some":
+            some = value
+        elif kind == "full":
+            full = value
+    return some, full
+
+
+class SignalReader:
+    """Reads :class:`MemorySignals`; cheap enough to call every arbiter tick (a few small files).
+
+    The cgroup is located once, at construction (a daemon does not change cgroup while running;
+    call :meth:`relocate` if it is moved).
+    """
+
+    def __init__(self, root: Path = Path("/")) -> None:
+        self.root = Path(root)
+        self._proc = self.root / "proc"
+        self.cgroup: CgroupLocation | None = None
+        self.relocate()
+
+    def relocate(self) -> None:
+        self.cgroup = self._find_cgroup()
+        log.info("memory cgroup: %s", self.cgroup)
+
+    # ----------------------------------------------------------- discovery
+
+    def _find_cgroup(self) -> CgroupLocation | None:
+        v1_path = v2_path = None
+        for line in (_read_text(self._proc / "self" / "cgroup") or "").splitlines():
+            hid, sep, rest = line.partition(":")
+            controllers, sep2, cg_path = rest.partition(":")
+            if not sep or not sep2:
+                continue
+            if hid == "0" and controllers == "":
+                v2_path = cg_path
+            elif "memory" in controllers.split(","):
+                v1_path = cg_path
+        mounts = self._cgroup_mounts()
+        if v1_path is not None:
+            for mount_root, point in mounts.get("v1-memory", []) + [
+                ("/", self.root / "sys/fs/cgroup/memory")
+            ]:
+                found = self._resolve(point, mount_root, v1_path, "memory.usage_in_bytes")
+                if found is not None:
+                    return CgroupLocation(1, found)
+        if v2_path is not None:
+            for mount_root, point in mounts.get("v2", []) + [
+                ("/", self.root / "sys/fs/cgroup"),
+                ("/", self.root / "sys/fs/cgroup/unified"),
+            ]:
+                found = self._resolve(point, mount_root, v2_path, "cgroup.controllers")
+                if found is not None:
+                    return CgroupLocation(2, found)
+        return None
+
+    def _cgroup_mounts(self) -> dict[str, list[tuple[str, Path]]]:
+        """{"v1-memory" | "v2": [(mount root, mount point under self.root)]} from mountinfo."""
+        out: dict[str, list[tuple[str, Path]]] = {}
+        for line in (_read_text(self._proc / "self" / "mountinfo") or "").splitlines():
+            left, sep, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if not sep or len(fields) < 5 or len(rfields) < 3:
+                continue
+            mount_root, point = fields[3], self.root / fields[4].lstrip("/")
+            if rfields[0] == "cgroup2":
+                out.setdefault("v2", []).append((mount_root, point))
+            elif rfields[0] == "cgroup" and "memory" in rfields[2].split(","):
+                out.setdefault("v1-memory", []).append((mount_root, point))
+        return out
+
+    @staticmethod
+    def _resolve(point: Path, mount_root: str, cg_path: str, marker: str) -> Path | None:
+        """The cgroup's directory under ``point``; the nearest existing ancestor if hidden."""
+        rel = cg_path
+        if mount_root != "/" and (rel == mount_root or rel.startswith(mount_root + "/")):
+            rel = rel[len(mount_root) :]
+        candidate = point / rel.lstrip("/")
+        while True:
+            if (candidate / marker).exists():
+                return candidate
+            if candidate == point or point not in candidate.parents:
+                return None
+            candidate = candidate.parent
+
+    # --------------------------------------------------------------- reading
+
+    def read(self) -> MemorySignals:
+        total, available = self._meminfo()
+        limit = usage = cache = None
+        version = None
+        psi_file = self._proc / "pressure" / "memory"
+        cg = self.cgroup
+        if cg is not None:
+            version = cg.version
+            stat = _read_stat(cg.directory / "memory.stat")
+            if cg.version == 1:
+                limit = _min_limit(
+                    _read_int(cg.directory / "memory.limit_in_bytes"),
+                    stat.get("hierarchical_memory_limit"),
+                )
+                usage = _read_int(cg.directory / "memory.usage_in_bytes")
+                cache = stat.get("total_cache", stat.get("cache"))
+            else:
+                limit = self._v2_limit(cg.directory)
+                usage = _read_int(cg.directory / "memory.current")
+                cache = stat.get("file")
+                if (cg.directory / "memory.pressure").exists():
+                    psi_file = cg.directory / "memory.pressure"
+        some, full = parse_psi(_read_text(psi_file))
+        return MemorySignals(
+            timestamp=time.monotonic(),
+            mem_total=total,
+            mem_available=available,
+            cgroup_version=version,
+            cgroup_limit=limit,
+            cgroup_usage=usage,
+            cgroup_cache=cache,
+            psi_some_avg10=some,
+            psi_full_avg10=full,
+        )
+
+    @property
+    def psi_path(self) -> Path | None:
+        """The pressure file :class:`~dualbladed.arbiter.psi.PsiWatcher` should watch."""
+        cg = self.cgroup
+        if cg is not None and cg.version == 2 and (cg.directory / "memory.pressure").exists():
+            return cg.directory / "memory.pressure"
+        path = self._proc / "pressure" / "memory"
+        return path if path.exists() else None
+
+    def _v2_limit(self, directory: Path) -> int | None:
+        limit = None
+        d = directory
+        while True:
+            for name in ("memory.max", "memory.high"):
+                limit = _min_limit(limit, _read_int(d / name))
+            if not (d.parent / "cgroup.controllers").exists() or d.parent == d:
+                return limit
+            d = d.parent
+
+    def _meminfo(self) -> tuple[int, int]:
+        if self.root == Path("/"):
+            vm = psutil.virtual_memory()
+            return int(vm.total), int(vm.available)
+        info = {}
+        for line in (_read_text(self._proc / "meminfo") or "").splitlines():
+            key, _, value = line.partition(":")
+            parts = value.split()
+            if parts and parts[0].isdigit():
+                info[key] = int(parts[0]) * (1024 if parts[-1] == "kB" else 1)
+        total = info.get("MemTotal", 0)
+        return total, info.get("MemAvailable", info.get("MemFree", 0))
+
+
+def _min_limit(a: int | None, b: int | None) -> int | None:
+    vals = [v for v in (a, b) if v is not None and v < V1_UNLIMITED]
+    return min(vals) if vals else None
