@@ -1,0 +1,276 @@
+"""The NVMe-direct I/O engine: O_DIRECT reads and writes between a namespace and memory.
+
+Why threads and ``preadv``/``pwritev`` rather than io_uring or libaio: ``os.preadv`` and
+``os.pwritev`` release the GIL for the whole syscall, and at KV-block sizes (>= 128 KiB) a small
+pool of threads issuing them matches fio on the same device (measurements in
+``shared/reference/api-facts.md`` §2.3-2.4). The Python io_uring binding holds the GIL while it
+waits, and libaio needs a system library; neither bought anything measurable at 1 MiB.
+
+How a transfer runs:
+
+- It is validated once (offset, length and buffer address against ``namespace.block_size``:
+  :class:`~dualbladed.errors.Misaligned`; bounds against ``namespace.capacity``:
+  :class:`~dualbladed.errors.OutOfRange`). The namespace's ``preadv``/``pwritev`` do not check.
+- It is cut into ``request_bytes`` pieces. One piece (or ``queue_depth == 1``) runs inline on the
+  caller's thread: no pool hop for the common small request.
+- Otherwise ``queue_depth`` workers (the caller's thread plus ``queue_depth - 1`` pool threads)
+  each take the next piece index from a shared counter until none is left, so up to
+  ``queue_depth`` requests are in flight for this call and the per-call overhead is
+  ``queue_depth`` task submissions, not one per piece. The queue depth is per call: concurrent
+  callers each bring their own thread, and queue behind each other for the pool's.
+- Short transfers are continued from where they stopped; zero progress is a
+  :class:`~dualbladed.errors.DeviceIOError`. ``OSError`` is classified by
+  :func:`dualbladed.oserrors.from_oserror`.
+- The call returns only when every piece has finished, also on error, so the caller may reuse or
+  unmap the buffer as soon as it returns. The first error is raised; pieces of a failed call that
+  had not started are skipped, and the buffer's contents (read) or the device range (write) are
+  then unspecified.
+
+Buffers: the daemon's arenas are memfd ``mmap`` mappings, and ``aligned_buffer`` gives anonymous
+page-aligned mappings; slices at block-size multiples of either are valid O_DIRECT targets.
+Writes accept read-only memoryviews. The buffer's address is found without copying through the
+buffer protocol (``PyObject_GetBuffer`` via ``ctypes.pythonapi``), which works for read-only and
+writable buffers alike and, unlike ``ctypes.c_char.from_buffer``, leaves no export behind that
+would stop the mapping from being closed. (numpy's ``.ctypes.data`` would also work, but numpy is
+not a dependency of the daemon.)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import logging
+import mmap
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import TYPE_CHECKING, Literal
+
+from dualbladed.errors import (
+    DeviceIOError,
+    FailedPrecondition,
+    InvalidArgument,
+    Misaligned,
+    OutOfRange,
+)
+from dualbladed.namespace.abstract import Namespace
+from dualbladed.oserrors import from_oserror
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer is 3.12+
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DirectEngine", "aligned_buffer", "buffer_address", "byte_view"]
+
+Op = Literal["read", "write"]
+
+
+class _PyBuffer(ctypes.Structure):
+    """CPython's ``Py_buffer`` (stable layout since 3.3)."""
+
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("obj", ctypes.c_void_p),
+        ("len", ctypes.c_ssize_t),
+        ("itemsize", ctypes.c_ssize_t),
+        ("readonly", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("format", ctypes.c_char_p),
+        ("shape", ctypes.c_void_p),
+        ("strides", ctypes.c_void_p),
+        ("suboffsets", ctypes.c_void_p),
+        ("internal", ctypes.c_void_p),
+    ]
+
+
+_PyObject_GetBuffer = ctypes.pythonapi.PyObject_GetBuffer
+_PyObject_GetBuffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_PyObject_GetBuffer.restype = ctypes.c_int
+_PyBuffer_Release = ctypes.pythonapi.PyBuffer_Release
+_PyBuffer_Release.argtypes = [ctypes.POINTER(_PyBuffer)]
+_PyBuffer_Release.restype = None
+_PyBUF_SIMPLE = 0
+
+
+def buffer_address(buf: Buffer) -> int:
+    """Address of the first byte of a C-contiguous buffer (read-only ones included), no copy."""
+    view = _PyBuffer()
+    _PyObject_GetBuffer(buf, ctypes.byref(view), _PyBUF_SIMPLE)  # raises BufferError itself
+    try:
+        return view.buf or 0
+    finally:
+        _PyBuffer_Release(ctypes.byref(view))
+
+
+def byte_view(buf: Buffer) -> memoryview:
+    """``buf`` as a flat memoryview of unsigned bytes (no copy); non-contiguous is rejected."""
+    mv = memoryview(buf)
+    if not mv.c_contiguous:
+        raise InvalidArgument("I/O buffers must be C-contiguous")
+    if mv.format != "B" or mv.ndim != 1:
+        mv = mv.cast("B")
+    return mv
+
+
+def aligned_buffer(nbytes: int) -> mmap.mmap:
+    """An anonymous, page-aligned (hence block-aligned) mapping of ``nbytes`` bytes."""
+    if not isinstance(nbytes, int) or nbytes <= 0:
+        raise InvalidArgument(f"buffer size must be a positive integer, got {nbytes!r}")
+    return mmap.mmap(-1, nbytes)
+
+
+class DirectEngine:
+    """O_DIRECT transfers at byte offsets (block multiples) of ``namespace``.
+
+    Args:
+        namespace: the device; the engine does not close it.
+        request_bytes: the largest single ``preadv``/``pwritev`` (a block-size multiple).
+        queue_depth: requests in flight for one large transfer (>= 1).
+
+    Raises:
+        InvalidArgument: ``request_bytes`` or ``queue_depth`` breaks the rules above.
+    """
+
+    def __init__(
+        self, namespace: Namespace, *, request_bytes: int = 1 << 20, queue_depth: int = 8
+    ) -> None:
+        block = namespace.block_size
+        if not isinstance(request_bytes, int) or request_bytes <= 0 or request_bytes % block:
+            raise InvalidArgument(
+                f"request_bytes must be a positive multiple of the block size {block}, "
+                f"got {request_bytes!r}"
+            )
+        if not isinstance(queue_depth, int) or queue_depth < 1:
+            raise InvalidArgument(f"queue_depth must be an integer >= 1, got {queue_depth!r}")
+        self.namespace = namespace
+        self.block_size = block
+        self.request_bytes = request_bytes
+        self.queue_depth = queue_depth
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # guards _pool creation and _closed
+        self._closed = False
+
+    # ------------------------------------------------------------------ public API
+
+    def read(self, offset: int, buf: memoryview) -> None:
+        """Fill all of ``buf`` (writable) from ``[offset, offset + len(buf))``."""
+        self._transfer("read", offset, buf)
+
+    def write(self, offset: int, buf: memoryview) -> None:
+        """Write all of ``buf`` (may be read-only) to ``[offset, offset + len(buf))``."""
+        self._transfer("write", offset, buf)
+
+    def close(self) -> None:
+        """Stop the worker threads (waits for in-flight pieces). Idempotent."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def __enter__(self) -> DirectEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _transfer(self, op: Op, offset: int, buf: memoryview) -> None:
+        if self._closed:
+            raise FailedPrecondition("the I/O engine is closed")
+        mv = byte_view(buf)
+        if op == "read" and mv.readonly:
+            raise InvalidArgument("read needs a writable buffer, got a read-only one")
+        nbytes = mv.nbytes
+        self._validate(op, offset, nbytes, mv)
+        if nbytes == 0:
+            return
+        request = self.request_bytes
+        pieces = -(-nbytes // request)
+        if pieces == 1 or self.queue_depth == 1:
+            for start in range(0, nbytes, request):
+                self._piece(op, mv, offset, start, min(request, nbytes - start))
+            return
+        self._parallel(op, mv, offset, nbytes, pieces)
+
+    def _validate(self, op: Op, offset: int, nbytes: int, mv: memoryview) -> None:
+        block = self.block_size
+        if not isinstance(offset, int) or offset < 0:
+            raise OutOfRange(f"{op} offset must be a non-negative integer, got {offset!r}")
+        if offset % block:
+            raise Misaligned(f"{op} offset", offset, block)
+        if nbytes % block:
+            raise Misaligned(f"{op} length", nbytes, block)
+        address = buffer_address(mv)
+        if address % block:
+            raise Misaligned(f"{op} buffer address", address, block)
+        capacity = self.namespace.capacity
+        if offset + nbytes > capacity:
+            raise OutOfRange(
+                f"{op} of {nbytes} bytes at offset {offset} ends at {offset + nbytes}, "
+                f"past the namespace capacity {capacity}"
+            )
+
+    def _parallel(self, op: Op, mv: memoryview, offset: int, nbytes: int, pieces: int) -> None:
+        request = self.request_bytes
+        claim = itertools.count()  # next() on a C iterator is atomic under the GIL
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def worker() -> None:
+            while not stop.is_set():
+                index = next(claim)
+                if index >= pieces:
+                    return
+                start = index * request
+                try:
+                    self._piece(op, mv, offset, start, min(request, nbytes - start))
+                except BaseException as exc:  # re-raised on the caller's thread below
+                    errors.append(exc)
+                    stop.set()
+                    return
+
+        helpers = min(self.queue_depth, pieces) - 1
+        pool = self._get_pool()
+        futures = [pool.submit(worker) for _ in range(helpers)]
+        try:
+            worker()
+        finally:
+            # Never return while a helper may still touch the caller's buffer.
+            wait(futures)
+        if errors:
+            raise errors[0]
+
+    def _piece(self, op: Op, mv: memoryview, offset: int, start: int, length: int) -> None:
+        """One request: ``length`` bytes between ``mv[start:]`` and device ``offset + start``."""
+        ns = self.namespace
+        syscall = ns.preadv if op == "read" else ns.pwritev
+        done = 0
+        while done < length:
+            view = mv[start + done : start + length]
+            where = offset + start + done
+            try:
+                got = syscall([view], where)
+            except OSError as exc:
+                raise from_oserror(
+                    exc, context=f"{op} of {length - done} bytes at offset {where} of {ns.path}"
+                ) from exc
+            if got <= 0:
+                raise DeviceIOError(
+                    f"{op} of {length - done} bytes at offset {where} of {ns.path} made no "
+                    "progress (end of device?)"
+                )
+            if got < length - done:
+                logger.debug("short %s at offset %d: %d of %d bytes", op, where, got, length - done)
+            done += got
+
+    def _get_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise FailedPrecondition("the I/O engine is closed")
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.queue_depth - 1, thread_name_prefix="dualblade-io"
+                )
+            return self._pool

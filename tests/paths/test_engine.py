@@ -1,0 +1,233 @@
+"""DirectEngine: real O_DIRECT I/O on a file under tmp_path (ext4), real mmap buffers."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from dualbladed.errors import (
+    DeviceIOError,
+    FailedPrecondition,
+    InvalidArgument,
+    Misaligned,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from dualbladed.namespace.abstract import Namespace
+from dualbladed.oserrors import from_oserror
+from dualbladed.paths.engine import DirectEngine, aligned_buffer, buffer_address
+
+BLOCK = 4096
+SIZE = 16 << 20
+REQUEST = 256 << 10
+
+
+class _StandInFileNamespace(Namespace):
+    """Private stand-in for dualbladed.namespace.file.FileNamespace (not committed yet)."""
+
+    kind = "file"
+    block_size = BLOCK
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = str(path)
+        self.capacity = size
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_DIRECT | os.O_CLOEXEC, 0o600)
+        os.posix_fallocate(self._fd, 0, size)
+
+    def preadv(self, bufs: Sequence[memoryview], offset: int) -> int:
+        return os.preadv(self._fd, bufs, offset)
+
+    def pwritev(self, bufs: Sequence[memoryview], offset: int) -> int:
+        return os.pwritev(self._fd, bufs, offset)
+
+    def flush(self) -> None:
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+@pytest.fixture
+def namespace(tmp_path: Path) -> Iterator[Namespace]:
+    ns = _StandInFileNamespace(tmp_path / "ns.img", SIZE)
+    yield ns
+    ns.close()
+
+
+def _random_bytes(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+@pytest.mark.parametrize("queue_depth", [1, 8])
+@pytest.mark.parametrize(
+    "nbytes",
+    [BLOCK, REQUEST - BLOCK, REQUEST, REQUEST + BLOCK, 5 * REQUEST + 3 * BLOCK],
+    ids=["one-block", "below-request", "at-request", "above-request", "many-requests"],
+)
+def test_round_trip_random_bytes(namespace: Namespace, nbytes: int, queue_depth: int) -> None:
+    payload = _random_bytes(nbytes, seed=nbytes + queue_depth)
+    offset = 3 * BLOCK
+    with DirectEngine(namespace, request_bytes=REQUEST, queue_depth=queue_depth) as engine:
+        src = aligned_buffer(nbytes)
+        src[:] = payload
+        engine.write(offset, memoryview(src))
+        dst = aligned_buffer(nbytes)
+        engine.read(offset, memoryview(dst))
+        assert dst[:] == payload
+    # The bytes really are on the medium: read them back with plain buffered I/O.
+    with open(namespace.path, "rb") as f:
+        f.seek(offset)
+        assert f.read(nbytes) == payload
+
+
+def test_read_only_memoryview_write(namespace: Namespace) -> None:
+    payload = _random_bytes(3 * REQUEST, seed=1)
+    src = aligned_buffer(len(payload))
+    src[:] = payload
+    readonly = memoryview(src).toreadonly()
+    assert readonly.readonly
+    with DirectEngine(namespace, request_bytes=REQUEST, queue_depth=4) as engine:
+        engine.write(0, readonly)
+        dst = aligned_buffer(len(payload))
+        engine.read(0, memoryview(dst))
+    assert dst[:] == payload
+    readonly.release()
+    src.close()  # no buffer export was left behind by the address lookup
+
+
+def test_slices_of_a_shared_arena_are_independent_targets(namespace: Namespace) -> None:
+    arena = aligned_buffer(8 * BLOCK)
+    view = memoryview(arena)
+    view[: 4 * BLOCK] = b"A" * (4 * BLOCK)
+    view[4 * BLOCK :] = b"B" * (4 * BLOCK)
+    with DirectEngine(namespace, request_bytes=BLOCK, queue_depth=4) as engine:
+        engine.write(BLOCK, view[4 * BLOCK :])  # B's go to device block 1..4
+        engine.read(BLOCK, view[: 4 * BLOCK])
+    assert bytes(view) == b"B" * (8 * BLOCK)
+
+
+@pytest.mark.parametrize(
+    ("offset", "nbytes", "shift", "what", "value"),
+    [
+        (100, BLOCK, 0, "offset", 100),
+        (0, BLOCK + 512, 0, "length", BLOCK + 512),
+        (0, BLOCK, 512, "buffer address", None),
+    ],
+)
+def test_misaligned_requests_name_the_numbers(
+    namespace: Namespace, offset: int, nbytes: int, shift: int, what: str, value: int | None
+) -> None:
+    buf = aligned_buffer(nbytes + shift)
+    view = memoryview(buf)[shift : shift + nbytes]
+    expected = value if value is not None else buffer_address(view)
+    with DirectEngine(namespace) as engine:
+        for op in (engine.read, engine.write):
+            with pytest.raises(Misaligned) as info:
+                op(offset, view)
+            assert what in str(info.value)
+            assert info.value.value == expected and info.value.alignment == BLOCK
+            assert str(expected) in str(info.value) and str(BLOCK) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("offset", "nbytes"), [(SIZE, BLOCK), (SIZE - BLOCK, 2 * BLOCK), (-BLOCK, BLOCK)]
+)
+def test_out_of_range(namespace: Namespace, offset: int, nbytes: int) -> None:
+    buf = memoryview(aligned_buffer(nbytes))
+    with DirectEngine(namespace) as engine:
+        with pytest.raises(OutOfRange):
+            engine.read(offset, buf)
+        with pytest.raises(OutOfRange):
+            engine.write(offset, buf)
+
+
+def test_read_into_read_only_buffer_is_invalid(namespace: Namespace) -> None:
+    with DirectEngine(namespace) as engine, pytest.raises(InvalidArgument, match="writable"):
+        engine.read(0, memoryview(aligned_buffer(BLOCK)).toreadonly())
+
+
+def test_bad_config_is_rejected(namespace: Namespace) -> None:
+    with pytest.raises(InvalidArgument, match="request_bytes"):
+        DirectEngine(namespace, request_bytes=BLOCK + 1)
+    with pytest.raises(InvalidArgument, match="queue_depth"):
+        DirectEngine(namespace, queue_depth=0)
+
+
+def test_closed_engine_refuses_io(namespace: Namespace) -> None:
+    engine = DirectEngine(namespace, request_bytes=BLOCK, queue_depth=4)
+    engine.write(0, memoryview(aligned_buffer(4 * BLOCK)))  # starts the pool
+    engine.close()
+    engine.close()  # idempotent
+    with pytest.raises(FailedPrecondition):
+        engine.read(0, memoryview(aligned_buffer(BLOCK)))
+
+
+class _ShortAndFailingNamespace(_StandInFileNamespace):
+    """Returns at most one block per call, and fails with EIO at one chosen offset."""
+
+    def __init__(self, path: Path, size: int, fail_at: int | None = None) -> None:
+        super().__init__(path, size)
+        self.fail_at = fail_at
+        self.calls = 0
+
+    def preadv(self, bufs: Sequence[memoryview], offset: int) -> int:
+        self.calls += 1
+        if offset == self.fail_at:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return super().preadv([bufs[0][:BLOCK]], offset)
+
+    def pwritev(self, bufs: Sequence[memoryview], offset: int) -> int:
+        self.calls += 1
+        return super().pwritev([bufs[0][:BLOCK]], offset)
+
+
+def test_short_transfers_are_continued(tmp_path: Path) -> None:
+    ns = _ShortAndFailingNamespace(tmp_path / "short.img", SIZE)
+    payload = _random_bytes(4 * REQUEST, seed=2)
+    src = aligned_buffer(len(payload))
+    src[:] = payload
+    dst = aligned_buffer(len(payload))
+    with DirectEngine(ns, request_bytes=REQUEST, queue_depth=3) as engine:
+        engine.write(0, memoryview(src))
+        engine.read(0, memoryview(dst))
+    ns.close()
+    assert dst[:] == payload
+    assert ns.calls == 2 * len(payload) // BLOCK
+
+
+@pytest.mark.parametrize("queue_depth", [1, 4])
+def test_device_error_is_typed_and_waits_for_all_pieces(tmp_path: Path, queue_depth: int) -> None:
+    ns = _ShortAndFailingNamespace(tmp_path / "eio.img", SIZE, fail_at=2 * REQUEST + BLOCK)
+    with DirectEngine(ns, request_bytes=REQUEST, queue_depth=queue_depth) as engine:
+        with pytest.raises(DeviceIOError, match=f"offset {2 * REQUEST + BLOCK}") as info:
+            engine.read(0, memoryview(aligned_buffer(8 * REQUEST)))
+        assert isinstance(info.value.__cause__, OSError)
+        # The engine is still usable after a failed call.
+        engine.read(0, memoryview(aligned_buffer(BLOCK)))
+    ns.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "words"),
+    [
+        (errno.EIO, DeviceIOError, "EIO"),
+        (errno.ENXIO, DeviceIOError, "ENXIO"),
+        (errno.ENODEV, DeviceIOError, "ENODEV"),
+        (errno.EINVAL, InvalidArgument, "block size"),
+        (errno.ENOSPC, ResourceExhausted, "full"),
+        (errno.EACCES, PermissionDenied, "EACCES"),
+        (errno.EPERM, PermissionDenied, "EPERM"),
+        (errno.EBUSY, FailedPrecondition, "busy"),
+        (errno.ETIMEDOUT, DeviceIOError, "ETIMEDOUT"),
+    ],
+)
+def test_from_oserror_classifies_errno(code: int, kind: type, words: str) -> None:
+    err = from_oserror(OSError(code, os.strerror(code)), context="read 4096 bytes at offset 0")
+    assert type(err) is kind
+    assert str(err).startswith("read 4096 bytes at offset 0: ")
+    assert words in str(err)
