@@ -1,0 +1,810 @@
+"""The object store: tenant-scoped keys -> checksummed extents on a residency path.
+
+This is what the gRPC service calls. It joins three parts: the residency paths (where bytes
+live: ``direct`` extents on the namespace, later ``pagecache`` slab files), their allocators, and
+the committed extent table in :class:`~dualbladed.meta.store.MetaStore`.
+
+Put (crash ordering; see also the MetaStore docstring)::
+
+    validate -> xxh3-64 of the payload -> allocate a *fresh* extent (lock)
+             -> write it (no lock) -> durable: path.flush() (no lock)
+             -> commit the row (lock; synchronous=FULL when durable) -> acknowledge
+             -> free the replaced object's extent (lock; deferred while readers pin it)
+
+A crash before the commit leaves the old row and the old extent untouched, and the new extent is
+free after restart because free maps are rebuilt from committed rows only. Any failure frees the
+new extent and leaves the old object intact. Ephemeral objects never touch SQLite: they live in
+the in-memory index, die with their session, and after a crash their space is simply free.
+
+Get reads straight into the caller's buffer and verifies the checksum there. On a mismatch
+``dst[:size]`` is zeroed before :class:`~dualbladed.errors.ChecksumMismatch` is raised and the
+object is dropped (row deleted, extent freed), so torn or stale bytes are reported, never
+returned. Reading into ``dst`` avoids a bounce copy on the hot path; the zeroing is the price of
+a rare failure.
+
+Locking. ``ObjectStore._lock`` guards the index, the session table, every path's allocator
+(``allocate``/``release``/``reserve``) and metadata commits. Data I/O (``write``, ``read``,
+``flush``) runs *outside* it, so many gRPC threads stream at once. A reader pins its entry
+(``_Entry.pins``) under the lock before reading; a delete or overwrite that retires a pinned
+entry only marks it dead, and the last reader to unpin frees the extent. So an extent is never
+reallocated while anybody may still read it. Lock order: ``ObjectStore._lock`` ->
+``MetaStore._lock``; paths take their own internal locks below both and never call back.
+
+``last_access`` is updated in memory on every get and written to SQLite in batches (a
+background timer every ``access_flush_interval`` seconds, and at ``flush``/``close``), never one
+SQLite write per get.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import xxhash
+from dualbladed.alloc.abstract import AllocStats, Extent
+from dualbladed.errors import (
+    ChecksumMismatch,
+    DeviceIOError,
+    DualbladeError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    SuperblockError,
+)
+from dualbladed.meta.store import MetaStore, ObjectRecord, parse_tenant
+from dualbladed.paths.abstract import DIRECT, ResidencyPath
+from sortedcontainers import SortedDict
+
+if TYPE_CHECKING:
+    from dualbladed.namespace.abstract import Namespace
+
+logger = logging.getLogger(__name__)
+
+MAX_KEY_BYTES = 1024
+DEFAULT_MAX_OBJECT_BYTES = 256 << 20
+META_FILE = "meta.sqlite3"
+
+#: ``placement(tenant, size) -> path name`` for puts without an explicit path hint.
+Placement = Callable[[str, int], str]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the store knows about one object (never its bytes)."""
+
+    tenant: str
+    key: bytes
+    size: int
+    path: str
+    offset: int
+    length: int
+    checksum: int
+    generation: int
+    persistent: bool
+    last_access: float
+    session: str | None
+
+    @property
+    def extent(self) -> Extent:
+        return Extent(self.offset, self.length)
+
+
+@dataclass(frozen=True)
+class PathUsage:
+    objects: int
+    bytes: int  # payload bytes of the objects on this path
+    alloc: AllocStats
+    resident_bytes: int
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    paths: dict[str, PathUsage]
+    objects: int
+    persistent_objects: int
+    ephemeral_objects: int
+    sessions: dict[str, int]  # session -> live ephemeral objects
+    pinned: int  # entries currently pinned by readers (including dead ones)
+
+
+class _Entry:
+    """The mutable index slot of one object version. Guarded by ``ObjectStore._lock``."""
+
+    __slots__ = ("info", "last_access", "pins", "dead")
+
+    def __init__(self, info: ObjectInfo) -> None:
+        self.info = info
+        self.last_access = info.last_access
+        self.pins = 0
+        self.dead = False  # retired from the index; the last unpin frees the extent
+
+    def snapshot(self) -> ObjectInfo:
+        return replace(self.info, last_access=self.last_access)
+
+
+def _as_bytes_view(buf: object, *, writable: bool, what: str) -> memoryview:
+    view = memoryview(buf)  # type: ignore[arg-type]
+    if not view.contiguous:
+        raise InvalidArgument(f"{what} buffer must be contiguous")
+    if writable and view.readonly:
+        raise InvalidArgument(f"{what} buffer must be writable")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def _zero(view: memoryview) -> None:
+    chunk = bytes(min(len(view), 1 << 20))
+    for start in range(0, len(view), len(chunk)):
+        end = min(start + len(chunk), len(view))
+        view[start:end] = chunk[: end - start]
+
+
+class ObjectStore:
+    """Tenant-scoped, checksummed objects over one or more residency paths.
+
+    Build it with :meth:`open`; the constructor takes already-open parts (tests, the daemon's
+    own wiring) and rebuilds every path's free map from the committed rows.
+    """
+
+    def __init__(
+        self,
+        meta: MetaStore,
+        paths: dict[str, ResidencyPath],
+        *,
+        placement: Placement | None = None,
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+        access_flush_interval: float = 5.0,
+    ) -> None:
+        if not paths:
+            raise InvalidArgument("an object store needs at least one residency path")
+        if max_object_bytes <= 0:
+            raise InvalidArgument(f"max_object_bytes must be positive, got {max_object_bytes}")
+        self._meta = meta
+        self._paths = dict(paths)
+        self._placement = placement
+        self.max_object_bytes = max_object_bytes
+        # Lock order: self._lock -> MetaStore._lock -> (paths' internal locks).
+        self._lock = threading.Lock()
+        self._index: dict[str, SortedDict] = {}  # tenant -> SortedDict[key, _Entry]
+        self._sessions: dict[str, set[tuple[str, bytes]]] = {}
+        self._usage: dict[str, int] = {}  # tenant -> allocated bytes
+        self._dirty_access: dict[tuple[str, bytes], float] = {}
+        self._known_tenants = {t.name for t in meta.tenants()}
+        self._pinned = 0
+        self._closed = False
+        self._rebuild()
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        if access_flush_interval > 0:
+            self._flusher = threading.Thread(
+                target=_flush_loop,
+                args=(weakref.ref(self), self._stop, access_flush_interval),
+                name="dualblade-access-flush",
+                daemon=True,
+            )
+            self._flusher.start()
+
+    @classmethod
+    def open(
+        cls,
+        namespace: Namespace,
+        state_dir: str | os.PathLike[str],
+        *,
+        paths: dict[str, ResidencyPath] | None = None,
+        format: bool = False,
+        placement: Placement | None = None,
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+        access_flush_interval: float = 5.0,
+    ) -> ObjectStore:
+        """Load (or, with ``format``, create) the superblock and open the store on it.
+
+        ``format=True`` also discards a state directory bound to a previous namespace UUID,
+        since formatting made its rows meaningless. Without it, such a directory is refused
+        with :class:`SuperblockError`. The store owns ``paths`` (and the direct path it builds
+        when none are given) and closes them in :meth:`close`; the caller keeps the namespace.
+        """
+        from dualbladed.namespace.superblock import load_or_format
+
+        loaded = load_or_format(namespace, format=format)
+        for warning in loaded.warnings:
+            logger.warning("superblock of %s: %s", namespace.path, warning)
+        ns_uuid = loaded.superblock.uuid
+        state = Path(state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        meta_path = state / META_FILE
+        try:
+            meta = MetaStore(meta_path, namespace_uuid=ns_uuid)
+        except SuperblockError:
+            if not format:
+                raise
+            logger.warning("format: discarding metadata %s of a previous namespace", meta_path)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{meta_path}{suffix}").unlink(missing_ok=True)
+            meta = MetaStore(meta_path, namespace_uuid=ns_uuid)
+        try:
+            if paths is None:
+                from dualbladed.paths.direct import DirectPath
+
+                paths = {DIRECT: DirectPath(namespace)}
+            return cls(
+                meta,
+                paths,
+                placement=placement,
+                max_object_bytes=max_object_bytes,
+                access_flush_interval=access_flush_interval,
+            )
+        except BaseException:
+            meta.close()
+            raise
+
+    # -- start-up ----------------------------------------------------------------------------
+
+    def _rebuild(self) -> None:
+        """Index the committed rows and mark their extents used (free map = complement)."""
+        dropped: list[ObjectRecord] = []
+        for rec in self._meta.records():
+            target = self._paths.get(rec.path)
+            if target is None:
+                # Keep the row: a later start with that path configured serves it again.
+                logger.warning(
+                    "object %r of tenant %s lives on unconfigured path %s; not served",
+                    rec.key,
+                    rec.tenant,
+                    rec.path,
+                )
+                continue
+            try:
+                target.reserve(Extent(rec.offset, rec.length))
+            except InvalidArgument as exc:
+                logger.error(
+                    "dropping object %r of tenant %s: extent %s+%s on %s conflicts (%s)",
+                    rec.key,
+                    rec.tenant,
+                    rec.offset,
+                    rec.length,
+                    rec.path,
+                    exc,
+                )
+                dropped.append(rec)
+                continue
+            info = ObjectInfo(
+                tenant=rec.tenant,
+                key=rec.key,
+                size=rec.size,
+                path=rec.path,
+                offset=rec.offset,
+                length=rec.length,
+                checksum=rec.checksum,
+                generation=rec.generation,
+                persistent=True,
+                last_access=rec.last_access,
+                session=None,
+            )
+            self._install(_Entry(info))
+        if dropped:
+            with self._meta.txn(durable=True) as t:
+                for rec in dropped:
+                    t.delete(rec.tenant, rec.key)
+        self._next_generation = self._meta.max_generation() + 1
+        logger.info(
+            "object store open: %d objects, next generation %d",
+            sum(len(keys) for keys in self._index.values()),
+            self._next_generation,
+        )
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def put(
+        self,
+        tenant: str,
+        key: bytes,
+        src: memoryview,
+        *,
+        persistent: bool = False,
+        durable: bool = False,
+        session: str | None = None,
+        path: str | None = None,
+    ) -> ObjectInfo:
+        """Store ``src`` under ``(tenant, key)``, replacing any previous version.
+
+        Acknowledged (returns) only after the metadata commit. Ephemeral objects
+        (``persistent=False``) belong to ``session`` when one is given and are freed by
+        :meth:`release_session`; persistent objects outlive sessions (``session`` is ignored).
+
+        Raises:
+            InvalidArgument: bad tenant, key, size or path name.
+            OutOfSpace: no free extent on the chosen path is large enough.
+            DeviceIOError: the write or flush failed. In every error case nothing changed.
+        """
+        key = self._check_key(tenant, key)
+        data = _as_bytes_view(src, writable=False, what="source")
+        size = data.nbytes
+        if not 1 <= size <= self.max_object_bytes:
+            raise InvalidArgument(
+                f"object size {size} is outside 1..{self.max_object_bytes} bytes (key {key!r})"
+            )
+        path_name = self._choose_path(tenant, size, path)
+        checksum = xxhash.xxh3_64_intdigest(data)
+        target = self._paths[path_name]
+        with self._lock:
+            self._check_open()
+            extent = target.allocate(size)
+        try:
+            target.write(extent, data)
+            if durable:
+                target.flush()
+        except BaseException as exc:
+            with self._lock:
+                target.release(extent)
+            if isinstance(exc, OSError):
+                raise DeviceIOError(
+                    f"writing key {key!r} to {path_name} at {extent.offset} failed: {exc}"
+                ) from exc
+            raise
+        with self._lock:
+            try:
+                self._check_open()
+                entry = _Entry(
+                    ObjectInfo(
+                        tenant=tenant,
+                        key=key,
+                        size=size,
+                        path=path_name,
+                        offset=extent.offset,
+                        length=extent.length,
+                        checksum=checksum,
+                        generation=self._next_generation,
+                        persistent=persistent,
+                        last_access=time.time(),
+                        session=None if persistent else session,
+                    )
+                )
+                old = self._lookup(tenant, key)
+                self._commit(entry, old, durable=durable)
+            except BaseException:
+                target.release(extent)
+                raise
+            self._next_generation += 1
+            if old is not None:
+                self._retire(old)
+            self._install(entry)
+            return entry.snapshot()
+
+    def _commit(self, entry: _Entry | None, old: _Entry | None, *, durable: bool) -> None:
+        """Make the metadata say ``entry`` (None: nothing) instead of ``old``. Under the lock."""
+        info = entry.info if entry is not None else None
+        if not (info is not None and info.persistent) and not (old and old.info.persistent):
+            return  # ephemeral -> ephemeral: nothing durable changes
+        try:
+            with self._meta.txn(durable=durable) as t:
+                if info is not None and info.persistent:
+                    if info.tenant not in self._known_tenants:
+                        uid, label = parse_tenant(info.tenant)
+                        t.upsert_tenant(info.tenant, uid, label)
+                    t.put(self._record(info, entry.last_access))  # type: ignore[union-attr]
+                elif old is not None:
+                    t.delete(old.info.tenant, old.info.key)
+        except DualbladeError:
+            raise
+        except Exception as exc:  # sqlite3.Error, OSError from the state dir
+            raise DualbladeError(f"metadata commit failed: {exc}") from exc
+        if info is not None and info.persistent:
+            self._known_tenants.add(info.tenant)
+
+    def delete(self, tenant: str, key: bytes) -> ObjectInfo:
+        """Remove one object and free its space (once no reader pins it)."""
+        key = self._check_key(tenant, key)
+        with self._lock:
+            self._check_open()
+            entry = self._require(tenant, key)
+            self._commit(None, entry, durable=False)
+            self._retire(entry)
+            return entry.snapshot()
+
+    def release_session(self, session: str) -> int:
+        """Free every ephemeral object of ``session``; return how many there were."""
+        with self._lock:
+            self._check_open()
+            members = self._sessions.pop(session, set())
+            for tenant, key in members:
+                entry = self._lookup(tenant, key)
+                if entry is not None and entry.info.session == session:
+                    self._retire(entry)
+        if members:
+            logger.info("session %s released: %d ephemeral objects freed", session, len(members))
+        return len(members)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get_into(self, tenant: str, key: bytes, dst: memoryview) -> ObjectInfo:
+        """Read the object into ``dst[:size]`` and verify it.
+
+        Raises:
+            NotFound: no such key for this tenant.
+            InvalidArgument: ``dst`` is smaller than the object or not writable.
+            ChecksumMismatch: the stored bytes are torn or stale; ``dst[:size]`` was zeroed and
+                the object dropped.
+            DeviceIOError: the read failed (the object is kept).
+        """
+        key = self._check_key(tenant, key)
+        out = _as_bytes_view(dst, writable=True, what="destination")
+        with self._lock:
+            self._check_open()
+            entry = self._require(tenant, key)
+            size = entry.info.size
+            if out.nbytes < size:
+                raise InvalidArgument(
+                    f"destination buffer holds {out.nbytes} bytes, key {key!r} needs {size}"
+                )
+            self._pin(entry)
+            self._note_access(entry)
+        try:
+            actual = self._read_verified(entry, out[:size])
+        except BaseException:
+            with self._lock:
+                self._unpin(entry)
+            raise
+        with self._lock:
+            self._unpin(entry)
+            if actual is not None:
+                self._drop_corrupt(entry, actual)
+        if actual is not None:
+            raise ChecksumMismatch(key, entry.info.checksum, actual)
+        return entry.snapshot()
+
+    def _read_verified(self, entry: _Entry, view: memoryview) -> int | None:
+        """Read ``entry`` into ``view``; return None when it verifies, else the bad checksum."""
+        info = entry.info
+        try:
+            self._paths[info.path].read(info.extent, view)
+        except OSError as exc:
+            raise DeviceIOError(
+                f"reading key {info.key!r} from {info.path} at {info.offset} failed: {exc}"
+            ) from exc
+        actual = xxhash.xxh3_64_intdigest(view)
+        if actual == info.checksum:
+            return None
+        _zero(view)
+        return actual
+
+    def _drop_corrupt(self, entry: _Entry, actual: int) -> None:
+        info = entry.info
+        logger.error(
+            "checksum mismatch: tenant %s key %r on %s at %d+%d generation %d "
+            "(stored %#018x, read %#018x); dropping the object",
+            info.tenant,
+            info.key,
+            info.path,
+            info.offset,
+            info.length,
+            info.generation,
+            info.checksum,
+            actual,
+        )
+        if self._lookup(info.tenant, info.key) is entry:  # not already replaced or deleted
+            self._commit(None, entry, durable=False)
+            self._retire(entry)
+
+    def stat(self, tenant: str, key: bytes) -> ObjectInfo:
+        key = self._check_key(tenant, key)
+        with self._lock:
+            self._check_open()
+            return self._require(tenant, key).snapshot()
+
+    def list(self, tenant: str | None, prefix: bytes = b"", limit: int = 0) -> list[ObjectInfo]:
+        """Objects in (tenant, key) order whose key starts with ``prefix``; ``limit`` 0: all.
+
+        ``tenant=None`` lists every tenant (admin tools only).
+        """
+        if limit < 0:
+            raise InvalidArgument(f"limit must be >= 0, got {limit}")
+        out: list[ObjectInfo] = []
+        with self._lock:
+            self._check_open()
+            tenants = sorted(self._index) if tenant is None else [tenant]
+            for name in tenants:
+                keys = self._index.get(name)
+                if keys is None:
+                    continue
+                for k in keys.irange(minimum=bytes(prefix)):
+                    if not k.startswith(prefix):
+                        break
+                    out.append(keys[k].snapshot())
+                    if limit and len(out) >= limit:
+                        return out
+        return out
+
+    def usage(self, tenant: str) -> int:
+        """Bytes of space allocated to ``tenant`` (extent lengths, ephemeral included)."""
+        with self._lock:
+            return self._usage.get(tenant, 0)
+
+    def stats(self) -> StoreStats:
+        with self._lock:
+            counts = {name: [0, 0] for name in self._paths}
+            persistent = ephemeral = 0
+            for keys in self._index.values():
+                for entry in keys.values():
+                    c = counts[entry.info.path]
+                    c[0] += 1
+                    c[1] += entry.info.size
+                    if entry.info.persistent:
+                        persistent += 1
+                    else:
+                        ephemeral += 1
+            return StoreStats(
+                paths={
+                    name: PathUsage(
+                        objects=counts[name][0],
+                        bytes=counts[name][1],
+                        alloc=p.stats(),
+                        resident_bytes=p.resident_bytes(),
+                    )
+                    for name, p in self._paths.items()
+                },
+                objects=persistent + ephemeral,
+                persistent_objects=persistent,
+                ephemeral_objects=ephemeral,
+                sessions={s: len(m) for s, m in self._sessions.items()},
+                pinned=self._pinned,
+            )
+
+    @property
+    def path_names(self) -> tuple[str, ...]:
+        return tuple(self._paths)
+
+    # -- migration ---------------------------------------------------------------------------
+
+    def relocate(self, tenant: str, key: bytes, new_path: str) -> ObjectInfo:
+        """Move one object to ``new_path`` (the residency arbiter's migration hook).
+
+        Copy, verify, flush the destination, commit durably, then free the old extent: a failure
+        at any step leaves exactly one valid copy, and readers see the old copy until the commit.
+
+        Raises:
+            FailedPrecondition: the object was overwritten or deleted during the copy (the copy
+                is discarded; the newer state stands).
+        """
+        key = self._check_key(tenant, key)
+        if new_path not in self._paths:
+            raise InvalidArgument(self._unknown_path(new_path))
+        dest = self._paths[new_path]
+        with self._lock:
+            self._check_open()
+            entry = self._require(tenant, key)
+            if entry.info.path == new_path:
+                return entry.snapshot()
+            self._pin(entry)
+            try:
+                extent = dest.allocate(entry.info.size)
+            except BaseException:
+                self._unpin(entry)
+                raise
+        info = entry.info
+        try:
+            with mmap.mmap(-1, info.length) as bounce:  # page-aligned, as O_DIRECT wants
+                view = memoryview(bounce)
+                try:
+                    actual = self._read_verified(entry, view[: info.size])
+                    if actual is None:
+                        dest.write(extent, view[: info.size])
+                        dest.flush()
+                finally:
+                    view.release()
+        except BaseException as exc:
+            with self._lock:
+                dest.release(extent)
+                self._unpin(entry)
+            if isinstance(exc, OSError):
+                raise DeviceIOError(f"relocating key {key!r} to {new_path}: {exc}") from exc
+            raise
+        with self._lock:
+            self._unpin(entry)
+            if actual is not None:
+                dest.release(extent)
+                self._drop_corrupt(entry, actual)
+            elif self._lookup(tenant, key) is not entry:
+                dest.release(extent)
+                raise FailedPrecondition(f"key {key!r} changed while relocating; copy discarded")
+            else:
+                moved = _Entry(
+                    replace(info, path=new_path, offset=extent.offset, length=extent.length)
+                )
+                moved.last_access = entry.last_access
+                try:
+                    self._commit(moved, entry, durable=True)
+                except BaseException:
+                    dest.release(extent)
+                    raise
+                self._retire(entry)
+                self._install(moved)
+                logger.info(
+                    "relocated tenant %s key %r: %s@%d -> %s@%d",
+                    tenant,
+                    key,
+                    info.path,
+                    info.offset,
+                    new_path,
+                    extent.offset,
+                )
+                return moved.snapshot()
+        raise ChecksumMismatch(key, info.checksum, actual)
+
+    # -- durability and shutdown ---------------------------------------------------------------
+
+    def flush_access(self) -> int:
+        """Persist the batched ``last_access`` updates; return how many were written."""
+        with self._lock:
+            if self._closed or not self._dirty_access:
+                return 0
+            batch, self._dirty_access = self._dirty_access, {}
+        self._meta.touch_many((t, k, when) for (t, k), when in batch.items())
+        return len(batch)
+
+    def flush(self) -> None:
+        """Make everything acknowledged so far durable: data on every path, then metadata."""
+        self._check_open()
+        for p in self._paths.values():
+            p.flush()
+        self.flush_access()
+        self._meta.sync()
+
+    def close(self) -> None:
+        """Flush and release everything. Ephemeral objects are gone afterwards."""
+        with self._lock:
+            if self._closed:
+                return
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        try:
+            self.flush()
+        finally:
+            with self._lock:
+                self._closed = True
+            for p in self._paths.values():
+                p.close()
+            self._meta.close()
+
+    def __enter__(self) -> ObjectStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- index helpers (all under self._lock) -----------------------------------------------------
+
+    def _lookup(self, tenant: str, key: bytes) -> _Entry | None:
+        keys = self._index.get(tenant)
+        return keys.get(key) if keys is not None else None
+
+    def _require(self, tenant: str, key: bytes) -> _Entry:
+        entry = self._lookup(tenant, key)
+        if entry is None:
+            # The message names only the caller's key: other tenants' keys look absent.
+            raise NotFound(f"key {key!r} not found")
+        return entry
+
+    def _install(self, entry: _Entry) -> None:
+        info = entry.info
+        self._index.setdefault(info.tenant, SortedDict())[info.key] = entry
+        self._usage[info.tenant] = self._usage.get(info.tenant, 0) + info.length
+        if info.session is not None:
+            self._sessions.setdefault(info.session, set()).add((info.tenant, info.key))
+
+    def _retire(self, entry: _Entry) -> None:
+        """Take ``entry`` out of the index; free its extent now or at the last unpin."""
+        if entry.dead:
+            return
+        info = entry.info
+        keys = self._index.get(info.tenant)
+        if keys is not None and keys.get(info.key) is entry:
+            del keys[info.key]
+            if not keys:
+                del self._index[info.tenant]
+        self._usage[info.tenant] -= info.length
+        if not self._usage[info.tenant]:
+            del self._usage[info.tenant]
+        if info.session is not None:
+            members = self._sessions.get(info.session)
+            if members is not None:
+                members.discard((info.tenant, info.key))
+                if not members:
+                    del self._sessions[info.session]
+        self._dirty_access.pop((info.tenant, info.key), None)
+        entry.dead = True
+        if entry.pins == 0:
+            self._paths[info.path].release(info.extent)
+
+    def _pin(self, entry: _Entry) -> None:
+        if entry.pins == 0:
+            self._pinned += 1
+        entry.pins += 1
+
+    def _unpin(self, entry: _Entry) -> None:
+        entry.pins -= 1
+        if entry.pins == 0:
+            self._pinned -= 1
+            if entry.dead:
+                self._paths[entry.info.path].release(entry.info.extent)
+
+    def _note_access(self, entry: _Entry) -> None:
+        now = time.time()
+        entry.last_access = now
+        if entry.info.persistent:
+            self._dirty_access[(entry.info.tenant, entry.info.key)] = now
+
+    @staticmethod
+    def _record(info: ObjectInfo, last_access: float) -> ObjectRecord:
+        return ObjectRecord(
+            tenant=info.tenant,
+            key=info.key,
+            path=info.path,
+            offset=info.offset,
+            length=info.length,
+            size=info.size,
+            checksum=info.checksum,
+            generation=info.generation,
+            persistent=info.persistent,
+            last_access=last_access,
+        )
+
+    # -- validation ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_key(tenant: str, key: bytes) -> bytes:
+        if not isinstance(tenant, str) or not tenant:
+            raise InvalidArgument(f"tenant must be a non-empty string, got {tenant!r}")
+        if not isinstance(key, bytes | bytearray | memoryview):
+            raise InvalidArgument(f"key must be bytes, got {type(key).__name__}")
+        key = bytes(key)
+        if not 1 <= len(key) <= MAX_KEY_BYTES:
+            raise InvalidArgument(f"key length {len(key)} is outside 1..{MAX_KEY_BYTES} bytes")
+        return key
+
+    def _choose_path(self, tenant: str, size: int, hint: str | None) -> str:
+        if hint is not None:
+            if hint not in self._paths:
+                raise InvalidArgument(self._unknown_path(hint))
+            return hint
+        if self._placement is not None:
+            name = self._placement(tenant, size)
+            if name in self._paths:
+                return name
+            logger.warning("placement chose unknown path %r; using %s", name, DIRECT)
+        if DIRECT in self._paths:
+            return DIRECT
+        return next(iter(self._paths))
+
+    def _unknown_path(self, name: str) -> str:
+        return f"unknown residency path {name!r} (configured: {', '.join(sorted(self._paths))})"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FailedPrecondition("object store is closed")
+
+    def __iter__(self) -> Iterator[ObjectInfo]:
+        return iter(self.list(None))
+
+
+def _flush_loop(ref: weakref.ref[ObjectStore], stop: threading.Event, interval: float) -> None:
+    """Background batching of last_access; holds only a weak reference to the store."""
+    while not stop.wait(interval):
+        store = ref()
+        if store is None:
+            return
+        try:
+            store.flush_access()
+        except DualbladeError as exc:
+            logger.warning("last_access flush failed: %s", exc)
+        finally:
+            del store
