@@ -202,7 +202,7 @@ def parse_size(text: str | int, what: str = "size") -> int:
 def parse_listen_address(text: str, what: str = "address") -> tuple[str, int]:
     """``(host, port)`` from ``"127.0.0.1:9464"``/``"[::1]:9464"``/``"localhost:9464"``.
 
-    Only loopback hosts are accepted, plus the explicit wildcards ``0.0.0.0`` and ``::``: metrics
+    Port 0 binds a free port (the bound one is logged). Only loopback hosts are accepted, plus the explicit wildcards ``0.0.0.0`` and ``::``: metrics
     name tenants, so exposing them beyond the host must be a deliberate, visible choice.
     """
     m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", text.strip())
@@ -210,8 +210,8 @@ def parse_listen_address(text: str, what: str = "address") -> tuple[str, int]:
         raise InvalidArgument(f"{what}: expected 'host:port' or '[v6]:port', got {text!r}")
     host = m.group(1) or m.group(3)
     port = int(m.group(2) or m.group(4))
-    if not 0 < port < 65536:
-        raise InvalidArgument(f"{what}: port {port} is out of range 1-65535")
+    if port > 65535:
+        raise InvalidArgument(f"{what}: port {port} is out of range 0-65535")
     if host == "localhost":
         return "127.0.0.1", port
     try:

@@ -194,7 +194,7 @@ def test_listen_address() -> None:
     assert parse_listen_address("[::1]:9") == ("::1", 9)
     assert parse_listen_address("localhost:80") == ("127.0.0.1", 80)
     assert parse_listen_address("0.0.0.0:9464") == ("0.0.0.0", 9464)
-    for bad in ("192.168.1.2:1", "127.0.0.1:0", "127.0.0.1", "example.com:1"):
+    for bad in ("192.168.1.2:1", "127.0.0.1:70000", "127.0.0.1", "example.com:1"):
         with pytest.raises(InvalidArgument):
             parse_listen_address(bad)
 
