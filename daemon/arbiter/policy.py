@@ -1,0 +1,276 @@
+"""The residency policy: pure decisions from scripted inputs (no I/O, no clock, no threads).
+
+The arbiter feeds it :class:`~dualbladed.arbiter.signals.MemorySignals`, the page-cache path's
+resident bytes, per-tenant usage and per-object heat; it answers with a budget, per-tenant
+shares, a placement for each new object and a bounded list of migrations. Everything it keeps
+between calls (the held budget, the last shares, per-tenant move history) exists to damp
+oscillation. ``now`` is always passed in, so tests script time as well as signals.
+
+1. Budget. ``raw = effective_available + pagecache_resident - reserve_bytes`` clamped at 0: the
+   page-cache bytes we may hold in total are what we hold already plus what is still free, less
+   what is kept for model weights and the rest of the system. The *held* budget only moves when
+   ``|raw - held|`` exceeds the hysteresis band, ``max(hysteresis_bytes, hysteresis_fraction *
+   held)``, so a MemAvailable that wobbles inside the band changes nothing. (Note: MemAvailable
+   already counts clean page cache, ours included, as reclaimable; ``reserve_bytes`` must be
+   sized with that in mind.)
+
+2. Shares. The budget is split among tenants with demand (their page-cache + direct bytes) by
+   weight, max-min fair (water-filling): every tenant is offered ``remaining * w / sum(w)``; a
+   tenant whose demand is below its offer gets its demand and leaves the race, and the rest is
+   offered again. Shares never exceed demand; what is left over is *slack*.
+
+3. Placement. Forced modes return their path. In adaptive mode a new object goes to the page
+   cache while ``pagecache_bytes + size <= share``; beyond the share it may use the slack, which
+   is consumed as it is used, so that placements between two ticks cannot oversubscribe the
+   budget. Before the first tick there is no budget and everything goes direct (the safe path).
+
+4. Migrations (adaptive mode only), at most ``max_migration_bytes_per_tick`` per tick, demotions
+   first (they relieve memory pressure, promotions are only an optimisation):
+
+   - Demote (page cache -> direct, coldest ``last_access`` first, across tenants) when a tenant
+     holds more than ``share + band``; it is brought down to its share, not to the band edge,
+     so the next small wobble does not trigger again.
+   - Promote (direct -> page cache, hottest first) when a tenant holds less than
+     ``share - band``, filling up to its share.
+   - Anti-flapping: an object that moved within ``min_dwell_s`` does not move again, and a
+     tenant demoted within ``min_dwell_s`` gets no promotion. Together with the hysteresis on
+     the budget and on the shares this bounds every object to one direction change per dwell.
+
+   An object larger than the per-tick bound may still move alone as the first move of a tick
+   (otherwise it could never move).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from dualbladed.arbiter.signals import MemorySignals
+from dualbladed.errors import InvalidArgument
+from dualbladed.paths.abstract import DIRECT, PAGECACHE
+
+PathName = Literal["pagecache", "direct"]
+Mode = Literal["adaptive", "pagecache", "direct"]
+MODES: tuple[str, ...] = ("adaptive", PAGECACHE, DIRECT)
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    mode: Mode = "adaptive"
+    #: memory kept for model weights and the rest of the system, never budgeted
+    reserve_bytes: int = 0
+    #: the budget and the shares only react to changes beyond
+    #: max(hysteresis_bytes, hysteresis_fraction * value)
+    hysteresis_bytes: int = 64 * MiB
+    hysteresis_fraction: float = 0.0
+    #: tenant -> weight (> 0); tenants not listed get default_weight
+    weights: Mapping[str, float] = field(default_factory=dict)
+    default_weight: float = 1.0
+    #: an object (or a demoted tenant) does not move back within this time
+    min_dwell_s: float = 30.0
+    max_migration_bytes_per_tick: int = 256 * MiB
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InvalidArgument(f"residency mode {self.mode!r} is not one of {MODES}")
+        for name in ("reserve_bytes", "hysteresis_bytes", "max_migration_bytes_per_tick"):
+            if getattr(self, name) < 0:
+                raise InvalidArgument(f"{name} {getattr(self, name)} must not be negative")
+        if not 0.0 <= self.hysteresis_fraction < 1.0:
+            raise InvalidArgument(
+                f"hysteresis_fraction {self.hysteresis_fraction} must be in [0, 1)"
+            )
+        if self.min_dwell_s < 0:
+            raise InvalidArgument(f"min_dwell_s {self.min_dwell_s} must not be negative")
+        for tenant, w in {**self.weights, "<default>": self.default_weight}.items():
+            if not (w > 0 and math.isfinite(w)):
+                raise InvalidArgument(f"weight {w!r} of tenant {tenant!r} must be positive")
+        object.__setattr__(self, "weights", MappingProxyType(dict(self.weights)))
+
+    def weight(self, tenant: str) -> float:
+        return self.weights.get(tenant, self.default_weight)
+
+    def band(self, value: int) -> int:
+        return max(self.hysteresis_bytes, int(self.hysteresis_fraction * value))
+
+
+@dataclass(frozen=True)
+class Budget:
+    total: int  # the held page-cache budget (what shares split)
+    raw: int  # what this tick's signals alone would give
+    effective_available: int
+    pagecache_resident: int
+    changed: bool  # the held budget moved on this call
+
+
+@dataclass(frozen=True)
+class TenantUsage:
+    pagecache_bytes: int
+    direct_bytes: int
+
+    @property
+    def total(self) -> int:
+        return self.pagecache_bytes + self.direct_bytes
+
+
+@dataclass(frozen=True)
+class ObjectHeat:
+    tenant: str
+    key: bytes
+    size: int
+    path: PathName
+    last_access: float  # same clock as ``now``
+    last_moved: float | None  # None: never migrated since it was placed
+
+
+@dataclass(frozen=True)
+class Migration:
+    tenant: str
+    key: bytes
+    size: int
+    src: PathName
+    dst: PathName
+    reason: str  # for dbctl and logs: "over share" / "under share"
+
+
+class ResidencyPolicy:
+    """See the module docstring. Not thread-safe: the arbiter calls it from its one thread."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.config = config
+        self._held: int | None = None
+        self._budget: Budget | None = None
+        self._shares: dict[str, int] = {}
+        self._slack = 0
+        self._last_demotion: dict[str, float] = {}
+
+    @property
+    def current_budget(self) -> Budget | None:
+        return self._budget
+
+    @property
+    def current_shares(self) -> Mapping[str, int]:
+        return MappingProxyType(self._shares)
+
+    # ------------------------------------------------------------------ budget
+
+    def budget(self, signals: MemorySignals, pagecache_resident: int) -> Budget:
+        cfg = self.config
+        avail = signals.effective_available
+        raw = max(0, avail + pagecache_resident - cfg.reserve_bytes)
+        held = self._held
+        changed = held is None or abs(raw - held) > cfg.band(held)
+        if held is None or changed:
+            held = self._held = raw
+        self._budget = Budget(held, raw, avail, pagecache_resident, changed)
+        return self._budget
+
+    # ------------------------------------------------------------------ shares
+
+    def shares(self, budget: Budget, demand: Mapping[str, int]) -> dict[str, int]:
+        """Weighted max-min fair split of ``budget.total``; also remembers it for place()."""
+        out = {t: 0 for t in demand}
+        active = {t: d for t, d in demand.items() if d > 0}
+        remaining = budget.total
+        while active and remaining > 0:
+            weight_sum = sum(self.config.weight(t) for t in active)
+            offers = {t: remaining * self.config.weight(t) / weight_sum for t in active}
+            sated = [t for t, d in active.items() if d <= offers[t]]
+            if not sated:
+                for t in active:
+                    out[t] += int(offers[t])
+                break
+            for t in sated:
+                out[t] += active.pop(t)
+                remaining -= out[t]
+        self._shares = out
+        self._slack = max(0, budget.total - sum(out.values()))
+        return dict(out)
+
+    # --------------------------------------------------------------- placement
+
+    def place(self, tenant: str, size: int, usage: TenantUsage) -> PathName:
+        mode = self.config.mode
+        if mode != "adaptive":
+            return PAGECACHE if mode == PAGECACHE else DIRECT
+        share = self._shares.get(tenant, 0)
+        excess = max(0, usage.pagecache_bytes + size - share)
+        if excess == 0:
+            return PAGECACHE
+        # beyond the share only what is really new above it draws on the slack
+        draw = min(excess, size)
+        if draw <= self._slack:
+            self._slack -= draw
+            return PAGECACHE
+        return DIRECT
+
+    # -------------------------------------------------------------- migrations
+
+    def plan(
+        self,
+        usage: Mapping[str, TenantUsage],
+        objects_lru: Iterable[ObjectHeat],
+        now: float,
+        *,
+        budget: Budget | None = None,
+    ) -> list[Migration]:
+        """Bounded demotions then promotions for this tick (``budget``: the last one held)."""
+        budget = budget or self._budget
+        if self.config.mode != "adaptive" or budget is None:
+            return []
+        cfg = self.config
+        shares = self.shares(budget, {t: u.total for t, u in usage.items()})
+        objects = list(objects_lru)
+        movable = [
+            o
+            for o in objects
+            if o.tenant in usage and (o.last_moved is None or now - o.last_moved >= cfg.min_dwell_s)
+        ]
+        left = cfg.max_migration_bytes_per_tick
+        plan: list[Migration] = []
+
+        def take(o: ObjectHeat, need: dict[str, int], dst: PathName, reason: str) -> bool:
+            nonlocal left
+            if need.get(o.tenant, 0) < o.size or (o.size > left and plan):
+                return False
+            need[o.tenant] -= o.size
+            left -= o.size
+            plan.append(Migration(o.tenant, o.key, o.size, o.path, dst, reason))
+            self._note(o.tenant, dst, now)
+            return True
+
+        over = {
+            t: u.pagecache_bytes - shares[t]
+            for t, u in usage.items()
+            if u.pagecache_bytes > shares[t] + cfg.band(shares[t])
+        }
+        # demotions stop a tenant at its share: round up, the last object may overshoot
+        demote_need = dict(over)
+        for o in sorted((o for o in movable if o.path == PAGECACHE), key=lambda o: o.last_access):
+            if left <= 0 and plan:
+                break
+            if demote_need.get(o.tenant, 0) > 0:
+                demote_need[o.tenant] = max(demote_need[o.tenant], o.size)
+                take(o, demote_need, DIRECT, "over share")
+
+        under = {
+            t: shares[t] - u.pagecache_bytes
+            for t, u in usage.items()
+            if u.pagecache_bytes < shares[t] - cfg.band(shares[t])
+            and now - self._last_demotion.get(t, -math.inf) >= cfg.min_dwell_s
+        }
+        for o in sorted(
+            (o for o in movable if o.path == DIRECT), key=lambda o: o.last_access, reverse=True
+        ):
+            if left <= 0:
+                break
+            take(o, under, PAGECACHE, "under share")
+        return plan
+
+    def _note(self, tenant: str, dst: PathName, now: float) -> None:
+        if dst == DIRECT:
+            self._last_demotion[tenant] = now
