@@ -1,0 +1,226 @@
+"""A session's shared-memory arena: a sealed memfd mapped MAP_SHARED by the daemon and the client.
+
+Why a memfd: it has no name that could leak in /dev/shm when a process crashes, its memory lives
+exactly as long as some fd or mapping refers to it, and the fd travels to the client with
+SCM_RIGHTS over the handshake socket (see :mod:`dualbladed.sessions.handshake`). KV bytes move
+between the namespace and page-aligned slices of this mapping with O_DIRECT preadv/pwritev, so the
+data plane makes no CPU copy.
+
+Why the seals: ``F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`` freeze the size for good. Without
+``F_SEAL_SHRINK`` a client could ftruncate the memfd to zero while the daemon is reading into it
+and the daemon would take SIGBUS on the next touch of the vanished pages, killing every tenant.
+``F_SEAL_SEAL`` stops anyone from removing or adding seals later. Writes stay allowed: that is the
+point of a shared arena.
+
+Prefault: ``MADV_POPULATE_WRITE`` (23, Linux 5.14+, no constant in Python 3.11) allocates every
+page up front, so the first DMA into the arena does not pay page faults and an out-of-memory
+condition shows up at session creation rather than in the middle of an I/O. Older kernels answer
+EINVAL and we carry on with lazily faulted pages. The pages are shmem charged to the daemon's
+memory cgroup.
+
+Closing and exported buffers: ``mmap.close()`` raises ``BufferError`` while any memoryview of the
+mapping is alive, and unmapping memory that another thread is DMAing into would be a
+use-after-free. So every view handed out by :meth:`Arena.view` is tracked (weakly); ``close()``
+releases each one (a released view raises ``ValueError`` on any later use instead of touching
+unmapped memory), then tries to unmap. A view that is still exported (an in-flight ``preadv``
+holds a buffer on it, or a caller sliced it or wrapped it in numpy/torch) cannot be released; in
+that case ``close()`` drops the arena's reference to the mapping and the kernel mapping goes away
+when the last such buffer does ("lazy close"). Either way the memfd itself is closed at once and
+``close()`` never raises.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import mmap
+import os
+import threading
+import weakref
+
+from dualbladed.errors import FailedPrecondition, InvalidArgument, Misaligned, OutOfRange
+
+__all__ = ["ALIGNMENT", "MADV_POPULATE_WRITE", "SEALS", "Arena"]
+
+logger = logging.getLogger(__name__)
+
+#: Every arena offset the daemon does I/O at is a multiple of this (a page, and a multiple of
+#: every logical block size we accept, so O_DIRECT on slices is always legal).
+ALIGNMENT = 4096
+
+#: ``MADV_POPULATE_WRITE`` from <linux/mman.h>; Python 3.11 has no constant for it.
+MADV_POPULATE_WRITE: int = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+
+#: The seals every arena carries: size frozen, seal set frozen.
+SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+
+class _ViewTracker:
+    """Weak references to the memoryviews handed out, so close() can release them.
+
+    (A ``WeakSet`` will not do: writable memoryviews are unhashable.)
+    """
+
+    def __init__(self) -> None:
+        self._refs: dict[int, weakref.ref[memoryview]] = {}
+
+    def add(self, view: memoryview) -> None:
+        key = id(view)
+        refs = self._refs
+
+        def forget(ref: weakref.ref[memoryview]) -> None:
+            if refs.get(key) is ref:
+                del refs[key]
+
+        refs[key] = weakref.ref(view, forget)
+
+    def release_all(self) -> int:
+        """Release every live view; returns how many could not be released (still exported)."""
+        while True:
+            try:  # a weakref callback (GC in another thread) may resize the dict mid-copy
+                refs = list(self._refs.values())
+                break
+            except RuntimeError:
+                continue
+        busy = 0
+        for ref in refs:
+            view = ref()
+            if view is None:
+                continue
+            try:
+                view.release()
+            except BufferError:
+                busy += 1
+        self._refs.clear()
+        return busy
+
+
+class Arena:
+    """One sealed, MAP_SHARED memfd of a fixed size. Thread-safe.
+
+    Use :meth:`create`; the constructor is private to it.
+    """
+
+    def __init__(self, fd: int, size: int, mapping: mmap.mmap) -> None:
+        self._fd = fd
+        self._size = size
+        self._mmap: mmap.mmap | None = mapping
+        self._base: memoryview | None = memoryview(mapping)
+        self._views = _ViewTracker()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def create(cls, size: int, *, name: str = "dualbladed-arena", prefault: bool = True) -> Arena:
+        """Create, size, seal and map a new arena of ``size`` bytes (a positive multiple of 4096).
+
+        Raises InvalidArgument for a bad size and OSError (ENOMEM, EMFILE, ...) from the kernel.
+        """
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise InvalidArgument(f"arena size must be a positive integer, got {size!r}")
+        if size % ALIGNMENT:
+            raise Misaligned("arena size", size, ALIGNMENT)
+        fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(fd, size)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+            mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        if prefault:
+            _prefault(mapping, size)
+        return cls(fd, size, mapping)
+
+    @property
+    def fd(self) -> int:
+        """The memfd (close-on-exec). Owned by the arena: send it, never close it."""
+        if self._closed:
+            raise FailedPrecondition("arena is closed")
+        return self._fd
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def view(self, offset: int, length: int) -> memoryview:
+        """A writable view of ``[offset, offset + length)``.
+
+        ``offset`` must be a multiple of :data:`ALIGNMENT` (Misaligned); the range must lie inside
+        the arena (OutOfRange). ``length`` need not be aligned: callers doing O_DIRECT check the
+        length against the namespace's block size themselves.
+        """
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise InvalidArgument(f"arena offset must be an integer, got {offset!r}")
+        if isinstance(length, bool) or not isinstance(length, int):
+            raise InvalidArgument(f"arena length must be an integer, got {length!r}")
+        if offset % ALIGNMENT:
+            what = f"arena offset (view of {length} bytes in a {self._size}-byte arena)"
+            raise Misaligned(what, offset, ALIGNMENT)
+        if offset < 0 or length < 0 or offset + length > self._size:
+            raise OutOfRange(
+                f"arena range offset={offset} length={length} is outside the arena "
+                f"of {self._size} bytes"
+            )
+        with self._lock:
+            if self._base is None:
+                raise FailedPrecondition("arena is closed")
+            view = self._base[offset : offset + length]
+            self._views.add(view)
+        return view
+
+    def close(self) -> None:
+        """Release the views, unmap (now or lazily, see the module docstring), close the memfd.
+
+        Idempotent; never raises.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            mapping, base = self._mmap, self._base
+            self._mmap = self._base = None
+            views, self._views = self._views, _ViewTracker()
+        busy = views.release_all()
+        if base is not None:
+            base.release()
+        if mapping is not None:
+            try:
+                mapping.close()
+            except BufferError:
+                # Someone still holds a buffer on the mapping. Dropping our reference is safe:
+                # CPython unmaps when the last export goes away.
+                logger.debug(
+                    "arena of %d bytes still exported (%d busy views); unmapping lazily",
+                    self._size,
+                    busy,
+                )
+        try:
+            os.close(self._fd)
+        except OSError:  # pragma: no cover - only if someone closed our fd behind our back
+            logger.warning("arena memfd %d was already closed", self._fd)
+
+    def __enter__(self) -> Arena:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self._fd}"
+        return f"Arena(size={self._size}, {state})"
+
+
+def _prefault(mapping: mmap.mmap, size: int) -> None:
+    """Populate every page writable; silently fall back to lazy faults where unsupported."""
+    madvise = getattr(mapping, "madvise", None)
+    if madvise is None:  # pragma: no cover - every Linux build has it
+        return
+    try:
+        madvise(MADV_POPULATE_WRITE, 0, size)
+    except OSError as err:
+        logger.debug("MADV_POPULATE_WRITE unavailable (%s); pages fault in lazily", err)

@@ -1,0 +1,622 @@
+"""The handshake socket: kernel-attested identity, a session token, the arena fd, and the lease.
+
+gRPC Python cannot see a Unix-socket peer's credentials (api-facts §1.2), so identity is
+established here, on a small ``AF_UNIX``/``SOCK_SEQPACKET`` socket next to the gRPC one.
+SEQPACKET keeps message boundaries (one hello = one datagram, no framing code) and, unlike
+SOCK_DGRAM, is connection-oriented, so the connection itself can be the lease.
+
+Protocol v1 (every message is one UTF-8 JSON datagram of at most 4096 bytes)::
+
+    client -> daemon   {"v": 1, "tenant": "<label>", "arena_bytes": N}     (arena_bytes optional)
+    daemon -> client   {"v": 1, "session_id": "...", "token": "...", "tenant": "<uid>/<label>",
+                        "arena_bytes": N, "alignment": 4096, "limits": {...}}
+                       + SCM_RIGHTS: the arena memfd (sealed, see dualbladed.sessions.arena)
+                   or  {"v": 1, "error": {"code": "INVALID_ARGUMENT", "message": "..."}}, then close
+
+The label is 1..64 characters of ``[A-Za-z0-9._-]``; ``arena_bytes`` is a multiple of 4096 within
+``[4096, max_arena_bytes]``. Unknown fields are rejected, so a newer client learns at once that it
+talks to an older daemon. The pid/uid/gid come from ``SO_PEERCRED``, never from the message.
+
+The lease: after a successful hello the connection stays open and carries nothing further. EOF,
+an error, any further datagram, or the peer's pidfd turning readable (the process exited) ends the
+session through :meth:`SessionRegistry.end`, typically within milliseconds and always within one
+second. The pidfd matters when the client forked: the child inherits the lease socket, so the
+connection outlives the parent, but the pidfd still reports the parent's exit. The pidfd comes from
+``SO_PEERPIDFD`` (77, Linux 6.5+, race-free); older kernels fall back to ``pidfd_open(pid)`` right
+after accept, which could name a recycled pid if the client died within microseconds of
+connecting; its lease socket's EOF ends that session anyway. Conversely, when a session is ended
+from elsewhere (admin, shutdown), the lease connection is closed, so the client sees EOF.
+
+Threading: one thread runs a selector over the listener, a wake-up pipe, the pending handshakes,
+the leases and their pidfds; only that thread opens or closes those fds, so an fd number is never
+closed while another thread may still use it. Other threads talk to it through a queue plus the
+pipe. Every per-connection failure is caught and logged and costs only that connection; the thread
+never dies. ``on_end`` callbacks triggered by a broken lease run on this thread, so they must be
+quick.
+
+Robustness limits: at most ``max_pending`` handshakes wait for their hello; when a new connection
+would exceed that, the *oldest* pending one is closed (an idle flood cannot lock out a real client,
+whose hello is usually queued before we even accept it). A pending connection that sends nothing
+for ``hello_timeout_s`` is closed. Datagrams above 4096 bytes and hellos that carry file
+descriptors are refused (the kernel discards fds we did not ask for, so none leak). When accept()
+runs out of fds (EMFILE), the listener is paused for 100 ms instead of spinning.
+
+Instance lock: :meth:`HandshakeServer.start` replaces a stale socket file at ``path`` (only a
+socket, never a regular file). That is safe only because the caller already holds the daemon's
+instance lock (``flock`` on the lock file); without it a second daemon would silently steal the
+socket of a running one.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import json
+import logging
+import os
+import re
+import selectors
+import socket
+import stat
+import struct
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from dualbladed.errors import (
+    DualbladeError,
+    FailedPrecondition,
+    InvalidArgument,
+    Misaligned,
+    OutOfRange,
+    ResourceExhausted,
+)
+from dualbladed.sessions.arena import ALIGNMENT, Arena
+from dualbladed.sessions.registry import Session, SessionRegistry
+
+__all__ = [
+    "HELLO_MAX_BYTES",
+    "PROTOCOL_VERSION",
+    "SO_PEERPIDFD",
+    "HandshakeServer",
+    "Hello",
+    "parse_hello",
+]
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+HELLO_MAX_BYTES = 4096
+#: ``SO_PEERPIDFD`` from <asm-generic/socket.h> (Linux 6.5+); Python 3.11 has no constant.
+SO_PEERPIDFD = 77
+
+_TENANT_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_HELLO_FIELDS = frozenset({"v", "tenant", "arena_bytes"})
+_ACCEPT_BATCH = 64
+_EMFILE_PAUSE_S = 0.1
+_CRED = struct.Struct("3i")
+
+
+@dataclass(frozen=True)
+class Hello:
+    """A validated client hello."""
+
+    tenant: str
+    arena_bytes: int
+
+
+def _clip(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def parse_hello(data: bytes, *, default_arena_bytes: int, max_arena_bytes: int) -> Hello:
+    """Parse and validate one hello datagram; InvalidArgument (or a subclass) names the rule."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as err:
+        raise InvalidArgument(f"hello is not a valid UTF-8 JSON document: {err}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"hello must be a JSON object, got {type(doc).__name__}")
+    unknown = sorted(set(doc) - _HELLO_FIELDS)
+    if unknown:
+        raise InvalidArgument(
+            f"unknown hello field(s) {_clip(unknown)}; v1 knows v, tenant, arena_bytes"
+        )
+    version = doc.get("v")
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise InvalidArgument(
+            f"unsupported handshake version {_clip(version)}; this daemon speaks {PROTOCOL_VERSION}"
+        )
+    tenant = doc.get("tenant")
+    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
+        raise InvalidArgument(
+            f"tenant label must be 1..64 characters of [A-Za-z0-9._-], got {_clip(tenant)}"
+        )
+    arena_bytes = doc.get("arena_bytes")
+    if arena_bytes is None:
+        arena_bytes = default_arena_bytes
+    if isinstance(arena_bytes, bool) or not isinstance(arena_bytes, int):
+        raise InvalidArgument(f"arena_bytes must be an integer, got {_clip(arena_bytes)}")
+    if arena_bytes % ALIGNMENT:
+        raise Misaligned("arena_bytes", arena_bytes, ALIGNMENT)
+    if not ALIGNMENT <= arena_bytes <= max_arena_bytes:
+        raise OutOfRange(
+            f"arena_bytes {arena_bytes} is outside [{ALIGNMENT}, {max_arena_bytes}] "
+            "(the daemon's max_arena_bytes)"
+        )
+    return Hello(tenant=tenant, arena_bytes=arena_bytes)
+
+
+@dataclass(eq=False)
+class _Conn:
+    """A connection owned by the handshake thread: pending until its hello, then a lease."""
+
+    sock: socket.socket
+    pid: int
+    uid: int
+    gid: int
+    pidfd: int | None
+    deadline: float
+    session_id: str | None = None
+    pidfd_registered: bool = field(default=False)
+
+
+class HandshakeServer:
+    """The handshake listener and lease watcher (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        registry: SessionRegistry,
+        *,
+        make_arena: Callable[[int], Arena],
+        default_arena_bytes: int,
+        max_arena_bytes: int,
+        allow_tenant: Callable[[int, str], None] | None = None,
+        socket_mode: int = 0o660,
+        socket_gid: int | None = None,
+        hello_timeout_s: float = 2.0,
+        max_pending: int = 64,
+        limits: Mapping[str, int] | None = None,
+    ) -> None:
+        for name, value in (
+            ("default_arena_bytes", default_arena_bytes),
+            ("max_arena_bytes", max_arena_bytes),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < ALIGNMENT:
+                raise InvalidArgument(f"{name} must be an integer >= {ALIGNMENT}, got {value!r}")
+            if value % ALIGNMENT:
+                raise Misaligned(name, value, ALIGNMENT)
+        if default_arena_bytes > max_arena_bytes:
+            raise InvalidArgument(
+                f"default_arena_bytes {default_arena_bytes} exceeds max_arena_bytes "
+                f"{max_arena_bytes}"
+            )
+        if not hello_timeout_s > 0:
+            raise InvalidArgument(f"hello_timeout_s must be positive, got {hello_timeout_s!r}")
+        if max_pending < 1:
+            raise InvalidArgument(f"max_pending must be at least 1, got {max_pending!r}")
+        self._path = os.fspath(path)
+        self._registry = registry
+        self._make_arena = make_arena
+        self._default_arena_bytes = default_arena_bytes
+        self._max_arena_bytes = max_arena_bytes
+        self._allow_tenant = allow_tenant
+        self._socket_mode = socket_mode
+        self._socket_gid = socket_gid
+        self._hello_timeout_s = hello_timeout_s
+        self._max_pending = max_pending
+        self._limits: dict[str, int] = {
+            "max_arena_bytes": max_arena_bytes,
+            "default_arena_bytes": default_arena_bytes,
+            "max_sessions": registry.max_sessions,
+            **(limits or {}),
+        }
+        # Owned by the handshake thread once started.
+        self._listener: socket.socket | None = None
+        self._listener_ino: int | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r = self._wake_w = -1
+        # Insertion order = deadline order (one constant timeout), so the oldest is first.
+        self._pending: collections.OrderedDict[_Conn, None] = collections.OrderedDict()
+        self._leases: dict[str, _Conn] = {}
+        self._accept_paused_until = 0.0
+        # Shared with other threads.
+        self._ended: collections.deque[str] = collections.deque()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind (replacing a stale socket file: hold the instance lock first), listen, serve."""
+        if self._thread is not None:
+            raise FailedPrecondition("handshake server already started")
+        self._remove_stale_socket()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            listener.bind(self._path)
+            # Permissions before listen(): a connect() that slips in before chmod is refused.
+            os.chmod(self._path, self._socket_mode)
+            if self._socket_gid is not None:
+                os.chown(self._path, -1, self._socket_gid)
+            listener.listen(128)
+            listener.setblocking(False)
+            self._listener_ino = os.stat(self._path).st_ino
+        except OSError as err:
+            listener.close()
+            raise FailedPrecondition(f"cannot listen on {self._path}: {err}") from err
+        self._listener = listener
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(listener, selectors.EVENT_READ, "listener")
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._registry.on_end(self._on_session_end)
+        self._thread = threading.Thread(target=self._run, name="dualbladed-handshake", daemon=True)
+        self._thread.start()
+        logger.info("handshake socket listening on %s", self._path)
+
+    def stop(self) -> None:
+        """Stop serving, close every pending handshake, end every session this server leased."""
+        thread = self._thread
+        if thread is None or self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._wake()
+        thread.join()
+        self._registry.remove_on_end(self._on_session_end)
+        for conn in list(self._pending):
+            self._drop(conn)
+        for conn in list(self._leases.values()):
+            self._drop(conn)
+            if conn.session_id is not None:
+                self._registry.end(conn.session_id)
+        assert self._selector is not None and self._listener is not None
+        self._selector.close()
+        self._listener.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        try:
+            if os.stat(self._path).st_ino == self._listener_ino:
+                os.unlink(self._path)
+        except FileNotFoundError:
+            pass
+        logger.info("handshake socket %s closed", self._path)
+
+    def _remove_stale_socket(self) -> None:
+        try:
+            st = os.lstat(self._path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise FailedPrecondition(
+                f"{self._path} exists and is not a socket; refusing to replace it"
+            )
+        os.unlink(self._path)
+
+    def _wake(self) -> None:
+        # A full pipe (BlockingIOError) means the thread is already due to wake up.
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\0")
+
+    def _on_session_end(self, session: Session) -> None:
+        # Registry callback, any thread: ask the handshake thread to drop the lease connection.
+        self._ended.append(session.id)
+        if threading.current_thread() is not self._thread:
+            self._wake()
+
+    # ---- the handshake thread --------------------------------------------------------------
+
+    def _run(self) -> None:
+        assert self._selector is not None
+        while not self._stopping.is_set():
+            try:
+                events = self._selector.select(self._next_timeout())
+                for key, _mask in events:
+                    self._dispatch(key)
+                self._expire_pending()
+                self._drain_ended()
+                self._maybe_resume_accept()
+            except Exception:
+                logger.exception("handshake loop iteration failed; continuing")
+                time.sleep(0.01)
+
+    def _next_timeout(self) -> float | None:
+        now = time.monotonic()
+        deadlines = []
+        if self._pending:
+            deadlines.append(next(iter(self._pending)).deadline)
+        if self._accept_paused_until:
+            deadlines.append(self._accept_paused_until)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - now)
+
+    def _dispatch(self, key: selectors.SelectorKey) -> None:
+        data = key.data
+        if data == "listener":
+            self._accept_batch()
+        elif data == "wake":
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        else:
+            kind, conn = data
+            self._guarded(conn, kind)
+
+    def _guarded(self, conn: _Conn, kind: str) -> None:
+        """Handle one event on one connection; a failure costs that connection only."""
+        try:
+            if kind == "pidfd":
+                self._lease_lost(conn, "client process exited")
+            elif conn.session_id is None:
+                self._on_hello(conn)
+            else:
+                self._on_lease_readable(conn)
+        except Exception:
+            logger.exception("handshake connection from pid %d failed; closing it", conn.pid)
+            if conn.session_id is None:
+                self._drop(conn)
+            else:
+                self._lease_lost(conn, "internal error")
+
+    def _accept_batch(self) -> None:
+        assert self._listener is not None
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _addr = self._listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as err:
+                if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    logger.warning("handshake accept failed (%s); pausing accepts for 100 ms", err)
+                    self._pause_accept()
+                    return
+                logger.warning("handshake accept failed: %s", err)
+                continue
+            try:
+                self._admit(sock)
+            except Exception:
+                logger.exception("could not admit a handshake connection")
+                sock.close()
+
+    def _pause_accept(self) -> None:
+        assert self._selector is not None and self._listener is not None
+        if not self._accept_paused_until:
+            self._selector.unregister(self._listener)
+        self._accept_paused_until = time.monotonic() + _EMFILE_PAUSE_S
+
+    def _maybe_resume_accept(self) -> None:
+        if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
+            assert self._selector is not None and self._listener is not None
+            self._accept_paused_until = 0.0
+            self._selector.register(self._listener, selectors.EVENT_READ, "listener")
+
+    def _admit(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        try:
+            pid, uid, gid = _CRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
+            )
+        except OSError as err:
+            logger.warning("SO_PEERCRED failed (%s); closing the connection", err)
+            sock.close()
+            return
+        try:
+            pidfd = _peer_pidfd(sock, pid)
+        except ProcessLookupError:
+            logger.debug("handshake peer pid %d exited before accept; closing", pid)
+            sock.close()
+            return
+        conn = _Conn(sock, pid, uid, gid, pidfd, time.monotonic() + self._hello_timeout_s)
+        while len(self._pending) >= self._max_pending:
+            oldest = next(iter(self._pending))
+            logger.warning(
+                "too many pending handshakes (%d); closing the oldest (pid %d)",
+                self._max_pending,
+                oldest.pid,
+            )
+            self._drop(oldest)
+        assert self._selector is not None
+        try:
+            self._selector.register(sock, selectors.EVENT_READ, ("conn", conn))
+        except BaseException:
+            self._drop(conn)
+            raise
+        self._pending[conn] = None
+        # A well-behaved client has usually queued its hello already: serve it now.
+        self._guarded(conn, "conn")
+
+    def _on_hello(self, conn: _Conn) -> None:
+        try:
+            data, _anc, flags, _addr = conn.sock.recvmsg(HELLO_MAX_BYTES)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            logger.debug("handshake peer pid %d vanished: %s", conn.pid, err)
+            self._drop(conn)
+            return
+        if not data and not flags:
+            logger.debug("handshake peer pid %d closed before its hello", conn.pid)
+            self._drop(conn)
+            return
+        try:
+            if flags & socket.MSG_TRUNC:
+                raise InvalidArgument(f"hello exceeds {HELLO_MAX_BYTES} bytes")
+            if flags & socket.MSG_CTRUNC:
+                raise InvalidArgument(
+                    "hello must not carry file descriptors or other ancillary data"
+                )
+            hello = parse_hello(
+                data,
+                default_arena_bytes=self._default_arena_bytes,
+                max_arena_bytes=self._max_arena_bytes,
+            )
+            if self._allow_tenant is not None:
+                self._allow_tenant(conn.uid, hello.tenant)
+            session = self._open_session(conn, hello)
+        except DualbladeError as err:
+            logger.info(
+                "handshake from pid %d uid %d refused: %s %s",
+                conn.pid,
+                conn.uid,
+                err.grpc_code,
+                err,
+            )
+            self._reply_error(conn, err.grpc_code, str(err))
+            return
+        except Exception:
+            logger.exception("handshake from pid %d uid %d failed", conn.pid, conn.uid)
+            self._reply_error(conn, "INTERNAL", "internal error while opening the session")
+            return
+        self._grant(conn, session)
+
+    def _open_session(self, conn: _Conn, hello: Hello) -> Session:
+        try:
+            arena = self._make_arena(hello.arena_bytes)
+        except OSError as err:
+            raise ResourceExhausted(
+                f"cannot create an arena of {hello.arena_bytes} bytes: {err.strerror or err}"
+            ) from err
+        try:
+            return self._registry.register(
+                pid=conn.pid,
+                uid=conn.uid,
+                gid=conn.gid,
+                tenant_label=hello.tenant,
+                arena=arena,
+                pidfd=conn.pidfd,
+            )
+        except BaseException:
+            arena.close()
+            raise
+
+    def _grant(self, conn: _Conn, session: Session) -> None:
+        reply = {
+            "v": PROTOCOL_VERSION,
+            "session_id": session.id,
+            "token": session.token,
+            "tenant": session.tenant,
+            "arena_bytes": session.arena.size,
+            "alignment": ALIGNMENT,
+            "limits": self._limits,
+        }
+        try:
+            socket.send_fds(conn.sock, [json.dumps(reply).encode()], [session.arena.fd])
+        except OSError as err:
+            logger.info("handshake peer pid %d vanished before the reply: %s", conn.pid, err)
+            self._drop(conn)
+            self._registry.end(session.id)
+            return
+        del self._pending[conn]
+        conn.session_id = session.id
+        self._leases[session.id] = conn
+        if conn.pidfd is not None:
+            assert self._selector is not None
+            self._selector.register(conn.pidfd, selectors.EVENT_READ, ("pidfd", conn))
+            conn.pidfd_registered = True
+        logger.info(
+            "session %s opened: pid %d uid %d gid %d tenant %s arena %d bytes",
+            session.id,
+            conn.pid,
+            conn.uid,
+            conn.gid,
+            session.tenant,
+            session.arena.size,
+        )
+
+    def _reply_error(self, conn: _Conn, code: str, message: str) -> None:
+        reply = {"v": PROTOCOL_VERSION, "error": {"code": code, "message": message}}
+        try:
+            conn.sock.send(json.dumps(reply).encode())
+        except OSError as err:
+            logger.debug("could not send the error reply to pid %d: %s", conn.pid, err)
+        self._drop(conn)
+
+    def _on_lease_readable(self, conn: _Conn) -> None:
+        try:
+            data, _anc, _flags, _addr = conn.sock.recvmsg(1)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            self._lease_lost(conn, f"lease socket error: {err}")
+            return
+        if not data:
+            self._lease_lost(conn, "lease socket closed")
+        else:
+            self._lease_lost(conn, "protocol violation: data on the lease socket")
+
+    def _lease_lost(self, conn: _Conn, reason: str) -> None:
+        session_id = conn.session_id
+        self._drop(conn)
+        if session_id is not None and self._registry.end(session_id):
+            logger.info("session %s ended (pid %d): %s", session_id, conn.pid, reason)
+
+    def _expire_pending(self) -> None:
+        now = time.monotonic()
+        while self._pending:
+            conn = next(iter(self._pending))
+            if conn.deadline > now:
+                return
+            logger.info(
+                "handshake from pid %d sent no hello within %.1f s; closing",
+                conn.pid,
+                self._hello_timeout_s,
+            )
+            self._drop(conn)
+
+    def _drain_ended(self) -> None:
+        while self._ended:
+            conn = self._leases.get(self._ended.popleft())
+            if conn is not None:
+                logger.info("session %s ended elsewhere; closing its lease", conn.session_id)
+                self._drop(conn)
+
+    def _drop(self, conn: _Conn) -> None:
+        """Forget a connection and close its fds. Idempotent. Handshake thread (or stop()) only."""
+        assert self._selector is not None
+        self._pending.pop(conn, None)
+        if conn.session_id is not None and self._leases.get(conn.session_id) is conn:
+            del self._leases[conn.session_id]
+        if conn.sock.fileno() >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(conn.sock)
+            conn.sock.close()
+        if conn.pidfd is not None:
+            if conn.pidfd_registered:
+                self._selector.unregister(conn.pidfd)
+                conn.pidfd_registered = False
+            os.close(conn.pidfd)
+            conn.pidfd = None
+
+
+def _peer_pidfd(sock: socket.socket, pid: int) -> int | None:
+    """A pidfd for the peer: SO_PEERPIDFD where the kernel has it, else pidfd_open(pid).
+
+    Raises ProcessLookupError if the peer is already gone; None where no pidfd can be had (pid 0
+    for a peer in another pid namespace, pidfds unsupported): the lease socket alone then counts.
+    """
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4)
+        return struct.unpack("i", raw)[0]
+    except OSError as err:
+        if err.errno == errno.ESRCH:
+            raise ProcessLookupError(pid) from err
+    if pid <= 0:
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise
+    except (OSError, AttributeError) as err:
+        logger.debug("no pidfd for pid %d (%s); the lease socket alone tracks it", pid, err)
+        return None
