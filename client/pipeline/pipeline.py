@@ -1,0 +1,514 @@
+"""Layer pipeline: overlap KV reads and host<->device copies with per-layer compute.
+
+A decoder step walks the layers in order. For offloaded KV the pipeline keeps the next layers'
+reads in flight while the current layer computes:
+
+    compute:  [ layer 0 ][ layer 1 ][ layer 2 ] ...
+    reads:    [r0][ r1 ][ r2 ][ r3 ]               (depth d = 2: r(l+1), r(l+2) run during l)
+    writes:            [ w0 ][ w1 ][ w2 ]          (write-back of l overlaps compute of l+1)
+
+Usage (one step; every call is made from the thread that runs the model)::
+
+    pipe.begin_step([LayerRead(...) or None for each layer])
+    for l in range(num_layers):
+        buf = pipe.layer(l)          # uint8 tensor on `device`, or None if layer l reads nothing
+        ... compute layer l using views of buf ...
+        pipe.writeback(l, [(key, tensor), ...])
+    pipe.end_step()
+    pipe.flush()                     # only where the writes must be durable (end of request)
+
+`layer(l)` blocks only until layer l's own bytes are ready. Its result is valid until the next
+`layer()` / `end_step()` call (on the CPU it is the staging buffer itself); copy what must live
+longer. `begin_step` may be called for step s+1 right after `end_step` of step s, before the model
+finishes its last layer, so that layer 0 of the next step is read during the tail of this one.
+
+Ordering guarantees:
+
+* Reads after writes: a read waits for every pending write of any of its keys.
+* Writes after writes: a write of a key waits for the previous write of the same key, so a block
+  rewritten every step (the partly filled tail block) never regresses.
+
+GPU path (device is CUDA): the read thread issues ``copy_(non_blocking=True)`` from pinned (or
+registered arena) staging on a side stream and records an event; `layer()` makes the compute
+stream wait on it with ``current_stream().wait_event(ev)``, never a host sync. A separate reaper
+thread waits for the event before the staging buffer is reused. Write-back makes a side stream
+wait for the compute stream, copies device-to-host into pinned staging and records an event the
+writer thread waits on before calling ``put_many``.
+
+CPU path: identical structure. The "device copy" is the staging buffer itself and the write-back
+copy is a contiguous clone, so the I/O threads still overlap real CPU compute.
+
+Depth and chunk size come from `AdaptiveController` (EWMA of measured per-layer times), re-planned
+at every `begin_step`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .adaptive import AdaptiveConfig, AdaptiveController, PipelinePlan
+from .backend import KVBackend
+from .staging import StagingPool
+
+__all__ = ["LayerPipeline", "LayerRead", "PipelineStats", "Segment"]
+
+log = logging.getLogger(__name__)
+
+# Segment offsets inside a layer buffer are aligned so that any dtype view of a segment is legal.
+_SEG_ALIGN = 64
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One backend object of a layer read: its key and exact size in bytes."""
+
+    key: bytes
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class LayerRead:
+    """The objects making up one layer's KV, laid out back to back (64-byte aligned)."""
+
+    segments: tuple[Segment, ...]
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        out, off = [], 0
+        for seg in self.segments:
+            out.append(off)
+            off += -(-seg.nbytes // _SEG_ALIGN) * _SEG_ALIGN
+        return tuple(out)
+
+    @property
+    def nbytes(self) -> int:
+        if not self.segments:
+            return 0
+        return self.offsets[-1] + self.segments[-1].nbytes
+
+    def chunks(self, chunk_bytes: int) -> Iterator[list[tuple[Segment, int]]]:
+        """Group consecutive segments into calls of at most `chunk_bytes` (at least one each)."""
+        group: list[tuple[Segment, int]] = []
+        size = 0
+        for seg, off in zip(self.segments, self.offsets):
+            if group and size + seg.nbytes > chunk_bytes:
+                yield group
+                group, size = [], 0
+            group.append((seg, off))
+            size += seg.nbytes
+        if group:
+            yield group
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    steps: int
+    reads: int
+    read_bytes: int
+    read_calls: int
+    writes: int
+    write_bytes: int
+    # Seconds the model thread spent blocked in layer() waiting for reads.
+    wait_s: float
+    depth: int
+    chunk_bytes: int
+    io_ewma_s: float | None
+    compute_ewma_s: float | None
+
+
+@dataclass
+class _Issued:
+    future: Future
+    ticket: int
+
+
+class LayerPipeline:
+    """Prefetch and write-back of per-layer KV through a `KVBackend` (see module docstring).
+
+    Args:
+        backend: where the bytes live; if it has ``staging(nbytes)`` its buffers are used.
+        num_layers: layers per step.
+        device: where `layer()` results live ("cpu" or a CUDA device).
+        depth: a fixed prefetch depth, or "auto" for the adaptive controller.
+        config: bounds for the controller (staging budget, device window, ...).
+        io_threads / write_threads: backend calls in flight at once.
+    """
+
+    def __init__(
+        self,
+        backend: KVBackend,
+        *,
+        num_layers: int,
+        device: str | torch.device = "cpu",
+        depth: int | Literal["auto"] = "auto",
+        config: AdaptiveConfig | None = None,
+        io_threads: int = 4,
+        write_threads: int = 2,
+    ) -> None:
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if depth != "auto" and (not isinstance(depth, int) or depth < 1):
+            raise ValueError(f"depth must be a positive int or 'auto', got {depth!r}")
+        self.backend = backend
+        self.num_layers = num_layers
+        self.device = torch.device(device)
+        self._cuda = self.device.type == "cuda"
+        if self._cuda and not torch.cuda.is_available():
+            raise ValueError("a CUDA device was requested but torch.cuda is not available")
+        cfg = config or AdaptiveConfig()
+        self.controller = AdaptiveController(cfg, fixed_depth=None if depth == "auto" else depth)
+        alloc = getattr(backend, "staging", None) or self._alloc_host
+        self._read_staging = StagingPool(cfg.staging_bytes, alloc, reuse=self._cuda, ordered=True)
+        self._write_staging = StagingPool(cfg.staging_bytes, alloc, reuse=True, ordered=False)
+        self._readers = ThreadPoolExecutor(io_threads, thread_name_prefix="dualblade-read")
+        self._writers = ThreadPoolExecutor(write_threads, thread_name_prefix="dualblade-write")
+        self._reaper = ThreadPoolExecutor(1, thread_name_prefix="dualblade-reap")
+        if self._cuda:
+            self._h2d = torch.cuda.Stream(self.device)
+            self._d2h = torch.cuda.Stream(self.device)
+            self._compute_marks: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self._lock = threading.Lock()
+        self._pending_writes: dict[bytes, Future] = {}
+        self._writes_inflight: set[Future] = set()
+        self._write_error: BaseException | None = None
+        # Step state (model thread only).
+        self._reads: list[LayerRead | None] = []
+        self._issued: dict[int, _Issued] = {}
+        self._next_issue = 0
+        self._plan = PipelinePlan(depth=1, chunk_bytes=cfg.initial_chunk_bytes, depth_cap=1)
+        self._active = False
+        self._held: tuple[torch.Tensor, int] | None = None
+        self._last_layer: int | None = None
+        self._last_return: float | None = None
+        self._last_mark: torch.cuda.Event | None = None
+        self._closed = False
+        # Counters.
+        self._steps = self._nreads = self._read_bytes = self._read_calls = 0
+        self._nwrites = self._write_bytes = 0
+        self._wait_s = 0.0
+
+    # -- step API ----------------------------------------------------------------------------
+
+    def begin_step(self, reads: Sequence[LayerRead | None]) -> PipelinePlan:
+        """Start a step: `reads[l]` is what layer l needs (None: nothing). Returns the plan."""
+        if self._closed:
+            raise RuntimeError("pipeline is closed")
+        if self._active:
+            raise RuntimeError("begin_step called twice without end_step")
+        if len(reads) != self.num_layers:
+            raise ValueError(f"need {self.num_layers} layer reads, got {len(reads)}")
+        self._harvest_compute_marks()
+        self._reads = list(reads)
+        self._issued = {}
+        self._next_issue = 0
+        layer_bytes = max((r.nbytes for r in reads if r is not None), default=0)
+        self._plan = self.controller.plan(layer_bytes)
+        self._active = True
+        self._last_layer = None
+        self._steps += 1
+        # Layers 0..d-1 now; layer d is issued when layer 0 is consumed. The previous step's
+        # last layer may still be computing, so this keeps at most d layers in flight.
+        self._issue_through(self._plan.depth - 1)
+        return self._plan
+
+    def layer(self, index: int) -> torch.Tensor | None:
+        """Layer `index`'s bytes on the device (uint8, `LayerRead` layout), or None."""
+        if not self._active:
+            raise RuntimeError("layer() outside begin_step/end_step")
+        if not 0 <= index < self.num_layers:
+            raise IndexError(f"layer {index} out of range [0, {self.num_layers})")
+        now = time.perf_counter()
+        if self._last_layer is not None and index == self._last_layer + 1 and not self._cuda:
+            self.controller.observe_compute(now - (self._last_return or now))
+        self._release_held()
+        self._issue_through(index + self._plan.depth)
+        issued = self._issued.pop(index, None)
+        result: torch.Tensor | None = None
+        if issued is not None:
+            t0 = time.perf_counter()
+            value = issued.future.result()
+            self._wait_s += time.perf_counter() - t0
+            if self._cuda:
+                dev, ev = value
+                stream = torch.cuda.current_stream(self.device)
+                stream.wait_event(ev)
+                dev.record_stream(stream)
+                result = dev
+            else:
+                base, view, nbytes = value
+                self._held = (base, nbytes)
+                result = view
+        if self._cuda:
+            mark = torch.cuda.Event(enable_timing=True)
+            mark.record(torch.cuda.current_stream(self.device))
+            if self._last_mark is not None and self._last_layer == index - 1:
+                self._compute_marks.append((self._last_mark, mark))
+            self._last_mark = mark
+        self._last_layer = index
+        self._last_return = time.perf_counter()
+        return result
+
+    def writeback(
+        self,
+        index: int,
+        items: Sequence[tuple[bytes, torch.Tensor]],
+        *,
+        persistent: bool = False,
+    ) -> Future:
+        """Queue `items` (device tensors) for ``put_many``; returns the write's future.
+
+        The tensors are copied (device-to-host on a side stream, or a CPU clone) before this
+        returns or before the copy stream proceeds, so the caller may keep computing.
+        """
+        if self._closed:
+            raise RuntimeError("pipeline is closed")
+        if not 0 <= index < self.num_layers:
+            raise IndexError(f"layer {index} out of range [0, {self.num_layers})")
+        if not items:
+            done: Future = Future()
+            done.set_result(None)
+            return done
+        event = None
+        base = None
+        total = 0
+        if self._cuda:
+            host_items, base, total, event = self._copy_to_host(items)
+        else:
+            host_items = [
+                (key, t.detach().clone() if t.is_contiguous() else t.detach().contiguous())
+                for key, t in items
+            ]
+        keys = [key for key, _ in items]
+        nbytes = sum(t.numel() * t.element_size() for _, t in items)
+        with self._lock:
+            deps = {self._pending_writes[k] for k in keys if k in self._pending_writes}
+            future = self._writers.submit(
+                self._write_task, deps, event, host_items, persistent, base, total
+            )
+            for key in keys:
+                self._pending_writes[key] = future
+            self._writes_inflight.add(future)
+        future.add_done_callback(lambda f, keys=keys: self._write_done(f, keys))
+        self._nwrites += 1
+        self._write_bytes += nbytes
+        return future
+
+    def end_step(self) -> None:
+        """Finish the step; reads issued but never consumed are cancelled or drained."""
+        if not self._active:
+            return
+        self._release_held()
+        for issued in self._issued.values():
+            if issued.future.cancel():
+                self._read_staging.skip(issued.ticket)
+            else:
+                issued.future.add_done_callback(self._drain_unused)
+        self._issued = {}
+        self._active = False
+
+    def flush(self) -> None:
+        """Wait for every queued write; raise the first write error."""
+        while True:
+            with self._lock:
+                pending = list(self._writes_inflight)
+            if not pending:
+                break
+            for fut in pending:
+                fut.exception()
+        with self._lock:
+            err, self._write_error = self._write_error, None
+        if err is not None:
+            raise err
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.end_step()
+            self.flush()
+        finally:
+            self._closed = True
+            self._readers.shutdown(wait=True)
+            self._writers.shutdown(wait=True)
+            self._reaper.shutdown(wait=True)
+            self._read_staging.close()
+            self._write_staging.close()
+
+    def __enter__(self) -> LayerPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stats(self) -> PipelineStats:
+        return PipelineStats(
+            steps=self._steps,
+            reads=self._nreads,
+            read_bytes=self._read_bytes,
+            read_calls=self._read_calls,
+            writes=self._nwrites,
+            write_bytes=self._write_bytes,
+            wait_s=self._wait_s,
+            depth=self._plan.depth,
+            chunk_bytes=self._plan.chunk_bytes,
+            io_ewma_s=self.controller.io_s,
+            compute_ewma_s=self.controller.compute_s,
+        )
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _alloc_host(self, nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self._cuda)
+
+    def _issue_through(self, last: int) -> None:
+        last = min(last, self.num_layers - 1)
+        while self._next_issue <= last:
+            index = self._next_issue
+            self._next_issue += 1
+            read = self._reads[index]
+            if read is None or not read.segments:
+                continue
+            ticket = self._read_staging.ticket()
+            with self._lock:
+                deps = {
+                    self._pending_writes[s.key]
+                    for s in read.segments
+                    if s.key in self._pending_writes
+                }
+            future = self._readers.submit(
+                self._read_task, read, deps, ticket, self._plan.chunk_bytes
+            )
+            self._issued[index] = _Issued(future, ticket)
+
+    def _read_task(
+        self, read: LayerRead, deps: set[Future], ticket: int, chunk_bytes: int
+    ) -> tuple[torch.Tensor, ...]:
+        nbytes = read.nbytes
+        try:
+            for dep in deps:
+                dep.result()  # a failed write makes the read fail: its data is not there
+            base, buf = self._read_staging.acquire(nbytes, ticket)
+        except BaseException:
+            self._read_staging.skip(ticket)  # later reads must not wait for this one
+            raise
+        try:
+            t0 = time.perf_counter()
+            dev = None
+            if self._cuda:
+                with torch.cuda.stream(self._h2d):
+                    dev = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+            calls = 0
+            for group in read.chunks(chunk_bytes):
+                self.backend.get_many_into(
+                    [(seg.key, buf[off : off + seg.nbytes]) for seg, off in group]
+                )
+                calls += 1
+                if dev is not None:
+                    lo = group[0][1]
+                    hi = group[-1][1] + group[-1][0].nbytes
+                    with torch.cuda.stream(self._h2d):
+                        dev[lo:hi].copy_(buf[lo:hi], non_blocking=True)
+            self.controller.observe_io(time.perf_counter() - t0, nbytes, calls)
+        except BaseException:
+            self._read_staging.release(base, nbytes)
+            raise
+        with self._lock:
+            self._nreads += 1
+            self._read_bytes += nbytes
+            self._read_calls += calls
+        if dev is None:
+            return base, buf, nbytes
+        event = torch.cuda.Event()
+        event.record(self._h2d)
+        self._reaper.submit(self._release_after, event, self._read_staging, base, nbytes)
+        return dev, event
+
+    @staticmethod
+    def _release_after(event: torch.cuda.Event, pool: StagingPool, base: torch.Tensor, n: int):
+        event.synchronize()  # host wait in the reaper thread, never in the model thread
+        pool.release(base, n)
+
+    def _copy_to_host(self, items: Sequence[tuple[bytes, torch.Tensor]]):
+        sizes = [t.numel() * t.element_size() for _, t in items]
+        offsets, off = [], 0
+        for n in sizes:
+            offsets.append(off)
+            off += -(-n // _SEG_ALIGN) * _SEG_ALIGN
+        total = off
+        base, host = self._write_staging.acquire(total)
+        compute = torch.cuda.current_stream(self.device)
+        self._d2h.wait_stream(compute)
+        host_items = []
+        with torch.cuda.stream(self._d2h):
+            for (key, t), o, n in zip(items, offsets, sizes):
+                dst = host[o : o + n]
+                dst.view(t.dtype).view(t.shape).copy_(t, non_blocking=True)
+                t.record_stream(self._d2h)
+                host_items.append((key, dst))
+            event = torch.cuda.Event()
+            event.record(self._d2h)
+        return host_items, base, total, event
+
+    def _write_task(
+        self,
+        deps: set[Future],
+        event: torch.cuda.Event | None,
+        items: list[tuple[bytes, torch.Tensor]],
+        persistent: bool,
+        base: torch.Tensor | None,
+        total: int,
+    ) -> None:
+        try:
+            for dep in deps:
+                dep.result()
+            if event is not None:
+                event.synchronize()
+            self.backend.put_many(items, persistent=persistent)
+        finally:
+            if base is not None:
+                self._write_staging.release(base, total)
+
+    def _write_done(self, future: Future, keys: list[bytes]) -> None:
+        err = future.exception()
+        with self._lock:
+            self._writes_inflight.discard(future)
+            for key in keys:
+                if self._pending_writes.get(key) is future:
+                    del self._pending_writes[key]
+            if err is not None and self._write_error is None:
+                self._write_error = err
+        if err is not None:
+            log.error("KV write-back failed: %s", err)
+
+    def _drain_unused(self, future: Future) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        value = future.result()
+        if not self._cuda:
+            base, _view, nbytes = value
+            self._read_staging.release(base, nbytes)
+
+    def _release_held(self) -> None:
+        if self._held is not None:
+            base, nbytes = self._held
+            self._held = None
+            self._read_staging.release(base, nbytes)
+
+    def _harvest_compute_marks(self) -> None:
+        if not self._cuda:
+            return
+        keep = []
+        for start, end in self._compute_marks:
+            if end.query():
+                self.controller.observe_compute(start.elapsed_time(end) / 1000.0)
+            else:
+                keep.append((start, end))
+        self._compute_marks = keep[-4 * self.num_layers :]

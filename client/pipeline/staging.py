@@ -1,0 +1,129 @@
+"""Host staging memory for the layer pipeline: a byte budget with first-in-first-out admission.
+
+Every in-flight layer read holds one staging buffer from the moment its first backend call starts
+until its bytes are no longer needed on the host (on a GPU: when the host-to-device copy has
+completed; on the CPU: when the consumer moves past the layer, because the staging buffer *is*
+the result). The pool bounds the bytes held at once, which is what bounds the prefetch depth.
+
+Why tickets: reads are admitted in the order they were issued. Without that, the read of layer
+l+2 could take the last staging bytes while the read of layer l+1 waits, and the consumer, which
+blocks on l+1, would never release anything: a deadlock. With FIFO admission the read the
+consumer waits for is always the oldest, and every buffer held is older and will be released.
+A single request larger than the whole budget is admitted when nothing else is held.
+
+Buffer reuse: pinned or arena-backed memory is expensive to obtain, so released buffers are kept
+for reuse, but only when the pipeline never hands the staging buffer itself to the consumer
+(``reuse=True``, the GPU case). On the CPU the consumer gets a view of the staging buffer, so it
+is never recycled; only the byte accounting is returned.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["StagingPool"]
+
+_ALIGN = 4096
+
+
+class StagingPool:
+    """A byte budget of host buffers; `acquire` blocks until the budget allows the request."""
+
+    def __init__(
+        self, capacity: int, alloc: Callable[[int], torch.Tensor], *, reuse: bool, ordered: bool
+    ) -> None:
+        if capacity <= 0:
+            raise ValueError(f"staging capacity must be positive, got {capacity}")
+        self.capacity = capacity
+        self._alloc = alloc
+        self._reuse = reuse
+        self._ordered = ordered
+        self._cond = threading.Condition()
+        self._in_use = 0
+        self._free: list[torch.Tensor] = []
+        self._next_ticket = 0
+        self._issued = 0
+        self._skipped: set[int] = set()
+        self._closed = False
+
+    def ticket(self) -> int:
+        """Reserve a place in the admission order (call in issue order)."""
+        with self._cond:
+            ticket = self._issued
+            self._issued += 1
+            return ticket
+
+    def skip(self, ticket: int) -> None:
+        """Give up a ticket whose request will never be made (a cancelled read)."""
+        with self._cond:
+            self._skipped.add(ticket)
+            self._advance()
+            self._cond.notify_all()
+
+    def acquire(self, nbytes: int, ticket: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(base, view)``: `view` is ``nbytes`` long; hand `base` back to `release`."""
+        want = max(_ALIGN, -(-nbytes // _ALIGN) * _ALIGN)
+        with self._cond:
+            while not self._closed and not (
+                (not self._ordered or ticket is None or ticket == self._next_ticket)
+                and (self._in_use == 0 or self._in_use + want <= self.capacity)
+            ):
+                self._cond.wait()
+            if self._closed:
+                raise RuntimeError("staging pool is closed")
+            if self._ordered and ticket is not None:
+                self._next_ticket += 1
+                self._advance()
+            self._in_use += want
+            base = self._take_free(want)
+            self._cond.notify_all()
+        if base is None:
+            try:
+                base = self._alloc(want)
+            except BaseException:
+                self.release(None, want)
+                raise
+        return base, base[:nbytes]
+
+    def release(self, base: torch.Tensor | None, nbytes: int) -> None:
+        """Return a buffer from `acquire` (``nbytes`` as requested there)."""
+        want = max(_ALIGN, -(-nbytes // _ALIGN) * _ALIGN)
+        with self._cond:
+            self._in_use -= want
+            if self._reuse and base is not None:
+                self._free.append(base)
+                # Keep cached buffers within the budget too.
+                while self._free and self._in_use + sum(b.numel() for b in self._free) > (
+                    self.capacity
+                ):
+                    self._free.remove(max(self._free, key=lambda b: b.numel()))
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._free.clear()
+            self._cond.notify_all()
+
+    @property
+    def in_use(self) -> int:
+        with self._cond:
+            return self._in_use
+
+    def _advance(self) -> None:
+        while self._next_ticket in self._skipped:
+            self._skipped.discard(self._next_ticket)
+            self._next_ticket += 1
+
+    def _take_free(self, want: int) -> torch.Tensor | None:
+        fitting = [b for b in self._free if b.numel() >= want]
+        if not fitting:
+            return None
+        best = min(fitting, key=lambda b: b.numel())
+        self._free.remove(best)
+        return best
