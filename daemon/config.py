@@ -150,7 +150,7 @@ class DaemonConfig:
     # Group whose members get the admin role (and group ownership of the sockets); None: none.
     admin_group: str | None = "dualblade-admin"
     limits: LimitsConfig = field(default_factory=LimitsConfig)
-    quota: QuotaConfig = field(default_factory=QuotaConfig)
+    quotas: QuotaConfig = field(default_factory=QuotaConfig)
     io: IOConfig = field(default_factory=IOConfig)
     residency: ResidencyConfig = field(default_factory=ResidencyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -363,8 +363,8 @@ _DEFINITIONS: tuple[_Setting, ...] = (
         "arena size when the client asks for none",
     ),
     _Setting("limits.max_sessions", _int(1), 256, "concurrent sessions"),
-    _Setting("quota.default_bytes", _size(), 0, "per-tenant quota, 0 = unlimited"),
-    _Setting("quota.per_tenant", _quota_map, MappingProxyType({}), "label|uid/label = size"),
+    _Setting("quotas.default_bytes", _size(), 0, "per-tenant quota, 0 = unlimited"),
+    _Setting("quotas.per_tenant", _quota_map, MappingProxyType({}), "label|uid/label = size"),
     _Setting("io.request_bytes", _size(IO_ALIGNMENT, IO_ALIGNMENT), 1 * MiB, "I/O request size"),
     _Setting("io.queue_depth", _int(1, 1024), 8, "I/O requests in flight"),
     _Setting("residency.mode", _choice(*RESIDENCY_MODES), "adaptive", "residency policy"),
@@ -498,7 +498,7 @@ def config_from_values(values: Mapping[str, Any]) -> DaemonConfig:
         log_level=v["log_level"],
         admin_group=v["admin_group"],
         limits=section(LimitsConfig, "limits"),
-        quota=section(QuotaConfig, "quota"),
+        quotas=section(QuotaConfig, "quotas"),
         io=section(IOConfig, "io"),
         residency=section(ResidencyConfig, "residency"),
         metrics=section(MetricsConfig, "metrics"),

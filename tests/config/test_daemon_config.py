@@ -116,7 +116,7 @@ def test_relative_paths(as_user: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_example_config_loads(as_user: Path) -> None:
     cfg = load_config_file(str(REPO / "systemd" / "dualbladed.toml"))
     assert cfg.namespace.path.startswith("/dev/disk/by-id/")
-    assert cfg.quota.quota_for(1000, "scratch") == 16 * GiB
+    assert cfg.quotas.quota_for(1000, "scratch") == 16 * GiB
     assert cfg.residency.weights["llama-70b"] == 2.0
     assert cfg.metrics.prometheus_address == "127.0.0.1:9464"
     assert cfg.residency.pagecache_max_bytes == 64 * GiB
@@ -138,7 +138,7 @@ def test_example_config_loads(as_user: Path) -> None:
         ("[namespace]\nforce = 1", "namespace.force: expected true or false"),
         ('[limits]\nmax_object_bytes = "2GB"', "limits.max_object_bytes: unit 'GB' is ambiguous"),
         ("io = 3", "io: expected a table"),
-        ('[quota.per_tenant]\n"a/b" = 1', "quota.per_tenant: tenant key 'a/b'"),
+        ('[quotas.per_tenant]\n"a/b" = 1', "quotas.per_tenant: tenant key 'a/b'"),
         ("[residency.weights]\nx = -1.0", "residency.weights.x: expected a finite weight"),
         ('[metrics]\nprometheus_address = "10.0.0.5:9464"', "is not a loopback address"),
         ('log_level = "LOUD"', "log_level: expected one of"),
@@ -212,7 +212,7 @@ def test_config_is_frozen(as_user: Path) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.socket = "/elsewhere"  # type: ignore[misc]
     with pytest.raises(TypeError):
-        cfg.quota.per_tenant["x"] = 1  # type: ignore[index]
+        cfg.quotas.per_tenant["x"] = 1  # type: ignore[index]
 
 
 def test_help_lists_every_flag() -> None:
