@@ -25,10 +25,13 @@ a rare failure.
 Locking. ``ObjectStore._lock`` guards the index, the session table, every path's allocator
 (``allocate``/``release``/``reserve``) and metadata commits. Data I/O (``write``, ``read``,
 ``flush``) runs *outside* it, so many gRPC threads stream at once. A reader pins its entry
-(``_Entry.pins``) under the lock before reading; a delete or overwrite that retires a pinned
+(``IndexEntry.pins``) under the lock before reading; a delete or overwrite that retires a pinned
 entry only marks it dead, and the last reader to unpin frees the extent. So an extent is never
 reallocated while anybody may still read it. Lock order: ``ObjectStore._lock`` ->
 ``MetaStore._lock``; paths take their own internal locks below both and never call back.
+
+The in-memory index (entries, pins, sessions, per-tenant usage) lives in
+:mod:`dualbladed.objectindex`; this module owns the lock, the paths and the metadata.
 
 ``last_access`` is updated in memory on every get and written to SQLite in batches (a
 background timer every ``access_flush_interval`` seconds, and at ``flush``/``close``), never one
@@ -42,17 +45,18 @@ import mmap
 import os
 import threading
 import time
+import uuid
 import weakref
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import xxhash
-from dualbladed.alloc.abstract import AllocStats, Extent
+from dualbladed.alloc.abstract import Extent
 from dualbladed.errors import (
     ChecksumMismatch,
-    DeviceIOError,
     DualbladeError,
     FailedPrecondition,
     InvalidArgument,
@@ -60,13 +64,24 @@ from dualbladed.errors import (
     SuperblockError,
 )
 from dualbladed.meta.store import MetaStore, ObjectRecord, parse_tenant
+from dualbladed.objectindex import IndexEntry, ObjectIndex, ObjectInfo, PathUsage, StoreStats
+from dualbladed.oserrors import from_oserror
 from dualbladed.paths.abstract import DIRECT, ResidencyPath
-from sortedcontainers import SortedDict
 
 if TYPE_CHECKING:
     from dualbladed.namespace.abstract import Namespace
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_MAX_OBJECT_BYTES",
+    "MAX_KEY_BYTES",
+    "ObjectInfo",
+    "ObjectStore",
+    "PathUsage",
+    "Placement",
+    "StoreStats",
+]
 
 MAX_KEY_BYTES = 1024
 DEFAULT_MAX_OBJECT_BYTES = 256 << 20
@@ -74,60 +89,6 @@ META_FILE = "meta.sqlite3"
 
 #: ``placement(tenant, size) -> path name`` for puts without an explicit path hint.
 Placement = Callable[[str, int], str]
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """What the store knows about one object (never its bytes)."""
-
-    tenant: str
-    key: bytes
-    size: int
-    path: str
-    offset: int
-    length: int
-    checksum: int
-    generation: int
-    persistent: bool
-    last_access: float
-    session: str | None
-
-    @property
-    def extent(self) -> Extent:
-        return Extent(self.offset, self.length)
-
-
-@dataclass(frozen=True)
-class PathUsage:
-    objects: int
-    bytes: int  # payload bytes of the objects on this path
-    alloc: AllocStats
-    resident_bytes: int
-
-
-@dataclass(frozen=True)
-class StoreStats:
-    paths: dict[str, PathUsage]
-    objects: int
-    persistent_objects: int
-    ephemeral_objects: int
-    sessions: dict[str, int]  # session -> live ephemeral objects
-    pinned: int  # entries currently pinned by readers (including dead ones)
-
-
-class _Entry:
-    """The mutable index slot of one object version. Guarded by ``ObjectStore._lock``."""
-
-    __slots__ = ("info", "last_access", "pins", "dead")
-
-    def __init__(self, info: ObjectInfo) -> None:
-        self.info = info
-        self.last_access = info.last_access
-        self.pins = 0
-        self.dead = False  # retired from the index; the last unpin frees the extent
-
-    def snapshot(self) -> ObjectInfo:
-        return replace(self.info, last_access=self.last_access)
 
 
 def _as_bytes_view(buf: object, *, writable: bool, what: str) -> memoryview:
@@ -174,12 +135,8 @@ class ObjectStore:
         self.max_object_bytes = max_object_bytes
         # Lock order: self._lock -> MetaStore._lock -> (paths' internal locks).
         self._lock = threading.Lock()
-        self._index: dict[str, SortedDict] = {}  # tenant -> SortedDict[key, _Entry]
-        self._sessions: dict[str, set[tuple[str, bytes]]] = {}
-        self._usage: dict[str, int] = {}  # tenant -> allocated bytes
-        self._dirty_access: dict[tuple[str, bytes], float] = {}
+        self._index = ObjectIndex()
         self._known_tenants = {t.name for t in meta.tenants()}
-        self._pinned = 0
         self._closed = False
         self._rebuild()
         self._stop = threading.Event()
@@ -289,7 +246,7 @@ class ObjectStore:
                 last_access=rec.last_access,
                 session=None,
             )
-            self._install(_Entry(info))
+            self._index.install(IndexEntry(info))
         if dropped:
             with self._meta.txn(durable=True) as t:
                 for rec in dropped:
@@ -297,7 +254,7 @@ class ObjectStore:
         self._next_generation = self._meta.max_generation() + 1
         logger.info(
             "object store open: %d objects, next generation %d",
-            sum(len(keys) for keys in self._index.values()),
+            len(self._index),
             self._next_generation,
         )
 
@@ -346,14 +303,14 @@ class ObjectStore:
             with self._lock:
                 target.release(extent)
             if isinstance(exc, OSError):
-                raise DeviceIOError(
-                    f"writing key {key!r} to {path_name} at {extent.offset} failed: {exc}"
+                raise from_oserror(
+                    exc, context=f"writing key {key!r} to {path_name} at {extent.offset}"
                 ) from exc
             raise
         with self._lock:
             try:
                 self._check_open()
-                entry = _Entry(
+                entry = IndexEntry(
                     ObjectInfo(
                         tenant=tenant,
                         key=key,
@@ -368,7 +325,7 @@ class ObjectStore:
                         session=None if persistent else session,
                     )
                 )
-                old = self._lookup(tenant, key)
+                old = self._index.lookup(tenant, key)
                 self._commit(entry, old, durable=durable)
             except BaseException:
                 target.release(extent)
@@ -376,10 +333,10 @@ class ObjectStore:
             self._next_generation += 1
             if old is not None:
                 self._retire(old)
-            self._install(entry)
+            self._index.install(entry)
             return entry.snapshot()
 
-    def _commit(self, entry: _Entry | None, old: _Entry | None, *, durable: bool) -> None:
+    def _commit(self, entry: IndexEntry | None, old: IndexEntry | None, *, durable: bool) -> None:
         """Make the metadata say ``entry`` (None: nothing) instead of ``old``. Under the lock."""
         info = entry.info if entry is not None else None
         if not (info is not None and info.persistent) and not (old and old.info.persistent):
@@ -414,11 +371,9 @@ class ObjectStore:
         """Free every ephemeral object of ``session``; return how many there were."""
         with self._lock:
             self._check_open()
-            members = self._sessions.pop(session, set())
-            for tenant, key in members:
-                entry = self._lookup(tenant, key)
-                if entry is not None and entry.info.session == session:
-                    self._retire(entry)
+            members = self._index.session_members(session)
+            for entry in members:
+                self._retire(entry)
         if members:
             logger.info("session %s released: %d ephemeral objects freed", session, len(members))
         return len(members)
@@ -445,8 +400,8 @@ class ObjectStore:
                 raise InvalidArgument(
                     f"destination buffer holds {out.nbytes} bytes, key {key!r} needs {size}"
                 )
-            self._pin(entry)
-            self._note_access(entry)
+            self._index.pin(entry)
+            self._index.note_access(entry)
         try:
             actual = self._read_verified(entry, out[:size])
         except BaseException:
@@ -461,14 +416,14 @@ class ObjectStore:
             raise ChecksumMismatch(key, entry.info.checksum, actual)
         return entry.snapshot()
 
-    def _read_verified(self, entry: _Entry, view: memoryview) -> int | None:
+    def _read_verified(self, entry: IndexEntry, view: memoryview) -> int | None:
         """Read ``entry`` into ``view``; return None when it verifies, else the bad checksum."""
         info = entry.info
         try:
             self._paths[info.path].read(info.extent, view)
         except OSError as exc:
-            raise DeviceIOError(
-                f"reading key {info.key!r} from {info.path} at {info.offset} failed: {exc}"
+            raise from_oserror(
+                exc, context=f"reading key {info.key!r} from {info.path} at {info.offset}"
             ) from exc
         actual = xxhash.xxh3_64_intdigest(view)
         if actual == info.checksum:
@@ -476,7 +431,7 @@ class ObjectStore:
         _zero(view)
         return actual
 
-    def _drop_corrupt(self, entry: _Entry, actual: int) -> None:
+    def _drop_corrupt(self, entry: IndexEntry, actual: int) -> None:
         info = entry.info
         logger.error(
             "checksum mismatch: tenant %s key %r on %s at %d+%d generation %d "
@@ -490,7 +445,7 @@ class ObjectStore:
             info.checksum,
             actual,
         )
-        if self._lookup(info.tenant, info.key) is entry:  # not already replaced or deleted
+        if self._index.lookup(info.tenant, info.key) is entry:  # not already replaced or deleted
             self._commit(None, entry, durable=False)
             self._retire(entry)
 
@@ -507,40 +462,27 @@ class ObjectStore:
         """
         if limit < 0:
             raise InvalidArgument(f"limit must be >= 0, got {limit}")
-        out: list[ObjectInfo] = []
         with self._lock:
             self._check_open()
-            tenants = sorted(self._index) if tenant is None else [tenant]
-            for name in tenants:
-                keys = self._index.get(name)
-                if keys is None:
-                    continue
-                for k in keys.irange(minimum=bytes(prefix)):
-                    if not k.startswith(prefix):
-                        break
-                    out.append(keys[k].snapshot())
-                    if limit and len(out) >= limit:
-                        return out
-        return out
+            return [e.snapshot() for e in self._index.scan(tenant, bytes(prefix), limit)]
 
     def usage(self, tenant: str) -> int:
         """Bytes of space allocated to ``tenant`` (extent lengths, ephemeral included)."""
         with self._lock:
-            return self._usage.get(tenant, 0)
+            return self._index.usage(tenant)
 
     def stats(self) -> StoreStats:
         with self._lock:
             counts = {name: [0, 0] for name in self._paths}
             persistent = ephemeral = 0
-            for keys in self._index.values():
-                for entry in keys.values():
-                    c = counts[entry.info.path]
-                    c[0] += 1
-                    c[1] += entry.info.size
-                    if entry.info.persistent:
-                        persistent += 1
-                    else:
-                        ephemeral += 1
+            for entry in self._index.entries():
+                c = counts[entry.info.path]
+                c[0] += 1
+                c[1] += entry.info.size
+                if entry.info.persistent:
+                    persistent += 1
+                else:
+                    ephemeral += 1
             return StoreStats(
                 paths={
                     name: PathUsage(
@@ -554,13 +496,23 @@ class ObjectStore:
                 objects=persistent + ephemeral,
                 persistent_objects=persistent,
                 ephemeral_objects=ephemeral,
-                sessions={s: len(m) for s, m in self._sessions.items()},
-                pinned=self._pinned,
+                sessions=self._index.session_counts(),
+                pinned=self._index.pinned,
             )
 
     @property
     def path_names(self) -> tuple[str, ...]:
         return tuple(self._paths)
+
+    @property
+    def paths(self) -> Mapping[str, ResidencyPath]:
+        """The residency paths by name (read-only view; their ``stats()`` lock themselves)."""
+        return MappingProxyType(self._paths)
+
+    @property
+    def namespace_uuid(self) -> uuid.UUID:
+        """The superblock UUID the metadata is bound to."""
+        return self._meta.namespace_uuid
 
     # -- migration ---------------------------------------------------------------------------
 
@@ -583,7 +535,7 @@ class ObjectStore:
             entry = self._require(tenant, key)
             if entry.info.path == new_path:
                 return entry.snapshot()
-            self._pin(entry)
+            self._index.pin(entry)
             try:
                 extent = dest.allocate(entry.info.size)
             except BaseException:
@@ -605,18 +557,18 @@ class ObjectStore:
                 dest.release(extent)
                 self._unpin(entry)
             if isinstance(exc, OSError):
-                raise DeviceIOError(f"relocating key {key!r} to {new_path}: {exc}") from exc
+                raise from_oserror(exc, context=f"relocating key {key!r} to {new_path}") from exc
             raise
         with self._lock:
             self._unpin(entry)
             if actual is not None:
                 dest.release(extent)
                 self._drop_corrupt(entry, actual)
-            elif self._lookup(tenant, key) is not entry:
+            elif self._index.lookup(tenant, key) is not entry:
                 dest.release(extent)
                 raise FailedPrecondition(f"key {key!r} changed while relocating; copy discarded")
             else:
-                moved = _Entry(
+                moved = IndexEntry(
                     replace(info, path=new_path, offset=extent.offset, length=extent.length)
                 )
                 moved.last_access = entry.last_access
@@ -626,7 +578,7 @@ class ObjectStore:
                     dest.release(extent)
                     raise
                 self._retire(entry)
-                self._install(moved)
+                self._index.install(moved)
                 logger.info(
                     "relocated tenant %s key %r: %s@%d -> %s@%d",
                     tenant,
@@ -644,9 +596,11 @@ class ObjectStore:
     def flush_access(self) -> int:
         """Persist the batched ``last_access`` updates; return how many were written."""
         with self._lock:
-            if self._closed or not self._dirty_access:
+            if self._closed:
                 return 0
-            batch, self._dirty_access = self._dirty_access, {}
+            batch = self._index.take_dirty_access()
+        if not batch:
+            return 0
         self._meta.touch_many((t, k, when) for (t, k), when in batch.items())
         return len(batch)
 
@@ -681,67 +635,22 @@ class ObjectStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- index helpers (all under self._lock) -----------------------------------------------------
+    # -- helpers (under self._lock) ----------------------------------------------------------
 
-    def _lookup(self, tenant: str, key: bytes) -> _Entry | None:
-        keys = self._index.get(tenant)
-        return keys.get(key) if keys is not None else None
-
-    def _require(self, tenant: str, key: bytes) -> _Entry:
-        entry = self._lookup(tenant, key)
+    def _require(self, tenant: str, key: bytes) -> IndexEntry:
+        entry = self._index.lookup(tenant, key)
         if entry is None:
             # The message names only the caller's key: other tenants' keys look absent.
             raise NotFound(f"key {key!r} not found")
         return entry
 
-    def _install(self, entry: _Entry) -> None:
-        info = entry.info
-        self._index.setdefault(info.tenant, SortedDict())[info.key] = entry
-        self._usage[info.tenant] = self._usage.get(info.tenant, 0) + info.length
-        if info.session is not None:
-            self._sessions.setdefault(info.session, set()).add((info.tenant, info.key))
+    def _retire(self, entry: IndexEntry) -> None:
+        if self._index.retire(entry):
+            self._paths[entry.info.path].release(entry.info.extent)
 
-    def _retire(self, entry: _Entry) -> None:
-        """Take ``entry`` out of the index; free its extent now or at the last unpin."""
-        if entry.dead:
-            return
-        info = entry.info
-        keys = self._index.get(info.tenant)
-        if keys is not None and keys.get(info.key) is entry:
-            del keys[info.key]
-            if not keys:
-                del self._index[info.tenant]
-        self._usage[info.tenant] -= info.length
-        if not self._usage[info.tenant]:
-            del self._usage[info.tenant]
-        if info.session is not None:
-            members = self._sessions.get(info.session)
-            if members is not None:
-                members.discard((info.tenant, info.key))
-                if not members:
-                    del self._sessions[info.session]
-        self._dirty_access.pop((info.tenant, info.key), None)
-        entry.dead = True
-        if entry.pins == 0:
-            self._paths[info.path].release(info.extent)
-
-    def _pin(self, entry: _Entry) -> None:
-        if entry.pins == 0:
-            self._pinned += 1
-        entry.pins += 1
-
-    def _unpin(self, entry: _Entry) -> None:
-        entry.pins -= 1
-        if entry.pins == 0:
-            self._pinned -= 1
-            if entry.dead:
-                self._paths[entry.info.path].release(entry.info.extent)
-
-    def _note_access(self, entry: _Entry) -> None:
-        now = time.time()
-        entry.last_access = now
-        if entry.info.persistent:
-            self._dirty_access[(entry.info.tenant, entry.info.key)] = now
+    def _unpin(self, entry: IndexEntry) -> None:
+        if self._index.unpin(entry):
+            self._paths[entry.info.path].release(entry.info.extent)
 
     @staticmethod
     def _record(info: ObjectInfo, last_access: float) -> ObjectRecord:
