@@ -267,3 +267,35 @@ def test_concurrent_get_vs_delete_and_overwrite_never_returns_wrong_bytes(
     assert reads[0] > 0
     assert store.stats().pinned == 0
     check_consistent(store)
+
+
+def test_delete_during_read_defers_freeing_until_unpin(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = payload(3, 64 << 10)
+    info = store.put(T, b"k", memoryview(data), persistent=True)
+    direct = store.paths["direct"]
+    real_read = direct.read
+    in_read, resume = threading.Event(), threading.Event()
+
+    def slow_read(extent, dst):  # noqa: ANN001, ANN202 - parks the reader mid-read
+        real_read(extent, dst)
+        in_read.set()
+        resume.wait(10)
+
+    monkeypatch.setattr(direct, "read", slow_read)
+    out = bytearray(64 << 10)
+    reader = threading.Thread(target=store.get_into, args=(T, b"k", memoryview(out)))
+    reader.start()
+    assert in_read.wait(10)
+    store.delete(T, b"k")
+    # the extent is still pinned: not free, and a new put cannot be handed it
+    assert store.stats().pinned == 1
+    assert store.stats().paths["direct"].alloc.used == info.length
+    other = store.put(T, b"new", memoryview(payload(4, 64 << 10)))
+    assert other.offset != info.offset
+    resume.set()
+    reader.join(10)
+    assert bytes(out) == data
+    assert store.stats().pinned == 0
+    assert store.stats().paths["direct"].alloc.used == other.length
