@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +83,7 @@ def open_session(
     try:
         sock.settimeout(timeout)
         try:
-            sock.connect(where)
+            _connect(sock, where, timeout)
         except (FileNotFoundError, ConnectionRefusedError):
             raise errors.Unavailable(f"no dualbladed listening on {where}") from None
         except PermissionError as err:
@@ -117,6 +118,23 @@ def open_session(
         raise
     sock.settimeout(None)
     return result
+
+
+def _connect(sock: socket.socket, where: str, timeout: float) -> None:
+    """connect(), retrying while the listen backlog is full (EAGAIN on AF_UNIX, not a wait)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            sock.connect(where)
+            return
+        except BlockingIOError:
+            if time.monotonic() + delay > deadline:
+                raise errors.Unavailable(
+                    f"dualbladed on {where} is not accepting connections (backlog full)"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
 
 def _decode(msg: bytes, where: str) -> dict[str, Any]:

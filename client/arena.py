@@ -14,9 +14,11 @@ sorted indexes (by offset for coalescing, by (length, offset) for the fit), so a
 O(log n) and adjacent free ranges always merge. A slot must not be freed while the daemon may
 still be doing I/O into it, i.e. before the call that named it has returned.
 
-Closing: like the daemon's arena, ``close()`` releases the views it handed out and unmaps; if
-something still holds a buffer on the mapping (a torch tensor made with ``torch.frombuffer``, a
-slice of a view), the unmap happens when that last buffer goes away. ``close()`` never raises.
+Closing: like the daemon's arena (see ``dualbladed.sessions.arena``), ``close()`` unmaps only
+once no view it handed out is alive; otherwise the mapping goes away with the last view. Views are
+never force-released, because ``torch.frombuffer`` tensors reference the view without holding a
+buffer export and would be left pointing at unmapped memory. For the same reason, never
+``release()`` a view that backs a live tensor. ``close()`` never raises.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import ctypes
 import logging
 import mmap
 import threading
-import weakref
 from dataclasses import dataclass
 
 from dualblade.errors import FailedPrecondition, InvalidArgument, OutOfRange, ResourceExhausted
@@ -36,46 +37,6 @@ __all__ = ["ALIGNMENT", "ClientArena", "Slot"]
 logger = logging.getLogger(__name__)
 
 ALIGNMENT = 4096
-
-
-class _ViewTracker:
-    """Weak references to the memoryviews handed out, so close() can release them.
-
-    (A ``WeakSet`` will not do: writable memoryviews are unhashable.)
-    """
-
-    def __init__(self) -> None:
-        self._refs: dict[int, weakref.ref[memoryview]] = {}
-
-    def add(self, view: memoryview) -> None:
-        key = id(view)
-        refs = self._refs
-
-        def forget(ref: weakref.ref[memoryview]) -> None:
-            if refs.get(key) is ref:
-                del refs[key]
-
-        refs[key] = weakref.ref(view, forget)
-
-    def release_all(self) -> int:
-        """Release every live view; returns how many could not be released (still exported)."""
-        while True:
-            try:  # a weakref callback (GC in another thread) may resize the dict mid-copy
-                refs = list(self._refs.values())
-                break
-            except RuntimeError:
-                continue
-        busy = 0
-        for ref in refs:
-            view = ref()
-            if view is None:
-                continue
-            try:
-                view.release()
-            except BufferError:
-                busy += 1
-        self._refs.clear()
-        return busy
 
 
 @dataclass(frozen=True)
@@ -113,7 +74,6 @@ class ClientArena:
         self._address = ctypes.addressof(anchor)
         del anchor  # drop the buffer export at once, or close() could never unmap
         self._base: memoryview | None = memoryview(self._mmap)
-        self._views = _ViewTracker()
         self._lock = threading.Lock()
         self._free_by_off: SortedDict = SortedDict({0: size})
         self._free_by_len: SortedList = SortedList([(size, 0)])
@@ -207,7 +167,11 @@ class ClientArena:
     # ---- views -------------------------------------------------------------------------------
 
     def view(self, slot: Slot) -> memoryview:
-        """A writable view of the slot's bytes in the shared mapping."""
+        """A writable view of the slot's bytes in the shared mapping.
+
+        The view keeps the mapping alive (even past :meth:`close`). Do not ``release()`` it while
+        a tensor made from it with ``torch.frombuffer`` is still in use.
+        """
         if slot.offset < 0 or slot.length < 0 or slot.end > self._size:
             raise OutOfRange(
                 f"slot offset={slot.offset} length={slot.length} is outside the arena "
@@ -217,19 +181,16 @@ class ClientArena:
             if self._base is None:
                 raise FailedPrecondition("arena is closed")
             view = self._base[slot.offset : slot.end]
-            self._views.add(view)
         return view
 
     def close(self) -> None:
-        """Release views and unmap (lazily if buffers are still exported). Idempotent."""
+        """Unmap now, or when the last view handed out dies. Idempotent; never raises."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             mapping, base = self._mmap, self._base
             self._mmap = self._base = None
-            views, self._views = self._views, _ViewTracker()
-        views.release_all()  # still-exported views (torch.frombuffer) keep the mapping alive
         if base is not None:
             base.release()
         if mapping is not None:

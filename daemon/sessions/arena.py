@@ -18,15 +18,17 @@ condition shows up at session creation rather than in the middle of an I/O. Olde
 EINVAL and we carry on with lazily faulted pages. The pages are shmem charged to the daemon's
 memory cgroup.
 
-Closing and exported buffers: ``mmap.close()`` raises ``BufferError`` while any memoryview of the
-mapping is alive, and unmapping memory that another thread is DMAing into would be a
-use-after-free. So every view handed out by :meth:`Arena.view` is tracked (weakly); ``close()``
-releases each one (a released view raises ``ValueError`` on any later use instead of touching
-unmapped memory), then tries to unmap. A view that is still exported (an in-flight ``preadv``
-holds a buffer on it, or a caller sliced it or wrapped it in numpy/torch) cannot be released; in
-that case ``close()`` drops the arena's reference to the mapping and the kernel mapping goes away
-when the last such buffer does ("lazy close"). Either way the memfd itself is closed at once and
-``close()`` never raises.
+Closing and exported buffers: unmapping memory that something can still reach is a
+use-after-free (a segfault, or a DMA into whatever gets mapped there next). Every view
+:meth:`Arena.view` hands out is a slice of one memoryview of the mapping, and a live slice keeps
+the mapping exported, so ``mmap.close()`` raises ``BufferError``. ``close()`` therefore closes the
+memfd at once, releases only its own base view and tries to unmap; if a view is still alive (an
+in-flight ``preadv`` into it, a caller that kept it) it drops its reference to the mapping
+instead, and CPython unmaps when the last view is garbage-collected ("lazy close"). Views are
+deliberately *not* force-released: ``torch.frombuffer`` keeps a reference to the view object but
+no buffer export, so releasing the view and unmapping would leave such a tensor pointing at
+unmapped memory. The price is that a view kept forever keeps its arena's pages alive. Callers must
+not ``release()`` a view that backs a tensor still in use. ``close()`` never raises.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ import logging
 import mmap
 import os
 import threading
-import weakref
 
 from dualbladed.errors import FailedPrecondition, InvalidArgument, Misaligned, OutOfRange
 
@@ -55,46 +56,6 @@ MADV_POPULATE_WRITE: int = getattr(mmap, "MADV_POPULATE_WRITE", 23)
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
-class _ViewTracker:
-    """Weak references to the memoryviews handed out, so close() can release them.
-
-    (A ``WeakSet`` will not do: writable memoryviews are unhashable.)
-    """
-
-    def __init__(self) -> None:
-        self._refs: dict[int, weakref.ref[memoryview]] = {}
-
-    def add(self, view: memoryview) -> None:
-        key = id(view)
-        refs = self._refs
-
-        def forget(ref: weakref.ref[memoryview]) -> None:
-            if refs.get(key) is ref:
-                del refs[key]
-
-        refs[key] = weakref.ref(view, forget)
-
-    def release_all(self) -> int:
-        """Release every live view; returns how many could not be released (still exported)."""
-        while True:
-            try:  # a weakref callback (GC in another thread) may resize the dict mid-copy
-                refs = list(self._refs.values())
-                break
-            except RuntimeError:
-                continue
-        busy = 0
-        for ref in refs:
-            view = ref()
-            if view is None:
-                continue
-            try:
-                view.release()
-            except BufferError:
-                busy += 1
-        self._refs.clear()
-        return busy
-
-
 class Arena:
     """One sealed, MAP_SHARED memfd of a fixed size. Thread-safe.
 
@@ -106,7 +67,6 @@ class Arena:
         self._size = size
         self._mmap: mmap.mmap | None = mapping
         self._base: memoryview | None = memoryview(mapping)
-        self._views = _ViewTracker()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -170,11 +130,10 @@ class Arena:
             if self._base is None:
                 raise FailedPrecondition("arena is closed")
             view = self._base[offset : offset + length]
-            self._views.add(view)
         return view
 
     def close(self) -> None:
-        """Release the views, unmap (now or lazily, see the module docstring), close the memfd.
+        """Close the memfd and unmap, now or when the last view dies (see the module docstring).
 
         Idempotent; never raises.
         """
@@ -184,21 +143,15 @@ class Arena:
             self._closed = True
             mapping, base = self._mmap, self._base
             self._mmap = self._base = None
-            views, self._views = self._views, _ViewTracker()
-        busy = views.release_all()
         if base is not None:
             base.release()
         if mapping is not None:
             try:
                 mapping.close()
             except BufferError:
-                # Someone still holds a buffer on the mapping. Dropping our reference is safe:
-                # CPython unmaps when the last export goes away.
-                logger.debug(
-                    "arena of %d bytes still exported (%d busy views); unmapping lazily",
-                    self._size,
-                    busy,
-                )
+                # A view is still alive. Dropping our reference is safe: CPython unmaps when
+                # the last view goes away.
+                logger.debug("arena of %d bytes still has live views; unmapping lazily", self._size)
         try:
             os.close(self._fd)
         except OSError:  # pragma: no cover - only if someone closed our fd behind our back

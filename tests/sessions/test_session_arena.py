@@ -54,13 +54,17 @@ def test_view_checks_alignment_and_bounds_with_clear_messages() -> None:
         assert len(arena.view(3 * ALIGNMENT, ALIGNMENT)) == ALIGNMENT
 
 
-def test_close_releases_live_views_so_they_fail_cleanly() -> None:
-    arena = Arena.create(ALIGNMENT)
-    view = arena.view(0, 16)
+def _mapped(name: str) -> bool:
+    with open("/proc/self/maps") as maps:
+        return f"/memfd:{name}" in maps.read()
+
+
+def test_close_without_views_unmaps_and_closes_the_memfd() -> None:
+    arena = Arena.create(ALIGNMENT, name="dbtest-close-now")
     fd = arena.fd
+    assert _mapped("dbtest-close-now")
     arena.close()
-    with pytest.raises(ValueError):
-        view[0] = 1  # released, not a dangling pointer
+    assert not _mapped("dbtest-close-now")
     with pytest.raises(OSError):
         os.fstat(fd)
     with pytest.raises(FailedPrecondition):
@@ -68,16 +72,29 @@ def test_close_releases_live_views_so_they_fail_cleanly() -> None:
     arena.close()  # idempotent
 
 
-def test_close_with_an_exported_buffer_unmaps_lazily() -> None:
-    np = pytest.importorskip("numpy")
-    arena = Arena.create(ALIGNMENT)
+def test_close_with_a_live_view_unmaps_when_the_view_dies() -> None:
+    """A view in use (an in-flight preadv, a tensor) must never point at unmapped memory."""
+    arena = Arena.create(ALIGNMENT, name="dbtest-close-lazy")
     view = arena.view(0, ALIGNMENT)
     view[0] = 9
-    array = np.frombuffer(view, dtype=np.uint8)  # holds a buffer export: cannot be released
     arena.close()  # must not raise
-    assert array[0] == 9  # the memory is still mapped while the export lives
-    array[1] = 8
-    del array, view  # the last export goes: CPython unmaps now
+    assert _mapped("dbtest-close-lazy")
+    assert view[0] == 9  # still mapped, still valid
+    view[1] = 8
+    del view
+    assert not _mapped("dbtest-close-lazy")
+
+
+def test_close_with_a_torch_tensor_on_a_view_is_safe() -> None:
+    """torch.frombuffer holds the view object but no buffer export: closing must not unmap."""
+    torch = pytest.importorskip("torch")
+    arena = Arena.create(ALIGNMENT, name="dbtest-close-torch")
+    tensor = torch.frombuffer(arena.view(0, ALIGNMENT), dtype=torch.uint8)
+    tensor[0] = 7
+    arena.close()
+    assert int(tensor[0]) == 7 and _mapped("dbtest-close-torch")
+    del tensor
+    assert not _mapped("dbtest-close-torch")
 
 
 def test_o_direct_read_into_an_arena_view(tmp_path) -> None:
