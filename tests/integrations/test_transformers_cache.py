@@ -1,0 +1,195 @@
+"""DualBladeCache with real transformers generate on tiny random Llama / Qwen2 models (CPU).
+
+The models are built offline from configs (no hub, no tokenizer). The backend is the in-memory
+test double; what is checked is that every past-KV byte the model attended to went through it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from dualblade.integrations import transformers as dbt  # noqa: E402
+from dualblade.pipeline import InMemoryBackend  # noqa: E402
+from transformers import (  # noqa: E402
+    DynamicCache,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+NEW = 5
+SHAPE = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+
+
+def build(kind: str):
+    torch.manual_seed(0)
+    if kind == "llama":
+        cfg = LlamaConfig(**SHAPE)
+        return LlamaForCausalLM(cfg).eval()
+    cfg = Qwen2Config(**SHAPE)
+    return Qwen2ForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def model(request):
+    return build(request.param)
+
+
+def greedy(model, ids, cache):
+    return model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=NEW,
+        min_new_tokens=NEW,
+        do_sample=False,
+        pad_token_id=0,
+        **dbt.generate_kwargs(model, cache),
+    )
+
+
+def reference(model, ids):
+    return greedy(model, ids, DynamicCache(config=model.config))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_generate_matches_dynamic_cache_and_kv_goes_through_backend(model, batch) -> None:
+    ids = torch.randint(0, 128, (batch, 19), generator=torch.Generator().manual_seed(batch))
+    backend = InMemoryBackend()
+    with dbt.DualBladeCache(backend, model.config, window=2, block_tokens=8) as cache:
+        out = greedy(model, ids, cache)
+        cache.finish()
+        stats = cache.pipeline.stats()
+        c = backend.counters()
+        # No layer keeps KV between updates: residency is only the pipeline's window.
+        assert all(layer.keys is None for layer in cache.layers)
+        assert cache.get_seq_length() == 19 + NEW - 1
+    assert torch.equal(out, reference(model, ids))
+    assert stats.depth <= 1  # window 2: one layer computing, at most one prefetched
+    # Each decode step (NEW - 1 of them) reads every layer's whole past KV back.
+    layers, heads, dim, elt = 4, 2, 16, 4
+    token_bytes = 2 * batch * heads * dim * elt  # K and V
+    expected = sum(layers * (19 + s) * token_bytes for s in range(NEW - 1))
+    assert c.get_bytes >= expected
+    assert c.put_bytes >= layers * (19 + NEW - 1) * token_bytes
+    # close() removed this sequence's ephemeral objects.
+    assert backend.counters().objects == 0
+
+
+def test_prefix_reuse_skips_prefix_compute_and_reads_it_from_backend(model) -> None:
+    ids = torch.randint(0, 128, (1, 21), generator=torch.Generator().manual_seed(7))
+    ref = reference(model, ids)
+    backend = InMemoryBackend()
+    seen_lengths: list[int] = []
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda mod, args, out: seen_lengths.append(args[0].shape[-1])
+    )
+    kw = dict(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    try:
+        with dbt.DualBladeCache(backend, model.config, block_tokens=8) as first:
+            out1 = dbt.generate_with_prefix_reuse(model, ids, first, **kw)
+            assert first.reused_tokens == 0
+        backend.drop_ephemeral()  # a new session: only persistent prefix blocks survive
+        assert backend.counters().persistent_objects == 2 * 4 * 2  # 2 full blocks, 4 layers, K+V
+        first_prefill = seen_lengths[0]
+        seen_lengths.clear()
+        backend.keys_read.clear()
+        with dbt.DualBladeCache(backend, model.config, block_tokens=8) as second:
+            out2 = dbt.generate_with_prefix_reuse(model, ids, second, **kw)
+            assert second.reused_tokens == 16
+    finally:
+        hook.remove()
+    assert torch.equal(out1, ref)
+    assert torch.equal(out2, ref)
+    assert first_prefill == 21
+    assert seen_lengths[0] == 21 - 16  # only the uncached tail was computed
+    prefix_reads = {k for k in backend.keys_read if k.startswith(b"db/pfx/")}
+    assert len(prefix_reads) == 2 * 4 * 2
+
+
+def test_prefix_reuse_with_a_different_prompt_reuses_only_the_common_blocks(model) -> None:
+    backend = InMemoryBackend()
+    base = torch.randint(0, 128, (1, 25), generator=torch.Generator().manual_seed(3))
+    kw = dict(max_new_tokens=2, do_sample=False, pad_token_id=0)
+    with dbt.DualBladeCache(backend, model.config, block_tokens=8) as cache:
+        dbt.generate_with_prefix_reuse(model, base, cache, **kw)
+    other = base.clone()
+    other[0, 12] = (other[0, 12] + 1) % 128  # differs inside block 1
+    with dbt.DualBladeCache(backend, model.config, block_tokens=8) as cache:
+        out = dbt.generate_with_prefix_reuse(model, other, cache, **kw)
+        assert cache.reused_tokens == 8
+    assert torch.equal(out, model.generate(other, attention_mask=torch.ones_like(other), **kw))
+
+
+def test_beam_search_is_refused(model) -> None:
+    ids = torch.randint(0, 128, (1, 6))
+    with (
+        dbt.DualBladeCache(InMemoryBackend(), model.config) as cache,
+        pytest.raises(NotImplementedError),
+    ):
+        model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=2,
+            num_beams=2,
+            pad_token_id=0,
+            **dbt.generate_kwargs(model, cache),
+        )
+
+
+def test_window_must_leave_room_to_prefetch() -> None:
+    with pytest.raises(ValueError):
+        dbt.DualBladeCache(InMemoryBackend(), LlamaConfig(**SHAPE), window=1)
+
+
+def test_cache_kwarg_installed_version() -> None:
+    model = build("llama")
+    if dbt._version_tuple(transformers.__version__) >= (5, 24):
+        assert dbt.generate_kwargs(model, "C") == {"cache": "C"}
+    else:
+        assert dbt.generate_kwargs(model, "C") == {"past_key_values": "C"}
+
+
+def test_cache_kwarg_older_signature() -> None:
+    class Old:  # the 4.57 .. 5.23 shape: forward takes past_key_values
+        def generate(self, inputs=None, **kwargs): ...
+
+        def forward(self, input_ids=None, past_key_values=None, **kwargs): ...
+
+    assert dbt.generate_kwargs(Old(), "C") == {"past_key_values": "C"}
+
+
+@pytest.mark.parametrize(("version", "name"), [("4.57.6", "past_key_values"), ("5.24.0", "cache")])
+def test_cache_kwarg_falls_back_to_version(monkeypatch, version, name) -> None:
+    class Opaque:
+        def generate(self, *args, **kwargs): ...
+
+        def forward(self, *args, **kwargs): ...
+
+    monkeypatch.setattr(dbt.transformers, "__version__", version)
+    assert dbt.cache_kwarg_name(Opaque()) == name
+
+
+def test_importing_dualblade_does_not_import_transformers() -> None:
+    code = (
+        "import sys, dualblade, dualblade.pipeline, dualblade.integrations; "
+        "assert 'transformers' not in sys.modules, 'transformers imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
