@@ -22,7 +22,9 @@ both 512-byte and 4Kn devices.
 The checksum is CRC32C from the ``crc32c`` package (hardware SSE4.2/ARMv8 instructions, software
 fallback otherwise): the same polynomial NVMe, ext4 and iSCSI use, so external tools can verify a
 copy. It guards a 64-byte record, so speed is not the reason; the reason is that it is the storage
-world's standard and detects every burst error up to 32 bits.
+world's standard and detects every burst error up to 32 bits. zlib.crc32 was not an option even as
+a fallback: the on-disk format must not depend on which packages happen to be installed. Where the
+package is missing, a bit-identical table-driven CRC32C (:func:`_crc32c_py`) is used instead.
 
 Crash ordering (why two copies):
 
@@ -46,9 +48,14 @@ import mmap
 import struct
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-import crc32c
+try:
+    from crc32c import crc32c as _crc32c_lib
+except ImportError:  # pragma: no cover - the package is a declared dependency
+    _crc32c_lib = None
+
 from dualbladed.errors import DeviceIOError, SuperblockError
 from dualbladed.namespace.abstract import METADATA_AREA, Namespace
 
@@ -62,6 +69,29 @@ SB_BLOCK = 4096
 COPY_OFFSETS: dict[str, int] = {"A": 0, "B": 512 << 10}
 #: Bytes at the end of the device zeroed by ``format_namespace``.
 TAIL_WIPE = 1 << 20
+
+
+def _crc32c_py(data: bytes) -> int:
+    """CRC32C (Castagnoli, reflected 0x82F63B78), bit-identical to ``crc32c.crc32c``."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+_crc32c: Callable[[bytes], int] = _crc32c_lib if _crc32c_lib is not None else _crc32c_py
 
 _BODY = struct.Struct("<8sI16sIQQQQ")
 _CRC = struct.Struct("<I")
@@ -90,7 +120,7 @@ class Superblock:
             self.seq,
             self.created_ns,
         )
-        record = body + _CRC.pack(crc32c.crc32c(body))
+        record = body + _CRC.pack(_crc32c(body))
         return record + bytes(SB_BLOCK - len(record))
 
 
@@ -122,7 +152,7 @@ def decode_superblock(raw: bytes) -> Superblock:
             raise InvalidCopy("all zeros (never written)")
         raise InvalidCopy(f"bad magic {magic!r} (expected {MAGIC!r})")
     (stored,) = _CRC.unpack_from(raw, _BODY.size)
-    actual = crc32c.crc32c(body)
+    actual = _crc32c(body)
     if stored != actual:
         raise InvalidCopy(f"CRC32C mismatch (stored {stored:#010x}, computed {actual:#010x})")
     if version != FORMAT_VERSION:

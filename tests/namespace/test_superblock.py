@@ -18,6 +18,7 @@ from dualbladed.namespace.superblock import (
     MAGIC,
     SB_BLOCK,
     Superblock,
+    _crc32c_py,
     decode_superblock,
     format_namespace,
     load_or_format,
@@ -237,3 +238,9 @@ def test_unknown_version_is_an_invalid_copy(ns):
     poke(ns.path, COPY_OFFSETS["A"], newer.encode())
     load = load_superblock(ns)
     assert load.used_copy == "B" and "format version 2" in load.warnings[0]
+
+
+def test_fallback_crc32c_is_bit_identical_to_the_package():
+    assert _crc32c_py(b"123456789") == 0xE3069283  # the CRC-32C check value (RFC 3720)
+    data = os.urandom(64)
+    assert _crc32c_py(data) == crc32c.crc32c(data)
