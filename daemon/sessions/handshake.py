@@ -224,7 +224,9 @@ class HandshakeServer:
         self._pending: collections.OrderedDict[_Conn, None] = collections.OrderedDict()
         self._leases: dict[str, _Conn] = {}
         self._accept_paused_until = 0.0
-        # Shared with other threads.
+        # Shared with other threads. The wake lock keeps a late _wake() from writing to a pipe fd
+        # that stop() closed (and the kernel may have handed out again).
+        self._wake_lock = threading.Lock()
         self._ended: collections.deque[str] = collections.deque()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -281,8 +283,10 @@ class HandshakeServer:
         assert self._selector is not None and self._listener is not None
         self._selector.close()
         self._listener.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        with self._wake_lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
         try:
             if os.stat(self._path).st_ino == self._listener_ino:
                 os.unlink(self._path)
@@ -303,8 +307,9 @@ class HandshakeServer:
 
     def _wake(self) -> None:
         # A full pipe (BlockingIOError) means the thread is already due to wake up.
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"\0")
+        with self._wake_lock, contextlib.suppress(OSError):
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"\0")
 
     def _on_session_end(self, session: Session) -> None:
         # Registry callback, any thread: ask the handshake thread to drop the lease connection.

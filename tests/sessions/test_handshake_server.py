@@ -7,6 +7,7 @@ kernel's. Every server runs on a socket under tmp_path.
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import fcntl
 import json
@@ -27,6 +28,7 @@ import pytest
 from dualblade import errors as client_errors
 from dualblade._handshake import open_session
 from dualbladed.errors import FailedPrecondition, PermissionDenied, Unauthenticated
+from dualbladed.sessions import handshake as handshake_mod
 from dualbladed.sessions.arena import Arena
 from dualbladed.sessions.handshake import HandshakeServer, parse_hello
 from dualbladed.sessions.registry import Session, SessionRegistry
@@ -452,3 +454,51 @@ def test_parse_hello_defaults_arena_bytes() -> None:
         b'{"v": 1, "tenant": "a.b-c_9"}', default_arena_bytes=8192, max_arena_bytes=8192
     )
     assert (hello.tenant, hello.arena_bytes) == ("a.b-c_9", 8192)
+
+
+FORKING_CHILD = r"""
+import json, os, sys, time
+from dualblade._handshake import open_session
+r = open_session(sys.argv[1], "forker", 65536)
+pid = os.fork()
+if pid == 0:  # the grandchild inherits the lease socket and outlives its parent
+    time.sleep(30)
+    os._exit(0)
+print(json.dumps({"session_id": r.session_id, "grandchild": pid}), flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_pidfd_ends_the_session_when_a_forked_child_keeps_the_lease(hs: Harness) -> None:
+    """The lease socket stays open in the grandchild; only the pidfd sees the opener die."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", FORKING_CHILD, hs.path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    info = json.loads(child.stdout.readline())
+    try:
+        assert hs.registry.get(info["session_id"]) is not None
+        killed = time.monotonic()
+        child.send_signal(signal.SIGKILL)
+        assert hs.wait_ended(info["session_id"], timeout=2.0)
+        assert hs.ended_at[info["session_id"]] - killed < 1.0
+    finally:
+        child.kill()
+        child.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(info["grandchild"], signal.SIGKILL)
+
+
+def test_pidfd_open_fallback_without_so_peerpidfd(
+    hs: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kernels before 6.5 answer ENOPROTOOPT to SO_PEERPIDFD; pidfd_open(pid) takes over."""
+    monkeypatch.setattr(handshake_mod, "SO_PEERPIDFD", 0x7FFF)  # an option no kernel knows
+    with open_session(hs.path, "old-kernel") as r:
+        session = hs.registry.authenticate(r.token)
+        assert session.pidfd is not None
+        assert os.readlink(f"/proc/self/fd/{session.pidfd}") == "anon_inode:[pidfd]"
+    assert hs.wait_ended(r.session_id, timeout=1.0)
