@@ -193,3 +193,15 @@ def test_importing_dualblade_does_not_import_transformers() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_generate_on_cuda_matches_dynamic_cache() -> None:
+    model = build("llama").to("cuda")
+    ids = torch.randint(0, 128, (1, 19), generator=torch.Generator().manual_seed(5)).to("cuda")
+    backend = InMemoryBackend()
+    with dbt.DualBladeCache(backend, model.config, window=3, block_tokens=8) as cache:
+        out = greedy(model, ids, cache)
+        cache.finish()
+    assert torch.equal(out, reference(model, ids))
+    assert backend.counters().get_bytes > 0
