@@ -1,0 +1,5 @@
+import sys
+
+from dualbladed.main import main
+
+sys.exit(main())

@@ -1,0 +1,36 @@
+"""``dualbladed`` entry point."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from dualbladed.config import load_config
+from dualbladed.errors import DualbladeError
+from dualbladed.logs import configure_logging
+from dualbladed.server import Daemon
+
+logger = logging.getLogger("dualbladed")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = load_config(argv)
+    except DualbladeError as err:
+        print(f"dualbladed: {err}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_format, config.log_level)
+    daemon = Daemon(config)
+    try:
+        daemon.start()
+    except DualbladeError as err:
+        logger.error("cannot start: %s", err)
+        print(f"dualbladed: cannot start: {err}", file=sys.stderr)
+        return 1
+    daemon.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""``dbctl``: the admin CLI for dualbladed.
+
+Online commands talk to the daemon's Admin service over its Unix socket (root or the admin group
+only): ``status``, ``tenants``, ``extents [--tenant T]``, ``residency``. Offline commands need no
+daemon: ``devices`` (discovery with safety verdicts) and ``fsck`` (checks a stopped daemon's
+state directory and namespace; non-zero exit on any problem).
+
+Every command prints a human table by default and JSON with ``--json`` (the JSON shape is the
+interface scripts depend on: keep keys stable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+from dualblade_tools.tables import format_bytes, print_table
+from google.protobuf.json_format import MessageToDict
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from dualblade import Client
+
+    # Admin calls need a session (identity comes from the handshake), not a data arena.
+    return Client.connect(args.socket, tenant="dbctl", arena_bytes=4096)
+
+
+def _pb_dict(msg: Any) -> dict[str, Any]:
+    return MessageToDict(
+        msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _emit(args: argparse.Namespace, data: Any, render: Callable[[Any], None]) -> int:
+    if args.json:
+        json.dump(data, sys.stdout, indent=2, sort_keys=True, default=_json_default)
+        sys.stdout.write("\n")
+    else:
+        render(data)
+    return 0
+
+
+def _json_default(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return asdict(obj)  # type: ignore[arg-type]
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "backslashreplace")
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# -- online ---------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from dualblade.v1 import dualblade_pb2 as pb
+
+    with _client(args) as c:
+        data = _pb_dict(c._call(c.admin.Status, pb.StatusRequest()))
+    data["residency"] = json.loads(data.pop("residency_json") or "{}")
+
+    def render(d: dict[str, Any]) -> None:
+        rows = [
+            (
+                "namespace",
+                f"{d['namespace_path']} ({d['namespace_kind']}, uuid {d['namespace_uuid']})",
+            ),
+            ("block size", str(d["block_size"])),
+            ("capacity", format_bytes(int(d["capacity_bytes"]))),
+            ("free", format_bytes(int(d["free_bytes"]))),
+            ("largest free extent", format_bytes(int(d["largest_free_bytes"]))),
+            ("fragmentation", f"{d['fragmentation']:.3f}"),
+            ("sessions", str(d["sessions"])),
+            ("uptime", f"{float(d['uptime_s']):.0f} s"),
+            ("state dir", d["state_dir"]),
+        ]
+        for p in d["paths"]:
+            rows.append(
+                (f"path {p['path']}", f"{p['objects']} objects, {format_bytes(int(p['bytes']))}")
+            )
+        print_table(["field", "value"], rows)
+        if d["metrics"]:
+            print()
+            print_table(
+                ["tenant", "path", "op", "ops", "bytes", "errors", "mean ms"],
+                [
+                    (
+                        m["tenant"],
+                        m["path"],
+                        m["op"],
+                        m["ops"],
+                        format_bytes(int(m["bytes"])),
+                        m["errors"],
+                        f"{float(m['latency']['sum_ms']) / max(int(m['ops']), 1):.3f}",
+                    )
+                    for m in d["metrics"]
+                ],
+            )
+
+    return _emit(args, data, render)
+
+
+def cmd_tenants(args: argparse.Namespace) -> int:
+    from dualblade.v1 import dualblade_pb2 as pb
+
+    with _client(args) as c:
+        data = _pb_dict(c._call(c.admin.Tenants, pb.TenantsRequest()))["tenants"]
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        print_table(
+            ["tenant", "objects", "bytes", "quota", "sessions", "paths"],
+            [
+                (
+                    t["tenant"],
+                    t["objects"],
+                    format_bytes(int(t["bytes"])),
+                    format_bytes(int(t["quota_bytes"])) if int(t["quota_bytes"]) else "unlimited",
+                    t["sessions"],
+                    ", ".join(f"{p['path']}={format_bytes(int(p['bytes']))}" for p in t["paths"]),
+                )
+                for t in rows
+            ],
+        )
+
+    return _emit(args, data, render)
+
+
+def cmd_extents(args: argparse.Namespace) -> int:
+    from dualblade.v1 import dualblade_pb2 as pb
+
+    with _client(args) as c:
+        reply = c._call(
+            c.admin.Extents, pb.ExtentsRequest(tenant=args.tenant or "", limit=args.limit)
+        )
+    data = [
+        {
+            "tenant": e.tenant,
+            "key": e.key.decode("utf-8", "backslashreplace"),
+            "path": e.path,
+            "offset": e.offset,
+            "length": e.length,
+            "size": e.size,
+            "persistent": e.persistent,
+            "generation": e.generation,
+        }
+        for e in reply.extents
+    ]
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        print_table(
+            ["tenant", "key", "path", "offset", "length", "size", "persistent", "gen"],
+            [
+                (
+                    e["tenant"],
+                    e["key"],
+                    e["path"],
+                    e["offset"],
+                    e["length"],
+                    e["size"],
+                    "yes" if e["persistent"] else "no",
+                    e["generation"],
+                )
+                for e in rows
+            ],
+        )
+
+    return _emit(args, data, render)
+
+
+def cmd_residency(args: argparse.Namespace) -> int:
+    from dualblade.v1 import dualblade_pb2 as pb
+
+    with _client(args) as c:
+        data = json.loads(c._call(c.admin.Residency, pb.ResidencyRequest()).json or "{}")
+
+    def render(d: dict[str, Any]) -> None:
+        tenants = d.get("tenants", {})
+        if tenants:
+            print_table(
+                ["tenant", "pagecache", "direct", "share"],
+                [
+                    (
+                        t,
+                        format_bytes(v.get("pagecache", 0)),
+                        format_bytes(v.get("direct", 0)),
+                        format_bytes(v.get("share", 0)),
+                    )
+                    for t, v in sorted(tenants.items())
+                ],
+            )
+        rest = {k: v for k, v in d.items() if k != "tenants"}
+        print(json.dumps(rest, indent=2, sort_keys=True))
+
+    return _emit(args, data, render)
+
+
+# -- offline --------------------------------------------------------------------------------
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from dualbladed.namespace.discovery import discover
+
+    devices = discover()
+    data = [asdict(d) for d in devices]
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        print_table(
+            ["device", "kind", "size", "lbs", "model", "serial", "verdict"],
+            [
+                (
+                    d["path"],
+                    d["kind"],
+                    format_bytes(int(d["size"])),
+                    d["logical_block_size"],
+                    d.get("model") or "-",
+                    d.get("serial") or "-",
+                    "ok" + (" (ours)" if d["verdict"]["ours"] else "")
+                    if d["verdict"]["ok"]
+                    else "refused: " + "; ".join(d["verdict"]["reasons"]),
+                )
+                for d in rows
+            ],
+        )
+
+    return _emit(args, data, render)
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    from dualbladed.fsck import fsck
+
+    report = fsck(args.namespace, args.state_dir, verify_data=not args.no_data)
+    _emit(args, asdict(report), lambda r: print(report.render()))
+    return 0 if report.ok else 1
+
+
+# -- argument parsing -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dbctl", description=__doc__.splitlines()[0])
+    p.add_argument("--socket", help="the daemon's gRPC socket (default: the daemon's default)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="namespace, space, sessions, metrics").set_defaults(fn=cmd_status)
+    sub.add_parser("tenants", help="tenants with usage and quotas").set_defaults(fn=cmd_tenants)
+    ex = sub.add_parser("extents", help="every object's extent")
+    ex.add_argument("--tenant", help="only this tenant (uid/label)")
+    ex.add_argument("--limit", type=int, default=0)
+    ex.set_defaults(fn=cmd_extents)
+    sub.add_parser("residency", help="bytes per path, budget, signals, migrations").set_defaults(
+        fn=cmd_residency
+    )
+    sub.add_parser(
+        "devices", help="NVMe namespaces and loop devices with safety verdicts"
+    ).set_defaults(fn=cmd_devices)
+    fk = sub.add_parser("fsck", help="offline consistency check of a stopped daemon's state")
+    fk.add_argument("--state-dir", required=True)
+    fk.add_argument("--namespace", required=True)
+    fk.add_argument("--no-data", action="store_true", help="skip reading data to verify checksums")
+    fk.set_defaults(fn=cmd_fsck)
+    for name in ("status", "tenants", "extents", "residency", "devices", "fsck"):
+        sub.choices[name].add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from dualblade import errors
+
+    try:
+        return int(args.fn(args))
+    except errors.DualbladeError as err:
+        print(f"dbctl: {err.code}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
