@@ -1,8 +1,7 @@
-"""DirectPath: extents on a real O_DIRECT file, zero copy when aligned, bounce only the tail."""
+"""DirectPath: extents on a real FileNamespace (O_DIRECT), zero copy when aligned, bounce only the tail."""
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 from dualbladed.alloc.abstract import Extent
 from dualbladed.errors import InvalidArgument, OutOfRange, OutOfSpace
 from dualbladed.namespace.abstract import METADATA_AREA, Namespace
+from dualbladed.namespace.file import FileNamespace
 from dualbladed.paths.abstract import ResidencyPath
 from dualbladed.paths.direct import DirectPath
 from dualbladed.paths.engine import aligned_buffer, buffer_address
@@ -20,18 +20,12 @@ SIZE = METADATA_AREA + (8 << 20)
 REQUEST = 64 << 10
 
 
-class _RecordingFileNamespace(Namespace):
-    """Stand-in for dualbladed.namespace.file.FileNamespace (not committed yet) that records
-    every request: (op, offset, buffer address, length), plus discards."""
-
-    kind = "file"
-    block_size = BLOCK
+class _RecordingFileNamespace(FileNamespace):
+    """The real FileNamespace, recording every request: (op, offset, buffer address, length),
+    plus discards and flushes."""
 
     def __init__(self, path: Path, size: int) -> None:
-        self.path = str(path)
-        self.capacity = size
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_DIRECT | os.O_CLOEXEC, 0o600)
-        os.posix_fallocate(self._fd, 0, size)
+        super().__init__(path, size)
         self.log: list[tuple[str, int, int, int]] = []
         self.discards: list[tuple[int, int]] = []
         self.flushes = 0
@@ -43,21 +37,19 @@ class _RecordingFileNamespace(Namespace):
 
     def preadv(self, bufs: Sequence[memoryview], offset: int) -> int:
         self._record("read", bufs, offset)
-        return os.preadv(self._fd, bufs, offset)
+        return super().preadv(bufs, offset)
 
     def pwritev(self, bufs: Sequence[memoryview], offset: int) -> int:
         self._record("write", bufs, offset)
-        return os.pwritev(self._fd, bufs, offset)
+        return super().pwritev(bufs, offset)
 
     def flush(self) -> None:
         self.flushes += 1
-        os.fdatasync(self._fd)
+        super().flush()
 
     def discard(self, offset: int, length: int) -> None:
         self.discards.append((offset, length))
-
-    def close(self) -> None:
-        os.close(self._fd)
+        super().discard(offset, length)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""DirectEngine: real O_DIRECT I/O on a file under tmp_path (ext4), real mmap buffers."""
+"""DirectEngine: real O_DIRECT I/O on a FileNamespace under tmp_path (ext4), real mmap buffers."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from dualbladed.errors import (
     ResourceExhausted,
 )
 from dualbladed.namespace.abstract import Namespace
+from dualbladed.namespace.file import FileNamespace
 from dualbladed.oserrors import from_oserror
 from dualbladed.paths.engine import DirectEngine, aligned_buffer, buffer_address
 
@@ -27,34 +28,9 @@ SIZE = 16 << 20
 REQUEST = 256 << 10
 
 
-class _StandInFileNamespace(Namespace):
-    """Private stand-in for dualbladed.namespace.file.FileNamespace (not committed yet)."""
-
-    kind = "file"
-    block_size = BLOCK
-
-    def __init__(self, path: Path, size: int) -> None:
-        self.path = str(path)
-        self.capacity = size
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_DIRECT | os.O_CLOEXEC, 0o600)
-        os.posix_fallocate(self._fd, 0, size)
-
-    def preadv(self, bufs: Sequence[memoryview], offset: int) -> int:
-        return os.preadv(self._fd, bufs, offset)
-
-    def pwritev(self, bufs: Sequence[memoryview], offset: int) -> int:
-        return os.pwritev(self._fd, bufs, offset)
-
-    def flush(self) -> None:
-        os.fdatasync(self._fd)
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
 @pytest.fixture
 def namespace(tmp_path: Path) -> Iterator[Namespace]:
-    ns = _StandInFileNamespace(tmp_path / "ns.img", SIZE)
+    ns = FileNamespace(tmp_path / "ns.img", SIZE)
     yield ns
     ns.close()
 
@@ -167,7 +143,7 @@ def test_closed_engine_refuses_io(namespace: Namespace) -> None:
         engine.read(0, memoryview(aligned_buffer(BLOCK)))
 
 
-class _ShortAndFailingNamespace(_StandInFileNamespace):
+class _ShortAndFailingNamespace(FileNamespace):
     """Returns at most one block per call, and fails with EIO at one chosen offset."""
 
     def __init__(self, path: Path, size: int, fail_at: int | None = None) -> None:
