@@ -18,14 +18,23 @@ buffers there.
 
 from __future__ import annotations
 
+import contextvars
+import json
 import logging
 import sys
+import time
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-import structlog
 from dualbladed.errors import InvalidArgument
+
+try:
+    import structlog
+except ImportError:  # pragma: no cover - exercised on machines without structlog
+    # GPU boxes often carry torch/grpc but not structlog. The daemon must still run there, so
+    # logging degrades to a small stdlib JSON formatter with the same bound-context fields.
+    structlog = None  # type: ignore[assignment]
 
 FORMATS = ("json", "console")
 _BUFFER_TYPES = (bytes, bytearray, memoryview)
@@ -47,6 +56,9 @@ def configure_logging(fmt: str = "json", level: str = "INFO", stream: TextIO | N
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise InvalidArgument(f"log_level: unknown level {level!r}")
+    if structlog is None:
+        _configure_stdlib(fmt, numeric, stream)
+        return
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_logger_name,
@@ -90,5 +102,51 @@ def bound(**kv: Any) -> Iterator[None]:
 
     The previous values (or their absence) are restored on exit, even on error.
     """
-    with structlog.contextvars.bound_contextvars(**kv):
+    if structlog is not None:
+        with structlog.contextvars.bound_contextvars(**kv):
+            yield
+        return
+    token = _FALLBACK_CONTEXT.set({**_FALLBACK_CONTEXT.get(), **kv})
+    try:
         yield
+    finally:
+        _FALLBACK_CONTEXT.reset(token)
+
+
+# -- fallback without structlog ---------------------------------------------------------------
+
+# The default is never mutated: bound() always sets a fresh dict.
+_FALLBACK_CONTEXT: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
+    "dualblade_log_context", default={}  # noqa: B039
+)
+_RECORD_FIELDS = set(vars(logging.makeLogRecord({})))
+
+
+class _FallbackFormatter(logging.Formatter):
+    def __init__(self, fmt: str) -> None:
+        super().__init__()
+        self._json = fmt == "json"
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "event": record.getMessage(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z",
+            **_FALLBACK_CONTEXT.get(),
+            **{k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS},
+        }
+        _redact_buffers(None, "", event)
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        if self._json:
+            return json.dumps(event, default=str)
+        return " ".join(f"{k}={v}" for k, v in event.items())
+
+
+def _configure_stdlib(fmt: str, level: int, stream: TextIO | None) -> None:
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(_FallbackFormatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -86,3 +86,29 @@ def test_bad_arguments() -> None:
         configure_logging("xml")
     with pytest.raises(InvalidArgument, match="log_level"):
         configure_logging("json", "LOUD")
+
+
+def test_logging_works_without_structlog(monkeypatch):
+    """GPU machines may lack structlog: the daemon degrades to stdlib JSON with bound context."""
+    import importlib
+    import io
+    import logging
+    import sys
+
+    import dualbladed.logs as logs_mod
+
+    monkeypatch.setitem(sys.modules, "structlog", None)
+    fallback = importlib.reload(logs_mod)
+    try:
+        assert fallback.structlog is None
+        out = io.StringIO()
+        fallback.configure_logging("json", "INFO", stream=out)
+        with fallback.bound(session="s1", tenant="0/x"):
+            logging.getLogger("t").info("hello", extra={"payload": b"secret-bytes"})
+        line = json.loads(out.getvalue().splitlines()[-1])
+        assert (line["event"], line["session"], line["tenant"]) == ("hello", "s1", "0/x")
+        assert "secret-bytes" not in out.getvalue()
+    finally:
+        monkeypatch.undo()
+        importlib.reload(logs_mod)
+        logging.getLogger().handlers[:] = []
