@@ -34,9 +34,18 @@ TOKEN_PREFIX = "Bearer "
 
 
 def session_token(context: grpc.ServicerContext) -> str:
+    """The bearer token of the call. The value is never echoed: it may be someone's secret."""
     for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str) and value.startswith(TOKEN_PREFIX):
-            return value[len(TOKEN_PREFIX) :]
+        if key != "authorization":
+            continue
+        ok = isinstance(value, str) and value.startswith(TOKEN_PREFIX)
+        token = value[len(TOKEN_PREFIX) :] if ok else ""
+        if not token or token != token.strip():
+            raise Unauthenticated(
+                "malformed authorization metadata: expected 'Bearer <token>' with the token "
+                "issued by the handshake socket"
+            )
+        return token
     raise Unauthenticated("missing session token: open a session on the handshake socket first")
 
 
