@@ -6,13 +6,18 @@ shares, a placement for each new object and a bounded list of migrations. Everyt
 between calls (the held budget, the last shares, per-tenant move history) exists to damp
 oscillation. ``now`` is always passed in, so tests script time as well as signals.
 
-1. Budget. ``raw = effective_available + pagecache_resident - reserve_bytes`` clamped at 0: the
-   page-cache bytes we may hold in total are what we hold already plus what is still free, less
-   what is kept for model weights and the rest of the system. The *held* budget only moves when
-   ``|raw - held|`` exceeds the hysteresis band, ``max(hysteresis_bytes, hysteresis_fraction *
-   held)``, so a MemAvailable that wobbles inside the band changes nothing. (Note: MemAvailable
-   already counts clean page cache, ours included, as reclaimable; ``reserve_bytes`` must be
-   sized with that in mind.)
+1. Budget. ``raw = effective_available - reserve_bytes`` clamped at 0, where
+   ``effective_available`` is ``min(MemAvailable, cgroup limit - usage + cache)``. Our own page
+   cache is *not* added: both MemAvailable and the cgroup headroom already count clean page
+   cache (ours included) as reclaimable, so adding ``pagecache_resident`` would count it twice
+   and the budget could never fall below our footprint -- the arbiter would never demote. Read
+   this way, the budget is "what the page cache may hold in total while ``reserve_bytes`` stays
+   truly free for model weights and the rest of the system": when other processes allocate,
+   effective_available falls by what they take, the budget falls below our footprint, and we
+   demote. ``pagecache_resident`` is still recorded in the :class:`Budget` (for dbctl). The
+   *held* budget only moves when ``|raw - held|`` exceeds the hysteresis band,
+   ``max(hysteresis_bytes, hysteresis_fraction * held)``, so a MemAvailable that wobbles
+   inside the band changes nothing.
 
 2. Shares. The budget is split among tenants with demand (their page-cache + direct bytes) by
    weight, max-min fair (water-filling): every tenant is offered ``remaining * w / sum(w)``; a
@@ -67,7 +72,8 @@ class PolicyConfig:
     #: max(hysteresis_bytes, hysteresis_fraction * value)
     hysteresis_bytes: int = 64 * MiB
     hysteresis_fraction: float = 0.0
-    #: tenant -> weight (> 0); tenants not listed get default_weight
+    #: tenant ("uid/label") or label -> weight (> 0); the exact tenant wins over its label, and
+    #: tenants matching neither get default_weight
     weights: Mapping[str, float] = field(default_factory=dict)
     default_weight: float = 1.0
     #: an object (or a demoted tenant) does not move back within this time
@@ -92,7 +98,11 @@ class PolicyConfig:
         object.__setattr__(self, "weights", MappingProxyType(dict(self.weights)))
 
     def weight(self, tenant: str) -> float:
-        return self.weights.get(tenant, self.default_weight)
+        exact = self.weights.get(tenant)
+        if exact is not None:
+            return exact
+        _, _, label = tenant.partition("/")
+        return self.weights.get(label, self.default_weight) if label else self.default_weight
 
     def band(self, value: int) -> int:
         return max(self.hysteresis_bytes, int(self.hysteresis_fraction * value))
@@ -161,7 +171,8 @@ class ResidencyPolicy:
     def budget(self, signals: MemorySignals, pagecache_resident: int) -> Budget:
         cfg = self.config
         avail = signals.effective_available
-        raw = max(0, avail + pagecache_resident - cfg.reserve_bytes)
+        # not ``+ pagecache_resident``: ``avail`` already counts our clean pages (docstring, 1.)
+        raw = max(0, avail - cfg.reserve_bytes)
         held = self._held
         changed = held is None or abs(raw - held) > cfg.band(held)
         if held is None or changed:

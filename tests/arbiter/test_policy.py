@@ -35,9 +35,28 @@ def budget_of(total: int) -> Budget:
 
 def test_budget_formula_reserve_and_clamp() -> None:
     p = ResidencyPolicy(PolicyConfig(reserve_bytes=2 * GiB))
-    assert p.budget(sig(5 * GiB), pagecache_resident=1 * GiB).total == 4 * GiB
+    b = p.budget(sig(5 * GiB), pagecache_resident=1 * GiB)
+    assert b.total == 3 * GiB and b.pagecache_resident == 1 * GiB
     q = ResidencyPolicy(PolicyConfig(reserve_bytes=8 * GiB))
     assert q.budget(sig(5 * GiB), 0).total == 0
+
+
+def test_budget_does_not_count_our_page_cache_twice() -> None:
+    """MemAvailable already includes our clean page cache: the footprint must not raise the
+    budget, or the budget could never fall below the footprint and nothing would be demoted."""
+    p = ResidencyPolicy(PolicyConfig(reserve_bytes=1 * GiB, hysteresis_bytes=0))
+    for resident in (0, 512 * MiB, 4 * GiB):
+        assert p.budget(sig(2 * GiB), pagecache_resident=resident).raw == 1 * GiB
+    # others took memory: available (our 4 GiB of cache included) is now 1.5 GiB
+    assert p.budget(sig(1 * GiB + 512 * MiB), pagecache_resident=4 * GiB).total == 512 * MiB
+
+
+def test_weights_by_tenant_or_label() -> None:
+    cfg = PolicyConfig(weights={"llama": 3.0, "1000/llama": 5.0}, default_weight=1.0)
+    assert cfg.weight("1000/llama") == 5.0  # exact uid/label wins
+    assert cfg.weight("1001/llama") == 3.0  # else the label
+    assert cfg.weight("1001/other") == 1.0
+    assert cfg.weight("llama") == 3.0
 
 
 def test_budget_holds_inside_the_band_and_moves_beyond_it() -> None:
@@ -174,10 +193,10 @@ def test_demotion_when_budget_drops_is_coldest_first_and_bounded() -> None:
     )
     p = ResidencyPolicy(cfg)
     sim = Sim(_objects("a", 20, 10 * MiB, "pagecache"))  # 200 MiB in the page cache
-    p.budget(sig(1 * GiB), sim.resident())  # budget 200 MiB: at share, nothing to do
+    p.budget(sig(1 * GiB + 200 * MiB), sim.resident())  # budget 200 MiB: at share, nothing to do
     assert p.plan(sim.usage(), sim.objs.values(), now=100.0) == []
 
-    p.budget(sig(1 * GiB - 100 * MiB), sim.resident())  # memory taken: budget falls to 100 MiB
+    p.budget(sig(1 * GiB + 100 * MiB), sim.resident())  # memory taken: budget falls to 100 MiB
     first = p.plan(sim.usage(), sim.objs.values(), now=101.0)
     assert [m.key for m in first] == [b"0", b"1", b"2", b"3"]  # coldest first, 40 MiB bound
     assert all((m.src, m.dst) == ("pagecache", "direct") for m in first)
@@ -207,7 +226,7 @@ def test_promotion_waits_out_the_dwell_after_a_demotion() -> None:
     cfg = PolicyConfig(reserve_bytes=1 * GiB, hysteresis_bytes=8 * MiB, min_dwell_s=30.0)
     p = ResidencyPolicy(cfg)
     sim = Sim(_objects("a", 10, 10 * MiB, "pagecache"))
-    p.budget(sig(1 * GiB - 50 * MiB), sim.resident())  # budget 50 MiB: demote 50
+    p.budget(sig(1 * GiB + 50 * MiB), sim.resident())  # budget 50 MiB: demote 50
     plan = p.plan(sim.usage(), sim.objs.values(), now=0.0)
     assert sum(m.size for m in plan) == 50 * MiB
     sim.apply(plan, 0.0)
@@ -222,7 +241,7 @@ def test_recently_moved_objects_are_skipped() -> None:
     objs = _objects("a", 4, 10 * MiB, "pagecache")
     objs[0] = dataclasses.replace(objs[0], last_moved=95.0)  # coldest, but just promoted
     sim = Sim(objs)
-    p.budget(sig(GiB - 10 * MiB), sim.resident())
+    p.budget(sig(GiB + 30 * MiB), sim.resident())  # budget 30 of 40 MiB: demote one
     assert [m.key for m in p.plan(sim.usage(), sim.objs.values(), now=100.0)] == [b"1"]
 
 
@@ -253,7 +272,8 @@ def test_no_flapping_across_a_noisy_signal_sequence(noise: int) -> None:
     for tick in range(600):  # one tick per second, 10 minutes
         now = float(tick)
         swing = 80 * MiB * (1 if (tick // 90) % 2 else -1)
-        available = GiB + base + swing + rng.randint(-noise, noise) - sim.resident()
+        # the sim's page cache is clean: MemAvailable counts it, whatever its size
+        available = GiB + base + swing + rng.randint(-noise, noise)
         for key in rng.sample(sorted(sim.objs), 5):  # some objects are touched
             sim.objs[key] = dataclasses.replace(sim.objs[key], last_access=now)
         p.budget(sig(available, now), sim.resident())
