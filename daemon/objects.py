@@ -7,9 +7,16 @@ the committed extent table in :class:`~dualbladed.meta.store.MetaStore`.
 Put (crash ordering; see also the MetaStore docstring)::
 
     validate -> xxh3-64 of the payload -> allocate a *fresh* extent (lock)
-             -> write it (no lock) -> durable: path.flush() (no lock)
-             -> commit the row (lock; synchronous=FULL when durable) -> acknowledge
+             -> [put.after_alloc] -> write it (no lock) -> [put.after_data_write]
+             -> durable: path.flush() (no lock) -> [put.after_flush]
+             -> commit the row (lock; synchronous=FULL when durable) -> [put.after_commit]
              -> free the replaced object's extent (lock; deferred while readers pin it)
+             -> acknowledge
+
+Delete: find (lock) -> [delete.before_commit] -> commit the row's removal
+-> [delete.after_commit] -> free the extent. The bracketed names are kill points
+(:mod:`dualbladed.killpoints`): the crash loop SIGKILLs the daemon there and checks that every
+acknowledged state survives.
 
 A crash before the commit leaves the old row and the old extent untouched, and the new extent is
 free after restart because free maps are rebuilt from committed rows only. Any failure frees the
@@ -31,7 +38,9 @@ reallocated while anybody may still read it. Lock order: ``ObjectStore._lock`` -
 ``MetaStore._lock``; paths take their own internal locks below both and never call back.
 
 The in-memory index (entries, pins, sessions, per-tenant usage) lives in
-:mod:`dualbladed.objectindex`; this module owns the lock, the paths and the metadata.
+:mod:`dualbladed.objectindex`, start-up recovery in :mod:`dualbladed.objectrecovery`, migration
+in :mod:`dualbladed.relocate` and input checks in :mod:`dualbladed.objectinput`; this module owns
+the lock, the paths and the metadata.
 
 ``last_access`` is updated in memory on every get and written to SQLite in batches (a
 background timer every ``access_flush_interval`` seconds, and at ``flush``/``close``), never one
@@ -41,32 +50,37 @@ SQLite write per get.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
-from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import xxhash
-from dualbladed.alloc.abstract import Extent
 from dualbladed.errors import (
     ChecksumMismatch,
     DualbladeError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    SuperblockError,
 )
+from dualbladed.killpoints import killpoint
 from dualbladed.meta.store import MetaStore, ObjectRecord, parse_tenant
 from dualbladed.objectindex import IndexEntry, ObjectIndex, ObjectInfo, PathUsage, StoreStats
+from dualbladed.objectinput import (
+    DEFAULT_MAX_OBJECT_BYTES,
+    MAX_KEY_BYTES,
+    as_bytes_view,
+    check_key,
+    zero,
+)
+from dualbladed.objectrecovery import open_meta, rebuild
 from dualbladed.oserrors import from_oserror
 from dualbladed.paths.abstract import DIRECT, ResidencyPath
+from dualbladed.relocate import relocate
 
 if TYPE_CHECKING:
     from dualbladed.namespace.abstract import Namespace
@@ -83,30 +97,9 @@ __all__ = [
     "StoreStats",
 ]
 
-MAX_KEY_BYTES = 1024
-DEFAULT_MAX_OBJECT_BYTES = 256 << 20
-META_FILE = "meta.sqlite3"
 
 #: ``placement(tenant, size) -> path name`` for puts without an explicit path hint.
 Placement = Callable[[str, int], str]
-
-
-def _as_bytes_view(buf: object, *, writable: bool, what: str) -> memoryview:
-    view = memoryview(buf)  # type: ignore[arg-type]
-    if not view.contiguous:
-        raise InvalidArgument(f"{what} buffer must be contiguous")
-    if writable and view.readonly:
-        raise InvalidArgument(f"{what} buffer must be writable")
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view
-
-
-def _zero(view: memoryview) -> None:
-    chunk = bytes(min(len(view), 1 << 20))
-    for start in range(0, len(view), len(chunk)):
-        end = min(start + len(chunk), len(view))
-        view[start:end] = chunk[: end - start]
 
 
 class ObjectStore:
@@ -138,7 +131,7 @@ class ObjectStore:
         self._index = ObjectIndex()
         self._known_tenants = {t.name for t in meta.tenants()}
         self._closed = False
-        self._rebuild()
+        self._next_generation = rebuild(meta, self._paths, self._index)
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         if access_flush_interval > 0:
@@ -169,24 +162,7 @@ class ObjectStore:
         with :class:`SuperblockError`. The store owns ``paths`` (and the direct path it builds
         when none are given) and closes them in :meth:`close`; the caller keeps the namespace.
         """
-        from dualbladed.namespace.superblock import load_or_format
-
-        loaded = load_or_format(namespace, format=format)
-        for warning in loaded.warnings:
-            logger.warning("superblock of %s: %s", namespace.path, warning)
-        ns_uuid = loaded.superblock.uuid
-        state = Path(state_dir)
-        state.mkdir(parents=True, exist_ok=True)
-        meta_path = state / META_FILE
-        try:
-            meta = MetaStore(meta_path, namespace_uuid=ns_uuid)
-        except SuperblockError:
-            if not format:
-                raise
-            logger.warning("format: discarding metadata %s of a previous namespace", meta_path)
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{meta_path}{suffix}").unlink(missing_ok=True)
-            meta = MetaStore(meta_path, namespace_uuid=ns_uuid)
+        meta = open_meta(namespace, state_dir, format=format)
         try:
             if paths is None:
                 from dualbladed.paths.direct import DirectPath
@@ -202,61 +178,6 @@ class ObjectStore:
         except BaseException:
             meta.close()
             raise
-
-    # -- start-up ----------------------------------------------------------------------------
-
-    def _rebuild(self) -> None:
-        """Index the committed rows and mark their extents used (free map = complement)."""
-        dropped: list[ObjectRecord] = []
-        for rec in self._meta.records():
-            target = self._paths.get(rec.path)
-            if target is None:
-                # Keep the row: a later start with that path configured serves it again.
-                logger.warning(
-                    "object %r of tenant %s lives on unconfigured path %s; not served",
-                    rec.key,
-                    rec.tenant,
-                    rec.path,
-                )
-                continue
-            try:
-                target.reserve(Extent(rec.offset, rec.length))
-            except InvalidArgument as exc:
-                logger.error(
-                    "dropping object %r of tenant %s: extent %s+%s on %s conflicts (%s)",
-                    rec.key,
-                    rec.tenant,
-                    rec.offset,
-                    rec.length,
-                    rec.path,
-                    exc,
-                )
-                dropped.append(rec)
-                continue
-            info = ObjectInfo(
-                tenant=rec.tenant,
-                key=rec.key,
-                size=rec.size,
-                path=rec.path,
-                offset=rec.offset,
-                length=rec.length,
-                checksum=rec.checksum,
-                generation=rec.generation,
-                persistent=True,
-                last_access=rec.last_access,
-                session=None,
-            )
-            self._index.install(IndexEntry(info))
-        if dropped:
-            with self._meta.txn(durable=True) as t:
-                for rec in dropped:
-                    t.delete(rec.tenant, rec.key)
-        self._next_generation = self._meta.max_generation() + 1
-        logger.info(
-            "object store open: %d objects, next generation %d",
-            len(self._index),
-            self._next_generation,
-        )
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -283,7 +204,7 @@ class ObjectStore:
             DeviceIOError: the write or flush failed. In every error case nothing changed.
         """
         key = self._check_key(tenant, key)
-        data = _as_bytes_view(src, writable=False, what="source")
+        data = as_bytes_view(src, writable=False, what="source")
         size = data.nbytes
         if not 1 <= size <= self.max_object_bytes:
             raise InvalidArgument(
@@ -296,9 +217,12 @@ class ObjectStore:
             self._check_open()
             extent = target.allocate(size)
         try:
+            killpoint("put.after_alloc")
             target.write(extent, data)
+            killpoint("put.after_data_write")
             if durable:
                 target.flush()
+                killpoint("put.after_flush")
         except BaseException as exc:
             with self._lock:
                 target.release(extent)
@@ -330,6 +254,7 @@ class ObjectStore:
             except BaseException:
                 target.release(extent)
                 raise
+            killpoint("put.after_commit")
             self._next_generation += 1
             if old is not None:
                 self._retire(old)
@@ -363,7 +288,9 @@ class ObjectStore:
         with self._lock:
             self._check_open()
             entry = self._require(tenant, key)
+            killpoint("delete.before_commit")
             self._commit(None, entry, durable=False)
+            killpoint("delete.after_commit")
             self._retire(entry)
             return entry.snapshot()
 
@@ -372,7 +299,9 @@ class ObjectStore:
         with self._lock:
             self._check_open()
             members = self._index.session_members(session)
-            for entry in members:
+            for i, entry in enumerate(members):
+                if i == len(members) // 2:
+                    killpoint("release_session.mid")
                 self._retire(entry)
         if members:
             logger.info("session %s released: %d ephemeral objects freed", session, len(members))
@@ -391,7 +320,7 @@ class ObjectStore:
             DeviceIOError: the read failed (the object is kept).
         """
         key = self._check_key(tenant, key)
-        out = _as_bytes_view(dst, writable=True, what="destination")
+        out = as_bytes_view(dst, writable=True, what="destination")
         with self._lock:
             self._check_open()
             entry = self._require(tenant, key)
@@ -428,7 +357,7 @@ class ObjectStore:
         actual = xxhash.xxh3_64_intdigest(view)
         if actual == info.checksum:
             return None
-        _zero(view)
+        zero(view)
         return actual
 
     def _drop_corrupt(self, entry: IndexEntry, actual: int) -> None:
@@ -521,75 +450,13 @@ class ObjectStore:
 
         Copy, verify, flush the destination, commit durably, then free the old extent: a failure
         at any step leaves exactly one valid copy, and readers see the old copy until the commit.
+        The protocol lives in :mod:`dualbladed.relocate`.
 
         Raises:
             FailedPrecondition: the object was overwritten or deleted during the copy (the copy
                 is discarded; the newer state stands).
         """
-        key = self._check_key(tenant, key)
-        if new_path not in self._paths:
-            raise InvalidArgument(self._unknown_path(new_path))
-        dest = self._paths[new_path]
-        with self._lock:
-            self._check_open()
-            entry = self._require(tenant, key)
-            if entry.info.path == new_path:
-                return entry.snapshot()
-            self._index.pin(entry)
-            try:
-                extent = dest.allocate(entry.info.size)
-            except BaseException:
-                self._unpin(entry)
-                raise
-        info = entry.info
-        try:
-            with mmap.mmap(-1, info.length) as bounce:  # page-aligned, as O_DIRECT wants
-                view = memoryview(bounce)
-                try:
-                    actual = self._read_verified(entry, view[: info.size])
-                    if actual is None:
-                        dest.write(extent, view[: info.size])
-                        dest.flush()
-                finally:
-                    view.release()
-        except BaseException as exc:
-            with self._lock:
-                dest.release(extent)
-                self._unpin(entry)
-            if isinstance(exc, OSError):
-                raise from_oserror(exc, context=f"relocating key {key!r} to {new_path}") from exc
-            raise
-        with self._lock:
-            self._unpin(entry)
-            if actual is not None:
-                dest.release(extent)
-                self._drop_corrupt(entry, actual)
-            elif self._index.lookup(tenant, key) is not entry:
-                dest.release(extent)
-                raise FailedPrecondition(f"key {key!r} changed while relocating; copy discarded")
-            else:
-                moved = IndexEntry(
-                    replace(info, path=new_path, offset=extent.offset, length=extent.length)
-                )
-                moved.last_access = entry.last_access
-                try:
-                    self._commit(moved, entry, durable=True)
-                except BaseException:
-                    dest.release(extent)
-                    raise
-                self._retire(entry)
-                self._index.install(moved)
-                logger.info(
-                    "relocated tenant %s key %r: %s@%d -> %s@%d",
-                    tenant,
-                    key,
-                    info.path,
-                    info.offset,
-                    new_path,
-                    extent.offset,
-                )
-                return moved.snapshot()
-        raise ChecksumMismatch(key, info.checksum, actual)
+        return relocate(self, tenant, key, new_path)
 
     # -- durability and shutdown ---------------------------------------------------------------
 
@@ -671,14 +538,7 @@ class ObjectStore:
 
     @staticmethod
     def _check_key(tenant: str, key: bytes) -> bytes:
-        if not isinstance(tenant, str) or not tenant:
-            raise InvalidArgument(f"tenant must be a non-empty string, got {tenant!r}")
-        if not isinstance(key, bytes | bytearray | memoryview):
-            raise InvalidArgument(f"key must be bytes, got {type(key).__name__}")
-        key = bytes(key)
-        if not 1 <= len(key) <= MAX_KEY_BYTES:
-            raise InvalidArgument(f"key length {len(key)} is outside 1..{MAX_KEY_BYTES} bytes")
-        return key
+        return check_key(tenant, key)
 
     def _choose_path(self, tenant: str, size: int, hint: str | None) -> str:
         if hint is not None:
