@@ -53,7 +53,7 @@ import torch
 import transformers
 import xxhash
 from dualblade.pipeline.adaptive import AdaptiveConfig
-from dualblade.pipeline.backend import KVBackend
+from dualblade.pipeline.backend import KVBackend, staging_alignment
 from dualblade.pipeline.pipeline import LayerPipeline, LayerRead, Segment
 from transformers.cache_utils import Cache, DynamicLayer
 
@@ -183,6 +183,9 @@ class DualBladeCache(Cache):
         self.window = window
         self.block_tokens = block_tokens
         self.sequence_id = uuid.uuid4().hex
+        # Segments at the backend's staging alignment: with the SDK client every block is then
+        # its own arena range and the daemon reads it in place (see LayerPipeline).
+        self._align = staging_alignment(backend)
         self.model_tag = model_tag or _default_model_tag(config)
         cfg = pipeline_config or AdaptiveConfig()
         cfg = AdaptiveConfig(**{**cfg.__dict__, "max_depth": min(cfg.max_depth, window - 1)})
@@ -348,7 +351,7 @@ class DualBladeCache(Cache):
             for b in range(-(-length // self.block_tokens)):
                 tokens = min(self.block_tokens, length - b * self.block_tokens)
                 segments.append(Segment(self._key(layer_idx, kind, b), tokens * per_token))
-        return LayerRead(tuple(segments))
+        return LayerRead(tuple(segments), align=self._align)
 
     def _open_step(self, lengths: tuple[int, ...]) -> None:
         reads = [self._read_for(i, n) for i, n in enumerate(lengths)]

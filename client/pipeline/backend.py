@@ -14,7 +14,11 @@ Contracts (the SDK follows the same ones):
   SDK's ``NotFound`` subclasses it); a destination whose size differs from the stored object
   raises `ValueError`. Either way no partial result should be relied on.
 * ``staging(nbytes)`` is optional (see `StagingBackend`): a CPU tensor the backend can fill or
-  drain without an extra copy (the SDK hands out slices of its shared, pinned arena).
+  drain without an extra copy (the SDK hands out slices of its shared, pinned arena). Such a
+  buffer is handed back with ``release_tensor``. ``staging_alignment`` is the offset alignment a
+  sub-range of a staging buffer needs to stay copy-free (the SDK's arena: 4096, the O_DIRECT
+  alignment; unaligned ranges still work, through a bounce copy), and ``staging_capacity`` the
+  most staging memory the backend can hand out at once (the SDK: its arena size).
 
 This module does not import torch: the daemon-side tooling and the SDK can import the protocol
 without it. Tensors are recognised by duck typing and torch is imported only when one is seen.
@@ -42,7 +46,12 @@ __all__ = [
     "KVBackend",
     "StagingBackend",
     "buffer_nbytes",
+    "staging_alignment",
+    "staging_capacity",
 ]
+
+# The smallest segment alignment: any dtype view of an aligned segment is legal.
+MIN_SEGMENT_ALIGN = 64
 
 
 @runtime_checkable
@@ -65,6 +74,20 @@ class StagingBackend(KVBackend, Protocol):
     """A backend that can hand out staging memory it moves without a copy."""
 
     def staging(self, nbytes: int) -> BufferOrTensor: ...
+
+    def release_tensor(self, tensor: BufferOrTensor) -> None: ...
+
+
+def staging_alignment(backend: object) -> int:
+    """Offset alignment that keeps sub-ranges of `backend`'s staging buffers copy-free."""
+    align = int(getattr(backend, "staging_alignment", 0) or 0)
+    return max(MIN_SEGMENT_ALIGN, align)
+
+
+def staging_capacity(backend: object) -> int | None:
+    """The most staging memory `backend` can hand out at once, or None if it has no bound."""
+    cap = getattr(backend, "staging_capacity", None)
+    return None if cap is None else int(cap)
 
 
 def _is_tensor(buf: object) -> bool:
@@ -221,6 +244,9 @@ class InMemoryBackend:
         import torch
 
         return torch.empty(nbytes, dtype=torch.uint8)
+
+    def release_tensor(self, tensor: BufferOrTensor) -> None:
+        return None  # plain host memory: the garbage collector frees it
 
     # -- test helpers ------------------------------------------------------------------------
 

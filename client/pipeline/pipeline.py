@@ -36,7 +36,17 @@ wait for the compute stream, copies device-to-host into pinned staging and recor
 writer thread waits on before calling ``put_many``.
 
 CPU path: identical structure. The "device copy" is the staging buffer itself and the write-back
-copy is a contiguous clone, so the I/O threads still overlap real CPU compute.
+copy goes into write staging, so the I/O threads still overlap real CPU compute.
+
+Staging memory: when the backend offers ``staging()`` (the SDK client: slices of its shared
+arena, cudaHostRegister-pinned on CUDA builds) both read and write staging come from it, so the
+daemon DMAs reads straight into the buffer the H2D copy (or, on the CPU, the model) consumes, and
+write-back bytes are put from where the D2H copy left them: no copy in this process besides the
+device copies. Segments are laid out at the backend's ``staging_alignment`` (the arena's 4096)
+so that every segment, not just the first of a call, is an arena range the daemon can address.
+Both budgets are capped at a quarter of ``staging_capacity`` (the arena size), leaving the SDK
+room for its own bounce slots; a staging request the backend cannot satisfy falls back to plain
+(pinned) host memory, which still works with one bounce copy inside the SDK.
 
 Depth and chunk size come from `AdaptiveController` (EWMA of measured per-layer times), re-planned
 at every `begin_step`.
@@ -44,10 +54,11 @@ at every `begin_step`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
@@ -55,15 +66,16 @@ from typing import Literal
 import torch
 
 from .adaptive import AdaptiveConfig, AdaptiveController, PipelinePlan
-from .backend import KVBackend
+from .backend import MIN_SEGMENT_ALIGN, KVBackend, staging_alignment, staging_capacity
 from .staging import StagingPool
 
 __all__ = ["LayerPipeline", "LayerRead", "PipelineStats", "Segment"]
 
 log = logging.getLogger(__name__)
 
-# Segment offsets inside a layer buffer are aligned so that any dtype view of a segment is legal.
-_SEG_ALIGN = 64
+# Segment offsets inside a layer buffer are aligned at least this much, so that any dtype view of
+# a segment is legal; a backend's staging_alignment may ask for more.
+_SEG_ALIGN = MIN_SEGMENT_ALIGN
 
 
 @dataclass(frozen=True)
@@ -76,20 +88,32 @@ class Segment:
 
 @dataclass(frozen=True)
 class LayerRead:
-    """The objects making up one layer's KV, laid out back to back (64-byte aligned)."""
+    """The objects making up one layer's KV, laid out back to back, each at a multiple of
+    `align` (use `staging_alignment(backend)` for copy-free arena reads)."""
 
     segments: tuple[Segment, ...]
+    align: int = _SEG_ALIGN
+
+    def __post_init__(self) -> None:
+        if self.align < _SEG_ALIGN or self.align & (self.align - 1):
+            raise ValueError(f"align must be a power of two >= {_SEG_ALIGN}, got {self.align}")
 
     @property
     def offsets(self) -> tuple[int, ...]:
         out, off = [], 0
         for seg in self.segments:
             out.append(off)
-            off += -(-seg.nbytes // _SEG_ALIGN) * _SEG_ALIGN
+            off += -(-seg.nbytes // self.align) * self.align
         return tuple(out)
 
     @property
+    def payload_bytes(self) -> int:
+        """The objects' bytes, without alignment padding."""
+        return sum(seg.nbytes for seg in self.segments)
+
+    @property
     def nbytes(self) -> int:
+        """The staging buffer's size: payload plus alignment padding."""
         if not self.segments:
             return 0
         return self.offsets[-1] + self.segments[-1].nbytes
@@ -112,12 +136,14 @@ class LayerRead:
 class PipelineStats:
     steps: int
     reads: int
-    read_bytes: int
+    read_bytes: int  # payload bytes read (alignment padding not counted)
     read_calls: int
     writes: int
     write_bytes: int
     # Seconds the model thread spent blocked in layer() waiting for reads.
     wait_s: float
+    # Staging requests the backend could not serve (plain host memory was used instead).
+    staging_fallbacks: int
     depth: int
     chunk_bytes: int
     io_ewma_s: float | None
@@ -164,10 +190,21 @@ class LayerPipeline:
         if self._cuda and not torch.cuda.is_available():
             raise ValueError("a CUDA device was requested but torch.cuda is not available")
         cfg = config or AdaptiveConfig()
+        cap = staging_capacity(backend)
+        if cap is not None and cfg.staging_bytes > cap // 4:
+            cfg = dataclasses.replace(cfg, staging_bytes=max(cap // 4, 1))
+        self.config = cfg
+        self.segment_align = staging_alignment(backend)
         self.controller = AdaptiveController(cfg, fixed_depth=None if depth == "auto" else depth)
-        alloc = getattr(backend, "staging", None) or self._alloc_host
-        self._read_staging = StagingPool(cfg.staging_bytes, alloc, reuse=self._cuda, ordered=True)
-        self._write_staging = StagingPool(cfg.staging_bytes, alloc, reuse=True, ordered=False)
+        self._staging_fallbacks = 0
+        self._arena_ptrs: set[int] = set()
+        alloc, free = self._staging_functions(backend)
+        self._read_staging = StagingPool(
+            cfg.staging_bytes, alloc, reuse=self._cuda, ordered=True, free=free
+        )
+        self._write_staging = StagingPool(
+            cfg.staging_bytes, alloc, reuse=True, ordered=False, free=free
+        )
         self._readers = ThreadPoolExecutor(io_threads, thread_name_prefix="dualblade-read")
         self._writers = ThreadPoolExecutor(write_threads, thread_name_prefix="dualblade-write")
         self._reaper = ThreadPoolExecutor(1, thread_name_prefix="dualblade-reap")
@@ -276,16 +313,7 @@ class LayerPipeline:
             done: Future = Future()
             done.set_result(None)
             return done
-        event = None
-        base = None
-        total = 0
-        if self._cuda:
-            host_items, base, total, event = self._copy_to_host(items)
-        else:
-            host_items = [
-                (key, t.detach().clone() if t.is_contiguous() else t.detach().contiguous())
-                for key, t in items
-            ]
+        host_items, base, total, event = self._copy_to_host(items)
         keys = [key for key, _ in items]
         nbytes = sum(t.numel() * t.element_size() for _, t in items)
         with self._lock:
@@ -357,6 +385,7 @@ class LayerPipeline:
             writes=self._nwrites,
             write_bytes=self._write_bytes,
             wait_s=self._wait_s,
+            staging_fallbacks=self._staging_fallbacks,
             depth=self._plan.depth,
             chunk_bytes=self._plan.chunk_bytes,
             io_ewma_s=self.controller.io_s,
@@ -367,6 +396,36 @@ class LayerPipeline:
 
     def _alloc_host(self, nbytes: int) -> torch.Tensor:
         return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self._cuda)
+
+    def _staging_functions(
+        self, backend: KVBackend
+    ) -> tuple[Callable[[int], torch.Tensor], Callable[[torch.Tensor], None] | None]:
+        """Staging allocator and release for the pools: the backend's if it has them."""
+        staging = getattr(backend, "staging", None)
+        release = getattr(backend, "release_tensor", None)
+        if staging is None:
+            return self._alloc_host, None
+
+        def alloc(nbytes: int) -> torch.Tensor:
+            try:
+                buf = staging(nbytes)
+            except Exception as err:  # e.g. the SDK arena is full: host memory still works
+                with self._lock:
+                    self._staging_fallbacks += 1
+                log.debug("backend staging of %d bytes failed (%s); using host memory", nbytes, err)
+                return self._alloc_host(nbytes)
+            with self._lock:
+                self._arena_ptrs.add(buf.data_ptr())
+            return buf
+
+        def free(buf: torch.Tensor) -> None:
+            with self._lock:
+                ours = buf.data_ptr() in self._arena_ptrs
+                self._arena_ptrs.discard(buf.data_ptr())
+            if ours and release is not None:
+                release(buf)
+
+        return alloc, free
 
     def _issue_through(self, last: int) -> None:
         last = min(last, self.num_layers - 1)
@@ -416,13 +475,13 @@ class LayerPipeline:
                     hi = group[-1][1] + group[-1][0].nbytes
                     with torch.cuda.stream(self._h2d):
                         dev[lo:hi].copy_(buf[lo:hi], non_blocking=True)
-            self.controller.observe_io(time.perf_counter() - t0, nbytes, calls)
+            self.controller.observe_io(time.perf_counter() - t0, read.payload_bytes, calls)
         except BaseException:
             self._read_staging.release(base, nbytes)
             raise
         with self._lock:
             self._nreads += 1
-            self._read_bytes += nbytes
+            self._read_bytes += read.payload_bytes
             self._read_calls += calls
         if dev is None:
             return base, buf, nbytes
@@ -437,16 +496,28 @@ class LayerPipeline:
         pool.release(base, n)
 
     def _copy_to_host(self, items: Sequence[tuple[bytes, torch.Tensor]]):
+        """Copy `items` into one write-staging buffer (aligned segments); on CUDA the copy is
+        queued on the D2H stream and the returned event marks its end, on the CPU it is done."""
         sizes = [t.numel() * t.element_size() for _, t in items]
         offsets, off = [], 0
         for n in sizes:
             offsets.append(off)
-            off += -(-n // _SEG_ALIGN) * _SEG_ALIGN
+            off += -(-n // self.segment_align) * self.segment_align
         total = off
         base, host = self._write_staging.acquire(total)
+        host_items = []
+        if not self._cuda:
+            try:
+                for (key, t), o, n in zip(items, offsets, sizes):
+                    dst = host[o : o + n]
+                    dst.view(t.dtype).view(t.shape).copy_(t.detach())
+                    host_items.append((key, dst))
+            except BaseException:
+                self._write_staging.release(base, total)
+                raise
+            return host_items, base, total, None
         compute = torch.cuda.current_stream(self.device)
         self._d2h.wait_stream(compute)
-        host_items = []
         with torch.cuda.stream(self._d2h):
             for (key, t), o, n in zip(items, offsets, sizes):
                 dst = host[o : o + n]

@@ -15,6 +15,10 @@ Buffer reuse: pinned or arena-backed memory is expensive to obtain, so released 
 for reuse, but only when the pipeline never hands the staging buffer itself to the consumer
 (``reuse=True``, the GPU case). On the CPU the consumer gets a view of the staging buffer, so it
 is never recycled; only the byte accounting is returned.
+
+Giving memory back: a buffer the pool stops tracking (released without reuse, trimmed from the
+cache, or cached at `close`) is passed to ``free``. For arena-backed staging that returns the
+slot to the SDK's arena allocator; without it every layer read would leak arena space.
 """
 
 from __future__ import annotations
@@ -35,12 +39,19 @@ class StagingPool:
     """A byte budget of host buffers; `acquire` blocks until the budget allows the request."""
 
     def __init__(
-        self, capacity: int, alloc: Callable[[int], torch.Tensor], *, reuse: bool, ordered: bool
+        self,
+        capacity: int,
+        alloc: Callable[[int], torch.Tensor],
+        *,
+        reuse: bool,
+        ordered: bool,
+        free: Callable[[torch.Tensor], None] | None = None,
     ) -> None:
         if capacity <= 0:
             raise ValueError(f"staging capacity must be positive, got {capacity}")
         self.capacity = capacity
         self._alloc = alloc
+        self._free_fn = free
         self._reuse = reuse
         self._ordered = ordered
         self._cond = threading.Condition()
@@ -86,29 +97,43 @@ class StagingPool:
             try:
                 base = self._alloc(want)
             except BaseException:
-                self.release(None, want)
+                self.release(None, nbytes)
                 raise
         return base, base[:nbytes]
 
     def release(self, base: torch.Tensor | None, nbytes: int) -> None:
         """Return a buffer from `acquire` (``nbytes`` as requested there)."""
         want = max(_ALIGN, -(-nbytes // _ALIGN) * _ALIGN)
+        dropped: list[torch.Tensor] = []
         with self._cond:
             self._in_use -= want
-            if self._reuse and base is not None:
-                self._free.append(base)
+            if base is not None:
+                if self._reuse and not self._closed:
+                    self._free.append(base)
+                else:
+                    dropped.append(base)
                 # Keep cached buffers within the budget too.
                 while self._free and self._in_use + sum(b.numel() for b in self._free) > (
                     self.capacity
                 ):
-                    self._free.remove(max(self._free, key=lambda b: b.numel()))
+                    biggest = max(range(len(self._free)), key=lambda i: self._free[i].numel())
+                    dropped.append(self._free.pop(biggest))
             self._cond.notify_all()
+        self._give_back(dropped)
 
     def close(self) -> None:
+        """Wake waiters with an error and give every cached buffer back (held ones come back
+        through `release`)."""
         with self._cond:
             self._closed = True
-            self._free.clear()
+            dropped, self._free = self._free, []
             self._cond.notify_all()
+        self._give_back(dropped)
+
+    def _give_back(self, buffers: list[torch.Tensor]) -> None:
+        if self._free_fn is not None:
+            for buf in buffers:
+                self._free_fn(buf)
 
     @property
     def in_use(self) -> int:
@@ -121,9 +146,9 @@ class StagingPool:
             self._next_ticket += 1
 
     def _take_free(self, want: int) -> torch.Tensor | None:
-        fitting = [b for b in self._free if b.numel() >= want]
+        # By index, never list.remove: tensors compare element-wise, not by identity.
+        fitting = [i for i, b in enumerate(self._free) if b.numel() >= want]
         if not fitting:
             return None
-        best = min(fitting, key=lambda b: b.numel())
-        self._free.remove(best)
-        return best
+        best = min(fitting, key=lambda i: self._free[i].numel())
+        return self._free.pop(best)
