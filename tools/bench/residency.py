@@ -1,0 +1,543 @@
+"""``dualblade-bench residency``: the four storage paths under four memory budgets, side by side.
+
+An edge box in a memory cgroup (see `dualblade_tools.bench.cgroup`): the daemon and one client
+(the `dualblade_tools.bench.kvtrace` worker: prefill + decode of a Llama-shaped KV trace with
+mmapped weights and real per-layer compute) run inside ONE memory cgroup; this harness stays
+outside it, starts both with a shell that joins the cgroup before ``exec`` (so every byte they
+ever touch is charged there), and removes the cgroup and the run's files in ``finally`` blocks.
+
+Budgets. ``ratio`` is the KV working set over the memory left for the page cache::
+
+    limit(ratio) = fixed_overhead + working_set / ratio
+    fixed_overhead = 1.1 * (anon + shmem of the cgroup at the end of a calibration run) + weights
+
+The calibration run is the ``direct`` daemon mode with no limit (the largest resident set: daemon
++ client + arena, with no KV in the page cache); ``anon`` and ``shmem`` come from the cgroup's
+``memory.stat`` read by the worker at the end of decode, 10% is added for transient buffers, and
+the whole weights file is added so that weights fit with room to spare at every ratio. So at
+ratio 0.5 the page cache can hold the KV twice over; at 4 it holds a quarter of it (plus what
+the baseline saves by running no daemon: the baseline gets the same limit, never a smaller one).
+
+Modes at every budget, one after another, each started cold (``sync`` + ``drop_caches``):
+
+* ``baseline_file``: no daemon; `kvtrace.FileBackend` (buffered per-layer files, FlexGen-style);
+* ``pagecache`` / ``direct`` / ``adaptive``: dualbladed with ``[residency] mode = ...``, the
+  worker using the SDK client.
+
+SSD utilisation = (storage-layer bytes read + written by the worker and the daemon during the
+measured decode steps, from ``/proc/<pid>/io``) / decode seconds / fio's O_DIRECT sequential read
+bandwidth (1 MiB requests, 4 psync jobs) on the benchmark's fio file, measured right after each
+run. The fio file is written once at start-up in the same directory (same filesystem and disk) as
+the KV files and namespaces; it cannot be the daemon's namespace itself, whose unwritten extents
+would read as zeros without touching the disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dualblade_tools.bench import report
+from dualblade_tools.bench.cgroup import MemoryCgroup, drop_caches
+from dualblade_tools.bench.kvtrace import TraceSpec, create_weights
+from dualblade_tools.daemonproc import DaemonProcess
+
+__all__ = ["ResidencyRecord", "Verdict", "configure", "run", "verdicts"]
+
+MODES = ("baseline_file", "pagecache", "direct", "adaptive")
+DAEMON_MODES = ("pagecache", "direct", "adaptive")
+RATIOS = (0.5, 1.0, 2.0, 4.0)
+MiB = 1 << 20
+FIO_JOBS = 4
+
+# The issue's targets (the paper's abstract): adaptive vs baseline_file at the tightest budget.
+TARGET_DECODE_CUT = 0.424
+TARGET_PREFILL_CUT = 0.331
+TARGET_SSD_UTIL_X = 2.2
+TARGET_WITHIN_BEST = 0.05
+
+
+@dataclass(frozen=True)
+class ResidencyRecord:
+    budget_ratio: float
+    mode: str
+    limit_mib: int
+    prefill_s: float | None
+    decode_p50_ms: float | None
+    decode_p99_ms: float | None
+    ssd_util: float | None
+    ssd_gbps: float | None
+    fio_gbps: float | None
+    client_rss_mib: float | None
+    cgroup_cache_mib: float | None
+    cgroup_shmem_mib: float | None
+    cgroup_peak_mib: float | None
+    depth: int | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: str
+    budget_ratio: float
+    measured: float | None
+    required: str
+    met: bool
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    d = TraceSpec()
+    g = parser.add_argument_group("trace (defaults: 8B-shaped KV at an 8k context)")
+    for name, help_text in (
+        ("layers", "decoder layers"),
+        ("kv_heads", "KV heads"),
+        ("head_dim", "head dimension"),
+        ("context", "prompt tokens (the KV working set)"),
+        ("block_tokens", "tokens per stored object"),
+        ("steps", "measured decode steps"),
+        ("warmup_steps", "decode steps before measuring"),
+        ("hidden", "weights matrix rows per layer (fp32)"),
+        ("ffn", "weights matrix columns per layer (fp32)"),
+        ("rows", "decode matmul rows per layer"),
+        ("prefill_rows", "prefill matmul rows per layer"),
+        ("max_depth", "pipeline prefetch depth bound"),
+    ):
+        g.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=getattr(d, name),
+            help=f"{help_text} (default {getattr(d, name)})",
+        )
+    parser.add_argument(
+        "--ratios",
+        type=lambda s: tuple(float(x) for x in s.split(",")),
+        default=RATIOS,
+        help="working set / page-cache room, comma-separated (default 0.5,1,2,4)",
+    )
+    parser.add_argument(
+        "--modes",
+        type=lambda s: tuple(s.split(",")),
+        default=MODES,
+        help=f"comma-separated subset of {','.join(MODES)}",
+    )
+    parser.add_argument(
+        "--overhead",
+        type=report.parse_bytes,
+        default=None,
+        help="fixed overhead (RSS + weights) instead of a calibration run, e.g. 2G",
+    )
+    parser.add_argument("--fio-seconds", type=float, default=3.0, help="fio time per run")
+    parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    parser.add_argument("--json", metavar="FILE", help="write records + verdicts as JSON")
+    parser.add_argument("--plot", metavar="FILE.png", help="decode p50 and prefill vs ratio")
+    parser.add_argument("--markdown", metavar="FILE", help="write the table and verdicts (md)")
+
+
+def run(args: argparse.Namespace) -> int:
+    unknown = set(args.modes) - set(MODES)
+    if unknown:
+        print(f"unknown modes: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    spec = TraceSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TraceSpec)})
+    own_dir = args.dir is None
+    workdir = Path(args.dir or tempfile.mkdtemp(prefix="dualblade-residency-", dir="/var/tmp"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    try:
+        bench = _Bench(spec, workdir, fio_seconds=args.fio_seconds)
+        bench.prepare()
+        overhead = args.overhead if args.overhead is not None else bench.calibrate()
+        records: list[ResidencyRecord] = []
+        total = len(args.ratios) * len(args.modes)
+        for ratio in args.ratios:
+            limit = overhead + int(spec.kv_bytes / ratio)
+            for mode in args.modes:
+                report.progress(
+                    f"[{len(records) + 1}/{total}] ratio {ratio:g} ({limit / MiB:.0f} MiB) "
+                    f"mode {mode}"
+                )
+                rec = bench.run_one(ratio, mode, limit)
+                records.append(rec)
+                report.progress(f"    -> {_summary(rec)}")
+    finally:
+        if own_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    checks = verdicts(records)
+    meta = {
+        "spec": dataclasses.asdict(spec),
+        "kv_bytes": spec.kv_bytes,
+        "weight_bytes": spec.weight_bytes,
+        "fixed_overhead_bytes": overhead,
+        "limit_formula": "fixed_overhead + kv_bytes / budget_ratio",
+        "elapsed_s": round(elapsed, 1),
+        "verdicts": [dataclasses.asdict(v) for v in checks],
+    }
+    print(_header(spec, overhead))
+    report.print_table(records, formats=_FORMATS)
+    print()
+    print(format_verdicts(checks))
+    if args.json:
+        report.write_json(args.json, records, **meta)
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(records, checks, spec, overhead))
+    if args.plot:
+        plot(records, args.plot)
+    return 0 if all(r.error is None for r in records) else 1
+
+
+# --------------------------------------------------------------------------- one run
+
+
+class _DaemonInCgroup(DaemonProcess):
+    """`DaemonProcess` whose command joins the benchmark cgroup before exec."""
+
+    cgroup: MemoryCgroup | None = None
+
+    def command(self) -> list[str]:
+        base = super().command()
+        return self.cgroup.join_command(base) if self.cgroup is not None else base
+
+
+class _Bench:
+    def __init__(self, spec: TraceSpec, workdir: Path, *, fio_seconds: float) -> None:
+        self.spec = spec
+        self.workdir = workdir
+        self.weights = workdir / "weights.bin"
+        self.fio_file = workdir / "fio.bin"
+        self.fio_size = max(
+            64 * MiB, -(-min(spec.kv_bytes, 1 << 30) // (FIO_JOBS * MiB)) * (FIO_JOBS * MiB)
+        )
+        self.fio_seconds = fio_seconds
+        self.namespace_bytes = -(-(spec.kv_bytes * 3 // 2 + 256 * MiB) // MiB) * MiB
+        self._seq = 0
+
+    def prepare(self) -> None:
+        report.progress(f"writing weights ({self.spec.weight_bytes / MiB:.0f} MiB) and fio file")
+        create_weights(self.weights, self.spec)
+        if not (self.fio_file.exists() and self.fio_file.stat().st_size == self.fio_size):
+            chunk = os.urandom(MiB)
+            with open(self.fio_file, "wb") as fh:
+                for _ in range(self.fio_size // MiB):
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def calibrate(self) -> int:
+        """Fixed overhead: 1.1 x (anon + shmem) of an unlimited direct run, plus the weights."""
+        report.progress("calibrating the fixed overhead (direct mode, no limit, 2 steps)")
+        spec = dataclasses.replace(self.spec, steps=2, warmup_steps=0)
+        result = self._trace("calibrate", "direct", None, spec)
+        if "error" in result:
+            raise RuntimeError(f"calibration run failed: {result['error']}")
+        resident = result["cgroup_anon_bytes"] + result["cgroup_shmem_bytes"]
+        overhead = int(resident * 1.1) + self.spec.weight_bytes
+        report.progress(
+            f"resident {resident / MiB:.0f} MiB (anon {result['cgroup_anon_bytes'] / MiB:.0f}, "
+            f"shmem {result['cgroup_shmem_bytes'] / MiB:.0f}) -> fixed overhead "
+            f"{overhead / MiB:.0f} MiB"
+        )
+        return overhead
+
+    def run_one(self, ratio: float, mode: str, limit: int) -> ResidencyRecord:
+        result = self._trace(f"r{ratio:g}", mode, limit, self.spec)
+        fio = report.run_fio(
+            filename=str(self.fio_file),
+            rw="read",
+            block_size=MiB,
+            size=self.fio_size // FIO_JOBS,
+            offset_increment=self.fio_size // FIO_JOBS,
+            numjobs=FIO_JOBS,
+            seconds=self.fio_seconds,
+        )
+        if "error" in result:
+            return _failed(ratio, mode, limit, fio, result)
+        ssd = (result["io_read_bytes"] + result["io_write_bytes"]) / result["decode_s"] / 1e9
+        return ResidencyRecord(
+            budget_ratio=ratio,
+            mode=mode,
+            limit_mib=limit // MiB,
+            prefill_s=result["prefill_s"],
+            decode_p50_ms=result["decode_p50_ms"],
+            decode_p99_ms=result["decode_p99_ms"],
+            ssd_util=ssd / fio if fio else None,
+            ssd_gbps=ssd,
+            fio_gbps=fio,
+            client_rss_mib=result["client_rss_bytes"] / MiB,
+            cgroup_cache_mib=(result["cgroup_cache_bytes"] or 0) / MiB,
+            cgroup_shmem_mib=(result["cgroup_shmem_bytes"] or 0) / MiB,
+            cgroup_peak_mib=result["cgroup_peak_bytes"] / MiB,
+            depth=result["depth"],
+        )
+
+    def _trace(self, tag: str, mode: str, limit: int | None, spec: TraceSpec) -> dict[str, Any]:
+        """One cold run of the worker (and the daemon) inside a fresh cgroup."""
+        self._seq += 1
+        rundir = self.workdir / f"run{self._seq}-{tag}-{mode}"
+        name = f"dualblade-bench-{os.getpid()}-{self._seq}"
+        daemon: _DaemonInCgroup | None = None
+        if not drop_caches():
+            report.progress("could not drop caches (not root?): this run does not start cold")
+        cgroup = MemoryCgroup(name, limit)
+        try:
+            rundir.mkdir(parents=True)
+            cmd = [
+                sys.executable,
+                "-m",
+                "dualblade_tools.bench.kvtrace",
+                "--spec",
+                json.dumps(dataclasses.asdict(spec)),
+                "--weights",
+                str(self.weights),
+                "--cgroup-stat",
+                str(cgroup.path / "memory.stat"),
+                "--label",
+                f"{tag} {mode}:",
+            ]
+            if mode == "baseline_file":
+                cmd += ["--files", str(rundir / "kv")]
+            else:
+                daemon = self._start_daemon(rundir, mode, cgroup)
+                pid = daemon.proc.pid if daemon.proc is not None else 0
+                cmd += ["--socket", str(daemon.socket), "--daemon-pid", str(pid)]
+            proc = subprocess.run(
+                cgroup.join_command(cmd), stdout=subprocess.PIPE, text=True, timeout=900
+            )
+            peak = cgroup.stat().peak
+            lines = proc.stdout.strip().splitlines()
+            if proc.returncode != 0 or not lines:
+                why = f"worker exited {proc.returncode}"
+                if proc.returncode in (-9, 137):
+                    why += " (SIGKILL: OOM in the cgroup?)"
+                return {"error": why}
+            result = json.loads(lines[-1])
+            result["cgroup_peak_bytes"] = peak
+            return result
+        except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as exc:
+            return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        finally:
+            if daemon is not None:
+                try:
+                    daemon.terminate()
+                except subprocess.TimeoutExpired:
+                    daemon.kill()
+            cgroup.remove()
+            shutil.rmtree(rundir, ignore_errors=True)
+
+    def _start_daemon(self, rundir: Path, mode: str, cgroup: MemoryCgroup) -> _DaemonInCgroup:
+        config = rundir / "dualbladed.toml"
+        # reserve_bytes keeps the weights' share of the cgroup out of the page-cache budget.
+        config.write_text(
+            'admin_group = ""\n'
+            "[residency]\n"
+            f'mode = "{mode}"\n'
+            f"reserve_bytes = {self.spec.weight_bytes + 64 * MiB}\n"
+            "[limits]\n"
+            f"max_arena_bytes = {1 << 30}\n"
+        )
+        daemon = _DaemonInCgroup(
+            root=rundir / "daemon", namespace_size=f"{self.namespace_bytes}", config=config
+        )
+        daemon.cgroup = cgroup
+        return daemon.start(timeout=60)
+
+
+def _failed(
+    ratio: float, mode: str, limit: int, fio: float | None, result: dict[str, Any]
+) -> ResidencyRecord:
+    return ResidencyRecord(
+        budget_ratio=ratio,
+        mode=mode,
+        limit_mib=limit // MiB,
+        prefill_s=None,
+        decode_p50_ms=None,
+        decode_p99_ms=None,
+        ssd_util=None,
+        ssd_gbps=None,
+        fio_gbps=fio,
+        client_rss_mib=None,
+        cgroup_cache_mib=None,
+        cgroup_shmem_mib=None,
+        cgroup_peak_mib=None,
+        depth=None,
+        error=str(result.get("error")),
+    )
+
+
+# --------------------------------------------------------------------------- verdicts and output
+
+
+def _by(records: Sequence[ResidencyRecord]) -> dict[tuple[float, str], ResidencyRecord]:
+    return {(r.budget_ratio, r.mode): r for r in records if r.error is None}
+
+
+def verdicts(records: Sequence[ResidencyRecord]) -> list[Verdict]:
+    """The issue's targets, checked on the measured records (a missing run fails its target)."""
+    by = _by(records)
+    ratios = sorted({r.budget_ratio for r in records})
+    out: list[Verdict] = []
+    if not ratios:
+        return out
+    tight = ratios[-1]
+    ada, base = by.get((tight, "adaptive")), by.get((tight, "baseline_file"))
+
+    def cut(field: str) -> float | None:
+        if ada is None or base is None:
+            return None
+        a, b = getattr(ada, field), getattr(base, field)
+        return None if a is None or not b else 1.0 - a / b
+
+    for field, target, name in (
+        ("decode_p50_ms", TARGET_DECODE_CUT, "decode p50 cut vs baseline_file"),
+        ("prefill_s", TARGET_PREFILL_CUT, "prefill cut vs baseline_file"),
+    ):
+        value = cut(field)
+        out.append(
+            Verdict(name, tight, value, f">= {target:.1%}", value is not None and value >= target)
+        )
+    x = None
+    if ada and base and ada.ssd_util is not None and base.ssd_util:
+        x = ada.ssd_util / base.ssd_util
+    out.append(
+        Verdict(
+            "SSD utilisation x baseline_file",
+            tight,
+            x,
+            f">= {TARGET_SSD_UTIL_X}x",
+            x is not None and x >= TARGET_SSD_UTIL_X,
+        )
+    )
+    for ratio in ratios:
+        for field, name in (("decode_p50_ms", "decode p50"), ("prefill_s", "prefill")):
+            a = by.get((ratio, "adaptive"))
+            best = [
+                getattr(by[(ratio, m)], field)
+                for m in ("pagecache", "direct")
+                if (ratio, m) in by and getattr(by[(ratio, m)], field) is not None
+            ]
+            value = None
+            if a is not None and getattr(a, field) is not None and best:
+                value = getattr(a, field) / min(best) - 1.0
+            out.append(
+                Verdict(
+                    f"adaptive {name} over best of pagecache/direct",
+                    ratio,
+                    value,
+                    f"<= +{TARGET_WITHIN_BEST:.0%}",
+                    value is not None and value <= TARGET_WITHIN_BEST,
+                )
+            )
+    return out
+
+
+def _fmt_measured(v: Verdict) -> str:
+    if v.measured is None:
+        return "not measured"
+    if "x baseline" in v.target:
+        return f"{v.measured:.2f}x"
+    return f"{v.measured:+.1%}"
+
+
+def format_verdicts(checks: Sequence[Verdict]) -> str:
+    rows = [
+        f"  {'MET   ' if v.met else 'MISSED'}  ratio {v.budget_ratio:<4g} {v.target}: "
+        f"{_fmt_measured(v)} (target {v.required})"
+        for v in checks
+    ]
+    return "targets:\n" + "\n".join(rows)
+
+
+def _opt(fmt: str) -> Any:
+    return lambda v: "-" if v is None else format(v, fmt)
+
+
+_FORMATS = {
+    "budget_ratio": _opt("g"),
+    "prefill_s": _opt(".2f"),
+    "decode_p50_ms": _opt(".0f"),
+    "decode_p99_ms": _opt(".0f"),
+    "ssd_util": _opt(".3f"),
+    "ssd_gbps": _opt(".2f"),
+    "fio_gbps": _opt(".2f"),
+    "client_rss_mib": _opt(".0f"),
+    "cgroup_cache_mib": _opt(".0f"),
+    "cgroup_shmem_mib": _opt(".0f"),
+    "cgroup_peak_mib": _opt(".0f"),
+    "error": lambda v: "" if v is None else v,
+}
+
+
+def _summary(r: ResidencyRecord) -> str:
+    if r.error is not None:
+        return f"FAILED: {r.error}"
+    return (
+        f"prefill {r.prefill_s:.2f} s, decode p50 {r.decode_p50_ms:.0f} ms "
+        f"p99 {r.decode_p99_ms:.0f} ms, ssd {r.ssd_gbps:.2f} GB/s "
+        f"(util {_opt('.3f')(r.ssd_util)}), cache {r.cgroup_cache_mib:.0f} MiB"
+    )
+
+
+def _header(spec: TraceSpec, overhead: int) -> str:
+    return (
+        f"residency bench: {spec.layers} layers x {spec.kv_heads} KV heads x {spec.head_dim} "
+        f"head dim, {spec.context} tokens -> KV {spec.kv_bytes / MiB:.0f} MiB; weights "
+        f"{spec.weight_bytes / MiB:.0f} MiB mmapped; limit = {overhead / MiB:.0f} MiB + KV / ratio"
+    )
+
+
+def markdown(
+    records: Sequence[ResidencyRecord], checks: Sequence[Verdict], spec: TraceSpec, overhead: int
+) -> str:
+    cols = [f.name for f in dataclasses.fields(ResidencyRecord)]
+    lines = [_header(spec, overhead), "", "| " + " | ".join(cols) + " |"]
+    lines.append("|" + "|".join("---" for _ in cols) + "|")
+    for r in records:
+        cells = [_FORMATS.get(c, str)(getattr(r, c)) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| ratio | target | measured | required | verdict |", "|---|---|---|---|---|"]
+    for v in checks:
+        lines.append(
+            f"| {v.budget_ratio:g} | {v.target} | {_fmt_measured(v)} | {v.required} | "
+            f"{'met' if v.met else '**missed**'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: Sequence[ResidencyRecord], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for mode in MODES:
+        rows = sorted(
+            (r for r in records if r.mode == mode and r.error is None),
+            key=lambda r: r.budget_ratio,
+        )
+        if not rows:
+            continue
+        xs = [r.budget_ratio for r in rows]
+        ax1.plot(xs, [r.decode_p50_ms for r in rows], marker="o", label=mode)
+        ax2.plot(xs, [r.prefill_s for r in rows], marker="o", label=mode)
+    for ax, title, unit in ((ax1, "decode step p50", "ms"), (ax2, "prefill", "s")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("KV working set / page-cache room (tighter ->)")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
