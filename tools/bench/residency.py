@@ -53,7 +53,7 @@ from dualblade_tools.bench.cgroup import MemoryCgroup, drop_caches
 from dualblade_tools.bench.kvtrace import TraceSpec, create_weights
 from dualblade_tools.daemonproc import DaemonProcess
 
-__all__ = ["ResidencyRecord", "Verdict", "configure", "run", "verdicts"]
+__all__ = ["ResidencyRecord", "Verdict", "configure", "main_args", "run", "verdicts"]
 
 MODES = ("baseline_file", "pagecache", "direct", "adaptive")
 DAEMON_MODES = ("pagecache", "direct", "adaptive")
@@ -142,6 +142,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="write records + verdicts as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="decode p50 and prefill vs ratio")
     parser.add_argument("--markdown", metavar="FILE", help="write the table and verdicts (md)")
+
+
+def main_args(**options: object) -> list[str]:
+    """``dualblade-bench`` argv for ``residency`` with ``options`` (``fio_seconds=1`` etc.)."""
+    argv = ["residency"]
+    for key, value in options.items():
+        argv += ["--" + key.replace("_", "-"), str(value)]
+    return argv
 
 
 def run(args: argparse.Namespace) -> int:
