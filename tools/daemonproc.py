@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -18,10 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def _is_block_device(path: Path) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 @dataclass
 class DaemonProcess:
     root: Path
-    namespace_size: str = "256MiB"
+    namespace_size: str | None = "256MiB"  # files only; ignored for block devices
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     config: Path | None = None
