@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
 from typing import Any
@@ -177,26 +178,97 @@ def cmd_residency(args: argparse.Namespace) -> int:
 
     with _client(args) as c:
         data = json.loads(c._call(c.admin.Residency, pb.ResidencyRequest()).json or "{}")
+    return _emit(args, data, render_residency)
 
-    def render(d: dict[str, Any]) -> None:
-        tenants = d.get("tenants", {})
-        if tenants:
-            print_table(
-                ["tenant", "pagecache", "direct", "share"],
-                [
-                    (
-                        t,
-                        format_bytes(v.get("pagecache", 0)),
-                        format_bytes(v.get("direct", 0)),
-                        format_bytes(v.get("share", 0)),
-                    )
-                    for t, v in sorted(tenants.items())
-                ],
+
+#: how many of the arbiter's recent migrations the table shows (--json has them all)
+RESIDENCY_ROWS = 20
+
+
+def _size_or(value: Any, none: str = "-") -> str:
+    return none if value is None else format_bytes(int(value))
+
+
+def render_residency(d: dict[str, Any]) -> None:
+    """The arbiter's snapshot as three tables: tenants, budget and signals, migrations."""
+    tenants = d.get("tenants") or {}
+    print_table(
+        ["tenant", "pagecache", "direct", "share", "weight"],
+        [
+            (
+                t,
+                format_bytes(int(v.get("pagecache", 0))),
+                format_bytes(int(v.get("direct", 0))),
+                format_bytes(int(v.get("share", 0))),
+                f"{float(v.get('weight', 1.0)):g}",
             )
-        rest = {k: v for k, v in d.items() if k != "tenants"}
-        print(json.dumps(rest, indent=2, sort_keys=True))
-
-    return _emit(args, data, render)
+            for t, v in sorted(tenants.items())
+        ]
+        or [("(no objects)", "-", "-", "-", "-")],
+    )
+    budget = d.get("budget") or {}
+    sig = d.get("signals") or {}
+    psi = d.get("psi") or {}
+    totals = d.get("totals") or {}
+    cg = sig.get("cgroup_version")
+    rows = [
+        ("mode", str(d.get("mode", "?"))),
+        ("page-cache budget", _size_or(budget.get("total"), "none yet")),
+        ("  from this tick", _size_or(budget.get("raw"))),
+        ("  effective available", _size_or(budget.get("effective_available"))),
+        ("  reserve", _size_or(budget.get("reserve"))),
+        ("  hysteresis", _size_or(budget.get("hysteresis"))),
+        ("our page-cache footprint", _size_or(budget.get("pagecache_resident"))),
+        (
+            "MemAvailable / MemTotal",
+            f"{_size_or(sig.get('mem_available'))} / {_size_or(sig.get('mem_total'))}",
+        ),
+        (
+            "cgroup" + (f" v{cg}" if cg else ""),
+            "none"
+            if not cg
+            else f"limit {_size_or(sig.get('cgroup_limit'), 'unlimited')}, "
+            f"usage {_size_or(sig.get('cgroup_usage'))}, cache {_size_or(sig.get('cgroup_cache'))}",
+        ),
+        (
+            "PSI some/full avg10",
+            f"{sig.get('psi_some_avg10', '-')}% / {sig.get('psi_full_avg10', '-')}%"
+            f" (triggers: {psi.get('mode') or 'off'}, {psi.get('events', 0)} events)",
+        ),
+        (
+            "on the paths",
+            f"pagecache {_size_or(totals.get('pagecache_bytes', 0))}, "
+            f"direct {_size_or(totals.get('direct_bytes', 0))}",
+        ),
+        (
+            "migrations",
+            f"{totals.get('migrations', 0)} ({totals.get('failed_migrations', 0)} failed), "
+            f"demoted {_size_or(totals.get('demoted_bytes', 0))}, "
+            f"promoted {_size_or(totals.get('promoted_bytes', 0))}, "
+            f"cap {_size_or(d.get('migration_bytes_per_s'))}/s",
+        ),
+        ("ticks", f"{d.get('ticks', 0)} every {d.get('tick_s', '?')} s"),
+    ]
+    print()
+    print_table(["residency", "value"], rows)
+    moves = (d.get("migrations") or [])[-RESIDENCY_ROWS:]
+    if moves:
+        print()
+        print_table(
+            ["time", "tenant", "key", "move", "bytes", "ms", "result"],
+            [
+                (
+                    time.strftime("%H:%M:%S", time.localtime(float(m["time"]))),
+                    m["tenant"],
+                    m["key"],
+                    f"{m['from']} -> {m['to']}",
+                    format_bytes(int(m["bytes"])),
+                    f"{float(m['ms']):.1f}",
+                    "ok" if m["ok"] else f"failed: {m.get('error') or '?'}",
+                )
+                for m in moves
+            ],
+        )
 
 
 # -- offline --------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ It joins the pure :class:`~dualbladed.arbiter.policy.ResidencyPolicy` to the liv
   back to ``direct`` when the page-cache path has no free extent large enough (a racing put may
   still take the last one; its put then fails with ``OutOfSpace`` and the client retries).
 
-- **The loop** (one background thread). Every ``tick_s``, or at once when the PSI watcher fires,
+- **The loop** (one background thread). Every ``tick_s``, or at once when a PSI trigger fires
+  (only kernel triggers are kept: a polling watcher would read avg10 no faster than the tick),
   it reads :class:`~dualbladed.arbiter.signals.MemorySignals` and the page-cache footprint
   (mincore), lists the store, asks the policy for a budget, shares and a bounded migration plan,
   and executes the plan with :meth:`ObjectStore.relocate`. Forced modes (``pagecache`` /
@@ -60,7 +61,7 @@ from dualbladed.arbiter.policy import (
     ResidencyPolicy,
     TenantUsage,
 )
-from dualbladed.arbiter.psi import PressureEvent, PsiWatcher
+from dualbladed.arbiter.psi import TRIGGER, PressureEvent, PsiWatcher
 from dualbladed.arbiter.signals import MemorySignals, SignalReader
 from dualbladed.errors import DualbladeError, FailedPrecondition, InvalidArgument, NotFound
 from dualbladed.objects import ObjectStore
@@ -192,6 +193,11 @@ class ResidencyArbiter:
             try:
                 self._psi = self._psi_factory(self._on_pressure)
                 self._psi.start()
+                if self._psi.mode != TRIGGER:
+                    # a polling watcher would read avg10 as often as the tick already does
+                    log.info("no PSI triggers here: the tick's avg10 read stands in for them")
+                    self._psi.stop()
+                    self._psi = None
             except (OSError, DualbladeError) as e:
                 log.warning("PSI watcher unavailable, ticking only: %s", e)
                 self._psi = None
