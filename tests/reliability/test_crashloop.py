@@ -108,7 +108,7 @@ def test_schedule_rotates_every_point_with_black_box_cycles() -> None:
 
 def test_short_crash_loop_covers_every_kill_point_and_loses_nothing(tmp_path: Path) -> None:
     modes = [*KILL_POINTS, BLACKBOX]
-    report = crashloop(tmp_path, cycles=len(modes), cycle_seconds=2.0, modes=modes, seed=20260)
+    report = crashloop(tmp_path, cycles=len(modes), cycle_seconds=4.0, modes=modes, seed=20260)
     assert report.failures == [], report.render()
     assert report.ok
     assert report.cycles_survived == len(modes)
