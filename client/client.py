@@ -88,6 +88,7 @@ class Client:
         self.tenant: str = handshake.tenant
         self._sizes: dict[bytes, int] = {}
         self._sizes_lock = threading.Lock()
+        self._max_ops_cached = 0
         self._closed = False
         self._pinned = _pin_for_cuda(self.arena)
 
@@ -317,7 +318,11 @@ class Client:
 
     @property
     def _max_ops(self) -> int:
-        return int(self._hs.limits.get("max_batch_ops", 1024))
+        """The daemon's op limit per Batch: from the handshake, else asked once (Session RPC)."""
+        limit = self._hs.limits.get("max_batch_ops") or self._max_ops_cached
+        if not limit:
+            limit = self._max_ops_cached = int(self.session_info().max_batch_ops) or 1024
+        return int(limit)
 
     def _chunks(self, items: list[tuple[bytes, Any]]) -> Iterable[list[tuple[bytes, Any]]]:
         """Split so each batch fits the op limit and (for staged data) half the arena."""

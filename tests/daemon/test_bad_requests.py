@@ -364,6 +364,18 @@ def test_quota_exceeded_is_resource_exhausted(daemon: DaemonProcess) -> None:
         s.close()
 
 
+def test_sdk_splits_batches_at_the_daemons_limit(daemon: DaemonProcess) -> None:
+    """The SDK learns max_batch_ops from the daemon, so its own batches are never oversize."""
+    from dualblade import Client
+
+    items = [(f"many/{i}".encode(), bytes([i]) * 100) for i in range(3 * MAX_BATCH_OPS + 1)]
+    with Client.connect(daemon.socket, tenant="many", arena_bytes=ARENA) as c:
+        c.put_many(items)
+        assert c.get_many([k for k, _ in items]) == [v for _, v in items]
+        c.delete_many([k for k, _ in items])
+        assert c.list() == []
+
+
 # -- and the daemon is fine --------------------------------------------------------------------
 
 
