@@ -169,7 +169,10 @@ class Daemon:
         registry.on_end(self._session_ended)
         self.registry = registry
         limits = BatchLimits(cfg.limits.max_batch_ops, cfg.limits.max_object_bytes)
-        executor = BatchExecutor(store, limits, self._quota_for, self.metrics.record)
+        executor = BatchExecutor(
+            store, limits, self._quota_for, self.metrics.record, parallelism=cfg.io.queue_depth
+        )
+        self._stack.callback(executor.close)
         inventory = Inventory(
             namespace=namespace,
             namespace_uuid=str(store.namespace_uuid),
