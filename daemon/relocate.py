@@ -22,6 +22,7 @@ source extent is free after restart for the same reason. Either way exactly one 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 from dataclasses import replace
@@ -39,6 +40,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["relocate"]
+
+
+def _close_quietly(buf: mmap.mmap) -> None:
+    """Unmap now if nothing else holds a view; otherwise the mapping dies with the last view.
+
+    When the write fails, the exception's traceback still references slices of the bounce
+    buffer taken deeper in the I/O stack, and ``mmap.close`` would raise ``BufferError`` --
+    masking the typed I/O error we are about to raise.
+    """
+    with contextlib.suppress(BufferError):
+        buf.close()
 
 
 def relocate(store: ObjectStore, tenant: str, key: bytes, new_path: str) -> ObjectInfo:
@@ -60,15 +72,16 @@ def relocate(store: ObjectStore, tenant: str, key: bytes, new_path: str) -> Obje
             raise
     info = entry.info
     try:
-        with mmap.mmap(-1, info.length) as bounce:  # page-aligned, as O_DIRECT wants
-            view = memoryview(bounce)
-            try:
-                actual = store._read_verified(entry, view[: info.size])
-                if actual is None:
-                    dest.write(extent, view[: info.size])
-                    dest.flush()
-            finally:
-                view.release()
+        bounce = mmap.mmap(-1, info.length)  # page-aligned, as O_DIRECT wants
+        view = memoryview(bounce)[: info.size]
+        try:
+            actual = store._read_verified(entry, view)
+            if actual is None:
+                dest.write(extent, view)
+                dest.flush()
+        finally:
+            view.release()
+            _close_quietly(bounce)
     except BaseException as exc:
         with store._lock:
             dest.release(extent)
