@@ -29,6 +29,7 @@ import mmap
 import threading
 from dataclasses import dataclass
 
+from dualblade._mmap import close_mapping
 from dualblade.errors import FailedPrecondition, InvalidArgument, OutOfRange, ResourceExhausted
 from sortedcontainers import SortedDict, SortedList
 
@@ -193,11 +194,8 @@ class ClientArena:
             self._mmap = self._base = None
         if base is not None:
             base.release()
-        if mapping is not None:
-            try:
-                mapping.close()
-            except BufferError:
-                logger.debug("arena mapping still exported; it is unmapped with the last buffer")
+        if mapping is not None and not close_mapping(mapping):
+            logger.debug("arena mapping still exported; it is unmapped with the last buffer")
 
     def __enter__(self) -> ClientArena:
         return self

@@ -22,12 +22,12 @@ source extent is free after restart for the same reason. Either way exactly one 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import mmap
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from dualblade._mmap import close_mapping
 from dualbladed.errors import ChecksumMismatch, FailedPrecondition, InvalidArgument
 from dualbladed.killpoints import killpoint
 from dualbladed.objectindex import IndexEntry, ObjectInfo
@@ -40,17 +40,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["relocate"]
-
-
-def _close_quietly(buf: mmap.mmap) -> None:
-    """Unmap now if nothing else holds a view; otherwise the mapping dies with the last view.
-
-    When the write fails, the exception's traceback still references slices of the bounce
-    buffer taken deeper in the I/O stack, and ``mmap.close`` would raise ``BufferError`` --
-    masking the typed I/O error we are about to raise.
-    """
-    with contextlib.suppress(BufferError):
-        buf.close()
 
 
 def relocate(store: ObjectStore, tenant: str, key: bytes, new_path: str) -> ObjectInfo:
@@ -81,7 +70,7 @@ def relocate(store: ObjectStore, tenant: str, key: bytes, new_path: str) -> Obje
                 dest.flush()
         finally:
             view.release()
-            _close_quietly(bounce)
+            close_mapping(bounce)  # deferred if a failed write's traceback holds views
     except BaseException as exc:
         with store._lock:
             dest.release(extent)

@@ -39,6 +39,7 @@ import mmap
 import os
 import threading
 
+from dualblade._mmap import close_mapping
 from dualbladed.errors import FailedPrecondition, InvalidArgument, Misaligned, OutOfRange
 
 __all__ = ["ALIGNMENT", "MADV_POPULATE_WRITE", "SEALS", "Arena"]
@@ -145,13 +146,8 @@ class Arena:
             self._mmap = self._base = None
         if base is not None:
             base.release()
-        if mapping is not None:
-            try:
-                mapping.close()
-            except BufferError:
-                # A view is still alive. Dropping our reference is safe: CPython unmaps when
-                # the last view goes away.
-                logger.debug("arena of %d bytes still has live views; unmapping lazily", self._size)
+        if mapping is not None and not close_mapping(mapping):
+            logger.debug("arena of %d bytes still has live views; unmapping lazily", self._size)
         try:
             os.close(self._fd)
         except OSError:  # pragma: no cover - only if someone closed our fd behind our back
