@@ -162,6 +162,13 @@ class Client:
         reply = self._call(self._store.List, pb.ListRequest(prefix=_key(prefix), limit=limit))
         return [_info(o) for o in reply.objects]
 
+    def admin_call(self, rpc: str, request: Any) -> Any:
+        """Call ``dualblade.v1.Admin/<rpc>`` with this session's identity (root or admin group).
+
+        Used by dbctl and tools; errors come back as :mod:`dualblade.errors` types.
+        """
+        return self._call(getattr(self.admin, rpc), request)
+
     def session_info(self) -> pb.SessionInfo:
         return self._call(self._store.Session, pb.SessionInfoRequest())
 

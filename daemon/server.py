@@ -214,6 +214,10 @@ class Daemon:
             make_arena=Arena.create,
             default_arena_bytes=cfg.limits.default_arena_bytes,
             max_arena_bytes=cfg.limits.max_arena_bytes,
+            limits={
+                "max_batch_ops": limits.max_batch_ops,
+                "max_object_bytes": limits.max_object_bytes,
+            },
         )
         handshake.start()
         self._stack.callback(handshake.stop)

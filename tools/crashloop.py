@@ -127,17 +127,17 @@ class Writer:
             data = payload(rng)
             durable = rng.random() < 0.5
             self.oracle.begin(key, digest(data), durable)
-            c.put(key, data, persistent=True, durable=durable)  # type: ignore[attr-defined]
+            c.put(key, data, persistent=True, durable=durable)
             self.oracle.ack_put(key, digest(data), durable)
         elif roll < 0.55:
             ekey = f"e/{rng.randrange(16)}".encode()
             data = payload(rng)
-            c.put(ekey, data)  # type: ignore[attr-defined]
+            c.put(ekey, data)
             self.ephemeral[ekey] = digest(data)
         elif roll < 0.80:
             if self.ephemeral and rng.random() < 0.3:
                 ekey = rng.choice(sorted(self.ephemeral))
-                got = digest(c.get(ekey))  # type: ignore[attr-defined]
+                got = digest(c.get(ekey))
                 if got != self.ephemeral[ekey]:
                     self.counts.corrupt_reads += 1
                     self.failures.append(f"live read of ephemeral {ekey!r} returned wrong bytes")
@@ -146,7 +146,7 @@ class Writer:
             if want is None or want.in_flight:
                 return
             try:
-                got: Digest = digest(c.get(key))  # type: ignore[attr-defined]
+                got: Digest = digest(c.get(key))
             except errors.NotFound:
                 got = None
             if got != want.value:
@@ -155,7 +155,7 @@ class Writer:
         elif roll < 0.95:
             self.oracle.begin(key, None, False)
             with contextlib.suppress(errors.NotFound):
-                c.delete(key)  # type: ignore[attr-defined]
+                c.delete(key)
             self.oracle.ack_delete(key)
         else:  # a short session: its end frees its ephemeral objects (release_session)
             with Client.connect(daemon.socket, tenant=TENANT, arena_bytes=1 << 20) as extra:
@@ -172,7 +172,7 @@ def verify_daemon(client: object, oracle: Oracle, counts: Counts, failures: list
     from dualblade import errors
     from dualblade.v1 import dualblade_pb2 as pb
 
-    listed = {o.key for o in client.list()}  # type: ignore[attr-defined]
+    listed = {o.key for o in client.list()}
     for key in sorted(listed):
         if key.startswith((b"e/", b"c/")):
             counts.ephemeral_survived += 1
@@ -183,14 +183,14 @@ def verify_daemon(client: object, oracle: Oracle, counts: Counts, failures: list
     for key in sorted(k for k in oracle.keys if k.startswith(b"p/")):
         observed: Digest
         try:
-            observed = digest(client.get(key))  # type: ignore[attr-defined]
+            observed = digest(client.get(key))
         except errors.NotFound:
             observed = None
         except errors.DataLoss:
             counts.checksum_missing += 1
             observed = None
         oracle.check(key, observed, counts, failures)
-    reply = client._call(client.admin.Extents, pb.ExtentsRequest())  # type: ignore[attr-defined]
+    reply = client.admin_call("Extents", pb.ExtentsRequest())
     by_path: dict[int, list[tuple[int, int]]] = {}
     for e in reply.extents:
         by_path.setdefault(e.path, []).append((e.offset, e.offset + e.length))
@@ -279,7 +279,7 @@ def _open_relocate_store(root: Path) -> object:
         PAGECACHE: PageCachePath(root / "slabs", slab_bytes=16 << 20, max_bytes=RELOCATE_NS_BYTES),
     }
     store = ObjectStore.open(ns, root / "state", paths=paths, access_flush_interval=0)
-    store.namespace_handle = ns  # type: ignore[attr-defined]  # closed by the caller
+    store.namespace_handle = ns  # closed by the caller
     return store
 
 
@@ -295,7 +295,7 @@ def relocate_worker(root: Path, seed: int, seconds: float) -> int:
     while time.monotonic() < deadline:
         key = f"r/{rng.randrange(KEYS // 2)}".encode()
         try:
-            info = store.stat(TENANT, key)  # type: ignore[attr-defined]
+            info = store.stat(TENANT, key)
         except NotFound:
             info = None
         if info is None or rng.random() < 0.4:
@@ -304,14 +304,14 @@ def relocate_worker(root: Path, seed: int, seconds: float) -> int:
             line = f"{key.hex()} {digest(data).hex()} {int(durable)}"
             out.write(f"B {line}\n")
             out.flush()
-            store.put(TENANT, key, data, persistent=True, durable=durable, path=DIRECT)  # type: ignore[attr-defined]
+            store.put(TENANT, key, data, persistent=True, durable=durable, path=DIRECT)
             out.write(f"A {line}\n")
             out.flush()
         else:
-            store.relocate(TENANT, key, PAGECACHE if info.path == DIRECT else DIRECT)  # type: ignore[attr-defined]
+            store.relocate(TENANT, key, PAGECACHE if info.path == DIRECT else DIRECT)
             out.write(f"R {key.hex()}\n")  # a relocation acknowledged: now durable
             out.flush()
-    store.close()  # type: ignore[attr-defined]
+    store.close()
     return 0
 
 
@@ -364,16 +364,16 @@ def _verify_relocate_store(root: Path, oracle: Oracle, counts: Counts, failures:
         return
     store = _open_relocate_store(root)
     try:
-        listed = {i.key for i in store.list(TENANT)}  # type: ignore[attr-defined]
+        listed = {i.key for i in store.list(TENANT)}
         for key in sorted(listed - set(oracle.keys)):
             counts.phantoms += 1
             failures.append(f"phantom object {key!r} after a relocation crash")
         for key in sorted(k for k in oracle.keys if k.startswith(b"r/")):
             observed: Digest
             try:
-                info = store.stat(TENANT, key)  # type: ignore[attr-defined]
+                info = store.stat(TENANT, key)
                 buf = bytearray(info.size)
-                store.get_into(TENANT, key, memoryview(buf))  # type: ignore[attr-defined]
+                store.get_into(TENANT, key, memoryview(buf))
                 observed = digest(buf)
             except NotFound:
                 observed = None
@@ -381,8 +381,8 @@ def _verify_relocate_store(root: Path, oracle: Oracle, counts: Counts, failures:
                 counts.checksum_missing += 1
                 observed = None
             oracle.check(key, observed, counts, failures)
-        for name, usage in store.stats().paths.items():  # type: ignore[attr-defined]
-            spans = sorted(i.extent for i in store.list(TENANT) if i.path == name)  # type: ignore[attr-defined]
+        for name, usage in store.stats().paths.items():
+            spans = sorted(i.extent for i in store.list(TENANT) if i.path == name)
             for a, b in zip(spans, spans[1:]):
                 if a.end > b.offset:
                     counts.overlaps += 1
@@ -390,8 +390,8 @@ def _verify_relocate_store(root: Path, oracle: Oracle, counts: Counts, failures:
             if usage.alloc.used != sum(e.length for e in spans):
                 failures.append(f"{name}: allocator says {usage.alloc.used} used, rows say more")
     finally:
-        store.close()  # type: ignore[attr-defined]
-        store.namespace_handle.close()  # type: ignore[attr-defined]
+        store.close()
+        store.namespace_handle.close()
 
 
 # -- the loop --------------------------------------------------------------------------------

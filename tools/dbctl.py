@@ -62,7 +62,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from dualblade.v1 import dualblade_pb2 as pb
 
     with _client(args) as c:
-        data = _pb_dict(c._call(c.admin.Status, pb.StatusRequest()))
+        data = _pb_dict(c.admin_call("Status", pb.StatusRequest()))
     data["residency"] = json.loads(data.pop("residency_json") or "{}")
 
     def render(d: dict[str, Any]) -> None:
@@ -110,7 +110,7 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     from dualblade.v1 import dualblade_pb2 as pb
 
     with _client(args) as c:
-        data = _pb_dict(c._call(c.admin.Tenants, pb.TenantsRequest()))["tenants"]
+        data = _pb_dict(c.admin_call("Tenants", pb.TenantsRequest()))["tenants"]
 
     def render(rows: list[dict[str, Any]]) -> None:
         print_table(
@@ -135,8 +135,8 @@ def cmd_extents(args: argparse.Namespace) -> int:
     from dualblade.v1 import dualblade_pb2 as pb
 
     with _client(args) as c:
-        reply = c._call(
-            c.admin.Extents, pb.ExtentsRequest(tenant=args.tenant or "", limit=args.limit)
+        reply = c.admin_call(
+            "Extents", pb.ExtentsRequest(tenant=args.tenant or "", limit=args.limit)
         )
     data = [
         {
@@ -177,7 +177,7 @@ def cmd_residency(args: argparse.Namespace) -> int:
     from dualblade.v1 import dualblade_pb2 as pb
 
     with _client(args) as c:
-        data = json.loads(c._call(c.admin.Residency, pb.ResidencyRequest()).json or "{}")
+        data = json.loads(c.admin_call("Residency", pb.ResidencyRequest()).json or "{}")
     return _emit(args, data, render_residency)
 
 

@@ -14,10 +14,16 @@ What is read, and why:
 
   - v1: ``memory.limit_in_bytes`` (values >= 2**60 mean unlimited), lowered by
     ``hierarchical_memory_limit`` from ``memory.stat`` (an ancestor's limit);
-    ``memory.usage_in_bytes``; cache = ``total_cache`` (else ``cache``) from ``memory.stat``.
+    ``memory.usage_in_bytes``; cache = ``total_active_file + total_inactive_file`` from
+    ``memory.stat`` (else ``total_cache - total_shmem``).
   - v2: the smallest ``memory.max`` / ``memory.high`` ("max" = unlimited) of the cgroup and
     its visible ancestors (``high`` is where the kernel starts reclaiming and throttling, so it
-    is the effective ceiling); ``memory.current``; cache = ``file`` from ``memory.stat``.
+    is the effective ceiling); ``memory.current``; cache = ``active_file + inactive_file``
+    from ``memory.stat`` (else ``file - shmem``).
+
+  Why the file LRU lists and not ``cache``/``file``: those include shmem -- tmpfs and the
+  sessions' memfd arenas, which are charged here too -- and shmem cannot be reclaimed without
+  swap. Counting a 362 MiB arena as reclaimable once inflated the budget by exactly that much.
 
 - PSI memory pressure (avg10 of ``some`` and ``full``, percent): from the cgroup's
   ``memory.pressure`` on v2, otherwise ``/proc/pressure/memory``.
@@ -120,6 +126,21 @@ def parse_psi(text: str | None) -> tuple[float | None, float | None]:
     return some, full
 
 
+def _file_cache(stat: dict[str, int], prefix: str) -> int | None:
+    """Reclaimable page cache from a memory.stat: the file LRU lists (shmem excluded).
+
+    ``prefix`` is "total_" for v1's hierarchical counters, "" for v2. Older kernels without the
+    LRU counters fall back to cache minus shmem.
+    """
+    active, inactive = stat.get(prefix + "active_file"), stat.get(prefix + "inactive_file")
+    if active is not None and inactive is not None:
+        return active + inactive
+    cache = stat.get(prefix + "cache", stat.get("cache")) if prefix else stat.get("file")
+    if cache is None:
+        return None
+    return max(0, cache - stat.get(prefix + "shmem", stat.get("shmem", 0)))
+
+
 class SignalReader:
     """Reads :class:`MemorySignals`; cheap enough to call every arbiter tick (a few small files).
 
@@ -214,11 +235,11 @@ class SignalReader:
                     stat.get("hierarchical_memory_limit"),
                 )
                 usage = _read_int(cg.directory / "memory.usage_in_bytes")
-                cache = stat.get("total_cache", stat.get("cache"))
+                cache = _file_cache(stat, "total_")
             else:
                 limit = self._v2_limit(cg.directory)
                 usage = _read_int(cg.directory / "memory.current")
-                cache = stat.get("file")
+                cache = _file_cache(stat, "")
                 if (cg.directory / "memory.pressure").exists():
                     psi_file = cg.directory / "memory.pressure"
         some, full = parse_psi(_read_text(psi_file))

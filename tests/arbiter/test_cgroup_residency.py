@@ -130,7 +130,7 @@ def payload(i: int) -> bytes:
 def residency(c: Client) -> dict:
     from dualblade.v1 import dualblade_pb2 as pb
 
-    return json.loads(c._call(c.admin.Residency, pb.ResidencyRequest()).json)
+    return json.loads(c.admin_call("Residency", pb.ResidencyRequest()).json)
 
 
 def dbctl(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:

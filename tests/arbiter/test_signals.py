@@ -157,3 +157,25 @@ def test_real_machine_values_are_plausible() -> None:
         assert s.cgroup_limit is None or s.cgroup_limit > 0
     if reader.psi_path is not None:
         assert s.psi_some_avg10 is not None and 0.0 <= s.psi_some_avg10 <= 100.0
+
+
+def test_shmem_is_not_counted_as_reclaimable_cache(tmp_path: Path) -> None:
+    """memfd arenas and tmpfs are charged as cache/file but cannot be reclaimed without swap."""
+    cg = _fake_v1(tmp_path, limit=4 * GiB)
+    _write(
+        cg,
+        "memory.stat",
+        f"total_cache {2 * GiB}\ntotal_shmem {512 * MiB}\n"
+        f"total_active_file {1 * GiB}\ntotal_inactive_file {512 * MiB}\n",
+    )
+    assert SignalReader(tmp_path).read().cgroup_cache == 1536 * MiB  # the file LRUs
+    _write(cg, "memory.stat", f"total_cache {2 * GiB}\ntotal_shmem {512 * MiB}\n")
+    assert SignalReader(tmp_path).read().cgroup_cache == 1536 * MiB  # cache - shmem
+
+    cg2 = _fake_v2(tmp_path / "v2")
+    _write(
+        cg2,
+        "memory.stat",
+        f"file {768 * MiB}\nshmem {256 * MiB}\nactive_file {300 * MiB}\ninactive_file {212 * MiB}\n",
+    )
+    assert SignalReader(tmp_path / "v2").read().cgroup_cache == 512 * MiB

@@ -51,12 +51,12 @@ def _fds(d: DaemonProcess) -> int:
 
 
 def _tenant_bytes(admin: Client, tenant: str) -> int:
-    reply = admin._call(admin.admin.Tenants, pb.TenantsRequest())
+    reply = admin.admin_call("Tenants", pb.TenantsRequest())
     return sum(t.bytes for t in reply.tenants if t.tenant == tenant)
 
 
 def _free_bytes(admin: Client) -> int:
-    return admin._call(admin.admin.Status, pb.StatusRequest()).free_bytes
+    return admin.admin_call("Status", pb.StatusRequest()).free_bytes
 
 
 def _wait(pred, timeout: float = 10.0) -> bool:  # noqa: ANN001 - a zero-argument predicate
