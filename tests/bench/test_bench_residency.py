@@ -125,3 +125,13 @@ def test_tiny_residency_run(tmp_path: Path) -> None:
     assert "[bench]" in proc.stderr  # progress is shown
     leftovers = list((tmp_path / "work").glob("run*"))
     assert leftovers == []  # per-run files are removed
+
+
+def test_run_order_varies_each_modes_predecessor():
+    from dualblade_tools.bench.residency import MODES, run_order
+
+    orders = [run_order(MODES, i) for i in range(4)]
+    assert all(sorted(o) == sorted(MODES) for o in orders)
+    for mode in MODES:
+        before = {o[o.index(mode) - 1] if o.index(mode) else None for o in orders}
+        assert len(before) > 1, f"{mode} always runs after {before}"
