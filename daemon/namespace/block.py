@@ -25,10 +25,9 @@ import os
 import re
 import stat
 import struct
-from collections.abc import Sequence
 
 from dualbladed.errors import DeviceBusy, DeviceRefused, InvalidArgument
-from dualbladed.namespace.abstract import METADATA_AREA, Namespace
+from dualbladed.namespace.abstract import METADATA_AREA, FdNamespace
 from dualbladed.namespace.safety import check_device
 
 logger = logging.getLogger(__name__)
@@ -57,7 +56,7 @@ def device_kind(path: str) -> str | None:
     return None
 
 
-class BlockNamespace(Namespace):
+class BlockNamespace(FdNamespace):
     """An exclusively claimed NVMe namespace or loop device.
 
     Args:
@@ -129,17 +128,6 @@ class BlockNamespace(Namespace):
 
     # -- I/O --------------------------------------------------------------------------------
 
-    def preadv(self, bufs: Sequence[memoryview], offset: int) -> int:
-        return os.preadv(self._fd, bufs, offset)
-
-    def pwritev(self, bufs: Sequence[memoryview], offset: int) -> int:
-        return os.pwritev(self._fd, bufs, offset)
-
-    def flush(self) -> None:
-        # O_DIRECT bypasses the page cache, not the drive's volatile write cache; fdatasync on
-        # a block device issues the FLUSH command.
-        os.fdatasync(self._fd)
-
     def discard(self, offset: int, length: int) -> None:
         """TRIM ``[offset, offset+length)``; silently skipped where the device cannot."""
         if length <= 0:
@@ -151,18 +139,6 @@ class BlockNamespace(Namespace):
                 logger.debug("%s does not support discard", self.path)
                 return
             raise
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    def fileno(self) -> int:
-        return self._fd
 
     def __repr__(self) -> str:
         return (

@@ -26,10 +26,9 @@ import fcntl
 import logging
 import os
 import stat
-from collections.abc import Sequence
 
 from dualbladed.errors import DeviceBusy, InvalidArgument, ResourceExhausted
-from dualbladed.namespace.abstract import METADATA_AREA, Namespace
+from dualbladed.namespace.abstract import METADATA_AREA, FdNamespace
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ def _fallocate(fd: int, path: str, offset: int, length: int) -> None:
         raise
 
 
-class FileNamespace(Namespace):
+class FileNamespace(FdNamespace):
     """A preallocated regular file opened with O_DIRECT.
 
     Args:
@@ -166,29 +165,6 @@ class FileNamespace(Namespace):
             raise DeviceBusy(
                 self.path, ["another process holds this namespace file open (flock)"]
             ) from err
-
-    # -- I/O --------------------------------------------------------------------------------
-
-    def preadv(self, bufs: Sequence[memoryview], offset: int) -> int:
-        return os.preadv(self._fd, bufs, offset)
-
-    def pwritev(self, bufs: Sequence[memoryview], offset: int) -> int:
-        return os.pwritev(self._fd, bufs, offset)
-
-    def flush(self) -> None:
-        os.fdatasync(self._fd)
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)  # drops the flock with it
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    def fileno(self) -> int:
-        return self._fd
 
     def __repr__(self) -> str:
         return f"FileNamespace({self.path!r}, capacity={self.capacity})"
