@@ -13,8 +13,8 @@ Each cycle (RocksDB's ``db_crashtest`` black-box and white-box modes, ZFS ztest'
 4. with the daemon dead, run ``dbctl fsck`` (the same :func:`dualbladed.fsck.fsck`, data
    verified) on its namespace and state directory: it must be clean.
 
-The ``relocate.*`` points are not reachable through the daemon (the arbiter does not migrate yet),
-so their cycles run a child process that drives :meth:`ObjectStore.relocate` between a direct and
+The ``relocate.*`` points fire in the daemon only when its arbiter migrates, which happens under
+memory pressure and cannot be timed from a client, so their cycles run a child process that drives :meth:`ObjectStore.relocate` between a direct and
 a page-cache path on a namespace of its own, reporting each begun and acknowledged operation on
 stdout; the harness keeps the same oracle and verifies by reopening the store.
 
