@@ -55,7 +55,6 @@ import errno
 import json
 import logging
 import os
-import re
 import selectors
 import socket
 import stat
@@ -70,10 +69,10 @@ from dualbladed.errors import (
     FailedPrecondition,
     InvalidArgument,
     Misaligned,
-    OutOfRange,
     ResourceExhausted,
 )
 from dualbladed.sessions.arena import ALIGNMENT, Arena
+from dualbladed.sessions.hello import PROTOCOL_VERSION, Hello, parse_hello
 from dualbladed.sessions.registry import Session, SessionRegistry
 
 __all__ = [
@@ -81,73 +80,17 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SO_PEERPIDFD",
     "HandshakeServer",
-    "Hello",
-    "parse_hello",
 ]
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
 HELLO_MAX_BYTES = 4096
 #: ``SO_PEERPIDFD`` from <asm-generic/socket.h> (Linux 6.5+); Python 3.11 has no constant.
 SO_PEERPIDFD = 77
 
-_TENANT_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_HELLO_FIELDS = frozenset({"v", "tenant", "arena_bytes"})
 _ACCEPT_BATCH = 64
 _EMFILE_PAUSE_S = 0.1
 _CRED = struct.Struct("3i")
-
-
-@dataclass(frozen=True)
-class Hello:
-    """A validated client hello."""
-
-    tenant: str
-    arena_bytes: int
-
-
-def _clip(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def parse_hello(data: bytes, *, default_arena_bytes: int, max_arena_bytes: int) -> Hello:
-    """Parse and validate one hello datagram; InvalidArgument (or a subclass) names the rule."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError) as err:
-        raise InvalidArgument(f"hello is not a valid UTF-8 JSON document: {err}") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument(f"hello must be a JSON object, got {type(doc).__name__}")
-    unknown = sorted(set(doc) - _HELLO_FIELDS)
-    if unknown:
-        raise InvalidArgument(
-            f"unknown hello field(s) {_clip(unknown)}; v1 knows v, tenant, arena_bytes"
-        )
-    version = doc.get("v")
-    if version != PROTOCOL_VERSION or isinstance(version, bool):
-        raise InvalidArgument(
-            f"unsupported handshake version {_clip(version)}; this daemon speaks {PROTOCOL_VERSION}"
-        )
-    tenant = doc.get("tenant")
-    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
-        raise InvalidArgument(
-            f"tenant label must be 1..64 characters of [A-Za-z0-9._-], got {_clip(tenant)}"
-        )
-    arena_bytes = doc.get("arena_bytes")
-    if arena_bytes is None:
-        arena_bytes = default_arena_bytes
-    if isinstance(arena_bytes, bool) or not isinstance(arena_bytes, int):
-        raise InvalidArgument(f"arena_bytes must be an integer, got {_clip(arena_bytes)}")
-    if arena_bytes % ALIGNMENT:
-        raise Misaligned("arena_bytes", arena_bytes, ALIGNMENT)
-    if not ALIGNMENT <= arena_bytes <= max_arena_bytes:
-        raise OutOfRange(
-            f"arena_bytes {arena_bytes} is outside [{ALIGNMENT}, {max_arena_bytes}] "
-            "(the daemon's max_arena_bytes)"
-        )
-    return Hello(tenant=tenant, arena_bytes=arena_bytes)
 
 
 @dataclass(eq=False)

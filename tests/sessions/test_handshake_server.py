@@ -30,7 +30,8 @@ from dualblade._handshake import open_session
 from dualbladed.errors import FailedPrecondition, PermissionDenied, Unauthenticated
 from dualbladed.sessions import handshake as handshake_mod
 from dualbladed.sessions.arena import Arena
-from dualbladed.sessions.handshake import HandshakeServer, parse_hello
+from dualbladed.sessions.handshake import HandshakeServer
+from dualbladed.sessions.hello import parse_hello
 from dualbladed.sessions.registry import Session, SessionRegistry
 
 KIB = 1024
