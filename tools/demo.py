@@ -76,11 +76,10 @@ def kv_block_roundtrip(daemon: Any, connect: Any) -> None:
 
 
 def build_model(layers: int, hidden: int) -> Any:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from dualblade_tools.tinymodels import tiny_model
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
+    return tiny_model(
+        "llama",
         vocab_size=512,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -89,7 +88,6 @@ def build_model(layers: int, hidden: int) -> Any:
         num_key_value_heads=max(1, hidden // 128),
         max_position_embeddings=2048,
     )
-    return LlamaForCausalLM(cfg).eval()
 
 
 def generate(model: Any, ids: Any, cache: Any, new_tokens: int) -> tuple[Any, float]:

@@ -22,26 +22,12 @@ from dualblade import Client  # noqa: E402
 from dualblade.integrations import transformers as dbt  # noqa: E402
 from dualblade.v1 import dualblade_pb2 as pb  # noqa: E402
 from dualblade_tools.daemonproc import DaemonProcess  # noqa: E402
-from transformers import (  # noqa: E402
-    DynamicCache,
-    LlamaConfig,
-    LlamaForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from dualblade_tools.tinymodels import tiny_model  # noqa: E402
+from transformers import DynamicCache  # noqa: E402
 
 NEW = 6
 PROMPT = 21
 BLOCK = 8
-SHAPE = dict(
-    vocab_size=128,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +38,7 @@ def daemon(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
 def model(request):
-    torch.manual_seed(0)
-    if request.param == "llama":
-        return LlamaForCausalLM(LlamaConfig(**SHAPE)).eval()
-    return Qwen2ForCausalLM(Qwen2Config(**SHAPE)).eval()
+    return tiny_model(request.param)
 
 
 def connect(daemon: DaemonProcess, tenant: str) -> Client:

@@ -18,33 +18,14 @@ transformers = pytest.importorskip("transformers")
 
 from dualblade.integrations import transformers as dbt  # noqa: E402
 from dualblade.pipeline import InMemoryBackend  # noqa: E402
-from transformers import (  # noqa: E402
-    DynamicCache,
-    LlamaConfig,
-    LlamaForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from dualblade_tools.tinymodels import TEST_SHAPE, tiny_model  # noqa: E402
+from transformers import DynamicCache, LlamaConfig  # noqa: E402
 
 NEW = 5
-SHAPE = dict(
-    vocab_size=128,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=256,
-)
 
 
 def build(kind: str):
-    torch.manual_seed(0)
-    if kind == "llama":
-        cfg = LlamaConfig(**SHAPE)
-        return LlamaForCausalLM(cfg).eval()
-    cfg = Qwen2Config(**SHAPE)
-    return Qwen2ForCausalLM(cfg).eval()
+    return tiny_model(kind)
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
@@ -155,7 +136,7 @@ def test_beam_search_is_refused(model) -> None:
 
 def test_window_must_leave_room_to_prefetch() -> None:
     with pytest.raises(ValueError):
-        dbt.DualBladeCache(InMemoryBackend(), LlamaConfig(**SHAPE), window=1)
+        dbt.DualBladeCache(InMemoryBackend(), LlamaConfig(**TEST_SHAPE), window=1)
 
 
 def test_cache_kwarg_installed_version() -> None:
