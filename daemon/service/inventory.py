@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dualbladed.meta.store import parse_tenant
 from dualbladed.namespace.abstract import Namespace
 from dualbladed.objects import ObjectInfo, ObjectStore
 from dualbladed.service.metrics import Metrics, MetricSample
@@ -115,16 +116,16 @@ class Inventory:
             sessions[s.tenant] = sessions.get(s.tenant, 0) + 1
         views = []
         for name in sorted(set(totals) | set(sessions)):
-            uid_s, _, label = name.partition("/")
+            uid, label = parse_tenant(name)
             paths = totals.get(name, {})
             views.append(
                 TenantView(
                     tenant=name,
-                    uid=int(uid_s),
+                    uid=uid,
                     label=label,
                     objects=sum(p.objects for p in paths.values()),
                     bytes=sum(p.bytes for p in paths.values()),
-                    quota_bytes=self._quota_for_tenant(int(uid_s), label),
+                    quota_bytes=self._quota_for_tenant(uid, label),
                     sessions=sessions.get(name, 0),
                     paths=paths,
                 )

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dualbladed.errors import InvalidArgument, ResourceExhausted, Unauthenticated
+from dualbladed.meta.store import tenant_name
 from dualbladed.sessions.arena import Arena
 
 __all__ = ["TOKEN_BYTES", "EndCallback", "Session", "SessionRegistry"]
@@ -71,7 +72,7 @@ class Session:
     @property
     def tenant(self) -> str:
         """``"<uid>/<label>"``: the uid is the kernel's word, the label the client's."""
-        return f"{self.uid}/{self.tenant_label}"
+        return tenant_name(self.uid, self.tenant_label)
 
 
 def _digest(token: str) -> bytes:

@@ -18,10 +18,6 @@ import pwd
 from dualbladed.errors import PermissionDenied
 
 
-def tenant_name(uid: int, label: str) -> str:
-    return f"{uid}/{label}"
-
-
 def supplementary_gids(pid: int) -> set[int]:
     try:
         with open(f"/proc/{pid}/status") as fh:
