@@ -10,7 +10,9 @@ released in reverse order -- an ``ExitStack`` holds it all):
    ``<state_dir>/pagecache``) and the object store over them (metadata, free-map rebuild from
    the committed extent table), with the residency arbiter as its placement callback;
 4. the residency arbiter's loop (and its PSI watcher where the kernel has PSI);
-5. the session registry and the handshake socket, then the gRPC server;
+5. the session registry and the handshake socket, then the gRPC server. The handshake socket's
+   leases also carry ``Store.Batch`` frames (:mod:`dualbladed.service.leaseplane`), run on the
+   same executor as the gRPC servicer's;
 6. READY=1 to systemd, then the watchdog pings when the unit sets ``WatchdogSec=``.
 
 Shutdown (SIGTERM/SIGINT): STOPPING=1, stop accepting handshakes, let in-flight RPCs drain
@@ -48,6 +50,7 @@ from dualbladed.paths.direct import DirectPath
 from dualbladed.paths.pagecache import PageCachePath
 from dualbladed.service.admin_servicer import AdminServicer
 from dualbladed.service.inventory import Inventory
+from dualbladed.service.leaseplane import LeasePlane
 from dualbladed.service.metrics import Metrics
 from dualbladed.service.store_servicer import StoreServicer
 from dualbladed.sessions.arena import Arena
@@ -218,6 +221,7 @@ class Daemon:
                 "max_batch_ops": limits.max_batch_ops,
                 "max_object_bytes": limits.max_object_bytes,
             },
+            on_request=LeasePlane(registry, executor),
         )
         handshake.start()
         self._stack.callback(handshake.stop)

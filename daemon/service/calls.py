@@ -73,10 +73,15 @@ def rpc(registry_attr: str = "registry") -> Callable[[Handler[T]], Callable[...,
     return decorate
 
 
-def _abort(context: grpc.ServicerContext, name: str, err: BaseException) -> None:
+def failure_status(name: str, err: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Log a failed call the one way (traceback only for INTERNAL) and return its status."""
     code, message = to_status(err)
     if code is grpc.StatusCode.INTERNAL:
         logger.error("rpc %s failed", name, exc_info=err)
     else:
         logger.info("rpc %s rejected: %s %s", name, code.name, message)
-    context.abort(code, message)
+    return code, message
+
+
+def _abort(context: grpc.ServicerContext, name: str, err: BaseException) -> None:
+    context.abort(*failure_status(name, err))

@@ -52,6 +52,26 @@ def _op_from_pb(op: pb.Op) -> Op:
     raise InvalidArgument("batch op has none of put, get, delete set")
 
 
+def run_batch(
+    executor: BatchExecutor, session: Session, request: pb.BatchRequest
+) -> pb.BatchResponse:
+    """One ``Store.Batch``, whichever transport carried it (gRPC or the lease data plane)."""
+    ops = [_op_from_pb(op) for op in request.ops]
+    outcomes = executor.execute(session, ops, stop_on_error=request.stop_on_error)
+    return pb.BatchResponse(
+        results=[
+            pb.OpResult(
+                code=o.code,
+                message=o.message,
+                size=o.size,
+                generation=o.generation,
+                path=PATH_TO_PB.get(o.path, pb.RESIDENCY_PATH_UNSPECIFIED),
+            )
+            for o in outcomes
+        ]
+    )
+
+
 class StoreServicer(pb_grpc.StoreServicer):
     def __init__(
         self,
@@ -71,20 +91,7 @@ class StoreServicer(pb_grpc.StoreServicer):
     def Batch(
         self, request: pb.BatchRequest, context: grpc.ServicerContext, session: Session
     ) -> pb.BatchResponse:
-        ops = [_op_from_pb(op) for op in request.ops]
-        outcomes = self._executor.execute(session, ops, stop_on_error=request.stop_on_error)
-        return pb.BatchResponse(
-            results=[
-                pb.OpResult(
-                    code=o.code,
-                    message=o.message,
-                    size=o.size,
-                    generation=o.generation,
-                    path=PATH_TO_PB.get(o.path, pb.RESIDENCY_PATH_UNSPECIFIED),
-                )
-                for o in outcomes
-            ]
-        )
+        return run_batch(self._executor, session, request)
 
     @rpc()
     def Stat(

@@ -17,9 +17,10 @@ The label is 1..64 characters of ``[A-Za-z0-9._-]``; ``arena_bytes`` is a multip
 ``[4096, max_arena_bytes]``. Unknown fields are rejected, so a newer client learns at once that it
 talks to an older daemon. The pid/uid/gid come from ``SO_PEERCRED``, never from the message.
 
-The lease: after a successful hello the connection stays open and carries nothing further. EOF,
-an error, any further datagram, or the peer's pidfd turning readable (the process exited) ends the
-session through :meth:`SessionRegistry.end`, typically within milliseconds and always within one
+The lease: after a successful hello the connection stays open. Further datagrams on it are
+data-plane request frames (``Store.Batch`` without gRPC's cost; format and threading in
+:mod:`dualbladed.sessions.leaseframes`); a bad frame costs only that frame. EOF, a socket error, or
+the peer's pidfd turning readable (the process exited) ends the session through :meth:`SessionRegistry.end`, typically within milliseconds and always within one
 second. The pidfd matters when the client forked: the child inherits the lease socket, so the
 connection outlives the parent, but the pidfd still reports the parent's exit. The pidfd comes from
 ``SO_PEERPIDFD`` (77, Linux 6.5+, race-free); older kernels fall back to ``pidfd_open(pid)`` right
@@ -73,6 +74,13 @@ from dualbladed.errors import (
 )
 from dualbladed.sessions.arena import ALIGNMENT, Arena
 from dualbladed.sessions.hello import PROTOCOL_VERSION, Hello, parse_hello
+from dualbladed.sessions.leaseframes import (
+    DEFAULT_MAX_FRAME_BYTES,
+    FrameWorkers,
+    LeaseWriter,
+    RequestHandler,
+    size_socket_buffers,
+)
 from dualbladed.sessions.registry import Session, SessionRegistry
 
 __all__ = [
@@ -104,6 +112,8 @@ class _Conn:
     pidfd: int | None
     deadline: float
     session_id: str | None = None
+    session: Session | None = None
+    writer: LeaseWriter | None = None
     pidfd_registered: bool = field(default=False)
 
 
@@ -124,6 +134,9 @@ class HandshakeServer:
         hello_timeout_s: float = 2.0,
         max_pending: int = 64,
         limits: Mapping[str, int] | None = None,
+        on_request: RequestHandler | None = None,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        request_workers: int = 16,
     ) -> None:
         for name, value in (
             ("default_arena_bytes", default_arena_bytes),
@@ -158,6 +171,11 @@ class HandshakeServer:
             "max_sessions": registry.max_sessions,
             **(limits or {}),
         }
+        if on_request is not None:
+            self._limits["lease_frame_max_bytes"] = max_frame_bytes
+        self._frames = FrameWorkers(
+            on_request, max_frame_bytes=max_frame_bytes, workers=request_workers
+        )
         # Owned by the handshake thread once started.
         self._listener: socket.socket | None = None
         self._listener_ino: int | None = None
@@ -216,6 +234,7 @@ class HandshakeServer:
         self._stopping.set()
         self._wake()
         thread.join()
+        self._frames.close()  # requests already read still get their replies
         self._registry.remove_on_end(self._on_session_end)
         for conn in list(self._pending):
             self._drop(conn)
@@ -467,6 +486,10 @@ class HandshakeServer:
             return
         del self._pending[conn]
         conn.session_id = session.id
+        conn.session = session
+        conn.writer = LeaseWriter(conn.sock)
+        if self._frames.enabled:
+            size_socket_buffers(conn.sock, self._frames.max_frame_bytes)
         self._leases[session.id] = conn
         if conn.pidfd is not None:
             assert self._selector is not None
@@ -491,17 +514,22 @@ class HandshakeServer:
         self._drop(conn)
 
     def _on_lease_readable(self, conn: _Conn) -> None:
-        try:
-            data, _anc, _flags, _addr = conn.sock.recvmsg(1)
-        except BlockingIOError:
-            return
-        except OSError as err:
-            self._lease_lost(conn, f"lease socket error: {err}")
-            return
-        if not data:
-            self._lease_lost(conn, "lease socket closed")
-        else:
-            self._lease_lost(conn, "protocol violation: data on the lease socket")
+        """Read the frames queued on a lease (a bounded batch) and hand each to the workers."""
+        assert conn.session is not None and conn.writer is not None
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                nbytes, _anc, flags, _addr = conn.sock.recvmsg_into([self._frames.buffer])
+            except BlockingIOError:
+                return
+            except OSError as err:
+                self._lease_lost(conn, f"lease socket error: {err}")
+                return
+            if not nbytes and not flags & socket.MSG_TRUNC:
+                self._lease_lost(conn, "lease socket closed")
+                return
+            self._frames.submit(
+                conn.session, conn.writer, nbytes, truncated=bool(flags & socket.MSG_TRUNC)
+            )
 
     def _lease_lost(self, conn: _Conn, reason: str) -> None:
         session_id = conn.session_id
@@ -538,7 +566,10 @@ class HandshakeServer:
         if conn.sock.fileno() >= 0:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(conn.sock)
-            conn.sock.close()
+            if conn.writer is not None:
+                conn.writer.close()  # waits for a worker's reply in progress
+            else:
+                conn.sock.close()
         if conn.pidfd is not None:
             if conn.pidfd_registered:
                 self._selector.unregister(conn.pidfd)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -228,18 +229,21 @@ def test_wrong_socket_type_cannot_connect(daemon: DaemonProcess, kind: int) -> N
     _alive_and_clean(daemon, baseline)
 
 
-def test_datagram_after_the_hello_ends_the_session(daemon: DaemonProcess) -> None:
+def test_garbage_after_the_hello_is_refused_frame_by_frame(daemon: DaemonProcess) -> None:
+    # Datagrams on the lease are data-plane frames: garbage gets an INVALID_ARGUMENT (3) error
+    # frame, the session stays bound to this lease (its token still works), and nothing leaks.
     baseline = _fds(daemon)
     hs = open_session(_hs_path(daemon), "chatty", 4096, timeout=10)
     try:
-        hs.lease.send(b"anything more")
         hs.lease.settimeout(5)
-        assert hs.lease.recv(100) == b""  # the daemon closed the lease: session over
-        with (
-            Client.connect(daemon.socket, tenant="chatty", arena_bytes=4096) as c,
-            pytest.raises(errors.Unauthenticated),
-        ):
-            _call_with_token(c, hs.token)
+        for i, junk in enumerate([b"x", b"anything more", b"\xff" * 3000, bytes(9)]):
+            hs.lease.send(junk)
+            reply = hs.lease.recv(4096)
+            request_id, code = struct.unpack_from("<QI", reply)
+            expected_id = int.from_bytes(junk[:8], "little") if len(junk) >= 8 else 0
+            assert (request_id, code) == (expected_id, 3), (i, reply)
+        with Client.connect(daemon.socket, tenant="chatty", arena_bytes=4096) as c:
+            _call_with_token(c, hs.token)  # Unauthenticated if the session had ended
     finally:
         hs.close()
     _alive_and_clean(daemon, baseline)

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -220,10 +221,44 @@ def test_ending_a_session_elsewhere_closes_its_lease(hs: Harness) -> None:
         assert r.lease.recv(16) == b""  # EOF: the daemon dropped the lease
 
 
-def test_data_on_the_lease_ends_the_session(hs: Harness) -> None:
+def test_data_on_the_lease_is_a_frame_not_the_end_of_the_session(hs: Harness) -> None:
+    # This server has no on_request handler: every frame is answered UNIMPLEMENTED (12), a frame
+    # shorter than its 8-byte id INVALID_ARGUMENT (3) with id 0; the lease itself lives on.
     with open_session(hs.path, "t") as r:
+        assert "lease_frame_max_bytes" not in r.limits  # no data plane offered
+        r.lease.settimeout(2.0)
         r.lease.send(b"hello again")
-        assert hs.wait_ended(r.session_id, timeout=1.0)
+        reply = r.lease.recv(4096)
+        assert struct.unpack_from("<QI", reply) == (int.from_bytes(b"hello ag", "little"), 12)
+        r.lease.send(b"hi")
+        assert struct.unpack_from("<QI", r.lease.recv(4096)) == (0, 3)
+        assert not hs.wait_ended(r.session_id, timeout=0.2)
+        assert hs.registry.authenticate(r.token).id == r.session_id
+
+
+def test_frames_reach_on_request_and_replies_come_back(tmp_path: Path) -> None:
+    seen: list[tuple[str, bytes]] = []
+
+    def echo(session: Session, frame: bytes) -> bytes:
+        seen.append((session.id, frame))
+        return frame[:8] + b"\0\0\0\0" + frame[8:].upper()
+
+    harness = _make_server(tmp_path / "hs.sock", on_request=echo, max_frame_bytes=1024)
+    try:
+        with open_session(harness.path, "t") as r:
+            assert r.limits["lease_frame_max_bytes"] == 1024
+            r.lease.settimeout(2.0)
+            r.lease.send(struct.pack("<Q", 5) + b"abc")
+            assert r.lease.recv(4096) == struct.pack("<QI", 5, 0) + b"ABC"
+            assert seen == [(r.session_id, struct.pack("<Q", 5) + b"abc")]
+            r.lease.send(struct.pack("<Q", 6) + bytes(1024))  # above max_frame_bytes
+            reply = r.lease.recv(4096)
+            assert struct.unpack_from("<QI", reply) == (6, 8)  # RESOURCE_EXHAUSTED
+            assert len(seen) == 1
+            r.lease.send(struct.pack("<Q", 7) + b"ok")
+            assert r.lease.recv(4096) == struct.pack("<QI", 7, 0) + b"OK"
+    finally:
+        harness.server.stop()
 
 
 # ---- refusals ----------------------------------------------------------------------------------

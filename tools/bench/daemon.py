@@ -32,14 +32,23 @@ in-process side, each on its own page-aligned buffer and its own share of the ke
 Puts name the direct path explicitly on both sides: the daemon's arbiter could otherwise place
 some objects in the page cache, and the reference is O_DIRECT work.
 
+Transports (``--transports``, default ``lease,grpc``). The SDK sends ``Store.Batch`` as a frame on
+the session's lease socket (~0.05 ms round trip) unless ``DUALBLADE_DATAPLANE=grpc`` forces gRPC
+(~0.5 ms). Each transport has its own client (same tenant, same keys) and is timed in the same
+interleaved rounds; every record names its ``transport``. The first transport listed is the
+headline: its records come first, and ``empty_call_p50_us``/``empty_call_p99_us`` are its own.
+
 Finally the latency of an empty ``Batch`` (authentication, log binding, an empty executor run and
-the gRPC round trip) is sampled with a bare stub on its own session: p50 and p99 in microseconds.
+the round trip) is sampled on a session of its own, per transport: through the bare lease
+multiplexer and through a bare gRPC stub. p50 and p99 in microseconds; the other transports'
+go into the JSON as ``<transport>_empty_call_p50_us``/``..._p99_us``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import statistics
 import tempfile
@@ -60,6 +69,7 @@ EMPTY_WARMUP = 200
 TENANT = "bench"
 DIRECT = "direct"
 OPS = ("put", "get")
+TRANSPORTS = ("lease", "grpc")
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,7 @@ class DaemonCase:
     op: str
     call_bytes: int
     inflight: int
+    transport: str
     daemon_gbps: float
     inprocess_gbps: float
     ratio: float
@@ -107,6 +118,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"empty Batch calls timed for the latency percentiles (default {EMPTY_CALLS})",
     )
     parser.add_argument(
+        "--transports",
+        type=lambda s: [x.strip() for x in s.split(",")],
+        default=list(TRANSPORTS),
+        help="comma-separated Store.Batch transports, the first is the headline (default "
+        "lease,grpc)",
+    )
+    parser.add_argument(
         "--dir", default=None, help="where the temp dir with both namespaces goes (default $TMPDIR)"
     )
 
@@ -118,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.inflight or min(args.inflight) < 1:
         report.progress("--inflight must list depths >= 1")
         return 2
+    if not args.transports or not set(args.transports) <= set(TRANSPORTS):
+        report.progress(f"--transports must list some of {', '.join(TRANSPORTS)}")
+        return 2
     if any(s <= 0 or s % 4096 for s in args.sizes):
         report.progress("--sizes must be positive multiples of 4096")
         return 2
@@ -127,14 +148,23 @@ def run(args: argparse.Namespace) -> int:
         return 2
     root = Path(tempfile.mkdtemp(prefix="dbb-", dir=args.dir))
     try:
-        records, p50, p99 = _run_in(root, args)
+        records, latency = _run_in(root, args)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report.print_table(
         records,
         formats={"call_bytes": report.format_bytes, "ratio": lambda v: f"{v:.2f}"},
     )
-    print(f"empty Batch call: p50 {p50:.0f} us, p99 {p99:.0f} us")
+    headline = args.transports[0]
+    p50, p99 = latency[headline]
+    for transport, (t50, t99) in latency.items():
+        print(f"empty Batch call ({transport}): p50 {t50:.0f} us, p99 {t99:.0f} us")
+    extra = {
+        f"{transport}_empty_call_{q}_us": value
+        for transport, pair in latency.items()
+        if transport != headline
+        for q, value in zip(("p50", "p99"), pair)
+    }
     if args.json:
         report.write_json(
             args.json,
@@ -142,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
             benchmark="daemon",
             empty_call_p50_us=p50,
             empty_call_p99_us=p99,
+            transport=headline,
+            **extra,
             namespace_bytes=args.namespace_size,
             seconds=args.seconds,
             repeat=args.repeat,
@@ -157,9 +189,30 @@ def _working_set(call_bytes: int, namespace_bytes: int) -> int:
     return max(0, min(WORKING_SET, usable) // call_bytes)
 
 
-def _run_in(root: Path, args: argparse.Namespace) -> tuple[list[DaemonCase], float, float]:
-    import torch
+def _connect(socket_path: Path, transport: str, arena_bytes: int) -> Any:
+    """A client whose Store.Batch goes over ``transport`` (DUALBLADE_DATAPLANE, read at connect)."""
     from dualblade import Client
+    from dualblade.client import DATAPLANE_ENV
+
+    saved = os.environ.get(DATAPLANE_ENV)
+    os.environ[DATAPLANE_ENV] = transport
+    try:
+        client = Client.connect(socket_path, tenant=TENANT, arena_bytes=arena_bytes)
+    finally:
+        if saved is None:
+            del os.environ[DATAPLANE_ENV]
+        else:
+            os.environ[DATAPLANE_ENV] = saved
+    if client.dataplane != transport:
+        client.close()
+        raise RuntimeError(f"the daemon does not offer the {transport} data plane")
+    return client
+
+
+def _run_in(
+    root: Path, args: argparse.Namespace
+) -> tuple[list[DaemonCase], dict[str, tuple[float, float]]]:
+    import torch
     from dualblade_tools.daemonproc import DaemonProcess
 
     lanes = max(args.inflight)
@@ -172,46 +225,62 @@ def _run_in(root: Path, args: argparse.Namespace) -> tuple[list[DaemonCase], flo
         _InProcess(root / "l", args.namespace_size, lanes * span) as local,
     ):
         arena_bytes = max(64 << 20, 2 * lanes * span)
-        with Client.connect(daemon.socket, tenant=TENANT, arena_bytes=arena_bytes) as client:
-            staging = client.staging(lanes * span)
-            torch.manual_seed(0)
-            staging.copy_(torch.randint(0, 256, staging.shape, dtype=torch.uint8))
-            local.buffer[:] = staging.numpy().tobytes()
+        torch.manual_seed(0)
+        pattern = torch.randint(0, 256, (lanes * span,), dtype=torch.uint8)
+        local.buffer[:] = pattern.numpy().tobytes()
+        with contextlib.ExitStack() as stack:
+            # Per transport: a client and its staging tensor, holding the same bytes.
+            staged: dict[str, tuple[Any, Any]] = {}
+            for transport in args.transports:
+                client = stack.enter_context(_connect(daemon.socket, transport, arena_bytes))
+                staging = client.staging(lanes * span)
+                stack.callback(client.release_tensor, staging)
+                staging.copy_(pattern)
+                staged[transport] = (client, staging)
             records: list[DaemonCase] = []
-            try:
-                for size in args.sizes:
-                    # One arena slice / buffer slice per caller, all page aligned.
-                    tensors = [staging[j * span : j * span + size] for j in range(lanes)]
-                    records.extend(_measure_size(client, tensors, local, size, args))
-            finally:
-                client.release_tensor(staging)
-        p50, p99 = _empty_call_latency(daemon.socket, args.empty_calls)
-    return records, p50, p99
+            for size in args.sizes:
+                # One arena slice / buffer slice per caller, all page aligned.
+                sides = {
+                    t: (c, [st[j * span : j * span + size] for j in range(lanes)])
+                    for t, (c, st) in staged.items()
+                }
+                records.extend(_measure_size(sides, local, size, args))
+        latency = {
+            t: _empty_call_latency(daemon.socket, t, args.empty_calls) for t in args.transports
+        }
+    order = {t: i for i, t in enumerate(args.transports)}
+    records.sort(key=lambda r: order[r.transport])  # stable: the headline transport first
+    return records, latency
+
+
+Sides = dict[str, tuple[Any, list[Any]]]
 
 
 def _measure_size(
-    client: Any, tensors: list[Any], local: _InProcess, size: int, args: argparse.Namespace
+    sides: Sides, local: _InProcess, size: int, args: argparse.Namespace
 ) -> list[DaemonCase]:
     count = _working_set(size, args.namespace_size)
     keys = [f"obj/{size}/{i}".encode() for i in range(count)]
     span = max(args.sizes)
     base = memoryview(local.buffer)
-    views = [base[j * span : j * span + size] for j in range(len(tensors))]
+    lanes = max(args.inflight)
+    views = [base[j * span : j * span + size] for j in range(lanes)]
+    first, tensors = next(iter(sides.values()))
     try:
         label = report.format_bytes(size)
         report.progress(f"{label}: writing {count} objects on each side")
         for key in keys:
-            client.put(key, tensors[0], path=DIRECT)
+            first.put(key, tensors[0], path=DIRECT)
             local.put(key, views[0])
         return [
             case
             for inflight in args.inflight
-            for case in _measure_depth(client, tensors, local, views, size, keys, inflight, args)
+            for case in _measure_depth(sides, local, views, size, keys, inflight, args)
         ]
     finally:
         for key in keys:
             with contextlib.suppress(Exception):
-                client.delete(key)
+                first.delete(key)
             with contextlib.suppress(Exception):
                 local.store.delete(TENANT, key)
         for v in views:
@@ -220,8 +289,7 @@ def _measure_size(
 
 
 def _measure_depth(
-    client: Any,
-    tensors: list[Any],
+    sides: Sides,
     local: _InProcess,
     views: list[memoryview],
     size: int,
@@ -229,43 +297,47 @@ def _measure_depth(
     inflight: int,
     args: argparse.Namespace,
 ) -> list[DaemonCase]:
-    """Interleaved rounds at ``inflight`` concurrent callers, caller j on buffer j."""
+    """Interleaved rounds at ``inflight`` concurrent callers, caller j on buffer j.
 
-    def daemon_put(j: int) -> Callable[[bytes], object]:
-        return lambda k: client.put(k, tensors[j], path=DIRECT)
+    The sides are the daemon transports and ``inprocess``; their order flips every round.
+    """
 
-    def daemon_get(j: int) -> Callable[[bytes], object]:
-        return lambda k: client.get_into(k, tensors[j])
+    def daemon_call(op: str, client: Any, tensor: Any) -> Callable[[bytes], object]:
+        if op == "put":
+            return lambda k: client.put(k, tensor, path=DIRECT)
+        return lambda k: client.get_into(k, tensor)
 
-    def local_put(j: int) -> Callable[[bytes], object]:
-        return lambda k: local.put(k, views[j])
+    def local_call(op: str, view: memoryview) -> Callable[[bytes], object]:
+        if op == "put":
+            return lambda k: local.put(k, view)
+        return lambda k: local.get(k, view)
 
-    def local_get(j: int) -> Callable[[bytes], object]:
-        return lambda k: local.get(k, views[j])
+    def maker(side: str, op: str, j: int) -> Callable[[bytes], object]:
+        if side == "inprocess":
+            return local_call(op, views[j])
+        client, tensors = sides[side]
+        return daemon_call(op, client, tensors[j])
 
-    makers = {
-        ("daemon", "put"): daemon_put,
-        ("daemon", "get"): daemon_get,
-        ("inprocess", "put"): local_put,
-        ("inprocess", "get"): local_get,
-    }
     label = f"{report.format_bytes(size)} x{inflight}"
     runs: dict[tuple[str, str], list[float]] = {}
+    forward = (*sides, "inprocess")
     for round_no in range(args.repeat):
-        order = ("daemon", "inprocess") if round_no % 2 == 0 else ("inprocess", "daemon")
+        order = forward if round_no % 2 == 0 else forward[::-1]
         for op in OPS:
             for side in order:
-                calls = [makers[(side, op)](j) for j in range(inflight)]
+                calls = [maker(side, op, j) for j in range(inflight)]
                 gbps = _timed(calls, keys, size, args.seconds)
                 runs.setdefault((op, side), []).append(gbps)
                 report.progress(
                     f"{label} {op} round {round_no + 1}/{args.repeat} {side}: {gbps:.3f} GB/s"
                 )
     out = []
-    for op in OPS:
-        d = statistics.median(runs[(op, "daemon")])
-        i = statistics.median(runs[(op, "inprocess")])
-        out.append(DaemonCase(op, size, inflight, d, i, d / i if i else float("nan")))
+    for transport in sides:
+        for op in OPS:
+            d = statistics.median(runs[(op, transport)])
+            i = statistics.median(runs[(op, "inprocess")])
+            ratio = d / i if i else float("nan")
+            out.append(DaemonCase(op, size, inflight, transport, d, i, ratio))
     return out
 
 
@@ -297,26 +369,38 @@ def _timed(
     return sum(moved) / (time.perf_counter() - began) / 1e9
 
 
-def _empty_call_latency(socket_path: Path, calls: int) -> tuple[float, float]:
-    """p50/p99 (us) of an empty Batch through a bare stub on a session of its own."""
+def _empty_call_latency(socket_path: Path, transport: str, calls: int) -> tuple[float, float]:
+    """p50/p99 (us) of an empty Batch on a session of its own: bare lease plane or gRPC stub."""
     import grpc
     from dualblade._handshake import open_session
+    from dualblade._leaseplane import LeasePlane
     from dualblade.v1 import dualblade_pb2 as pb
     from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
 
-    report.progress(f"timing {calls} empty Batch calls")
-    with open_session(socket_path.parent / "handshake.sock", TENANT, 1 << 20) as hs:
-        metadata = (("authorization", f"Bearer {hs.token}"),)
-        with grpc.insecure_channel(f"unix://{socket_path}") as channel:
-            batch = pb_grpc.StoreStub(channel).Batch
+    report.progress(f"timing {calls} empty Batch calls ({transport})")
+    with contextlib.ExitStack() as stack:
+        hs = stack.enter_context(
+            open_session(socket_path.parent / "handshake.sock", TENANT, 1 << 20)
+        )
+        batch: Callable[[], object]
+        if transport == "lease":
+            plane = LeasePlane(hs.lease, hs.limits["lease_frame_max_bytes"])
+            stack.callback(plane.close)
+            empty = pb.BatchRequest().SerializeToString()
+            batch = lambda: plane.call(empty)  # noqa: E731
+        else:
+            channel = stack.enter_context(grpc.insecure_channel(f"unix://{socket_path}"))
+            stub = pb_grpc.StoreStub(channel).Batch
+            metadata = (("authorization", f"Bearer {hs.token}"),)
             request = pb.BatchRequest()
-            for _ in range(EMPTY_WARMUP):
-                batch(request, metadata=metadata)
-            samples = []
-            for _ in range(calls):
-                began = time.perf_counter_ns()
-                batch(request, metadata=metadata)
-                samples.append((time.perf_counter_ns() - began) / 1000.0)
+            batch = lambda: stub(request, metadata=metadata)  # noqa: E731
+        for _ in range(EMPTY_WARMUP):
+            batch()
+        samples = []
+        for _ in range(calls):
+            began = time.perf_counter_ns()
+            batch()
+            samples.append((time.perf_counter_ns() - began) / 1000.0)
     samples.sort()
     return _percentile(samples, 0.50), _percentile(samples, 0.99)
 
