@@ -10,8 +10,9 @@ A :class:`Client` is one session with ``dualbladed``:
   offers it (~0.05 ms per round trip against ~0.5 ms for gRPC-Python; see
   :mod:`dualblade._leaseplane`), else -- and for requests too large for one frame -- as gRPC
   calls. ``DUALBLADE_DATAPLANE=grpc`` in the environment forces gRPC for every call (to compare
-  the two, or to rule the lease path out). Stat, List, Session and Admin calls always use gRPC. Bytes are copied once, between the caller's buffer and the
-  arena -- or not at all for tensors that already live in the arena (:meth:`Client.arena_tensor`).
+  the two, or to rule the lease path out). Stat, List, Session and Admin calls always use gRPC.
+  Bytes are copied once, between the caller's buffer and the arena -- or not at all for tensors
+  that already live in the arena (:meth:`Client.arena_tensor`).
 - With a CUDA build of torch the arena is page-locked with ``cudaHostRegister`` so host-to-device
   copies from it run at pinned-memory speed.
 

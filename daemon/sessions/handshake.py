@@ -19,10 +19,11 @@ talks to an older daemon. The pid/uid/gid come from ``SO_PEERCRED``, never from 
 
 The lease: after a successful hello the connection stays open. Further datagrams on it are
 data-plane request frames (``Store.Batch`` without gRPC's cost; format and threading in
-:mod:`dualbladed.sessions.leaseframes`); a bad frame costs only that frame. EOF, a socket error, or
-the peer's pidfd turning readable (the process exited) ends the session through :meth:`SessionRegistry.end`, typically within milliseconds and always within one
-second. The pidfd matters when the client forked: the child inherits the lease socket, so the
-connection outlives the parent, but the pidfd still reports the parent's exit. The pidfd comes from
+:mod:`dualbladed.sessions.leaseframes`); a bad frame costs only that frame. EOF, a socket error,
+or the peer's pidfd turning readable (the process exited) ends the session through
+:meth:`SessionRegistry.end`, typically within milliseconds and always within one second. The
+pidfd matters when the client forked: the child inherits the lease socket, so the connection
+outlives the parent, but the pidfd still reports the parent's exit. The pidfd comes from
 ``SO_PEERPIDFD`` (77, Linux 6.5+, race-free); older kernels fall back to ``pidfd_open(pid)`` right
 after accept, which could name a recycled pid if the client died within microseconds of
 connecting; its lease socket's EOF ends that session anyway. Conversely, when a session is ended
@@ -97,6 +98,7 @@ HELLO_MAX_BYTES = 4096
 SO_PEERPIDFD = 77
 
 _ACCEPT_BATCH = 64
+_FRAME_BATCH = 64  # frames read per wake-up of one lease, so one busy client cannot starve others
 _EMFILE_PAUSE_S = 0.1
 _CRED = struct.Struct("3i")
 
@@ -516,7 +518,7 @@ class HandshakeServer:
     def _on_lease_readable(self, conn: _Conn) -> None:
         """Read the frames queued on a lease (a bounded batch) and hand each to the workers."""
         assert conn.session is not None and conn.writer is not None
-        for _ in range(_ACCEPT_BATCH):
+        for _ in range(_FRAME_BATCH):
             try:
                 nbytes, _anc, flags, _addr = conn.sock.recvmsg_into([self._frames.buffer])
             except BlockingIOError:

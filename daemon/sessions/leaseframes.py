@@ -5,9 +5,11 @@ A gRPC-Python unary round trip costs ~0.5 ms; a datagram round trip on an ``AF_U
 authenticated by ``SO_PEERCRED`` and bound to one session, so after the hello it doubles as a
 fast path for ``Store.Batch``. SEQPACKET keeps message boundaries, so one frame is one datagram::
 
-    request  (client -> daemon)  u64 request_id (little-endian) | serialized dualblade.v1.BatchRequest
+    request  (client -> daemon)  u64 request_id | serialized dualblade.v1.BatchRequest
     reply    (daemon -> client)  u64 request_id | u32 code (google.rpc.Code, 0 = OK) |
                                  serialized dualblade.v1.BatchResponse (code 0) or a UTF-8 message
+
+(integers little-endian).
 
 The request id is the client's choice and is echoed verbatim; replies may come in any order (a
 client keeps several calls in flight). The daemon announces the path in the hello reply's
