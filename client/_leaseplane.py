@@ -5,11 +5,12 @@ The daemon's side and the frame format are in ``dualbladed.sessions.leaseframes`
 A datagram round trip on the lease costs ~0.05 ms against ~0.5 ms for a gRPC-Python unary call.
 
 :class:`LeasePlane` multiplexes calls from many threads (the pipeline's I/O threads) onto the one
-lease: sends are serialized by a lock (one datagram each, atomic anyway on SEQPACKET), and one
-reader thread receives every reply and hands it, by request id, to the caller waiting for it.
-When the lease dies (daemon gone, session ended elsewhere) every waiting and later call raises
-Unavailable. :meth:`LeasePlane.close` shuts the socket down, which wakes the reader with EOF; the
-caller then closes the socket itself (it owns it: it is the session's lease).
+lease: sends are serialized by a lock (one datagram each, atomic anyway on SEQPACKET); replies
+are received by whichever waiting caller holds the receive lock, which hands each reply, by
+request id, to the caller waiting for it (leader/follower: no reader thread, so a lone caller
+pays no thread switch). When the lease dies (daemon gone, session ended elsewhere) every waiting
+and later call raises Unavailable. :meth:`LeasePlane.close` shuts the socket down, which wakes a
+receiving caller with EOF; the owner then closes the socket (it is the session's lease).
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ class TooLarge(Exception):
 
 
 class _Waiter:
-    __slots__ = ("done", "code", "body")
+    __slots__ = ("event", "code", "body")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
-        self.code = -1
+        #: Set when the reply is in (``code`` is no longer None) or to offer the receiver role.
+        self.event = threading.Event()
+        self.code: int | None = None
         self.body = b""
 
 
@@ -56,19 +58,18 @@ class LeasePlane:
                 sock.setsockopt(socket.SOL_SOCKET, option, max_frame_bytes + _BUFFER_SLACK)
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()  # held by the one caller receiving for everyone
+        self._buffer = bytearray(max_frame_bytes + _REPLY.size)
         self._lock = threading.Lock()  # guards _waiters and _dead
         self._waiters: dict[int, _Waiter] = {}
         self._dead: str | None = None
-        self._reader = threading.Thread(target=self._read, name="dualblade-lease", daemon=True)
-        self._reader.start()
 
     def call(self, request: bytes) -> bytes:
         """Send one serialized BatchRequest; return the serialized BatchResponse.
 
         Raises TooLarge when the frame exceeds the daemon's limit or the socket's (nothing was
-        sent), the
-        :mod:`dualblade.errors` type of the daemon's error code, or Unavailable once the lease is
-        dead.
+        sent), the :mod:`dualblade.errors` type of the daemon's error code, or Unavailable once
+        the lease is dead.
         """
         if len(request) + _REQUEST.size > self.max_frame_bytes:
             raise TooLarge
@@ -87,52 +88,73 @@ class LeasePlane:
             if err.errno == errno.EMSGSIZE:
                 raise TooLarge from None
             raise errors.Unavailable(f"dualbladed lease send failed: {err}") from None
-        waiter.done.wait()
+        self._wait(waiter)
         if waiter.code == 0:
             return waiter.body
-        if waiter.code < 0:
+        if waiter.code is None or waiter.code < 0:
             raise errors.Unavailable(waiter.body.decode())
         message = waiter.body.decode("utf-8", "replace")
         raise errors.from_code(_CODE_NAMES.get(waiter.code, "UNKNOWN"), message)
 
     def close(self) -> None:
-        """Stop the reader (waiting callers get Unavailable). The socket stays open."""
+        """Wake a caller blocked in recv (EOF) and fail every waiting call. The socket stays
+        open: its owner closes it."""
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        if self._reader is not threading.current_thread():
-            self._reader.join(timeout=5)
         self._fail_all("the dualblade client was closed")
 
-    def _read(self) -> None:
-        reason = "dualbladed closed the lease (daemon stopped or session ended)"
-        buf = bytearray(self.max_frame_bytes + _REPLY.size)
-        view = memoryview(buf)
-        while True:
-            try:
-                nbytes = self._sock.recv_into(buf)
-            except OSError as err:
-                reason = f"dualbladed lease failed: {err}"
-                break
-            if nbytes == 0:
-                break
-            if nbytes < _REPLY.size:
-                continue  # not a reply; nothing to dispatch it to
-            request_id, code = _REPLY.unpack_from(buf)
-            with self._lock:
-                waiter = self._waiters.pop(request_id, None)
-            if waiter is None:
-                continue  # an id-less refusal (id 0) or a reply nobody waits for any more
-            waiter.code = code
-            waiter.body = bytes(view[_REPLY.size : nbytes])
-            waiter.done.set()
-        self._fail_all(reason)
+    def _wait(self, waiter: _Waiter) -> None:
+        """Until the reply is in: receive for everyone when nobody else does, else sleep.
+
+        Leader/follower: the caller holding ``_recv_lock`` reads replies and hands each to its
+        waiter; when its own arrives it lets go and offers the role to a caller still waiting.
+        A lone caller thus reads its own reply with no thread switch in between.
+        """
+        while waiter.code is None:
+            if self._recv_lock.acquire(blocking=False):
+                try:
+                    while waiter.code is None:
+                        self._receive_one()
+                finally:
+                    self._recv_lock.release()
+                self._offer_receiver_role()
+                return
+            waiter.event.wait()
+            waiter.event.clear()
+
+    def _receive_one(self) -> None:
+        try:
+            nbytes = self._sock.recv_into(self._buffer)
+        except OSError as err:
+            self._fail_all(f"dualbladed lease failed: {err}")
+            return
+        if nbytes == 0:
+            self._fail_all("dualbladed closed the lease (daemon stopped or session ended)")
+            return
+        if nbytes < _REPLY.size:
+            return  # not a reply; nothing to dispatch it to
+        request_id, code = _REPLY.unpack_from(self._buffer)
+        with self._lock:
+            waiter = self._waiters.pop(request_id, None)
+        if waiter is None:
+            return  # an id-less refusal (id 0) or a reply nobody waits for any more
+        waiter.body = bytes(memoryview(self._buffer)[_REPLY.size : nbytes])
+        waiter.code = code
+        waiter.event.set()
+
+    def _offer_receiver_role(self) -> None:
+        with self._lock:
+            nxt = next(iter(self._waiters.values()), None)
+        if nxt is not None:
+            nxt.event.set()
 
     def _fail_all(self, reason: str) -> None:
         with self._lock:
             if self._dead is None:
                 self._dead = reason
             waiters, self._waiters = self._waiters, {}
+            dead = self._dead
         for waiter in waiters.values():
+            waiter.body = dead.encode()
             waiter.code = -1
-            waiter.body = self._dead.encode()
-            waiter.done.set()
+            waiter.event.set()
