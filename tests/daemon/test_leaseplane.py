@@ -168,3 +168,76 @@ def test_a_dead_lease_raises_unavailable(tmp_path: Path) -> None:
         d.terminate()
         with pytest.raises(errors.Unavailable):
             client.get(b"k")
+
+
+# ---- the SDK multiplexer alone, against a scripted peer on a real socketpair ---------------------
+
+
+def test_multiplexer_delivers_out_of_order_replies_and_fails_waiters_on_eof() -> None:
+    from dualblade._leaseplane import LeasePlane
+
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    plane = LeasePlane(ours, 1 << 16)
+    results: dict[bytes, object] = {}
+
+    def caller(body: bytes) -> None:
+        try:
+            results[body] = plane.call(body)
+        except errors.DualbladeError as err:
+            results[body] = err
+
+    try:
+        bodies = [b"a", b"bb", b"ccc", b"dddd"]
+        threads = [threading.Thread(target=caller, args=(b,)) for b in bodies]
+        for t in threads:
+            t.start()
+        peer.settimeout(5)
+        frames = [peer.recv(1 << 16) for _ in bodies]
+        by_body = {f[REQUEST.size :]: REQUEST.unpack_from(f)[0] for f in frames}
+        assert sorted(by_body) == sorted(bodies) and len(set(by_body.values())) == 4
+        # Answer in reverse order; "dddd" gets an error code, "a" gets no reply at all.
+        peer.send(REPLY.pack(by_body[b"dddd"], NOT_FOUND) + b"no such key")
+        for body in (b"ccc", b"bb"):
+            peer.send(REPLY.pack(by_body[body], OK) + body.upper())
+        for t in threads[1:]:
+            t.join(timeout=5)
+        assert results[b"bb"] == b"BB" and results[b"ccc"] == b"CCC"
+        assert isinstance(results[b"dddd"], errors.NotFound)
+        assert b"a" not in results  # still waiting
+        peer.close()  # the daemon goes away: the waiting call fails
+        threads[0].join(timeout=5)
+        assert isinstance(results[b"a"], errors.Unavailable)
+        with pytest.raises(errors.Unavailable):
+            plane.call(b"later")
+    finally:
+        plane.close()
+        ours.close()
+
+
+def test_closing_the_multiplexer_wakes_every_waiting_call() -> None:
+    from dualblade._leaseplane import LeasePlane
+
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    plane = LeasePlane(ours, 1 << 16)
+    failures: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            plane.call(b"never answered")
+        except errors.Unavailable as err:
+            failures.append(err)
+
+    threads = [threading.Thread(target=caller) for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        peer.settimeout(5)
+        for _ in threads:
+            peer.recv(1 << 16)  # all three are sent and waiting
+        plane.close()
+        for t in threads:
+            t.join(timeout=5)
+        assert len(failures) == 3 and all("closed" in str(f) for f in failures)
+    finally:
+        ours.close()
+        peer.close()

@@ -22,10 +22,10 @@ The virtio disk here drifts by +-50% over minutes; interleaving puts both sides 
 weather and the medians drop the outliers. Objects are ephemeral on both sides (no SQLite write
 per op), as KV blocks of a running session are.
 
-In flight (``--inflight``, default 1 and 2). With one call in flight every call pays the gRPC
-round trip (~0.45 ms p50 for an empty Batch on this 2-vCPU VM) plus ~0.25 ms of per-op service
-work on top of the I/O, so at 4 MiB (~1.5-3 ms of I/O) one synchronous caller cannot reach 0.9
-of the in-process rate. An inference client keeps layers in flight (the layer pipeline prefetches
+In flight (``--inflight``, default 1 and 2). With one call in flight every call pays the round
+trip (empty Batch p50 on this 2-vCPU VM: ~0.13 ms on the lease, ~0.5 ms over gRPC) plus the
+per-op service work on top of the I/O, so at 4 MiB (~1.5-3 ms of I/O) one synchronous caller
+stays below 0.9 of the in-process rate. An inference client keeps layers in flight (the layer pipeline prefetches
 ``depth`` layers), so depth 2 is measured too, with the same number of concurrent callers on the
 in-process side, each on its own page-aligned buffer and its own share of the keys.
 
