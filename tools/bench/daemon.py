@@ -101,13 +101,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sizes",
-        type=lambda s: [report.parse_bytes(x) for x in s.split(",")],
+        type=report.comma_list(report.parse_bytes),
         default=list(CALL_SIZES),
         help="comma-separated bytes per call (default 1M,4M,16M)",
     )
     parser.add_argument(
         "--inflight",
-        type=lambda s: [int(x) for x in s.split(",")],
+        type=report.comma_list(int),
         default=[1, 2],
         help="comma-separated calls in flight, same on both sides (default 1,2)",
     )
@@ -119,7 +119,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--transports",
-        type=lambda s: [x.strip() for x in s.split(",")],
+        type=report.comma_list(str),
         default=list(TRANSPORTS),
         help="comma-separated Store.Batch transports, the first is the headline (default "
         "lease,grpc)",

@@ -79,13 +79,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--requests",
-        type=lambda s: [report.parse_bytes(x) for x in s.split(",")],
+        type=report.comma_list(report.parse_bytes),
         default=list(REQUEST_SIZES),
         help="comma-separated request sizes (default 128K,1M,4M)",
     )
     parser.add_argument(
         "--queue-depths",
-        type=lambda s: [int(x) for x in s.split(",")],
+        type=report.comma_list(int),
         default=list(QUEUE_DEPTHS),
         help="comma-separated queue depths (default 1,8,32)",
     )

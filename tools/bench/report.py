@@ -20,7 +20,9 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 __all__ = [
     "format_bytes",
@@ -171,3 +173,12 @@ def run_fio(
         return None
     direction = "read" if "read" in rw else "write"
     return sum(job[direction]["bw_bytes"] for job in jobs) / 1e9
+
+
+def comma_list(convert: Callable[[str], T]) -> Callable[[str], list[T]]:
+    """An argparse ``type`` for comma-separated values, e.g. ``comma_list(parse_bytes)``."""
+
+    def parse(text: str) -> list[T]:
+        return [convert(part.strip()) for part in text.split(",") if part.strip()]
+
+    return parse

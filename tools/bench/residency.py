@@ -121,13 +121,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument(
         "--ratios",
-        type=lambda s: tuple(float(x) for x in s.split(",")),
+        type=report.comma_list(float),
         default=RATIOS,
         help="working set / page-cache room, comma-separated (default 0.5,1,2,4)",
     )
     parser.add_argument(
         "--modes",
-        type=lambda s: tuple(s.split(",")),
+        type=report.comma_list(str),
         default=MODES,
         help=f"comma-separated subset of {','.join(MODES)}",
     )
