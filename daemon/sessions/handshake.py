@@ -18,8 +18,9 @@ The label is 1..64 characters of ``[A-Za-z0-9._-]``; ``arena_bytes`` is a multip
 talks to an older daemon. The pid/uid/gid come from ``SO_PEERCRED``, never from the message.
 
 The lease: after a successful hello the connection stays open. Further datagrams on it are
-data-plane request frames (``Store.Batch`` without gRPC's cost; format and threading in
-:mod:`dualbladed.sessions.leaseframes`); a bad frame costs only that frame. EOF, a socket error,
+data-plane request frames (``Store.Batch`` without gRPC's cost), read and run by the lease's own
+reader threads (format and threading in :mod:`dualbladed.sessions.leaseframes`); a bad frame
+costs only that frame. EOF, a socket error,
 or the peer's pidfd turning readable (the process exited) ends the session through
 :meth:`SessionRegistry.end`, typically within milliseconds and always within one second. The
 pidfd matters when the client forked: the child inherits the lease socket, so the connection
@@ -29,10 +30,11 @@ after accept, which could name a recycled pid if the client died within microsec
 connecting; its lease socket's EOF ends that session anyway. Conversely, when a session is ended
 from elsewhere (admin, shutdown), the lease connection is closed, so the client sees EOF.
 
-Threading: one thread runs a selector over the listener, a wake-up pipe, the pending handshakes,
-the leases and their pidfds; only that thread opens or closes those fds, so an fd number is never
-closed while another thread may still use it. Other threads talk to it through a queue plus the
-pipe. Every per-connection failure is caught and logged and costs only that connection; the thread
+Threading: one thread runs a selector over the listener, a wake-up pipe, the pending handshakes
+and the leases' pidfds; only that thread opens or closes those fds, so an fd number is never
+closed while another thread may still use it. A lease's frames are read on a dup of its fd by
+its reader (which reports EOF back instead of closing anything). Other threads talk to the
+handshake thread through queues plus the pipe. Every per-connection failure is caught and logged and costs only that connection; the thread
 never dies. ``on_end`` callbacks triggered by a broken lease run on this thread, so they must be
 quick.
 
@@ -54,6 +56,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -98,7 +101,6 @@ HELLO_MAX_BYTES = 4096
 SO_PEERPIDFD = 77
 
 _ACCEPT_BATCH = 64
-_FRAME_BATCH = 64  # frames read per wake-up of one lease, so one busy client cannot starve others
 _EMFILE_PAUSE_S = 0.1
 _CRED = struct.Struct("3i")
 
@@ -176,7 +178,10 @@ class HandshakeServer:
         if on_request is not None:
             self._limits["lease_frame_max_bytes"] = max_frame_bytes
         self._frames = FrameWorkers(
-            on_request, max_frame_bytes=max_frame_bytes, workers=request_workers
+            on_request,
+            max_frame_bytes=max_frame_bytes,
+            workers=request_workers,
+            max_leases=registry.max_sessions,
         )
         # Owned by the handshake thread once started.
         self._listener: socket.socket | None = None
@@ -191,6 +196,7 @@ class HandshakeServer:
         # that stop() closed (and the kernel may have handed out again).
         self._wake_lock = threading.Lock()
         self._ended: collections.deque[str] = collections.deque()
+        self._lost: collections.deque[tuple[str, str]] = collections.deque()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -236,6 +242,9 @@ class HandshakeServer:
         self._stopping.set()
         self._wake()
         thread.join()
+        for conn in self._leases.values():  # the readers see EOF and leave
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RD)
         self._frames.close()  # requests already read still get their replies
         self._registry.remove_on_end(self._on_session_end)
         for conn in list(self._pending):
@@ -281,6 +290,11 @@ class HandshakeServer:
         if threading.current_thread() is not self._thread:
             self._wake()
 
+    def _on_lease_closed(self, session_id: str, reason: str) -> None:
+        # A lease reader met EOF or an error: the handshake thread ends the session.
+        self._lost.append((session_id, reason))
+        self._wake()
+
     # ---- the handshake thread --------------------------------------------------------------
 
     def _run(self) -> None:
@@ -291,6 +305,7 @@ class HandshakeServer:
                 for key, _mask in events:
                     self._dispatch(key)
                 self._expire_pending()
+                self._drain_lost()
                 self._drain_ended()
                 self._maybe_resume_accept()
             except Exception:
@@ -329,8 +344,6 @@ class HandshakeServer:
                 self._lease_lost(conn, "client process exited")
             elif conn.session_id is None:
                 self._on_hello(conn)
-            else:
-                self._on_lease_readable(conn)
         except Exception:
             logger.exception("handshake connection from pid %d failed; closing it", conn.pid)
             if conn.session_id is None:
@@ -493,6 +506,14 @@ class HandshakeServer:
         if self._frames.enabled:
             size_socket_buffers(conn.sock, self._frames.max_frame_bytes)
         self._leases[session.id] = conn
+        assert self._selector is not None
+        self._selector.unregister(conn.sock)  # from now on its readers read it
+        self._frames.serve(
+            conn.sock.dup(),
+            session,
+            conn.writer,
+            functools.partial(self._on_lease_closed, session.id),
+        )
         if conn.pidfd is not None:
             assert self._selector is not None
             self._selector.register(conn.pidfd, selectors.EVENT_READ, ("pidfd", conn))
@@ -515,24 +536,6 @@ class HandshakeServer:
             logger.debug("could not send the error reply to pid %d: %s", conn.pid, err)
         self._drop(conn)
 
-    def _on_lease_readable(self, conn: _Conn) -> None:
-        """Read the frames queued on a lease (a bounded batch) and hand each to the workers."""
-        assert conn.session is not None and conn.writer is not None
-        for _ in range(_FRAME_BATCH):
-            try:
-                nbytes, _anc, flags, _addr = conn.sock.recvmsg_into([self._frames.buffer])
-            except BlockingIOError:
-                return
-            except OSError as err:
-                self._lease_lost(conn, f"lease socket error: {err}")
-                return
-            if not nbytes and not flags & socket.MSG_TRUNC:
-                self._lease_lost(conn, "lease socket closed")
-                return
-            self._frames.submit(
-                conn.session, conn.writer, nbytes, truncated=bool(flags & socket.MSG_TRUNC)
-            )
-
     def _lease_lost(self, conn: _Conn, reason: str) -> None:
         session_id = conn.session_id
         self._drop(conn)
@@ -552,6 +555,13 @@ class HandshakeServer:
             )
             self._drop(conn)
 
+    def _drain_lost(self) -> None:
+        while self._lost:
+            session_id, reason = self._lost.popleft()
+            conn = self._leases.get(session_id)
+            if conn is not None:
+                self._lease_lost(conn, reason)
+
     def _drain_ended(self) -> None:
         while self._ended:
             conn = self._leases.get(self._ended.popleft())
@@ -569,6 +579,8 @@ class HandshakeServer:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(conn.sock)
             if conn.writer is not None:
+                with contextlib.suppress(OSError):  # wakes the lease's reader with EOF
+                    conn.sock.shutdown(socket.SHUT_RDWR)
                 conn.writer.close()  # waits for a worker's reply in progress
             else:
                 conn.sock.close()
