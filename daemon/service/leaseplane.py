@@ -4,8 +4,8 @@ The transport (frame format, worker pool, refusals of oversize or id-less frames
 :mod:`dualbladed.sessions.leaseframes`; this module is the glue between a request frame and the
 same code the gRPC servicer runs, so the two transports cannot drift apart:
 
-- the session is re-checked through the registry on every frame (as :func:`calls.rpc` does with
-  the bearer token), so a frame that races the session's end gets UNAUTHENTICATED;
+- the session is re-checked through the registry on every frame (:func:`calls.rpc` looks up the
+  bearer token instead), so a frame that races the session's end gets UNAUTHENTICATED;
 - the request decodes to a ``dualblade.v1.BatchRequest`` and runs through
   :func:`store_servicer.run_batch` on the shared :class:`BatchExecutor` (which records the
   metrics, exactly as for gRPC calls);
@@ -42,7 +42,7 @@ class LeasePlane:
         (request_id,) = REQUEST_HEADER.unpack_from(frame)
         with bound(rpc=_RPC, session=session.id, tenant=session.tenant, transport="lease"):
             try:
-                live = self._registry.authenticate(session.token)
+                live = self._registry.check_live(session)
                 try:
                     request = pb.BatchRequest.FromString(frame[REQUEST_HEADER.size :])
                 except DecodeError:

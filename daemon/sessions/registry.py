@@ -154,6 +154,18 @@ class SessionRegistry:
             raise Unauthenticated(_UNAUTHENTICATED)
         return session
 
+    def check_live(self, session: Session) -> Session:
+        """``session`` itself if it has not ended; Unauthenticated otherwise.
+
+        The lease data plane already knows its session (no token to hash and look up); it only
+        needs to know that the session did not end while the frame was in flight.
+        """
+        with self._lock:
+            live = self._by_id.get(session.id) is session
+        if not live:
+            raise Unauthenticated(_UNAUTHENTICATED)
+        return session
+
     def get(self, session_id: str) -> Session | None:
         with self._lock:
             return self._by_id.get(session_id)

@@ -38,12 +38,15 @@ def test_end_invalidates_token_calls_back_once_and_closes_arena() -> None:
     calls: list[tuple[str, bool]] = []
     reg.on_end(lambda sess: calls.append((sess.id, sess.arena.closed)))
     s = _register(reg)
+    assert reg.check_live(s) is s
     assert reg.end(s.id) is True
     assert reg.end(s.id) is False
     assert calls == [(s.id, False)]  # callbacks run before the arena is closed
     assert s.arena.closed
     with pytest.raises(Unauthenticated):
         reg.authenticate(s.token)
+    with pytest.raises(Unauthenticated):
+        reg.check_live(s)  # the lease data plane's check
     assert reg.get(s.id) is None and len(reg) == 0
 
 

@@ -9,10 +9,16 @@ The reference is :class:`~dualbladed.objects.ObjectStore` in this process, over 
 :class:`~dualbladed.paths.direct.DirectPath` with the daemon's own I/O settings
 (:class:`~dualbladed.config.IOConfig` defaults: request size and queue depth), on a second file
 namespace of the same size in the same directory. It does exactly what the daemon does for an op
--- allocate an extent, xxh3 the bytes, O_DIRECT pwritev/preadv from a page-aligned buffer,
-update the index -- without the RPC hop, the session lookup and the batch executor. A bare
-``DirectEngine`` would be a different question (it skips the checksum and the index); fio is the
-``io`` benchmark's floor. So ``ratio = daemon / in-process`` is what the service layer costs.
+-- allocate an extent, xxh3 the bytes, O_DIRECT pwritev/preadv, update the index -- without the
+RPC hop, the session lookup and the batch executor. A bare ``DirectEngine`` would be a different
+question (it skips the checksum and the index); fio is the ``io`` benchmark's floor. So
+``ratio = daemon / in-process`` is what the service layer costs.
+
+Same pages on both sides. The reference does its I/O from the headline client's arena (this
+process's mapping of the very memfd pages the daemon reads and writes), not from a buffer of its
+own. On this VM O_DIRECT throughput depends on which physical pages a buffer got: an anonymous
+buffer and a memfd arena differed by up to 1.4x on reads, with the sign changing from run to run.
+Sharing the pages takes that out of the ratio; the other transports keep their own arenas.
 
 Method. For each call size (1, 4, 16 MiB by default) a working set of objects is written once on
 both sides (puts overwrite them afterwards, reads hit data that really is on the disk: never
@@ -27,7 +33,7 @@ trip (empty Batch p50 on this 2-vCPU VM: ~0.13 ms on the lease, ~0.5 ms over gRP
 per-op service work on top of the I/O, so at 4 MiB (~1.5-3 ms of I/O) one synchronous caller
 stays below 0.9 of the in-process rate. An inference client keeps layers in flight (the layer pipeline prefetches
 ``depth`` layers), so depth 2 is measured too, with the same number of concurrent callers on the
-in-process side, each on its own page-aligned buffer and its own share of the keys.
+in-process side, each on its own slice of the arena and its own share of the keys.
 
 Puts name the direct path explicitly on both sides: the daemon's arbiter could otherwise place
 some objects in the page cache, and the reference is O_DIRECT work.
@@ -222,12 +228,11 @@ def _run_in(
     )
     with (
         DaemonProcess(root / "d", namespace_size=str(args.namespace_size)) as daemon,
-        _InProcess(root / "l", args.namespace_size, lanes * span) as local,
+        _InProcess(root / "l", args.namespace_size) as local,
     ):
         arena_bytes = max(64 << 20, 2 * lanes * span)
         torch.manual_seed(0)
         pattern = torch.randint(0, 256, (lanes * span,), dtype=torch.uint8)
-        local.buffer[:] = pattern.numpy().tobytes()
         with contextlib.ExitStack() as stack:
             # Per transport: a client and its staging tensor, holding the same bytes.
             staged: dict[str, tuple[Any, Any]] = {}
@@ -237,6 +242,11 @@ def _run_in(
                 stack.callback(client.release_tensor, staging)
                 staging.copy_(pattern)
                 staged[transport] = (client, staging)
+            # The reference does its I/O from the headline client's arena pages (see the module
+            # docstring: same physical pages on both sides).
+            headline = staged[args.transports[0]][1]
+            local.buffer = memoryview(headline.numpy()).cast("B")
+            stack.callback(local.buffer.release)
             records: list[DaemonCase] = []
             for size in args.sizes:
                 # One arena slice / buffer slice per caller, all page aligned.
@@ -413,17 +423,17 @@ def _percentile(sorted_samples: list[float], q: float) -> float:
 class _InProcess:
     """The reference: an ObjectStore on its own file namespace, with the daemon's I/O settings."""
 
-    def __init__(self, root: Path, namespace_bytes: int, buffer_bytes: int) -> None:
+    buffer: memoryview  # set by the caller: the pages the reference does its I/O from
+
+    def __init__(self, root: Path, namespace_bytes: int) -> None:
         self._root = root
         self._namespace_bytes = namespace_bytes
-        self._buffer_bytes = buffer_bytes
 
     def __enter__(self) -> _InProcess:
         from dualbladed.config import IOConfig
         from dualbladed.namespace import open_namespace
         from dualbladed.objects import ObjectStore
         from dualbladed.paths.direct import DirectPath
-        from dualbladed.paths.engine import aligned_buffer
 
         io = IOConfig()
         self._root.mkdir(parents=True)
@@ -438,7 +448,6 @@ class _InProcess:
         except BaseException:
             self.namespace.close()
             raise
-        self.buffer = aligned_buffer(self._buffer_bytes)
         return self
 
     def put(self, key: bytes, view: memoryview) -> None:
@@ -452,4 +461,3 @@ class _InProcess:
             self.store.close()
         finally:
             self.namespace.close()
-            self.buffer.close()
