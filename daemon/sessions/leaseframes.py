@@ -18,33 +18,35 @@ cost the frame, never the session: a frame above the limit gets RESOURCE_EXHAUST
 than the id gets INVALID_ARGUMENT with id 0. Only EOF, a socket error or the client's exit end
 the session.
 
-Threading (leader/follower). Each lease has exactly one thread parked in ``recv`` on it: the
-*reader*, on a dup of the lease fd. A reader that gets a frame first hands the reader role to a
-pool thread (:meth:`FrameWorkers.serve` again), then runs the request itself and sends the
-reply. So the thread the kernel wakes is the one that does the work: no hand-off on the critical
-path (on a 2-vCPU box the old handshake-thread-then-worker hop cost ~40 us per call, mostly
-waiting for the GIL), while a client with several calls in flight still has them run
-concurrently, because the next frame is read by the follower while this one runs. The cost is
-one parked thread per session (the pool is sized ``max_leases + workers``, so parked readers can
-never starve the runners).
+Threading (standing readers). Each lease has one or two threads parked in ``recv`` on a dup of
+the lease fd. The kernel wakes exactly one parked reader per datagram (an exclusive wait), and
+that reader runs the request itself and sends the reply: the thread the kernel wakes is the one
+that does the work, with no hand-off on the critical path. A reader that takes a frame while no
+other reader is parked first starts one more, so a client with several calls in flight still has
+them run concurrently; a reader that finishes while two others are already parked retires. A
+lease thus costs one or two parked threads at rest, and one submit to the pool only when its
+concurrency grows (the old design passed the reader role to a fresh pool task on every frame,
+~20 us and a GIL tug-of-war per call on a 2-vCPU box). The pool is sized ``2 * max_leases +
+workers``, so parked readers can never starve the runners.
 
-Fd ownership: the handshake thread owns the lease socket and closes it; the reader owns its dup.
-To stop a reader the handshake thread shuts the socket down (``shutdown`` acts on the socket,
-which both fds share), the reader's ``recv`` returns EOF, and the reader closes its dup. A reader
-that meets EOF or an error on its own reports it through ``on_closed`` (the handshake thread ends
-the session) and never touches the lease fd. Replies go through :class:`LeaseWriter`, which
-sends and closes under one lock, so a runner never writes to an fd number that was closed (and
-perhaps reused) under it.
+Each reader receives into its own buffer of ``max_frame_bytes`` (an anonymous mmap: only the
+pages a frame touches become resident) with ``MSG_TRUNC``, so one ``recv`` both takes the frame
+and learns its true length: an oversize frame is consumed and refused without a second read, and
+there is no peek-then-read window in which two readers could see the same frame's size.
 
-A frame's length is read with ``MSG_PEEK | MSG_TRUNC`` before it is received, so each frame is
-received into a buffer of exactly its size (no per-session 4 MiB buffer) and an oversize frame
-is consumed and refused without being copied.
+Fd ownership: the handshake thread owns the lease socket and closes it; the readers share a dup.
+To stop them the handshake thread shuts the socket down (``shutdown`` acts on the socket, which
+both fds share), every reader's ``recv`` returns EOF, and the last reader to leave closes the dup
+and reports through ``on_closed`` (the handshake thread ends the session); a reader never touches
+the lease fd itself. Replies go through :class:`LeaseWriter`, which sends and closes under one
+lock, so a runner never writes to an fd number that was closed (and perhaps reused) under it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import socket
 import struct
 import threading
@@ -61,6 +63,7 @@ __all__ = [
     "REQUEST_HEADER",
     "REPLY_HEADER",
     "FrameWorkers",
+    "LeaseReaders",
     "LeaseWriter",
     "RequestHandler",
     "error_frame",
@@ -146,10 +149,11 @@ class _Oversize:
     request_id: int
 
 
-class _Lease:
-    """What the readers of one lease share: its dup'd fd, session, writer and close report."""
+class LeaseReaders:
+    """What the readers of one lease share: the dup'd fd, session, writer, close report, and the
+    reader counts (under ``lock``; read without it, they are a snapshot)."""
 
-    __slots__ = ("sock", "session", "writer", "_on_closed")
+    __slots__ = ("sock", "session", "writer", "lock", "readers", "parked", "_on_closed")
 
     def __init__(
         self,
@@ -161,11 +165,19 @@ class _Lease:
         self.sock = sock
         self.session = session
         self.writer = writer
+        self.lock = threading.Lock()
+        self.readers = 0  # reader threads alive (or submitted)
+        self.parked = 0  # of those, the ones in (or on their way to) recv
         self._on_closed = on_closed
 
-    def close(self, reason: str) -> None:
-        """The last reader leaves: close the dup and report (exactly once: only one thread
-        holds the reader role)."""
+    def leave(self, reason: str) -> None:
+        """A reader exits on EOF or error; the last one closes the dup and reports, once."""
+        with self.lock:
+            self.readers -= 1
+            self.parked -= 1
+            last = self.readers == 0
+        if not last:
+            return
         self.sock.close()
         try:
             self._on_closed(reason)
@@ -187,7 +199,7 @@ class FrameWorkers:
         self.max_frame_bytes = max_frame_bytes
         self._handler = handler
         self._pool = ThreadPoolExecutor(
-            max_workers=max_leases + workers, thread_name_prefix="lease"
+            max_workers=2 * max_leases + workers, thread_name_prefix="lease"
         )
 
     @property
@@ -200,51 +212,71 @@ class FrameWorkers:
         session: Session,
         writer: LeaseWriter,
         on_closed: Callable[[str], None],
-    ) -> None:
+    ) -> LeaseReaders:
         """Start reading frames from ``sock`` (a dup of the lease, owned from now on by the
         readers); ``on_closed(reason)`` runs once, on a reader, when the lease hits EOF or an
         error."""
         # Blocking reads; this also clears O_NONBLOCK on the lease fd it shares, which is why
         # LeaseWriter sends with MSG_DONTWAIT.
         sock.setblocking(True)
-        self._pool.submit(self._lead, _Lease(sock, session, writer, on_closed))
+        lease = LeaseReaders(sock, session, writer, on_closed)
+        lease.readers = lease.parked = 1
+        self._pool.submit(self._read, lease)
+        return lease
 
     def close(self) -> None:
         """Wait for the readers (the caller shut their leases down) and the requests in flight
         (their replies go out), then stop."""
         self._pool.shutdown(wait=True)
 
-    # -- the reader role ---------------------------------------------------------------
+    # -- the readers ---------------------------------------------------------------------
 
-    def _lead(self, lease: _Lease) -> None:
-        """Hold the reader role of ``lease`` until one frame is in, pass it on, run the frame."""
-        try:
-            frame = self._receive(lease.sock)
-        except Exception as err:  # noqa: BLE001 - any failure ends this lease, not the pool
-            lease.close(f"lease socket error: {err}")
-            return
-        if frame is None:
-            lease.close("lease socket closed")
-            return
-        try:
-            self._pool.submit(self._lead, lease)
-        except RuntimeError:  # the pool is shutting down: this frame is the lease's last
-            lease.close("the daemon is stopping")
-        lease.writer.send(self._reply(lease.session, frame))
+    def _read(self, lease: LeaseReaders) -> None:
+        """One standing reader of ``lease``: receive a frame, run it, reply; until EOF."""
+        with mmap.mmap(-1, self.max_frame_bytes) as buffer:
+            while True:
+                try:
+                    frame = self._receive(lease.sock, buffer)
+                except Exception as err:  # noqa: BLE001 - any failure ends this lease, not the pool
+                    lease.leave(f"lease socket error: {err}")
+                    return
+                if frame is None:
+                    lease.leave("lease socket closed")
+                    return
+                with lease.lock:
+                    lease.parked -= 1
+                    grow = lease.parked == 0
+                    if grow:
+                        lease.readers += 1
+                        lease.parked += 1
+                if grow:
+                    try:
+                        self._pool.submit(self._read, lease)
+                    except RuntimeError:  # the pool is stopping: no new readers
+                        with lease.lock:
+                            lease.readers -= 1
+                            lease.parked -= 1
+                lease.writer.send(self._reply(lease.session, frame))
+                with lease.lock:
+                    retire = lease.parked >= 2
+                    if retire:
+                        lease.readers -= 1
+                    else:
+                        lease.parked += 1
+                if retire:
+                    return
 
-    def _receive(self, sock: socket.socket) -> bytes | _Oversize | None:
+    def _receive(self, sock: socket.socket, buffer: mmap.mmap) -> bytes | _Oversize | None:
         """The next frame (exactly its bytes), an oversize marker (consumed), or None at EOF.
 
         A zero-length datagram reads as EOF on SEQPACKET, so sending one ends the session.
         """
-        head = bytearray(REQUEST_HEADER.size)
-        length = sock.recv_into(head, len(head), socket.MSG_PEEK | socket.MSG_TRUNC)
+        length = sock.recv_into(buffer, self.max_frame_bytes, socket.MSG_TRUNC)
         if length == 0:
             return None
         if length > self.max_frame_bytes:
-            sock.recv_into(head, len(head))  # consumes (and truncates) the whole datagram
-            return _Oversize(REQUEST_HEADER.unpack_from(head)[0])
-        return sock.recv(length)
+            return _Oversize(REQUEST_HEADER.unpack_from(buffer)[0])
+        return buffer[:length]
 
     def _reply(self, session: Session, frame: bytes | _Oversize) -> bytes:
         if isinstance(frame, _Oversize):

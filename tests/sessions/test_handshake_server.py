@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import pytest
 from dualblade import errors as client_errors
@@ -33,6 +34,7 @@ from dualbladed.sessions import handshake as handshake_mod
 from dualbladed.sessions.arena import Arena
 from dualbladed.sessions.handshake import HandshakeServer
 from dualbladed.sessions.hello import parse_hello
+from dualbladed.sessions.leaseframes import FrameWorkers, LeaseWriter
 from dualbladed.sessions.registry import Session, SessionRegistry
 
 KIB = 1024
@@ -259,6 +261,43 @@ def test_frames_reach_on_request_and_replies_come_back(tmp_path: Path) -> None:
             assert r.lease.recv(4096) == struct.pack("<QI", 7, 0) + b"OK"
     finally:
         harness.server.stop()
+
+
+def test_frames_in_flight_run_concurrently_and_idle_readers_retire() -> None:
+    """Standing readers (FrameWorkers on a socketpair): four frames in flight on one lease run at
+    once (each handler waits for the other three), afterwards the lease is back to at most two
+    parked readers, and EOF makes the last reader report the close exactly once."""
+    inflight = 4
+    barrier = threading.Barrier(inflight, timeout=5.0)
+
+    def rendezvous(session: Session, frame: bytes) -> bytes:
+        barrier.wait()  # BrokenBarrierError (an INTERNAL reply) unless all four run together
+        return frame[:8] + b"\0\0\0\0"
+
+    client, server = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    workers = FrameWorkers(rendezvous, max_frame_bytes=1024, workers=inflight, max_leases=1)
+    closed: list[str] = []
+    session = cast(Session, object())  # the handler never looks at it
+    try:
+        lease = workers.serve(server.dup(), session, LeaseWriter(server), closed.append)
+        client.settimeout(10.0)
+        for rounds in range(3):
+            for i in range(inflight):
+                client.send(struct.pack("<Q", 10 * rounds + i))
+            replies = [struct.unpack("<QI", client.recv(64)) for _ in range(inflight)]
+            assert sorted(replies) == [(10 * rounds + i, 0) for i in range(inflight)]
+        deadline = time.monotonic() + 2.0
+        while lease.readers > 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert 1 <= lease.readers <= 2 and lease.parked == lease.readers
+        client.close()
+        deadline = time.monotonic() + 2.0
+        while not closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert closed == ["lease socket closed"] and lease.readers == 0
+    finally:
+        workers.close()
+        server.close()
 
 
 # ---- refusals ----------------------------------------------------------------------------------
