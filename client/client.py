@@ -52,6 +52,8 @@ _PATHS = {
 }
 _PATH_NAMES = {v: (k or "") for k, v in _PATHS.items()}
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+#: ``(key, data, nbytes, arena offset)``: one put/get item, sized and located once.
+_Item = tuple[bytes, Any, int, "int | None"]
 
 
 def default_socket() -> str:
@@ -206,9 +208,8 @@ class Client:
         for chunk in self._chunks([(_key(k), v) for k, v in items]):
             ops, slots = [], []
             try:
-                for key, data in chunk:
-                    n = _buffers.nbytes_of(data)
-                    slot, owned = self._stage_out(data, n)
+                for key, data, n, offset in chunk:
+                    slot, owned = self._stage_out(data, n, offset)
                     if owned:
                         slots.append(slot)
                     ops.append(
@@ -228,11 +229,11 @@ class Client:
                 for slot in slots:
                     self.arena.free(slot)
             with self._sizes_lock:
-                for (key, _), r in zip(chunk, results):
+                for (key, *_), r in zip(chunk, results):
                     self._sizes[key] = r.size
             out.extend(
                 ObjectInfo(key, r.size, _PATH_NAMES[r.path], r.generation, persistent)
-                for (key, _), r in zip(chunk, results)
+                for (key, *_), r in zip(chunk, results)
             )
         return out
 
@@ -249,9 +250,8 @@ class Client:
         for chunk in self._chunks([(_key(k), v) for k, v in items]):
             ops, staged = [], []
             try:
-                for key, dst in chunk:
-                    n = _buffers.nbytes_of(dst)
-                    slot, owned = self._stage_in(dst, n)
+                for key, dst, n, offset in chunk:
+                    slot, owned = self._stage_in(n, offset)
                     staged.append((slot, owned, dst))
                     ops.append(pb.Op(get=pb.GetOp(key=key, arena_offset=slot.offset, length=n)))
                 results = self._batch(ops)
@@ -348,33 +348,39 @@ class Client:
             limit = self._max_ops_cached = int(self.session_info().max_batch_ops) or 1024
         return int(limit)
 
-    def _chunks(self, items: list[tuple[bytes, Any]]) -> Iterable[list[tuple[bytes, Any]]]:
-        """Split so each batch fits the op limit and (for staged data) half the arena."""
+    def _chunks(self, items: list[tuple[bytes, Any]]) -> Iterable[list[_Item]]:
+        """Split so each batch fits the op limit and (for staged data) half the arena.
+
+        Each item comes back as ``(key, data, nbytes, arena offset or None)``, worked out once.
+        """
         budget = self.arena.size // 2
-        chunk: list[tuple[bytes, Any]] = []
+        max_ops = self._max_ops
+        chunk: list[_Item] = []
         used = 0
         for key, data in items:
-            n = _round_up(_buffers.nbytes_of(data))
-            if chunk and (len(chunk) >= self._max_ops or used + n > budget):
+            size = _buffers.nbytes_of(data)
+            offset = self._arena_offset_of(data, size)
+            n = 0 if offset is not None else _round_up(size)
+            if chunk and (len(chunk) >= max_ops or used + n > budget):
                 yield chunk
                 chunk, used = [], 0
-            chunk.append((key, data))
-            used += 0 if self._arena_offset_of(data) is not None else n
+            chunk.append((key, data, size, offset))
+            used += n
         if chunk:
             yield chunk
 
-    def _arena_offset_of(self, obj: Any) -> int | None:
+    def _arena_offset_of(self, obj: Any, nbytes: int) -> int | None:
+        """Where ``obj`` lies in the arena, if it is a page-aligned arena tensor (zero copy)."""
         if not _buffers.is_tensor(obj) or obj.device.type != "cpu" or not obj.is_contiguous():
             return None
         off = obj.data_ptr() - self.arena.address
-        if off >= 0 and off + _buffers.nbytes_of(obj) <= self.arena.size and off % 4096 == 0:
+        if off >= 0 and off + nbytes <= self.arena.size and off % 4096 == 0:
             return off
         return None
 
-    def _stage_out(self, data: Any, n: int) -> tuple[Slot, bool]:
-        off = self._arena_offset_of(data)
-        if off is not None:
-            return Slot(off, n), False
+    def _stage_out(self, data: Any, n: int, offset: int | None) -> tuple[Slot, bool]:
+        if offset is not None:
+            return Slot(offset, n), False
         slot = self.arena.alloc(max(n, 1))
         view = self.arena.view(slot)
         try:
@@ -383,10 +389,9 @@ class Client:
             view.release()
         return slot, True
 
-    def _stage_in(self, dst: Any, n: int) -> tuple[Slot, bool]:
-        off = self._arena_offset_of(dst)
-        if off is not None:
-            return Slot(off, n), False
+    def _stage_in(self, n: int, offset: int | None) -> tuple[Slot, bool]:
+        if offset is not None:
+            return Slot(offset, n), False
         return self.arena.alloc(max(n, 1)), True
 
     def _size_of(self, key: bytes) -> int:
