@@ -20,12 +20,12 @@ talks to an older daemon. The pid/uid/gid come from ``SO_PEERCRED``, never from 
 The lease: after a successful hello the connection stays open. Further datagrams on it are
 data-plane request frames (``Store.Batch`` without gRPC's cost), read and run by the lease's own
 reader threads (format and threading in :mod:`dualbladed.sessions.leaseframes`); a bad frame
-costs only that frame. EOF, a socket error,
-or the peer's pidfd turning readable (the process exited) ends the session through
+costs only that frame. EOF, a socket error, or the peer's pidfd turning readable (the process
+exited) ends the session through
 :meth:`SessionRegistry.end`, typically within milliseconds and always within one second. The
 pidfd matters when the client forked: the child inherits the lease socket, so the connection
 outlives the parent, but the pidfd still reports the parent's exit. The pidfd comes from
-``SO_PEERPIDFD`` (77, Linux 6.5+, race-free); older kernels fall back to ``pidfd_open(pid)`` right
+``SO_PEERPIDFD`` (:mod:`dualbladed.sessions.peer`); older kernels fall back to ``pidfd_open(pid)`` right
 after accept, which could name a recycled pid if the client died within microseconds of
 connecting; its lease socket's EOF ends that session anyway. Conversely, when a session is ended
 from elsewhere (admin, shutdown), the lease connection is closed, so the client sees EOF.
@@ -33,9 +33,9 @@ from elsewhere (admin, shutdown), the lease connection is closed, so the client 
 Threading: one thread runs a selector over the listener, a wake-up pipe, the pending handshakes
 and the leases' pidfds; only that thread opens or closes those fds, so an fd number is never
 closed while another thread may still use it. A lease's frames are read on a dup of its fd by
-its reader (which reports EOF back instead of closing anything). Other threads talk to the
-handshake thread through queues plus the pipe. Every per-connection failure is caught and logged and costs only that connection; the thread
-never dies. ``on_end`` callbacks triggered by a broken lease run on this thread, so they must be
+its readers (which report EOF back instead of closing anything). Other threads talk to the
+handshake thread through queues plus the pipe. Every per-connection failure is caught and logged
+and costs only that connection; the thread never dies. ``on_end`` callbacks triggered by a broken lease run on this thread, so they must be
 quick.
 
 Robustness limits: at most ``max_pending`` handshakes wait for their hello; when a new connection
@@ -63,7 +63,6 @@ import os
 import selectors
 import socket
 import stat
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -85,24 +84,21 @@ from dualbladed.sessions.leaseframes import (
     RequestHandler,
     size_socket_buffers,
 )
+from dualbladed.sessions.peer import peer_credentials, peer_pidfd
 from dualbladed.sessions.registry import Session, SessionRegistry
 
 __all__ = [
     "HELLO_MAX_BYTES",
     "PROTOCOL_VERSION",
-    "SO_PEERPIDFD",
     "HandshakeServer",
 ]
 
 logger = logging.getLogger(__name__)
 
 HELLO_MAX_BYTES = 4096
-#: ``SO_PEERPIDFD`` from <asm-generic/socket.h> (Linux 6.5+); Python 3.11 has no constant.
-SO_PEERPIDFD = 77
 
 _ACCEPT_BATCH = 64
 _EMFILE_PAUSE_S = 0.1
-_CRED = struct.Struct("3i")
 
 
 @dataclass(eq=False)
@@ -386,15 +382,13 @@ class HandshakeServer:
     def _admit(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         try:
-            pid, uid, gid = _CRED.unpack(
-                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
-            )
+            pid, uid, gid = peer_credentials(sock)
         except OSError as err:
             logger.warning("SO_PEERCRED failed (%s); closing the connection", err)
             sock.close()
             return
         try:
-            pidfd = _peer_pidfd(sock, pid)
+            pidfd = peer_pidfd(sock, pid)
         except ProcessLookupError:
             logger.debug("handshake peer pid %d exited before accept; closing", pid)
             sock.close()
@@ -590,26 +584,3 @@ class HandshakeServer:
                 conn.pidfd_registered = False
             os.close(conn.pidfd)
             conn.pidfd = None
-
-
-def _peer_pidfd(sock: socket.socket, pid: int) -> int | None:
-    """A pidfd for the peer: SO_PEERPIDFD where the kernel has it, else pidfd_open(pid).
-
-    Raises ProcessLookupError if the peer is already gone; None where no pidfd can be had (pid 0
-    for a peer in another pid namespace, pidfds unsupported): the lease socket alone then counts.
-    """
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD, 4)
-        return struct.unpack("i", raw)[0]
-    except OSError as err:
-        if err.errno == errno.ESRCH:
-            raise ProcessLookupError(pid) from err
-    if pid <= 0:
-        return None
-    try:
-        return os.pidfd_open(pid)
-    except ProcessLookupError:
-        raise
-    except (OSError, AttributeError) as err:
-        logger.debug("no pidfd for pid %d (%s); the lease socket alone tracks it", pid, err)
-        return None

@@ -171,7 +171,13 @@ class LeaseReaders:
         self._on_closed = on_closed
 
     def leave(self, reason: str) -> None:
-        """A reader exits on EOF or error; the last one closes the dup and reports, once."""
+        """A reader exits on EOF or error; the last one closes the dup and reports, once.
+
+        The socket is shut down for reading first: an empty datagram also reads as EOF but is
+        not sticky, and the other parked readers must see the end too.
+        """
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RD)
         with self.lock:
             self.readers -= 1
             self.parked -= 1

@@ -30,7 +30,7 @@ import pytest
 from dualblade import errors as client_errors
 from dualblade._handshake import open_session
 from dualbladed.errors import FailedPrecondition, PermissionDenied, Unauthenticated
-from dualbladed.sessions import handshake as handshake_mod
+from dualbladed.sessions import peer as peer_mod
 from dualbladed.sessions.arena import Arena
 from dualbladed.sessions.handshake import HandshakeServer
 from dualbladed.sessions.hello import parse_hello
@@ -263,10 +263,12 @@ def test_frames_reach_on_request_and_replies_come_back(tmp_path: Path) -> None:
         harness.server.stop()
 
 
-def test_frames_in_flight_run_concurrently_and_idle_readers_retire() -> None:
+@pytest.mark.parametrize("ending", ["close", "empty datagram"])
+def test_frames_in_flight_run_concurrently_and_idle_readers_retire(ending: str) -> None:
     """Standing readers (FrameWorkers on a socketpair): four frames in flight on one lease run at
     once (each handler waits for the other three), afterwards the lease is back to at most two
-    parked readers, and EOF makes the last reader report the close exactly once."""
+    parked readers, and EOF (a close, or an empty datagram) makes every reader leave and the last
+    one report the close exactly once."""
     inflight = 4
     barrier = threading.Barrier(inflight, timeout=5.0)
 
@@ -290,14 +292,19 @@ def test_frames_in_flight_run_concurrently_and_idle_readers_retire() -> None:
         while lease.readers > 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert 1 <= lease.readers <= 2 and lease.parked == lease.readers
-        client.close()
+        if ending == "close":
+            client.close()
+        else:
+            client.send(b"")
         deadline = time.monotonic() + 2.0
         while not closed and time.monotonic() < deadline:
             time.sleep(0.01)
+        time.sleep(0.05)  # a second report would come now
         assert closed == ["lease socket closed"] and lease.readers == 0
     finally:
         workers.close()
         server.close()
+        client.close()
 
 
 # ---- refusals ----------------------------------------------------------------------------------
@@ -571,7 +578,7 @@ def test_pidfd_open_fallback_without_so_peerpidfd(
     hs: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Kernels before 6.5 answer ENOPROTOOPT to SO_PEERPIDFD; pidfd_open(pid) takes over."""
-    monkeypatch.setattr(handshake_mod, "SO_PEERPIDFD", 0x7FFF)  # an option no kernel knows
+    monkeypatch.setattr(peer_mod, "SO_PEERPIDFD", 0x7FFF)  # an option no kernel knows
     with open_session(hs.path, "old-kernel") as r:
         session = hs.registry.authenticate(r.token)
         assert session.pidfd is not None
