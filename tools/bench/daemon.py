@@ -29,10 +29,11 @@ weather and the medians drop the outliers. Objects are ephemeral on both sides (
 per op), as KV blocks of a running session are.
 
 In flight (``--inflight``, default 1 and 2). With one call in flight every call pays the round
-trip (empty Batch p50 on this 2-vCPU VM: ~0.13 ms on the lease, ~0.5 ms over gRPC) plus the
-per-op service work on top of the I/O, so at 4 MiB (~1.5-3 ms of I/O) one synchronous caller
-stays below 0.9 of the in-process rate. An inference client keeps layers in flight (the layer pipeline prefetches
-``depth`` layers), so depth 2 is measured too, with the same number of concurrent callers on the
+trip (empty Batch p50 on this 2-vCPU VM: ~0.05 ms on the lease, ~0.5 ms over gRPC) plus the
+per-op service work, ~0.2 ms per call in all (docs/benchmarks.md has the breakdown), so a 4 MiB
+put (~1.3 ms of I/O here) by one synchronous caller stays just below 0.9 of the in-process rate.
+An inference client keeps layers in flight (the layer pipeline prefetches ``depth`` layers), so
+depth 2 is measured too, with the same number of concurrent callers on the
 in-process side, each on its own slice of the arena and its own share of the keys.
 
 Puts name the direct path explicitly on both sides: the daemon's arbiter could otherwise place
@@ -183,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
             namespace_bytes=args.namespace_size,
             seconds=args.seconds,
             repeat=args.repeat,
-            reference="in-process ObjectStore over DirectPath with the daemon's IOConfig",
+            reference="in-process ObjectStore over DirectPath with the daemon's IOConfig, "
+            "doing its I/O from the headline client's arena pages",
         )
         report.progress(f"wrote {args.json}")
     return 0
