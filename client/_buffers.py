@@ -40,16 +40,27 @@ def copy_into(dst: memoryview, src: Any) -> int:
     return n
 
 
-def copy_out(dst: Any, src: memoryview) -> None:
-    """Copy ``src`` bytes into ``dst`` (writable bytes-like or tensor of the same byte size)."""
+def copy_out(dst: Any, src: memoryview) -> Any:
+    """Copy ``src`` bytes into the start of ``dst`` (writable bytes-like or contiguous tensor).
+
+    Returns None when the copy is complete, or, for a CUDA ``dst``, a ``torch.cuda.Event``
+    recorded after the copy: from a pinned arena the copy is asynchronous, so ``src`` must not be
+    reused before the event has completed (the caller synchronizes before freeing the slot).
+    """
     if is_tensor(dst):
         import torch
 
-        data = torch.frombuffer(src, dtype=torch.uint8, count=src.nbytes)
-        target = dst.view(-1).view(torch.uint8) if dst.is_contiguous() else None
-        if target is None:
+        if not dst.is_contiguous():
             raise ValueError("get_into needs a contiguous tensor")
-        target.copy_(data, non_blocking=dst.device.type == "cuda")
-        return
+        data = torch.frombuffer(src, dtype=torch.uint8, count=src.nbytes)
+        target = dst.view(-1).view(torch.uint8)[: src.nbytes]
+        if dst.device.type != "cuda":
+            target.copy_(data)
+            return None
+        target.copy_(data, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(dst.device))
+        return done
     out = memoryview(dst).cast("B")
     out[: src.nbytes] = src
+    return None

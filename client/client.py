@@ -238,32 +238,50 @@ class Client:
         return out
 
     def get_many(self, keys: Sequence[bytes | str]) -> list[bytes]:
+        """The objects' bytes. Buffers are sized from this client's size cache (filled by its own
+        puts and stats); another session of the tenant may have replaced an object since, so a
+        shorter object is cut to the size the daemon reports, and a longer one (the daemon refuses
+        the small buffer) sends the sizes to be asked again, once."""
         bkeys = [_key(k) for k in keys]
-        sizes = [self._size_of(k) for k in bkeys]
-        bufs = [bytearray(n) for n in sizes]
-        self.get_many_into(list(zip(bkeys, bufs)))
-        return [bytes(b) for b in bufs]
+        for attempt in (1, 2):
+            bufs = [bytearray(self._size_of(k)) for k in bkeys]
+            try:
+                got = self.get_many_into(list(zip(bkeys, bufs)))
+            except errors.InvalidArgument:
+                if attempt == 2:
+                    raise
+                self._forget_sizes(bkeys)
+                continue
+            return [bytes(memoryview(b)[:n]) for b, n in zip(bufs, got)]
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def get_many_into(self, items: Sequence[tuple[bytes | str, Any]]) -> list[int]:
         """Read many objects into caller buffers or tensors; returns the sizes read."""
         sizes: list[int] = []
         for chunk in self._chunks([(_key(k), v) for k, v in items]):
-            ops, staged = [], []
+            ops, staged, pending = [], [], []
             try:
                 for key, dst, n, offset in chunk:
                     slot, owned = self._stage_in(n, offset)
                     staged.append((slot, owned, dst))
                     ops.append(pb.Op(get=pb.GetOp(key=key, arena_offset=slot.offset, length=n)))
                 results = self._batch(ops)
+                with self._sizes_lock:
+                    for (key, *_), r in zip(chunk, results):
+                        self._sizes[key] = r.size
                 for (slot, owned, dst), r in zip(staged, results):
                     if owned:
                         view = self.arena.view(slot)
                         try:
-                            _buffers.copy_out(dst, view[: r.size])
+                            copying = _buffers.copy_out(dst, view[: r.size])
                         finally:
                             view.release()
+                        if copying is not None:
+                            pending.append(copying)
                     sizes.append(r.size)
             finally:
+                for copying in pending:  # a GPU copy may still read the slot: let it finish
+                    copying.synchronize()
                 for slot, owned, _ in staged:
                     if owned:
                         self.arena.free(slot)
@@ -393,6 +411,11 @@ class Client:
         if offset is not None:
             return Slot(offset, n), False
         return self.arena.alloc(max(n, 1)), True
+
+    def _forget_sizes(self, keys: Iterable[bytes]) -> None:
+        with self._sizes_lock:
+            for key in keys:
+                self._sizes.pop(key, None)
 
     def _size_of(self, key: bytes) -> int:
         with self._sizes_lock:

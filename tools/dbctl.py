@@ -1,7 +1,8 @@
 """``dbctl``: the admin CLI for dualbladed.
 
 Online commands talk to the daemon's Admin service over its Unix socket (root or the admin group
-only): ``status``, ``tenants``, ``extents [--tenant T]``, ``residency``. Offline commands need no
+only): ``status``, ``tenants``, ``extents [--tenant T]``, ``residency``, ``health`` (exit 1 while
+the daemon reports a problem, for probes). Offline commands need no
 daemon: ``devices`` (discovery with safety verdicts) and ``fsck`` (checks a stopped daemon's
 state directory and namespace; non-zero exit on any problem).
 
@@ -302,6 +303,23 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return _emit(args, data, render)
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 while the daemon serves without problems, 1 when it reports any (for probes)."""
+    from dualblade.v1 import dualblade_pb2 as pb
+
+    with _client(args) as c:
+        reply = c.admin_call("Health", pb.HealthRequest())
+    data = {"serving": reply.serving, "problems": list(reply.problems)}
+
+    def render(d: dict[str, Any]) -> None:
+        print("serving" if d["serving"] else "NOT serving")
+        for problem in d["problems"]:
+            print(f"  problem: {problem}")
+
+    _emit(args, data, render)
+    return 0 if reply.serving else 1
+
+
 def cmd_fsck(args: argparse.Namespace) -> int:
     from dualbladed.fsck import fsck
 
@@ -330,12 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "devices", help="NVMe namespaces and loop devices with safety verdicts"
     ).set_defaults(fn=cmd_devices)
+    sub.add_parser("health", help="serving or not, with the problems (exit 1 on any)").set_defaults(
+        fn=cmd_health
+    )
     fk = sub.add_parser("fsck", help="offline consistency check of a stopped daemon's state")
     fk.add_argument("--state-dir", required=True)
     fk.add_argument("--namespace", required=True)
     fk.add_argument("--no-data", action="store_true", help="skip reading data to verify checksums")
     fk.set_defaults(fn=cmd_fsck)
-    for name in ("status", "tenants", "extents", "residency", "devices", "fsck"):
+    for name in ("status", "tenants", "extents", "residency", "devices", "health", "fsck"):
         sub.choices[name].add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
         )

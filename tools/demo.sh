@@ -7,7 +7,7 @@
 # requirements-dev.txt: the pinned CPU torch and transformers, and the project in editable mode),
 # then runs tools/demo.py: a dualbladed on a file namespace in a temp dir, a KV block round trip
 # and restore across a daemon restart, and greedy generation with DualBladeCache on that daemon.
-# PYTHON picks the interpreter that creates the venv (default: python3, which must be >= 3.11).
+# PYTHON picks the interpreter that creates the venv (default: python3, which must be >= 3.10).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

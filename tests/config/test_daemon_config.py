@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -113,8 +114,22 @@ def test_relative_paths(as_user: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.state_dir == str(as_user.parent / "rel")
 
 
-def test_example_config_loads(as_user: Path) -> None:
+def test_example_config_works_as_installed(as_user: Path) -> None:
+    """Installed unchanged, the example only restates defaults: nothing machine-specific is on."""
     cfg = load_config_file(str(REPO / "systemd" / "dualbladed.toml"))
+    assert cfg.namespace.path == "/var/lib/dualblade/namespace.img"  # under state_dir
+    assert cfg.metrics.prometheus_address is None
+    assert cfg.residency.pagecache_max_bytes is None
+    assert cfg.quotas.quota_for(1000, "scratch") == 0 and not cfg.residency.weights
+
+
+def test_example_config_examples_load(as_user: Path, tmp_path: Path) -> None:
+    """Every commented-out "#key = value" line is valid once enabled."""
+    text = (REPO / "systemd" / "dualbladed.toml").read_text()
+    enabled = re.sub(r"(?m)^#(?=\S+ = )", "", text)
+    path = tmp_path / "enabled.toml"
+    path.write_text(enabled)
+    cfg = load_config_file(str(path))
     assert cfg.namespace.path.startswith("/dev/disk/by-id/")
     assert cfg.quotas.quota_for(1000, "scratch") == 16 * GiB
     assert cfg.residency.weights["llama-70b"] == 2.0

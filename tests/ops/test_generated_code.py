@@ -17,7 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the package depends on tomli there
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATED = REPO / "client" / "v1"

@@ -73,7 +73,12 @@ def test_unit_contract() -> None:
     assert keys["RuntimeDirectory"] == keys["StateDirectory"] == "dualblade"
     assert keys["UMask"] == "0007" and keys["DevicePolicy"] == "closed"
     devices = [line.split("=", 1)[1] for line in settings if line.startswith("DeviceAllow=")]
-    assert devices == ["block-blkext rw", "block-loop rw"]
+    assert devices == [
+        "block-blkext rw",
+        "block-sd rw",
+        "block-virtblk rw",
+        "block-loop rw",
+    ]
 
 
 @pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers absent")

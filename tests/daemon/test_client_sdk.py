@@ -1,0 +1,156 @@
+"""SDK behaviours that need more than one call to show: size caching across sessions, the
+``durable`` flag on the wire, CUDA pinning and async device copies.
+
+The daemon is real (``DaemonProcess``). Where a GPU would be needed, ``torch.cuda`` is replaced by a
+recording fake: this machine has no GPU, and what is tested is the SDK's side of the contract
+(which CUDA calls it makes, and in which order), not CUDA itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from dualblade import Client, _buffers, errors
+from dualblade._leaseplane import LeasePlane
+from dualblade.cuda import HOST_REGISTER_DEFAULT
+from dualblade.v1 import dualblade_pb2 as pb
+from dualblade_tools.daemonproc import DaemonProcess
+
+TENANT = "sdk"
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    with DaemonProcess(tmp_path_factory.mktemp("sdk") / "d") as d:
+        yield d
+
+
+def _connect(daemon: DaemonProcess) -> Client:
+    return Client.connect(daemon.socket, tenant=TENANT, arena_bytes=8 << 20)
+
+
+def test_get_follows_objects_replaced_by_another_session(daemon: DaemonProcess) -> None:
+    """``get`` sizes its buffer from the client's cache; another session of the same tenant may
+    shrink, grow or re-create the object in between, and ``get`` must still return its bytes."""
+    with _connect(daemon) as a, _connect(daemon) as b:
+        a.put(b"shared", b"a" * 5000, persistent=True)
+        assert a.get(b"shared") == b"a" * 5000
+        b.put(b"shared", b"s" * 100, persistent=True)  # shrinks
+        assert a.get(b"shared") == b"s" * 100
+        b.put(b"shared", b"g" * 20000, persistent=True)  # grows past a's cached size
+        assert a.get(b"shared") == b"g" * 20000
+        b.delete(b"shared")
+        b.put(b"shared", b"r" * 10, persistent=True)
+        assert a.get_many([b"shared", b"shared"]) == [b"r" * 10, b"r" * 10]
+        b.delete(b"shared")
+        with pytest.raises(errors.NotFound):
+            a.get(b"shared")
+
+
+def test_durable_and_persistent_reach_the_wire(
+    daemon: DaemonProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flags of ``put`` are what the daemon's executor sees (the store-level power-failure
+    sweep covers what ``durable`` then does)."""
+    sent: list[pb.BatchRequest] = []
+    real_call = LeasePlane.call
+
+    def spy(self: LeasePlane, request: bytes) -> bytes:
+        sent.append(pb.BatchRequest.FromString(request))
+        return real_call(self, request)
+
+    monkeypatch.setattr(LeasePlane, "call", spy)
+    with _connect(daemon) as kv:
+        kv.put(b"flags/durable", b"x" * 4096, persistent=True, durable=True)
+        kv.put(b"flags/plain", b"y" * 4096)
+        kv.put_many([(b"flags/m1", b"1"), (b"flags/m2", b"2")], durable=True, persistent=True)
+        assert kv.stat(b"flags/durable").persistent and not kv.stat(b"flags/plain").persistent
+    puts = [op.put for req in sent for op in req.ops if op.WhichOneof("op") == "put"]
+    flags = {p.key: (p.persistent, p.durable) for p in puts}
+    assert flags == {
+        b"flags/durable": (True, True),
+        b"flags/plain": (False, False),
+        b"flags/m1": (True, True),
+        b"flags/m2": (True, True),
+    }
+
+
+class _FakeCudart:
+    """Records cudaHostRegister/Unregister; ``fail`` makes register return an error code."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls: list[tuple[Any, ...]] = []
+
+    def cudaHostRegister(self, address: int, size: int, flags: int) -> int:  # noqa: N802
+        self.calls.append(("register", address, size, flags))
+        return 1 if self.fail else 0
+
+    def cudaHostUnregister(self, address: int) -> int:  # noqa: N802
+        self.calls.append(("unregister", address))
+        return 0
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["pinned", "register-fails"])
+def test_arena_is_pinned_with_cuda_host_register(
+    daemon: DaemonProcess, monkeypatch: pytest.MonkeyPatch, fail: bool
+) -> None:
+    """On a CUDA build the whole arena mapping is page-locked at connect and unlocked at close;
+    a failed registration leaves a working client with pageable copies (and nothing to undo)."""
+    cudart = _FakeCudart(fail)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: cudart)
+    with _connect(daemon) as kv:
+        address, size = kv.arena.address, kv.arena.size
+        assert cudart.calls == [("register", address, size, HOST_REGISTER_DEFAULT)]
+        kv.put(b"pin/x", b"z" * 8192)
+        assert kv.get(b"pin/x") == b"z" * 8192
+    expected_close = [] if fail else [("unregister", address)]
+    assert cudart.calls[1:] == expected_close
+
+
+def test_async_device_copies_finish_before_their_arena_slot_is_reused(
+    daemon: DaemonProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``get_into`` a CUDA tensor copies from a staging slot of the pinned arena asynchronously;
+    the slot may be freed (and handed to the next call) only after that copy has completed."""
+    events: list[str] = []
+
+    class _Copy:
+        def synchronize(self) -> None:
+            events.append("synchronize")
+
+    real_copy_out = _buffers.copy_out
+
+    def copy_out(dst: Any, src: memoryview) -> Any:
+        real_copy_out(dst, src)
+        events.append("copy")
+        return _Copy()  # what a CUDA destination returns: an event still in flight
+
+    monkeypatch.setattr(_buffers, "copy_out", copy_out)
+    with _connect(daemon) as kv:
+        real_free = kv.arena.free
+
+        def free(slot: Any) -> None:
+            events.append("free")
+            real_free(slot)
+
+        monkeypatch.setattr(kv.arena, "free", free)
+        kv.put(b"dev/a", bytes(range(256)) * 32)
+        events.clear()  # the put staged (and freed) a slot of its own
+        out = torch.zeros(8192, dtype=torch.uint8)  # not an arena tensor: staged through a slot
+        assert kv.get_into(b"dev/a", out) == 8192
+        assert bytes(out.numpy()) == bytes(range(256)) * 32
+    assert events == ["copy", "synchronize", "free"]
+
+
+def test_get_into_a_larger_tensor_fills_only_the_object(daemon: DaemonProcess) -> None:
+    with _connect(daemon) as kv:
+        kv.put(b"short", b"\x07" * 4096)
+        out = torch.full((3 * 4096,), 0xAA, dtype=torch.uint8)
+        assert kv.get_into(b"short", out) == 4096
+        assert bytes(out[:4096].numpy()) == b"\x07" * 4096
+        assert bytes(out[4096:].numpy()) == b"\xaa" * (2 * 4096)
