@@ -219,6 +219,11 @@ def test_json_logs_bind_session_and_never_carry_payload(
         assert c.get(b"logged-key") == payload
         with pytest.raises(Exception, match="not found"):
             c.stat(b"no-such-key")  # a rejected call: logged with its context
+        # A Batch rejected on the lease data plane (too many ops) is logged the same way.
+        too_many = pb.BatchRequest(ops=[pb.Op(delete=pb.DeleteOp(key=b"k"))] * 5000)
+        assert c._lease is not None, "the lease data plane is the default transport"
+        with pytest.raises(errors.InvalidArgument, match="5000 ops"):
+            c._lease.call(too_many.SerializeToString())
         session_id = c.session_id
     text = daemon.log_path.read_text()
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -228,6 +233,10 @@ def test_json_logs_bind_session_and_never_carry_payload(
     assert all(e["session"] == session_id for e in per_call)
     assert all(e["tenant"] == f"{os.getuid()}/logtest" for e in per_call)
     assert all("no-such-key" in e["event"] for e in per_call)
+    batch = [e for e in lines if e.get("rpc") == "Batch" and "5000 ops" in e["event"]]
+    assert len(batch) == 1, "no log line for the rejected lease Batch"
+    assert batch[0]["transport"] == "lease" and batch[0]["session"] == session_id
+    assert batch[0]["tenant"] == f"{os.getuid()}/logtest"
     for needle in (marker, marker.hex().encode(), marker.decode().lower().encode()):
         assert needle not in text.encode(), "payload bytes reached the daemon log"
 
