@@ -30,7 +30,8 @@ concurrency grows (the old design passed the reader role to a fresh pool task on
 workers``, so parked readers can never starve the runners.
 
 Each reader receives into its own buffer of ``max_frame_bytes`` (an anonymous mmap: only the
-pages a frame touches become resident) with ``MSG_TRUNC``, so one ``recv`` both takes the frame
+pages a frame touches become resident, and those above 64 KiB are handed back with
+``MADV_DONTNEED`` after the frame is copied out) with ``MSG_TRUNC``, so one ``recv`` both takes the frame
 and learns its true length: an oversize frame is consumed and refused without a second read, and
 there is no peek-then-read window in which two readers could see the same frame's size.
 
@@ -84,6 +85,9 @@ INTERNAL = 13
 #: Room for the kernel's per-datagram overhead on top of the largest frame.
 _BUFFER_SLACK = 64 << 10
 _SEND_PATIENCE_S = 5.0
+#: A reader's receive buffer keeps at most this much resident between frames (Batch frames are
+#: usually a few KiB; a client sending 4 MiB frames must not pin 4 MiB per parked reader).
+_RESIDENT_BUFFER_BYTES = 64 << 10
 
 #: ``(session, request frame) -> reply frame``; runs on a worker thread, must not raise.
 RequestHandler = Callable[[Session, bytes], bytes]
@@ -281,8 +285,12 @@ class FrameWorkers:
         if length == 0:
             return None
         if length > self.max_frame_bytes:
-            return _Oversize(REQUEST_HEADER.unpack_from(buffer)[0])
-        return buffer[:length]
+            frame: bytes | _Oversize = _Oversize(REQUEST_HEADER.unpack_from(buffer)[0])
+        else:
+            frame = buffer[:length]
+        if length > _RESIDENT_BUFFER_BYTES:  # give the pages a big frame touched back
+            buffer.madvise(mmap.MADV_DONTNEED, 0, min(length, self.max_frame_bytes))
+        return frame
 
     def _reply(self, session: Session, frame: bytes | _Oversize) -> bytes:
         if isinstance(frame, _Oversize):
