@@ -276,7 +276,9 @@ def _open_relocate_store(root: Path) -> object:
     ns = FileNamespace(root / "ns.img", RELOCATE_NS_BYTES)
     paths = {
         DIRECT: DirectPath(ns),
-        PAGECACHE: PageCachePath(root / "state" / "pagecache", slab_bytes=16 << 20, max_bytes=RELOCATE_NS_BYTES),
+        PAGECACHE: PageCachePath(
+            root / "state" / "pagecache", slab_bytes=16 << 20, max_bytes=RELOCATE_NS_BYTES
+        ),
     }
     store = ObjectStore.open(ns, root / "state", paths=paths, access_flush_interval=0)
     store.namespace_handle = ns  # closed by the caller
