@@ -228,9 +228,7 @@ class Client:
             finally:
                 for slot in slots:
                     self.arena.free(slot)
-            with self._sizes_lock:
-                for (key, *_), r in zip(chunk, results):
-                    self._sizes[key] = r.size
+            self._remember_sizes(chunk, results)
             out.extend(
                 ObjectInfo(key, r.size, _PATH_NAMES[r.path], r.generation, persistent)
                 for (key, *_), r in zip(chunk, results)
@@ -243,17 +241,16 @@ class Client:
         shorter object is cut to the size the daemon reports, and a longer one (the daemon refuses
         the small buffer) sends the sizes to be asked again, once."""
         bkeys = [_key(k) for k in keys]
-        for attempt in (1, 2):
-            bufs = [bytearray(self._size_of(k)) for k in bkeys]
-            try:
-                got = self.get_many_into(list(zip(bkeys, bufs)))
-            except errors.InvalidArgument:
-                if attempt == 2:
-                    raise
-                self._forget_sizes(bkeys)
-                continue
-            return [bytes(memoryview(b)[:n]) for b, n in zip(bufs, got)]
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return self._get_sized(bkeys)
+        except errors.InvalidArgument:
+            self._forget_sizes(bkeys)
+            return self._get_sized(bkeys)
+
+    def _get_sized(self, keys: list[bytes]) -> list[bytes]:
+        bufs = [bytearray(self._size_of(k)) for k in keys]
+        got = self.get_many_into(list(zip(keys, bufs)))
+        return [bytes(memoryview(b)[:n]) for b, n in zip(bufs, got)]
 
     def get_many_into(self, items: Sequence[tuple[bytes | str, Any]]) -> list[int]:
         """Read many objects into caller buffers or tensors; returns the sizes read."""
@@ -266,9 +263,7 @@ class Client:
                     staged.append((slot, owned, dst))
                     ops.append(pb.Op(get=pb.GetOp(key=key, arena_offset=slot.offset, length=n)))
                 results = self._batch(ops)
-                with self._sizes_lock:
-                    for (key, *_), r in zip(chunk, results):
-                        self._sizes[key] = r.size
+                self._remember_sizes(chunk, results)
                 for (slot, owned, dst), r in zip(staged, results):
                     if owned:
                         view = self.arena.view(slot)
@@ -292,9 +287,7 @@ class Client:
         for i in range(0, len(bkeys), self._max_ops):
             part = bkeys[i : i + self._max_ops]
             self._batch([pb.Op(delete=pb.DeleteOp(key=k)) for k in part])
-            with self._sizes_lock:
-                for k in part:
-                    self._sizes.pop(k, None)
+            self._forget_sizes(part)
 
     def contains_many(self, keys: Sequence[bytes | str]) -> list[bool]:
         """Which keys exist, in a few List calls rather than one Stat per key.
@@ -411,6 +404,11 @@ class Client:
         if offset is not None:
             return Slot(offset, n), False
         return self.arena.alloc(max(n, 1)), True
+
+    def _remember_sizes(self, chunk: list[_Item], results: list[pb.OpResult]) -> None:
+        with self._sizes_lock:
+            for (key, *_), r in zip(chunk, results):
+                self._sizes[key] = r.size
 
     def _forget_sizes(self, keys: Iterable[bytes]) -> None:
         with self._sizes_lock:

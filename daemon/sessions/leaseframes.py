@@ -31,8 +31,8 @@ workers``, so parked readers can never starve the runners.
 
 Each reader receives into its own buffer of ``max_frame_bytes`` (an anonymous mmap: only the
 pages a frame touches become resident, and those above 64 KiB are handed back with
-``MADV_DONTNEED`` after the frame is copied out) with ``MSG_TRUNC``, so one ``recv`` both takes the frame
-and learns its true length: an oversize frame is consumed and refused without a second read, and
+``MADV_DONTNEED`` after the frame is copied out) with ``MSG_TRUNC``, so one ``recv`` both takes
+the frame and learns its true length: an oversize frame is consumed and refused without a second read, and
 there is no peek-then-read window in which two readers could see the same frame's size.
 
 Fd ownership: the handshake thread owns the lease socket and closes it; the readers share a dup.
@@ -174,6 +174,34 @@ class LeaseReaders:
         self.parked = 0  # of those, the ones in (or on their way to) recv
         self._on_closed = on_closed
 
+    def took_frame(self) -> bool:
+        """A parked reader took a frame; True if it was the last one parked, so the caller must
+        start another reader (already counted here) before it runs the frame."""
+        with self.lock:
+            self.parked -= 1
+            grow = self.parked == 0
+            if grow:
+                self.readers += 1
+                self.parked += 1
+        return grow
+
+    def not_started(self) -> None:
+        """The reader counted by :meth:`took_frame` could not be started."""
+        with self.lock:
+            self.readers -= 1
+            self.parked -= 1
+
+    def frame_done(self) -> bool:
+        """A reader sent its reply; True if it should retire (two others are parked), else it
+        is counted as parked again."""
+        with self.lock:
+            retire = self.parked >= 2
+            if retire:
+                self.readers -= 1
+            else:
+                self.parked += 1
+        return retire
+
     def leave(self, reason: str) -> None:
         """A reader exits on EOF or error; the last one closes the dup and reports, once.
 
@@ -253,27 +281,13 @@ class FrameWorkers:
                 if frame is None:
                     lease.leave("lease socket closed")
                     return
-                with lease.lock:
-                    lease.parked -= 1
-                    grow = lease.parked == 0
-                    if grow:
-                        lease.readers += 1
-                        lease.parked += 1
-                if grow:
+                if lease.took_frame():
                     try:
                         self._pool.submit(self._read, lease)
                     except RuntimeError:  # the pool is stopping: no new readers
-                        with lease.lock:
-                            lease.readers -= 1
-                            lease.parked -= 1
+                        lease.not_started()
                 lease.writer.send(self._reply(lease.session, frame))
-                with lease.lock:
-                    retire = lease.parked >= 2
-                    if retire:
-                        lease.readers -= 1
-                    else:
-                        lease.parked += 1
-                if retire:
+                if lease.frame_done():
                     return
 
     def _receive(self, sock: socket.socket, buffer: mmap.mmap) -> bytes | _Oversize | None:
