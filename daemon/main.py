@@ -22,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(config.log_format, config.log_level)
     daemon = Daemon(config)
+    daemon.trap_signals()
     try:
         daemon.start()
     except DualbladeError as err:

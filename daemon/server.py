@@ -104,6 +104,7 @@ class Daemon:
         self.config = config
         self._stack = contextlib.ExitStack()
         self._stopped = threading.Event()
+        self._stop_requested = threading.Event()  # set by a trapped signal
         self.store: ObjectStore | None = None
         self.registry: SessionRegistry | None = None
         self.arbiter: ResidencyArbiter | None = None
@@ -307,16 +308,23 @@ class Daemon:
         self._stack.close()
         logger.info("dualbladed stopped cleanly")
 
-    def serve_forever(self) -> None:
-        done = threading.Event()
+    def trap_signals(self) -> None:
+        """Make SIGTERM/SIGINT request a clean stop. Call before :meth:`start`: READY=1 goes out
+        inside it, and a SIGTERM that follows at once must drain, not kill the process."""
 
         def on_signal(signum: int, _frame: object) -> None:
             logger.info("signal %s received", signal.Signals(signum).name)
-            done.set()
+            self._stop_requested.set()
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+
+    def serve_forever(self) -> None:
+        """Serve until a trapped signal arrives (traps them now if :meth:`trap_signals` was not
+        called), then stop."""
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self.trap_signals()
         try:
-            done.wait()
+            self._stop_requested.wait()
         finally:
             self.stop()
