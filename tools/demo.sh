@@ -5,7 +5,7 @@
 #
 # Creates ./.venv with the project installed if it is missing or incomplete (pip install -r
 # requirements-dev.txt: the pinned CPU torch and transformers, and the project in editable mode),
-# then runs tools/demo.py: a dualbladed on a file namespace in a temp dir, a KV block round trip
+# then runs tools/dualblade_tools/demo.py: a dualbladed on a file namespace in a temp dir, a KV block round trip
 # and restore across a daemon restart, and greedy generation with DualBladeCache on that daemon.
 # PYTHON picks the interpreter that creates the venv (default: python3, which must be >= 3.10).
 set -euo pipefail
@@ -24,4 +24,4 @@ if ! "$py" -c 'import dualblade, dualbladed, dualblade_tools, torch, transformer
     "$py" -m pip install --quiet --upgrade pip
     "$py" -m pip install --quiet -r requirements-dev.txt
 fi
-exec "$py" "$repo/tools/demo.py" "$@"
+exec "$py" "$repo/tools/dualblade_tools/demo.py" "$@"

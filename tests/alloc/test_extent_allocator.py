@@ -10,6 +10,7 @@ import random
 from collections.abc import Callable
 
 import pytest
+
 from dualbladed.alloc.abstract import Allocator, Extent
 from dualbladed.alloc.extent import ExtentAllocator
 from dualbladed.errors import InvalidArgument, OutOfSpace

@@ -7,9 +7,6 @@ allocator's sorted containers.
 
 from __future__ import annotations
 
-from dualbladed.alloc.abstract import Extent
-from dualbladed.alloc.extent import ExtentAllocator
-from dualbladed.errors import InvalidArgument, OutOfSpace
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -19,6 +16,10 @@ from hypothesis.stateful import (
     invariant,
     rule,
 )
+
+from dualbladed.alloc.abstract import Extent
+from dualbladed.alloc.extent import ExtentAllocator
+from dualbladed.errors import InvalidArgument, OutOfSpace
 
 ALIGN = 512
 BLOCKS = 64

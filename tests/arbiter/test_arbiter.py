@@ -17,15 +17,16 @@ from pathlib import Path
 
 import pytest
 import xxhash
+
 from dualbladed.arbiter.arbiter import ResidencyArbiter
 from dualbladed.arbiter.policy import PolicyConfig, ResidencyPolicy
 from dualbladed.arbiter.signals import MemorySignals
 from dualbladed.errors import DeviceIOError
 from dualbladed.namespace.file import FileNamespace
-from dualbladed.objects import ObjectStore
 from dualbladed.paths.abstract import DIRECT, PAGECACHE
 from dualbladed.paths.direct import DirectPath
 from dualbladed.paths.pagecache import PageCachePath
+from dualbladed.store import ObjectStore
 
 KiB = 1 << 10
 MiB = 1 << 20

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import xxhash
+
 from dualblade import Client
 from dualblade_tools.daemonproc import DaemonProcess
 

@@ -7,6 +7,7 @@ import random
 from collections import defaultdict
 
 import pytest
+
 from dualbladed.arbiter.policy import (
     Budget,
     Migration,

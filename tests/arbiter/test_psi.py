@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from dualbladed.arbiter.psi import POLL, TRIGGER, PressureEvent, PsiWatcher
 from dualbladed.errors import InvalidArgument
 from dualbladed.server import PSI_STALL_US, PSI_WINDOW_US

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import psutil
+
 from dualbladed.arbiter.signals import MemorySignals, SignalReader, parse_psi
 
 GiB = 1 << 30

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from dualbladed.config import (
     DEFAULT_NAMESPACE_BYTES,
     DaemonConfig,

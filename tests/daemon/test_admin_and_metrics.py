@@ -25,12 +25,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from dualblade import Client, errors
 from dualblade.v1 import dualblade_pb2 as pb
 from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
 from dualblade_tools.daemonproc import DaemonProcess
 from dualbladed.server import GRACE_S
-from prometheus_client.parser import text_string_to_metric_families
 
 NOBODY = 65534
 

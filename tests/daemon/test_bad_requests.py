@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from dualblade._handshake import HandshakeResult, open_session
 from dualblade.arena import ClientArena
 from dualblade.v1 import dualblade_pb2 as pb

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from dualblade import Client, _buffers, errors
 from dualblade._leaseplane import LeasePlane
 from dualblade.cuda import HOST_REGISTER_DEFAULT

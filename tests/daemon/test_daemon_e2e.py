@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from dualblade import Client, errors
 from dualblade_tools.daemonproc import DaemonProcess
 

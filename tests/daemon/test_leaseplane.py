@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from dualblade import Client, errors
 from dualblade._handshake import HandshakeResult, open_session
 from dualblade.v1 import dualblade_pb2 as pb

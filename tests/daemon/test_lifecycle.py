@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from dualblade import Client, errors
 from dualblade.client import DATAPLANE_ENV
 from dualblade_tools.daemonproc import DaemonProcess

@@ -20,6 +20,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from dualblade import Client
 from dualblade_tools.daemonproc import DaemonProcess
 

@@ -18,12 +18,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from transformers import DynamicCache  # noqa: E402
+
 from dualblade import Client  # noqa: E402
 from dualblade.integrations import transformers as dbt  # noqa: E402
 from dualblade.v1 import dualblade_pb2 as pb  # noqa: E402
 from dualblade_tools.daemonproc import DaemonProcess  # noqa: E402
 from dualblade_tools.tinymodels import tiny_model  # noqa: E402
-from transformers import DynamicCache  # noqa: E402
 
 NEW = 6
 PROMPT = 21

@@ -16,10 +16,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from transformers import DynamicCache, LlamaConfig  # noqa: E402
+
 from dualblade.integrations import transformers as dbt  # noqa: E402
 from dualblade.pipeline import InMemoryBackend  # noqa: E402
 from dualblade_tools.tinymodels import TEST_SHAPE, tiny_model  # noqa: E402
-from transformers import DynamicCache, LlamaConfig  # noqa: E402
 
 NEW = 5
 

@@ -7,6 +7,7 @@ import errno
 import mmap
 
 import pytest
+
 from dualbladed.errors import DeviceIOError, SuperblockError
 from dualbladed.namespace import FileNamespace
 from dualbladed.namespace.abstract import METADATA_AREA

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from dualbladed.errors import DeviceBusy, InvalidArgument
 from dualbladed.namespace import FileNamespace, open_namespace
 from dualbladed.namespace.abstract import METADATA_AREA

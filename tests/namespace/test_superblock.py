@@ -10,6 +10,7 @@ import uuid
 
 import crc32c
 import pytest
+
 from dualbladed.errors import SuperblockError
 from dualbladed.namespace import FileNamespace
 from dualbladed.namespace.abstract import METADATA_AREA

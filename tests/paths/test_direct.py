@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+
 from dualbladed.alloc.abstract import Extent
 from dualbladed.errors import InvalidArgument, OutOfRange, OutOfSpace
 from dualbladed.namespace.abstract import METADATA_AREA, Namespace

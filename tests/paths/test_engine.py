@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+
 from dualbladed.errors import (
     DeviceIOError,
     FailedPrecondition,

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from dualbladed.alloc.abstract import Extent
 from dualbladed.errors import OutOfRange, OutOfSpace
 from dualbladed.paths.pagecache import PageCachePath, slab_name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from dualblade.pipeline.adaptive import AdaptiveConfig, AdaptiveController, Ewma
 
 MIB = 1 << 20

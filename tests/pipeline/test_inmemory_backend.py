@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from dualblade.pipeline.backend import InMemoryBackend, KVBackend, StagingBackend, buffer_nbytes
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import pytest
 import torch
+
 from dualblade.pipeline import AdaptiveConfig, InMemoryBackend
 from dualblade.pipeline.pipeline import LayerPipeline, LayerRead, Segment
 from dualblade.pipeline.staging import StagingPool

@@ -15,6 +15,7 @@ import time
 
 import grpc
 import pytest
+
 from dualblade import Client, errors
 from dualblade.v1 import dualblade_pb2 as pb
 from dualblade_tools import fuzz

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from dualblade import Client, errors
 from dualblade.v1 import dualblade_pb2 as pb
 from dualblade_tools.daemonproc import DaemonProcess

@@ -16,8 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dualbladed
 import pytest
+
+import dualbladed
 from dualblade_tools.crashloop import BLACKBOX, crashloop, main, schedule
 from dualblade_tools.crashoracle import Counts, Oracle
 from dualbladed.killpoints import ENV_ODDS, ENV_POINT, ENV_SEED, KILL_POINTS, _parse

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from dualblade_tools.daemonproc import DaemonProcess
 
 IMAGE_BYTES = 64 << 20

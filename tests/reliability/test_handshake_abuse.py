@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from dualblade import Client, errors
 from dualblade._handshake import open_session
 from dualblade_tools.daemonproc import DaemonProcess
@@ -251,6 +252,7 @@ def test_garbage_after_the_hello_is_refused_frame_by_frame(daemon: DaemonProcess
 
 def _call_with_token(c: Client, token: str) -> None:
     import grpc
+
     from dualblade.v1 import dualblade_pb2 as pb
 
     try:

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 import xxhash
+
 from dualbladed.namespace.file import FileNamespace
-from dualbladed.objects import ObjectStore
 from dualbladed.paths.direct import DirectPath
 from dualbladed.service.status import ABORTED, OK
 from dualbladed.sessions.arena import Arena
@@ -19,6 +19,7 @@ from dualbladed.sessions.batch import (
     PutRequest,
 )
 from dualbladed.sessions.registry import Session
+from dualbladed.store import ObjectStore
 
 BLOCK = 64 << 10
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+
 from dualblade import errors as client_errors
 from dualblade._handshake import open_session
 from dualbladed.errors import FailedPrecondition, PermissionDenied, Unauthenticated

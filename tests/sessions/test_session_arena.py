@@ -8,6 +8,7 @@ import mmap
 import os
 
 import pytest
+
 from dualbladed.errors import FailedPrecondition, InvalidArgument, Misaligned, OutOfRange
 from dualbladed.sessions import arena as arena_mod
 from dualbladed.sessions.arena import ALIGNMENT, SEALS, Arena

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+
 from dualbladed.errors import InvalidArgument, ResourceExhausted, Unauthenticated
 from dualbladed.sessions.arena import Arena
 from dualbladed.sessions.registry import Session, SessionRegistry

@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import xxhash
+
 from dualbladed.alloc.abstract import Extent
 from dualbladed.namespace.abstract import Namespace
 from dualbladed.namespace.file import FileNamespace
-from dualbladed.objects import ObjectStore
 from dualbladed.paths.abstract import DIRECT, ResidencyPath
 from dualbladed.paths.direct import DirectPath
+from dualbladed.store import ObjectStore
 
 NS_BYTES = 64 << 20
 

@@ -1,11 +1,11 @@
 """fsck catches real damage: every check is shown failing on a store that was really broken.
 
 Each test builds a real namespace (64 MiB file, O_DIRECT) and state dir with the real
-:class:`~dualbladed.objects.ObjectStore` over both residency paths -- the page-cache slabs in
+:class:`~dualbladed.store.objects.ObjectStore` over both residency paths -- the page-cache slabs in
 ``<state>/pagecache`` with 1 MiB slabs, so objects span two slab files and the virtual-offset
 mapping is exercised -- closes it, damages one thing (payload bytes in the namespace or a slab,
 a metadata row edited with plain SQLite, a slab file removed or cut short) and asserts that
-:func:`dualbladed.fsck.fsck` reports exactly the expected errors and that ``dbctl --json fsck``
+:func:`dualbladed.store.fsck.fsck` reports exactly the expected errors and that ``dbctl --json fsck``
 says ``ok: false`` and exits 1. A clean store must come back ``ok`` with every object read.
 The last test does the same against the real ``dualbladed`` process and its own layout.
 """
@@ -22,14 +22,15 @@ from pathlib import Path
 
 import pytest
 import xxhash
+from objectstore_utils import NS_BYTES, new_namespace, open_store, payload
+
 from dualblade import Client
 from dualblade_tools.daemonproc import DaemonProcess
-from dualbladed import fsck as fsck_module
-from dualbladed.fsck import FsckReport, fsck
-from dualbladed.meta.store import to_unsigned64
 from dualbladed.paths.abstract import DIRECT, PAGECACHE
 from dualbladed.paths.pagecache import PageCachePath, slab_name
-from objectstore_utils import NS_BYTES, new_namespace, open_store, payload
+from dualbladed.store import fsck as fsck_module
+from dualbladed.store.fsck import FsckReport, fsck
+from dualbladed.store.meta import to_unsigned64
 
 T = "1000/llama"
 MiB = 1 << 20

@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from objectstore_utils import check_consistent, new_namespace, open_store, payload
+
 from dualbladed.errors import (
     ChecksumMismatch,
     InvalidArgument,
@@ -21,9 +23,8 @@ from dualbladed.errors import (
 )
 from dualbladed.namespace.faulty import FaultyNamespace
 from dualbladed.namespace.file import FileNamespace
-from dualbladed.objects import MAX_KEY_BYTES, ObjectStore
 from dualbladed.paths.pagecache import PageCachePath
-from objectstore_utils import check_consistent, new_namespace, open_store, payload
+from dualbladed.store import MAX_KEY_BYTES, ObjectStore
 
 T = "1000/llama"
 

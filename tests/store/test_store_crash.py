@@ -19,10 +19,11 @@ import random
 from pathlib import Path
 
 import pytest
+from objectstore_utils import check_consistent, open_store, payload
+
 from dualbladed.errors import DeviceIOError, NotFound
 from dualbladed.namespace.faulty import FaultyNamespace
 from dualbladed.namespace.file import FileNamespace
-from objectstore_utils import check_consistent, open_store, payload
 
 T = "1000/llama"
 SWEEP_NS_BYTES = 8 << 20

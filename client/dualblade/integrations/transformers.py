@@ -1,0 +1,467 @@
+"""`DualBladeCache`: a transformers KV cache whose layers live in dualblade, not in device memory.
+
+Residency. Only a bounded window of layers holds KV in device memory at any time: the layer
+being computed plus at most ``window - 1`` layers prefetched by the `LayerPipeline`. Every other
+layer's KV lives in the backend (the dualblade daemon, or `InMemoryBackend` in tests). Within a
+forward pass, ``Cache.update(k, v, l)`` is the only hook the model gives us, so it drives the
+pipeline: it takes layer l's past KV from the pipeline (waiting only for that layer), appends
+the new tokens, queues the write-back of the touched blocks, and the pipeline meanwhile reads the
+next layers. After the last layer, the next step's first layers are prefetched at once: their
+past KV is exactly what has been written so far, whatever the next step's query length.
+
+Object layout. A layer's K (and V) is cut into blocks of ``block_tokens`` tokens. One object per
+(layer, K/V, block) holds a ``[tokens, batch, heads, head_dim]`` token-major tensor, so the blocks
+of a layer concatenate into one contiguous ``[T, B, H, D]`` buffer that is viewed (not copied) as
+``[B, H, T, D]``. Only blocks that received new tokens are written; the partly filled tail block
+is rewritten each decode step (one block per layer, bounded), full blocks never again.
+
+Keys (ASCII, readable in dbctl)::
+
+    db/seq/<sequence id>/L<layer>/<k|v>/B<block>    ephemeral, this cache's sequence
+    db/pfx/<prefix hash>/L<layer>/<k|v>/B<block>    persistent, shared prompt prefix
+
+Prefix reuse. ``<prefix hash>`` for block b chains xxh3-128 over the token ids of blocks 0..b,
+seeded with the model tag, dtype and block size, so equal hashes mean an equal token prefix on
+the same model. `generate_with_prefix_reuse` looks up the longest run of leading full blocks
+whose objects all exist, marks the cache as holding those tokens (their KV is fetched through the
+pipeline on first use) and calls the real ``model.generate`` with the *full* ``input_ids``:
+generate derives ``cache_position`` from ``cache.get_seq_length()`` and feeds the model only the
+uncached tail. The prompt's full blocks are written under prefix keys (persistent) so a later
+request can reuse them. Limits: batch size 1; block-granular (a partial last block is recomputed);
+at least one prompt token is always recomputed (generate needs logits); the model tag must
+distinguish different weights (the default uses ``config.name_or_path`` and the shapes, which is
+not enough for two different checkpoints under the same name).
+
+Not supported (they raise): beam search / batch expansion (``reorder_cache``,
+``batch_repeat_interleave``, ``batch_select_indices``), ``crop`` (assisted decoding), sliding-window
+or linear-attention layers.
+
+Version range: transformers 4.57 .. 5.24. The layers subclass ``DynamicLayer`` and accept both
+the 4.57 and 5.x method signatures; the cache is passed as ``cache=`` (5.24+) or
+``past_key_values=`` (older), see `generate_kwargs`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import transformers
+import xxhash
+from transformers.cache_utils import Cache, DynamicLayer
+
+from dualblade.pipeline.adaptive import AdaptiveConfig
+from dualblade.pipeline.backend import KVBackend, staging_alignment
+from dualblade.pipeline.pipeline import LayerPipeline, LayerRead, Segment
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
+__all__ = [
+    "DualBladeCache",
+    "DualBladeLayer",
+    "cache_kwarg_name",
+    "generate_kwargs",
+    "generate_with_prefix_reuse",
+]
+
+log = logging.getLogger(__name__)
+
+
+class DualBladeLayer(DynamicLayer):
+    """One layer's bookkeeping; its KV is materialised only while the pipeline holds it.
+
+    ``keys``/``values`` stay None between updates: the tensors returned by `update` belong to
+    the attention call that asked for them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.length = 0
+        self.batch = 0
+        self.k_shape: tuple[int, int] = (0, 0)  # (heads, head_dim)
+        self.v_shape: tuple[int, int] = (0, 0)
+        self.dtype: torch.dtype | None = None
+
+    def lazy_initialization(
+        self, key_states: torch.Tensor, value_states: torch.Tensor | None = None
+    ) -> None:
+        # 4.57 passes key_states only; 5.x passes both.
+        value_states = key_states if value_states is None else value_states
+        self.init_meta(
+            batch=key_states.shape[0],
+            k_shape=(key_states.shape[1], key_states.shape[3]),
+            v_shape=(value_states.shape[1], value_states.shape[3]),
+            dtype=key_states.dtype,
+            device=key_states.device,
+        )
+
+    def init_meta(
+        self,
+        *,
+        batch: int,
+        k_shape: tuple[int, int],
+        v_shape: tuple[int, int],
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.batch, self.k_shape, self.v_shape = batch, k_shape, v_shape
+        self.dtype, self.device = dtype, device
+        self.is_initialized = True
+
+    def token_bytes(self, kind: str) -> int:
+        heads, dim = self.k_shape if kind == "k" else self.v_shape
+        return self.batch * heads * dim * torch.empty((), dtype=self.dtype).element_size()
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        raise RuntimeError("DualBladeLayer is updated through DualBladeCache.update")
+
+    def get_seq_length(self, *args: Any) -> int:
+        return self.length
+
+    def offload(self) -> None:  # the pipeline owns movement
+        return None
+
+    def prefetch(self) -> None:
+        return None
+
+    def reset(self) -> None:
+        raise NotImplementedError("DualBladeCache cannot be reset in place; use a new cache")
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("DualBladeCache does not support crop (assisted decoding)")
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise NotImplementedError("DualBladeCache does not support beam search")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError("DualBladeCache does not support batch expansion")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        raise NotImplementedError("DualBladeCache does not support batch selection")
+
+
+class DualBladeCache(Cache):
+    """A `transformers` Cache backed by a `KVBackend` through a `LayerPipeline`.
+
+    Args:
+        backend: the dualblade client (or any `KVBackend`).
+        config: the model config (layers, KV heads, head dim).
+        window: layers whose KV may be on the device at once (>= 2: one computing, the rest
+            prefetched); bounds the pipeline depth to ``window - 1``.
+        block_tokens: tokens per stored block.
+        depth: pipeline depth, or "auto" (adaptive, capped by the window).
+        model_tag: identifies the weights for prefix keys (see the module docstring).
+        pipeline_config: staging budget and controller settings.
+
+    Use as a context manager, or call `close()`: it waits for the writes and deletes this
+    sequence's ephemeral objects (persistent prefix blocks stay).
+    """
+
+    def __init__(
+        self,
+        backend: KVBackend,
+        config: PretrainedConfig,
+        *,
+        window: int = 2,
+        block_tokens: int = 256,
+        depth: int | Literal["auto"] = "auto",
+        model_tag: str | None = None,
+        pipeline_config: AdaptiveConfig | None = None,
+    ) -> None:
+        num_layers = int(config.num_hidden_layers)
+        if window < 2:
+            raise ValueError(f"window must be >= 2 (one layer computing, one prefetched): {window}")
+        if block_tokens < 1:
+            raise ValueError(f"block_tokens must be >= 1, got {block_tokens}")
+        super().__init__(layers=[DualBladeLayer() for _ in range(num_layers)])
+        self.backend = backend
+        self.model_config = config
+        self.window = window
+        self.block_tokens = block_tokens
+        self.sequence_id = uuid.uuid4().hex
+        # Segments at the backend's staging alignment: with the SDK client every block is then
+        # its own arena range and the daemon reads it in place (see LayerPipeline).
+        self._align = staging_alignment(backend)
+        self.model_tag = model_tag or _default_model_tag(config)
+        cfg = pipeline_config or AdaptiveConfig()
+        cfg = AdaptiveConfig(**{**cfg.__dict__, "max_depth": min(cfg.max_depth, window - 1)})
+        self._pipeline_args = {"num_layers": num_layers, "depth": depth, "config": cfg}
+        self._pipeline: LayerPipeline | None = None
+        self._step_open = False
+        self._last_idx = -1
+        self._planned: tuple[int, ...] | None = None
+        self._prefix_hashes: list[str] = []
+        self._ephemeral_keys: set[bytes] = set()
+        self.reused_tokens = 0
+
+    # -- transformers hooks ------------------------------------------------------------------
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kw
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        layer: DualBladeLayer = self.layers[layer_idx]
+        if not layer.is_initialized:
+            layer.lazy_initialization(key_states, value_states)
+        pipe = self._ensure_pipeline(key_states.device)
+        lengths = tuple(lay.length for lay in self.layers)
+        new_pass = not self._step_open or layer_idx <= self._last_idx
+        if new_pass or (self._last_idx == -1 and self._planned != lengths):
+            # A new forward pass (or a plan made for other lengths): (re)start the step.
+            self._close_step()
+            self._open_step(lengths)
+        self._last_idx = layer_idx
+
+        past = pipe.layer(layer_idx)
+        old = layer.length
+        if past is None:
+            keys, values = key_states, value_states
+        else:
+            past_k, past_v = self._unpack(layer_idx, past)
+            keys = torch.cat([past_k, key_states], dim=-2)
+            values = torch.cat([past_v, value_states], dim=-2)
+        layer.length = old + key_states.shape[-2]
+        self._write_blocks(layer_idx, keys, values, old)
+
+        if layer_idx == len(self.layers) - 1:
+            # Prefetch the next step's first layers while the model finishes this one.
+            self._close_step()
+            self._open_step(tuple(lay.length for lay in self.layers))
+        return keys, values
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        if layer_idx >= len(self.layers):
+            return 0
+        return self.layers[layer_idx].length
+
+    # -- prefix reuse ------------------------------------------------------------------------
+
+    def prefix_hashes(self, token_ids: Sequence[int], dtype: torch.dtype) -> list[str]:
+        """Chained block hashes of the full blocks of `token_ids`."""
+        seed = f"{self.model_tag}|{dtype}|{self.block_tokens}".encode()
+        prev = xxhash.xxh3_128_digest(seed)
+        out = []
+        ids = [int(t) for t in token_ids]
+        for b in range(len(ids) // self.block_tokens):
+            block = ids[b * self.block_tokens : (b + 1) * self.block_tokens]
+            data = prev + b"".join(t.to_bytes(8, "little", signed=True) for t in block)
+            prev = xxhash.xxh3_128_digest(data)
+            out.append(prev.hex())
+        return out
+
+    def load_prefix(
+        self, token_ids: Sequence[int], *, dtype: torch.dtype, device: torch.device
+    ) -> int:
+        """Attach the longest stored prefix of `token_ids` (batch 1); returns its token count.
+
+        Also arranges for the prompt's full blocks to be written under prefix keys. At least
+        one token is left for the model to compute.
+        """
+        if any(lay.length for lay in self.layers):
+            raise ValueError("load_prefix needs an empty cache")
+        hashes = self.prefix_hashes(token_ids, dtype)
+        usable = (len(token_ids) - 1) // self.block_tokens
+        keys = [
+            self._key(layer, kind, b, hashes)
+            for b in range(usable)
+            for layer in range(len(self.layers))
+            for kind in "kv"
+        ]
+        present = self.backend.contains_many(keys) if keys else []
+        per_block = 2 * len(self.layers)
+        reused_blocks = 0
+        for b in range(usable):
+            if not all(present[b * per_block : (b + 1) * per_block]):
+                break
+            reused_blocks += 1
+        self._prefix_hashes = hashes
+        self.reused_tokens = reused_blocks * self.block_tokens
+        if self.reused_tokens:
+            cfg = self.model_config
+            heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+            head_dim = int(
+                getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            )
+            for lay in self.layers:
+                lay.init_meta(
+                    batch=1,
+                    k_shape=(heads, head_dim),
+                    v_shape=(heads, head_dim),
+                    dtype=dtype,
+                    device=torch.device(device),
+                )
+                lay.length = self.reused_tokens
+        log.info("prefix reuse: %d of %d prompt tokens", self.reused_tokens, len(token_ids))
+        return self.reused_tokens
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Drop pending prefetches and wait until every write-back is stored."""
+        self._close_step()
+        if self._pipeline is not None:
+            self._pipeline.flush()
+
+    def close(self) -> None:
+        """`finish`, delete this sequence's ephemeral objects and stop the pipeline threads."""
+        if self._pipeline is None:
+            return
+        try:
+            self.finish()
+            if self._ephemeral_keys:
+                self.backend.delete_many(sorted(self._ephemeral_keys))
+                self._ephemeral_keys.clear()
+        finally:
+            self._pipeline.close()
+            self._pipeline = None
+
+    def __enter__(self) -> DualBladeCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pipeline(self) -> LayerPipeline | None:
+        return self._pipeline
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _ensure_pipeline(self, device: torch.device) -> LayerPipeline:
+        if self._pipeline is None:
+            self._pipeline = LayerPipeline(self.backend, device=device, **self._pipeline_args)
+        return self._pipeline
+
+    def _key(self, layer: int, kind: str, block: int, hashes: Sequence[str] | None = None) -> bytes:
+        hashes = self._prefix_hashes if hashes is None else hashes
+        if block < len(hashes):
+            return f"db/pfx/{hashes[block]}/L{layer}/{kind}/B{block}".encode()
+        return f"db/seq/{self.sequence_id}/L{layer}/{kind}/B{block}".encode()
+
+    def _read_for(self, layer_idx: int, length: int) -> LayerRead | None:
+        if length == 0:
+            return None
+        layer: DualBladeLayer = self.layers[layer_idx]
+        segments = []
+        for kind in "kv":
+            per_token = layer.token_bytes(kind)
+            for b in range(-(-length // self.block_tokens)):
+                tokens = min(self.block_tokens, length - b * self.block_tokens)
+                segments.append(Segment(self._key(layer_idx, kind, b), tokens * per_token))
+        return LayerRead(tuple(segments), align=self._align)
+
+    def _open_step(self, lengths: tuple[int, ...]) -> None:
+        reads = [self._read_for(i, n) for i, n in enumerate(lengths)]
+        self._pipeline.begin_step(reads)
+        self._planned = lengths
+        self._step_open = True
+        self._last_idx = -1
+
+    def _close_step(self) -> None:
+        if self._step_open and self._pipeline is not None:
+            self._pipeline.end_step()
+        self._step_open = False
+        self._planned = None
+
+    def _unpack(self, layer_idx: int, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        layer: DualBladeLayer = self.layers[layer_idx]
+        read = self._read_for(layer_idx, layer.length)
+        nblocks = len(read.segments) // 2
+        out = []
+        for part, (heads, dim) in enumerate((layer.k_shape, layer.v_shape)):
+            segs = read.segments[part * nblocks : (part + 1) * nblocks]
+            offs = read.offsets[part * nblocks : (part + 1) * nblocks]
+            views = [
+                buf[o : o + s.nbytes].view(layer.dtype).view(-1, layer.batch, heads, dim)
+                for s, o in zip(segs, offs)
+            ]
+            adjacent = all(offs[i] + segs[i].nbytes == offs[i + 1] for i in range(len(segs) - 1))
+            if adjacent:
+                total = sum(s.nbytes for s in segs)
+                flat = buf[offs[0] : offs[0] + total].view(layer.dtype)
+                tensor = flat.view(-1, layer.batch, heads, dim)
+            else:
+                tensor = torch.cat(views, dim=0)
+            out.append(tensor.permute(1, 2, 0, 3))  # [T, B, H, D] -> [B, H, T, D], a view
+        return out[0], out[1]
+
+    def _write_blocks(
+        self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor, old: int
+    ) -> None:
+        new = keys.shape[-2]
+        first, last = old // self.block_tokens, (new - 1) // self.block_tokens
+        prefix, ephemeral = [], []
+        for b in range(first, last + 1):
+            lo, hi = b * self.block_tokens, min((b + 1) * self.block_tokens, new)
+            for kind, tensor in (("k", keys), ("v", values)):
+                key = self._key(layer_idx, kind, b)
+                item = (key, tensor[:, :, lo:hi, :].permute(2, 0, 1, 3))
+                (prefix if b < len(self._prefix_hashes) else ephemeral).append(item)
+        if prefix:
+            self._pipeline.writeback(layer_idx, prefix, persistent=True)
+        if ephemeral:
+            self._ephemeral_keys.update(key for key, _ in ephemeral)
+            self._pipeline.writeback(layer_idx, ephemeral)
+
+
+def _default_model_tag(config: PretrainedConfig) -> str:
+    parts = [
+        getattr(config, "name_or_path", "") or "",
+        getattr(config, "model_type", ""),
+        str(config.num_hidden_layers),
+        str(getattr(config, "hidden_size", "")),
+        str(getattr(config, "num_key_value_heads", "")),
+        str(getattr(config, "vocab_size", "")),
+    ]
+    return "/".join(parts)
+
+
+def _version_tuple(version: str) -> tuple[int, int]:
+    major, minor = (version.split(".") + ["0"])[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def cache_kwarg_name(model: Any) -> str:
+    """``"cache"`` on transformers >= 5.24, ``"past_key_values"`` on 4.57 .. 5.23.
+
+    Decided from the signatures (``generate``, then ``forward``), falling back to the version.
+    """
+    for fn in (getattr(model, "generate", None), getattr(model, "forward", None)):
+        if fn is None:
+            continue
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            continue
+        if "cache" in params:
+            return "cache"
+        if "past_key_values" in params:
+            return "past_key_values"
+    return "cache" if _version_tuple(transformers.__version__) >= (5, 24) else "past_key_values"
+
+
+def generate_kwargs(model: Any, cache: Cache) -> dict[str, Cache]:
+    """The keyword that passes `cache` to ``model.generate`` on this transformers version."""
+    return {cache_kwarg_name(model): cache}
+
+
+def generate_with_prefix_reuse(
+    model: PreTrainedModel, input_ids: torch.Tensor, cache: DualBladeCache, **kwargs: Any
+) -> torch.Tensor:
+    """``model.generate`` that reuses (and publishes) stored KV for the prompt's prefix.
+
+    `input_ids` must be one sequence (batch 1) and `cache` fresh. Returns what ``generate``
+    returns (prompt + new tokens). The cache's writes are flushed before returning, so the
+    prompt's prefix blocks are stored for the next request. See the module docstring for limits.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError("prefix reuse supports batch size 1 (input_ids of shape [1, T])")
+    cache.load_prefix(input_ids[0].tolist(), dtype=model.dtype, device=model.device)
+    kwargs.setdefault("attention_mask", torch.ones_like(input_ids))
+    out = model.generate(input_ids, **generate_kwargs(model, cache), **kwargs)
+    cache.finish()
+    return out

@@ -1,0 +1,489 @@
+"""The residency arbiter: one loop for all tenants that places objects and migrates them.
+
+It joins the pure :class:`~dualbladed.arbiter.policy.ResidencyPolicy` to the live daemon:
+
+- **Placement** (:meth:`ResidencyArbiter.place`, the ``placement`` callback of
+  :class:`~dualbladed.store.objects.ObjectStore`, called on a gRPC thread for every put without a path
+  hint). The policy decides from the tenant's share; the arbiter keeps a per-tenant usage
+  estimate (refreshed from the store every tick, then advanced by its own placements and
+  migrations) so a put costs a dict lookup, not a scan of the index. A page-cache choice falls
+  back to ``direct`` when the page-cache path has no free extent large enough (a racing put may
+  still take the last one; its put then fails with ``OutOfSpace`` and the client retries).
+
+- **The loop** (one background thread). Every ``tick_s``, or at once when a PSI trigger fires
+  (only kernel triggers are kept: a polling watcher would read avg10 no faster than the tick),
+  it reads :class:`~dualbladed.arbiter.signals.MemorySignals` and the page-cache footprint
+  (mincore), lists the store, asks the policy for a budget, shares and a bounded migration plan,
+  and executes the plan with :meth:`ObjectStore.relocate`. Forced modes (``pagecache`` /
+  ``direct``, for benchmarks) still observe, so dbctl shows the signals, but never migrate.
+
+- **Bandwidth**. Migrations pass through a token bucket of ``migration_bytes_per_s`` with a burst
+  of one tick's worth: before each relocation the thread sleeps until the bucket holds the
+  object's bytes (an object larger than the burst waits for a full bucket and drives it
+  negative, so the long-run rate still holds). The sleep is on the stop event, so shutdown is
+  prompt, and no lock of the store or of the arbiter is held while sleeping.
+
+- **Safety of a migration** is :meth:`ObjectStore.relocate`'s contract: copy, verify, flush,
+  commit durably, then free the old extent; readers see the old copy until the commit, and a
+  failure at any step leaves exactly one valid copy. A failed or raced migration (the key was
+  overwritten or deleted meanwhile) is logged, recorded in the history with ``ok=False``, and the
+  loop goes on. After a demotion the old extent's pages are dropped with
+  :meth:`PageCachePath.drop_cache` (``release`` already did DONTNEED, but DONTNEED skips dirty
+  pages; drop_cache writes the slab back first). If the extent was reused by a new put in the
+  meantime, that put's pages are evicted too: a cost in speed, never in correctness.
+
+Clocks. The policy wants one clock for ``now``, ``last_access`` and ``last_moved``; the store's
+``last_access`` is wall time, so it is converted to ``time.monotonic()`` at each tick
+(``now_mono - (now_wall - last_access)``) and the arbiter keeps its own monotonic
+``last_moved`` per key (pruned to the keys that still exist).
+
+Locking. ``_lock`` guards the policy (not thread-safe: ``place`` runs on gRPC threads, the plan
+on the arbiter thread) and the published state (usage estimate, last signals, history, totals).
+It is never held across store calls, path I/O or sleeps; the policy's planning is the only
+non-trivial work under it (a sort of the object list). The store's lock is only taken inside
+store calls, so the order is always ``ResidencyArbiter._lock`` released before any store lock.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dualbladed.arbiter.policy import (
+    Budget,
+    Migration,
+    ObjectHeat,
+    ResidencyPolicy,
+    TenantUsage,
+)
+from dualbladed.arbiter.psi import TRIGGER, PressureEvent, PsiWatcher
+from dualbladed.arbiter.signals import MemorySignals, SignalReader
+from dualbladed.errors import DualbladeError, FailedPrecondition, InvalidArgument, NotFound
+from dualbladed.paths.abstract import DIRECT, PAGECACHE
+from dualbladed.paths.pagecache import PageCachePath
+from dualbladed.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+#: builds the PSI watcher around the arbiter's wake-up callback (the watcher needs the callback
+#: at construction, the arbiter needs the watcher: a factory breaks the cycle).
+PsiWatcherFactory = Callable[[Callable[[PressureEvent], None]], PsiWatcher]
+
+HISTORY = 256
+
+
+@dataclass(frozen=True)
+class MigrationRecord:
+    """One executed (or attempted) migration, for dbctl and the logs."""
+
+    time: float  # unix seconds when it ended
+    tenant: str
+    key: bytes
+    src: str
+    dst: str
+    bytes: int
+    ms: float
+    ok: bool
+    reason: str  # the policy's reason ("over share" / "under share")
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "tenant": self.tenant,
+            "key": self.key.decode("utf-8", "backslashreplace"),
+            "from": self.src,
+            "to": self.dst,
+            "bytes": self.bytes,
+            "ms": round(self.ms, 3),
+            "ok": self.ok,
+            "reason": self.reason,
+            "error": self.error,
+        }
+
+
+class TokenBucket:
+    """Bytes per second with a burst of ``capacity``; used by one thread only."""
+
+    def __init__(self, rate: float, capacity: int) -> None:
+        if rate <= 0 or capacity <= 0:
+            raise InvalidArgument(f"token bucket needs a positive rate and capacity: {rate=}")
+        self.rate = float(rate)
+        self.capacity = capacity
+        self._tokens = float(capacity)
+        self._last = time.monotonic()
+
+    def acquire(self, n: int, stop: threading.Event) -> bool:
+        """Wait until ``n`` bytes may go (at most a full bucket's wait); False if stopped."""
+        need = min(n, self.capacity)
+        while True:
+            now = time.monotonic()
+            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            if self._tokens >= need:
+                self._tokens -= n  # may go negative: a big object pays for itself later
+                return True
+            if stop.wait((need - self._tokens) / self.rate):
+                return False
+
+
+class ResidencyArbiter:
+    """See the module docstring. ``start()`` / ``stop()``; ``place`` is the store's callback."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        policy: ResidencyPolicy,
+        signals: SignalReader,
+        pagecache: PageCachePath,
+        *,
+        tick_s: float = 1.0,
+        migration_bytes_per_s: int,
+        psi_watcher: PsiWatcherFactory | None = None,
+        history: int = HISTORY,
+    ) -> None:
+        if tick_s <= 0:
+            raise InvalidArgument(f"arbiter tick {tick_s} s must be positive")
+        if migration_bytes_per_s <= 0:
+            raise InvalidArgument(f"migration rate {migration_bytes_per_s} must be positive")
+        self._store = store
+        self._policy = policy
+        self._signals = signals
+        self._pagecache = pagecache
+        self.tick_s = tick_s
+        self.migration_bytes_per_s = migration_bytes_per_s
+        self.mode = policy.config.mode
+        burst = max(int(migration_bytes_per_s * tick_s), pagecache.alignment)
+        self._bucket = TokenBucket(migration_bytes_per_s, burst)
+        self._psi_factory = psi_watcher
+        self._psi: PsiWatcher | None = None
+
+        self._lock = threading.Lock()
+        self._usage: dict[str, list[int]] = {}  # tenant -> [pagecache bytes, direct bytes]
+        self._moved: dict[tuple[str, bytes], float] = {}  # monotonic time of the last move
+        self._history: collections.deque[MigrationRecord] = collections.deque(maxlen=history)
+        self._signals_now: MemorySignals | None = None
+        self._ticks = 0
+        self._last_tick: float | None = None
+        self._psi_events = 0
+        self._last_psi: PressureEvent | None = None
+        self._totals = collections.Counter[str]()
+
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Observe once (so the first put already has a budget), then start the loop."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        try:
+            self._observe(plan=False)
+        except DualbladeError as e:
+            log.warning("residency arbiter: first observation failed: %s", e)
+        if self._psi_factory is not None:
+            try:
+                self._psi = self._psi_factory(self._on_pressure)
+                self._psi.start()
+                if self._psi.mode != TRIGGER:
+                    # a polling watcher would read avg10 as often as the tick already does
+                    log.info("no PSI triggers here: the tick's avg10 read stands in for them")
+                    self._psi.stop()
+                    self._psi = None
+            except (OSError, DualbladeError) as e:
+                log.warning("PSI watcher unavailable, ticking only: %s", e)
+                self._psi = None
+        self._thread = threading.Thread(target=self._run, name="residency-arbiter", daemon=True)
+        self._thread.start()
+        log.info(
+            "residency arbiter started: mode %s, tick %.2f s, migration cap %d B/s",
+            self.mode,
+            self.tick_s,
+            self.migration_bytes_per_s,
+        )
+
+    def stop(self) -> None:
+        """Stop the loop (an in-flight relocation completes first) and the PSI watcher."""
+        self._stop.set()
+        self._wake.set()
+        if self._psi is not None:
+            self._psi.stop()
+            self._psi = None
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        log.info("residency arbiter stopped")
+
+    def wake(self) -> None:
+        """Run a tick now (also what a PSI event does)."""
+        self._wake.set()
+
+    def _on_pressure(self, event: PressureEvent) -> None:
+        with self._lock:
+            self._psi_events += 1
+            self._last_psi = event
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._wake.wait(self.tick_s):
+                self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.run_once()
+            except FailedPrecondition as e:  # the store is closing under us
+                log.info("residency arbiter: tick skipped: %s", e)
+            except Exception:  # a dead arbiter would silently stop all demotions
+                log.exception("residency arbiter tick failed")
+
+    # -------------------------------------------------------------------- placement
+
+    def place(self, tenant: str, size: int) -> str:
+        """The path for a new object of ``size`` bytes (ObjectStore's placement callback)."""
+        if self.mode == DIRECT:
+            choice = DIRECT
+        else:
+            with self._lock:
+                pc, dr = self._usage.get(tenant, (0, 0))
+                choice = self._policy.place(tenant, size, TenantUsage(pc, dr))
+            if choice == PAGECACHE and not self._pagecache_fits(size):
+                choice = DIRECT
+        with self._lock:
+            row = self._usage.setdefault(tenant, [0, 0])
+            row[0 if choice == PAGECACHE else 1] += size
+            self._totals[f"placed_{choice}"] += 1
+        return choice
+
+    def _pagecache_fits(self, size: int) -> bool:
+        align = self._pagecache.alignment
+        try:
+            return self._pagecache.stats().largest_free >= -(-size // align) * align
+        except DualbladeError:  # closed while shutting down
+            return False
+
+    # ------------------------------------------------------------------------ a tick
+
+    def run_once(self) -> list[MigrationRecord]:
+        """One tick on the caller's thread: observe, plan, migrate. Returns what it did."""
+        plan = self._observe(plan=True)
+        done = []
+        for m in plan:
+            if self._stop.is_set():
+                break
+            if not self._bucket.acquire(m.size, self._stop):
+                break
+            rec = self._execute(m)
+            if rec is not None:
+                done.append(rec)
+        return done
+
+    def _observe(self, *, plan: bool) -> list[Migration]:
+        signals = self._signals.read()
+        try:
+            resident = self._pagecache.resident_bytes()
+        except DualbladeError:
+            resident = 0
+        infos = self._store.list(None)
+        now, wall = time.monotonic(), time.time()
+        usage: dict[str, list[int]] = {}
+        heat: list[ObjectHeat] = []
+        with self._lock:
+            moved = self._moved
+        kept: dict[tuple[str, bytes], float] = {}
+        for info in infos:
+            if info.path not in (PAGECACHE, DIRECT):
+                continue
+            row = usage.setdefault(info.tenant, [0, 0])
+            row[0 if info.path == PAGECACHE else 1] += info.size
+            last_moved = moved.get((info.tenant, info.key))
+            if last_moved is not None:
+                kept[(info.tenant, info.key)] = last_moved
+            heat.append(
+                ObjectHeat(
+                    info.tenant,
+                    info.key,
+                    info.size,
+                    info.path,  # type: ignore[arg-type]
+                    now - max(0.0, wall - info.last_access),
+                    last_moved,
+                )
+            )
+        tenant_usage = {t: TenantUsage(pc, dr) for t, (pc, dr) in usage.items()}
+        with self._lock:
+            budget = self._policy.budget(signals, resident)
+            migrations: list[Migration] = []
+            if plan:
+                migrations = self._policy.plan(tenant_usage, heat, now, budget=budget)
+            if not plan or self.mode != "adaptive":  # plan() did not split the budget
+                self._policy.shares(budget, {t: u.total for t, u in tenant_usage.items()})
+            self._usage = usage
+            self._moved = kept  # only keys that still exist (the moves are on this thread)
+            self._signals_now = signals
+            self._ticks += 1
+            self._last_tick = now
+        if budget.changed:
+            log.info(
+                "page-cache budget %d B (effective available %d B, our footprint %d B)",
+                budget.total,
+                budget.effective_available,
+                budget.pagecache_resident,
+            )
+        if migrations:
+            log.info(
+                "residency plan: %d migrations, %d bytes",
+                len(migrations),
+                sum(m.size for m in migrations),
+            )
+        return migrations
+
+    def _execute(self, m: Migration) -> MigrationRecord | None:
+        t0 = time.perf_counter()
+        error: str | None = None
+        try:
+            before = self._store.stat(m.tenant, m.key)
+            if before.path != m.src:
+                return None  # moved or replaced since the plan: nothing to do
+            self._store.relocate(m.tenant, m.key, m.dst)
+        except (NotFound, FailedPrecondition) as e:  # deleted or overwritten meanwhile
+            error = str(e)
+            log.info("migration of tenant %s key %r skipped: %s", m.tenant, m.key, e)
+        except DualbladeError as e:  # relocate left exactly one valid copy
+            error = f"{type(e).__name__}: {e}"
+            log.warning("migration of tenant %s key %r failed: %s", m.tenant, m.key, e)
+        except Exception as e:  # not a typed error: a bug below us; keep the loop alive
+            error = f"{type(e).__name__}: {e}"
+            log.exception("migration of tenant %s key %r failed unexpectedly", m.tenant, m.key)
+        if error is None and m.src == PAGECACHE:
+            try:
+                self._pagecache.drop_cache(before.extent)
+            except DualbladeError as e:
+                log.warning("dropping the cached pages of demoted key %r failed: %s", m.key, e)
+        ms = (time.perf_counter() - t0) * 1000.0
+        rec = MigrationRecord(
+            time.time(), m.tenant, m.key, m.src, m.dst, m.size, ms, error is None, m.reason, error
+        )
+        with self._lock:
+            self._history.append(rec)
+            self._totals["migrations"] += 1
+            if error is not None:
+                self._totals["failed_migrations"] += 1
+            else:
+                self._moved[(m.tenant, m.key)] = time.monotonic()
+                self._totals["demoted_bytes" if m.dst == DIRECT else "promoted_bytes"] += m.size
+                row = self._usage.setdefault(m.tenant, [0, 0])
+                src, dst = (0, 1) if m.dst == DIRECT else (1, 0)
+                row[src] = max(0, row[src] - m.size)
+                row[dst] += m.size
+        return rec
+
+    # ----------------------------------------------------------------- observation
+
+    def migrations(self) -> list[MigrationRecord]:
+        """The recent migrations, oldest first."""
+        with self._lock:
+            return list(self._history)
+
+    @property
+    def budget(self) -> Budget | None:
+        with self._lock:
+            return self._policy.current_budget
+
+    def totals(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._totals)
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready state for ``dbctl residency`` and the Status RPC (keys are stable)."""
+        live: dict[str, list[int]] | None = None
+        try:
+            live = {}
+            for info in self._store.list(None):
+                row = live.setdefault(info.tenant, [0, 0])
+                row[0 if info.path == PAGECACHE else 1] += info.size
+        except DualbladeError:
+            live = None  # closing: fall back to the last tick's view
+        try:
+            pc_stats = self._pagecache.stats()
+        except DualbladeError:
+            pc_stats = None
+        now = time.monotonic()
+        with self._lock:
+            cfg = self._policy.config
+            budget = self._policy.current_budget
+            shares = dict(self._policy.current_shares)
+            usage = live if live is not None else {t: list(v) for t, v in self._usage.items()}
+            sig = self._signals_now
+            history = [r.as_dict() for r in self._history]
+            totals = dict(self._totals)
+            psi_events, last_psi = self._psi_events, self._last_psi
+            ticks, last_tick = self._ticks, self._last_tick
+        tenants = {
+            t: {
+                "pagecache": pc,
+                "direct": dr,
+                "share": shares.get(t, 0),
+                "weight": cfg.weight(t),
+            }
+            for t, (pc, dr) in sorted(usage.items())
+        }
+        totals["pagecache_bytes"] = sum(v["pagecache"] for v in tenants.values())
+        totals["direct_bytes"] = sum(v["direct"] for v in tenants.values())
+        return {
+            "mode": self.mode,
+            "tick_s": self.tick_s,
+            "ticks": ticks,
+            "last_tick_age_s": None if last_tick is None else round(now - last_tick, 3),
+            "migration_bytes_per_s": self.migration_bytes_per_s,
+            "budget": None
+            if budget is None
+            else {
+                "total": budget.total,
+                "raw": budget.raw,
+                "effective_available": budget.effective_available,
+                "pagecache_resident": budget.pagecache_resident,
+                "reserve": cfg.reserve_bytes,
+                "hysteresis": cfg.hysteresis_bytes,
+            },
+            "signals": None if sig is None else _signals_dict(sig),
+            "psi": {
+                "mode": self._psi.mode if self._psi is not None else None,
+                "events": psi_events,
+                "last_event_age_s": None
+                if last_psi is None
+                else round(now - last_psi.timestamp, 3),
+            },
+            "pagecache": None
+            if pc_stats is None
+            else {
+                "max_bytes": self._pagecache.max_bytes,
+                "used": pc_stats.used,
+                "free": pc_stats.free,
+                "slabs": self._pagecache.slab_count,
+            },
+            "tenants": tenants,
+            "migrations": history,
+            "totals": totals,
+        }
+
+
+def _signals_dict(s: MemorySignals) -> dict[str, Any]:
+    return {
+        "mem_total": s.mem_total,
+        "mem_available": s.mem_available,
+        "cgroup_version": s.cgroup_version,
+        "cgroup_limit": s.cgroup_limit,
+        "cgroup_usage": s.cgroup_usage,
+        "cgroup_cache": s.cgroup_cache,
+        "psi_some_avg10": s.psi_some_avg10,
+        "psi_full_avg10": s.psi_full_avg10,
+        "effective_available": s.effective_available,
+    }

@@ -1,0 +1,331 @@
+"""The composition root: builds the daemon from its config and runs it.
+
+Start-up order (each step can fail with a clear message, and everything already acquired is
+released in reverse order -- an ``ExitStack`` holds it all):
+
+1. instance locks (before any socket is bound: gRPC silently unlinks and re-binds a socket file,
+   so without the lock a second daemon would steal the first one's socket);
+2. the namespace (safety checks, O_EXCL for block devices) and its superblock;
+3. the residency paths (``direct`` on the namespace, ``pagecache`` slab files in
+   ``<state_dir>/pagecache``) and the object store over them (metadata, free-map rebuild from
+   the committed extent table), with the residency arbiter as its placement callback;
+4. the residency arbiter's loop (and its PSI watcher where the kernel has PSI);
+5. the session registry and the handshake socket, then the gRPC server. The handshake socket's
+   leases also carry ``Store.Batch`` frames (:mod:`dualbladed.service.leaseplane`), run on the
+   same executor as the gRPC servicer's;
+6. READY=1 to systemd, then the watchdog pings when the unit sets ``WatchdogSec=``.
+
+Shutdown (SIGTERM/SIGINT): STOPPING=1, stop accepting handshakes, let in-flight RPCs drain
+(``server.stop(grace)``), end every session (ephemeral objects freed), stop the arbiter (an
+in-flight migration completes; it must stop before the store it relocates in closes), close the
+store (metadata checkpointed), release the locks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import shutil
+import signal
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import psutil
+
+from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
+from dualbladed import sdnotify
+from dualbladed.arbiter.arbiter import ResidencyArbiter
+from dualbladed.arbiter.policy import PolicyConfig, ResidencyPolicy
+from dualbladed.arbiter.psi import PsiWatcher
+from dualbladed.arbiter.signals import SignalReader
+from dualbladed.config import IO_ALIGNMENT, DaemonConfig, ResidencyConfig
+from dualbladed.lockfile import acquire_instance_locks
+from dualbladed.namespace import open_namespace
+from dualbladed.paths.abstract import DIRECT, PAGECACHE
+from dualbladed.paths.direct import DirectPath
+from dualbladed.paths.pagecache import PageCachePath
+from dualbladed.service.admin_servicer import AdminServicer
+from dualbladed.service.inventory import Inventory
+from dualbladed.service.leaseplane import LeasePlane
+from dualbladed.service.metrics import Metrics
+from dualbladed.service.store_servicer import StoreServicer
+from dualbladed.sessions.arena import Arena
+from dualbladed.sessions.batch import BatchExecutor, BatchLimits
+from dualbladed.sessions.handshake import HandshakeServer
+from dualbladed.sessions.registry import Session, SessionRegistry
+from dualbladed.store import ObjectStore
+
+logger = logging.getLogger(__name__)
+
+#: gRPC message cap: requests are small (ops name arena ranges), but a batch of 1024 ops with
+#: 1 KiB keys is ~1 MiB, and List/Extents replies can be large.
+MAX_MESSAGE_BYTES = 64 << 20
+GRACE_S = 10.0
+#: the residency arbiter's period; the per-tick migration bound is one tick of the rate cap.
+ARBITER_TICK_S = 1.0
+#: wake the arbiter early when tasks stall on memory for 150 ms in a 2 s window (recent
+#: kernels only accept unprivileged triggers whose window is a multiple of 2 s).
+PSI_STALL_US = 150_000
+PSI_WINDOW_US = 2_000_000
+#: ``residency.weights`` allows 0 ("only what others leave"); the policy needs weights > 0.
+MIN_WEIGHT = 1e-6
+PAGECACHE_DIR = "pagecache"
+
+
+def policy_config(res: ResidencyConfig, tick_s: float = ARBITER_TICK_S) -> PolicyConfig:
+    """The policy's settings from the ``[residency]`` section."""
+    return PolicyConfig(
+        mode=res.mode,  # type: ignore[arg-type]  # validated by the config loader
+        reserve_bytes=res.reserve_bytes,
+        hysteresis_bytes=res.hysteresis_bytes,
+        weights={t: max(w, MIN_WEIGHT) for t, w in res.weights.items()},
+        max_migration_bytes_per_tick=max(1, int(res.migration_bytes_per_s * tick_s)),
+    )
+
+
+def pagecache_max_bytes(res: ResidencyConfig, state_dir: Path) -> int:
+    """``residency.pagecache_max_bytes``, else what could ever help: RAM, bounded by disk.
+
+    The slabs are sparse, so the bound only matters once they fill; memory availability (the
+    arbiter's budget) is what limits the footprint in practice.
+    """
+    if res.pagecache_max_bytes is not None:
+        want = res.pagecache_max_bytes
+    else:
+        want = min(psutil.virtual_memory().total, int(shutil.disk_usage(state_dir).free * 0.9))
+    return max(IO_ALIGNMENT, want - want % IO_ALIGNMENT)
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self._stack = contextlib.ExitStack()
+        self._stopped = threading.Event()
+        self._stop_requested = threading.Event()  # set by a trapped signal
+        self.store: ObjectStore | None = None
+        self.registry: SessionRegistry | None = None
+        self.arbiter: ResidencyArbiter | None = None
+        self.metrics = Metrics()
+        self._server: grpc.Server | None = None
+        self._watchdog_stop = threading.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _start(self) -> None:
+        cfg = self.config
+        for d in (Path(cfg.state_dir), Path(cfg.socket).parent):
+            d.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self._stack.enter_context(acquire_instance_locks(cfg))
+
+        ns_cfg = cfg.namespace
+        namespace = open_namespace(ns_cfg.path, size=ns_cfg.size, force=ns_cfg.force)
+        self._stack.callback(namespace.close)
+        direct = DirectPath(
+            namespace, request_bytes=cfg.io.request_bytes, queue_depth=cfg.io.queue_depth
+        )
+        res = cfg.residency
+        state_dir = Path(cfg.state_dir)
+        pagecache = PageCachePath(
+            state_dir / PAGECACHE_DIR,
+            slab_bytes=res.slab_bytes,
+            max_bytes=pagecache_max_bytes(res, state_dir),
+            alignment=IO_ALIGNMENT,
+        )
+        self._stack.callback(pagecache.close)  # idempotent; the store closes it normally
+        store = ObjectStore.open(
+            namespace,
+            state_dir,
+            paths={DIRECT: direct, PAGECACHE: pagecache},
+            format=ns_cfg.format,
+            placement=self._place,
+        )
+        self._stack.callback(store.close)
+        self.store = store
+
+        signals = SignalReader()
+        psi_path = signals.psi_path
+        arbiter = ResidencyArbiter(
+            store,
+            ResidencyPolicy(policy_config(res)),
+            signals,
+            pagecache,
+            tick_s=ARBITER_TICK_S,
+            migration_bytes_per_s=res.migration_bytes_per_s,
+            psi_watcher=None
+            if psi_path is None
+            else functools.partial(PsiWatcher, psi_path, PSI_STALL_US, PSI_WINDOW_US),
+        )
+        arbiter.start()
+        self.arbiter = arbiter
+        self._stack.callback(arbiter.stop)  # runs before store.close (LIFO)
+
+        registry = SessionRegistry(cfg.limits.max_sessions)
+        registry.on_end(self._session_ended)
+        self.registry = registry
+        limits = BatchLimits(cfg.limits.max_batch_ops, cfg.limits.max_object_bytes)
+        executor = BatchExecutor(
+            store, limits, self._quota_for, self.metrics.record, parallelism=cfg.io.queue_depth
+        )
+        self._stack.callback(executor.close)
+        inventory = Inventory(
+            namespace=namespace,
+            namespace_uuid=str(store.namespace_uuid),
+            state_dir=str(cfg.state_dir),
+            store=store,
+            registry=registry,
+            metrics=self.metrics,
+            quota_for_tenant=cfg.quotas.quota_for,
+            residency=arbiter.snapshot,
+        )
+        self._register_gauges(store, registry, arbiter, pagecache)
+
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="rpc"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        pb_grpc.add_StoreServicer_to_server(
+            StoreServicer(registry, store, executor, limits, self._quota_for), server
+        )
+        pb_grpc.add_AdminServicer_to_server(
+            AdminServicer(registry, inventory, cfg.admin_group), server
+        )
+        old_umask = os.umask(0o117)  # socket mode 0660: owner and group may connect
+        try:
+            if not server.add_insecure_port(f"unix://{cfg.socket}"):
+                raise OSError(f"could not bind the gRPC socket {cfg.socket}")
+        finally:
+            os.umask(old_umask)
+        server.start()
+        self._server = server
+        self._stack.callback(server.stop, 0)
+
+        handshake = HandshakeServer(
+            cfg.handshake_socket,
+            registry,
+            make_arena=Arena.create,
+            default_arena_bytes=cfg.limits.default_arena_bytes,
+            max_arena_bytes=cfg.limits.max_arena_bytes,
+            limits={
+                "max_batch_ops": limits.max_batch_ops,
+                "max_object_bytes": limits.max_object_bytes,
+            },
+            on_request=LeasePlane(registry, executor),
+        )
+        handshake.start()
+        self._stack.callback(handshake.stop)
+        self._handshake = handshake
+
+        if cfg.metrics.prometheus_address:
+            self.metrics.start_prometheus(cfg.metrics.prometheus_address)
+        logger.info(
+            "dualbladed serving",
+            extra={"socket": str(cfg.socket), "namespace": namespace.path, "kind": namespace.kind},
+        )
+        sdnotify.ready(f"serving on {cfg.socket}")
+        self._start_watchdog()
+
+    def _place(self, tenant: str, size: int) -> str:
+        """The store's placement callback; the arbiter exists once the store is open."""
+        arbiter = self.arbiter
+        return arbiter.place(tenant, size) if arbiter is not None else DIRECT
+
+    def _register_gauges(
+        self,
+        store: ObjectStore,
+        registry: SessionRegistry,
+        arbiter: ResidencyArbiter,
+        pagecache: PageCachePath,
+    ) -> None:
+        m = self.metrics
+        m.register_gauge("sessions", "open client sessions", lambda: len(registry.sessions()))
+        m.register_gauge(
+            "free_bytes", "free bytes on the namespace", lambda: store.paths[DIRECT].stats().free
+        )
+        m.register_gauge(
+            "residency_budget_bytes",
+            "page-cache budget held by the residency arbiter",
+            lambda: arbiter.budget.total if arbiter.budget is not None else 0,
+        )
+        m.register_gauge(
+            "residency_pagecache_resident_bytes",
+            "bytes of the page-cache path in RAM (mincore)",
+            pagecache.resident_bytes,
+        )
+        m.register_gauge(
+            "residency_migrated_bytes",
+            "bytes moved between residency paths since start",
+            lambda: sum(v for k, v in arbiter.totals().items() if k.endswith("_bytes")),
+        )
+
+    def _start_watchdog(self) -> None:
+        """Ping WATCHDOG=1 every half interval (on its own thread) when the unit asks."""
+        interval = sdnotify.watchdog_interval()
+        if interval is None:
+            return
+        period = interval / 2
+
+        def loop() -> None:
+            sdnotify.watchdog()
+            while not self._watchdog_stop.wait(period):
+                sdnotify.watchdog()
+
+        self._watchdog_stop.clear()
+        thread = threading.Thread(target=loop, name="sd-watchdog", daemon=True)
+        thread.start()
+        self._stack.callback(thread.join)
+        self._stack.callback(self._watchdog_stop.set)
+        logger.info("systemd watchdog: pinging every %.2f s", period)
+
+    def _quota_for(self, session: Session) -> int:
+        return self.config.quotas.quota_for(session.uid, session.tenant_label)
+
+    def _session_ended(self, session: Session) -> None:
+        if self.store is not None:
+            freed = self.store.release_session(session.id)
+            logger.info("session ended", extra={"session": session.id, "freed_objects": freed})
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        sdnotify.stopping()
+        logger.info("dualbladed stopping: draining in-flight calls")
+        if self._server is not None:
+            self._server.stop(GRACE_S).wait(GRACE_S)
+        self._stack.close()
+        logger.info("dualbladed stopped cleanly")
+
+    def trap_signals(self) -> None:
+        """Make SIGTERM/SIGINT request a clean stop. Call before :meth:`start`: READY=1 goes out
+        inside it, and a SIGTERM that follows at once must drain, not kill the process."""
+
+        def on_signal(signum: int, _frame: object) -> None:
+            logger.info("signal %s received", signal.Signals(signum).name)
+            self._stop_requested.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def serve_forever(self) -> None:
+        """Serve until a trapped signal arrives (traps them now if :meth:`trap_signals` was not
+        called), then stop."""
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self.trap_signals()
+        try:
+            self._stop_requested.wait()
+        finally:
+            self.stop()

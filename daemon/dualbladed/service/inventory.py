@@ -1,0 +1,146 @@
+"""Read-only aggregation of daemon state for the admin API and dbctl.
+
+Kept out of the servicer so the servicer stays a protobuf adapter, and so the same views can be
+rendered by other front ends (the Prometheus collector, tests).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dualbladed.namespace.abstract import Namespace
+from dualbladed.service.metrics import Metrics, MetricSample
+from dualbladed.sessions.registry import SessionRegistry
+from dualbladed.store import ObjectInfo, ObjectStore, parse_tenant
+
+VERSION = "0.1.0"
+
+
+@dataclass
+class PathTotals:
+    objects: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class StatusView:
+    version: str
+    namespace_path: str
+    namespace_kind: str
+    namespace_uuid: str
+    block_size: int
+    capacity_bytes: int
+    free_bytes: int
+    largest_free_bytes: int
+    fragmentation: float
+    sessions: int
+    uptime_s: float
+    paths: dict[str, PathTotals]
+    metrics: list[MetricSample]
+    state_dir: str
+    residency: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TenantView:
+    tenant: str
+    uid: int
+    label: str
+    objects: int
+    bytes: int
+    quota_bytes: int
+    sessions: int
+    paths: dict[str, PathTotals] = field(default_factory=dict)
+
+
+class Inventory:
+    def __init__(
+        self,
+        *,
+        namespace: Namespace,
+        namespace_uuid: str,
+        state_dir: str,
+        store: ObjectStore,
+        registry: SessionRegistry,
+        metrics: Metrics,
+        quota_for_tenant: Callable[[int, str], int],
+        residency: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self._ns = namespace
+        self._uuid = namespace_uuid
+        self._state_dir = state_dir
+        self._store = store
+        self._registry = registry
+        self._metrics = metrics
+        self._quota_for_tenant = quota_for_tenant
+        self._residency = residency or (lambda: {"mode": "direct"})
+        self._started = time.monotonic()
+
+    def status(self) -> StatusView:
+        direct = self._store.paths["direct"].stats()
+        paths: dict[str, PathTotals] = {}
+        for info in self._store.list(None):
+            t = paths.setdefault(info.path, PathTotals())
+            t.objects += 1
+            t.bytes += info.size
+        return StatusView(
+            version=VERSION,
+            namespace_path=self._ns.path,
+            namespace_kind=self._ns.kind,
+            namespace_uuid=self._uuid,
+            block_size=self._ns.block_size,
+            capacity_bytes=self._ns.capacity,
+            free_bytes=direct.free,
+            largest_free_bytes=direct.largest_free,
+            fragmentation=direct.fragmentation,
+            sessions=len(self._registry.sessions()),
+            uptime_s=time.monotonic() - self._started,
+            paths=paths,
+            metrics=self._metrics.snapshot(),
+            state_dir=self._state_dir,
+            residency=self.residency(),
+        )
+
+    def tenants(self) -> list[TenantView]:
+        totals: dict[str, dict[str, PathTotals]] = {}
+        for info in self._store.list(None):
+            t = totals.setdefault(info.tenant, {}).setdefault(info.path, PathTotals())
+            t.objects += 1
+            t.bytes += info.size
+        sessions: dict[str, int] = {}
+        for s in self._registry.sessions():
+            sessions[s.tenant] = sessions.get(s.tenant, 0) + 1
+        views = []
+        for name in sorted(set(totals) | set(sessions)):
+            uid, label = parse_tenant(name)
+            paths = totals.get(name, {})
+            views.append(
+                TenantView(
+                    tenant=name,
+                    uid=uid,
+                    label=label,
+                    objects=sum(p.objects for p in paths.values()),
+                    bytes=sum(p.bytes for p in paths.values()),
+                    quota_bytes=self._quota_for_tenant(uid, label),
+                    sessions=sessions.get(name, 0),
+                    paths=paths,
+                )
+            )
+        return views
+
+    def extents(self, tenant: str | None, limit: int = 0) -> list[ObjectInfo]:
+        infos = sorted(self._store.list(tenant), key=lambda i: (i.path, i.offset))
+        return infos[:limit] if limit else infos
+
+    def problems(self) -> list[str]:
+        out = []
+        direct = self._store.paths["direct"].stats()
+        if direct.capacity and direct.free < direct.capacity * 0.02:
+            out.append(f"namespace nearly full: {direct.free} of {direct.capacity} bytes free")
+        return out
+
+    def residency(self) -> dict[str, Any]:
+        return self._residency()

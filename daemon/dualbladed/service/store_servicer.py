@@ -1,0 +1,122 @@
+"""The ``dualblade.v1.Store`` servicer: protobuf in, domain call, protobuf out. Nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+from dualblade.v1 import dualblade_pb2 as pb
+from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
+from dualbladed.errors import InvalidArgument
+from dualbladed.service.calls import rpc
+from dualbladed.sessions.batch import (
+    BatchExecutor,
+    BatchLimits,
+    DeleteRequest,
+    GetRequest,
+    Op,
+    PutRequest,
+)
+from dualbladed.sessions.registry import Session, SessionRegistry
+from dualbladed.store import ObjectInfo, ObjectStore
+
+PATH_TO_PB = {"direct": pb.RESIDENCY_PATH_DIRECT, "pagecache": pb.RESIDENCY_PATH_PAGECACHE}
+PB_TO_PATH = {v: k for k, v in PATH_TO_PB.items()}
+
+
+def object_info_pb(info: ObjectInfo) -> pb.ObjectInfo:
+    return pb.ObjectInfo(
+        key=info.key,
+        size=info.size,
+        path=PATH_TO_PB.get(info.path, pb.RESIDENCY_PATH_UNSPECIFIED),
+        generation=info.generation,
+        persistent=info.persistent,
+        last_access=info.last_access,
+        checksum=info.checksum,
+    )
+
+
+def _op_from_pb(op: pb.Op) -> Op:
+    which = op.WhichOneof("op")
+    if which == "put":
+        p = op.put
+        if p.path not in (pb.RESIDENCY_PATH_UNSPECIFIED, *PB_TO_PATH):
+            raise InvalidArgument(f"unknown residency path value {p.path}")
+        return PutRequest(
+            p.key, p.arena_offset, p.length, p.persistent, p.durable, PB_TO_PATH.get(p.path)
+        )
+    if which == "get":
+        return GetRequest(op.get.key, op.get.arena_offset, op.get.length)
+    if which == "delete":
+        return DeleteRequest(op.delete.key)
+    raise InvalidArgument("batch op has none of put, get, delete set")
+
+
+def run_batch(
+    executor: BatchExecutor, session: Session, request: pb.BatchRequest
+) -> pb.BatchResponse:
+    """One ``Store.Batch``, whichever transport carried it (gRPC or the lease data plane)."""
+    ops = [_op_from_pb(op) for op in request.ops]
+    outcomes = executor.execute(session, ops, stop_on_error=request.stop_on_error)
+    return pb.BatchResponse(
+        results=[
+            pb.OpResult(
+                code=o.code,
+                message=o.message,
+                size=o.size,
+                generation=o.generation,
+                path=PATH_TO_PB.get(o.path, pb.RESIDENCY_PATH_UNSPECIFIED),
+            )
+            for o in outcomes
+        ]
+    )
+
+
+class StoreServicer(pb_grpc.StoreServicer):
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        store: ObjectStore,
+        executor: BatchExecutor,
+        limits: BatchLimits,
+        quota_for: Callable[[Session], int],
+    ) -> None:
+        self.registry = registry
+        self._store = store
+        self._executor = executor
+        self._limits = limits
+        self._quota_for = quota_for
+
+    @rpc()
+    def Batch(
+        self, request: pb.BatchRequest, context: grpc.ServicerContext, session: Session
+    ) -> pb.BatchResponse:
+        return run_batch(self._executor, session, request)
+
+    @rpc()
+    def Stat(
+        self, request: pb.StatRequest, context: grpc.ServicerContext, session: Session
+    ) -> pb.ObjectInfo:
+        return object_info_pb(self._store.stat(session.tenant, request.key))
+
+    @rpc()
+    def List(
+        self, request: pb.ListRequest, context: grpc.ServicerContext, session: Session
+    ) -> pb.ListResponse:
+        infos = self._store.list(session.tenant, prefix=request.prefix, limit=request.limit)
+        return pb.ListResponse(objects=[object_info_pb(i) for i in infos])
+
+    @rpc()
+    def Session(
+        self, request: pb.SessionInfoRequest, context: grpc.ServicerContext, session: Session
+    ) -> pb.SessionInfo:
+        return pb.SessionInfo(
+            session_id=session.id,
+            tenant=session.tenant,
+            arena_bytes=session.arena.size,
+            quota_bytes=self._quota_for(session),
+            used_bytes=self._store.usage(session.tenant),
+            max_batch_ops=self._limits.max_batch_ops,
+            max_object_bytes=self._limits.max_object_bytes,
+        )

@@ -1,0 +1,223 @@
+"""Executes a session's batched I/O against the object store.
+
+A Batch names ranges of the session's shared arena; this module turns each op into a store call
+on a memoryview of that range, so KV bytes move between the namespace and the arena without ever
+entering a gRPC message. It is the domain side of the ``Store.Batch`` RPC: the servicer only
+converts protobuf to the request dataclasses below and back.
+
+Parallelism: the ops of one batch run concurrently on a shared pool of ``parallelism`` threads
+when that cannot change their meaning -- no ``stop_on_error`` and no key named twice -- so a batch
+of many small gets keeps the device's queue full instead of issuing them at queue depth 1 (a
+layer's KV is typically tens of blocks of a few hundred KiB). Outcomes keep the request order.
+
+Quotas: a tenant's usage is what the store holds for it plus what in-flight puts have reserved.
+The reservation is taken under ``_quota_lock`` before the data write and released after the
+commit, so concurrent puts from one tenant cannot jointly overshoot its quota while still running
+their I/O in parallel. Lock order: ``_quota_lock`` is a leaf lock (nothing is called while it is
+held except the store's cheap ``usage()``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from dualbladed.errors import DualbladeError, InvalidArgument, QuotaExceeded
+from dualbladed.paths.abstract import PATH_NAMES
+from dualbladed.service.status import ABORTED, OK, to_code
+from dualbladed.sessions.registry import Session
+from dualbladed.store import ObjectStore
+
+
+@dataclass(frozen=True)
+class PutRequest:
+    key: bytes
+    arena_offset: int
+    length: int
+    persistent: bool = False
+    durable: bool = False
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class GetRequest:
+    key: bytes
+    arena_offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class DeleteRequest:
+    key: bytes
+
+
+Op = PutRequest | GetRequest | DeleteRequest
+
+
+@dataclass(frozen=True)
+class OpOutcome:
+    code: int
+    message: str = ""
+    size: int = 0
+    generation: int = 0
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_ops: int
+    max_object_bytes: int
+
+
+#: ``(tenant, path, op, nbytes, seconds, ok)`` -- the metrics sink.
+RecordFn = Callable[[str, str, str, int, float, bool], None]
+
+
+def _distinct_keys(ops: Sequence[Op]) -> bool:
+    return len({op.key for op in ops}) == len(ops)
+
+
+class BatchExecutor:
+    def __init__(
+        self,
+        store: ObjectStore,
+        limits: BatchLimits,
+        quota_for: Callable[[Session], int],
+        record: RecordFn | None = None,
+        *,
+        parallelism: int = 8,
+    ) -> None:
+        self._store = store
+        self._pool = (
+            ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="batch")
+            if parallelism > 1
+            else None
+        )
+        self._limits = limits
+        self._quota_for = quota_for
+        self._record = record or (lambda *a: None)
+        self._quota_lock = threading.Lock()
+        self._reserved: dict[str, int] = {}
+
+    def execute(
+        self, session: Session, ops: Sequence[Op], *, stop_on_error: bool = False
+    ) -> list[OpOutcome]:
+        if len(ops) > self._limits.max_batch_ops:
+            raise InvalidArgument(
+                f"batch has {len(ops)} ops; the limit is {self._limits.max_batch_ops}"
+            )
+        if self._pool is not None and not stop_on_error and len(ops) > 1 and _distinct_keys(ops):
+            return list(self._pool.map(lambda op: self._run_one(session, op), ops))
+        outcomes: list[OpOutcome] = []
+        failed = False
+        for op in ops:
+            if failed and stop_on_error:
+                outcomes.append(OpOutcome(ABORTED, "not run: an earlier op in the batch failed"))
+                continue
+            outcome = self._run_one(session, op)
+            failed = failed or outcome.code != OK
+            outcomes.append(outcome)
+        return outcomes
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    # -- one op ---------------------------------------------------------------------------
+
+    def _run_one(self, session: Session, op: Op) -> OpOutcome:
+        started = time.perf_counter()
+        kind = type(op).__name__.removesuffix("Request").lower()
+        path, nbytes = "", 0
+        try:
+            if isinstance(op, PutRequest):
+                info = self._put(session, op)
+            elif isinstance(op, GetRequest):
+                info = self._get(session, op)
+            else:
+                info = self._store.delete(session.tenant, op.key)
+            path, nbytes = info.path, info.size
+            outcome = OpOutcome(OK, "", info.size, info.generation, info.path)
+        except DualbladeError as err:
+            code, message = to_code(err)
+            outcome = OpOutcome(code, message)
+        self._record(
+            session.tenant,
+            path or "none",
+            kind,
+            nbytes,
+            time.perf_counter() - started,
+            outcome.code == OK,
+        )
+        return outcome
+
+    def _check_size(self, length: int) -> None:
+        if length <= 0:
+            raise InvalidArgument(f"length must be > 0, got {length}")
+        if length > self._limits.max_object_bytes:
+            raise InvalidArgument(
+                f"length {length} exceeds the object size limit {self._limits.max_object_bytes}"
+            )
+
+    def _put(self, session: Session, op: PutRequest):  # -> ObjectInfo
+        self._check_size(op.length)
+        if op.path is not None and op.path not in PATH_NAMES:
+            raise InvalidArgument(f"unknown residency path {op.path!r}")
+        src = session.arena.view(op.arena_offset, op.length)
+        try:
+            self._reserve(session, op.key, op.length)
+            try:
+                return self._store.put(
+                    session.tenant,
+                    op.key,
+                    src,
+                    persistent=op.persistent,
+                    durable=op.durable,
+                    session=session.id,
+                    path=op.path,
+                )
+            finally:
+                self._unreserve(session.tenant, op.length)
+        finally:
+            src.release()
+
+    def _get(self, session: Session, op: GetRequest):  # -> ObjectInfo
+        self._check_size(op.length)
+        dst = session.arena.view(op.arena_offset, op.length)
+        try:
+            return self._store.get_into(session.tenant, op.key, dst)
+        finally:
+            dst.release()
+
+    # -- quotas ---------------------------------------------------------------------------
+
+    def _reserve(self, session: Session, key: bytes, length: int) -> None:
+        quota = self._quota_for(session)
+        with self._quota_lock:
+            reserved = self._reserved.get(session.tenant, 0)
+            if quota:
+                replaced = self._replaced_size(session.tenant, key)
+                used = self._store.usage(session.tenant) + reserved - replaced
+                if used + length > quota:
+                    raise QuotaExceeded(
+                        f"quota exceeded for tenant {session.tenant}: {used} bytes used, "
+                        f"{length} requested, quota {quota} bytes"
+                    )
+            self._reserved[session.tenant] = reserved + length
+
+    def _unreserve(self, tenant: str, length: int) -> None:
+        with self._quota_lock:
+            left = self._reserved.get(tenant, 0) - length
+            if left > 0:
+                self._reserved[tenant] = left
+            else:
+                self._reserved.pop(tenant, None)
+
+    def _replaced_size(self, tenant: str, key: bytes) -> int:
+        try:
+            return self._store.stat(tenant, key).size
+        except DualbladeError:
+            return 0

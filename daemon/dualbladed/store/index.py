@@ -1,0 +1,188 @@
+"""The object store's in-memory index and its public record types.
+
+:class:`ObjectIndex` maps ``tenant -> key -> IndexEntry`` (one ``SortedDict`` per tenant, so a
+prefix listing is a range scan) and keeps the derived tables next to it: each session's
+ephemeral members, each tenant's allocated bytes, the batched ``last_access`` updates and the
+pin counts that defer freeing an extent while a reader uses it.
+
+It does no I/O and takes no lock: every method must be called with ``ObjectStore._lock`` held.
+The methods that may end an extent's life (``retire``, ``unpin``) return ``True`` when the caller
+must release the extent now, so the index never needs to know the residency paths.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from sortedcontainers import SortedDict
+
+from dualbladed.alloc.abstract import AllocStats, Extent
+
+__all__ = ["IndexEntry", "ObjectIndex", "ObjectInfo", "PathUsage", "StoreStats"]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the store knows about one object (never its bytes).
+
+    ``size`` is the payload, ``length`` the extent (rounded up to the path's alignment).
+    ``session`` is set only for ephemeral objects owned by a session.
+    """
+
+    tenant: str
+    key: bytes
+    size: int
+    path: str
+    offset: int
+    length: int
+    checksum: int
+    generation: int
+    persistent: bool
+    last_access: float
+    session: str | None
+
+    @property
+    def extent(self) -> Extent:
+        return Extent(self.offset, self.length)
+
+
+@dataclass(frozen=True)
+class PathUsage:
+    objects: int
+    bytes: int  # payload bytes of the objects on this path
+    alloc: AllocStats
+    resident_bytes: int
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    paths: dict[str, PathUsage]
+    objects: int
+    persistent_objects: int
+    ephemeral_objects: int
+    sessions: dict[str, int]  # session -> live ephemeral objects
+    pinned: int  # entries currently pinned by readers (including retired ones)
+
+
+class IndexEntry:
+    """One object version. ``info`` is fixed; the rest changes under the store lock."""
+
+    __slots__ = ("info", "last_access", "pins", "dead")
+
+    def __init__(self, info: ObjectInfo) -> None:
+        self.info = info
+        self.last_access = info.last_access
+        self.pins = 0
+        self.dead = False  # retired from the index; the last unpin frees the extent
+
+    def snapshot(self) -> ObjectInfo:
+        return replace(self.info, last_access=self.last_access)
+
+
+class ObjectIndex:
+    """In-memory index of live objects. Not thread-safe: the store's lock guards it."""
+
+    def __init__(self) -> None:
+        self._tenants: dict[str, SortedDict] = {}  # tenant -> SortedDict[bytes, IndexEntry]
+        self._sessions: dict[str, set[tuple[str, bytes]]] = {}
+        self._usage: dict[str, int] = {}  # tenant -> allocated bytes (extent lengths)
+        self._dirty_access: dict[tuple[str, bytes], float] = {}
+        self.pinned = 0
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys in self._tenants.values())
+
+    def lookup(self, tenant: str, key: bytes) -> IndexEntry | None:
+        keys = self._tenants.get(tenant)
+        return keys.get(key) if keys is not None else None
+
+    def install(self, entry: IndexEntry) -> None:
+        """Make ``entry`` the live version of its key (the caller retired the old one)."""
+        info = entry.info
+        self._tenants.setdefault(info.tenant, SortedDict())[info.key] = entry
+        self._usage[info.tenant] = self._usage.get(info.tenant, 0) + info.length
+        if info.session is not None:
+            self._sessions.setdefault(info.session, set()).add((info.tenant, info.key))
+
+    def retire(self, entry: IndexEntry) -> bool:
+        """Take ``entry`` out of the index. True: release its extent now (nobody pins it)."""
+        if entry.dead:
+            return False
+        info = entry.info
+        keys = self._tenants.get(info.tenant)
+        if keys is not None and keys.get(info.key) is entry:
+            del keys[info.key]
+            if not keys:
+                del self._tenants[info.tenant]
+        self._usage[info.tenant] -= info.length
+        if not self._usage[info.tenant]:
+            del self._usage[info.tenant]
+        if info.session is not None:
+            members = self._sessions.get(info.session)
+            if members is not None:
+                members.discard((info.tenant, info.key))
+                if not members:
+                    del self._sessions[info.session]
+        self._dirty_access.pop((info.tenant, info.key), None)
+        entry.dead = True
+        return entry.pins == 0
+
+    def pin(self, entry: IndexEntry) -> None:
+        if entry.pins == 0:
+            self.pinned += 1
+        entry.pins += 1
+
+    def unpin(self, entry: IndexEntry) -> bool:
+        """Drop one pin. True: the entry was retired meanwhile, release its extent now."""
+        entry.pins -= 1
+        if entry.pins:
+            return False
+        self.pinned -= 1
+        return entry.dead
+
+    def session_members(self, session: str) -> list[IndexEntry]:
+        """The live ephemeral entries of ``session``."""
+        out = []
+        for tenant, key in self._sessions.get(session, ()):
+            entry = self.lookup(tenant, key)
+            if entry is not None and entry.info.session == session:
+                out.append(entry)
+        return out
+
+    def note_access(self, entry: IndexEntry) -> None:
+        now = time.time()
+        entry.last_access = now
+        if entry.info.persistent:
+            self._dirty_access[(entry.info.tenant, entry.info.key)] = now
+
+    def take_dirty_access(self) -> dict[tuple[str, bytes], float]:
+        batch, self._dirty_access = self._dirty_access, {}
+        return batch
+
+    def usage(self, tenant: str) -> int:
+        return self._usage.get(tenant, 0)
+
+    def session_counts(self) -> dict[str, int]:
+        return {s: len(m) for s, m in self._sessions.items()}
+
+    def scan(self, tenant: str | None, prefix: bytes, limit: int) -> Iterator[IndexEntry]:
+        """Entries in (tenant, key) order whose key starts with ``prefix``; ``limit`` 0: all."""
+        count = 0
+        names = sorted(self._tenants) if tenant is None else [tenant]
+        for name in names:
+            keys = self._tenants.get(name)
+            if keys is None:
+                continue
+            for k in keys.irange(minimum=prefix):
+                if not k.startswith(prefix):
+                    break
+                yield keys[k]
+                count += 1
+                if limit and count >= limit:
+                    return
+
+    def entries(self) -> Iterator[IndexEntry]:
+        for keys in self._tenants.values():
+            yield from keys.values()

@@ -1,0 +1,580 @@
+"""The object store: tenant-scoped keys -> checksummed extents on a residency path.
+
+This is what the gRPC service calls. It joins three parts: the residency paths (where bytes
+live: ``direct`` extents on the namespace, later ``pagecache`` slab files), their allocators, and
+the committed extent table in :class:`~dualbladed.store.meta.MetaStore`.
+
+Put (crash ordering; see also the MetaStore docstring)::
+
+    validate -> xxh3-64 of the payload -> allocate a *fresh* extent (lock)
+             -> [put.after_alloc] -> write it (no lock) -> [put.after_data_write]
+             -> durable: path.flush() (no lock) -> [put.after_flush]
+             -> commit the row (lock; synchronous=FULL when durable) -> [put.after_commit]
+             -> free the replaced object's extent (lock; deferred while readers pin it)
+             -> acknowledge
+
+Delete: find (lock) -> [delete.before_commit] -> commit the row's removal
+-> [delete.after_commit] -> free the extent. The bracketed names are kill points
+(:mod:`dualbladed.killpoints`): the crash loop SIGKILLs the daemon there and checks that every
+acknowledged state survives.
+
+A crash before the commit leaves the old row and the old extent untouched, and the new extent is
+free after restart because free maps are rebuilt from committed rows only. Any failure frees the
+new extent and leaves the old object intact. Ephemeral objects never touch SQLite: they live in
+the in-memory index, die with their session, and after a crash their space is simply free.
+
+Get reads straight into the caller's buffer and verifies the checksum there. On a mismatch
+``dst[:size]`` is zeroed before :class:`~dualbladed.errors.ChecksumMismatch` is raised and the
+object is dropped (row deleted, extent freed), so torn or stale bytes are reported, never
+returned. Reading into ``dst`` avoids a bounce copy on the hot path; the zeroing is the price of
+a rare failure.
+
+Locking. ``ObjectStore._lock`` guards the index, the session table, every path's allocator
+(``allocate``/``release``/``reserve``) and metadata commits. Data I/O (``write``, ``read``,
+``flush``) runs *outside* it, so many gRPC threads stream at once. A reader pins its entry
+(``IndexEntry.pins``) under the lock before reading; a delete or overwrite that retires a pinned
+entry only marks it dead, and the last reader to unpin frees the extent. So an extent is never
+reallocated while anybody may still read it. Lock order: ``ObjectStore._lock`` ->
+``MetaStore._lock``; paths take their own internal locks below both and never call back.
+
+The in-memory index (entries, pins, sessions, per-tenant usage) lives in
+:mod:`dualbladed.store.index`, start-up recovery in :mod:`dualbladed.store.recovery`, migration
+in :mod:`dualbladed.store.relocate` and input checks in :mod:`dualbladed.store.input`; this module owns
+the lock, the paths and the metadata.
+
+``last_access`` is updated in memory on every get and written to SQLite in batches (a
+background timer every ``access_flush_interval`` seconds, and at ``flush``/``close``), never one
+SQLite write per get.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+import xxhash
+
+from dualbladed.errors import (
+    ChecksumMismatch,
+    DualbladeError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from dualbladed.killpoints import killpoint
+from dualbladed.oserrors import from_oserror
+from dualbladed.paths.abstract import DIRECT, ResidencyPath
+from dualbladed.store.index import IndexEntry, ObjectIndex, ObjectInfo, PathUsage, StoreStats
+from dualbladed.store.input import (
+    DEFAULT_MAX_OBJECT_BYTES,
+    MAX_KEY_BYTES,
+    as_bytes_view,
+    check_key,
+    zero,
+)
+from dualbladed.store.meta import MetaStore, ObjectRecord, parse_tenant
+from dualbladed.store.recovery import open_meta, rebuild
+from dualbladed.store.relocate import relocate
+
+if TYPE_CHECKING:
+    from dualbladed.namespace.abstract import Namespace
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_MAX_OBJECT_BYTES",
+    "MAX_KEY_BYTES",
+    "ObjectInfo",
+    "ObjectStore",
+    "PathUsage",
+    "Placement",
+    "StoreStats",
+]
+
+
+#: ``placement(tenant, size) -> path name`` for puts without an explicit path hint.
+Placement = Callable[[str, int], str]
+
+
+class ObjectStore:
+    """Tenant-scoped, checksummed objects over one or more residency paths.
+
+    Build it with :meth:`open`; the constructor takes already-open parts (tests, the daemon's
+    own wiring) and rebuilds every path's free map from the committed rows.
+    """
+
+    def __init__(
+        self,
+        meta: MetaStore,
+        paths: dict[str, ResidencyPath],
+        *,
+        placement: Placement | None = None,
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+        access_flush_interval: float = 5.0,
+    ) -> None:
+        if not paths:
+            raise InvalidArgument("an object store needs at least one residency path")
+        if max_object_bytes <= 0:
+            raise InvalidArgument(f"max_object_bytes must be positive, got {max_object_bytes}")
+        self._meta = meta
+        self._paths = dict(paths)
+        self._placement = placement
+        self.max_object_bytes = max_object_bytes
+        # Lock order: self._lock -> MetaStore._lock -> (paths' internal locks).
+        self._lock = threading.Lock()
+        self._index = ObjectIndex()
+        self._known_tenants = {t.name for t in meta.tenants()}
+        self._closed = False
+        self._next_generation = rebuild(meta, self._paths, self._index)
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
+        if access_flush_interval > 0:
+            self._flusher = threading.Thread(
+                target=_flush_loop,
+                args=(weakref.ref(self), self._stop, access_flush_interval),
+                name="dualblade-access-flush",
+                daemon=True,
+            )
+            self._flusher.start()
+
+    @classmethod
+    def open(
+        cls,
+        namespace: Namespace,
+        state_dir: str | os.PathLike[str],
+        *,
+        paths: dict[str, ResidencyPath] | None = None,
+        format: bool = False,
+        placement: Placement | None = None,
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+        access_flush_interval: float = 5.0,
+    ) -> ObjectStore:
+        """Load (or, with ``format``, create) the superblock and open the store on it.
+
+        ``format=True`` also discards a state directory bound to a previous namespace UUID,
+        since formatting made its rows meaningless. Without it, such a directory is refused
+        with :class:`SuperblockError`. The store owns ``paths`` (and the direct path it builds
+        when none are given) and closes them in :meth:`close`; the caller keeps the namespace.
+        """
+        meta = open_meta(namespace, state_dir, format=format)
+        try:
+            if paths is None:
+                from dualbladed.paths.direct import DirectPath
+
+                paths = {DIRECT: DirectPath(namespace)}
+            return cls(
+                meta,
+                paths,
+                placement=placement,
+                max_object_bytes=max_object_bytes,
+                access_flush_interval=access_flush_interval,
+            )
+        except BaseException:
+            meta.close()
+            raise
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def put(
+        self,
+        tenant: str,
+        key: bytes,
+        src: memoryview,
+        *,
+        persistent: bool = False,
+        durable: bool = False,
+        session: str | None = None,
+        path: str | None = None,
+    ) -> ObjectInfo:
+        """Store ``src`` under ``(tenant, key)``, replacing any previous version.
+
+        Acknowledged (returns) only after the metadata commit. Ephemeral objects
+        (``persistent=False``) belong to ``session`` when one is given and are freed by
+        :meth:`release_session`; persistent objects outlive sessions (``session`` is ignored).
+
+        Raises:
+            InvalidArgument: bad tenant, key, size or path name.
+            OutOfSpace: no free extent on the chosen path is large enough.
+            DeviceIOError: the write or flush failed. In every error case nothing changed.
+        """
+        key = self._check_key(tenant, key)
+        data = as_bytes_view(src, writable=False, what="source")
+        size = data.nbytes
+        if not 1 <= size <= self.max_object_bytes:
+            raise InvalidArgument(
+                f"object size {size} is outside 1..{self.max_object_bytes} bytes (key {key!r})"
+            )
+        path_name = self._choose_path(tenant, size, path)
+        checksum = xxhash.xxh3_64_intdigest(data)
+        target = self._paths[path_name]
+        with self._lock:
+            self._check_open()
+            extent = target.allocate(size)
+        try:
+            killpoint("put.after_alloc")
+            target.write(extent, data)
+            killpoint("put.after_data_write")
+            if durable:
+                target.flush()
+                killpoint("put.after_flush")
+        except BaseException as exc:
+            with self._lock:
+                target.release(extent)
+            if isinstance(exc, OSError):
+                raise from_oserror(
+                    exc, context=f"writing key {key!r} to {path_name} at {extent.offset}"
+                ) from exc
+            raise
+        with self._lock:
+            try:
+                self._check_open()
+                entry = IndexEntry(
+                    ObjectInfo(
+                        tenant=tenant,
+                        key=key,
+                        size=size,
+                        path=path_name,
+                        offset=extent.offset,
+                        length=extent.length,
+                        checksum=checksum,
+                        generation=self._next_generation,
+                        persistent=persistent,
+                        last_access=time.time(),
+                        session=None if persistent else session,
+                    )
+                )
+                old = self._index.lookup(tenant, key)
+                self._commit(entry, old, durable=durable)
+            except BaseException:
+                target.release(extent)
+                raise
+            killpoint("put.after_commit")
+            self._next_generation += 1
+            if old is not None:
+                self._retire(old)
+            self._index.install(entry)
+            return entry.snapshot()
+
+    def _commit(self, entry: IndexEntry | None, old: IndexEntry | None, *, durable: bool) -> None:
+        """Make the metadata say ``entry`` (None: nothing) instead of ``old``. Under the lock."""
+        info = entry.info if entry is not None else None
+        if not (info is not None and info.persistent) and not (old and old.info.persistent):
+            return  # ephemeral -> ephemeral: nothing durable changes
+        try:
+            with self._meta.txn(durable=durable) as t:
+                if info is not None and info.persistent:
+                    if info.tenant not in self._known_tenants:
+                        uid, label = parse_tenant(info.tenant)
+                        t.upsert_tenant(info.tenant, uid, label)
+                    t.put(self._record(info, entry.last_access))  # type: ignore[union-attr]
+                elif old is not None:
+                    t.delete(old.info.tenant, old.info.key)
+        except DualbladeError:
+            raise
+        except Exception as exc:  # sqlite3.Error, OSError from the state dir
+            raise DualbladeError(f"metadata commit failed: {exc}") from exc
+        if info is not None and info.persistent:
+            self._known_tenants.add(info.tenant)
+
+    def delete(self, tenant: str, key: bytes) -> ObjectInfo:
+        """Remove one object and free its space (once no reader pins it)."""
+        key = self._check_key(tenant, key)
+        with self._lock:
+            self._check_open()
+            entry = self._require(tenant, key)
+            killpoint("delete.before_commit")
+            self._commit(None, entry, durable=False)
+            killpoint("delete.after_commit")
+            self._retire(entry)
+            return entry.snapshot()
+
+    def release_session(self, session: str) -> int:
+        """Free every ephemeral object of ``session``; return how many there were."""
+        with self._lock:
+            self._check_open()
+            members = self._index.session_members(session)
+            for i, entry in enumerate(members):
+                if i == len(members) // 2:
+                    killpoint("release_session.mid")
+                self._retire(entry)
+        if members:
+            logger.info("session %s released: %d ephemeral objects freed", session, len(members))
+        return len(members)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get_into(self, tenant: str, key: bytes, dst: memoryview) -> ObjectInfo:
+        """Read the object into ``dst[:size]`` and verify it.
+
+        Raises:
+            NotFound: no such key for this tenant.
+            InvalidArgument: ``dst`` is smaller than the object or not writable.
+            ChecksumMismatch: the stored bytes are torn or stale; ``dst[:size]`` was zeroed and
+                the object dropped.
+            DeviceIOError: the read failed (the object is kept).
+        """
+        key = self._check_key(tenant, key)
+        out = as_bytes_view(dst, writable=True, what="destination")
+        with self._lock:
+            self._check_open()
+            entry = self._require(tenant, key)
+            size = entry.info.size
+            if out.nbytes < size:
+                raise InvalidArgument(
+                    f"destination buffer holds {out.nbytes} bytes, key {key!r} needs {size}"
+                )
+            self._index.pin(entry)
+            self._index.note_access(entry)
+        try:
+            actual = self._read_verified(entry, out[:size])
+        except BaseException:
+            with self._lock:
+                self._unpin(entry)
+            raise
+        with self._lock:
+            self._unpin(entry)
+            if actual is not None:
+                self._drop_corrupt(entry, actual)
+        if actual is not None:
+            raise ChecksumMismatch(key, entry.info.checksum, actual)
+        return entry.snapshot()
+
+    def _read_verified(self, entry: IndexEntry, view: memoryview) -> int | None:
+        """Read ``entry`` into ``view``; return None when it verifies, else the bad checksum."""
+        info = entry.info
+        try:
+            self._paths[info.path].read(info.extent, view)
+        except OSError as exc:
+            raise from_oserror(
+                exc, context=f"reading key {info.key!r} from {info.path} at {info.offset}"
+            ) from exc
+        actual = xxhash.xxh3_64_intdigest(view)
+        if actual == info.checksum:
+            return None
+        zero(view)
+        return actual
+
+    def _drop_corrupt(self, entry: IndexEntry, actual: int) -> None:
+        info = entry.info
+        logger.error(
+            "checksum mismatch: tenant %s key %r on %s at %d+%d generation %d "
+            "(stored %#018x, read %#018x); dropping the object",
+            info.tenant,
+            info.key,
+            info.path,
+            info.offset,
+            info.length,
+            info.generation,
+            info.checksum,
+            actual,
+        )
+        if self._index.lookup(info.tenant, info.key) is entry:  # not already replaced or deleted
+            self._commit(None, entry, durable=False)
+            self._retire(entry)
+
+    def stat(self, tenant: str, key: bytes) -> ObjectInfo:
+        key = self._check_key(tenant, key)
+        with self._lock:
+            self._check_open()
+            return self._require(tenant, key).snapshot()
+
+    def list(self, tenant: str | None, prefix: bytes = b"", limit: int = 0) -> list[ObjectInfo]:
+        """Objects in (tenant, key) order whose key starts with ``prefix``; ``limit`` 0: all.
+
+        ``tenant=None`` lists every tenant (admin tools only).
+        """
+        if limit < 0:
+            raise InvalidArgument(f"limit must be >= 0, got {limit}")
+        with self._lock:
+            self._check_open()
+            return [e.snapshot() for e in self._index.scan(tenant, bytes(prefix), limit)]
+
+    def usage(self, tenant: str) -> int:
+        """Bytes of space allocated to ``tenant`` (extent lengths, ephemeral included)."""
+        with self._lock:
+            return self._index.usage(tenant)
+
+    def stats(self) -> StoreStats:
+        with self._lock:
+            counts = {name: [0, 0] for name in self._paths}
+            persistent = ephemeral = 0
+            for entry in self._index.entries():
+                c = counts[entry.info.path]
+                c[0] += 1
+                c[1] += entry.info.size
+                if entry.info.persistent:
+                    persistent += 1
+                else:
+                    ephemeral += 1
+            return StoreStats(
+                paths={
+                    name: PathUsage(
+                        objects=counts[name][0],
+                        bytes=counts[name][1],
+                        alloc=p.stats(),
+                        resident_bytes=p.resident_bytes(),
+                    )
+                    for name, p in self._paths.items()
+                },
+                objects=persistent + ephemeral,
+                persistent_objects=persistent,
+                ephemeral_objects=ephemeral,
+                sessions=self._index.session_counts(),
+                pinned=self._index.pinned,
+            )
+
+    @property
+    def path_names(self) -> tuple[str, ...]:
+        return tuple(self._paths)
+
+    @property
+    def paths(self) -> Mapping[str, ResidencyPath]:
+        """The residency paths by name (read-only view; their ``stats()`` lock themselves)."""
+        return MappingProxyType(self._paths)
+
+    @property
+    def namespace_uuid(self) -> uuid.UUID:
+        """The superblock UUID the metadata is bound to."""
+        return self._meta.namespace_uuid
+
+    # -- migration ---------------------------------------------------------------------------
+
+    def relocate(self, tenant: str, key: bytes, new_path: str) -> ObjectInfo:
+        """Move one object to ``new_path`` (the residency arbiter's migration hook).
+
+        Copy, verify, flush the destination, commit durably, then free the old extent: a failure
+        at any step leaves exactly one valid copy, and readers see the old copy until the commit.
+        The protocol lives in :mod:`dualbladed.store.relocate`.
+
+        Raises:
+            FailedPrecondition: the object was overwritten or deleted during the copy (the copy
+                is discarded; the newer state stands).
+        """
+        return relocate(self, tenant, key, new_path)
+
+    # -- durability and shutdown ---------------------------------------------------------------
+
+    def flush_access(self) -> int:
+        """Persist the batched ``last_access`` updates; return how many were written."""
+        with self._lock:
+            if self._closed:
+                return 0
+            batch = self._index.take_dirty_access()
+        if not batch:
+            return 0
+        self._meta.touch_many((t, k, when) for (t, k), when in batch.items())
+        return len(batch)
+
+    def flush(self) -> None:
+        """Make everything acknowledged so far durable: data on every path, then metadata."""
+        self._check_open()
+        for p in self._paths.values():
+            p.flush()
+        self.flush_access()
+        self._meta.sync()
+
+    def close(self) -> None:
+        """Flush and release everything. Ephemeral objects are gone afterwards."""
+        with self._lock:
+            if self._closed:
+                return
+        self._stop.set()
+        if self._flusher is not None:
+            self._flusher.join()
+        try:
+            self.flush()
+        finally:
+            with self._lock:
+                self._closed = True
+            for p in self._paths.values():
+                p.close()
+            self._meta.close()
+
+    def __enter__(self) -> ObjectStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- helpers (under self._lock) ----------------------------------------------------------
+
+    def _require(self, tenant: str, key: bytes) -> IndexEntry:
+        entry = self._index.lookup(tenant, key)
+        if entry is None:
+            # The message names only the caller's key: other tenants' keys look absent.
+            raise NotFound(f"key {key!r} not found")
+        return entry
+
+    def _retire(self, entry: IndexEntry) -> None:
+        if self._index.retire(entry):
+            self._paths[entry.info.path].release(entry.info.extent)
+
+    def _unpin(self, entry: IndexEntry) -> None:
+        if self._index.unpin(entry):
+            self._paths[entry.info.path].release(entry.info.extent)
+
+    @staticmethod
+    def _record(info: ObjectInfo, last_access: float) -> ObjectRecord:
+        return ObjectRecord(
+            tenant=info.tenant,
+            key=info.key,
+            path=info.path,
+            offset=info.offset,
+            length=info.length,
+            size=info.size,
+            checksum=info.checksum,
+            generation=info.generation,
+            persistent=info.persistent,
+            last_access=last_access,
+        )
+
+    # -- validation ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_key(tenant: str, key: bytes) -> bytes:
+        return check_key(tenant, key)
+
+    def _choose_path(self, tenant: str, size: int, hint: str | None) -> str:
+        if hint is not None:
+            if hint not in self._paths:
+                raise InvalidArgument(self._unknown_path(hint))
+            return hint
+        if self._placement is not None:
+            name = self._placement(tenant, size)
+            if name in self._paths:
+                return name
+            logger.warning("placement chose unknown path %r; using %s", name, DIRECT)
+        if DIRECT in self._paths:
+            return DIRECT
+        return next(iter(self._paths))
+
+    def _unknown_path(self, name: str) -> str:
+        return f"unknown residency path {name!r} (configured: {', '.join(sorted(self._paths))})"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FailedPrecondition("object store is closed")
+
+    def __iter__(self) -> Iterator[ObjectInfo]:
+        return iter(self.list(None))
+
+
+def _flush_loop(ref: weakref.ref[ObjectStore], stop: threading.Event, interval: float) -> None:
+    """Background batching of last_access; holds only a weak reference to the store."""
+    while not stop.wait(interval):
+        store = ref()
+        if store is None:
+            return
+        try:
+            store.flush_access()
+        except DualbladeError as exc:
+            logger.warning("last_access flush failed: %s", exc)
+        finally:
+            del store

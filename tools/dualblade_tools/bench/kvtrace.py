@@ -1,0 +1,466 @@
+"""A Llama-shaped KV trace with real per-layer compute: the residency benchmark's worker.
+
+One run of the worker is one inference request on an edge box: a prefill that writes every
+layer's K and V for ``context`` tokens, then ``steps`` decode steps that each read every layer's
+whole KV and append one token. It runs in its own process (inside the benchmark's memory cgroup)
+and prints one JSON result line on stdout; progress goes to stderr.
+
+Shape (defaults are Llama-3-8B's KV geometry at an 8k context, unscaled): ``layers`` x K/V x
+``context`` tokens x ``kv_heads`` x ``head_dim`` x fp16 = 1 GiB at 32 x 8 x 128 x 8192. Each
+layer's K and V are cut into ``block_tokens``-token objects ("L{l}/k/B{b}"); a decode step
+rewrites the partly filled tail block of each layer with the new token appended (as the SDK's
+`DualBladeCache` does), so a step reads ``2 * layer_kv`` bytes... per layer and writes a block.
+
+Compute (what is scaled, and stated in every report): the model's weights are a file of
+``layers`` fp32 matrices ``[hidden, ffn]`` (default 2048 x 4096 = 32 MiB, 1 GiB in all, where
+8B's are ~16 GB fp16), read through ``mmap`` like a real edge runtime maps its weights, so KV
+pages and weight pages compete for the same page cache. Per layer, decode computes
+``x[rows, hidden] @ W_l`` (touching every weight page of the layer) and one pass over every KV
+byte it just read (an int64 sum: the memory traffic of attention's read of the cache, without
+the fp16 arithmetic a CPU does slowly); prefill computes ``x[prefill_rows, hidden] @ W_l``.
+
+Overlap is the same for every mode: `dualblade.pipeline.LayerPipeline` (adaptive prefetch depth,
+write-back off the model thread) over a `KVBackend`. The daemon modes use `ClientBackend` (the
+SDK client); the baseline uses `FileBackend`, an in-process FlexGen-style offload to buffered
+per-layer files that relies on the page cache. Same trace, same compute, same pipeline: only the
+storage path differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ClientBackend",
+    "FileBackend",
+    "TraceResult",
+    "TraceSpec",
+    "create_weights",
+    "main",
+    "run_trace",
+]
+
+_FP16 = 2
+
+
+@dataclass(frozen=True)
+class TraceSpec:
+    """The workload; every field is a command-line option of ``dualblade-bench residency``."""
+
+    layers: int = 32
+    kv_heads: int = 8
+    head_dim: int = 128
+    context: int = 8192
+    block_tokens: int = 256
+    steps: int = 16
+    warmup_steps: int = 1
+    hidden: int = 2048
+    ffn: int = 4096
+    rows: int = 8
+    prefill_rows: int = 64
+    max_depth: int = 4
+
+    @property
+    def token_bytes(self) -> int:
+        """One token of K (or of V) in one layer."""
+        return self.kv_heads * self.head_dim * _FP16
+
+    @property
+    def block_bytes(self) -> int:
+        return self.block_tokens * self.token_bytes
+
+    @property
+    def max_tokens(self) -> int:
+        return self.context + self.warmup_steps + self.steps
+
+    @property
+    def max_blocks(self) -> int:
+        return -(-self.max_tokens // self.block_tokens)
+
+    @property
+    def kv_bytes(self) -> int:
+        """The working set after prefill: every layer's K and V for ``context`` tokens."""
+        return self.layers * 2 * self.context * self.token_bytes
+
+    @property
+    def staging_bytes(self) -> int:
+        """One pipeline staging pool: ``max_depth + 1`` layers at the longest context."""
+        return (self.max_depth + 1) * 2 * self.max_blocks * self.block_bytes
+
+    @property
+    def arena_bytes(self) -> int:
+        """The client's arena: both staging pools (reads, write-backs) plus slack, 1 MiB-aligned."""
+        return -(-(2 * self.staging_bytes + (32 << 20)) // (1 << 20)) * (1 << 20)
+
+    @property
+    def layer_weight_bytes(self) -> int:
+        return self.hidden * self.ffn * 4
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.layers * self.layer_weight_bytes
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    prefill_s: float
+    decode_ms: tuple[float, ...]
+    decode_p50_ms: float
+    decode_p99_ms: float
+    decode_s: float
+    io_read_bytes: int  # storage-layer bytes (/proc/<pid>/io) of the worker and the daemon
+    io_write_bytes: int
+    client_rss_bytes: int
+    client_peak_rss_bytes: int
+    cgroup_cache_bytes: int | None
+    cgroup_anon_bytes: int | None
+    cgroup_shmem_bytes: int | None
+    depth: int
+
+
+def create_weights(path: Path, spec: TraceSpec) -> None:
+    """Write the weights file once (random fp32, per-layer contiguous); skip if it fits."""
+    if path.exists() and path.stat().st_size == spec.weight_bytes:
+        return
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as fh:
+        for _ in range(spec.layers):
+            w = torch.randn(spec.hidden, spec.ffn, generator=gen) * 0.02
+            fh.write(w.numpy().tobytes())
+    os.replace(tmp, path)
+
+
+def block_key(layer: int, kind: str, block: int) -> bytes:
+    return f"L{layer}/{kind}/B{block}".encode()
+
+
+# --------------------------------------------------------------------------- backends
+
+
+class FileBackend:
+    """FlexGen-style offload: one buffered file per layer, fixed slots, the page cache decides.
+
+    Layout of ``layer{l}.kv``: K blocks ``[0, max_blocks)`` then V blocks, each slot
+    ``block_bytes`` long, so a layer's K (or V) is one sequential run of the file and kernel
+    readahead sees what FlexGen's per-layer reads look like. No O_DIRECT, no fadvise: whatever
+    the page cache keeps is served from memory, whatever it drops is re-read from the disk.
+    """
+
+    def __init__(self, directory: Path, spec: TraceSpec) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.spec = spec
+        self._fds = [
+            os.open(directory / f"layer{i}.kv", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            for i in range(spec.layers)
+        ]
+        self._sizes: dict[bytes, int] = {}
+
+    def _where(self, key: bytes) -> tuple[int, int]:
+        layer, kind, block = key.decode().split("/")
+        slot = int(block[1:]) + (self.spec.max_blocks if kind == "v" else 0)
+        return self._fds[int(layer[1:])], slot * self.spec.block_bytes
+
+    def put_many(self, items: Sequence[tuple[bytes, Any]], *, persistent: bool = False) -> None:
+        for key, tensor in items:
+            data = memoryview(tensor.reshape(-1).view(_uint8()).numpy())
+            fd, offset = self._where(key)
+            os.pwrite(fd, data, offset)
+            self._sizes[key] = data.nbytes
+
+    def get_many_into(self, items: Sequence[tuple[bytes, Any]]) -> None:
+        for key, dst in items:
+            view = memoryview(dst.reshape(-1).view(_uint8()).numpy())
+            if self._sizes.get(key) != view.nbytes:
+                raise ValueError(f"size mismatch for {key!r}")
+            fd, offset = self._where(key)
+            got = os.preadv(fd, [view], offset)
+            if got != view.nbytes:
+                raise OSError(f"short read of {key!r}: {got} of {view.nbytes}")
+
+    def contains_many(self, keys: Sequence[bytes]) -> list[bool]:
+        return [k in self._sizes for k in keys]
+
+    def delete_many(self, keys: Sequence[bytes]) -> None:
+        for k in keys:
+            self._sizes.pop(k, None)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+
+
+class ClientBackend:
+    """The SDK client as a `KVBackend`, with its arena as the pipeline's staging.
+
+    ``staging``/``release_tensor`` hand the pipeline slices of the shared arena, so the daemon
+    reads and writes straight into the buffers the model computes on (zero copies in the client);
+    the arena is sized by the worker to hold both staging pools.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def put_many(self, items: Sequence[tuple[bytes, Any]], *, persistent: bool = False) -> None:
+        self.client.put_many(items, persistent=persistent)
+
+    def get_many_into(self, items: Sequence[tuple[bytes, Any]]) -> None:
+        self.client.get_many_into(items)
+
+    def contains_many(self, keys: Sequence[bytes]) -> list[bool]:
+        return self.client.contains_many(keys)
+
+    def delete_many(self, keys: Sequence[bytes]) -> None:
+        self.client.delete_many(keys)
+
+    def staging(self, nbytes: int) -> Any:
+        return self.client.staging(nbytes)
+
+    def release_tensor(self, tensor: Any) -> None:
+        self.client.release_tensor(tensor)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _uint8() -> Any:
+    import torch
+
+    return torch.uint8
+
+
+# --------------------------------------------------------------------------- the trace
+
+
+def _proc_io(pid: int) -> tuple[int, int]:
+    try:
+        text = Path(f"/proc/{pid}/io").read_text()
+    except OSError:
+        return 0, 0
+    fields = dict(line.split(": ") for line in text.splitlines())
+    return int(fields["read_bytes"]), int(fields["write_bytes"])
+
+
+def _rss() -> tuple[int, int]:
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) * 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def _cgroup_memory(stat_path: str | None) -> tuple[int | None, int | None, int | None]:
+    """``(cache, anon, shmem)`` from a v1 or v2 ``memory.stat``; Nones without a cgroup."""
+    if not stat_path:
+        return None, None, None
+    raw = dict(line.split(" ") for line in Path(stat_path).read_text().splitlines())
+
+    def pick(*keys: str) -> int | None:
+        return next((int(raw[k]) for k in keys if k in raw), None)
+
+    return (
+        pick("total_cache", "cache", "file"),
+        pick("total_rss", "rss", "anon"),
+        pick("total_shmem", "shmem"),
+    )
+
+
+def run_trace(
+    spec: TraceSpec,
+    backend: Any,
+    weights_path: Path,
+    *,
+    io_pids: Sequence[int] = (),
+    cgroup_stat: str | None = None,
+    say: Any = None,
+) -> TraceResult:
+    """Prefill then decode through a `LayerPipeline` over ``backend``; see the module docstring."""
+    import torch
+
+    from dualblade.pipeline import AdaptiveConfig
+    from dualblade.pipeline.pipeline import LayerPipeline, LayerRead, Segment
+
+    say = say or (lambda msg: None)
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(1)
+    fd = os.open(weights_path, os.O_RDONLY)
+    try:
+        wmap = mmap.mmap(fd, spec.weight_bytes, access=mmap.ACCESS_COPY)  # reads share the cache
+    finally:
+        os.close(fd)
+    wflat = torch.frombuffer(wmap, dtype=torch.float32)
+    per = spec.hidden * spec.ffn
+    weights = [
+        wflat[i * per : (i + 1) * per].view(spec.hidden, spec.ffn) for i in range(spec.layers)
+    ]
+    x = torch.randn(spec.rows, spec.hidden, generator=gen)
+    xp = torch.randn(spec.prefill_rows, spec.hidden, generator=gen)
+    # One layer's K or V for the whole context, random fp16 bits; every layer writes these bytes.
+    pattern = torch.randint(0, 256, (spec.context * spec.token_bytes,), dtype=torch.uint8)
+    new_token = torch.randint(0, 256, (spec.token_bytes,), dtype=torch.uint8)
+    cfg = AdaptiveConfig(staging_bytes=spec.staging_bytes, max_depth=spec.max_depth)
+    sink = 0.0
+
+    def layer_read(layer: int, length: int) -> LayerRead:
+        blocks = -(-length // spec.block_tokens)
+        return LayerRead(
+            tuple(
+                Segment(
+                    block_key(layer, kind, b),
+                    min(spec.block_tokens, length - b * spec.block_tokens) * spec.token_bytes,
+                )
+                for kind in ("k", "v")
+                for b in range(blocks)
+            )
+        )
+
+    with LayerPipeline(backend, num_layers=spec.layers, depth="auto", config=cfg) as pipe:
+        # -- prefill: compute each layer, write its K and V back while the next layer computes.
+        t0 = time.perf_counter()
+        for layer in range(spec.layers):
+            sink += float((xp @ weights[layer])[0, 0])
+            items = []
+            for kind in ("k", "v"):
+                for b in range(-(-spec.context // spec.block_tokens)):
+                    lo = b * spec.block_bytes
+                    hi = min(lo + spec.block_bytes, pattern.numel())
+                    items.append((block_key(layer, kind, b), pattern[lo:hi]))
+            pipe.writeback(layer, items)
+        pipe.flush()
+        prefill_s = time.perf_counter() - t0
+        say(f"prefill {prefill_s:.2f} s ({spec.kv_bytes / 2**30:.2f} GiB KV)")
+
+        # -- decode: every step reads each layer's whole KV and appends one token.
+        length = spec.context
+        times: list[float] = []
+        total = spec.warmup_steps + spec.steps
+        reads = [layer_read(layer, length) for layer in range(spec.layers)]
+        pipe.begin_step(reads)
+        io0 = [_proc_io(p) for p in io_pids]
+        t_decode = time.perf_counter()
+        for step in range(total):
+            if step == spec.warmup_steps:
+                io0 = [_proc_io(p) for p in io_pids]
+                t_decode = time.perf_counter()
+            t0 = time.perf_counter()
+            next_reads = [layer_read(layer, length + 1) for layer in range(spec.layers)]
+            tail_block = length // spec.block_tokens
+            tail_tokens = length % spec.block_tokens
+            for layer in range(spec.layers):
+                buf = pipe.layer(layer)
+                # The new token's K and V come from the layer's projection, before attention:
+                # queue the tail block's rewrite first, so the next step's read of this layer
+                # (possibly issued just below) is ordered after it.
+                items = []
+                read = reads[layer]
+                for kind, first in (("k", 0), ("v", len(read.segments) // 2)):
+                    parts = [new_token]
+                    if tail_tokens:
+                        off = read.offsets[first + tail_block]
+                        parts.insert(0, buf[off : off + tail_tokens * spec.token_bytes])
+                    items.append((block_key(layer, kind, tail_block), torch.cat(parts)))
+                pipe.writeback(layer, items)
+                if layer == spec.layers - 1:
+                    pipe.end_step()
+                    if step + 1 < total:
+                        pipe.begin_step(next_reads)  # next step's first layers read meanwhile
+                sink += float((x @ weights[layer])[0, 0])
+                sink += float(buf.view(torch.int64).sum())
+            times.append(time.perf_counter() - t0)
+            length += 1
+            reads = next_reads
+            label = "warm-up" if step < spec.warmup_steps else f"{step - spec.warmup_steps + 1}"
+            say(f"  decode step {label}/{spec.steps}: {times[-1] * 1e3:.0f} ms")
+        pipe.flush()
+        decode_s = time.perf_counter() - t_decode
+        io1 = [_proc_io(p) for p in io_pids]
+        depth = pipe.stats().depth
+        cache, anon, shmem = _cgroup_memory(cgroup_stat)  # still inside: buffers are live
+    measured = sorted(times[spec.warmup_steps :])
+    rss, hwm = _rss()
+    del weights, wflat
+    wmap.close()
+    _ = sink
+    return TraceResult(
+        prefill_s=prefill_s,
+        decode_ms=tuple(t * 1e3 for t in times[spec.warmup_steps :]),
+        decode_p50_ms=statistics.median(measured) * 1e3,
+        decode_p99_ms=_percentile(measured, 0.99) * 1e3,
+        decode_s=decode_s,
+        io_read_bytes=sum(b[0] - a[0] for a, b in zip(io0, io1)),
+        io_write_bytes=sum(b[1] - a[1] for a, b in zip(io0, io1)),
+        client_rss_bytes=rss,
+        client_peak_rss_bytes=hwm,
+        cgroup_cache_bytes=cache,
+        cgroup_anon_bytes=anon,
+        cgroup_shmem_bytes=shmem,
+        depth=depth,
+    )
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default) of an ascending list."""
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+# --------------------------------------------------------------------------- worker entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m dualblade_tools.bench.kvtrace --spec JSON --weights F (--files D | --socket S)``"""
+    p = argparse.ArgumentParser(prog="kvtrace-worker")
+    p.add_argument("--spec", required=True, help="TraceSpec as JSON")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--files", help="baseline: directory for the per-layer files")
+    p.add_argument("--socket", help="daemon mode: the daemon's gRPC socket")
+    p.add_argument("--daemon-pid", type=int, default=None)
+    p.add_argument("--cgroup-stat", default=None, help="memory.stat of the cgroup to report")
+    p.add_argument("--label", default="")
+    args = p.parse_args(argv)
+    spec = TraceSpec(**json.loads(args.spec))
+
+    def say(msg: str) -> None:
+        print(f"[bench] {args.label} {msg}", file=sys.stderr, flush=True)
+
+    pids = [os.getpid()] + ([args.daemon_pid] if args.daemon_pid else [])
+    if args.files:
+        backend: Any = FileBackend(Path(args.files), spec)
+    else:
+        from dualblade import Client
+
+        backend = ClientBackend(Client.connect(args.socket, "bench", spec.arena_bytes))
+    try:
+        result = run_trace(
+            spec,
+            backend,
+            Path(args.weights),
+            io_pids=pids,
+            cgroup_stat=args.cgroup_stat,
+            say=say,
+        )
+    finally:
+        backend.close()
+    print(json.dumps(asdict(result)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

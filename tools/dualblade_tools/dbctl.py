@@ -1,0 +1,379 @@
+"""``dbctl``: the admin CLI for dualbladed.
+
+Online commands talk to the daemon's Admin service over its Unix socket (root or the admin group
+only): ``status``, ``tenants``, ``extents [--tenant T]``, ``residency``, ``health`` (exit 1 while
+the daemon reports a problem, for probes). Offline commands need no
+daemon: ``devices`` (discovery with safety verdicts) and ``fsck`` (checks a stopped daemon's
+state directory and namespace; non-zero exit on any problem).
+
+Every command prints a human table by default and JSON with ``--json`` (the JSON shape is the
+interface scripts depend on: keep keys stable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from dualblade_tools.tables import format_bytes, print_table
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from dualblade import Client
+
+    # Admin calls need a session (identity comes from the handshake), not a data arena.
+    return Client.connect(args.socket, tenant="dbctl", arena_bytes=4096)
+
+
+def _pb_dict(msg: Any) -> dict[str, Any]:
+    return MessageToDict(
+        msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _emit(args: argparse.Namespace, data: Any, render: Callable[[Any], None]) -> int:
+    if args.json:
+        json.dump(data, sys.stdout, indent=2, sort_keys=True, default=_json_default)
+        sys.stdout.write("\n")
+    else:
+        render(data)
+    return 0
+
+
+def _json_default(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return asdict(obj)  # type: ignore[arg-type]
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "backslashreplace")
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# -- online ---------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from dualblade.v1 import dualblade_pb2 as pb
+
+    with _client(args) as c:
+        data = _pb_dict(c.admin_call("Status", pb.StatusRequest()))
+    data["residency"] = json.loads(data.pop("residency_json") or "{}")
+
+    def render(d: dict[str, Any]) -> None:
+        rows = [
+            (
+                "namespace",
+                f"{d['namespace_path']} ({d['namespace_kind']}, uuid {d['namespace_uuid']})",
+            ),
+            ("block size", str(d["block_size"])),
+            ("capacity", format_bytes(int(d["capacity_bytes"]))),
+            ("free", format_bytes(int(d["free_bytes"]))),
+            ("largest free extent", format_bytes(int(d["largest_free_bytes"]))),
+            ("fragmentation", f"{d['fragmentation']:.3f}"),
+            ("sessions", str(d["sessions"])),
+            ("uptime", f"{float(d['uptime_s']):.0f} s"),
+            ("state dir", d["state_dir"]),
+        ]
+        for p in d["paths"]:
+            rows.append(
+                (f"path {p['path']}", f"{p['objects']} objects, {format_bytes(int(p['bytes']))}")
+            )
+        print_table(["field", "value"], rows)
+        if d["metrics"]:
+            print()
+            print_table(
+                ["tenant", "path", "op", "ops", "bytes", "errors", "mean ms"],
+                [
+                    (
+                        m["tenant"],
+                        m["path"],
+                        m["op"],
+                        m["ops"],
+                        format_bytes(int(m["bytes"])),
+                        m["errors"],
+                        f"{float(m['latency']['sum_ms']) / max(int(m['ops']), 1):.3f}",
+                    )
+                    for m in d["metrics"]
+                ],
+            )
+
+    return _emit(args, data, render)
+
+
+def cmd_tenants(args: argparse.Namespace) -> int:
+    from dualblade.v1 import dualblade_pb2 as pb
+
+    with _client(args) as c:
+        data = _pb_dict(c.admin_call("Tenants", pb.TenantsRequest()))["tenants"]
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        print_table(
+            ["tenant", "objects", "bytes", "quota", "sessions", "paths"],
+            [
+                (
+                    t["tenant"],
+                    t["objects"],
+                    format_bytes(int(t["bytes"])),
+                    format_bytes(int(t["quota_bytes"])) if int(t["quota_bytes"]) else "unlimited",
+                    t["sessions"],
+                    ", ".join(f"{p['path']}={format_bytes(int(p['bytes']))}" for p in t["paths"]),
+                )
+                for t in rows
+            ],
+        )
+
+    return _emit(args, data, render)
+
+
+def cmd_extents(args: argparse.Namespace) -> int:
+    from dualblade.v1 import dualblade_pb2 as pb
+
+    with _client(args) as c:
+        reply = c.admin_call(
+            "Extents", pb.ExtentsRequest(tenant=args.tenant or "", limit=args.limit)
+        )
+    data = [
+        {
+            "tenant": e.tenant,
+            "key": e.key.decode("utf-8", "backslashreplace"),
+            "path": e.path,
+            "offset": e.offset,
+            "length": e.length,
+            "size": e.size,
+            "persistent": e.persistent,
+            "generation": e.generation,
+        }
+        for e in reply.extents
+    ]
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        print_table(
+            ["tenant", "key", "path", "offset", "length", "size", "persistent", "gen"],
+            [
+                (
+                    e["tenant"],
+                    e["key"],
+                    e["path"],
+                    e["offset"],
+                    e["length"],
+                    e["size"],
+                    "yes" if e["persistent"] else "no",
+                    e["generation"],
+                )
+                for e in rows
+            ],
+        )
+
+    return _emit(args, data, render)
+
+
+def cmd_residency(args: argparse.Namespace) -> int:
+    from dualblade.v1 import dualblade_pb2 as pb
+
+    with _client(args) as c:
+        data = json.loads(c.admin_call("Residency", pb.ResidencyRequest()).json or "{}")
+    return _emit(args, data, render_residency)
+
+
+#: how many of the arbiter's recent migrations the table shows (--json has them all)
+RESIDENCY_ROWS = 20
+
+
+def _size_or(value: Any, none: str = "-") -> str:
+    return none if value is None else format_bytes(int(value))
+
+
+def render_residency(d: dict[str, Any]) -> None:
+    """The arbiter's snapshot as three tables: tenants, budget and signals, migrations."""
+    tenants = d.get("tenants") or {}
+    print_table(
+        ["tenant", "pagecache", "direct", "share", "weight"],
+        [
+            (
+                t,
+                format_bytes(int(v.get("pagecache", 0))),
+                format_bytes(int(v.get("direct", 0))),
+                format_bytes(int(v.get("share", 0))),
+                f"{float(v.get('weight', 1.0)):g}",
+            )
+            for t, v in sorted(tenants.items())
+        ]
+        or [("(no objects)", "-", "-", "-", "-")],
+    )
+    budget = d.get("budget") or {}
+    sig = d.get("signals") or {}
+    psi = d.get("psi") or {}
+    totals = d.get("totals") or {}
+    cg = sig.get("cgroup_version")
+    rows = [
+        ("mode", str(d.get("mode", "?"))),
+        ("page-cache budget", _size_or(budget.get("total"), "none yet")),
+        ("  from this tick", _size_or(budget.get("raw"))),
+        ("  effective available", _size_or(budget.get("effective_available"))),
+        ("  reserve", _size_or(budget.get("reserve"))),
+        ("  hysteresis", _size_or(budget.get("hysteresis"))),
+        ("our page-cache footprint", _size_or(budget.get("pagecache_resident"))),
+        (
+            "MemAvailable / MemTotal",
+            f"{_size_or(sig.get('mem_available'))} / {_size_or(sig.get('mem_total'))}",
+        ),
+        (
+            "cgroup" + (f" v{cg}" if cg else ""),
+            "none"
+            if not cg
+            else f"limit {_size_or(sig.get('cgroup_limit'), 'unlimited')}, "
+            f"usage {_size_or(sig.get('cgroup_usage'))}, cache {_size_or(sig.get('cgroup_cache'))}",
+        ),
+        (
+            "PSI some/full avg10",
+            f"{sig.get('psi_some_avg10', '-')}% / {sig.get('psi_full_avg10', '-')}%"
+            f" (triggers: {psi.get('mode') or 'off'}, {psi.get('events', 0)} events)",
+        ),
+        (
+            "on the paths",
+            f"pagecache {_size_or(totals.get('pagecache_bytes', 0))}, "
+            f"direct {_size_or(totals.get('direct_bytes', 0))}",
+        ),
+        (
+            "migrations",
+            f"{totals.get('migrations', 0)} ({totals.get('failed_migrations', 0)} failed), "
+            f"demoted {_size_or(totals.get('demoted_bytes', 0))}, "
+            f"promoted {_size_or(totals.get('promoted_bytes', 0))}, "
+            f"cap {_size_or(d.get('migration_bytes_per_s'))}/s",
+        ),
+        ("ticks", f"{d.get('ticks', 0)} every {d.get('tick_s', '?')} s"),
+    ]
+    print()
+    print_table(["residency", "value"], rows)
+    moves = (d.get("migrations") or [])[-RESIDENCY_ROWS:]
+    if moves:
+        print()
+        print_table(
+            ["time", "tenant", "key", "move", "bytes", "ms", "result"],
+            [
+                (
+                    time.strftime("%H:%M:%S", time.localtime(float(m["time"]))),
+                    m["tenant"],
+                    m["key"],
+                    f"{m['from']} -> {m['to']}",
+                    format_bytes(int(m["bytes"])),
+                    f"{float(m['ms']):.1f}",
+                    "ok" if m["ok"] else f"failed: {m.get('error') or '?'}",
+                )
+                for m in moves
+            ],
+        )
+
+
+# -- offline --------------------------------------------------------------------------------
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from dualbladed.namespace.discovery import discover
+
+    devices = discover()
+    data = [asdict(d) for d in devices]
+
+    def render(rows: list[dict[str, Any]]) -> None:
+        print_table(
+            ["device", "kind", "size", "lbs", "model", "serial", "verdict"],
+            [
+                (
+                    d["path"],
+                    d["kind"],
+                    format_bytes(int(d["size"])),
+                    d["logical_block_size"],
+                    d.get("model") or "-",
+                    d.get("serial") or "-",
+                    "ok" + (" (ours)" if d["verdict"]["ours"] else "")
+                    if d["verdict"]["ok"]
+                    else "refused: " + "; ".join(d["verdict"]["reasons"]),
+                )
+                for d in rows
+            ],
+        )
+
+    return _emit(args, data, render)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 while the daemon serves without problems, 1 when it reports any (for probes)."""
+    from dualblade.v1 import dualblade_pb2 as pb
+
+    with _client(args) as c:
+        reply = c.admin_call("Health", pb.HealthRequest())
+    data = {"serving": reply.serving, "problems": list(reply.problems)}
+
+    def render(d: dict[str, Any]) -> None:
+        print("serving" if d["serving"] else "NOT serving")
+        for problem in d["problems"]:
+            print(f"  problem: {problem}")
+
+    _emit(args, data, render)
+    return 0 if reply.serving else 1
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    from dualbladed.store.fsck import fsck
+
+    report = fsck(args.namespace, args.state_dir, verify_data=not args.no_data)
+    _emit(args, asdict(report), lambda r: print(report.render()))
+    return 0 if report.ok else 1
+
+
+# -- argument parsing -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dbctl", description=__doc__.splitlines()[0])
+    p.add_argument("--socket", help="the daemon's gRPC socket (default: the daemon's default)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="namespace, space, sessions, metrics").set_defaults(fn=cmd_status)
+    sub.add_parser("tenants", help="tenants with usage and quotas").set_defaults(fn=cmd_tenants)
+    ex = sub.add_parser("extents", help="every object's extent")
+    ex.add_argument("--tenant", help="only this tenant (uid/label)")
+    ex.add_argument("--limit", type=int, default=0)
+    ex.set_defaults(fn=cmd_extents)
+    sub.add_parser("residency", help="bytes per path, budget, signals, migrations").set_defaults(
+        fn=cmd_residency
+    )
+    sub.add_parser(
+        "devices", help="NVMe namespaces and loop devices with safety verdicts"
+    ).set_defaults(fn=cmd_devices)
+    sub.add_parser("health", help="serving or not, with the problems (exit 1 on any)").set_defaults(
+        fn=cmd_health
+    )
+    fk = sub.add_parser("fsck", help="offline consistency check of a stopped daemon's state")
+    fk.add_argument("--state-dir", required=True)
+    fk.add_argument("--namespace", required=True)
+    fk.add_argument("--no-data", action="store_true", help="skip reading data to verify checksums")
+    fk.set_defaults(fn=cmd_fsck)
+    for name in ("status", "tenants", "extents", "residency", "devices", "health", "fsck"):
+        sub.choices[name].add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from dualblade import errors
+
+    try:
+        return int(args.fn(args))
+    except errors.DualbladeError as err:
+        print(f"dbctl: {err.code}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
