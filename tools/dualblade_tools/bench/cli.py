@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "daemon": "dualblade_tools.bench.daemon",
     "residency": "dualblade_tools.bench.residency",
     "pipeline": "dualblade_tools.bench.pipeline",
+    "scale": "dualblade_tools.bench.scale",
 }
 
 _HELP = {
@@ -26,6 +27,7 @@ _HELP = {
     "daemon": "end-to-end put/get through a running dualbladed",
     "residency": "page-cache vs direct path under memory pressure",
     "pipeline": "layer-wise prefetch pipeline vs compute",
+    "scale": "daemon costs (puts, RSS, idle CPU, status, restart, fsck) as objects pile up",
 }
 
 
