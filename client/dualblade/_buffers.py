@@ -9,8 +9,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-ALIGNMENT = 4096
-
 
 def is_tensor(obj: Any) -> bool:
     torch = sys.modules.get("torch")

@@ -1,7 +1,7 @@
 """The SDK side of the handshake: open a session, receive the token and the arena fd, keep the lease.
 
-The daemon's side and the wire format are described in ``dualbladed.sessions.handshake``. In
-short: one JSON hello datagram out on an ``AF_UNIX``/``SOCK_SEQPACKET`` socket, one JSON reply
+The constants of the protocol are in :mod:`dualblade.v1.wire`; the field-by-field rules in the
+daemon's ``dualbladed.sessions.handshake``. In short: one JSON hello datagram out on an ``AF_UNIX``/``SOCK_SEQPACKET`` socket, one JSON reply
 back carrying the arena memfd with SCM_RIGHTS. The socket then stays open for the life of the
 session: it *is* the lease. Closing it (or exiting, or being killed) ends the session and the
 daemon frees its ephemeral objects. Keep :attr:`HandshakeResult.lease` open and close it only
@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dualblade import errors
+from dualblade.v1.wire import PROTOCOL_VERSION, REPLY_MAX_BYTES
 
-__all__ = ["PROTOCOL_VERSION", "REPLY_MAX_BYTES", "HandshakeResult", "open_session"]
-
-PROTOCOL_VERSION = 1
-REPLY_MAX_BYTES = 65536
+__all__ = ["HandshakeResult", "open_session"]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """``Store.Batch`` over the lease socket: the SDK's side of the fast data plane.
 
-The daemon's side and the frame format are in ``dualbladed.sessions.leaseframes``: a request is
-``u64 id (LE) | BatchRequest``, a reply ``u64 id | u32 code | BatchResponse or UTF-8 message``.
+The frame format is in :mod:`dualblade.v1.wire` (the daemon's side in
+``dualbladed.sessions.leaseframes``): a request is ``u64 id (LE) | BatchRequest``, a reply
+``u64 id | u32 code | BatchResponse or UTF-8 message``.
 A datagram round trip on the lease costs ~0.05 ms against ~0.5 ms for a gRPC-Python unary call.
 
 :class:`LeasePlane` multiplexes calls from many threads (the pipeline's I/O threads) onto the one
@@ -19,19 +20,12 @@ import contextlib
 import errno
 import itertools
 import socket
-import struct
 import threading
 
-import grpc
-
 from dualblade import errors
+from dualblade.v1.wire import REPLY_HEADER, REQUEST_HEADER, Code, code_name, size_socket_buffers
 
 __all__ = ["LeasePlane", "TooLarge"]
-
-_REQUEST = struct.Struct("<Q")
-_REPLY = struct.Struct("<QI")
-_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
-_BUFFER_SLACK = 64 << 10
 
 
 class TooLarge(Exception):
@@ -54,13 +48,11 @@ class LeasePlane:
     def __init__(self, sock: socket.socket, max_frame_bytes: int) -> None:
         self._sock = sock
         self.max_frame_bytes = max_frame_bytes
-        for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, option, max_frame_bytes + _BUFFER_SLACK)
+        size_socket_buffers(sock, max_frame_bytes)
         self._ids = itertools.count(1)
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()  # held by the one caller receiving for everyone
-        self._buffer = bytearray(max_frame_bytes + _REPLY.size)
+        self._buffer = bytearray(max_frame_bytes + REPLY_HEADER.size)
         self._lock = threading.Lock()  # guards _waiters and _dead
         self._waiters: dict[int, _Waiter] = {}
         self._dead: str | None = None
@@ -72,7 +64,7 @@ class LeasePlane:
         sent), the :mod:`dualblade.errors` type of the daemon's error code, or Unavailable once
         the lease is dead.
         """
-        if len(request) + _REQUEST.size > self.max_frame_bytes:
+        if len(request) + REQUEST_HEADER.size > self.max_frame_bytes:
             raise TooLarge
         request_id = next(self._ids)
         waiter = _Waiter()
@@ -82,7 +74,7 @@ class LeasePlane:
             self._waiters[request_id] = waiter
         try:
             with self._send_lock:
-                self._sock.sendmsg([_REQUEST.pack(request_id), request])
+                self._sock.sendmsg([REQUEST_HEADER.pack(request_id), request])
         except OSError as err:
             with self._lock:
                 self._waiters.pop(request_id, None)
@@ -90,12 +82,12 @@ class LeasePlane:
                 raise TooLarge from None
             raise errors.Unavailable(f"dualbladed lease send failed: {err}") from None
         self._wait(waiter)
-        if waiter.code == 0:
+        if waiter.code == Code.OK:
             return waiter.body
         if waiter.code is None or waiter.code < 0:
             raise errors.Unavailable(waiter.body.decode())
         message = waiter.body.decode("utf-8", "replace")
-        raise errors.from_code(_CODE_NAMES.get(waiter.code, "UNKNOWN"), message)
+        raise errors.from_code(code_name(waiter.code), message)
 
     def close(self) -> None:
         """Wake a caller blocked in recv (EOF) and fail every waiting call. The socket stays
@@ -132,14 +124,14 @@ class LeasePlane:
         if nbytes == 0:
             self._fail_all("dualbladed closed the lease (daemon stopped or session ended)")
             return
-        if nbytes < _REPLY.size:
+        if nbytes < REPLY_HEADER.size:
             return  # not a reply; nothing to dispatch it to
-        request_id, code = _REPLY.unpack_from(self._buffer)
+        request_id, code = REPLY_HEADER.unpack_from(self._buffer)
         with self._lock:
             waiter = self._waiters.pop(request_id, None)
         if waiter is None:
             return  # an id-less refusal (id 0) or a reply nobody waits for any more
-        waiter.body = bytes(memoryview(self._buffer)[_REPLY.size : nbytes])
+        waiter.body = bytes(memoryview(self._buffer)[REPLY_HEADER.size : nbytes])
         waiter.code = code
         waiter.event.set()
 

@@ -7,9 +7,9 @@ with O_DIRECT; a get names a slot and the daemon preadv()s straight into it. No 
 the gRPC socket. A GPU client may pin the whole mapping (cudaHostRegister at :attr:`address`) so
 its host-device copies out of slots run at pinned speed.
 
-Slots: every slot starts at a multiple of the alignment (4096, a page: legal for O_DIRECT on any
-device the daemon accepts) and its length is the requested size rounded up to the alignment, so
-neighbouring slots never share a page. The allocator is best-fit over a free map kept in two
+Slots: every slot starts at a multiple of the alignment (:data:`dualblade.v1.wire.ALIGNMENT`, a
+page: legal for O_DIRECT on any device the daemon accepts) and its length is the requested size
+rounded up to the alignment, so neighbouring slots never share a page. The allocator is best-fit over a free map kept in two
 sorted indexes (by offset for coalescing, by (length, offset) for the fit), so alloc and free are
 O(log n) and adjacent free ranges always merge. A slot must not be freed while the daemon may
 still be doing I/O into it, i.e. before the call that named it has returned.
@@ -31,14 +31,12 @@ from dataclasses import dataclass
 
 from sortedcontainers import SortedDict, SortedList
 
-from dualblade._mmap import close_mapping
 from dualblade.errors import FailedPrecondition, InvalidArgument, OutOfRange, ResourceExhausted
+from dualblade.v1.wire import ALIGNMENT, close_mapping
 
 __all__ = ["ALIGNMENT", "ClientArena", "Slot"]
 
 logger = logging.getLogger(__name__)
-
-ALIGNMENT = 4096
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,12 @@ from dualblade._leaseplane import LeasePlane, TooLarge
 from dualblade.arena import ClientArena, Slot
 from dualblade.v1 import dualblade_pb2 as pb
 from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
+from dualblade.v1 import wire
 
 DEFAULT_ARENA_BYTES = 256 << 20
 # contains_many: above this many distinct key clusters, one List over their common prefix is
 # cheaper than one List per cluster (each RPC costs ~0.5 ms).
 _MAX_LIST_CALLS = 16
-HANDSHAKE_NAME = "handshake.sock"  # dualbladed.config.HANDSHAKE_SOCKET_NAME (the default)
 #: ``DUALBLADE_DATAPLANE=grpc`` forces Store.Batch onto gRPC; anything else (or unset): the lease.
 DATAPLANE_ENV = "DUALBLADE_DATAPLANE"
 
@@ -52,7 +52,6 @@ _PATHS = {
     "pagecache": pb.RESIDENCY_PATH_PAGECACHE,
 }
 _PATH_NAMES = {v: (k or "") for k, v in _PATHS.items()}
-_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 #: ``(key, data, nbytes, arena offset)``: one put/get item, sized and located once.
 _Item = tuple[bytes, Any, int, "int | None"]
 
@@ -60,14 +59,10 @@ _Item = tuple[bytes, Any, int, "int | None"]
 def default_socket() -> str:
     """Where the daemon listens by default: $DUALBLADE_SOCKET, else the daemon's own default.
 
-    The default comes from the daemon's config module so the two can never disagree.
+    The default comes from the wire contract the daemon's config uses too, so the two can never
+    disagree.
     """
-    env = os.environ.get("DUALBLADE_SOCKET")
-    if env:
-        return env
-    from dualbladed.config import GRPC_SOCKET_NAME, default_dirs
-
-    return os.path.join(default_dirs()[1], GRPC_SOCKET_NAME)
+    return os.environ.get("DUALBLADE_SOCKET") or wire.default_socket_path()
 
 
 @dataclass(frozen=True)
@@ -122,7 +117,7 @@ class Client:
         timeout: float = 5.0,
     ) -> Client:
         socket_path = os.fspath(socket) if socket is not None else default_socket()
-        hs_path = os.path.join(os.path.dirname(socket_path), HANDSHAKE_NAME)
+        hs_path = wire.handshake_socket_path(socket_path)
         handshake = open_session(hs_path, tenant, arena_bytes, timeout=timeout)
         channel = grpc.insecure_channel(
             f"unix://{socket_path}",
@@ -386,7 +381,7 @@ class Client:
         if not _buffers.is_tensor(obj) or obj.device.type != "cpu" or not obj.is_contiguous():
             return None
         off = obj.data_ptr() - self.arena.address
-        if off >= 0 and off + nbytes <= self.arena.size and off % 4096 == 0:
+        if off >= 0 and off + nbytes <= self.arena.size and off % wire.ALIGNMENT == 0:
             return off
         return None
 
@@ -430,8 +425,8 @@ class Client:
         if reply is None:
             reply = self._call(self._store.Batch, request)
         for r in reply.results:
-            if r.code != 0:
-                raise errors.from_code(_CODE_NAMES.get(r.code, "UNKNOWN"), r.message)
+            if r.code != wire.Code.OK:
+                raise errors.from_code(wire.code_name(r.code), r.message)
         return list(reply.results)
 
     def _call(self, method: Any, request: Any) -> Any:
@@ -443,7 +438,7 @@ class Client:
 
 def _lease_plane(handshake: Any) -> LeasePlane | None:
     """The lease data plane, if the daemon offers it and the environment does not refuse it."""
-    max_frame = handshake.limits.get("lease_frame_max_bytes")
+    max_frame = handshake.limits.get(wire.LEASE_FRAME_MAX_BYTES)
     if not max_frame or os.environ.get(DATAPLANE_ENV, "").strip().lower() == "grpc":
         return None
     return LeasePlane(handshake.lease, int(max_frame))
@@ -469,7 +464,7 @@ def _list_prefixes(keys: Sequence[bytes]) -> list[bytes]:
     return [os.path.commonprefix([run[0], run[-1]]) for run in runs]
 
 
-def _round_up(n: int, a: int = 4096) -> int:
+def _round_up(n: int, a: int = wire.ALIGNMENT) -> int:
     return (n + a - 1) // a * a
 
 

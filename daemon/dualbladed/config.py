@@ -1,9 +1,14 @@
 """dualbladed configuration: one table of settings, a TOML file, and command-line overrides.
 
-Every setting is declared exactly once, in ``_DEFINITIONS`` (the LMCache ``_CONFIG_DEFINITIONS``
-pattern): its dotted TOML key, its parser/validator, its default and, where it has one, its
-command-line flag. Loading, unknown-key detection, error messages and ``--help`` text are all
-derived from that table, so a setting cannot be documented in one place and parsed in another.
+Every setting is declared exactly once, as a field of the frozen dataclass it lands in
+(:func:`setting`): its name, type, default, parser/validator, help text and, where it has one,
+its command-line flag. The dotted TOML key is the field's path from :class:`DaemonConfig`
+(``residency.mode`` is ``DaemonConfig.residency.mode``). The settings table ``_DEFINITIONS``
+(the LMCache ``_CONFIG_DEFINITIONS`` pattern) is derived from those fields, and loading,
+unknown-key detection, error messages and ``--help`` text are derived from the table, so a
+setting cannot be documented in one place, defaulted in another and parsed in a third.
+Components receive the frozen sections (:class:`LimitsConfig`, :class:`ResidencyConfig`, ...)
+rather than loose keyword arguments.
 
 Precedence, lowest first: built-in defaults < the ``--config`` TOML file < command-line flags.
 No file is read implicitly; the systemd unit passes ``--config /etc/dualblade/dualbladed.toml``.
@@ -34,17 +39,24 @@ Every failure raises :class:`~dualbladed.errors.InvalidArgument` naming the key,
 from __future__ import annotations
 
 import argparse
+import enum
 import ipaddress
 import math
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any
 
+from dualblade.v1.wire import (
+    ALIGNMENT,
+    GRPC_SOCKET_NAME,
+    HANDSHAKE_SOCKET_NAME,
+    default_runtime_dir,
+)
 from dualbladed.errors import InvalidArgument
 
 if sys.version_info >= (3, 11):
@@ -60,100 +72,32 @@ TiB = 1 << 40
 DEFAULT_CONFIG_PATH = "/etc/dualblade/dualbladed.toml"
 DEFAULT_NAMESPACE_BYTES = 4 * GiB
 NAMESPACE_FILE_NAME = "namespace.img"
-GRPC_SOCKET_NAME = "grpc.sock"
-HANDSHAKE_SOCKET_NAME = "handshake.sock"
 LOCK_FILE_NAME = "dualbladed.lock"
-RESIDENCY_MODES = ("adaptive", "pagecache", "direct")
 LOG_FORMATS = ("json", "console")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # O_DIRECT requests and slabs must be whole logical blocks; 4 KiB covers 512e and 4Kn devices.
-IO_ALIGNMENT = 4096
+# Arena slices are O_DIRECT buffers, so this is the arena alignment of the wire contract.
+IO_ALIGNMENT = ALIGNMENT
 
 
-# --------------------------------------------------------------------------- the result types
+class ResidencyMode(str, enum.Enum):
+    """``residency.mode``: who picks an object's path. The forced modes are named after the path
+    they force (``dualbladed.paths.abstract.PAGECACHE`` / ``DIRECT``)."""
 
+    #: the residency arbiter places and migrates by live memory availability
+    ADAPTIVE = "adaptive"
+    #: every object on the page-cache path
+    PAGECACHE = "pagecache"
+    #: every object on the NVMe-direct path
+    DIRECT = "direct"
 
-@dataclass(frozen=True)
-class NamespaceConfig:
-    """The one namespace the daemon owns: a block device or a file (created if absent)."""
+    def __str__(self) -> str:
+        return self.value
 
-    path: str
-    # Bytes for a file namespace that must be created or grown; None for block devices.
-    size: int | None = None
-    # Take a device even if it looks in use (mounted, foreign signature...).
-    force: bool = False
-    # Write a fresh superblock, destroying what the namespace held.
-    format: bool = False
-
-
-@dataclass(frozen=True)
-class LimitsConfig:
-    max_batch_ops: int = 1024
-    max_object_bytes: int = 256 * MiB
-    max_arena_bytes: int = 4 * GiB
-    default_arena_bytes: int = 256 * MiB
-    max_sessions: int = 256
-
-
-@dataclass(frozen=True)
-class QuotaConfig:
-    """Capacity quotas in bytes; 0 means unlimited."""
-
-    default_bytes: int = 0
-    # Keys are a tenant label ("llama") or "uid/label" ("1000/llama"); the latter wins.
-    per_tenant: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
-
-    def quota_for(self, uid: int, label: str) -> int:
-        """The quota of tenant ``label`` run by ``uid``: exact uid/label, then label, then default."""
-        exact = self.per_tenant.get(f"{uid}/{label}")
-        if exact is not None:
-            return exact
-        return self.per_tenant.get(label, self.default_bytes)
-
-
-@dataclass(frozen=True)
-class IOConfig:
-    request_bytes: int = 1 * MiB
-    queue_depth: int = 8
-
-
-@dataclass(frozen=True)
-class ResidencyConfig:
-    mode: str = "adaptive"
-    # Memory the arbiter always leaves free for everyone else.
-    reserve_bytes: int = 2 * GiB
-    # The budget moves only when memory changes by more than this, to avoid demote/promote flaps.
-    hysteresis_bytes: int = 256 * MiB
-    # Share of the page-cache budget per tenant label (missing labels weigh 1.0).
-    weights: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    migration_bytes_per_s: int = 256 * MiB
-    # Hard cap on the page-cache path's footprint; None: only memory availability limits it.
-    pagecache_max_bytes: int | None = None
-    slab_bytes: int = 64 * MiB
-
-
-@dataclass(frozen=True)
-class MetricsConfig:
-    # "host:port" for the Prometheus endpoint; None disables it. Loopback only, or "0.0.0.0".
-    prometheus_address: str | None = None
-
-
-@dataclass(frozen=True)
-class DaemonConfig:
-    namespace: NamespaceConfig
-    state_dir: str
-    socket: str
-    handshake_socket: str
-    lock_path: str
-    log_format: str = "json"
-    log_level: str = "INFO"
-    # Group whose members get the admin role (and group ownership of the sockets); None: none.
-    admin_group: str | None = "dualblade-admin"
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    quotas: QuotaConfig = field(default_factory=QuotaConfig)
-    io: IOConfig = field(default_factory=IOConfig)
-    residency: ResidencyConfig = field(default_factory=ResidencyConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    @property
+    def forced_path(self) -> str | None:
+        """The path this mode pins every object to; None for adaptive."""
+        return None if self is ResidencyMode.ADAPTIVE else self.value
 
 
 # --------------------------------------------------------------------------- value parsers
@@ -274,6 +218,20 @@ def _choice(*options: str, upper: bool = False) -> Parser:
     return parse
 
 
+def _enum(kind: type[enum.Enum]) -> Parser:
+    """A member of ``kind`` from its value (or the member itself)."""
+    values = [m.value for m in kind]
+
+    def parse(key: str, raw: Any) -> Any:
+        if isinstance(raw, kind):
+            return raw
+        if not isinstance(raw, str) or raw not in values:
+            raise InvalidArgument(f"{key}: expected one of {', '.join(values)}, got {raw!r}")
+        return kind(raw)
+
+    return parse
+
+
 def _text(key: str, raw: Any) -> str:
     if not isinstance(raw, str) or not raw:
         raise InvalidArgument(f"{key}: expected a non-empty string, got {raw!r}")
@@ -314,7 +272,161 @@ def _weight_map(key: str, raw: Any) -> Mapping[str, float]:
     return MappingProxyType(out)
 
 
-# --------------------------------------------------------------------------- the definitions
+# --------------------------------------------------------------------------- declaring settings
+
+_SETTING = "dualbladed.setting"
+_SECTION = "dualbladed.section"
+
+
+@dataclass(frozen=True)
+class _Spec:
+    parse: Parser
+    help: str
+    flag: str | None = None
+    # Relative values are resolved against the config file's directory (or the working
+    # directory, for a flag).
+    is_path: bool = False
+
+
+def setting(
+    default: Any, parse: Parser, help: str, flag: str | None = None, *, is_path: bool = False
+) -> Any:
+    """Declare a setting as a dataclass field: its default, parser, help and optional flag."""
+    metadata = {_SETTING: _Spec(parse, help, flag, is_path)}
+    if isinstance(default, Mapping):  # immutable (a MappingProxyType) but unhashable
+        return field(default_factory=lambda: default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def derived(parse: Parser, help: str, flag: str | None = None, *, is_path: bool = False) -> Any:
+    """Declare a setting whose default is computed at load time (the paths): the dataclass
+    requires it, the table's default is None."""
+    return field(metadata={_SETTING: _Spec(parse, help, flag, is_path)})
+
+
+def _section(cls: type, *, required: bool = False) -> Any:
+    """A ``[table]`` of settings: the field's name is the table's name."""
+    if required:
+        return field(metadata={_SECTION: cls})
+    return field(default_factory=cls, metadata={_SECTION: cls})
+
+
+# --------------------------------------------------------------------------- the settings
+
+_SIZE = _size(IO_ALIGNMENT, IO_ALIGNMENT)  # a positive multiple of the I/O alignment
+
+
+@dataclass(frozen=True)
+class NamespaceConfig:
+    """The one namespace the daemon owns: a block device or a file (created if absent)."""
+
+    path: str = derived(
+        _text,
+        f"namespace: block device or file; default <state_dir>/{NAMESPACE_FILE_NAME}",
+        "--namespace",
+        is_path=True,
+    )
+    # Bytes for a file namespace that must be created or grown; None for block devices.
+    size: int | None = setting(
+        None, _optional(_SIZE), "size of a file namespace, e.g. 4GiB", "--namespace-size"
+    )
+    # Take a device even if it looks in use (mounted, foreign signature...).
+    force: bool = setting(False, _bool, "take a device that looks in use", "--force")
+    # Write a fresh superblock, destroying what the namespace held.
+    format: bool = setting(False, _bool, "format the namespace (destroys data)", "--format")
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """``[limits]``: what one session may ask for; the handshake announces them to clients."""
+
+    max_batch_ops: int = setting(1024, _int(1), "operations per Batch call")
+    max_object_bytes: int = setting(256 * MiB, _size(1), "largest object")
+    max_arena_bytes: int = setting(4 * GiB, _SIZE, "largest arena")
+    default_arena_bytes: int = setting(256 * MiB, _SIZE, "arena size when the client asks for none")
+    max_sessions: int = setting(256, _int(1), "concurrent sessions")
+
+    def __post_init__(self) -> None:
+        if self.default_arena_bytes > self.max_arena_bytes:
+            raise InvalidArgument(
+                f"limits.default_arena_bytes: {self.default_arena_bytes} exceeds "
+                f"limits.max_arena_bytes {self.max_arena_bytes}"
+            )
+
+
+@dataclass(frozen=True)
+class QuotaConfig:
+    """Capacity quotas in bytes; 0 means unlimited."""
+
+    default_bytes: int = setting(0, _size(), "per-tenant quota, 0 = unlimited")
+    # Keys are a tenant label ("llama") or "uid/label" ("1000/llama"); the latter wins.
+    per_tenant: Mapping[str, int] = setting(
+        MappingProxyType({}), _quota_map, "label|uid/label = size"
+    )
+
+    def quota_for(self, uid: int, label: str) -> int:
+        """The quota of tenant ``label`` run by ``uid``: exact uid/label, then label, then default."""
+        exact = self.per_tenant.get(f"{uid}/{label}")
+        if exact is not None:
+            return exact
+        return self.per_tenant.get(label, self.default_bytes)
+
+
+@dataclass(frozen=True)
+class IOConfig:
+    request_bytes: int = setting(1 * MiB, _SIZE, "I/O request size")
+    queue_depth: int = setting(8, _int(1, 1024), "I/O requests in flight")
+
+
+_residency_mode = _enum(ResidencyMode)
+
+
+@dataclass(frozen=True)
+class ResidencyConfig:
+    mode: ResidencyMode = setting(ResidencyMode.ADAPTIVE, _residency_mode, "residency policy")
+    # Memory the arbiter always leaves free for everyone else.
+    reserve_bytes: int = setting(2 * GiB, _size(), "memory left to others")
+    # The budget moves only when memory changes by more than this, to avoid demote/promote flaps.
+    hysteresis_bytes: int = setting(256 * MiB, _size(), "budget change dead band")
+    # Share of the page-cache budget per tenant label (missing labels weigh 1.0).
+    weights: Mapping[str, float] = setting(MappingProxyType({}), _weight_map, "label = weight")
+    migration_bytes_per_s: int = setting(256 * MiB, _size(1), "migration rate cap")
+    # Hard cap on the page-cache path's footprint; None: only memory availability limits it.
+    pagecache_max_bytes: int | None = setting(None, _optional(_size()), "page-cache cap")
+    slab_bytes: int = setting(64 * MiB, _SIZE, "slab size")
+
+    def __post_init__(self) -> None:
+        # A mode given as its string (a test, a tool) becomes the enum, so ``is`` compares work.
+        object.__setattr__(self, "mode", _residency_mode("residency.mode", self.mode))
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # "host:port" for the Prometheus endpoint; None disables it. Loopback only, or "0.0.0.0".
+    prometheus_address: str | None = setting(None, _optional(_address), "Prometheus host:port")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    namespace: NamespaceConfig = _section(NamespaceConfig, required=True)
+    state_dir: str = derived(_text, "metadata and page-cache files", "--state-dir", is_path=True)
+    socket: str = derived(_text, "gRPC Unix socket path", "--socket", is_path=True)
+    handshake_socket: str = derived(_text, "handshake socket path", is_path=True)
+    lock_path: str = derived(_text, "instance lock file", is_path=True)
+    log_format: str = setting("json", _choice(*LOG_FORMATS), "json | console", "--log-format")
+    log_level: str = setting(
+        "INFO", _choice(*LOG_LEVELS, upper=True), "DEBUG | INFO | WARNING | ERROR", "--log-level"
+    )
+    # Group whose members get the admin role (and group ownership of the sockets); None: none.
+    admin_group: str | None = setting("dualblade-admin", _group, "admin role group ('' for none)")
+    limits: LimitsConfig = _section(LimitsConfig)
+    quotas: QuotaConfig = _section(QuotaConfig)
+    io: IOConfig = _section(IOConfig)
+    residency: ResidencyConfig = _section(ResidencyConfig)
+    metrics: MetricsConfig = _section(MetricsConfig)
+
+
+# --------------------------------------------------------------------------- the table
 
 
 @dataclass(frozen=True)
@@ -328,60 +440,33 @@ class _Setting:
     is_path: bool = False
 
 
-_DEFINITIONS: tuple[_Setting, ...] = (
-    _Setting(
-        "namespace.path",
-        _text,
-        None,
-        f"namespace: block device or file; default <state_dir>/{NAMESPACE_FILE_NAME}",
-        "--namespace",
-        is_path=True,
-    ),
-    _Setting(
-        "namespace.size",
-        _optional(_size(IO_ALIGNMENT, IO_ALIGNMENT)),
-        None,
-        "size of a file namespace, e.g. 4GiB",
-        "--namespace-size",
-    ),
-    _Setting("namespace.force", _bool, False, "take a device that looks in use", "--force"),
-    _Setting("namespace.format", _bool, False, "format the namespace (destroys data)", "--format"),
-    _Setting("state_dir", _text, None, "metadata and page-cache files", "--state-dir", True),
-    _Setting("socket", _text, None, "gRPC Unix socket path", "--socket", is_path=True),
-    _Setting("handshake_socket", _text, None, "handshake socket path", is_path=True),
-    _Setting("lock_path", _text, None, "instance lock file", is_path=True),
-    _Setting("log_format", _choice(*LOG_FORMATS), "json", "json | console", "--log-format"),
-    _Setting(
-        "log_level",
-        _choice(*LOG_LEVELS, upper=True),
-        "INFO",
-        "DEBUG | INFO | WARNING | ERROR",
-        "--log-level",
-    ),
-    _Setting("admin_group", _group, "dualblade-admin", "admin role group ('' for none)"),
-    _Setting("limits.max_batch_ops", _int(1), 1024, "operations per Batch call"),
-    _Setting("limits.max_object_bytes", _size(1), 256 * MiB, "largest object"),
-    _Setting("limits.max_arena_bytes", _size(IO_ALIGNMENT, IO_ALIGNMENT), 4 * GiB, "largest arena"),
-    _Setting(
-        "limits.default_arena_bytes",
-        _size(IO_ALIGNMENT, IO_ALIGNMENT),
-        256 * MiB,
-        "arena size when the client asks for none",
-    ),
-    _Setting("limits.max_sessions", _int(1), 256, "concurrent sessions"),
-    _Setting("quotas.default_bytes", _size(), 0, "per-tenant quota, 0 = unlimited"),
-    _Setting("quotas.per_tenant", _quota_map, MappingProxyType({}), "label|uid/label = size"),
-    _Setting("io.request_bytes", _size(IO_ALIGNMENT, IO_ALIGNMENT), 1 * MiB, "I/O request size"),
-    _Setting("io.queue_depth", _int(1, 1024), 8, "I/O requests in flight"),
-    _Setting("residency.mode", _choice(*RESIDENCY_MODES), "adaptive", "residency policy"),
-    _Setting("residency.reserve_bytes", _size(), 2 * GiB, "memory left to others"),
-    _Setting("residency.hysteresis_bytes", _size(), 256 * MiB, "budget change dead band"),
-    _Setting("residency.weights", _weight_map, MappingProxyType({}), "label = weight"),
-    _Setting("residency.migration_bytes_per_s", _size(1), 256 * MiB, "migration rate cap"),
-    _Setting("residency.pagecache_max_bytes", _optional(_size()), None, "page-cache cap"),
-    _Setting("residency.slab_bytes", _size(IO_ALIGNMENT, IO_ALIGNMENT), 64 * MiB, "slab size"),
-    _Setting("metrics.prometheus_address", _optional(_address), None, "Prometheus host:port"),
-)
+def _settings_of(cls: type, prefix: str = "") -> Iterator[_Setting]:
+    for f in fields(cls):
+        if _SECTION in f.metadata:
+            yield from _settings_of(f.metadata[_SECTION], f"{prefix}{f.name}.")
+            continue
+        spec: _Spec = f.metadata[_SETTING]
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        yield _Setting(prefix + f.name, spec.parse, default, spec.help, spec.flag, spec.is_path)
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    """An instance of ``cls`` (and its sections) from values keyed by dotted key."""
+    kwargs = {
+        f.name: _build(f.metadata[_SECTION], values, f"{prefix}{f.name}.")
+        if _SECTION in f.metadata
+        else values[prefix + f.name]
+        for f in fields(cls)
+    }
+    return cls(**kwargs)
+
+
+_DEFINITIONS: tuple[_Setting, ...] = tuple(_settings_of(DaemonConfig))
 _BY_KEY = {s.key: s for s in _DEFINITIONS}
 _TABLES = {k.split(".")[0] for k in _BY_KEY if "." in k}
 
@@ -391,14 +476,11 @@ _TABLES = {k.split(".")[0] for k in _BY_KEY if "." in k}
 
 def default_dirs() -> tuple[str, str]:
     """``(state_dir, runtime_dir)`` for the effective user (see the module docstring)."""
+    runtime = default_runtime_dir()  # the SDK looks for the sockets there too: wire contract
     if os.geteuid() == 0:
-        return "/var/lib/dualblade", "/run/dualblade"
+        return "/var/lib/dualblade", runtime
     home = os.path.expanduser("~")
     state_base = os.environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state")
-    runtime_base = os.environ.get("XDG_RUNTIME_DIR")
-    runtime = (
-        os.path.join(runtime_base, "dualblade") if runtime_base else f"/tmp/dualblade-{os.getuid()}"
-    )
     return os.path.join(state_base, "dualblade"), runtime
 
 
@@ -476,50 +558,27 @@ def config_from_values(values: Mapping[str, Any]) -> DaemonConfig:
         raise InvalidArgument(f"{sorted(unknown)[0]}: unknown setting")
     v = {s.key: values.get(s.key, s.default) for s in _DEFINITIONS}
     state_default, runtime_default = default_dirs()
-    state_dir = os.path.abspath(v["state_dir"] or state_default)
-    sock = os.path.abspath(v["socket"] or os.path.join(runtime_default, GRPC_SOCKET_NAME))
-    sock_dir = os.path.dirname(sock)
-    ns_path, ns_size = v["namespace.path"], v["namespace.size"]
-    if ns_path is None:
-        ns_path = os.path.join(state_dir, NAMESPACE_FILE_NAME)
-        ns_size = DEFAULT_NAMESPACE_BYTES if ns_size is None else ns_size
-
-    def section(cls: type, prefix: str) -> Any:
-        return cls(**{k[len(prefix) + 1 :]: val for k, val in v.items() if k.startswith(prefix)})
-
-    cfg = DaemonConfig(
-        namespace=NamespaceConfig(
-            path=os.path.abspath(ns_path),
-            size=ns_size,
-            force=v["namespace.force"],
-            format=v["namespace.format"],
-        ),
-        state_dir=state_dir,
-        socket=sock,
-        handshake_socket=os.path.abspath(
-            v["handshake_socket"] or os.path.join(sock_dir, HANDSHAKE_SOCKET_NAME)
-        ),
-        lock_path=os.path.abspath(v["lock_path"] or os.path.join(sock_dir, LOCK_FILE_NAME)),
-        log_format=v["log_format"],
-        log_level=v["log_level"],
-        admin_group=v["admin_group"],
-        limits=section(LimitsConfig, "limits"),
-        quotas=section(QuotaConfig, "quotas"),
-        io=section(IOConfig, "io"),
-        residency=section(ResidencyConfig, "residency"),
-        metrics=section(MetricsConfig, "metrics"),
+    v["state_dir"] = os.path.abspath(v["state_dir"] or state_default)
+    sock = v["socket"] = os.path.abspath(
+        v["socket"] or os.path.join(runtime_default, GRPC_SOCKET_NAME)
     )
+    sock_dir = os.path.dirname(sock)
+    v["handshake_socket"] = os.path.abspath(
+        v["handshake_socket"] or os.path.join(sock_dir, HANDSHAKE_SOCKET_NAME)
+    )
+    v["lock_path"] = os.path.abspath(v["lock_path"] or os.path.join(sock_dir, LOCK_FILE_NAME))
+    if v["namespace.path"] is None:
+        v["namespace.path"] = os.path.join(v["state_dir"], NAMESPACE_FILE_NAME)
+        if v["namespace.size"] is None:
+            v["namespace.size"] = DEFAULT_NAMESPACE_BYTES
+    v["namespace.path"] = os.path.abspath(v["namespace.path"])
+    cfg: DaemonConfig = _build(DaemonConfig, v)
     _cross_check(cfg)
     return cfg
 
 
 def _cross_check(cfg: DaemonConfig) -> None:
-    lim = cfg.limits
-    if lim.default_arena_bytes > lim.max_arena_bytes:
-        raise InvalidArgument(
-            f"limits.default_arena_bytes: {lim.default_arena_bytes} exceeds "
-            f"limits.max_arena_bytes {lim.max_arena_bytes}"
-        )
+    """Checks across sections (one section checks itself in its ``__post_init__``)."""
     paths = {"socket": cfg.socket, "handshake_socket": cfg.handshake_socket}
     paths["lock_path"] = cfg.lock_path
     if len(set(paths.values())) != len(paths):

@@ -39,7 +39,7 @@ import psutil
 from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
 from dualbladed import sdnotify
 from dualbladed.arbiter.arbiter import ResidencyArbiter
-from dualbladed.arbiter.policy import PolicyConfig, ResidencyPolicy
+from dualbladed.arbiter.policy import DEFAULT_TICK_S, PolicyConfig, ResidencyPolicy
 from dualbladed.arbiter.psi import PsiWatcher
 from dualbladed.arbiter.signals import SignalReader
 from dualbladed.config import IO_ALIGNMENT, DaemonConfig, ResidencyConfig
@@ -55,7 +55,7 @@ from dualbladed.service.metrics import Metrics
 from dualbladed.service.store_servicer import StoreServicer
 from dualbladed.sessions.arena import Arena
 from dualbladed.sessions.batch import BatchExecutor, BatchLimits
-from dualbladed.sessions.handshake import HandshakeServer
+from dualbladed.sessions.handshake import HandshakeConfig, HandshakeServer
 from dualbladed.sessions.registry import Session, SessionRegistry
 from dualbladed.store import ObjectStore
 
@@ -66,25 +66,12 @@ logger = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 << 20
 GRACE_S = 10.0
 #: the residency arbiter's period; the per-tick migration bound is one tick of the rate cap.
-ARBITER_TICK_S = 1.0
+ARBITER_TICK_S = DEFAULT_TICK_S
 #: wake the arbiter early when tasks stall on memory for 150 ms in a 2 s window (recent
 #: kernels only accept unprivileged triggers whose window is a multiple of 2 s).
 PSI_STALL_US = 150_000
 PSI_WINDOW_US = 2_000_000
-#: ``residency.weights`` allows 0 ("only what others leave"); the policy needs weights > 0.
-MIN_WEIGHT = 1e-6
 PAGECACHE_DIR = "pagecache"
-
-
-def policy_config(res: ResidencyConfig, tick_s: float = ARBITER_TICK_S) -> PolicyConfig:
-    """The policy's settings from the ``[residency]`` section."""
-    return PolicyConfig(
-        mode=res.mode,  # type: ignore[arg-type]  # validated by the config loader
-        reserve_bytes=res.reserve_bytes,
-        hysteresis_bytes=res.hysteresis_bytes,
-        weights={t: max(w, MIN_WEIGHT) for t, w in res.weights.items()},
-        max_migration_bytes_per_tick=max(1, int(res.migration_bytes_per_s * tick_s)),
-    )
 
 
 def pagecache_max_bytes(res: ResidencyConfig, state_dir: Path) -> int:
@@ -157,7 +144,7 @@ class Daemon:
         psi_path = signals.psi_path
         arbiter = ResidencyArbiter(
             store,
-            ResidencyPolicy(policy_config(res)),
+            ResidencyPolicy(PolicyConfig.from_residency(res, ARBITER_TICK_S)),
             signals,
             pagecache,
             tick_s=ARBITER_TICK_S,
@@ -216,13 +203,8 @@ class Daemon:
         handshake = HandshakeServer(
             cfg.handshake_socket,
             registry,
+            HandshakeConfig(cfg.limits),
             make_arena=Arena.create,
-            default_arena_bytes=cfg.limits.default_arena_bytes,
-            max_arena_bytes=cfg.limits.max_arena_bytes,
-            limits={
-                "max_batch_ops": limits.max_batch_ops,
-                "max_object_bytes": limits.max_object_bytes,
-            },
             on_request=LeasePlane(registry, executor),
         )
         handshake.start()

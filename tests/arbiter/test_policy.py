@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from dualbladed.arbiter.policy import (
     TenantUsage,
 )
 from dualbladed.arbiter.signals import MemorySignals
+from dualbladed.config import ResidencyConfig, ResidencyMode, load_config_file
 from dualbladed.errors import InvalidArgument
 
 MiB = 1 << 20
@@ -61,7 +63,7 @@ def test_weights_by_tenant_or_label() -> None:
 
 
 def test_budget_holds_inside_the_band_and_moves_beyond_it() -> None:
-    p = ResidencyPolicy(PolicyConfig(hysteresis_bytes=100 * MiB))
+    p = ResidencyPolicy(PolicyConfig(reserve_bytes=0, hysteresis_bytes=100 * MiB))
     first = p.budget(sig(4 * GiB), 0)
     assert first.changed and first.total == 4 * GiB
     for wobble in (50, -80, 99, -99, 0, 30, -100):  # MiB, all inside the band
@@ -75,7 +77,7 @@ def test_budget_holds_inside_the_band_and_moves_beyond_it() -> None:
 
 
 def test_fractional_hysteresis() -> None:
-    p = ResidencyPolicy(PolicyConfig(hysteresis_bytes=0, hysteresis_fraction=0.10))
+    p = ResidencyPolicy(PolicyConfig(reserve_bytes=0, hysteresis_bytes=0, hysteresis_fraction=0.10))
     p.budget(sig(10 * GiB), 0)
     assert p.budget(sig(9 * GiB + 200 * MiB), 0).total == 10 * GiB  # -8 %
     assert p.budget(sig(8 * GiB + 900 * MiB), 0).total == 8 * GiB + 900 * MiB  # -11 %
@@ -94,6 +96,38 @@ def test_fractional_hysteresis() -> None:
 def test_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidArgument):
         PolicyConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_defaults_are_the_configs_and_from_residency_maps_the_section(tmp_path: Path) -> None:
+    """The [residency] settings are declared once, in the config: the policy's defaults are
+    those (reserve 2 GiB, hysteresis 256 MiB; the policy once had 0 and 64 MiB of its own)."""
+    res = ResidencyConfig()
+    cfg = PolicyConfig()
+    assert (cfg.mode, cfg.reserve_bytes, cfg.hysteresis_bytes) == (
+        ResidencyMode.ADAPTIVE,
+        2 * GiB,
+        256 * MiB,
+    )
+    assert (cfg.reserve_bytes, cfg.hysteresis_bytes) == (res.reserve_bytes, res.hysteresis_bytes)
+    assert cfg.max_migration_bytes_per_tick == res.migration_bytes_per_s  # one 1 s tick
+    toml = tmp_path / "d.toml"
+    toml.write_text(
+        '[residency]\nmode = "direct"\nreserve_bytes = "1GiB"\nhysteresis_bytes = "8MiB"\n'
+        'migration_bytes_per_s = "100MiB"\n[residency.weights]\nzero = 0.0\nbig = 4.0\n'
+    )
+    section = load_config_file(str(toml)).residency
+    got = PolicyConfig.from_residency(section, tick_s=0.5)
+    assert got.mode is ResidencyMode.DIRECT
+    assert (got.reserve_bytes, got.hysteresis_bytes) == (GiB, 8 * MiB)
+    assert got.max_migration_bytes_per_tick == 50 * MiB
+    assert got.weight("1/big") == 4.0 and 0 < got.weight("1/zero") < 1e-3  # 0 -> tiny, > 0
+
+
+def test_mode_given_as_a_string_becomes_the_enum() -> None:
+    assert PolicyConfig(mode="pagecache").mode is ResidencyMode.PAGECACHE  # type: ignore[arg-type]
+    assert ResidencyConfig(mode="direct").mode is ResidencyMode.DIRECT  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="residency.mode"):
+        ResidencyConfig(mode="ram")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------- shares
@@ -214,7 +248,9 @@ def test_demotion_when_budget_drops_is_coldest_first_and_bounded() -> None:
 
 
 def test_promotion_when_budget_rises_is_hottest_first() -> None:
-    cfg = PolicyConfig(hysteresis_bytes=8 * MiB, max_migration_bytes_per_tick=30 * MiB)
+    cfg = PolicyConfig(
+        reserve_bytes=0, hysteresis_bytes=8 * MiB, max_migration_bytes_per_tick=30 * MiB
+    )
     p = ResidencyPolicy(cfg)
     sim = Sim(_objects("a", 10, 10 * MiB, "direct"))
     p.budget(sig(1 * GiB), 0)

@@ -21,21 +21,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
 from dualblade import errors as client_errors
 from dualblade._handshake import open_session
+from dualbladed.config import LimitsConfig
 from dualbladed.errors import FailedPrecondition, PermissionDenied, Unauthenticated
 from dualbladed.sessions import peer as peer_mod
 from dualbladed.sessions.arena import Arena
-from dualbladed.sessions.handshake import HandshakeServer
+from dualbladed.sessions.handshake import HandshakeConfig, HandshakeServer
 from dualbladed.sessions.hello import parse_hello
-from dualbladed.sessions.leaseframes import FrameWorkers, LeaseWriter
+from dualbladed.sessions.leaseframes import DEFAULT_MAX_FRAME_BYTES, FrameWorkers, LeaseWriter
 from dualbladed.sessions.registry import Session, SessionRegistry
 
 KIB = 1024
@@ -61,17 +62,22 @@ class Harness:
             return self.cond.wait_for(lambda: session_id in self.ended, timeout)
 
 
-def _make_server(path: Path, **kwargs: object) -> Harness:
-    registry = SessionRegistry(int(kwargs.pop("max_sessions", 64)))  # type: ignore[call-overload]
-    options: dict[str, object] = {
-        "make_arena": lambda n: Arena.create(n, prefault=False),
-        "default_arena_bytes": 64 * KIB,
-        "max_arena_bytes": 1024 * KIB,
-        "hello_timeout_s": 0.5,
-        "max_pending": 16,
-    }
-    options.update(kwargs)
-    server = HandshakeServer(str(path), registry, **options)  # type: ignore[arg-type]
+def _make_server(
+    path: Path,
+    *,
+    max_sessions: int = 64,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    make_arena: Callable[[int], Arena] = lambda n: Arena.create(n, prefault=False),
+    **options: Any,
+) -> Harness:
+    registry = SessionRegistry(max_sessions)
+    limits = LimitsConfig(
+        default_arena_bytes=64 * KIB, max_arena_bytes=1024 * KIB, max_sessions=max_sessions
+    )
+    config = HandshakeConfig(
+        limits, hello_timeout_s=0.5, max_pending=16, max_frame_bytes=max_frame_bytes
+    )
+    server = HandshakeServer(str(path), registry, config, make_arena=make_arena, **options)
     harness = Harness(str(path), registry, server)
     registry.on_end(harness.on_end)
     server.start()
@@ -524,9 +530,8 @@ def test_stale_socket_is_replaced_but_a_regular_file_is_not(tmp_path: Path) -> N
     regular = tmp_path / "not-a-socket"
     regular.write_text("precious")
     registry = SessionRegistry(1)
-    server = HandshakeServer(
-        regular, registry, make_arena=Arena.create, default_arena_bytes=4096, max_arena_bytes=4096
-    )
+    limits = LimitsConfig(default_arena_bytes=4096, max_arena_bytes=4096, max_sessions=1)
+    server = HandshakeServer(regular, registry, HandshakeConfig(limits), make_arena=Arena.create)
     with pytest.raises(FailedPrecondition, match="is not a socket"):
         server.start()
     assert regular.read_text() == "precious"

@@ -63,6 +63,7 @@ from dualbladed.arbiter.policy import (
 )
 from dualbladed.arbiter.psi import TRIGGER, PressureEvent, PsiWatcher
 from dualbladed.arbiter.signals import MemorySignals, SignalReader
+from dualbladed.config import ResidencyMode
 from dualbladed.errors import DualbladeError, FailedPrecondition, InvalidArgument, NotFound
 from dualbladed.paths.abstract import DIRECT, PAGECACHE
 from dualbladed.paths.pagecache import PageCachePath
@@ -323,7 +324,7 @@ class ResidencyArbiter:
             migrations: list[Migration] = []
             if plan:
                 migrations = self._policy.plan(tenant_usage, heat, now, budget=budget)
-            if not plan or self.mode != "adaptive":  # plan() did not split the budget
+            if not plan or self.mode is not ResidencyMode.ADAPTIVE:  # plan() did not split it
                 self._policy.shares(budget, {t: u.total for t, u in tenant_usage.items()})
             self._usage = usage
             self._moved = kept  # only keys that still exist (the moves are on this thread)

@@ -54,35 +54,61 @@ from types import MappingProxyType
 from typing import Literal
 
 from dualbladed.arbiter.signals import MemorySignals
+from dualbladed.config import ResidencyConfig, ResidencyMode
 from dualbladed.errors import InvalidArgument
 from dualbladed.paths.abstract import DIRECT, PAGECACHE
 
 PathName = Literal["pagecache", "direct"]
-Mode = Literal["adaptive", "pagecache", "direct"]
-MODES: tuple[str, ...] = ("adaptive", PAGECACHE, DIRECT)
-MiB = 1 << 20
+#: The ``[residency]`` defaults: the user-facing settings are declared once, in the config.
+_SETTINGS = ResidencyConfig()
+#: The tick the default per-tick migration bound assumes (the daemon's arbiter ticks every 1 s).
+DEFAULT_TICK_S = 1.0
+#: ``residency.weights`` allows 0 ("only what others leave"); the policy needs weights > 0.
+MIN_WEIGHT = 1e-6
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    mode: Mode = "adaptive"
+    """What the policy decides by: the ``[residency]`` settings (defaults and meaning from
+    :class:`~dualbladed.config.ResidencyConfig`; build it with :meth:`from_residency`) plus
+    the policy's own tuning, which users do not set."""
+
+    mode: ResidencyMode = _SETTINGS.mode
     #: memory kept for model weights and the rest of the system, never budgeted
-    reserve_bytes: int = 0
+    reserve_bytes: int = _SETTINGS.reserve_bytes
     #: the budget and the shares only react to changes beyond
     #: max(hysteresis_bytes, hysteresis_fraction * value)
-    hysteresis_bytes: int = 64 * MiB
+    hysteresis_bytes: int = _SETTINGS.hysteresis_bytes
     hysteresis_fraction: float = 0.0
     #: tenant ("uid/label") or label -> weight (> 0); the exact tenant wins over its label, and
     #: tenants matching neither get default_weight
-    weights: Mapping[str, float] = field(default_factory=dict)
+    weights: Mapping[str, float] = field(default_factory=lambda: _SETTINGS.weights)
     default_weight: float = 1.0
     #: an object (or a demoted tenant) does not move back within this time
     min_dwell_s: float = 30.0
-    max_migration_bytes_per_tick: int = 256 * MiB
+    max_migration_bytes_per_tick: int = int(_SETTINGS.migration_bytes_per_s * DEFAULT_TICK_S)
+
+    @classmethod
+    def from_residency(cls, res: ResidencyConfig, tick_s: float = DEFAULT_TICK_S) -> PolicyConfig:
+        """The policy's settings from the ``[residency]`` section, for an arbiter ticking every
+        ``tick_s``: the per-tick migration bound is one tick of the rate cap."""
+        return cls(
+            mode=res.mode,
+            reserve_bytes=res.reserve_bytes,
+            hysteresis_bytes=res.hysteresis_bytes,
+            weights={t: max(w, MIN_WEIGHT) for t, w in res.weights.items()},
+            max_migration_bytes_per_tick=max(1, int(res.migration_bytes_per_s * tick_s)),
+        )
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise InvalidArgument(f"residency mode {self.mode!r} is not one of {MODES}")
+        if not isinstance(self.mode, ResidencyMode):  # given as its string (tests, tools)
+            try:
+                object.__setattr__(self, "mode", ResidencyMode(self.mode))
+            except ValueError:
+                modes = ", ".join(m.value for m in ResidencyMode)
+                raise InvalidArgument(
+                    f"residency mode {self.mode!r} is not one of {modes}"
+                ) from None
         for name in ("reserve_bytes", "hysteresis_bytes", "max_migration_bytes_per_tick"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"{name} {getattr(self, name)} must not be negative")
@@ -205,9 +231,9 @@ class ResidencyPolicy:
     # --------------------------------------------------------------- placement
 
     def place(self, tenant: str, size: int, usage: TenantUsage) -> PathName:
-        mode = self.config.mode
-        if mode != "adaptive":
-            return PAGECACHE if mode == PAGECACHE else DIRECT
+        forced = self.config.mode.forced_path
+        if forced is not None:
+            return forced  # type: ignore[return-value]  # a forced mode is named after its path
         share = self._shares.get(tenant, 0)
         excess = max(0, usage.pagecache_bytes + size - share)
         if excess == 0:
@@ -231,7 +257,7 @@ class ResidencyPolicy:
     ) -> list[Migration]:
         """Bounded demotions then promotions for this tick (``budget``: the last one held)."""
         budget = budget or self._budget
-        if self.config.mode != "adaptive" or budget is None:
+        if self.config.mode is not ResidencyMode.ADAPTIVE or budget is None:
             return []
         cfg = self.config
         shares = self.shares(budget, {t: u.total for t, u in usage.items()})

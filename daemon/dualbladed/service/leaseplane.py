@@ -19,12 +19,13 @@ from __future__ import annotations
 from google.protobuf.message import DecodeError
 
 from dualblade.v1 import dualblade_pb2 as pb
+from dualblade.v1.wire import REQUEST_HEADER
 from dualbladed.errors import InvalidArgument
 from dualbladed.logs import bound
 from dualbladed.service.calls import failure_status
 from dualbladed.service.store_servicer import run_batch
 from dualbladed.sessions.batch import BatchExecutor
-from dualbladed.sessions.leaseframes import REQUEST_HEADER, error_frame, ok_frame
+from dualbladed.sessions.leaseframes import error_frame, ok_frame
 from dualbladed.sessions.registry import Session, SessionRegistry
 
 __all__ = ["LeasePlane"]

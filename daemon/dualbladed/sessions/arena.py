@@ -39,16 +39,12 @@ import mmap
 import os
 import threading
 
-from dualblade._mmap import close_mapping
+from dualblade.v1.wire import ALIGNMENT, close_mapping
 from dualbladed.errors import FailedPrecondition, InvalidArgument, Misaligned, OutOfRange
 
 __all__ = ["ALIGNMENT", "MADV_POPULATE_WRITE", "SEALS", "Arena"]
 
 logger = logging.getLogger(__name__)
-
-#: Every arena offset the daemon does I/O at is a multiple of this (a page, and a multiple of
-#: every logical block size we accept, so O_DIRECT on slices is always legal).
-ALIGNMENT = 4096
 
 #: ``MADV_POPULATE_WRITE`` from <linux/mman.h>; Python 3.11 has no constant for it.
 MADV_POPULATE_WRITE: int = getattr(mmap, "MADV_POPULATE_WRITE", 23)

@@ -5,7 +5,8 @@ established here, on a small ``AF_UNIX``/``SOCK_SEQPACKET`` socket next to the g
 SEQPACKET keeps message boundaries (one hello = one datagram, no framing code) and, unlike
 SOCK_DGRAM, is connection-oriented, so the connection itself can be the lease.
 
-Protocol v1 (every message is one UTF-8 JSON datagram of at most 4096 bytes)::
+Protocol v1 (every message is one UTF-8 JSON datagram; the version, size caps, alignment and
+socket names are constants of the wire contract shared with the SDK, :mod:`dualblade.v1.wire`)::
 
     client -> daemon   {"v": 1, "tenant": "<label>", "arena_bytes": N}     (arena_bytes optional)
     daemon -> client   {"v": 1, "session_id": "...", "token": "...", "tenant": "<uid>/<label>",
@@ -41,7 +42,7 @@ quick.
 Robustness limits: at most ``max_pending`` handshakes wait for their hello; when a new connection
 would exceed that, the *oldest* pending one is closed (an idle flood cannot lock out a real client,
 whose hello is usually queued before we even accept it). A pending connection that sends nothing
-for ``hello_timeout_s`` is closed. Datagrams above 4096 bytes and hellos that carry file
+for ``hello_timeout_s`` is closed. Datagrams above ``wire.HELLO_MAX_BYTES`` and hellos that carry file
 descriptors are refused (the kernel discards fds we did not ask for, so none leak). When accept()
 runs out of fds (EMFILE), the listener is paused for 100 ms instead of spinning.
 
@@ -65,40 +66,61 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
-from dualbladed.errors import (
-    DualbladeError,
-    FailedPrecondition,
-    InvalidArgument,
-    Misaligned,
-    ResourceExhausted,
+from dualblade.v1.wire import (
+    ALIGNMENT,
+    HELLO_MAX_BYTES,
+    LEASE_FRAME_MAX_BYTES,
+    PROTOCOL_VERSION,
+    size_socket_buffers,
 )
-from dualbladed.sessions.arena import ALIGNMENT, Arena
-from dualbladed.sessions.hello import PROTOCOL_VERSION, Hello, parse_hello
+from dualbladed.config import LimitsConfig
+from dualbladed.errors import DualbladeError, FailedPrecondition, InvalidArgument, ResourceExhausted
+from dualbladed.sessions.arena import Arena
+from dualbladed.sessions.hello import Hello, parse_hello
 from dualbladed.sessions.leaseframes import (
     DEFAULT_MAX_FRAME_BYTES,
     FrameWorkers,
     LeaseWriter,
     RequestHandler,
-    size_socket_buffers,
 )
 from dualbladed.sessions.peer import peer_credentials, peer_pidfd
 from dualbladed.sessions.registry import Session, SessionRegistry
 
-__all__ = [
-    "HELLO_MAX_BYTES",
-    "PROTOCOL_VERSION",
-    "HandshakeServer",
-]
+__all__ = ["HandshakeConfig", "HandshakeServer"]
 
 logger = logging.getLogger(__name__)
 
-HELLO_MAX_BYTES = 4096
-
 _ACCEPT_BATCH = 64
 _EMFILE_PAUSE_S = 0.1
+
+
+@dataclass(frozen=True)
+class HandshakeConfig:
+    """How the handshake listener behaves.
+
+    ``limits`` is the daemon's ``[limits]`` section, validated where it was built (the config
+    loader checks each size, :class:`~dualbladed.config.LimitsConfig` checks default <= max);
+    the server announces all of it to clients in the reply's ``limits``. The other fields are
+    not user settings: the daemon uses the defaults, tests tighten them.
+    """
+
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    socket_mode: int = 0o660
+    socket_gid: int | None = None
+    hello_timeout_s: float = 2.0
+    max_pending: int = 64
+    #: the largest lease frame (announced only when the server has a request handler)
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    request_workers: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.hello_timeout_s > 0:
+            raise InvalidArgument(f"hello_timeout_s must be positive, got {self.hello_timeout_s!r}")
+        if self.max_pending < 1:
+            raise InvalidArgument(f"max_pending must be at least 1, got {self.max_pending!r}")
 
 
 @dataclass(eq=False)
@@ -124,59 +146,24 @@ class HandshakeServer:
         self,
         path: str | os.PathLike[str],
         registry: SessionRegistry,
+        config: HandshakeConfig,
         *,
         make_arena: Callable[[int], Arena],
-        default_arena_bytes: int,
-        max_arena_bytes: int,
         allow_tenant: Callable[[int, str], None] | None = None,
-        socket_mode: int = 0o660,
-        socket_gid: int | None = None,
-        hello_timeout_s: float = 2.0,
-        max_pending: int = 64,
-        limits: Mapping[str, int] | None = None,
         on_request: RequestHandler | None = None,
-        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-        request_workers: int = 16,
     ) -> None:
-        for name, value in (
-            ("default_arena_bytes", default_arena_bytes),
-            ("max_arena_bytes", max_arena_bytes),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < ALIGNMENT:
-                raise InvalidArgument(f"{name} must be an integer >= {ALIGNMENT}, got {value!r}")
-            if value % ALIGNMENT:
-                raise Misaligned(name, value, ALIGNMENT)
-        if default_arena_bytes > max_arena_bytes:
-            raise InvalidArgument(
-                f"default_arena_bytes {default_arena_bytes} exceeds max_arena_bytes "
-                f"{max_arena_bytes}"
-            )
-        if not hello_timeout_s > 0:
-            raise InvalidArgument(f"hello_timeout_s must be positive, got {hello_timeout_s!r}")
-        if max_pending < 1:
-            raise InvalidArgument(f"max_pending must be at least 1, got {max_pending!r}")
         self._path = os.fspath(path)
         self._registry = registry
+        self._config = config
         self._make_arena = make_arena
-        self._default_arena_bytes = default_arena_bytes
-        self._max_arena_bytes = max_arena_bytes
         self._allow_tenant = allow_tenant
-        self._socket_mode = socket_mode
-        self._socket_gid = socket_gid
-        self._hello_timeout_s = hello_timeout_s
-        self._max_pending = max_pending
-        self._limits: dict[str, int] = {
-            "max_arena_bytes": max_arena_bytes,
-            "default_arena_bytes": default_arena_bytes,
-            "max_sessions": registry.max_sessions,
-            **(limits or {}),
-        }
+        self._limits: dict[str, int] = asdict(config.limits)
         if on_request is not None:
-            self._limits["lease_frame_max_bytes"] = max_frame_bytes
+            self._limits[LEASE_FRAME_MAX_BYTES] = config.max_frame_bytes
         self._frames = FrameWorkers(
             on_request,
-            max_frame_bytes=max_frame_bytes,
-            workers=request_workers,
+            max_frame_bytes=config.max_frame_bytes,
+            workers=config.request_workers,
             max_leases=registry.max_sessions,
         )
         # Owned by the handshake thread once started.
@@ -211,9 +198,9 @@ class HandshakeServer:
         try:
             listener.bind(self._path)
             # Permissions before listen(): a connect() that slips in before chmod is refused.
-            os.chmod(self._path, self._socket_mode)
-            if self._socket_gid is not None:
-                os.chown(self._path, -1, self._socket_gid)
+            os.chmod(self._path, self._config.socket_mode)
+            if self._config.socket_gid is not None:
+                os.chown(self._path, -1, self._config.socket_gid)
             listener.listen(128)
             listener.setblocking(False)
             self._listener_ino = os.stat(self._path).st_ino
@@ -393,12 +380,12 @@ class HandshakeServer:
             logger.debug("handshake peer pid %d exited before accept; closing", pid)
             sock.close()
             return
-        conn = _Conn(sock, pid, uid, gid, pidfd, time.monotonic() + self._hello_timeout_s)
-        while len(self._pending) >= self._max_pending:
+        conn = _Conn(sock, pid, uid, gid, pidfd, time.monotonic() + self._config.hello_timeout_s)
+        while len(self._pending) >= self._config.max_pending:
             oldest = next(iter(self._pending))
             logger.warning(
                 "too many pending handshakes (%d); closing the oldest (pid %d)",
-                self._max_pending,
+                self._config.max_pending,
                 oldest.pid,
             )
             self._drop(oldest)
@@ -434,8 +421,8 @@ class HandshakeServer:
                 )
             hello = parse_hello(
                 data,
-                default_arena_bytes=self._default_arena_bytes,
-                max_arena_bytes=self._max_arena_bytes,
+                default_arena_bytes=self._config.limits.default_arena_bytes,
+                max_arena_bytes=self._config.limits.max_arena_bytes,
             )
             if self._allow_tenant is not None:
                 self._allow_tenant(conn.uid, hello.tenant)
@@ -545,7 +532,7 @@ class HandshakeServer:
             logger.info(
                 "handshake from pid %d sent no hello within %.1f s; closing",
                 conn.pid,
-                self._hello_timeout_s,
+                self._config.hello_timeout_s,
             )
             self._drop(conn)
 

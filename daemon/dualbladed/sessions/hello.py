@@ -13,10 +13,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from dualblade.v1.wire import ALIGNMENT, PROTOCOL_VERSION
 from dualbladed.errors import InvalidArgument, Misaligned, OutOfRange
-from dualbladed.sessions.arena import ALIGNMENT
-
-PROTOCOL_VERSION = 1
 
 _TENANT_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _HELLO_FIELDS = frozenset({"v", "tenant", "arena_bytes"})

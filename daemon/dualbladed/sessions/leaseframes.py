@@ -3,17 +3,12 @@
 A gRPC-Python unary round trip costs ~0.5 ms; a datagram round trip on an ``AF_UNIX`` socket costs
 ~0.05 ms. The lease connection of a session (see :mod:`dualbladed.sessions.handshake`) is already
 authenticated by ``SO_PEERCRED`` and bound to one session, so after the hello it doubles as a
-fast path for ``Store.Batch``. SEQPACKET keeps message boundaries, so one frame is one datagram::
-
-    request  (client -> daemon)  u64 request_id | serialized dualblade.v1.BatchRequest
-    reply    (daemon -> client)  u64 request_id | u32 code (google.rpc.Code, 0 = OK) |
-                                 serialized dualblade.v1.BatchResponse (code 0) or a UTF-8 message
-
-(integers little-endian).
+fast path for ``Store.Batch``. SEQPACKET keeps message boundaries, so one frame is one datagram;
+the frame layout is part of the wire contract shared with the SDK, :mod:`dualblade.v1.wire`.
 
 The request id is the client's choice and is echoed verbatim; replies may come in any order (a
 client keeps several calls in flight). The daemon announces the path in the hello reply's
-``limits`` as ``lease_frame_max_bytes``; a client that does not see it uses gRPC only. Refusals
+``limits`` as ``wire.LEASE_FRAME_MAX_BYTES``; a client that does not see it uses gRPC only. Refusals
 cost the frame, never the session: a frame above the limit gets RESOURCE_EXHAUSTED, one shorter
 than the id gets INVALID_ARGUMENT with id 0. Only EOF, a socket error or the client's exit end
 the session.
@@ -49,41 +44,28 @@ import contextlib
 import logging
 import mmap
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from dualblade.v1.wire import REPLY_HEADER, REQUEST_HEADER, Code
 from dualbladed.sessions.registry import Session
 
 __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
-    "INVALID_ARGUMENT",
-    "REQUEST_HEADER",
-    "REPLY_HEADER",
     "FrameWorkers",
     "LeaseReaders",
     "LeaseWriter",
     "RequestHandler",
     "error_frame",
     "ok_frame",
-    "size_socket_buffers",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_FRAME_BYTES = 4 << 20
-REQUEST_HEADER = struct.Struct("<Q")
-REPLY_HEADER = struct.Struct("<QI")
-#: google.rpc.Code values used by the transport itself (the handler maps everything else).
-INVALID_ARGUMENT = 3
-RESOURCE_EXHAUSTED = 8
-UNIMPLEMENTED = 12
-INTERNAL = 13
-#: Room for the kernel's per-datagram overhead on top of the largest frame.
-_BUFFER_SLACK = 64 << 10
 _SEND_PATIENCE_S = 5.0
 #: A reader's receive buffer keeps at most this much resident between frames (Batch frames are
 #: usually a few KiB; a client sending 4 MiB frames must not pin 4 MiB per parked reader).
@@ -94,20 +76,12 @@ RequestHandler = Callable[[Session, bytes], bytes]
 
 
 def ok_frame(request_id: int, body: bytes) -> bytes:
-    return REPLY_HEADER.pack(request_id, 0) + body
+    return REPLY_HEADER.pack(request_id, Code.OK) + body
 
 
 def error_frame(request_id: int, code: int, message: str) -> bytes:
+    """A refusal; ``code`` is a :class:`~dualblade.v1.wire.Code` (or its int value)."""
     return REPLY_HEADER.pack(request_id, code) + message.encode("utf-8", "replace")
-
-
-def size_socket_buffers(sock: socket.socket, max_frame_bytes: int) -> None:
-    """Let one frame of ``max_frame_bytes`` fit the socket (an AF_UNIX datagram is bounded by
-    the sender's SO_SNDBUF). Best effort: the kernel caps the value at ``net.core.wmem_max``."""
-    size = max_frame_bytes + _BUFFER_SLACK
-    for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, option, size)
 
 
 class LeaseWriter:
@@ -310,16 +284,20 @@ class FrameWorkers:
         if isinstance(frame, _Oversize):
             return error_frame(
                 frame.request_id,
-                RESOURCE_EXHAUSTED,
+                Code.RESOURCE_EXHAUSTED,
                 f"lease frame exceeds {self.max_frame_bytes} bytes; use gRPC for this call",
             )
         if len(frame) < REQUEST_HEADER.size:
-            return error_frame(0, INVALID_ARGUMENT, f"lease frame of {len(frame)} bytes has no id")
+            return error_frame(
+                0, Code.INVALID_ARGUMENT, f"lease frame of {len(frame)} bytes has no id"
+            )
         request_id = REQUEST_HEADER.unpack_from(frame)[0]
         if self._handler is None:
-            return error_frame(request_id, UNIMPLEMENTED, "this server has no lease data plane")
+            return error_frame(
+                request_id, Code.UNIMPLEMENTED, "this server has no lease data plane"
+            )
         try:
             return self._handler(session, frame)
         except Exception:
             logger.exception("lease request handler failed")
-            return error_frame(request_id, INTERNAL, "internal error in dualbladed")
+            return error_frame(request_id, Code.INTERNAL, "internal error in dualbladed")

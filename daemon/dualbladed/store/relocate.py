@@ -27,7 +27,7 @@ import mmap
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from dualblade._mmap import close_mapping
+from dualblade.v1.wire import close_mapping
 from dualbladed.errors import ChecksumMismatch, FailedPrecondition, InvalidArgument
 from dualbladed.killpoints import killpoint
 from dualbladed.oserrors import from_oserror
