@@ -236,3 +236,58 @@ def test_help_lists_every_flag() -> None:
     for flag in ("--config", "--namespace", "--namespace-size", "--state-dir", "--socket"):
         assert flag in text
     assert "--log-format" in text and "--force" in text and "--format" in text
+
+
+def test_each_setting_is_declared_once_and_the_keys_stay() -> None:
+    """The settings table is derived from the dataclass fields: its keys (TOML) and flags are the
+    published ones, and each default is the dataclass's own (the loader adds nothing)."""
+    from dualbladed.config import _DEFINITIONS, ResidencyMode
+
+    keys = {s.key: s.flag for s in _DEFINITIONS}
+    assert keys == {
+        "namespace.path": "--namespace",
+        "namespace.size": "--namespace-size",
+        "namespace.force": "--force",
+        "namespace.format": "--format",
+        "state_dir": "--state-dir",
+        "socket": "--socket",
+        "handshake_socket": None,
+        "lock_path": None,
+        "log_format": "--log-format",
+        "log_level": "--log-level",
+        "admin_group": None,
+        "limits.max_batch_ops": None,
+        "limits.max_object_bytes": None,
+        "limits.max_arena_bytes": None,
+        "limits.default_arena_bytes": None,
+        "limits.max_sessions": None,
+        "quotas.default_bytes": None,
+        "quotas.per_tenant": None,
+        "io.request_bytes": None,
+        "io.queue_depth": None,
+        "residency.mode": None,
+        "residency.reserve_bytes": None,
+        "residency.hysteresis_bytes": None,
+        "residency.weights": None,
+        "residency.migration_bytes_per_s": None,
+        "residency.pagecache_max_bytes": None,
+        "residency.slab_bytes": None,
+        "metrics.prometheus_address": None,
+    }
+    assert len(keys) == 28
+    cfg = load_config(["--socket", "/x/grpc.sock", "--state-dir", "/x/state"])
+    for s in _DEFINITIONS:
+        if s.default is None:  # derived at load time, or optional
+            continue
+        section, _, name = s.key.rpartition(".")
+        owner = getattr(cfg, section) if section else cfg
+        assert getattr(owner, name) == s.default, s.key
+    assert cfg.residency.mode is ResidencyMode.ADAPTIVE
+    assert (cfg.residency.reserve_bytes, cfg.residency.hysteresis_bytes) == (2 * GiB, 256 * MiB)
+
+
+def test_limits_check_themselves_wherever_built() -> None:
+    from dualbladed.config import LimitsConfig
+
+    with pytest.raises(InvalidArgument, match="exceeds limits.max_arena_bytes"):
+        LimitsConfig(default_arena_bytes=8 * GiB, max_arena_bytes=4 * GiB)
