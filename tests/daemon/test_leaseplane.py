@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +17,13 @@ import pytest
 from dualblade import Client, errors
 from dualblade._handshake import HandshakeResult, open_session
 from dualblade.v1 import dualblade_pb2 as pb
+from dualblade.v1 import wire
 from dualblade_tools.daemonproc import DaemonProcess
 
-REQUEST = struct.Struct("<Q")
-REPLY = struct.Struct("<QI")
-OK, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED = 0, 3, 5, 8
+# The frame layout is the wire contract's (pinned in tests/client/test_wire_contract.py).
+REQUEST, REPLY = wire.REQUEST_HEADER, wire.REPLY_HEADER
+OK, INVALID_ARGUMENT = wire.Code.OK, wire.Code.INVALID_ARGUMENT
+NOT_FOUND, RESOURCE_EXHAUSTED = wire.Code.NOT_FOUND, wire.Code.RESOURCE_EXHAUSTED
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
 
 @pytest.fixture
 def raw(daemon: DaemonProcess) -> Iterator[HandshakeResult]:
-    with open_session(Path(daemon.socket).parent / "handshake.sock", "raw", 1 << 16) as hs:
+    with open_session(wire.handshake_socket_path(daemon.socket), "raw", 1 << 16) as hs:
         hs.lease.settimeout(10)
         yield hs
 
@@ -133,7 +134,7 @@ def test_bad_frames_get_invalid_argument_and_the_session_goes_on(raw: HandshakeR
 
 
 def test_oversize_frame_is_refused_and_the_session_goes_on(raw: HandshakeResult) -> None:
-    limit = raw.limits["lease_frame_max_bytes"]
+    limit = raw.limits[wire.LEASE_FRAME_MAX_BYTES]
     raw.lease.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limit + (1 << 20))
     try:
         raw.lease.send(REQUEST.pack(9) + bytes(limit))
