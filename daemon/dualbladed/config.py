@@ -94,6 +94,11 @@ class ResidencyMode(str, enum.Enum):
     def __str__(self) -> str:
         return self.value
 
+    @classmethod
+    def parse(cls, raw: object) -> ResidencyMode:
+        """The mode from its name (or itself); InvalidArgument names the choices."""
+        return _residency_mode("residency.mode", raw)  # type: ignore[no-any-return]
+
     @property
     def forced_path(self) -> str | None:
         """The path this mode pins every object to; None for adaptive."""
@@ -397,7 +402,7 @@ class ResidencyConfig:
 
     def __post_init__(self) -> None:
         # A mode given as its string (a test, a tool) becomes the enum, so ``is`` compares work.
-        object.__setattr__(self, "mode", _residency_mode("residency.mode", self.mode))
+        object.__setattr__(self, "mode", ResidencyMode.parse(self.mode))
 
 
 @dataclass(frozen=True)

@@ -101,14 +101,8 @@ class PolicyConfig:
         )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.mode, ResidencyMode):  # given as its string (tests, tools)
-            try:
-                object.__setattr__(self, "mode", ResidencyMode(self.mode))
-            except ValueError:
-                modes = ", ".join(m.value for m in ResidencyMode)
-                raise InvalidArgument(
-                    f"residency mode {self.mode!r} is not one of {modes}"
-                ) from None
+        # a mode given as its name (tests, tools) becomes the enum, so ``is`` compares work
+        object.__setattr__(self, "mode", ResidencyMode.parse(self.mode))
         for name in ("reserve_bytes", "hysteresis_bytes", "max_migration_bytes_per_tick"):
             if getattr(self, name) < 0:
                 raise InvalidArgument(f"{name} {getattr(self, name)} must not be negative")

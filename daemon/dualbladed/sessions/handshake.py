@@ -14,8 +14,9 @@ socket names are constants of the wire contract shared with the SDK, :mod:`dualb
                        + SCM_RIGHTS: the arena memfd (sealed, see dualbladed.sessions.arena)
                    or  {"v": 1, "error": {"code": "INVALID_ARGUMENT", "message": "..."}}, then close
 
-The label is 1..64 characters of ``[A-Za-z0-9._-]``; ``arena_bytes`` is a multiple of 4096 within
-``[4096, max_arena_bytes]``. Unknown fields are rejected, so a newer client learns at once that it
+The label is 1..64 characters of ``[A-Za-z0-9._-]``; ``arena_bytes`` is a multiple of
+``wire.ALIGNMENT`` (4096) within ``[ALIGNMENT, max_arena_bytes]``; ``limits`` is the daemon's
+``[limits]`` section, plus ``wire.LEASE_FRAME_MAX_BYTES`` when the lease carries frames. Unknown fields are rejected, so a newer client learns at once that it
 talks to an older daemon. The pid/uid/gid come from ``SO_PEERCRED``, never from the message.
 
 The lease: after a successful hello the connection stays open. Further datagrams on it are
