@@ -9,10 +9,11 @@ its host-device copies out of slots run at pinned speed.
 
 Slots: every slot starts at a multiple of the alignment (:data:`dualblade.v1.wire.ALIGNMENT`, a
 page: legal for O_DIRECT on any device the daemon accepts) and its length is the requested size
-rounded up to the alignment, so neighbouring slots never share a page. The allocator is best-fit over a free map kept in two
-sorted indexes (by offset for coalescing, by (length, offset) for the fit), so alloc and free are
-O(log n) and adjacent free ranges always merge. A slot must not be freed while the daemon may
-still be doing I/O into it, i.e. before the call that named it has returned.
+rounded up to the alignment, so neighbouring slots never share a page. The allocator is best-fit
+over a free map kept in two sorted indexes (by offset for coalescing, by (length, offset) for the
+fit), so alloc and free are O(log n) and adjacent free ranges always merge. A slot must not be
+freed while the daemon may still be doing I/O into it, i.e. before the call that named it has
+returned.
 
 Closing: like the daemon's arena (see ``dualbladed.sessions.arena``), ``close()`` unmaps only
 once no view it handed out is alive; otherwise the mapping goes away with the last view. Views are

@@ -16,8 +16,9 @@ socket names are constants of the wire contract shared with the SDK, :mod:`dualb
 
 The label is 1..64 characters of ``[A-Za-z0-9._-]``; ``arena_bytes`` is a multiple of
 ``wire.ALIGNMENT`` (4096) within ``[ALIGNMENT, max_arena_bytes]``; ``limits`` is the daemon's
-``[limits]`` section, plus ``wire.LEASE_FRAME_MAX_BYTES`` when the lease carries frames. Unknown fields are rejected, so a newer client learns at once that it
-talks to an older daemon. The pid/uid/gid come from ``SO_PEERCRED``, never from the message.
+``[limits]`` section, plus ``wire.LEASE_FRAME_MAX_BYTES`` when the lease carries frames. Unknown
+fields are rejected, so a newer client learns at once that it talks to an older daemon. The
+pid/uid/gid come from ``SO_PEERCRED``, never from the message.
 
 The lease: after a successful hello the connection stays open. Further datagrams on it are
 data-plane request frames (``Store.Batch`` without gRPC's cost), read and run by the lease's own
@@ -43,9 +44,9 @@ quick.
 Robustness limits: at most ``max_pending`` handshakes wait for their hello; when a new connection
 would exceed that, the *oldest* pending one is closed (an idle flood cannot lock out a real client,
 whose hello is usually queued before we even accept it). A pending connection that sends nothing
-for ``hello_timeout_s`` is closed. Datagrams above ``wire.HELLO_MAX_BYTES`` and hellos that carry file
-descriptors are refused (the kernel discards fds we did not ask for, so none leak). When accept()
-runs out of fds (EMFILE), the listener is paused for 100 ms instead of spinning.
+for ``hello_timeout_s`` is closed. Datagrams above ``wire.HELLO_MAX_BYTES`` and hellos that
+carry file descriptors are refused (the kernel discards fds we did not ask for, so none leak).
+When accept() runs out of fds (EMFILE), the listener is paused for 100 ms instead of spinning.
 
 Instance lock: :meth:`HandshakeServer.start` replaces a stale socket file at ``path`` (only a
 socket, never a regular file). That is safe only because the caller already holds the daemon's
