@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dualblade.v1.wire import GRPC_SOCKET_NAME
+
 #: sd_notify messages are one datagram each; the daemon's are a few hundred bytes.
 _NOTIFY_MAX_BYTES = 65536
 
@@ -59,7 +61,7 @@ class DaemonProcess:
 
     @property
     def socket(self) -> Path:
-        return self.root / "run" / "grpc.sock"
+        return self.root / "run" / GRPC_SOCKET_NAME
 
     @property
     def namespace_path(self) -> Path:

@@ -46,6 +46,7 @@ from hypothesis import strategies as st
 from dualblade import Client
 from dualblade.arena import Slot
 from dualblade.v1 import dualblade_pb2 as pb
+from dualblade.v1.wire import code_name
 from dualblade_tools.daemonproc import DaemonProcess
 
 #: Arena of each fuzzing session; small so that offsets past it are easy to hit.
@@ -61,7 +62,6 @@ BAD_CODES = frozenset(
         grpc.StatusCode.DEADLINE_EXCEEDED,
     }
 )
-_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 #: Marker byte per tenant label: every byte a tenant stores is its marker.
 MARKERS = {"alpha": 0xA1, "beta": 0xB2}
 #: A few keys every tenant uses, so that gets and deletes hit objects (of both tenants).
@@ -273,7 +273,7 @@ class FuzzHarness:
         failures: list[str] = []
         if len(reply.results) != len(request.ops):
             failures.append(f"batch of {len(request.ops)} ops got {len(reply.results)} results")
-        names = [_CODE_NAMES.get(r.code, f"code {r.code}") for r in reply.results]
+        names = [code_name(r.code) for r in reply.results]
         failures += [f"op -> {n}" for n in names if n in {c.name for c in BAD_CODES}]
         leaks = checked = 0
         marker = MARKERS[tenant]

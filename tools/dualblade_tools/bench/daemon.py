@@ -390,15 +390,14 @@ def _empty_call_latency(socket_path: Path, transport: str, calls: int) -> tuple[
     from dualblade._leaseplane import LeasePlane
     from dualblade.v1 import dualblade_pb2 as pb
     from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
+    from dualblade.v1.wire import LEASE_FRAME_MAX_BYTES, handshake_socket_path
 
     report.progress(f"timing {calls} empty Batch calls ({transport})")
     with contextlib.ExitStack() as stack:
-        hs = stack.enter_context(
-            open_session(socket_path.parent / "handshake.sock", TENANT, 1 << 20)
-        )
+        hs = stack.enter_context(open_session(handshake_socket_path(socket_path), TENANT, 1 << 20))
         batch: Callable[[], object]
         if transport == "lease":
-            plane = LeasePlane(hs.lease, hs.limits["lease_frame_max_bytes"])
+            plane = LeasePlane(hs.lease, hs.limits[LEASE_FRAME_MAX_BYTES])
             stack.callback(plane.close)
             empty = pb.BatchRequest().SerializeToString()
             batch = lambda: plane.call(empty)  # noqa: E731
