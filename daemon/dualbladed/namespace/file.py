@@ -21,14 +21,14 @@ ENOSPC back into the write path.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
 import stat
 
-from dualbladed.errors import DeviceBusy, InvalidArgument, ResourceExhausted
+from dualbladed.errors import DeviceBusy, InvalidArgument
 from dualbladed.namespace.abstract import METADATA_AREA, FdNamespace
+from dualbladed.oserrors import translated
 
 logger = logging.getLogger(__name__)
 
@@ -49,26 +49,13 @@ def _check_size(path: str, size: int, what: str) -> None:
 
 
 def _open_direct(path: str, flags: int) -> int:
-    try:
+    with translated(f"opening namespace file {path} with O_DIRECT"):
         return os.open(path, flags, 0o600)
-    except OSError as err:
-        if err.errno == errno.EINVAL:
-            raise InvalidArgument(
-                f"cannot open {path} with O_DIRECT: its filesystem does not support it "
-                "(tmpfs does not); put the namespace file on ext4 or xfs"
-            ) from err
-        raise
 
 
 def _fallocate(fd: int, path: str, offset: int, length: int) -> None:
-    try:
+    with translated(f"allocating {length} bytes at offset {offset} of namespace file {path}"):
         os.posix_fallocate(fd, offset, length)
-    except OSError as err:
-        if err.errno == errno.ENOSPC:
-            raise ResourceExhausted(
-                f"no space to allocate {length} bytes at offset {offset} of namespace file {path}"
-            ) from err
-        raise
 
 
 class FileNamespace(FdNamespace):
@@ -85,6 +72,7 @@ class FileNamespace(FdNamespace):
             a path that is not a regular file, or a filesystem without O_DIRECT.
         DeviceBusy: another process holds the file open as a namespace.
         ResourceExhausted: the filesystem has no room for the requested size.
+        DualbladeError: any other failed syscall, classified by :mod:`dualbladed.oserrors`.
     """
 
     kind = "file"
@@ -97,18 +85,21 @@ class FileNamespace(FdNamespace):
         if size is not None:
             _check_size(self.path, size, "requested size")
         self._fd = -1
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            st = None
-        if st is None:
-            self._create(size, create)
-        else:
-            if not stat.S_ISREG(st.st_mode):
-                raise InvalidArgument(
-                    f"{self.path} is not a regular file; block devices open as BlockNamespace"
-                )
-            self._open_existing(size)
+        # Every OSError below becomes a typed error through the one errno map; the syscalls
+        # that matter (open, fallocate) name themselves more precisely inside.
+        with translated(f"opening namespace file {self.path}"):
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                st = None
+            if st is None:
+                self._create(size, create)
+            else:
+                if not stat.S_ISREG(st.st_mode):
+                    raise InvalidArgument(
+                        f"{self.path} is not a regular file; block devices open as BlockNamespace"
+                    )
+                self._open_existing(size)
 
     def _create(self, size: int | None, create: bool) -> None:
         if not create:
