@@ -42,13 +42,13 @@ def from_oserror(exc: OSError, *, context: str) -> DualbladeError:
     if code in _DEVICE_GONE:
         return DeviceIOError(detail)
     if code == errno.EINVAL:
-        # With O_DIRECT: at open, a filesystem without O_DIRECT (tmpfs); at I/O, the device's
+        # With O_DIRECT: at open, a filesystem without O_DIRECT (old tmpfs); at I/O, the device's
         # real requirement (dma_alignment, logical block size) is stricter than configured,
         # since the engine validates alignment against the configured block size first.
         return InvalidArgument(
             f"{detail}; with O_DIRECT this means the filesystem does not support it (tmpfs "
-            "does not: use ext4 or xfs), or the offset, length or buffer address is not a "
-            "multiple of the device's logical block size"
+            "before Linux 6.6: use ext4 or xfs), or the offset, length or buffer address is not "
+            "a multiple of the device's logical block size"
         )
     if code in (errno.ENOSPC, errno.EDQUOT):
         return ResourceExhausted(f"{detail}; the device or the filesystem under it is full")

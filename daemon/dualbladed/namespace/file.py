@@ -5,7 +5,8 @@ first KV write: an O_DIRECT write into a hole makes the filesystem allocate unde
 (slower, and it can fail with ENOSPC long after start-up). It is opened
 ``O_RDWR | O_DIRECT | O_CLOEXEC``; every offset, length and buffer address must then be a multiple
 of :data:`BLOCK_SIZE` (4096 works on every filesystem that supports O_DIRECT, including 4Kn
-devices underneath). tmpfs has no O_DIRECT: opening a namespace there fails with a clear message.
+devices underneath). A filesystem without O_DIRECT (tmpfs before Linux 6.6) fails the open
+with EINVAL, which the one errno map reports as ``InvalidArgument`` naming the cause.
 
 Size rules: a new file needs an explicit ``size`` that is a multiple of 4096 and holds at least
 the metadata area plus 1 MiB of data. An existing file keeps its size; a larger requested size
