@@ -44,7 +44,8 @@ the :class:`~dualbladed.store.relocate.MoveSite` protocol) and input checks in
 :mod:`dualbladed.store.input`; this module owns the lock, the paths and the metadata.
 
 Errors: residency paths raise only typed errors (their ``OSError`` is classified once, in
-:mod:`dualbladed.oserrors`), so nothing here catches ``OSError`` or looks at an errno.
+:mod:`dualbladed.oserrors`), so no path call here is wrapped in an ``OSError`` handler and
+no errno is inspected; the one handler left classifies the metadata commit's through the same map.
 
 ``last_access`` is updated in memory on every get and written to SQLite in batches (a
 background timer every ``access_flush_interval`` seconds, and at ``flush``/``close``), never one
