@@ -1,8 +1,13 @@
-"""The one place that turns ``OSError`` from device I/O into the daemon's typed errors.
+"""The one place that turns ``OSError`` from device and file I/O into the daemon's typed errors.
 
-Device code catches ``OSError`` at the syscall and re-raises ``from_oserror(exc, context=...)``
-(``raise ... from exc`` keeps the original for logs). Keeping the errno table here means a new
-errno is classified once, and every caller reports it the same way to clients.
+Every residency path and every namespace constructor catches ``OSError`` at the syscall and
+re-raises ``from_oserror(exc, context=...)`` (``raise ... from exc`` keeps the original for
+logs), or wraps a cold block of syscalls in ``with translated(context):``. Nothing above the
+paths sees an ``OSError`` or looks at an errno: the table below classifies each errno once, so the
+same condition reports the same type, and hence the same gRPC code (the one map in
+:mod:`dualbladed.service.status`), whichever path or device it happened on. A full filesystem
+under the page-cache slabs and a full thin device under the direct path are both
+RESOURCE_EXHAUSTED; EIO is INTERNAL on both.
 
 ``context`` says what was being done ("read 1048576 bytes at offset 8192 of /dev/nvme0n1"), so
 the message is useful without a traceback.
@@ -10,8 +15,10 @@ the message is useful without a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Iterator
 
 from dualbladed.errors import (
     DeviceIOError,
@@ -22,7 +29,7 @@ from dualbladed.errors import (
     ResourceExhausted,
 )
 
-__all__ = ["from_oserror"]
+__all__ = ["from_oserror", "translated"]
 
 _DEVICE_GONE = {errno.EIO, errno.ENXIO, errno.ENODEV, errno.EREMOTEIO, errno.ENOMEDIUM}
 
@@ -35,11 +42,13 @@ def from_oserror(exc: OSError, *, context: str) -> DualbladeError:
     if code in _DEVICE_GONE:
         return DeviceIOError(detail)
     if code == errno.EINVAL:
-        # Almost always O_DIRECT alignment: the engine validates, so this means the device's
-        # real requirement (dma_alignment, logical block size) is stricter than configured.
+        # With O_DIRECT: at open, a filesystem without O_DIRECT (old tmpfs); at I/O, the device's
+        # real requirement (dma_alignment, logical block size) is stricter than configured,
+        # since the engine validates alignment against the configured block size first.
         return InvalidArgument(
-            f"{detail}; with O_DIRECT this usually means the offset, length or buffer address "
-            "is not a multiple of the device's logical block size"
+            f"{detail}; with O_DIRECT this means the filesystem does not support it (tmpfs "
+            "before Linux 6.6: use ext4 or xfs), or the offset, length or buffer address is not "
+            "a multiple of the device's logical block size"
         )
     if code in (errno.ENOSPC, errno.EDQUOT):
         return ResourceExhausted(f"{detail}; the device or the filesystem under it is full")
@@ -48,3 +57,12 @@ def from_oserror(exc: OSError, *, context: str) -> DualbladeError:
     if code == errno.EBUSY:
         return FailedPrecondition(f"{detail}; the device is busy")
     return DeviceIOError(detail)
+
+
+@contextlib.contextmanager
+def translated(context: str) -> Iterator[None]:
+    """Re-raise any ``OSError`` from the block as :func:`from_oserror` of it (for cold paths)."""
+    try:
+        yield
+    except OSError as exc:
+        raise from_oserror(exc, context=context) from exc

@@ -1,19 +1,28 @@
-"""FileNamespace and open_namespace on real files under tmp_path (ext4: real O_DIRECT)."""
+"""FileNamespace and open_namespace on real files under tmp_path (ext4: real O_DIRECT).
+
+What every namespace must do (round trips, exclusive claim, close) is in
+test_namespace_conformance.py; this file checks what is particular to files.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
 from pathlib import Path
 
+import grpc
 import pytest
+from loopdev_utils import LoopDevices, SmallExt4, small_fs_skip_reason
 
-from dualbladed.errors import DeviceBusy, InvalidArgument
+from dualbladed.errors import InvalidArgument, ResourceExhausted
 from dualbladed.namespace import FileNamespace, open_namespace
 from dualbladed.namespace.abstract import METADATA_AREA
+from dualbladed.service.status import to_status
 
 MiB = 1 << 20
+_small_skip = small_fs_skip_reason()
 
 
 def test_create_preallocates_and_reports_geometry(tmp_path):
@@ -91,29 +100,6 @@ def test_existing_file_with_bad_size_is_refused(tmp_path):
         FileNamespace(path)
 
 
-def test_second_opener_gets_device_busy(tmp_path):
-    path = tmp_path / "ns.img"
-    with FileNamespace(path, 4 * MiB), pytest.raises(DeviceBusy, match="another process"):
-        FileNamespace(path)
-    FileNamespace(path).close()  # the claim went away with the first fd
-
-
-def test_o_direct_round_trip_with_vectors(tmp_path):
-    with FileNamespace(tmp_path / "ns.img", 4 * MiB) as ns, mmap.mmap(-1, 3 * 4096) as src:
-        pattern = os.urandom(3 * 4096)
-        src[:] = pattern
-        view = memoryview(src)
-        bufs = [view[:4096], view[4096:]]
-        assert ns.pwritev(bufs, METADATA_AREA) == 3 * 4096
-        ns.flush()
-        with mmap.mmap(-1, 3 * 4096) as dst:
-            dview = memoryview(dst)
-            assert ns.preadv([dview[:8192], dview[8192:]], METADATA_AREA) == 3 * 4096
-            assert dst[:] == pattern
-            del dview
-        del view, bufs
-
-
 def test_o_direct_rejects_misaligned_buffers(tmp_path):
     with FileNamespace(tmp_path / "ns.img", 4 * MiB) as ns, mmap.mmap(-1, 8192) as buf:
         view = memoryview(buf)
@@ -133,8 +119,17 @@ def test_directory_is_not_a_namespace(tmp_path):
         FileNamespace(tmp_path)
 
 
-def test_close_is_idempotent(tmp_path):
-    ns = FileNamespace(tmp_path / "ns.img", 4 * MiB)
-    ns.close()
-    ns.close()
-    assert ns.closed
+@pytest.mark.root
+@pytest.mark.skipif(_small_skip is not None, reason=_small_skip or "")
+def test_full_filesystem_is_resource_exhausted_and_leaves_no_file(tmp_path):
+    loops = LoopDevices(tmp_path)
+    try:
+        fs = SmallExt4(loops, tmp_path)
+        path = fs.mount / "ns.img"
+        with pytest.raises(ResourceExhausted, match="full") as info:
+            FileNamespace(path, 64 * MiB)  # the filesystem has 24 MiB
+        assert info.value.__cause__.errno == errno.ENOSPC
+        assert to_status(info.value)[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert not path.exists()
+    finally:
+        loops.cleanup()

@@ -47,7 +47,7 @@ def test_dirty_shutdown_keeps_committed_and_frees_the_rest(tmp_path: Path) -> No
     store.put(T, b"eph", memoryview(payload(99, 50_000)), session="s1")
     store.put("2/x", b"eph2", memoryview(payload(98, 5000)))
     # space allocated but never committed (a put in flight when the process died)
-    store._paths["direct"].allocate(1 << 20)
+    store.paths["direct"].allocate(1 << 20)
     capacity = store.stats().paths["direct"].alloc.capacity
 
     ns.close()  # the kernel drops the fd (and its flock) when the process dies

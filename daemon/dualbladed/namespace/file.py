@@ -5,7 +5,8 @@ first KV write: an O_DIRECT write into a hole makes the filesystem allocate unde
 (slower, and it can fail with ENOSPC long after start-up). It is opened
 ``O_RDWR | O_DIRECT | O_CLOEXEC``; every offset, length and buffer address must then be a multiple
 of :data:`BLOCK_SIZE` (4096 works on every filesystem that supports O_DIRECT, including 4Kn
-devices underneath). tmpfs has no O_DIRECT: opening a namespace there fails with a clear message.
+devices underneath). A filesystem without O_DIRECT (tmpfs before Linux 6.6) fails the open
+with EINVAL, which the one errno map reports as ``InvalidArgument`` naming the cause.
 
 Size rules: a new file needs an explicit ``size`` that is a multiple of 4096 and holds at least
 the metadata area plus 1 MiB of data. An existing file keeps its size; a larger requested size
@@ -21,14 +22,14 @@ ENOSPC back into the write path.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
 import stat
 
-from dualbladed.errors import DeviceBusy, InvalidArgument, ResourceExhausted
+from dualbladed.errors import DeviceBusy, InvalidArgument
 from dualbladed.namespace.abstract import METADATA_AREA, FdNamespace
+from dualbladed.oserrors import translated
 
 logger = logging.getLogger(__name__)
 
@@ -49,26 +50,13 @@ def _check_size(path: str, size: int, what: str) -> None:
 
 
 def _open_direct(path: str, flags: int) -> int:
-    try:
+    with translated(f"opening namespace file {path} with O_DIRECT"):
         return os.open(path, flags, 0o600)
-    except OSError as err:
-        if err.errno == errno.EINVAL:
-            raise InvalidArgument(
-                f"cannot open {path} with O_DIRECT: its filesystem does not support it "
-                "(tmpfs does not); put the namespace file on ext4 or xfs"
-            ) from err
-        raise
 
 
 def _fallocate(fd: int, path: str, offset: int, length: int) -> None:
-    try:
+    with translated(f"allocating {length} bytes at offset {offset} of namespace file {path}"):
         os.posix_fallocate(fd, offset, length)
-    except OSError as err:
-        if err.errno == errno.ENOSPC:
-            raise ResourceExhausted(
-                f"no space to allocate {length} bytes at offset {offset} of namespace file {path}"
-            ) from err
-        raise
 
 
 class FileNamespace(FdNamespace):
@@ -85,6 +73,7 @@ class FileNamespace(FdNamespace):
             a path that is not a regular file, or a filesystem without O_DIRECT.
         DeviceBusy: another process holds the file open as a namespace.
         ResourceExhausted: the filesystem has no room for the requested size.
+        DualbladeError: any other failed syscall, classified by :mod:`dualbladed.oserrors`.
     """
 
     kind = "file"
@@ -97,18 +86,21 @@ class FileNamespace(FdNamespace):
         if size is not None:
             _check_size(self.path, size, "requested size")
         self._fd = -1
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            st = None
-        if st is None:
-            self._create(size, create)
-        else:
-            if not stat.S_ISREG(st.st_mode):
-                raise InvalidArgument(
-                    f"{self.path} is not a regular file; block devices open as BlockNamespace"
-                )
-            self._open_existing(size)
+        # Every OSError below becomes a typed error through the one errno map; the syscalls
+        # that matter (open, fallocate) name themselves more precisely inside.
+        with translated(f"opening namespace file {self.path}"):
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                st = None
+            if st is None:
+                self._create(size, create)
+            else:
+                if not stat.S_ISREG(st.st_mode):
+                    raise InvalidArgument(
+                        f"{self.path} is not a regular file; block devices open as BlockNamespace"
+                    )
+                self._open_existing(size)
 
     def _create(self, size: int | None, create: bool) -> None:
         if not create:

@@ -25,7 +25,28 @@ Primitives:
 - ``prefetch(extent)``             optional hint that a read is coming (WILLNEED).
 - ``resident_bytes() -> int``      bytes this path currently holds in RAM (0 for direct).
 - ``stats() -> AllocStats``        space accounting.
-- ``close()``
+- ``close()``                      write back what is dirty (best effort) and let go of files;
+                                   idempotent. ``allocate``, ``release``, ``reserve``,
+                                   ``write``, ``read`` and ``flush`` then raise
+                                   ``FailedPrecondition``.
+
+Error contract (checked for every path by ``tests/paths/test_path_conformance.py``): a path
+raises only :class:`~dualbladed.errors.DualbladeError` subclasses, never a bare ``OSError``.
+Each syscall's ``OSError`` is classified once, by :func:`dualbladed.oserrors.from_oserror`, so a
+condition maps to the same type and gRPC code on every path:
+
+- no free extent large enough              -> ``OutOfSpace`` (nothing allocated, nothing changed)
+- ENOSPC/EDQUOT under a write or flush     -> ``ResourceExhausted`` (the device or the filesystem
+                                              holding the slabs is full)
+- EIO and friends                          -> ``DeviceIOError``
+- a buffer that does not fit the extent    -> ``OutOfRange``; a read-only ``dst`` or a
+                                              non-contiguous buffer -> ``InvalidArgument``
+
+A failed ``write`` or ``flush`` leaves the allocation as it was (the caller still owns the
+extent and releases it); the extent's bytes on the medium are then unspecified, and so, after a
+failed ``flush``, are those of every write since the last good one (the kernel may drop dirty
+pages on EIO). Callers above the paths (the store, migration) therefore never catch ``OSError``
+or look at an errno.
 """
 
 from __future__ import annotations

@@ -33,9 +33,9 @@ import threading
 
 from dualbladed.alloc.abstract import AllocStats, Extent
 from dualbladed.alloc.extent import ExtentAllocator
-from dualbladed.errors import InvalidArgument, OutOfRange
+from dualbladed.errors import FailedPrecondition, InvalidArgument, OutOfRange
 from dualbladed.namespace.abstract import Namespace
-from dualbladed.oserrors import from_oserror
+from dualbladed.oserrors import translated
 from dualbladed.paths.abstract import DIRECT, ResidencyPath
 from dualbladed.paths.engine import DirectEngine, aligned_buffer, buffer_address, byte_view
 
@@ -67,23 +67,27 @@ class DirectPath(ResidencyPath):
         self._bounce_bytes = request_bytes
         self._alloc_lock = threading.Lock()
         self._local = threading.local()
+        self._closed = False
 
     # ------------------------------------------------------------------ space
 
     def allocate(self, length: int) -> Extent:
         with self._alloc_lock:
+            self._check_open()
             return self.allocator.allocate(length)
 
     def reserve(self, extent: Extent) -> None:
         with self._alloc_lock:
+            self._check_open()
             self.allocator.reserve(extent)
 
     def release(self, extent: Extent) -> None:
         with self._alloc_lock:
+            self._check_open()
             self.allocator.free(extent)
             try:
                 self.namespace.discard(extent.offset, extent.length)
-            except OSError as exc:
+            except OSError as exc:  # a hint: whatever the errno, the range is unreferenced
                 logger.warning(
                     "discard of %d bytes at offset %d failed (ignored): %s",
                     extent.length,
@@ -132,17 +136,22 @@ class DirectPath(ResidencyPath):
             self._read_bounced(extent.offset + start, piece)
 
     def flush(self) -> None:
-        try:
+        self._check_open()
+        with translated(f"flush of {self.namespace.path}"):
             self.namespace.flush()
-        except OSError as exc:
-            raise from_oserror(exc, context=f"flush of {self.namespace.path}") from exc
 
     def close(self) -> None:
+        self._closed = True
         self.engine.close()
 
     # ------------------------------------------------------------------ internals
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FailedPrecondition("the direct path is closed")
+
     def _check_fits(self, op: str, extent: Extent, nbytes: int) -> None:
+        self._check_open()
         if not isinstance(extent, Extent):
             raise InvalidArgument(f"{op} needs an Extent, got {type(extent).__name__}")
         if nbytes > extent.length:

@@ -37,13 +37,16 @@ available the estimate is the allocated bytes (an upper bound).
 
 Locking: one lock guards the allocators, the slab table and the dirty set; data I/O runs
 outside it (``pread``/``pwrite`` on a shared fd are thread-safe and release the GIL).
+
+Errors: every ``OSError`` goes through :func:`dualbladed.oserrors.from_oserror`, so a full
+filesystem under the slabs (ENOSPC from a write into a sparse slab, or from ``fdatasync``) is
+``ResourceExhausted`` and EIO is ``DeviceIOError``, exactly as on the direct path.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import logging
 import mmap
 import os
@@ -58,12 +61,15 @@ from dualbladed.alloc.abstract import AllocStats, Extent
 from dualbladed.alloc.extent import ExtentAllocator
 from dualbladed.errors import (
     DeviceIOError,
+    DualbladeError,
     FailedPrecondition,
     InvalidArgument,
     OutOfRange,
     OutOfSpace,
 )
+from dualbladed.oserrors import from_oserror, translated
 from dualbladed.paths.abstract import PAGECACHE, ResidencyPath
+from dualbladed.paths.engine import byte_view
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +171,9 @@ class PageCachePath(ResidencyPath):
             self._mincore: _Mincore | None = _Mincore()
         except (OSError, AttributeError):  # no libc / no mincore symbol: estimate instead
             self._mincore = None
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._open_existing()
+        with translated(f"opening the page-cache directory {self.directory}"):
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._open_existing()
 
     # ------------------------------------------------------------------ slabs
 
@@ -191,6 +198,10 @@ class PageCachePath(ResidencyPath):
 
     def _open_slab(self, index: int, *, create: bool) -> _Slab:
         path = self.directory / slab_name(index)
+        with translated(f"{'creating' if create else 'opening'} page-cache slab {path}"):
+            return self._open_slab_file(index, path, create=create)
+
+    def _open_slab_file(self, index: int, path: Path, *, create: bool) -> _Slab:
         flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
         fd = os.open(path, flags, 0o600)
         try:
@@ -270,12 +281,12 @@ class PageCachePath(ResidencyPath):
     # -------------------------------------------------------------------- I/O
 
     def write(self, extent: Extent, src: memoryview) -> None:
-        n = memoryview(src).nbytes
+        view = byte_view(src)
+        n = view.nbytes
         slab, inner = self._io_target(extent, n)
         done = 0
-        view = memoryview(src).cast("B")
         while done < n:
-            wrote = self._io(os.pwritev, slab.fd, view[done:], inner + done, extent)
+            wrote = self._io("write", slab, view[done:], inner + done)
             if wrote == 0:
                 raise DeviceIOError(f"short write to page-cache extent {extent} at byte {done}")
             done += wrote
@@ -284,22 +295,30 @@ class PageCachePath(ResidencyPath):
             self._resident_cache = None
 
     def read(self, extent: Extent, dst: memoryview) -> None:
-        n = memoryview(dst).nbytes
+        view = byte_view(dst)
+        if view.readonly:
+            raise InvalidArgument("read needs a writable buffer, got a read-only one")
+        n = view.nbytes
         slab, inner = self._io_target(extent, n)
         done = 0
-        view = memoryview(dst).cast("B")
         while done < n:
-            got = self._io(os.preadv, slab.fd, view[done:], inner + done, extent)
+            got = self._io("read", slab, view[done:], inner + done)
             if got == 0:  # cannot happen inside a slab (ftruncate'd), unless it was cut short
                 raise DeviceIOError(f"unexpected end of slab reading {extent} at byte {done}")
             done += got
 
     @staticmethod
-    def _io(fn: object, fd: int, buf: memoryview, offset: int, extent: Extent) -> int:
+    def _io(op: str, slab: _Slab, buf: memoryview, offset: int) -> int:
         try:
-            return fn(fd, [buf], offset)  # type: ignore[operator]
+            if op == "read":
+                return os.preadv(slab.fd, [buf], offset)
+            return os.pwritev(slab.fd, [buf], offset)
         except OSError as e:
-            raise DeviceIOError(f"page-cache I/O on extent {extent} failed: {e}") from e
+            raise from_oserror(
+                e,
+                context=f"page-cache {op} of {buf.nbytes} bytes at {offset} of "
+                f"{slab_name(slab.index)}",
+            ) from e
 
     def _io_target(self, extent: Extent, nbytes: int) -> tuple[_Slab, int]:
         with self._lock:
@@ -320,7 +339,7 @@ class PageCachePath(ResidencyPath):
             except OSError as e:
                 with self._lock:
                     self._dirty.update(dirty)
-                raise DeviceIOError(f"fdatasync of {slab_name(index)} failed: {e}") from e
+                raise from_oserror(e, context=f"fdatasync of {slab_name(index)}") from e
 
     # ---------------------------------------------------------- cache control
 
@@ -348,16 +367,15 @@ class PageCachePath(ResidencyPath):
             except OSError as e:
                 with self._lock:
                     self._dirty.add(slab.index)
-                raise DeviceIOError(f"fdatasync of {slab_name(slab.index)} failed: {e}") from e
+                raise from_oserror(e, context=f"fdatasync of {slab_name(slab.index)}") from e
         self._fadvise(slab.fd, inner, extent.length, os.POSIX_FADV_DONTNEED)
 
     @staticmethod
     def _fadvise(fd: int, offset: int, length: int, advice: int) -> None:
         try:
             os.posix_fadvise(fd, offset, length, advice)
-        except OSError as e:  # advice only: never fail the caller for it
-            if e.errno != errno.ESPIPE:
-                log.warning("posix_fadvise(%d) failed: %s", advice, e)
+        except OSError as e:  # advice only: whatever the errno, never fail the caller for it
+            log.warning("posix_fadvise(%d) failed: %s", advice, e)
 
     def resident_bytes(self) -> int:
         now = time.monotonic()
@@ -426,10 +444,13 @@ class PageCachePath(ResidencyPath):
                 return
         try:
             self.flush()
-        except DeviceIOError as e:
+        except DualbladeError as e:
             log.error("page-cache path: write-back on close failed: %s", e)
         with self._lock:
             self._closed = True
             slabs, self._slabs = self._slabs, []
         for slab in slabs:
-            os.close(slab.fd)
+            try:
+                os.close(slab.fd)
+            except OSError as e:  # the fd is gone either way; the write-back was reported
+                log.warning("closing %s failed: %s", slab_name(slab.index), e)

@@ -13,12 +13,13 @@ must release the extent now, so the index never needs to know the residency path
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
 from sortedcontainers import SortedDict
 
 from dualbladed.alloc.abstract import AllocStats, Extent
+from dualbladed.store.meta import ObjectRecord
 
 __all__ = ["IndexEntry", "ObjectIndex", "ObjectInfo", "PathUsage", "StoreStats"]
 
@@ -46,6 +47,21 @@ class ObjectInfo:
     @property
     def extent(self) -> Extent:
         return Extent(self.offset, self.length)
+
+    def record(self, last_access: float) -> ObjectRecord:
+        """The committed metadata row of this (persistent) object."""
+        return ObjectRecord(
+            tenant=self.tenant,
+            key=self.key,
+            path=self.path,
+            offset=self.offset,
+            length=self.length,
+            size=self.size,
+            checksum=self.checksum,
+            generation=self.generation,
+            persistent=self.persistent,
+            last_access=last_access,
+        )
 
 
 @dataclass(frozen=True)
@@ -182,6 +198,35 @@ class ObjectIndex:
                 count += 1
                 if limit and count >= limit:
                     return
+
+    def stats(self, paths: Mapping[str, tuple[AllocStats, int]]) -> StoreStats:
+        """Object counts per path, given each path's ``(alloc stats, resident bytes)``."""
+        counts = {name: [0, 0] for name in paths}
+        persistent = ephemeral = 0
+        for entry in self.entries():
+            c = counts[entry.info.path]
+            c[0] += 1
+            c[1] += entry.info.size
+            if entry.info.persistent:
+                persistent += 1
+            else:
+                ephemeral += 1
+        return StoreStats(
+            paths={
+                name: PathUsage(
+                    objects=counts[name][0],
+                    bytes=counts[name][1],
+                    alloc=alloc,
+                    resident_bytes=resident,
+                )
+                for name, (alloc, resident) in paths.items()
+            },
+            objects=persistent + ephemeral,
+            persistent_objects=persistent,
+            ephemeral_objects=ephemeral,
+            sessions=self.session_counts(),
+            pinned=self.pinned,
+        )
 
     def entries(self) -> Iterator[IndexEntry]:
         for keys in self._tenants.values():

@@ -39,8 +39,13 @@ reallocated while anybody may still read it. Lock order: ``ObjectStore._lock`` -
 
 The in-memory index (entries, pins, sessions, per-tenant usage) lives in
 :mod:`dualbladed.store.index`, start-up recovery in :mod:`dualbladed.store.recovery`, migration
-in :mod:`dualbladed.store.relocate` and input checks in :mod:`dualbladed.store.input`; this module owns
-the lock, the paths and the metadata.
+in :mod:`dualbladed.store.relocate` (which drives the store through its four ``*_move`` methods,
+the :class:`~dualbladed.store.relocate.MoveSite` protocol) and input checks in
+:mod:`dualbladed.store.input`; this module owns the lock, the paths and the metadata.
+
+Errors: residency paths raise only typed errors (their ``OSError`` is classified once, in
+:mod:`dualbladed.oserrors`), so no path call here is wrapped in an ``OSError`` handler and
+no errno is inspected; the one handler left classifies the metadata commit's through the same map.
 
 ``last_access`` is updated in memory on every get and written to SQLite in batches (a
 background timer every ``access_flush_interval`` seconds, and at ``flush``/``close``), never one
@@ -56,6 +61,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -79,9 +85,9 @@ from dualbladed.store.input import (
     check_key,
     zero,
 )
-from dualbladed.store.meta import MetaStore, ObjectRecord, parse_tenant
+from dualbladed.store.meta import MetaStore, parse_tenant
 from dualbladed.store.recovery import open_meta, rebuild
-from dualbladed.store.relocate import relocate
+from dualbladed.store.relocate import Move, relocate
 
 if TYPE_CHECKING:
     from dualbladed.namespace.abstract import Namespace
@@ -204,7 +210,7 @@ class ObjectStore:
             OutOfSpace: no free extent on the chosen path is large enough.
             DeviceIOError: the write or flush failed. In every error case nothing changed.
         """
-        key = self._check_key(tenant, key)
+        key = check_key(tenant, key)
         data = as_bytes_view(src, writable=False, what="source")
         size = data.nbytes
         if not 1 <= size <= self.max_object_bytes:
@@ -224,13 +230,9 @@ class ObjectStore:
             if durable:
                 target.flush()
                 killpoint("put.after_flush")
-        except BaseException as exc:
+        except BaseException:
             with self._lock:
                 target.release(extent)
-            if isinstance(exc, OSError):
-                raise from_oserror(
-                    exc, context=f"writing key {key!r} to {path_name} at {extent.offset}"
-                ) from exc
             raise
         with self._lock:
             try:
@@ -273,19 +275,21 @@ class ObjectStore:
                     if info.tenant not in self._known_tenants:
                         uid, label = parse_tenant(info.tenant)
                         t.upsert_tenant(info.tenant, uid, label)
-                    t.put(self._record(info, entry.last_access))  # type: ignore[union-attr]
+                    t.put(info.record(entry.last_access))  # type: ignore[union-attr]
                 elif old is not None:
                     t.delete(old.info.tenant, old.info.key)
         except DualbladeError:
             raise
-        except Exception as exc:  # sqlite3.Error, OSError from the state dir
+        except OSError as exc:  # the state directory, classified like every OSError
+            raise from_oserror(exc, context="metadata commit") from exc
+        except Exception as exc:  # sqlite3.Error
             raise DualbladeError(f"metadata commit failed: {exc}") from exc
         if info is not None and info.persistent:
             self._known_tenants.add(info.tenant)
 
     def delete(self, tenant: str, key: bytes) -> ObjectInfo:
         """Remove one object and free its space (once no reader pins it)."""
-        key = self._check_key(tenant, key)
+        key = check_key(tenant, key)
         with self._lock:
             self._check_open()
             entry = self._require(tenant, key)
@@ -320,7 +324,7 @@ class ObjectStore:
                 the object dropped.
             DeviceIOError: the read failed (the object is kept).
         """
-        key = self._check_key(tenant, key)
+        key = check_key(tenant, key)
         out = as_bytes_view(dst, writable=True, what="destination")
         with self._lock:
             self._check_open()
@@ -349,12 +353,7 @@ class ObjectStore:
     def _read_verified(self, entry: IndexEntry, view: memoryview) -> int | None:
         """Read ``entry`` into ``view``; return None when it verifies, else the bad checksum."""
         info = entry.info
-        try:
-            self._paths[info.path].read(info.extent, view)
-        except OSError as exc:
-            raise from_oserror(
-                exc, context=f"reading key {info.key!r} from {info.path} at {info.offset}"
-            ) from exc
+        self._paths[info.path].read(info.extent, view)
         actual = xxhash.xxh3_64_intdigest(view)
         if actual == info.checksum:
             return None
@@ -380,7 +379,7 @@ class ObjectStore:
             self._retire(entry)
 
     def stat(self, tenant: str, key: bytes) -> ObjectInfo:
-        key = self._check_key(tenant, key)
+        key = check_key(tenant, key)
         with self._lock:
             self._check_open()
             return self._require(tenant, key).snapshot()
@@ -403,32 +402,8 @@ class ObjectStore:
 
     def stats(self) -> StoreStats:
         with self._lock:
-            counts = {name: [0, 0] for name in self._paths}
-            persistent = ephemeral = 0
-            for entry in self._index.entries():
-                c = counts[entry.info.path]
-                c[0] += 1
-                c[1] += entry.info.size
-                if entry.info.persistent:
-                    persistent += 1
-                else:
-                    ephemeral += 1
-            return StoreStats(
-                paths={
-                    name: PathUsage(
-                        objects=counts[name][0],
-                        bytes=counts[name][1],
-                        alloc=p.stats(),
-                        resident_bytes=p.resident_bytes(),
-                    )
-                    for name, p in self._paths.items()
-                },
-                objects=persistent + ephemeral,
-                persistent_objects=persistent,
-                ephemeral_objects=ephemeral,
-                sessions=self._index.session_counts(),
-                pinned=self._index.pinned,
-            )
+            usage = {n: (p.stats(), p.resident_bytes()) for n, p in self._paths.items()}
+            return self._index.stats(usage)
 
     @property
     def path_names(self) -> tuple[str, ...]:
@@ -458,6 +433,57 @@ class ObjectStore:
                 is discarded; the newer state stands).
         """
         return relocate(self, tenant, key, new_path)
+
+    def begin_move(self, tenant: str, key: bytes, new_path: str) -> Move | ObjectInfo:
+        """Pin the object and allocate on ``new_path`` (see ``MoveSite``)."""
+        key = check_key(tenant, key)
+        dest = self._path_named(new_path)
+        with self._lock:
+            self._check_open()
+            entry = self._require(tenant, key)
+            if entry.info.path == new_path:
+                return entry.snapshot()
+            self._index.pin(entry)
+            try:
+                extent = dest.allocate(entry.info.size)
+            except BaseException:
+                self._unpin(entry)
+                raise
+        return Move(entry, new_path, dest, extent)
+
+    def read_source(self, move: Move, view: memoryview) -> int | None:
+        """Read and verify the pinned source (no lock; see ``MoveSite``)."""
+        return self._read_verified(move.source, view)
+
+    def abandon_move(self, move: Move, *, corrupt: int | None = None) -> None:
+        """Free the destination, unpin the source, drop it when ``corrupt`` (see ``MoveSite``)."""
+        with self._lock:
+            self._unpin(move.source)
+            move.dest.release(move.extent)
+            if corrupt is not None:
+                self._drop_corrupt(move.source, corrupt)
+
+    def commit_move(self, move: Move, after_commit: Callable[[], None]) -> ObjectInfo:
+        """Commit the row naming the destination, durably, then retire the source."""
+        source, info = move.source, move.source.info
+        with self._lock:
+            self._unpin(source)
+            try:
+                if self._index.lookup(info.tenant, info.key) is not source:
+                    raise FailedPrecondition(
+                        f"key {info.key!r} changed while relocating; copy discarded"
+                    )
+                where = {"offset": move.extent.offset, "length": move.extent.length}
+                moved = IndexEntry(replace(info, path=move.dest_name, **where))
+                moved.last_access = source.last_access
+                self._commit(moved, source, durable=True)
+            except BaseException:
+                move.dest.release(move.extent)
+                raise
+            after_commit()
+            self._retire(source)
+            self._index.install(moved)
+            return moved.snapshot()
 
     # -- durability and shutdown ---------------------------------------------------------------
 
@@ -520,31 +546,11 @@ class ObjectStore:
         if self._index.unpin(entry):
             self._paths[entry.info.path].release(entry.info.extent)
 
-    @staticmethod
-    def _record(info: ObjectInfo, last_access: float) -> ObjectRecord:
-        return ObjectRecord(
-            tenant=info.tenant,
-            key=info.key,
-            path=info.path,
-            offset=info.offset,
-            length=info.length,
-            size=info.size,
-            checksum=info.checksum,
-            generation=info.generation,
-            persistent=info.persistent,
-            last_access=last_access,
-        )
-
     # -- validation ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _check_key(tenant: str, key: bytes) -> bytes:
-        return check_key(tenant, key)
 
     def _choose_path(self, tenant: str, size: int, hint: str | None) -> str:
         if hint is not None:
-            if hint not in self._paths:
-                raise InvalidArgument(self._unknown_path(hint))
+            self._path_named(hint)
             return hint
         if self._placement is not None:
             name = self._placement(tenant, size)
@@ -555,8 +561,11 @@ class ObjectStore:
             return DIRECT
         return next(iter(self._paths))
 
-    def _unknown_path(self, name: str) -> str:
-        return f"unknown residency path {name!r} (configured: {', '.join(sorted(self._paths))})"
+    def _path_named(self, name: str) -> ResidencyPath:
+        if name not in self._paths:
+            configured = ", ".join(sorted(self._paths))
+            raise InvalidArgument(f"unknown residency path {name!r} (configured: {configured})")
+        return self._paths[name]
 
     def _check_open(self) -> None:
         if self._closed:

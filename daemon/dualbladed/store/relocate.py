@@ -1,114 +1,127 @@
 """Moving one object between residency paths (the residency arbiter's migration hook).
 
-Split out of :mod:`dualbladed.store.objects` to keep that module readable; it is a friend of
-:class:`~dualbladed.store.objects.ObjectStore` and uses its lock, index and commit helpers directly,
-under the same rules (``ObjectStore._lock`` guards the index, allocators and commits; data I/O
-runs outside it).
+Migration sees the store only through :class:`MoveSite`, four documented operations that
+:class:`~dualbladed.store.objects.ObjectStore` implements; it never touches the store's lock,
+index or metadata. The site takes its own lock for the steps that need it and runs data I/O
+outside it, so this module holds the protocol (the order of steps and the kill points) and the
+store holds the state. This module does not import the store: the dependency points one way.
 
 Crash ordering::
 
-    pin the source (lock) -> allocate on the destination (lock)
-        -> read + verify the source into a bounce buffer -> write the destination -> flush it
+    begin_move: pin the source + allocate on the destination (site lock)
+        -> read_source: read + verify the source into a bounce buffer (no lock)
+        -> write the destination -> flush it (no lock)
         -> [kill point relocate.after_copy]
-        -> commit the row naming the destination, durably (lock)
-        -> [kill point relocate.after_commit]
-        -> retire the source entry; its extent is freed once no reader pins it (lock)
+        -> commit_move: commit the row naming the destination, durably (site lock)
+           -> [kill point relocate.after_commit]
+           -> retire the source entry; its extent is freed once no reader pins it
 
 A crash before the commit leaves the row naming the source, whose bytes were never touched; the
 destination extent is free after restart because free maps come from committed rows. A crash
 after the commit leaves the row naming a destination that was flushed before the commit; the
 source extent is free after restart for the same reason. Either way exactly one valid copy.
+Any failure before the commit calls ``abandon_move``: the destination extent is freed and the
+source unpinned, so nothing changed.
 """
 
 from __future__ import annotations
 
 import logging
 import mmap
-from dataclasses import replace
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from dualblade.v1.wire import close_mapping
-from dualbladed.errors import ChecksumMismatch, FailedPrecondition, InvalidArgument
+from dualbladed.alloc.abstract import Extent
+from dualbladed.errors import ChecksumMismatch
 from dualbladed.killpoints import killpoint
-from dualbladed.oserrors import from_oserror
+from dualbladed.paths.abstract import ResidencyPath
 from dualbladed.store.index import IndexEntry, ObjectInfo
-from dualbladed.store.input import check_key
-
-if TYPE_CHECKING:
-    from dualbladed.store.objects import ObjectStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["relocate"]
+__all__ = ["Move", "MoveSite", "relocate"]
 
 
-def relocate(store: ObjectStore, tenant: str, key: bytes, new_path: str) -> ObjectInfo:
+@dataclass(frozen=True)
+class Move:
+    """One migration in flight: the pinned source version and the extent held on ``dest``."""
+
+    source: IndexEntry
+    dest_name: str
+    dest: ResidencyPath
+    extent: Extent
+
+
+class MoveSite(Protocol):
+    """What a store lends to migration (implemented by ``ObjectStore``)."""
+
+    def begin_move(self, tenant: str, key: bytes, new_path: str) -> Move | ObjectInfo:
+        """Under the store lock: find the object, pin it and allocate its size on ``new_path``.
+
+        Returns the object's info instead when it already lives on ``new_path``.
+        Raises ``NotFound``, ``InvalidArgument`` (unknown path), ``OutOfSpace`` (nothing held).
+        """
+        ...
+
+    def read_source(self, move: Move, view: memoryview) -> int | None:
+        """Without the lock: read the pinned source into ``view`` and verify it.
+
+        None when the checksum matches; otherwise the checksum read (``view`` is zeroed).
+        """
+        ...
+
+    def abandon_move(self, move: Move, *, corrupt: int | None = None) -> None:
+        """Under the store lock: free the destination extent and unpin the source.
+
+        With ``corrupt`` (the checksum ``read_source`` found), also drop the source object.
+        """
+        ...
+
+    def commit_move(self, move: Move, after_commit: Callable[[], None]) -> ObjectInfo:
+        """Under the store lock: make the object live on the destination, durably.
+
+        Unpins the source. If the key was overwritten or deleted meanwhile, frees the
+        destination and raises ``FailedPrecondition``; if the commit fails, frees the
+        destination and re-raises. Otherwise commits the row, calls ``after_commit`` (still
+        under the lock), retires the source and installs the moved version.
+        """
+        ...
+
+
+def relocate(site: MoveSite, tenant: str, key: bytes, new_path: str) -> ObjectInfo:
     """Move ``(tenant, key)`` to ``new_path``; see :meth:`ObjectStore.relocate`."""
-    key = check_key(tenant, key)
-    if new_path not in store._paths:
-        raise InvalidArgument(store._unknown_path(new_path))
-    dest = store._paths[new_path]
-    with store._lock:
-        store._check_open()
-        entry = store._require(tenant, key)
-        if entry.info.path == new_path:
-            return entry.snapshot()
-        store._index.pin(entry)
-        try:
-            extent = dest.allocate(entry.info.size)
-        except BaseException:
-            store._unpin(entry)
-            raise
-    info = entry.info
+    move = site.begin_move(tenant, key, new_path)
+    if isinstance(move, ObjectInfo):
+        return move  # already there
+    info = move.source.info
     try:
         bounce = mmap.mmap(-1, info.length)  # page-aligned, as O_DIRECT wants
         view = memoryview(bounce)[: info.size]
         try:
-            actual = store._read_verified(entry, view)
+            actual = site.read_source(move, view)
             if actual is None:
-                dest.write(extent, view)
-                dest.flush()
+                move.dest.write(move.extent, view)
+                move.dest.flush()
         finally:
             view.release()
             close_mapping(bounce)  # deferred if a failed write's traceback holds views
-    except BaseException as exc:
-        with store._lock:
-            dest.release(extent)
-            store._unpin(entry)
-        if isinstance(exc, OSError):
-            raise from_oserror(exc, context=f"relocating key {key!r} to {new_path}") from exc
+    except BaseException:
+        site.abandon_move(move)
         raise
-    if actual is None:
-        killpoint("relocate.after_copy")
-    with store._lock:
-        store._unpin(entry)
-        if actual is not None:
-            dest.release(extent)
-            store._drop_corrupt(entry, actual)
-        elif store._index.lookup(tenant, key) is not entry:
-            dest.release(extent)
-            raise FailedPrecondition(f"key {key!r} changed while relocating; copy discarded")
-        else:
-            moved = IndexEntry(
-                replace(info, path=new_path, offset=extent.offset, length=extent.length)
-            )
-            moved.last_access = entry.last_access
-            try:
-                store._commit(moved, entry, durable=True)
-            except BaseException:
-                dest.release(extent)
-                raise
-            killpoint("relocate.after_commit")
-            store._retire(entry)
-            store._index.install(moved)
-            logger.info(
-                "relocated tenant %s key %r: %s@%d -> %s@%d",
-                tenant,
-                key,
-                info.path,
-                info.offset,
-                new_path,
-                extent.offset,
-            )
-            return moved.snapshot()
-    raise ChecksumMismatch(key, info.checksum, actual)
+    if actual is not None:
+        site.abandon_move(move, corrupt=actual)
+        raise ChecksumMismatch(key, info.checksum, actual)
+    killpoint("relocate.after_copy")
+    moved = site.commit_move(move, lambda: killpoint("relocate.after_commit"))
+    logger.info(
+        "relocated tenant %s key %r: %s@%d -> %s@%d",
+        tenant,
+        key,
+        info.path,
+        info.offset,
+        moved.path,
+        moved.offset,
+    )
+    return moved

@@ -1,0 +1,132 @@
+"""Migration through the MoveSite protocol: its boundary, and every way a move can end.
+
+Real store on a real file namespace (direct) and real page-cache slabs. The race "the key was
+overwritten during the copy" is made deterministic by handing :func:`relocate` a site that
+overwrites the key right after the source was read, which the protocol allows.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import os
+from pathlib import Path
+
+import pytest
+from objectstore_utils import new_namespace, open_store, payload
+
+from dualbladed.errors import ChecksumMismatch, FailedPrecondition, NotFound, OutOfSpace
+from dualbladed.paths.pagecache import PageCachePath
+from dualbladed.store import ObjectStore
+from dualbladed.store import relocate as relocate_module
+from dualbladed.store.relocate import Move, MoveSite, relocate
+
+T = "1000/llama"
+MOVE_METHODS = ("begin_move", "read_source", "abandon_move", "commit_move")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ObjectStore:
+    ns = new_namespace(tmp_path)
+    pc = PageCachePath(tmp_path / "slabs", slab_bytes=1 << 20, max_bytes=2 << 20)
+    s = open_store(ns, tmp_path / "state", extra={"pagecache": pc})
+    yield s
+    s.close()
+    ns.close()
+
+
+def _used(store: ObjectStore) -> dict[str, int]:
+    return {name: usage.alloc.used for name, usage in store.stats().paths.items()}
+
+
+def test_migration_touches_no_private_member_and_does_not_import_the_store() -> None:
+    tree = ast.parse(Path(inspect.getfile(relocate_module)).read_text())
+    private = sorted(
+        {
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        }
+    )
+    assert private == []
+    imported = {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert "dualbladed.store.objects" not in imported
+    for name in MOVE_METHODS:  # ObjectStore implements the protocol, signature for signature
+        ours = inspect.signature(getattr(ObjectStore, name))
+        theirs = inspect.signature(getattr(MoveSite, name))
+        assert list(ours.parameters) == list(theirs.parameters), name
+
+
+def test_move_to_the_current_path_is_a_no_op(store: ObjectStore) -> None:
+    info = store.put(T, b"k", memoryview(payload(1, 5000)), persistent=True)
+    before = _used(store)
+    assert store.relocate(T, b"k", "direct") == store.stat(T, b"k")
+    assert (_used(store), store.stat(T, b"k").offset) == (before, info.offset)
+
+
+def test_destination_out_of_space_changes_nothing(store: ObjectStore) -> None:
+    data = payload(2, 3 << 20)  # larger than the whole page-cache path
+    store.put(T, b"big", memoryview(data), persistent=True)
+    before = _used(store)
+    with pytest.raises(OutOfSpace):
+        store.relocate(T, b"big", "pagecache")
+    assert _used(store) == before
+    assert store.stats().pinned == 0, "the source stays pinned after a refused move"
+    store.delete(T, b"big")
+    assert _used(store)["direct"] == 0, "an unpinned source is freed at once"
+
+
+def test_corrupt_source_is_dropped_and_the_destination_freed(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    info = store.put(T, b"rot", memoryview(payload(3, 8192)), persistent=True)
+    fd = os.open(tmp_path / "ns.img", os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"\xff" * 16, info.offset + 100)  # bit rot on the medium
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    with pytest.raises(ChecksumMismatch):
+        store.relocate(T, b"rot", "pagecache")
+    with pytest.raises(NotFound):
+        store.stat(T, b"rot")
+    assert _used(store) == {"direct": 0, "pagecache": 0}
+    assert store.stats().pinned == 0
+
+
+class _OverwritingSite:
+    """The real store as the site, except that the key is overwritten during the copy."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def begin_move(self, tenant: str, key: bytes, new_path: str) -> object:
+        return self.store.begin_move(tenant, key, new_path)
+
+    def read_source(self, move: Move, view: memoryview) -> int | None:
+        actual = self.store.read_source(move, view)
+        self.store.put(T, b"hot", memoryview(payload(5, 4096)), persistent=True)
+        return actual
+
+    def abandon_move(self, move: Move, *, corrupt: int | None = None) -> None:
+        self.store.abandon_move(move, corrupt=corrupt)
+
+    def commit_move(self, move: Move, after_commit: object) -> object:
+        return self.store.commit_move(move, after_commit)  # type: ignore[arg-type]
+
+
+def test_key_overwritten_during_the_copy_keeps_the_newer_version(store: ObjectStore) -> None:
+    store.put(T, b"hot", memoryview(payload(4, 4096)), persistent=True)
+    with pytest.raises(FailedPrecondition, match="changed while relocating"):
+        relocate(_OverwritingSite(store), T, b"hot", "pagecache")  # type: ignore[arg-type]
+    newer = store.stat(T, b"hot")
+    assert newer.path == "direct"
+    buf = bytearray(4096)
+    store.get_into(T, b"hot", memoryview(buf))
+    assert bytes(buf) == payload(5, 4096)
+    assert _used(store) == {"direct": newer.length, "pagecache": 0}
+    assert store.stats().pinned == 0
