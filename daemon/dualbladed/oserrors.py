@@ -11,6 +11,9 @@ RESOURCE_EXHAUSTED; EIO is INTERNAL on both.
 
 ``context`` says what was being done ("read 1048576 bytes at offset 8192 of /dev/nvme0n1"), so
 the message is useful without a traceback.
+
+SQLite's own I/O failures (the metadata in the state directory) are classified here too, by
+:func:`from_sqlite_error`: a full state filesystem is RESOURCE_EXHAUSTED, like ENOSPC on a path.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import sqlite3
 from collections.abc import Iterator
 
 from dualbladed.errors import (
@@ -29,7 +33,7 @@ from dualbladed.errors import (
     ResourceExhausted,
 )
 
-__all__ = ["from_oserror", "translated"]
+__all__ = ["from_oserror", "from_sqlite_error", "translated"]
 
 _DEVICE_GONE = {errno.EIO, errno.ENXIO, errno.ENODEV, errno.EREMOTEIO, errno.ENOMEDIUM}
 
@@ -66,3 +70,27 @@ def translated(context: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise from_oserror(exc, context=context) from exc
+
+
+# Primary result codes (the low byte of an extended code); named here because Python < 3.11
+# exposes neither ``sqlite_errorcode`` nor the constants.
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 10, 11, 13, 26
+
+
+def from_sqlite_error(exc: sqlite3.Error, *, context: str) -> DualbladeError | None:
+    """Classify a SQLite failure of the metadata store, or None for a bug (bad SQL, misuse).
+
+    The code comes from ``sqlite_errorcode`` (3.11+); on older Pythons the message, which SQLite
+    fixes per code ("database or disk is full"), decides.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if code is not None else None
+    text = str(exc)
+    detail = f"{context}: {text}"
+    if primary == _SQLITE_FULL or "database or disk is full" in text:
+        return ResourceExhausted(f"{detail}; the state directory's filesystem is full")
+    if primary == _SQLITE_IOERR or "disk I/O error" in text:
+        return DeviceIOError(detail)
+    if primary in (_SQLITE_CORRUPT, _SQLITE_NOTADB) or "malformed" in text:
+        return DeviceIOError(f"{detail}; the metadata database is damaged (run dbctl fsck)")
+    return None

@@ -9,10 +9,13 @@ import sqlite3
 import uuid
 from pathlib import Path
 
+import grpc
 import pytest
 
-from dualbladed.errors import FailedPrecondition, SuperblockError
+from dualbladed.errors import FailedPrecondition, ResourceExhausted, SuperblockError
+from dualbladed.service.status import to_status
 from dualbladed.store import MetaStore, ObjectRecord, parse_tenant, tenant_name
+from loopdev_utils import LoopDevices, SmallExt4, small_fs_skip_reason
 
 NS = uuid.UUID("11111111-2222-3333-4444-555555555555")
 
@@ -133,3 +136,36 @@ def test_closed_store_raises_failed_precondition(tmp_path: Path) -> None:
     m.close()
     with pytest.raises(FailedPrecondition, match="closed"):
         m.get("1000/a", b"k")
+
+
+_small_skip = small_fs_skip_reason()
+
+
+@pytest.mark.root
+@pytest.mark.skipif(_small_skip is not None, reason=_small_skip or "")
+def test_full_state_filesystem_is_resource_exhausted_and_keeps_committed_rows(
+    tmp_path: Path,
+) -> None:
+    """SQLITE_FULL on a real, filled ext4 is the same typed error as ENOSPC on a path, and the
+    rows committed before it stay readable after a reopen."""
+    loops = LoopDevices(tmp_path)
+    try:
+        fs = SmallExt4(loops, tmp_path, size=8 << 20)
+        meta = MetaStore(fs.mount / "meta.sqlite3", namespace_uuid=NS)
+        try:
+            meta.put(rec(b"kept", 1), durable=True)
+            fs.fill()
+            with pytest.raises(ResourceExhausted, match="state directory's filesystem is full"):
+                # Big rows until the WAL cannot grow: the key column takes up to 1 KiB here.
+                for gen in range(2, 100_000):
+                    meta.put(rec(bytes(900) + gen.to_bytes(4, "big"), gen), durable=True)
+            assert to_status(ResourceExhausted("x"))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        finally:
+            meta.close()
+        reopened = MetaStore(fs.mount / "meta.sqlite3", namespace_uuid=NS)
+        try:
+            assert reopened.get("1000/a", b"kept") is not None
+        finally:
+            reopened.close()
+    finally:
+        loops.cleanup()

@@ -59,6 +59,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from dualbladed.errors import FailedPrecondition, SuperblockError
+from dualbladed.oserrors import from_sqlite_error
 
 logger = logging.getLogger(__name__)
 
@@ -297,9 +298,17 @@ class MetaStore:
                 try:
                     yield Txn(self._conn)
                 except BaseException:
-                    self._conn.execute("ROLLBACK")
+                    if self._conn.in_transaction:  # SQLite may have rolled back itself (FULL)
+                        self._conn.execute("ROLLBACK")
                     raise
                 self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                typed = from_sqlite_error(exc, context=f"metadata commit to {self.path}")
+                if typed is None:
+                    raise
+                if self._conn.in_transaction:  # a failed COMMIT leaves the transaction open
+                    self._conn.execute("ROLLBACK")
+                raise typed from exc
             finally:
                 if durable:
                     self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -396,7 +405,11 @@ class MetaStore:
                 return
             self._closed = True
             try:
+                # Folding the WAL back only shortens the next open; every commit is already in
+                # the WAL, so a checkpoint that fails (a full state filesystem) loses nothing.
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                logger.warning("metadata %s: WAL not checkpointed at close: %s", self.path, exc)
             finally:
                 self._conn.close()
 
