@@ -58,6 +58,7 @@ from dualbladed.sessions.batch import BatchExecutor, BatchLimits
 from dualbladed.sessions.handshake import HandshakeConfig, HandshakeServer
 from dualbladed.sessions.registry import Session, SessionRegistry
 from dualbladed.store import ObjectStore
+from dualbladed.store.recovery import PAGECACHE_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,6 @@ ARBITER_TICK_S = DEFAULT_TICK_S
 #: kernels only accept unprivileged triggers whose window is a multiple of 2 s).
 PSI_STALL_US = 150_000
 PSI_WINDOW_US = 2_000_000
-PAGECACHE_DIR = "pagecache"
 
 
 def pagecache_max_bytes(res: ResidencyConfig, state_dir: Path) -> int:

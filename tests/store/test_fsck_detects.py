@@ -159,10 +159,12 @@ def test_clean_store_is_ok_and_every_object_on_both_paths_is_read_back(built: Bu
     assert (rc, data["ok"], data["errors"], data["verified"]) == (0, True, [], len(OBJECTS))
 
 
-def test_fsck_uses_the_daemons_pagecache_directory() -> None:
-    from dualbladed import server
+def test_fsck_uses_the_daemons_pagecache_directory(tmp_path) -> None:
+    """The daemon puts its slabs where fsck looks: one declaration, checked on a real daemon."""
+    from dualblade_tools.daemonproc import DaemonProcess
 
-    assert fsck_module.PAGECACHE_DIR == server.PAGECACHE_DIR
+    with DaemonProcess(tmp_path / "d") as daemon:
+        assert (daemon.state_dir / fsck_module.PAGECACHE_DIR).is_dir()
 
 
 # -- (a), (b) payload corruption ----------------------------------------------------------------

@@ -55,11 +55,8 @@ from dualbladed.paths.direct import DirectPath
 from dualbladed.paths.engine import aligned_buffer
 from dualbladed.paths.pagecache import _SLAB_RE, slab_name  # one definition of the names
 from dualbladed.store.meta import MetaStore, ObjectRecord
+from dualbladed.store.recovery import META_FILE, PAGECACHE_DIR
 
-META_FILE = "meta.sqlite3"
-#: The page-cache directory inside the state dir; must equal ``dualbladed.server.PAGECACHE_DIR``
-#: (not imported: that would pull the gRPC server into an offline tool; a test pins the two).
-PAGECACHE_DIR = "pagecache"
 #: The page-cache path's alignment in the daemon (``PageCachePath(alignment=IO_ALIGNMENT)``).
 PAGECACHE_ALIGNMENT = IO_ALIGNMENT
 

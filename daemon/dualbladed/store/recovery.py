@@ -34,9 +34,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["META_FILE", "open_meta", "rebuild"]
+__all__ = ["META_FILE", "PAGECACHE_DIR", "open_meta", "rebuild"]
 
+# The state directory's layout, declared once for the daemon and the offline tools (fsck):
+#: the SQLite metadata (with its -wal and -shm files beside it);
 META_FILE = "meta.sqlite3"
+#: the page-cache path's slab files.
+PAGECACHE_DIR = "pagecache"
 
 
 def open_meta(
