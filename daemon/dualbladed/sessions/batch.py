@@ -25,9 +25,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from dualbladed.errors import DualbladeError, InvalidArgument, QuotaExceeded
+from dualbladed.errors import Aborted, DualbladeError, InvalidArgument, QuotaExceeded
 from dualbladed.paths.abstract import PATH_NAMES
-from dualbladed.service.status import ABORTED, OK, to_code
 from dualbladed.sessions.registry import Session
 from dualbladed.store import ObjectStore
 
@@ -59,11 +58,21 @@ Op = PutRequest | GetRequest | DeleteRequest
 
 @dataclass(frozen=True)
 class OpOutcome:
-    code: int
-    message: str = ""
+    """One op's result. ``error`` is the domain error (None: the op succeeded); the service
+    layer turns it into a wire status code, so this layer never speaks gRPC."""
+
+    error: DualbladeError | None = None
     size: int = 0
     generation: int = 0
     path: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+#: the outcome of an op skipped by ``stop_on_error`` after an earlier op failed
+NOT_RUN = OpOutcome(Aborted("not run: an earlier op in the batch failed"))
 
 
 @dataclass(frozen=True)
@@ -115,10 +124,10 @@ class BatchExecutor:
         failed = False
         for op in ops:
             if failed and stop_on_error:
-                outcomes.append(OpOutcome(ABORTED, "not run: an earlier op in the batch failed"))
+                outcomes.append(NOT_RUN)
                 continue
             outcome = self._run_one(session, op)
-            failed = failed or outcome.code != OK
+            failed = failed or not outcome.ok
             outcomes.append(outcome)
         return outcomes
 
@@ -140,17 +149,16 @@ class BatchExecutor:
             else:
                 info = self._store.delete(session.tenant, op.key)
             path, nbytes = info.path, info.size
-            outcome = OpOutcome(OK, "", info.size, info.generation, info.path)
+            outcome = OpOutcome(None, info.size, info.generation, info.path)
         except DualbladeError as err:
-            code, message = to_code(err)
-            outcome = OpOutcome(code, message)
+            outcome = OpOutcome(err)
         self._record(
             session.tenant,
             path or "none",
             kind,
             nbytes,
             time.perf_counter() - started,
-            outcome.code == OK,
+            outcome.ok,
         )
         return outcome
 
