@@ -6,6 +6,7 @@ yet" cases (None) are covered: no budget, no signals, no PSI trigger, a closed p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from dualblade.v1 import dualblade_pb2 as pb
@@ -150,3 +151,17 @@ def test_unknowns_stay_null_not_zero() -> None:
     assert sig["cgroup_version"] is None and sig["cgroup_limit"] is None
     assert sig["psi_some_avg10"] is None and sig["mem_available"] == 50
     assert d["tenants"] == {} and d["migrations"] == []
+
+
+def test_dbctl_renders_the_tables_from_the_typed_status(capsys) -> None:
+    from dualblade_tools.dbctl import render_residency
+
+    render_residency(residency_dict(residency_pb(full())))
+    out = capsys.readouterr().out
+    assert "0/a" in out and "1000/b" in out and "cgroup v2" in out
+    assert "pagecache -> direct" in out and "failed: NotFound: gone" in out
+    assert "3 (4 failed)" in out and "triggers: trigger, 3 events" in out
+    snap = dataclasses.replace(full(), budget=None, signals=None, tenants=(), migrations=())
+    render_residency(residency_dict(residency_pb(snap)))
+    out = capsys.readouterr().out
+    assert "none yet" in out and "(no objects)" in out and "->" not in out

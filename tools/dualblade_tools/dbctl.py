@@ -236,81 +236,94 @@ def _size_or(value: Any, none: str = "-") -> str:
 
 
 def render_residency(d: dict[str, Any]) -> None:
-    """The arbiter's snapshot as three tables: tenants, budget and signals, migrations."""
-    tenants = d.get("tenants") or {}
+    """The arbiter's status as three tables: tenants, budget and signals, migrations.
+
+    ``d`` is :func:`residency_dict`'s output: every key is present; None means "not known yet".
+    """
+    if not d:
+        print("no residency arbiter")
+        return
+    tenants = d["tenants"]
     print_table(
         ["tenant", "pagecache", "direct", "share", "weight"],
         [
             (
                 t,
-                format_bytes(int(v.get("pagecache", 0))),
-                format_bytes(int(v.get("direct", 0))),
-                format_bytes(int(v.get("share", 0))),
-                f"{float(v.get('weight', 1.0)):g}",
+                format_bytes(v["pagecache"]),
+                format_bytes(v["direct"]),
+                format_bytes(v["share"]),
+                f"{v['weight']:g}",
             )
             for t, v in sorted(tenants.items())
         ]
         or [("(no objects)", "-", "-", "-", "-")],
     )
-    budget = d.get("budget") or {}
-    sig = d.get("signals") or {}
-    psi = d.get("psi") or {}
-    totals = d.get("totals") or {}
-    cg = sig.get("cgroup_version")
+    budget = d["budget"] or dict.fromkeys(
+        ("total", "raw", "effective_available", "reserve", "hysteresis", "pagecache_resident")
+    )
+    sig = d["signals"] or dict.fromkeys(
+        ("mem_available", "mem_total", "cgroup_version", "psi_some_avg10", "psi_full_avg10")
+    )
+    psi, totals = d["psi"], d["totals"]
+    cg = sig["cgroup_version"]
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value}"
+
     rows = [
-        ("mode", str(d.get("mode", "?"))),
-        ("page-cache budget", _size_or(budget.get("total"), "none yet")),
-        ("  from this tick", _size_or(budget.get("raw"))),
-        ("  effective available", _size_or(budget.get("effective_available"))),
-        ("  reserve", _size_or(budget.get("reserve"))),
-        ("  hysteresis", _size_or(budget.get("hysteresis"))),
-        ("our page-cache footprint", _size_or(budget.get("pagecache_resident"))),
+        ("mode", d["mode"]),
+        ("page-cache budget", _size_or(budget["total"], "none yet")),
+        ("  from this tick", _size_or(budget["raw"])),
+        ("  effective available", _size_or(budget["effective_available"])),
+        ("  reserve", _size_or(budget["reserve"])),
+        ("  hysteresis", _size_or(budget["hysteresis"])),
+        ("our page-cache footprint", _size_or(budget["pagecache_resident"])),
         (
             "MemAvailable / MemTotal",
-            f"{_size_or(sig.get('mem_available'))} / {_size_or(sig.get('mem_total'))}",
+            f"{_size_or(sig['mem_available'])} / {_size_or(sig['mem_total'])}",
         ),
         (
             "cgroup" + (f" v{cg}" if cg else ""),
             "none"
             if not cg
-            else f"limit {_size_or(sig.get('cgroup_limit'), 'unlimited')}, "
-            f"usage {_size_or(sig.get('cgroup_usage'))}, cache {_size_or(sig.get('cgroup_cache'))}",
+            else f"limit {_size_or(sig['cgroup_limit'], 'unlimited')}, "
+            f"usage {_size_or(sig['cgroup_usage'])}, cache {_size_or(sig['cgroup_cache'])}",
         ),
         (
             "PSI some/full avg10",
-            f"{sig.get('psi_some_avg10', '-')}% / {sig.get('psi_full_avg10', '-')}%"
-            f" (triggers: {psi.get('mode') or 'off'}, {psi.get('events', 0)} events)",
+            f"{pct(sig['psi_some_avg10'])}% / {pct(sig['psi_full_avg10'])}%"
+            f" (triggers: {psi['mode'] or 'off'}, {psi['events']} events)",
         ),
         (
             "on the paths",
-            f"pagecache {_size_or(totals.get('pagecache_bytes', 0))}, "
-            f"direct {_size_or(totals.get('direct_bytes', 0))}",
+            f"pagecache {format_bytes(totals['pagecache_bytes'])}, "
+            f"direct {format_bytes(totals['direct_bytes'])}",
         ),
         (
             "migrations",
-            f"{totals.get('migrations', 0)} ({totals.get('failed_migrations', 0)} failed), "
-            f"demoted {_size_or(totals.get('demoted_bytes', 0))}, "
-            f"promoted {_size_or(totals.get('promoted_bytes', 0))}, "
-            f"cap {_size_or(d.get('migration_bytes_per_s'))}/s",
+            f"{totals['migrations']} ({totals['failed_migrations']} failed), "
+            f"demoted {format_bytes(totals['demoted_bytes'])}, "
+            f"promoted {format_bytes(totals['promoted_bytes'])}, "
+            f"cap {format_bytes(d['migration_bytes_per_s'])}/s",
         ),
-        ("ticks", f"{d.get('ticks', 0)} every {d.get('tick_s', '?')} s"),
+        ("ticks", f"{d['ticks']} every {d['tick_s']} s"),
     ]
     print()
     print_table(["residency", "value"], rows)
-    moves = (d.get("migrations") or [])[-RESIDENCY_ROWS:]
+    moves = d["migrations"][-RESIDENCY_ROWS:]
     if moves:
         print()
         print_table(
             ["time", "tenant", "key", "move", "bytes", "ms", "result"],
             [
                 (
-                    time.strftime("%H:%M:%S", time.localtime(float(m["time"]))),
+                    time.strftime("%H:%M:%S", time.localtime(m["time"])),
                     m["tenant"],
                     m["key"],
                     f"{m['from']} -> {m['to']}",
-                    format_bytes(int(m["bytes"])),
-                    f"{float(m['ms']):.1f}",
-                    "ok" if m["ok"] else f"failed: {m.get('error') or '?'}",
+                    format_bytes(m["bytes"]),
+                    f"{m['ms']:.1f}",
+                    "ok" if m["ok"] else f"failed: {m['error'] or '?'}",
                 )
                 for m in moves
             ],
