@@ -3,7 +3,9 @@
 A Batch names ranges of the session's shared arena; this module turns each op into a store call
 on a memoryview of that range, so KV bytes move between the namespace and the arena without ever
 entering a gRPC message. It is the domain side of the ``Store.Batch`` RPC: the servicer only
-converts protobuf to the request dataclasses below and back.
+converts protobuf to the request dataclasses below and back. Outcomes carry the domain error
+itself (a :class:`~dualbladed.errors.DualbladeError`, or None), never a wire status code: the
+service layer maps it once (:func:`dualbladed.service.status.op_code`).
 
 Parallelism: the ops of one batch run concurrently on a shared pool of ``parallelism`` threads
 when that cannot change their meaning -- no ``stop_on_error`` and no key named twice -- so a batch
