@@ -21,6 +21,7 @@ from dualbladed.arbiter.snapshot import (
     ResidencyTotals,
     TenantResidency,
 )
+from dualbladed.config import ResidencyMode
 from dualbladed.service.residency import residency_pb
 
 TB = 1 << 40  # above 2**32, so a 32-bit field on the wire would fail
@@ -28,7 +29,7 @@ TB = 1 << 40  # above 2**32, so a 32-bit field on the wire would fail
 
 def full() -> ResidencySnapshot:
     return ResidencySnapshot(
-        mode="adaptive",
+        mode=ResidencyMode.ADAPTIVE,
         tick_s=0.5,
         ticks=12,
         last_tick_age_s=0.25,
@@ -131,7 +132,7 @@ def test_every_field_crosses_the_wire_and_lands_in_dbctls_shape() -> None:
 
 def test_unknowns_stay_null_not_zero() -> None:
     snap = ResidencySnapshot(
-        mode="direct",
+        mode=ResidencyMode.DIRECT,
         tick_s=1.0,
         ticks=0,
         last_tick_age_s=None,
