@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 import pytest
 import xxhash
@@ -111,3 +113,20 @@ def test_stop_on_error_aborts_later_ops(setup):
     assert isinstance(outcomes[0].error, NotFound) and "missing" in str(outcomes[0].error)
     assert not outcomes[0].ok
     assert isinstance(outcomes[1].error, Aborted)
+
+
+def test_a_failed_op_does_not_pin_the_session_until_the_cyclic_gc(setup):
+    """The outcome keeps the error, not the frames it went through (which hold the session)."""
+    executor, _, _, arena = setup
+    session = Session(
+        id="s2", token="t2", pid=1, uid=0, gid=0, tenant_label="x", arena=arena, created=0.0
+    )
+    alive = weakref.ref(session)
+    gc.disable()
+    try:
+        (outcome,) = executor.execute(session, [GetRequest(b"missing", 0, BLOCK)])
+        assert isinstance(outcome.error, NotFound) and outcome.error.__traceback__ is None
+        del outcome, session
+        assert alive() is None, "a failed op's outcome kept its call frames (and session) alive"
+    finally:
+        gc.enable()

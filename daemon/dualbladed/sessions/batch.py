@@ -87,6 +87,23 @@ class BatchLimits:
 RecordFn = Callable[[str, str, str, int, float, bool], None]
 
 
+def _without_frames(err: DualbladeError) -> DualbladeError:
+    """``err`` with the tracebacks of it and its chained causes dropped.
+
+    An outcome outlives the call that failed. A traceback would keep that call's frames alive,
+    the arena views in them included, and this frame too (its ``outcome`` refers back to
+    ``err``): a reference cycle that only the cyclic GC would break, holding the session's
+    mappings meanwhile. The type and the message are all an outcome needs.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
+    return err
+
+
 def _distinct_keys(ops: Sequence[Op]) -> bool:
     return len({op.key for op in ops}) == len(ops)
 
@@ -153,7 +170,7 @@ class BatchExecutor:
             path, nbytes = info.path, info.size
             outcome = OpOutcome(None, info.size, info.generation, info.path)
         except DualbladeError as err:
-            outcome = OpOutcome(err)
+            outcome = OpOutcome(_without_frames(err))
         self._record(
             session.tenant,
             path or "none",
