@@ -109,6 +109,12 @@ class Unauthenticated(DualbladeError):
     grpc_code = "UNAUTHENTICATED"
 
 
+class Aborted(DualbladeError):
+    """The operation was not run because an earlier one it depended on failed."""
+
+    grpc_code = "ABORTED"
+
+
 class Unavailable(DualbladeError):
     """The daemon is shutting down or a dependency is temporarily gone."""
 

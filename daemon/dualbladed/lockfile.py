@@ -1,7 +1,7 @@
 """Single-instance locks: one daemon per socket, one daemon per namespace.
 
-Why: gRPC unlinks an existing Unix socket file and binds again *without an error* (api-facts
-§1.1), so a second ``dualbladed`` would silently steal the first one's socket, and two daemons on
+Why: gRPC unlinks an existing Unix socket file and binds again *without an error* (the socket's
+inode changes even while another server listens on it), so a second ``dualbladed`` would silently steal the first one's socket, and two daemons on
 two sockets must never write one namespace. :func:`acquire_instance_locks` therefore takes two
 ``flock(LOCK_EX | LOCK_NB)`` locks **before any socket is bound or the namespace is opened**:
 

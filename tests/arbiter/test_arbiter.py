@@ -7,7 +7,7 @@ demotions and promotions really move bytes between the slab files and the namesp
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import random
 import threading
 import time
@@ -206,7 +206,7 @@ def test_forced_modes_place_everything_on_their_path_and_never_migrate(make_rig,
     rig.signals.set_budget(1 * GiB if mode == PAGECACHE else 0)  # would move everything
     assert settle(rig) == 0
     assert set(rig.paths().values()) == {mode}
-    assert rig.arbiter.snapshot()["mode"] == mode
+    assert rig.arbiter.snapshot().mode == mode
 
 
 # ---------------------------------------------------------------------------- migrations
@@ -389,22 +389,26 @@ def test_a_key_overwritten_or_deleted_after_the_plan_is_skipped(make_rig) -> Non
 # ------------------------------------------------------------------------------ snapshot
 
 
-def test_snapshot_is_json_and_shows_tenants_budget_signals_and_moves(make_rig) -> None:
+def test_snapshot_is_typed_and_shows_tenants_budget_signals_and_moves(make_rig) -> None:
     rig = make_rig(budget=4 * MiB)
     rig.arbiter.run_once()
     rig.put(b"a", 3 * MiB)
     rig.put(b"b", 3 * MiB, tenant="1000/other")
     rig.signals.set_budget(2 * MiB)
     settle(rig)
-    snap = json.loads(json.dumps(rig.arbiter.snapshot()))
-    assert snap["mode"] == "adaptive"
-    assert snap["budget"]["total"] == 2 * MiB and snap["budget"]["reserve"] == RESERVE
-    assert snap["signals"]["mem_available"] == RESERVE + 2 * MiB
-    tenants = snap["tenants"]
-    assert set(tenants) == {T, "1000/other"}
-    assert sum(t["pagecache"] + t["direct"] for t in tenants.values()) == 6 * MiB
-    assert snap["totals"]["pagecache_bytes"] + snap["totals"]["direct_bytes"] == 6 * MiB
-    assert all(t["share"] <= 2 * MiB for t in tenants.values())
-    assert snap["migrations"] and snap["migrations"][0]["from"] == PAGECACHE
-    assert snap["migrations"][0]["to"] == DIRECT and snap["migrations"][0]["ok"] is True
-    assert snap["totals"]["demoted_bytes"] == 3 * MiB
+    snap = rig.arbiter.snapshot()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        snap.mode = "direct"  # type: ignore[misc]
+    assert snap.mode == "adaptive"
+    assert snap.budget is not None and snap.signals is not None
+    assert snap.budget.total == 2 * MiB and snap.budget.reserve == RESERVE
+    assert snap.signals.mem_available == RESERVE + 2 * MiB
+    tenants = {t.tenant: t for t in snap.tenants}
+    assert [t.tenant for t in snap.tenants] == sorted({T, "1000/other"})
+    assert sum(t.pagecache + t.direct for t in tenants.values()) == 6 * MiB
+    assert snap.totals.pagecache_bytes + snap.totals.direct_bytes == 6 * MiB
+    assert all(t.share <= 2 * MiB for t in tenants.values())
+    assert snap.migrations and snap.migrations[0].src == PAGECACHE
+    assert snap.migrations[0].dst == DIRECT and snap.migrations[0].ok is True
+    assert snap.totals.demoted_bytes == 3 * MiB
+    assert snap.totals.placed_pagecache + snap.totals.placed_direct >= 2

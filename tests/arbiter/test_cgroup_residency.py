@@ -129,9 +129,11 @@ def payload(i: int) -> bytes:
 
 
 def residency(c: Client) -> dict:
+    """The Residency RPC's typed status, in dbctl's JSON shape."""
     from dualblade.v1 import dualblade_pb2 as pb
+    from dualblade_tools.dbctl import residency_dict
 
-    return json.loads(c.admin_call("Residency", pb.ResidencyRequest()).json)
+    return residency_dict(c.admin_call("Residency", pb.ResidencyRequest()).status)
 
 
 def dbctl(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:

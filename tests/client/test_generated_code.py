@@ -4,7 +4,9 @@ Regenerates with tools/gen_protos.sh into a temp dir (the venv's bin first on PA
 ``python -m grpc_tools.protoc`` is the pinned dev dependency) and compares byte for byte. Then
 checks the runtime floors in pyproject.toml admit the committed code: the generated
 ``_pb2_grpc.py`` refuses to import when ``grpcio < GRPC_GENERATED_VERSION``, and the ``_pb2.py``
-refuses a protobuf runtime older than its gencode version (api-facts 1.6).
+refuses a protobuf runtime older than its gencode version (``ValidateProtobufRuntimeVersion``:
+protobuf allows old gencode on a newer runtime of the same major, never new gencode on an old
+runtime).
 """
 
 from __future__ import annotations

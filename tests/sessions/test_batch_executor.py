@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 
 import pytest
 import xxhash
 
+from dualbladed.errors import Aborted, NotFound
 from dualbladed.namespace.file import FileNamespace
 from dualbladed.paths.direct import DirectPath
-from dualbladed.service.status import ABORTED, OK
 from dualbladed.sessions.arena import Arena
 from dualbladed.sessions.batch import (
     BatchExecutor,
@@ -77,7 +79,7 @@ def test_parallel_batch_keeps_order_and_bytes(setup):
         view[:] = payload(i, BLOCK)
         view.release()
     puts = [PutRequest(f"k{i}".encode(), i * BLOCK, BLOCK) for i in range(n)]
-    assert all(o.code == OK for o in executor.execute(session, puts))
+    assert all(o.ok for o in executor.execute(session, puts))
     base = n * BLOCK
     gets = [GetRequest(f"k{i}".encode(), base + i * BLOCK, BLOCK) for i in range(n)]
     for _ in range(5):
@@ -99,7 +101,8 @@ def test_repeated_key_runs_in_order(setup):
     view.release()
     ops = [PutRequest(b"k", 0, BLOCK), GetRequest(b"k", BLOCK, BLOCK), DeleteRequest(b"k")]
     outcomes = executor.execute(session, ops)
-    assert [o.code for o in outcomes] == [OK, OK, OK]
+    assert [o.error for o in outcomes] == [None, None, None]
+    assert all(o.ok for o in outcomes)
     assert counting.peak == 1
 
 
@@ -107,5 +110,23 @@ def test_stop_on_error_aborts_later_ops(setup):
     executor, _, session, _ = setup
     ops = [GetRequest(b"missing", 0, BLOCK), DeleteRequest(b"other")]
     outcomes = executor.execute(session, ops, stop_on_error=True)
-    assert outcomes[0].code != OK and "missing" in outcomes[0].message
-    assert outcomes[1].code == ABORTED
+    assert isinstance(outcomes[0].error, NotFound) and "missing" in str(outcomes[0].error)
+    assert not outcomes[0].ok
+    assert isinstance(outcomes[1].error, Aborted)
+
+
+def test_a_failed_op_does_not_pin_the_session_until_the_cyclic_gc(setup):
+    """The outcome keeps the error, not the frames it went through (which hold the session)."""
+    executor, _, _, arena = setup
+    session = Session(
+        id="s2", token="t2", pid=1, uid=0, gid=0, tenant_label="x", arena=arena, created=0.0
+    )
+    alive = weakref.ref(session)
+    gc.disable()
+    try:
+        (outcome,) = executor.execute(session, [GetRequest(b"missing", 0, BLOCK)])
+        assert isinstance(outcome.error, NotFound) and outcome.error.__traceback__ is None
+        del outcome, session
+        assert alive() is None, "a failed op's outcome kept its call frames (and session) alive"
+    finally:
+        gc.enable()

@@ -1,7 +1,8 @@
 """systemd/: the unit verifies with NO output, its exposure is <= 2.5, sysusers/tmpfiles apply.
 
-`systemd-analyze verify` exits 0 on parse problems and only prints them (api-facts 7.4), so the
-test requires empty output rather than a zero exit code. systemd need not be PID 1.
+`systemd-analyze verify` exits 0 on parse problems and only prints them (unknown keys or values
+such as `Type=notifyy` are reported as "..., ignoring"; it exits 1 only for hard errors such as a
+missing ExecStart binary), so the test requires empty output rather than a zero exit code. systemd need not be PID 1.
 """
 
 from __future__ import annotations

@@ -7,20 +7,26 @@ daemon: ``devices`` (discovery with safety verdicts) and ``fsck`` (checks a stop
 state directory and namespace; non-zero exit on any problem).
 
 Every command prints a human table by default and JSON with ``--json`` (the JSON shape is the
-interface scripts depend on: keep keys stable).
+interface scripts depend on: keep keys stable). Numbers are JSON numbers, 64-bit ones included
+(protobuf's own JSON mapping would print those as strings); an unset message is ``null``.
+
+Like other Unix filters, dbctl dies quietly of SIGPIPE when its reader goes away
+(``dbctl status --json | head``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from dualblade_tools.tables import format_bytes, print_table
 
@@ -34,10 +40,35 @@ def _client(args: argparse.Namespace) -> Any:
     return Client.connect(args.socket, tenant="dbctl", arena_bytes=4096)
 
 
-def _pb_dict(msg: Any) -> dict[str, Any]:
-    return MessageToDict(
-        msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+def _pb_value(field: FieldDescriptor, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return _pb_dict(value)
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        enum = field.enum_type.values_by_number.get(value)
+        return enum.name if enum is not None else value
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return value.decode("utf-8", "backslashreplace")
+    return value  # int (any width), float, bool, str: already JSON's own types
+
+
+def _pb_dict(msg: Message) -> dict[str, Any]:
+    """A message as JSON-ready data, by field name, every field present.
+
+    Unlike ``MessageToDict`` this keeps 64-bit integers as numbers. An unset message field or
+    ``optional`` scalar is None; deprecated fields are left out (they are no longer filled).
+    """
+    out: dict[str, Any] = {}
+    for field in msg.DESCRIPTOR.fields:
+        if field.GetOptions().deprecated:
+            continue
+        value = getattr(msg, field.name)
+        if field.is_repeated:
+            out[field.name] = [_pb_value(field, v) for v in value]
+        elif field.has_presence and not msg.HasField(field.name):
+            out[field.name] = None
+        else:
+            out[field.name] = _pb_value(field, value)
+    return out
 
 
 def _emit(args: argparse.Namespace, data: Any, render: Callable[[Any], None]) -> int:
@@ -64,8 +95,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from dualblade.v1 import dualblade_pb2 as pb
 
     with _client(args) as c:
-        data = _pb_dict(c.admin_call("Status", pb.StatusRequest()))
-    data["residency"] = json.loads(data.pop("residency_json") or "{}")
+        reply = c.admin_call("Status", pb.StatusRequest())
+    data = _pb_dict(reply)
+    data["residency"] = residency_dict(reply.residency) if reply.HasField("residency") else {}
 
     def render(d: dict[str, Any]) -> None:
         rows = [
@@ -123,7 +155,9 @@ def cmd_tenants(args: argparse.Namespace) -> int:
                     t["objects"],
                     format_bytes(int(t["bytes"])),
                     format_bytes(int(t["quota_bytes"])) if int(t["quota_bytes"]) else "unlimited",
-                    t["sessions"],
+                    f"{t['sessions']} ({t['admin_sessions']} admin)"
+                    if t["admin_sessions"]
+                    else t["sessions"],
                     ", ".join(f"{p['path']}={format_bytes(int(p['bytes']))}" for p in t["paths"]),
                 )
                 for t in rows
@@ -179,8 +213,18 @@ def cmd_residency(args: argparse.Namespace) -> int:
     from dualblade.v1 import dualblade_pb2 as pb
 
     with _client(args) as c:
-        data = json.loads(c.admin_call("Residency", pb.ResidencyRequest()).json or "{}")
+        reply = c.admin_call("Residency", pb.ResidencyRequest())
+    data = residency_dict(reply.status) if reply.HasField("status") else {}
     return _emit(args, data, render_residency)
+
+
+def residency_dict(msg: Message) -> dict[str, Any]:
+    """A ``ResidencyStatus`` in dbctl's JSON shape: tenants keyed by name, moves ``from``/``to``."""
+    data = _pb_dict(msg)
+    data["tenants"] = {t.pop("tenant"): t for t in data["tenants"]}
+    for m in data["migrations"]:
+        m["from"], m["to"] = m.pop("src"), m.pop("dst")
+    return data
 
 
 #: how many of the arbiter's recent migrations the table shows (--json has them all)
@@ -192,81 +236,94 @@ def _size_or(value: Any, none: str = "-") -> str:
 
 
 def render_residency(d: dict[str, Any]) -> None:
-    """The arbiter's snapshot as three tables: tenants, budget and signals, migrations."""
-    tenants = d.get("tenants") or {}
+    """The arbiter's status as three tables: tenants, budget and signals, migrations.
+
+    ``d`` is :func:`residency_dict`'s output: every key is present; None means "not known yet".
+    """
+    if not d:
+        print("no residency arbiter")
+        return
+    tenants = d["tenants"]
     print_table(
         ["tenant", "pagecache", "direct", "share", "weight"],
         [
             (
                 t,
-                format_bytes(int(v.get("pagecache", 0))),
-                format_bytes(int(v.get("direct", 0))),
-                format_bytes(int(v.get("share", 0))),
-                f"{float(v.get('weight', 1.0)):g}",
+                format_bytes(v["pagecache"]),
+                format_bytes(v["direct"]),
+                format_bytes(v["share"]),
+                f"{v['weight']:g}",
             )
             for t, v in sorted(tenants.items())
         ]
         or [("(no objects)", "-", "-", "-", "-")],
     )
-    budget = d.get("budget") or {}
-    sig = d.get("signals") or {}
-    psi = d.get("psi") or {}
-    totals = d.get("totals") or {}
-    cg = sig.get("cgroup_version")
+    budget = d["budget"] or dict.fromkeys(
+        ("total", "raw", "effective_available", "reserve", "hysteresis", "pagecache_resident")
+    )
+    sig = d["signals"] or dict.fromkeys(
+        ("mem_available", "mem_total", "cgroup_version", "psi_some_avg10", "psi_full_avg10")
+    )
+    psi, totals = d["psi"], d["totals"]
+    cg = sig["cgroup_version"]
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value}"
+
     rows = [
-        ("mode", str(d.get("mode", "?"))),
-        ("page-cache budget", _size_or(budget.get("total"), "none yet")),
-        ("  from this tick", _size_or(budget.get("raw"))),
-        ("  effective available", _size_or(budget.get("effective_available"))),
-        ("  reserve", _size_or(budget.get("reserve"))),
-        ("  hysteresis", _size_or(budget.get("hysteresis"))),
-        ("our page-cache footprint", _size_or(budget.get("pagecache_resident"))),
+        ("mode", d["mode"]),
+        ("page-cache budget", _size_or(budget["total"], "none yet")),
+        ("  from this tick", _size_or(budget["raw"])),
+        ("  effective available", _size_or(budget["effective_available"])),
+        ("  reserve", _size_or(budget["reserve"])),
+        ("  hysteresis", _size_or(budget["hysteresis"])),
+        ("our page-cache footprint", _size_or(budget["pagecache_resident"])),
         (
             "MemAvailable / MemTotal",
-            f"{_size_or(sig.get('mem_available'))} / {_size_or(sig.get('mem_total'))}",
+            f"{_size_or(sig['mem_available'])} / {_size_or(sig['mem_total'])}",
         ),
         (
             "cgroup" + (f" v{cg}" if cg else ""),
             "none"
             if not cg
-            else f"limit {_size_or(sig.get('cgroup_limit'), 'unlimited')}, "
-            f"usage {_size_or(sig.get('cgroup_usage'))}, cache {_size_or(sig.get('cgroup_cache'))}",
+            else f"limit {_size_or(sig['cgroup_limit'], 'unlimited')}, "
+            f"usage {_size_or(sig['cgroup_usage'])}, cache {_size_or(sig['cgroup_cache'])}",
         ),
         (
             "PSI some/full avg10",
-            f"{sig.get('psi_some_avg10', '-')}% / {sig.get('psi_full_avg10', '-')}%"
-            f" (triggers: {psi.get('mode') or 'off'}, {psi.get('events', 0)} events)",
+            f"{pct(sig['psi_some_avg10'])}% / {pct(sig['psi_full_avg10'])}%"
+            f" (triggers: {psi['mode'] or 'off'}, {psi['events']} events)",
         ),
         (
             "on the paths",
-            f"pagecache {_size_or(totals.get('pagecache_bytes', 0))}, "
-            f"direct {_size_or(totals.get('direct_bytes', 0))}",
+            f"pagecache {format_bytes(totals['pagecache_bytes'])}, "
+            f"direct {format_bytes(totals['direct_bytes'])}",
         ),
         (
             "migrations",
-            f"{totals.get('migrations', 0)} ({totals.get('failed_migrations', 0)} failed), "
-            f"demoted {_size_or(totals.get('demoted_bytes', 0))}, "
-            f"promoted {_size_or(totals.get('promoted_bytes', 0))}, "
-            f"cap {_size_or(d.get('migration_bytes_per_s'))}/s",
+            f"{totals['migrations']} ({totals['failed_migrations']} failed), "
+            f"demoted {format_bytes(totals['demoted_bytes'])}, "
+            f"promoted {format_bytes(totals['promoted_bytes'])}, "
+            f"cap {format_bytes(d['migration_bytes_per_s'])}/s",
         ),
-        ("ticks", f"{d.get('ticks', 0)} every {d.get('tick_s', '?')} s"),
+        ("ticks", f"{d['ticks']} every {d['tick_s']} s"),
     ]
     print()
     print_table(["residency", "value"], rows)
-    moves = (d.get("migrations") or [])[-RESIDENCY_ROWS:]
+    moves = d["migrations"][-RESIDENCY_ROWS:]
     if moves:
         print()
         print_table(
             ["time", "tenant", "key", "move", "bytes", "ms", "result"],
             [
                 (
-                    time.strftime("%H:%M:%S", time.localtime(float(m["time"]))),
+                    time.strftime("%H:%M:%S", time.localtime(m["time"])),
                     m["tenant"],
                     m["key"],
                     f"{m['from']} -> {m['to']}",
-                    format_bytes(int(m["bytes"])),
-                    f"{float(m['ms']):.1f}",
-                    "ok" if m["ok"] else f"failed: {m.get('error') or '?'}",
+                    format_bytes(m["bytes"]),
+                    f"{m['ms']:.1f}",
+                    "ok" if m["ok"] else f"failed: {m['error'] or '?'}",
                 )
                 for m in moves
             ],
@@ -365,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # run as the program, not called as a library
+        # A closed pipe ends dbctl the way it ends cat or grep: by SIGPIPE, with no traceback.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
     from dualblade import errors
 

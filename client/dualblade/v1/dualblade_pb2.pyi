@@ -191,7 +191,7 @@ class TenantMetrics(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., path: _Optional[str] = ..., op: _Optional[str] = ..., ops: _Optional[int] = ..., bytes: _Optional[int] = ..., errors: _Optional[int] = ..., latency: _Optional[_Union[Histogram, _Mapping]] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "namespace_path", "namespace_kind", "namespace_uuid", "block_size", "capacity_bytes", "free_bytes", "largest_free_bytes", "fragmentation", "sessions", "uptime_s", "paths", "metrics", "state_dir", "residency_json")
+    __slots__ = ("version", "namespace_path", "namespace_kind", "namespace_uuid", "block_size", "capacity_bytes", "free_bytes", "largest_free_bytes", "fragmentation", "sessions", "uptime_s", "paths", "metrics", "state_dir", "residency_json", "residency")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_PATH_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_KIND_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +207,7 @@ class StatusResponse(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     STATE_DIR_FIELD_NUMBER: _ClassVar[int]
     RESIDENCY_JSON_FIELD_NUMBER: _ClassVar[int]
+    RESIDENCY_FIELD_NUMBER: _ClassVar[int]
     version: str
     namespace_path: str
     namespace_kind: str
@@ -222,14 +223,15 @@ class StatusResponse(_message.Message):
     metrics: _containers.RepeatedCompositeFieldContainer[TenantMetrics]
     state_dir: str
     residency_json: str
-    def __init__(self, version: _Optional[str] = ..., namespace_path: _Optional[str] = ..., namespace_kind: _Optional[str] = ..., namespace_uuid: _Optional[str] = ..., block_size: _Optional[int] = ..., capacity_bytes: _Optional[int] = ..., free_bytes: _Optional[int] = ..., largest_free_bytes: _Optional[int] = ..., fragmentation: _Optional[float] = ..., sessions: _Optional[int] = ..., uptime_s: _Optional[float] = ..., paths: _Optional[_Iterable[_Union[PathUsage, _Mapping]]] = ..., metrics: _Optional[_Iterable[_Union[TenantMetrics, _Mapping]]] = ..., state_dir: _Optional[str] = ..., residency_json: _Optional[str] = ...) -> None: ...
+    residency: ResidencyStatus
+    def __init__(self, version: _Optional[str] = ..., namespace_path: _Optional[str] = ..., namespace_kind: _Optional[str] = ..., namespace_uuid: _Optional[str] = ..., block_size: _Optional[int] = ..., capacity_bytes: _Optional[int] = ..., free_bytes: _Optional[int] = ..., largest_free_bytes: _Optional[int] = ..., fragmentation: _Optional[float] = ..., sessions: _Optional[int] = ..., uptime_s: _Optional[float] = ..., paths: _Optional[_Iterable[_Union[PathUsage, _Mapping]]] = ..., metrics: _Optional[_Iterable[_Union[TenantMetrics, _Mapping]]] = ..., state_dir: _Optional[str] = ..., residency_json: _Optional[str] = ..., residency: _Optional[_Union[ResidencyStatus, _Mapping]] = ...) -> None: ...
 
 class TenantsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class Tenant(_message.Message):
-    __slots__ = ("tenant", "uid", "label", "objects", "bytes", "quota_bytes", "sessions", "paths")
+    __slots__ = ("tenant", "uid", "label", "objects", "bytes", "quota_bytes", "sessions", "paths", "admin_sessions")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -238,6 +240,7 @@ class Tenant(_message.Message):
     QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     uid: int
     label: str
@@ -246,7 +249,8 @@ class Tenant(_message.Message):
     quota_bytes: int
     sessions: int
     paths: _containers.RepeatedCompositeFieldContainer[PathUsage]
-    def __init__(self, tenant: _Optional[str] = ..., uid: _Optional[int] = ..., label: _Optional[str] = ..., objects: _Optional[int] = ..., bytes: _Optional[int] = ..., quota_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., paths: _Optional[_Iterable[_Union[PathUsage, _Mapping]]] = ...) -> None: ...
+    admin_sessions: int
+    def __init__(self, tenant: _Optional[str] = ..., uid: _Optional[int] = ..., label: _Optional[str] = ..., objects: _Optional[int] = ..., bytes: _Optional[int] = ..., quota_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., paths: _Optional[_Iterable[_Union[PathUsage, _Mapping]]] = ..., admin_sessions: _Optional[int] = ...) -> None: ...
 
 class TenantsResponse(_message.Message):
     __slots__ = ("tenants",)
@@ -304,8 +308,156 @@ class ResidencyRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class ResidencyBudget(_message.Message):
+    __slots__ = ("total", "raw", "effective_available", "pagecache_resident", "reserve", "hysteresis")
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    PAGECACHE_RESIDENT_FIELD_NUMBER: _ClassVar[int]
+    RESERVE_FIELD_NUMBER: _ClassVar[int]
+    HYSTERESIS_FIELD_NUMBER: _ClassVar[int]
+    total: int
+    raw: int
+    effective_available: int
+    pagecache_resident: int
+    reserve: int
+    hysteresis: int
+    def __init__(self, total: _Optional[int] = ..., raw: _Optional[int] = ..., effective_available: _Optional[int] = ..., pagecache_resident: _Optional[int] = ..., reserve: _Optional[int] = ..., hysteresis: _Optional[int] = ...) -> None: ...
+
+class MemorySignals(_message.Message):
+    __slots__ = ("mem_total", "mem_available", "cgroup_version", "cgroup_limit", "cgroup_usage", "cgroup_cache", "psi_some_avg10", "psi_full_avg10", "effective_available")
+    MEM_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MEM_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_USAGE_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_CACHE_FIELD_NUMBER: _ClassVar[int]
+    PSI_SOME_AVG10_FIELD_NUMBER: _ClassVar[int]
+    PSI_FULL_AVG10_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    mem_total: int
+    mem_available: int
+    cgroup_version: int
+    cgroup_limit: int
+    cgroup_usage: int
+    cgroup_cache: int
+    psi_some_avg10: float
+    psi_full_avg10: float
+    effective_available: int
+    def __init__(self, mem_total: _Optional[int] = ..., mem_available: _Optional[int] = ..., cgroup_version: _Optional[int] = ..., cgroup_limit: _Optional[int] = ..., cgroup_usage: _Optional[int] = ..., cgroup_cache: _Optional[int] = ..., psi_some_avg10: _Optional[float] = ..., psi_full_avg10: _Optional[float] = ..., effective_available: _Optional[int] = ...) -> None: ...
+
+class PsiStatus(_message.Message):
+    __slots__ = ("mode", "events", "last_event_age_s")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_EVENT_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    events: int
+    last_event_age_s: float
+    def __init__(self, mode: _Optional[str] = ..., events: _Optional[int] = ..., last_event_age_s: _Optional[float] = ...) -> None: ...
+
+class PageCacheStatus(_message.Message):
+    __slots__ = ("max_bytes", "used", "free", "slabs")
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    SLABS_FIELD_NUMBER: _ClassVar[int]
+    max_bytes: int
+    used: int
+    free: int
+    slabs: int
+    def __init__(self, max_bytes: _Optional[int] = ..., used: _Optional[int] = ..., free: _Optional[int] = ..., slabs: _Optional[int] = ...) -> None: ...
+
+class TenantResidency(_message.Message):
+    __slots__ = ("tenant", "pagecache", "direct", "share", "weight")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    PAGECACHE_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    pagecache: int
+    direct: int
+    share: int
+    weight: float
+    def __init__(self, tenant: _Optional[str] = ..., pagecache: _Optional[int] = ..., direct: _Optional[int] = ..., share: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class Migration(_message.Message):
+    __slots__ = ("time", "tenant", "key", "src", "dst", "bytes", "ms", "ok", "reason", "error")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    MS_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    time: float
+    tenant: str
+    key: bytes
+    src: str
+    dst: str
+    bytes: int
+    ms: float
+    ok: bool
+    reason: str
+    error: str
+    def __init__(self, time: _Optional[float] = ..., tenant: _Optional[str] = ..., key: _Optional[bytes] = ..., src: _Optional[str] = ..., dst: _Optional[str] = ..., bytes: _Optional[int] = ..., ms: _Optional[float] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ResidencyTotals(_message.Message):
+    __slots__ = ("placed_pagecache", "placed_direct", "migrations", "failed_migrations", "demoted_bytes", "promoted_bytes", "pagecache_bytes", "direct_bytes")
+    PLACED_PAGECACHE_FIELD_NUMBER: _ClassVar[int]
+    PLACED_DIRECT_FIELD_NUMBER: _ClassVar[int]
+    MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
+    DEMOTED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PAGECACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    placed_pagecache: int
+    placed_direct: int
+    migrations: int
+    failed_migrations: int
+    demoted_bytes: int
+    promoted_bytes: int
+    pagecache_bytes: int
+    direct_bytes: int
+    def __init__(self, placed_pagecache: _Optional[int] = ..., placed_direct: _Optional[int] = ..., migrations: _Optional[int] = ..., failed_migrations: _Optional[int] = ..., demoted_bytes: _Optional[int] = ..., promoted_bytes: _Optional[int] = ..., pagecache_bytes: _Optional[int] = ..., direct_bytes: _Optional[int] = ...) -> None: ...
+
+class ResidencyStatus(_message.Message):
+    __slots__ = ("mode", "tick_s", "ticks", "last_tick_age_s", "migration_bytes_per_s", "budget", "signals", "psi", "pagecache", "tenants", "migrations", "totals")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    TICK_S_FIELD_NUMBER: _ClassVar[int]
+    TICKS_FIELD_NUMBER: _ClassVar[int]
+    LAST_TICK_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    MIGRATION_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    PSI_FIELD_NUMBER: _ClassVar[int]
+    PAGECACHE_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    tick_s: float
+    ticks: int
+    last_tick_age_s: float
+    migration_bytes_per_s: int
+    budget: ResidencyBudget
+    signals: MemorySignals
+    psi: PsiStatus
+    pagecache: PageCacheStatus
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantResidency]
+    migrations: _containers.RepeatedCompositeFieldContainer[Migration]
+    totals: ResidencyTotals
+    def __init__(self, mode: _Optional[str] = ..., tick_s: _Optional[float] = ..., ticks: _Optional[int] = ..., last_tick_age_s: _Optional[float] = ..., migration_bytes_per_s: _Optional[int] = ..., budget: _Optional[_Union[ResidencyBudget, _Mapping]] = ..., signals: _Optional[_Union[MemorySignals, _Mapping]] = ..., psi: _Optional[_Union[PsiStatus, _Mapping]] = ..., pagecache: _Optional[_Union[PageCacheStatus, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[TenantResidency, _Mapping]]] = ..., migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ..., totals: _Optional[_Union[ResidencyTotals, _Mapping]] = ...) -> None: ...
+
 class ResidencyResponse(_message.Message):
-    __slots__ = ("json",)
+    __slots__ = ("json", "status")
     JSON_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     json: str
-    def __init__(self, json: _Optional[str] = ...) -> None: ...
+    status: ResidencyStatus
+    def __init__(self, json: _Optional[str] = ..., status: _Optional[_Union[ResidencyStatus, _Mapping]] = ...) -> None: ...

@@ -51,8 +51,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from dualbladed.arbiter.policy import (
     Budget,
@@ -63,6 +61,15 @@ from dualbladed.arbiter.policy import (
 )
 from dualbladed.arbiter.psi import TRIGGER, PressureEvent, PsiWatcher
 from dualbladed.arbiter.signals import MemorySignals, SignalReader
+from dualbladed.arbiter.snapshot import (
+    BudgetStatus,
+    MigrationRecord,
+    PageCacheStatus,
+    PsiStatus,
+    ResidencySnapshot,
+    ResidencyTotals,
+    TenantResidency,
+)
 from dualbladed.config import ResidencyMode
 from dualbladed.errors import DualbladeError, FailedPrecondition, InvalidArgument, NotFound
 from dualbladed.paths.abstract import DIRECT, PAGECACHE
@@ -76,36 +83,6 @@ log = logging.getLogger(__name__)
 PsiWatcherFactory = Callable[[Callable[[PressureEvent], None]], PsiWatcher]
 
 HISTORY = 256
-
-
-@dataclass(frozen=True)
-class MigrationRecord:
-    """One executed (or attempted) migration, for dbctl and the logs."""
-
-    time: float  # unix seconds when it ended
-    tenant: str
-    key: bytes
-    src: str
-    dst: str
-    bytes: int
-    ms: float
-    ok: bool
-    reason: str  # the policy's reason ("over share" / "under share")
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "time": self.time,
-            "tenant": self.tenant,
-            "key": self.key.decode("utf-8", "backslashreplace"),
-            "from": self.src,
-            "to": self.dst,
-            "bytes": self.bytes,
-            "ms": round(self.ms, 3),
-            "ok": self.ok,
-            "reason": self.reason,
-            "error": self.error,
-        }
 
 
 class TokenBucket:
@@ -402,8 +379,8 @@ class ResidencyArbiter:
         with self._lock:
             return dict(self._totals)
 
-    def snapshot(self) -> dict[str, Any]:
-        """JSON-ready state for ``dbctl residency`` and the Status RPC (keys are stable)."""
+    def snapshot(self) -> ResidencySnapshot:
+        """The state ``dbctl residency`` and the Status RPC show (converted by the service)."""
         live: dict[str, list[int]] | None = None
         try:
             live = {}
@@ -423,68 +400,54 @@ class ResidencyArbiter:
             shares = dict(self._policy.current_shares)
             usage = live if live is not None else {t: list(v) for t, v in self._usage.items()}
             sig = self._signals_now
-            history = [r.as_dict() for r in self._history]
-            totals = dict(self._totals)
+            history = tuple(self._history)
+            counts = dict(self._totals)
             psi_events, last_psi = self._psi_events, self._last_psi
             ticks, last_tick = self._ticks, self._last_tick
-        tenants = {
-            t: {
-                "pagecache": pc,
-                "direct": dr,
-                "share": shares.get(t, 0),
-                "weight": cfg.weight(t),
-            }
+        tenants = tuple(
+            TenantResidency(t, pc, dr, shares.get(t, 0), cfg.weight(t))
             for t, (pc, dr) in sorted(usage.items())
-        }
-        totals["pagecache_bytes"] = sum(v["pagecache"] for v in tenants.values())
-        totals["direct_bytes"] = sum(v["direct"] for v in tenants.values())
-        return {
-            "mode": self.mode,
-            "tick_s": self.tick_s,
-            "ticks": ticks,
-            "last_tick_age_s": None if last_tick is None else round(now - last_tick, 3),
-            "migration_bytes_per_s": self.migration_bytes_per_s,
-            "budget": None
+        )
+        return ResidencySnapshot(
+            mode=self.mode,
+            tick_s=self.tick_s,
+            ticks=ticks,
+            last_tick_age_s=None if last_tick is None else round(now - last_tick, 3),
+            migration_bytes_per_s=self.migration_bytes_per_s,
+            budget=None
             if budget is None
-            else {
-                "total": budget.total,
-                "raw": budget.raw,
-                "effective_available": budget.effective_available,
-                "pagecache_resident": budget.pagecache_resident,
-                "reserve": cfg.reserve_bytes,
-                "hysteresis": cfg.hysteresis_bytes,
-            },
-            "signals": None if sig is None else _signals_dict(sig),
-            "psi": {
-                "mode": self._psi.mode if self._psi is not None else None,
-                "events": psi_events,
-                "last_event_age_s": None
-                if last_psi is None
-                else round(now - last_psi.timestamp, 3),
-            },
-            "pagecache": None
+            else BudgetStatus(
+                total=budget.total,
+                raw=budget.raw,
+                effective_available=budget.effective_available,
+                pagecache_resident=budget.pagecache_resident,
+                reserve=cfg.reserve_bytes,
+                hysteresis=cfg.hysteresis_bytes,
+            ),
+            signals=sig,
+            psi=PsiStatus(
+                mode=self._psi.mode if self._psi is not None else None,
+                events=psi_events,
+                last_event_age_s=None if last_psi is None else round(now - last_psi.timestamp, 3),
+            ),
+            pagecache=None
             if pc_stats is None
-            else {
-                "max_bytes": self._pagecache.max_bytes,
-                "used": pc_stats.used,
-                "free": pc_stats.free,
-                "slabs": self._pagecache.slab_count,
-            },
-            "tenants": tenants,
-            "migrations": history,
-            "totals": totals,
-        }
-
-
-def _signals_dict(s: MemorySignals) -> dict[str, Any]:
-    return {
-        "mem_total": s.mem_total,
-        "mem_available": s.mem_available,
-        "cgroup_version": s.cgroup_version,
-        "cgroup_limit": s.cgroup_limit,
-        "cgroup_usage": s.cgroup_usage,
-        "cgroup_cache": s.cgroup_cache,
-        "psi_some_avg10": s.psi_some_avg10,
-        "psi_full_avg10": s.psi_full_avg10,
-        "effective_available": s.effective_available,
-    }
+            else PageCacheStatus(
+                max_bytes=self._pagecache.max_bytes,
+                used=pc_stats.used,
+                free=pc_stats.free,
+                slabs=self._pagecache.slab_count,
+            ),
+            tenants=tenants,
+            migrations=history,
+            totals=ResidencyTotals(
+                placed_pagecache=counts.get(f"placed_{PAGECACHE}", 0),
+                placed_direct=counts.get(f"placed_{DIRECT}", 0),
+                migrations=counts.get("migrations", 0),
+                failed_migrations=counts.get("failed_migrations", 0),
+                demoted_bytes=counts.get("demoted_bytes", 0),
+                promoted_bytes=counts.get("promoted_bytes", 0),
+                pagecache_bytes=sum(t.pagecache for t in tenants),
+                direct_bytes=sum(t.direct for t in tenants),
+            ),
+        )

@@ -32,7 +32,8 @@ from dualbladed.namespace.safety import check_device
 
 logger = logging.getLogger(__name__)
 
-# <linux/fs.h> ioctl numbers (api-facts §2.2, verified on a 4Kn loop device).
+# <linux/fs.h> ioctl numbers (_IOR(0x12, 114, u64), _IO(0x12, 104), _IO(0x12, 119)); checked on
+# a 4Kn loop device (losetup --sector-size 4096): the size, 4096, and a TRIM that took.
 BLKGETSIZE64 = 0x80081272
 BLKSSZGET = 0x1268
 BLKDISCARD = 0x1277

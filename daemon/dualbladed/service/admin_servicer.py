@@ -6,14 +6,13 @@ by :class:`~dualbladed.service.inventory.Inventory`; this module only converts t
 
 from __future__ import annotations
 
-import json
-
 import grpc
 
 from dualblade.v1 import dualblade_pb2 as pb
 from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
 from dualbladed.service.calls import rpc
 from dualbladed.service.inventory import Inventory, PathTotals
+from dualbladed.service.residency import residency_pb
 from dualbladed.sessions.registry import Session, SessionRegistry
 from dualbladed.sessions.tenancy import require_admin
 
@@ -34,6 +33,7 @@ class AdminServicer(pb_grpc.AdminServicer):
 
     def _check(self, session: Session) -> None:
         require_admin(session.uid, session.gid, session.pid, self._admin_group)
+        self._inv.note_admin(session.id)
 
     @rpc()
     def Status(
@@ -72,7 +72,7 @@ class AdminServicer(pb_grpc.AdminServicer):
                 for m in s.metrics
             ],
             state_dir=s.state_dir,
-            residency_json=json.dumps(s.residency, sort_keys=True),
+            residency=None if s.residency is None else residency_pb(s.residency),
         )
 
     @rpc()
@@ -91,6 +91,7 @@ class AdminServicer(pb_grpc.AdminServicer):
                     quota_bytes=t.quota_bytes,
                     sessions=t.sessions,
                     paths=_paths_pb(t.paths),
+                    admin_sessions=t.admin_sessions,
                 )
                 for t in self._inv.tenants()
             ]
@@ -131,4 +132,5 @@ class AdminServicer(pb_grpc.AdminServicer):
         self, request: pb.ResidencyRequest, context: grpc.ServicerContext, session: Session
     ) -> pb.ResidencyResponse:
         self._check(session)
-        return pb.ResidencyResponse(json=json.dumps(self._inv.residency(), sort_keys=True))
+        snap = self._inv.residency()
+        return pb.ResidencyResponse(status=None if snap is None else residency_pb(snap))

@@ -6,7 +6,8 @@ Every RPC handler is wrapped by :func:`rpc`. The wrapper
    through the session registry (``Unauthenticated`` for a missing, unknown or ended token);
 2. binds ``rpc``, ``session`` and ``tenant`` to the structlog context for the duration of the
    call (bound inside the handler thread and reset in ``finally``: grpc's sync server reuses
-   threads, see api-facts §1.2);
+   threads, and a contextvar set in an interceptor runs on the server's ``_serve`` thread and
+   would leak into that thread's later RPCs);
 3. converts a :class:`~dualbladed.errors.DualbladeError` into its gRPC status via
    :mod:`dualbladed.service.status`, and anything else into INTERNAL after logging the
    traceback. No traceback or payload ever reaches the wire.

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
+from dualbladed.arbiter.snapshot import ResidencySnapshot
 from dualbladed.namespace.abstract import Namespace
 from dualbladed.service.metrics import Metrics, MetricSample
 from dualbladed.sessions.registry import SessionRegistry
@@ -41,7 +41,7 @@ class StatusView:
     paths: dict[str, PathTotals]
     metrics: list[MetricSample]
     state_dir: str
-    residency: dict[str, Any]
+    residency: ResidencySnapshot | None  # None: no arbiter runs
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,9 @@ class TenantView:
     objects: int
     bytes: int
     quota_bytes: int
-    sessions: int
+    sessions: int  # live sessions, admin ones included
     paths: dict[str, PathTotals] = field(default_factory=dict)
+    admin_sessions: int = 0  # of ``sessions``, those that called the Admin service
 
 
 class Inventory:
@@ -67,7 +68,7 @@ class Inventory:
         registry: SessionRegistry,
         metrics: Metrics,
         quota_for_tenant: Callable[[int, str], int],
-        residency: Callable[[], dict[str, Any]] | None = None,
+        residency: Callable[[], ResidencySnapshot] | None = None,
     ) -> None:
         self._ns = namespace
         self._uuid = namespace_uuid
@@ -76,8 +77,16 @@ class Inventory:
         self._registry = registry
         self._metrics = metrics
         self._quota_for_tenant = quota_for_tenant
-        self._residency = residency or (lambda: {"mode": "direct"})
+        self._residency = residency
         self._started = time.monotonic()
+        # Sessions that passed an admin check (dbctl's own, typically): ids of live sessions
+        # only, as the registry's end callback drops each one. ``set`` add/discard are atomic.
+        self._admin_ids: set[str] = set()
+        registry.on_end(lambda s: self._admin_ids.discard(s.id))
+
+    def note_admin(self, session_id: str) -> None:
+        """Mark a session as an admin session (called once it passed the admin check)."""
+        self._admin_ids.add(session_id)
 
     def status(self) -> StatusView:
         direct = self._store.paths["direct"].stats()
@@ -111,10 +120,18 @@ class Inventory:
             t.objects += 1
             t.bytes += info.size
         sessions: dict[str, int] = {}
-        for s in self._registry.sessions():
+        admin: dict[str, int] = {}
+        live = self._registry.sessions()
+        for gone in self._admin_ids - {s.id for s in live}:  # ended while being marked
+            self._admin_ids.discard(gone)
+        for s in live:
             sessions[s.tenant] = sessions.get(s.tenant, 0) + 1
+            if s.id in self._admin_ids:
+                admin[s.tenant] = admin.get(s.tenant, 0) + 1
         views = []
         for name in sorted(set(totals) | set(sessions)):
+            if name not in totals and admin.get(name, 0) == sessions.get(name, 0):
+                continue  # only admin sessions and no objects: dbctl itself, not a tenant
             uid, label = parse_tenant(name)
             paths = totals.get(name, {})
             views.append(
@@ -127,6 +144,7 @@ class Inventory:
                     quota_bytes=self._quota_for_tenant(uid, label),
                     sessions=sessions.get(name, 0),
                     paths=paths,
+                    admin_sessions=admin.get(name, 0),
                 )
             )
         return views
@@ -142,5 +160,5 @@ class Inventory:
             out.append(f"namespace nearly full: {direct.free} of {direct.capacity} bytes free")
         return out
 
-    def residency(self) -> dict[str, Any]:
-        return self._residency()
+    def residency(self) -> ResidencySnapshot | None:
+        return None if self._residency is None else self._residency()

@@ -6,7 +6,8 @@ Servicers never build status codes themselves: they raise (or let through)
 INTERNAL with a generic message (the traceback goes to the daemon log, never to the wire).
 
 Per-op results inside a Batch carry the same codes as integers (``google.rpc.Code``), produced by
-:func:`to_code`, so a client sees identical semantics for a failed call and a failed op.
+:func:`op_code` from the domain error an outcome carries (None for success), so a client sees
+identical semantics for a failed call and a failed op.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ def to_code(err: BaseException) -> tuple[int, str]:
     """``(google.rpc.Code value, message)`` for a per-op result."""
     status, message = to_status(err)
     return status.value[0], message
+
+
+def op_code(error: DualbladeError | None) -> tuple[int, str]:
+    """``(google.rpc.Code value, message)`` for a batch op's outcome; ``(OK, "")`` for None."""
+    return (OK, "") if error is None else to_code(error)
 
 
 OK = grpc.StatusCode.OK.value[0]

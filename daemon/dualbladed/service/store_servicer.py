@@ -10,12 +10,14 @@ from dualblade.v1 import dualblade_pb2 as pb
 from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
 from dualbladed.errors import InvalidArgument
 from dualbladed.service.calls import rpc
+from dualbladed.service.status import op_code
 from dualbladed.sessions.batch import (
     BatchExecutor,
     BatchLimits,
     DeleteRequest,
     GetRequest,
     Op,
+    OpOutcome,
     PutRequest,
 )
 from dualbladed.sessions.registry import Session, SessionRegistry
@@ -53,24 +55,25 @@ def _op_from_pb(op: pb.Op) -> Op:
     raise InvalidArgument("batch op has none of put, get, delete set")
 
 
+def op_result_pb(outcome: OpOutcome) -> pb.OpResult:
+    """An op's outcome on the wire: its domain error becomes a google.rpc code, here only."""
+    code, message = op_code(outcome.error)
+    return pb.OpResult(
+        code=code,
+        message=message,
+        size=outcome.size,
+        generation=outcome.generation,
+        path=PATH_TO_PB.get(outcome.path, pb.RESIDENCY_PATH_UNSPECIFIED),
+    )
+
+
 def run_batch(
     executor: BatchExecutor, session: Session, request: pb.BatchRequest
 ) -> pb.BatchResponse:
     """One ``Store.Batch``, whichever transport carried it (gRPC or the lease data plane)."""
     ops = [_op_from_pb(op) for op in request.ops]
     outcomes = executor.execute(session, ops, stop_on_error=request.stop_on_error)
-    return pb.BatchResponse(
-        results=[
-            pb.OpResult(
-                code=o.code,
-                message=o.message,
-                size=o.size,
-                generation=o.generation,
-                path=PATH_TO_PB.get(o.path, pb.RESIDENCY_PATH_UNSPECIFIED),
-            )
-            for o in outcomes
-        ]
-    )
+    return pb.BatchResponse(results=[op_result_pb(o) for o in outcomes])
 
 
 class StoreServicer(pb_grpc.StoreServicer):

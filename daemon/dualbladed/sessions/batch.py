@@ -3,7 +3,9 @@
 A Batch names ranges of the session's shared arena; this module turns each op into a store call
 on a memoryview of that range, so KV bytes move between the namespace and the arena without ever
 entering a gRPC message. It is the domain side of the ``Store.Batch`` RPC: the servicer only
-converts protobuf to the request dataclasses below and back.
+converts protobuf to the request dataclasses below and back. Outcomes carry the domain error
+itself (a :class:`~dualbladed.errors.DualbladeError`, or None), never a wire status code: the
+service layer maps it once (:func:`dualbladed.service.status.op_code`).
 
 Parallelism: the ops of one batch run concurrently on a shared pool of ``parallelism`` threads
 when that cannot change their meaning -- no ``stop_on_error`` and no key named twice -- so a batch
@@ -25,9 +27,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from dualbladed.errors import DualbladeError, InvalidArgument, QuotaExceeded
+from dualbladed.errors import Aborted, DualbladeError, InvalidArgument, QuotaExceeded
 from dualbladed.paths.abstract import PATH_NAMES
-from dualbladed.service.status import ABORTED, OK, to_code
 from dualbladed.sessions.registry import Session
 from dualbladed.store import ObjectStore
 
@@ -59,11 +60,21 @@ Op = PutRequest | GetRequest | DeleteRequest
 
 @dataclass(frozen=True)
 class OpOutcome:
-    code: int
-    message: str = ""
+    """One op's result. ``error`` is the domain error (None: the op succeeded); the service
+    layer turns it into a wire status code, so this layer never speaks gRPC."""
+
+    error: DualbladeError | None = None
     size: int = 0
     generation: int = 0
     path: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+#: the outcome of an op skipped by ``stop_on_error`` after an earlier op failed
+NOT_RUN = OpOutcome(Aborted("not run: an earlier op in the batch failed"))
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,23 @@ class BatchLimits:
 
 #: ``(tenant, path, op, nbytes, seconds, ok)`` -- the metrics sink.
 RecordFn = Callable[[str, str, str, int, float, bool], None]
+
+
+def _without_frames(err: DualbladeError) -> DualbladeError:
+    """``err`` with the tracebacks of it and its chained causes dropped.
+
+    An outcome outlives the call that failed. A traceback would keep that call's frames alive,
+    the arena views in them included, and this frame too (its ``outcome`` refers back to
+    ``err``): a reference cycle that only the cyclic GC would break, holding the session's
+    mappings meanwhile. The type and the message are all an outcome needs.
+    """
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
+    return err
 
 
 def _distinct_keys(ops: Sequence[Op]) -> bool:
@@ -115,10 +143,10 @@ class BatchExecutor:
         failed = False
         for op in ops:
             if failed and stop_on_error:
-                outcomes.append(OpOutcome(ABORTED, "not run: an earlier op in the batch failed"))
+                outcomes.append(NOT_RUN)
                 continue
             outcome = self._run_one(session, op)
-            failed = failed or outcome.code != OK
+            failed = failed or not outcome.ok
             outcomes.append(outcome)
         return outcomes
 
@@ -140,17 +168,16 @@ class BatchExecutor:
             else:
                 info = self._store.delete(session.tenant, op.key)
             path, nbytes = info.path, info.size
-            outcome = OpOutcome(OK, "", info.size, info.generation, info.path)
+            outcome = OpOutcome(None, info.size, info.generation, info.path)
         except DualbladeError as err:
-            code, message = to_code(err)
-            outcome = OpOutcome(code, message)
+            outcome = OpOutcome(_without_frames(err))
         self._record(
             session.tenant,
             path or "none",
             kind,
             nbytes,
             time.perf_counter() - started,
-            outcome.code == OK,
+            outcome.ok,
         )
         return outcome
 

@@ -1,9 +1,11 @@
 """The handshake socket: kernel-attested identity, a session token, the arena fd, and the lease.
 
-gRPC Python cannot see a Unix-socket peer's credentials (api-facts §1.2), so identity is
-established here, on a small ``AF_UNIX``/``SOCK_SEQPACKET`` socket next to the gRPC one.
-SEQPACKET keeps message boundaries (one hello = one datagram, no framing code) and, unlike
-SOCK_DGRAM, is connection-oriented, so the connection itself can be the lease.
+gRPC Python cannot see a Unix-socket peer's credentials (``context.peer()`` is just ``"unix:"``,
+local credentials never read SO_PEERCRED, and there is no API to reach the connection's fd; a pid
+in metadata would only be a claim), so identity is established here, on a small
+``AF_UNIX``/``SOCK_SEQPACKET`` socket next to the gRPC one. SEQPACKET keeps message boundaries
+(one hello = one datagram, no framing code) and, unlike SOCK_DGRAM, is connection-oriented, so
+the connection itself can be the lease.
 
 Protocol v1 (every message is one UTF-8 JSON datagram; the version, size caps, alignment and
 socket names are constants of the wire contract shared with the SDK, :mod:`dualblade.v1.wire`)::
