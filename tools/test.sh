@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Install into ./.venv (system packages fio and systemd when apt is available) and run the tests.
+# The full report stays in out/test-report/ (ignored by git; DUALBLADE_TEST_REPORT overrides):
+# pytest.log (the console: failures, skips with reasons, the 25 slowest tests) and junit.xml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -14,4 +16,7 @@ fi
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -r requirements-dev.txt
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest -q "$@"
+report="${DUALBLADE_TEST_REPORT:-out/test-report}"
+mkdir -p "$report"
+.venv/bin/python -m pytest -q -ra --durations=25 --junitxml="$report/junit.xml" "$@" 2>&1 \
+  | tee "$report/pytest.log"

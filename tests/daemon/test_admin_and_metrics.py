@@ -2,9 +2,9 @@
 
 Admin: the Admin service answers uid 0 and members of the configured admin group only. The test
 creates a throw-away group with ``groupadd`` (root only; removed afterwards) and runs clients as
-uid 65534 in child processes that import first and then drop privileges (the interpreter lives
-under /root, which 'nobody' cannot read). The daemon runs in a ``mkdtemp`` directory opened to
-0755 with its sockets at 0666, so those children can reach it.
+uid 65534 in child processes through ``privdrop_utils.run_as``, which imports first and then
+drops privileges (the checkout and its venv may lie where 'nobody' cannot read). The daemon runs
+in a ``shared_tmpdir`` with its sockets opened to others, so those children can reach it.
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import sys
-import tempfile
-import textwrap
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -32,8 +29,7 @@ from dualblade.v1 import dualblade_pb2 as pb
 from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
 from dualblade_tools.daemonproc import DaemonProcess
 from dualbladed.server import GRACE_S
-
-NOBODY = 65534
+from privdrop_utils import NOBODY, open_to_others, run_as, shared_tmpdir
 
 # -- admin role --------------------------------------------------------------------------------
 
@@ -57,30 +53,24 @@ def admin_group() -> Iterator[tuple[str, int]]:
 @pytest.fixture
 def shared_daemon(admin_group: tuple[str, int]) -> Iterator[DaemonProcess]:
     """A daemon whose sockets uid 65534 can reach, with ``admin_group`` as its admin group."""
-    root = Path(tempfile.mkdtemp(prefix="dbadmin-"))
-    os.chmod(root, 0o755)
-    cfg = root / "d.toml"
-    cfg.write_text(f'admin_group = "{admin_group[0]}"\n')
-    daemon = DaemonProcess(root, namespace_size="64MiB", config=cfg).start()
-    try:
-        os.chmod(daemon.socket.parent, 0o755)
-        for p in (daemon.socket, daemon.socket.parent / "handshake.sock"):
-            os.chmod(p, 0o666)
-        yield daemon
-    finally:
-        daemon.terminate()
-        shutil.rmtree(root, ignore_errors=True)
+    with shared_tmpdir("dbadmin-") as root:
+        cfg = root / "d.toml"
+        cfg.write_text(f'admin_group = "{admin_group[0]}"\n')
+        daemon = DaemonProcess(root, namespace_size="64MiB", config=cfg).start()
+        try:
+            open_to_others(daemon.socket, daemon.socket.parent / "handshake.sock")
+            yield daemon
+        finally:
+            daemon.terminate()
 
 
 def _admin_as(daemon: DaemonProcess, gid: int, groups: list[int]) -> dict[str, str]:
     """Call every Admin RPC from a child running as uid 65534 with ``gid``/``groups``."""
-    code = textwrap.dedent(
-        f"""
-        import json, os
+    code = f"""
+        import json
         import grpc
         from dualblade import Client, errors
         from dualblade.v1 import dualblade_pb2 as pb
-        os.setgroups({groups!r}); os.setgid({gid}); os.setuid({NOBODY})
         out = {{}}
         with Client.connect({str(daemon.socket)!r}, tenant="t", arena_bytes=1 << 20) as c:
             md = c._metadata
@@ -101,8 +91,7 @@ def _admin_as(daemon: DaemonProcess, gid: int, groups: list[int]) -> dict[str, s
             out["put"] = "OK"
         print(json.dumps(out))
         """
-    )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    res = run_as(code, uid=NOBODY, gid=gid, groups=groups)
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout.splitlines()[-1])
 

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
 from dualblade import Client, errors
 from dualblade_tools.daemonproc import DaemonProcess
+from privdrop_utils import NOBODY, open_to_others, run_as, shared_tmpdir
 
 
 @pytest.fixture
@@ -81,28 +79,21 @@ def test_tenant_of_another_uid_cannot_see_objects():
     if os.geteuid() != 0:
         pytest.skip("needs root to run a client as another uid")
     # pytest's tmp dirs are private to root: use a traversable directory for the sockets.
-    root = Path(tempfile.mkdtemp(prefix="dbtest-"))
-    os.chmod(root, 0o755)
-    daemon = DaemonProcess(root).start()
-    try:
-        _check_other_uid(daemon)
-    finally:
-        daemon.terminate()
-        shutil.rmtree(root, ignore_errors=True)
+    with shared_tmpdir("dbtest-") as root:
+        daemon = DaemonProcess(root).start()
+        try:
+            _check_other_uid(daemon)
+        finally:
+            daemon.terminate()
 
 
 def _check_other_uid(daemon: DaemonProcess) -> None:
     with connect(daemon, "default") as c:
         c.put(b"secret", b"s" * 4096, persistent=True)
-    os.chmod(daemon.socket.parent, 0o755)
-    for p in (daemon.socket, daemon.socket.parent / "handshake.sock"):
-        os.chmod(p, 0o666)
-    code = textwrap.dedent(
-        f"""
-        import os, sys
+    open_to_others(daemon.socket, daemon.socket.parent / "handshake.sock")
+    code = f"""
+        import sys
         from dualblade import Client, errors
-        # Import first, then drop privileges: the interpreter lives under /root.
-        os.setgroups([]); os.setgid(65534); os.setuid(65534)
         with Client.connect({str(daemon.socket)!r}, tenant="default", arena_bytes=1 << 20) as c:
             assert c.tenant == "65534/default", c.tenant
             try:
@@ -116,8 +107,7 @@ def _check_other_uid(daemon: DaemonProcess) -> None:
             assert c.get(b"secret") == b"mine"
         print("ISOLATED")
         """
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = run_as(code, uid=NOBODY, gid=NOBODY)
     assert out.returncode == 0, out.stderr
     assert "ISOLATED" in out.stdout
     with connect(daemon, "default") as c:
