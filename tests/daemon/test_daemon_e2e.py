@@ -20,6 +20,7 @@ import pytest
 from dualblade import Client, errors
 from dualblade_tools.daemonproc import DaemonProcess
 from privdrop_utils import NOBODY, open_to_others, run_as, shared_tmpdir
+from wait_utils import SchedulerLag
 
 
 @pytest.fixture
@@ -154,22 +155,24 @@ def test_lease_reclaims_ephemeral_objects_after_client_sigkill(daemon):
         with connect(daemon, "crashy") as c:
             assert c.stat(b"eph").size == 8192
             # The spec: a dead client's ephemeral objects are freed within one second of its
-            # death, measured from the SIGKILL (the earliest moment it can be dead).
-            killed_at = time.monotonic()
-            child.send_signal(signal.SIGKILL)
-            deadline = killed_at + LEASE_RECLAIM_S
-            while True:
-                asked_at = time.monotonic()
-                try:
-                    c.stat(b"eph")
-                except errors.NotFound:
-                    break
-                if asked_at >= deadline:  # still there when asked after the deadline
-                    pytest.fail(
-                        f"ephemeral object survived its session's lease by more than "
-                        f"{LEASE_RECLAIM_S} s"
-                    )
-                time.sleep(0.01)
+            # death, measured from the SIGKILL (the earliest moment it can be dead), plus the
+            # worst wake-up delay a loaded machine adds meanwhile (a millisecond when quiet).
+            with SchedulerLag() as lag:
+                killed_at = time.monotonic()
+                child.send_signal(signal.SIGKILL)
+                while True:
+                    asked_at = time.monotonic()
+                    try:
+                        c.stat(b"eph")
+                    except errors.NotFound:
+                        break
+                    # still there when asked after the deadline
+                    if asked_at >= killed_at + LEASE_RECLAIM_S + lag.worst:
+                        pytest.fail(
+                            f"ephemeral object survived its session's lease by more than "
+                            f"{LEASE_RECLAIM_S} s (+{lag.worst:.3f} s of scheduler lag)"
+                        )
+                    time.sleep(0.01)
             child.wait(10)
             assert c.get(b"keep") == b"k" * 8192
     finally:

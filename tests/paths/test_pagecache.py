@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import pytest
 from dualbladed.alloc.abstract import Extent
 from dualbladed.errors import OutOfRange, OutOfSpace
 from dualbladed.paths.pagecache import PageCachePath, slab_name
+from wait_utils import wait_until
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -137,12 +137,8 @@ def test_prefetch_brings_pages_in(tmp_path: Path) -> None:
     p.write(e, memoryview(os.urandom(e.length)))
     p.drop_cache(e)
     low = p.resident_bytes()
-    p.prefetch(e)  # WILLNEED starts readahead; it is asynchronous, so poll briefly
-    for _ in range(100):
-        if p.resident_bytes() >= low + 1 * MiB:
-            break
-        time.sleep(0.01)
-    assert p.resident_bytes() >= low + 1 * MiB
+    p.prefetch(e)  # WILLNEED starts readahead; it is asynchronous (and slow beside other I/O)
+    assert wait_until(lambda: p.resident_bytes() >= low + 1 * MiB), (low, p.resident_bytes())
 
 
 def test_resident_bytes_is_cached_for_the_ttl(tmp_path: Path) -> None:

@@ -221,7 +221,9 @@ def test_unconsumed_reads_are_drained_by_end_step() -> None:
 
 
 def test_adaptive_depth_rises_when_io_is_slower_than_compute() -> None:
-    backend = InMemoryBackend(read_latency_s=0.006)
+    # io / compute is 30 nominally: busy cores stretch the 1 ms of "compute" several times over
+    # and the depth must still rise above 2.
+    backend = InMemoryBackend(read_latency_s=0.03)
     seeded(backend)
     with LayerPipeline(backend, num_layers=L, depth="auto", io_threads=4) as pipe:
         for _ in range(4):
