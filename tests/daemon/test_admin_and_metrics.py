@@ -30,6 +30,7 @@ from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
 from dualblade_tools.daemonproc import DaemonProcess
 from dualbladed.server import GRACE_S
 from privdrop_utils import NOBODY, open_to_others, run_as, shared_tmpdir
+from wait_utils import SchedulerLag
 
 # -- admin role --------------------------------------------------------------------------------
 
@@ -245,9 +246,12 @@ def test_sigterm_exits_cleanly_and_restart_keeps_persistent_objects(
     with Client.connect(daemon.socket, tenant="keep", arena_bytes=1 << 20) as c:
         c.put_many(list(blobs.items()), persistent=True)
         c.put(b"ephemeral", b"e" * 100)
-    began = time.monotonic()
-    assert daemon.terminate(timeout=GRACE_S + 5) == 0, daemon.log_tail()
-    assert time.monotonic() - began < GRACE_S
+    with SchedulerLag() as lag:
+        began = time.monotonic()
+        assert daemon.terminate(timeout=GRACE_S + 5) == 0, daemon.log_tail()
+        took = time.monotonic() - began
+    # Nothing in flight: no waiting out the drain grace (plus what a loaded scheduler adds).
+    assert took < GRACE_S + lag.worst, (took, lag.worst)
     events = [json.loads(x)["event"] for x in daemon.log_path.read_text().splitlines() if x]
     assert "dualbladed stopped cleanly" in events
     assert events.index("dualbladed stopped cleanly") > events.index("signal SIGTERM received")

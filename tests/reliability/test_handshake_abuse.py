@@ -22,6 +22,7 @@ import pytest
 from dualblade import Client, errors
 from dualblade._handshake import open_session
 from dualblade_tools.daemonproc import DaemonProcess
+from wait_utils import SchedulerLag
 
 HELLO_TIMEOUT_S = 2.0  # dualbladed.sessions.handshake.HandshakeServer's default
 
@@ -177,9 +178,13 @@ def test_connection_flood_does_not_lock_out_a_real_client(daemon: DaemonProcess)
                 continue
             flood.append(s)
         assert len(flood) > 100
-        t0 = time.monotonic()
-        _serves(daemon)  # while the flood still holds its sockets
-        assert time.monotonic() - t0 < 5.0
+        with SchedulerLag() as lag:
+            t0 = time.monotonic()
+            _serves(daemon)  # while the flood still holds its sockets
+            took = time.monotonic() - t0
+        # Queued behind the flood it would wait out hello timeouts (500 / 64 x 2 s); served at
+        # once it takes milliseconds, plus what a loaded machine's scheduler adds.
+        assert took < 5.0 + lag.worst, (took, lag.worst)
     finally:
         for s in flood:
             s.close()
