@@ -297,10 +297,15 @@ def test_greedy_tenant_hits_its_quota_and_others_keep_throughput(tmp_path: Path)
         # 4 MiB / 256 KiB = 16 puts fit; everything after is refused with RESOURCE_EXHAUSTED.
         assert ok == 16
         assert exhausted > 50
+        # Solo again once the greedy one is gone: other work on the machine (CI neighbours, a
+        # disk or CPU hog) changes throughput over the test, so the reference is the lower of
+        # the two solo runs that bracket the contended one.
+        solo_after = _polite_ops_per_s(d, 1.5)
+        reference = min(solo, solo_after)
         # Two cores shared by the daemon, the greedy process (an unthrottled RPC loop) and this
         # one: measured here ~0.3 of solo (522 -> 166 ops/s). The floor leaves room for noise; a
         # greedy tenant that could starve others (quota checks serialised behind its I/O, say)
         # would drop far below it.
-        print(f"polite ops/s: solo {solo:.0f}, with greedy {contended:.0f}")
-        assert contended >= 0.2 * solo, (solo, contended)
+        print(f"polite ops/s: solo {solo:.0f}/{solo_after:.0f}, with greedy {contended:.0f}")
+        assert contended >= 0.2 * reference, (solo, solo_after, contended)
         assert d.proc is not None and d.proc.poll() is None
