@@ -110,13 +110,26 @@ def test_schedule_rotates_every_point_with_black_box_cycles() -> None:
 def test_short_crash_loop_covers_every_kill_point_and_loses_nothing(tmp_path: Path) -> None:
     modes = [*KILL_POINTS, BLACKBOX]
     report = crashloop(tmp_path, cycles=len(modes), cycle_seconds=4.0, modes=modes, seed=20260)
-    assert report.failures == [], report.render()
-    assert report.ok
-    assert report.cycles_survived == len(modes)
-    assert set(report.kill_points_covered) == set(KILL_POINTS), report.render()
-    c = report.counts
-    assert c.durable_lost == 0 and c.corrupt_reads == 0 and c.fsck_problems == 0
-    assert c.objects_checked > 0 and report.ops > 0
+    reports = [report]
+    # A cycle writes until its armed point fires or 4 s pass. On a loaded machine 4 s may hold
+    # too few deletes for a seeded coin to come up: give only the points that never fired
+    # another cycle each, with a budget that still ends at the first firing.
+    missed = sorted(set(KILL_POINTS) - set(report.kill_points_covered))
+    if missed:
+        reports.append(
+            crashloop(
+                tmp_path / "again", cycles=len(missed), cycle_seconds=60.0, modes=missed, seed=20261
+            )
+        )
+    covered = {p for r in reports for p in r.kill_points_covered}
+    assert covered == set(KILL_POINTS), [r.render() for r in reports]
+    for r in reports:
+        assert r.failures == [], r.render()
+        assert r.ok
+        assert r.cycles_survived == r.cycles_requested
+        c = r.counts
+        assert c.durable_lost == 0 and c.corrupt_reads == 0 and c.fsck_problems == 0
+        assert c.objects_checked > 0 and r.ops > 0
 
 
 def test_cli_writes_a_json_report(tmp_path: Path) -> None:
