@@ -493,7 +493,8 @@ def test_no_fd_leak_after_many_sessions(hs: Harness) -> None:
         _exchange(hs.path, b"garbage")[1].close()
     for sid in ids:
         assert hs.wait_ended(sid)
-    assert wait_until(lambda: _fd_count() == before), (_fd_count(), before)
+    # At most the baseline: an fd that was still closing when it was taken may be gone by now.
+    assert wait_until(lambda: _fd_count() <= before), (_fd_count(), before)
 
 
 # ---- lifecycle ---------------------------------------------------------------------------------
