@@ -8,13 +8,13 @@ import os
 import shutil
 
 import pytest
-from loopdev_utils import LoopDevices, loop_skip_reason, write_dos_partition_table, zero_fill
 
 from dualbladed.errors import DeviceBusy, DeviceRefused, InvalidArgument, SuperblockError
 from dualbladed.namespace import BlockNamespace, open_namespace
 from dualbladed.namespace.discovery import discover
 from dualbladed.namespace.safety import check_device
 from dualbladed.namespace.superblock import COPY_OFFSETS, load_or_format, load_superblock
+from loopdev_utils import LoopDevices, loop_skip_reason, write_dos_partition_table, zero_fill
 
 _skip = loop_skip_reason()
 pytestmark = [pytest.mark.root, pytest.mark.skipif(_skip is not None, reason=_skip or "")]

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from loopdev_utils import LoopDevices, SmallExt4, small_fs_skip_reason
 
 from dualbladed.errors import InvalidArgument, ResourceExhausted
 from dualbladed.namespace import FileNamespace, open_namespace
 from dualbladed.namespace.abstract import METADATA_AREA
 from dualbladed.service.status import to_status
+from loopdev_utils import LoopDevices, SmallExt4, small_fs_skip_reason
 
 MiB = 1 << 20
 _small_skip = small_fs_skip_reason()

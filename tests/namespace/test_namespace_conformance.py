@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from loopdev_utils import LoopDevices, loop_skip_reason
 
 from dualbladed.errors import DeviceBusy, InvalidArgument
 from dualbladed.namespace import BlockNamespace, FileNamespace
 from dualbladed.namespace.abstract import METADATA_AREA, Namespace
 from dualbladed.namespace.faulty import FaultyNamespace
 from dualbladed.oserrors import from_oserror
+from loopdev_utils import LoopDevices, loop_skip_reason
 
 MiB = 1 << 20
 FILE_BYTES = 8 * MiB

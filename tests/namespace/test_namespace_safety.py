@@ -9,11 +9,11 @@ would create.
 from __future__ import annotations
 
 import pytest
-from loopdev_utils import LoopDevices, loop_skip_reason
 
 from dualbladed.errors import DeviceRefused, InvalidArgument
 from dualbladed.namespace import BlockNamespace, safety
 from dualbladed.namespace.safety import check_device
+from loopdev_utils import LoopDevices, loop_skip_reason
 
 
 def test_regular_file_is_not_a_block_device(tmp_path):
