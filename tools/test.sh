@@ -15,6 +15,7 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -r requirements-dev.txt
+.venv/bin/pip install -q --no-deps -r requirements-vllm.txt  # see the file: no CUDA torch
 .venv/bin/ruff check .
 report="${DUALBLADE_TEST_REPORT:-out/test-report}"
 mkdir -p "$report"

@@ -1,0 +1,317 @@
+"""The tier's I/O side, free of vLLM: worker threads that move chunks between vLLM's CPU pool and
+``dualbladed`` through one SDK :class:`~dualblade.Client`.
+
+Why threads and a queue: every :class:`DualBladeTier` method runs on vLLM's scheduler thread and
+must not block, so submitting a job only appends it to a queue; ``threads`` workers take jobs off
+it and report :class:`Outcome` s on ``results``, which the scheduler drains without waiting.
+
+Arena budget: each worker copies at most ``piece_chunks`` chunks through the client's arena at a
+time, and ``threads * piece_chunks`` chunk slots fit in the arena, so concurrent jobs never run the
+arena out (all slots have one size, so the free space cannot fragment below one slot).
+
+A lost daemon: :class:`Connection` drops the client on a connection-type error and makes a new one
+on the next use (no more often than every ``retry_interval`` seconds), so jobs fail fast while the
+daemon is away and work again once it is back. Lock order: ``Connection._lock`` is never held while
+``IoPool._cond`` is taken, and neither while waiting on the daemon except for the connect itself.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dualblade import errors
+from dualblade.client import DEFAULT_ARENA_BYTES, Client
+
+__all__ = ["DEFAULT_ARENA_BYTES", "ChunkJob", "Connection", "IoPool", "Outcome"]
+
+#: Codes after which the session is presumed gone (daemon died, restarted, or closed the lease).
+_CONNECTION_CODES = frozenset(
+    {
+        "UNAVAILABLE",
+        "UNAUTHENTICATED",
+        "CANCELLED",
+        "DEADLINE_EXCEEDED",
+        "UNKNOWN",
+        "INTERNAL",
+        "FAILED_PRECONDITION",
+    }
+)
+_SLOT_ALIGNMENT = 4096
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    if isinstance(exc, (OSError, EOFError)):
+        return True
+    return isinstance(exc, errors.DualbladeError) and exc.code in _CONNECTION_CODES
+
+
+class Connection:
+    """One lazily made SDK client, remade after the daemon was lost. Thread-safe."""
+
+    def __init__(
+        self,
+        socket: str | None,
+        tenant: str,
+        arena_bytes: int,
+        *,
+        connect_timeout: float = 2.0,
+        retry_interval: float = 0.5,
+    ) -> None:
+        self.socket = socket
+        self.tenant = tenant
+        self.arena_bytes = arena_bytes
+        self._connect_timeout = connect_timeout
+        self._retry_interval = retry_interval
+        self._lock = threading.Lock()
+        self._client: Client | None = None
+        self._retry_at = 0.0
+        self._closed = False
+        self.connects = 0  # sessions opened so far (a reconnect shows as 2, 3, ...)
+
+    def get(self) -> Client:
+        """The live client, connecting if needed; Unavailable while the daemon is away."""
+        with self._lock:
+            if self._closed:
+                raise errors.Unavailable("the dualblade tier is shut down")
+            if self._client is not None:
+                return self._client
+            now = time.monotonic()
+            if now < self._retry_at:
+                raise errors.Unavailable("dualbladed unreachable; retrying shortly")
+            try:
+                self._client = Client.connect(
+                    self.socket,
+                    tenant=self.tenant,
+                    arena_bytes=self.arena_bytes,
+                    timeout=self._connect_timeout,
+                )
+            except Exception as exc:
+                self._retry_at = now + self._retry_interval
+                if isinstance(exc, errors.DualbladeError):
+                    raise
+                raise errors.Unavailable(f"cannot connect to dualbladed: {exc}") from exc
+            self.connects += 1
+            return self._client
+
+    def lost(self, client: Client, exc: BaseException) -> None:
+        """Drop ``client`` if ``exc`` says its session is gone (and it is still the current one)."""
+        if not is_connection_error(exc):
+            return
+        with self._lock:
+            if self._client is not client:
+                return
+            self._client = None
+        client.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """One vLLM transfer job in daemon terms: ``keys[i]`` is the chunk at byte ``offsets[i]``."""
+
+    job_id: int
+    is_store: bool
+    keys: tuple[bytes, ...]
+    offsets: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a job did: indices into its keys that moved and that did not, bytes, seconds."""
+
+    job_id: int
+    is_store: bool
+    done: tuple[int, ...]
+    failed: tuple[int, ...]
+    nbytes: int
+    seconds: float
+    error: str | None = None
+
+
+class IoPool:
+    """Worker threads running :class:`ChunkJob` s against the daemon; see the module docstring."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        pool: memoryview,
+        chunk_bytes: int,
+        *,
+        threads: int = 4,
+        path: str | None = None,
+        name: str = "dualblade-vllm",
+    ) -> None:
+        slot = -(-chunk_bytes // _SLOT_ALIGNMENT) * _SLOT_ALIGNMENT
+        slots = conn.arena_bytes // slot
+        if slots < 1:
+            raise ValueError(
+                f"arena of {conn.arena_bytes} bytes cannot hold a {chunk_bytes}-byte chunk"
+            )
+        self.threads = max(1, min(threads, slots))
+        self.piece_chunks = max(1, slots // self.threads)
+        self._conn = conn
+        self._pool = pool
+        self._chunk_bytes = chunk_bytes
+        self._path = path
+        self._jobs: queue.SimpleQueue[ChunkJob | None] = queue.SimpleQueue()
+        self.results: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._workers = [
+            threading.Thread(target=self._work, name=f"{name}-io{i}", daemon=True)
+            for i in range(self.threads)
+        ]
+        for w in self._workers:
+            w.start()
+
+    # -- scheduler side (never blocks on the daemon) ----------------------------------------
+
+    def submit(self, job: ChunkJob) -> None:
+        with self._cond:
+            self._pending += 1
+        self._jobs.put(job)
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return self._pending
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until every submitted job has reported its outcome."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending == 0, timeout)
+
+    def shutdown(self) -> None:
+        self.wait_idle()
+        for _ in self._workers:
+            self._jobs.put(None)
+        for w in self._workers:
+            w.join()
+
+    # -- lookups (called from vLLM's lookup thread) ----------------------------------------
+
+    def exists(self, keys: Sequence[bytes]) -> list[bool]:
+        client = self._conn.get()
+        try:
+            return client.contains_many(keys)
+        except Exception as exc:
+            self._conn.lost(client, exc)
+            raise
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            start = time.monotonic()
+            try:
+                outcome = self._store(job, start) if job.is_store else self._load(job, start)
+            except BaseException as exc:  # noqa: BLE001 -- a job must always report
+                outcome = Outcome(
+                    job.job_id,
+                    job.is_store,
+                    (),
+                    tuple(range(len(job.keys))),
+                    0,
+                    time.monotonic() - start,
+                    repr(exc),
+                )
+            self.results.put(outcome)  # before the count drops: drained means reported
+            with self._cond:
+                self._pending -= 1
+                self._cond.notify_all()
+
+    def _pieces(self, n: int) -> list[range]:
+        step = self.piece_chunks
+        return [range(i, min(i + step, n)) for i in range(0, n, step)]
+
+    def _slice(self, offset: int) -> memoryview:
+        return self._pool[offset : offset + self._chunk_bytes]
+
+    def _store(self, job: ChunkJob, start: float) -> Outcome:
+        client = self._conn.get()
+        done = 0
+        for piece in self._pieces(len(job.keys)):
+            items = [(job.keys[i], self._slice(job.offsets[i])) for i in piece]
+            try:
+                client.put_many(items, persistent=True, path=self._path)
+            except Exception as exc:
+                self._conn.lost(client, exc)
+                return Outcome(
+                    job.job_id,
+                    True,
+                    tuple(range(done)),
+                    tuple(range(done, len(job.keys))),
+                    done * self._chunk_bytes,
+                    time.monotonic() - start,
+                    repr(exc),
+                )
+            done += len(piece)
+        return Outcome(
+            job.job_id,
+            True,
+            tuple(range(done)),
+            (),
+            done * self._chunk_bytes,
+            time.monotonic() - start,
+        )
+
+    def _load(self, job: ChunkJob, start: float) -> Outcome:
+        client = self._conn.get()
+        done: list[int] = []
+        failed: list[int] = []
+        error = None
+        pieces = self._pieces(len(job.keys))
+        for n, piece in enumerate(pieces):
+            items = [(job.keys[i], self._slice(job.offsets[i])) for i in piece]
+            try:
+                sizes = self._get_piece(client, items)
+            except Exception as exc:
+                self._conn.lost(client, exc)
+                error = repr(exc)
+                failed.extend(i for p in pieces[n:] for i in p)
+                break
+            for i, size in zip(piece, sizes):
+                (done if size == self._chunk_bytes else failed).append(i)
+        if failed and error is None:
+            error = f"{len(failed)} of {len(job.keys)} chunks missing or not chunk-sized"
+        return Outcome(
+            job.job_id,
+            False,
+            tuple(done),
+            tuple(failed),
+            len(done) * self._chunk_bytes,
+            time.monotonic() - start,
+            error,
+        )
+
+    def _get_piece(self, client: Client, items: list[tuple[bytes, memoryview]]) -> list[int]:
+        """Sizes read, or -1 per chunk that is missing or larger than a chunk.
+
+        One batch when every chunk is there; the SDK fails a whole batch on the first bad op, so
+        after a NotFound/InvalidArgument the chunks are read one by one to keep the good ones
+        (a partial load). Connection errors propagate.
+        """
+        try:
+            return client.get_many_into(items)
+        except (errors.NotFound, errors.InvalidArgument):
+            pass
+        sizes = []
+        for key, view in items:
+            try:
+                sizes.append(client.get_into(key, view))
+            except (errors.NotFound, errors.InvalidArgument):
+                sizes.append(-1)
+        return sizes
