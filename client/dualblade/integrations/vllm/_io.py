@@ -22,9 +22,22 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from dualblade import errors
 from dualblade.client import DEFAULT_ARENA_BYTES, Client
+
+
+def _as_tensor(pool: memoryview) -> Any:
+    """The pool as a flat uint8 torch tensor when torch is there (always, with vLLM): the SDK
+    copies tensors with torch, which releases the GIL, so the scheduler thread keeps running
+    while workers copy; a memoryview copy holds the GIL for the whole chunk."""
+    try:
+        import torch
+    except ImportError:
+        return pool
+    return torch.frombuffer(pool, dtype=torch.uint8)
+
 
 __all__ = ["DEFAULT_ARENA_BYTES", "ChunkJob", "Connection", "IoPool", "Outcome"]
 
@@ -160,7 +173,7 @@ class IoPool:
         self.threads = max(1, min(threads, slots))
         self.piece_chunks = max(1, slots // self.threads)
         self._conn = conn
-        self._pool = pool
+        self._pool = _as_tensor(pool)
         self._chunk_bytes = chunk_bytes
         self._path = path
         self._jobs: queue.SimpleQueue[ChunkJob | None] = queue.SimpleQueue()
@@ -237,7 +250,7 @@ class IoPool:
         step = self.piece_chunks
         return [range(i, min(i + step, n)) for i in range(0, n, step)]
 
-    def _slice(self, offset: int) -> memoryview:
+    def _slice(self, offset: int) -> Any:
         return self._pool[offset : offset + self._chunk_bytes]
 
     def _store(self, job: ChunkJob, start: float) -> Outcome:
