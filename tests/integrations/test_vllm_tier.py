@@ -612,7 +612,7 @@ def test_daemon_sigkill_mid_job_fails_jobs_then_the_tier_reconnects(
             time.sleep(0.2)
             d.kill()
         results = finish(tier, mid, timeout=20)
-        assert [results[j.job_id].success for j in mid] == [False, False]
+        assert [results[j.job_id].success for j in mid] == [False, False], results
         assert not results[mid[1].job_id].successful_keys
         # the engine keeps running: lookups answer MISS, submits still return
         req = ReqContext(req_id="dead")
@@ -622,12 +622,15 @@ def test_daemon_sigkill_mid_job_fails_jobs_then_the_tier_reconnects(
         assert not run(tier, dead).success
 
         d.start()  # same namespace and state: what was acknowledged before the kill is there
-        time.sleep(0.6)  # past the tier's reconnect back-off
-        again = job(keys[8:12], [8, 9, 10, 11])
-        assert run(tier, again).success
+        # The engine just goes on offloading; a job may still fail while the new daemon warms up
+        # (connect time-out, back-off), and then the tier is back with no outside help.
+        deadline = time.monotonic() + 30
+        while not run(tier, job(keys[8:12], [8, 9, 10, 11])).success:
+            assert time.monotonic() < deadline, f"the tier did not reconnect:\n{d.log_tail(20)}"
+            time.sleep(0.2)
         pool[40:48] = 0
         load = job(keys[:4] + keys[8:12], list(range(40, 48)), load=True)
-        assert run(tier, load).success
+        assert run(tier, load).success, d.log_tail(20)
         assert np.array_equal(pool[40:44], want[:4]) and np.array_equal(pool[44:48], want[8:12])
         req = ReqContext(req_id="alive")
         assert resolve(tier, keys[:1], req) == [LookupResult.HIT]

@@ -71,7 +71,7 @@ class Connection:
         tenant: str,
         arena_bytes: int,
         *,
-        connect_timeout: float = 2.0,
+        connect_timeout: float = 5.0,
         retry_interval: float = 0.5,
     ) -> None:
         self.socket = socket

@@ -64,7 +64,7 @@ class DualBladeTier(SecondaryTierManager):
     Optional keys: ``socket`` (default: as ``Client.connect``), ``tenant`` (default: from the
     model name), ``locality`` (``"LOCAL"``/``"REMOTE"``), ``enable_kv_events``, ``io_threads``
     (4), ``arena_bytes`` (the session arena, 256 MiB), ``path`` (``"direct"``/``"pagecache"``,
-    default: the daemon decides), ``connect_timeout`` (seconds, 2).
+    default: the daemon decides), ``connect_timeout`` (seconds, 5).
     """
 
     medium: ClassVar[Medium] = Medium.STORAGE
@@ -82,7 +82,7 @@ class DualBladeTier(SecondaryTierManager):
         io_threads: int = 4,
         arena_bytes: int = DEFAULT_ARENA_BYTES,
         path: str | None = None,
-        connect_timeout: float = 2.0,
+        connect_timeout: float = 5.0,
     ) -> None:
         super().__init__(offloading_spec, primary_kv_view, tier_type, backpressure_detector)
         self.locality = Locality(locality) if locality is not None else None
