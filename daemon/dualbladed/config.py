@@ -265,6 +265,24 @@ def _quota_map(key: str, raw: Any) -> Mapping[str, int]:
     return MappingProxyType(out)
 
 
+def _fraction(key: str, raw: Any) -> float:
+    ok = isinstance(raw, (int, float)) and not isinstance(raw, bool)
+    if not ok or not math.isfinite(raw) or not 0 <= raw <= 1:
+        raise InvalidArgument(f"{key}: expected a fraction between 0 and 1, got {raw!r}")
+    return float(raw)
+
+
+def _uid_quota_map(key: str, raw: Any) -> Mapping[int, int]:
+    if not isinstance(raw, Mapping):
+        raise InvalidArgument(f"{key}: expected a table of uid = size, got {raw!r}")
+    out: dict[int, int] = {}
+    for uid, value in raw.items():
+        if not re.fullmatch(r"\d+", str(uid)):
+            raise InvalidArgument(f"{key}: key {uid!r} is not a numeric uid")
+        out[int(uid)] = parse_size(value, f"{key}.{uid}")
+    return MappingProxyType(out)
+
+
 def _weight_map(key: str, raw: Any) -> Mapping[str, float]:
     if not isinstance(raw, Mapping):
         raise InvalidArgument(f"{key}: expected a table of tenant = weight, got {raw!r}")
@@ -368,6 +386,16 @@ class QuotaConfig:
     per_tenant: Mapping[str, int] = setting(
         MappingProxyType({}), _quota_map, "label|uid/label = size"
     )
+    # Per-uid caps over all of a uid's labels (see ``uid_quota``): hostile-user protection.
+    uid_default_bytes: int | None = setting(
+        None, _optional(_size()), "per-uid cap of non-admin uids; default a namespace fraction"
+    )
+    uid_default_fraction: float = setting(
+        0.25, _fraction, "per-uid cap of non-admin uids, as a fraction of the namespace"
+    )
+    per_uid: Mapping[int, int] = setting(
+        MappingProxyType({}), _uid_quota_map, "uid = size (0 = unlimited), for anyone"
+    )
 
     def quota_for(self, uid: int, label: str) -> int:
         """The quota of tenant ``label`` run by ``uid``: exact uid/label, then label, then default."""
@@ -375,6 +403,23 @@ class QuotaConfig:
         if exact is not None:
             return exact
         return self.per_tenant.get(label, self.default_bytes)
+
+    def uid_quota(self, uid: int, *, privileged: bool, namespace_bytes: int) -> int:
+        """Bytes ``uid`` may hold over all its labels together; 0 means unlimited.
+
+        An explicit ``per_uid`` entry wins for anyone. Otherwise root, the daemon's own uid and
+        the admin group (``privileged``) are unlimited, and everyone else gets
+        ``uid_default_bytes``, else ``uid_default_fraction`` of the namespace. Per uid, not per
+        tenant, because labels are the client's choice: a per-label quota alone is no bound.
+        """
+        explicit = self.per_uid.get(uid)
+        if explicit is not None:
+            return explicit
+        if privileged:
+            return 0
+        if self.uid_default_bytes is not None:
+            return self.uid_default_bytes
+        return max(1, int(namespace_bytes * self.uid_default_fraction))
 
 
 @dataclass(frozen=True)
@@ -396,8 +441,16 @@ class ResidencyConfig:
     # Share of the page-cache budget per tenant label (missing labels weigh 1.0).
     weights: Mapping[str, float] = setting(MappingProxyType({}), _weight_map, "label = weight")
     migration_bytes_per_s: int = setting(256 * MiB, _size(1), "migration rate cap")
-    # Hard cap on the page-cache path's footprint; None: only memory availability limits it.
-    pagecache_max_bytes: int | None = setting(None, _optional(_size()), "page-cache cap")
+    # Cap on the page-cache slabs' size on disk; None: the namespace's size (never "free disk").
+    pagecache_max_bytes: int | None = setting(
+        None, _optional(_size()), "page-cache cap; default the namespace size"
+    )
+    # Free-space floor on the state directory's filesystem: the smaller of the two (0 = off).
+    # Below it page-cache puts and promotions stop (puts are placed on direct instead).
+    pagecache_min_free_bytes: int = setting(2 * GiB, _size(), "disk floor for the page cache")
+    pagecache_min_free_fraction: float = setting(
+        0.10, _fraction, "disk floor for the page cache, as a fraction of the filesystem"
+    )
     slab_bytes: int = setting(64 * MiB, _SIZE, "slab size")
 
     def __post_init__(self) -> None:

@@ -99,6 +99,28 @@ class QuotaExceeded(ResourceExhausted):
     """The tenant's capacity quota would be exceeded."""
 
 
+class DiskFloorReached(ResourceExhausted):
+    """A page-cache allocation would take the state filesystem below its free-space floor."""
+
+    def __init__(self, directory: str, requested: int, available: int, floor: int) -> None:
+        super().__init__(
+            f"page-cache free-space floor reached on {directory}: {available} bytes available, "
+            f"{requested} requested, floor {floor} bytes (residency.pagecache_min_free_*)"
+        )
+        self.requested = requested
+        self.available = available
+        self.floor = floor
+
+
+class UnsafeDirectory(FailedPrecondition):
+    """A socket or state directory others could tamper with (see dualbladed.safedirs)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"unsafe directory {path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
 class PermissionDenied(DualbladeError):
     grpc_code = "PERMISSION_DENIED"
 

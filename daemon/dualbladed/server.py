@@ -3,6 +3,8 @@
 Start-up order (each step can fail with a clear message, and everything already acquired is
 released in reverse order -- an ``ExitStack`` holds it all):
 
+0. the socket, lock and state directories: created with safe modes, or refused when others
+   could tamper with them (:mod:`dualbladed.safedirs`, sshd's StrictModes);
 1. instance locks (before any socket is bound: gRPC silently unlinks and re-binds a socket file,
    so without the lock a second daemon would steal the first one's socket);
 2. the namespace (safety checks, O_EXCL for block devices) and its superblock;
@@ -27,14 +29,12 @@ import contextlib
 import functools
 import logging
 import os
-import shutil
 import signal
 import threading
 from concurrent import futures
 from pathlib import Path
 
 import grpc
-import psutil
 
 from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
 from dualbladed import sdnotify
@@ -47,7 +47,8 @@ from dualbladed.lockfile import acquire_instance_locks
 from dualbladed.namespace import open_namespace
 from dualbladed.paths.abstract import DIRECT, PAGECACHE
 from dualbladed.paths.direct import DirectPath
-from dualbladed.paths.pagecache import PageCachePath
+from dualbladed.paths.pagecache import PageCachePath, free_floor_bytes
+from dualbladed.safedirs import check_dirs
 from dualbladed.service.admin_servicer import AdminServicer
 from dualbladed.service.inventory import Inventory
 from dualbladed.service.leaseplane import LeasePlane
@@ -57,6 +58,7 @@ from dualbladed.sessions.arena import Arena
 from dualbladed.sessions.batch import BatchExecutor, BatchLimits
 from dualbladed.sessions.handshake import HandshakeConfig, HandshakeServer
 from dualbladed.sessions.registry import Session, SessionRegistry
+from dualbladed.sessions.tenancy import is_admin
 from dualbladed.store import ObjectStore
 from dualbladed.store.recovery import PAGECACHE_DIR
 
@@ -74,16 +76,14 @@ PSI_STALL_US = 150_000
 PSI_WINDOW_US = 2_000_000
 
 
-def pagecache_max_bytes(res: ResidencyConfig, state_dir: Path) -> int:
-    """``residency.pagecache_max_bytes``, else what could ever help: RAM, bounded by disk.
+def pagecache_max_bytes(res: ResidencyConfig, namespace_bytes: int) -> int:
+    """``residency.pagecache_max_bytes``, else the namespace's size.
 
-    The slabs are sparse, so the bound only matters once they fill; memory availability (the
-    arbiter's budget) is what limits the footprint in practice.
+    What an administrator sized for the daemon is what its page-cache slabs may take on the
+    state filesystem too -- never "most of the free disk" (issue 15: a quota-less user filled a
+    host through the page cache). The free-space floor bounds it further at run time.
     """
-    if res.pagecache_max_bytes is not None:
-        want = res.pagecache_max_bytes
-    else:
-        want = min(psutil.virtual_memory().total, int(shutil.disk_usage(state_dir).free * 0.9))
+    want = namespace_bytes if res.pagecache_max_bytes is None else res.pagecache_max_bytes
     return max(IO_ALIGNMENT, want - want % IO_ALIGNMENT)
 
 
@@ -99,6 +99,10 @@ class Daemon:
         self.metrics = Metrics()
         self._server: grpc.Server | None = None
         self._watchdog_stop = threading.Event()
+        self._namespace_bytes = 0
+        # session id -> whether its peer is privileged (root, our uid, admin group): looked up
+        # once per session (it reads /proc), dropped when the session ends.
+        self._privileged: dict[str, bool] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -111,8 +115,10 @@ class Daemon:
 
     def _start(self) -> None:
         cfg = self.config
-        for d in (Path(cfg.state_dir), Path(cfg.socket).parent):
-            d.mkdir(parents=True, exist_ok=True, mode=0o750)
+        check_dirs(
+            [cfg.state_dir]
+            + [os.path.dirname(p) for p in (cfg.socket, cfg.handshake_socket, cfg.lock_path)]
+        )
         self._stack.enter_context(acquire_instance_locks(cfg))
 
         ns_cfg = cfg.namespace
@@ -123,11 +129,15 @@ class Daemon:
         )
         res = cfg.residency
         state_dir = Path(cfg.state_dir)
+        self._namespace_bytes = namespace.capacity
         pagecache = PageCachePath(
             state_dir / PAGECACHE_DIR,
             slab_bytes=res.slab_bytes,
-            max_bytes=pagecache_max_bytes(res, state_dir),
+            max_bytes=pagecache_max_bytes(res, namespace.capacity),
             alignment=IO_ALIGNMENT,
+            free_floor=free_floor_bytes(
+                state_dir, res.pagecache_min_free_bytes, res.pagecache_min_free_fraction
+            ),
         )
         self._stack.callback(pagecache.close)  # idempotent; the store closes it normally
         store = ObjectStore.open(
@@ -139,6 +149,13 @@ class Daemon:
         )
         self._stack.callback(store.close)
         self.store = store
+        punched = pagecache.punch_free()  # space freed before a crash goes back to the disk
+        logger.info(
+            "page-cache path: cap %d bytes, free-space floor %d bytes, %d free bytes punched",
+            pagecache.max_bytes,
+            pagecache.free_floor,
+            punched,
+        )
 
         signals = SignalReader()
         psi_path = signals.psi_path
@@ -162,7 +179,12 @@ class Daemon:
         self.registry = registry
         limits = BatchLimits(cfg.limits.max_batch_ops, cfg.limits.max_object_bytes)
         executor = BatchExecutor(
-            store, limits, self._quota_for, self.metrics.record, parallelism=cfg.io.queue_depth
+            store,
+            limits,
+            self._quota_for,
+            self.metrics.record,
+            parallelism=cfg.io.queue_depth,
+            uid_quota_for=self._uid_quota_for,
         )
         self._stack.callback(executor.close)
         inventory = Inventory(
@@ -275,7 +297,20 @@ class Daemon:
     def _quota_for(self, session: Session) -> int:
         return self.config.quotas.quota_for(session.uid, session.tenant_label)
 
+    def _uid_quota_for(self, session: Session) -> int:
+        """The per-uid cap (``quotas.per_uid`` / ``uid_default_*``); 0 = unlimited."""
+        privileged = self._privileged.get(session.id)
+        if privileged is None:
+            privileged = session.uid in (0, os.geteuid()) or is_admin(
+                session.uid, session.gid, session.pid, self.config.admin_group
+            )
+            self._privileged[session.id] = privileged
+        return self.config.quotas.uid_quota(
+            session.uid, privileged=privileged, namespace_bytes=self._namespace_bytes
+        )
+
     def _session_ended(self, session: Session) -> None:
+        self._privileged.pop(session.id, None)
         if self.store is not None:
             freed = self.store.release_session(session.id)
             logger.info("session ended", extra={"session": session.id, "freed_objects": freed})

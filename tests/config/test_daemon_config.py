@@ -263,6 +263,9 @@ def test_each_setting_is_declared_once_and_the_keys_stay() -> None:
         "limits.max_sessions": None,
         "quotas.default_bytes": None,
         "quotas.per_tenant": None,
+        "quotas.uid_default_bytes": None,
+        "quotas.uid_default_fraction": None,
+        "quotas.per_uid": None,
         "io.request_bytes": None,
         "io.queue_depth": None,
         "residency.mode": None,
@@ -272,9 +275,11 @@ def test_each_setting_is_declared_once_and_the_keys_stay() -> None:
         "residency.migration_bytes_per_s": None,
         "residency.pagecache_max_bytes": None,
         "residency.slab_bytes": None,
+        "residency.pagecache_min_free_bytes": None,
+        "residency.pagecache_min_free_fraction": None,
         "metrics.prometheus_address": None,
     }
-    assert len(keys) == 28
+    assert len(keys) == 33
     cfg = load_config(["--socket", "/x/grpc.sock", "--state-dir", "/x/state"])
     for s in _DEFINITIONS:
         if s.default is None:  # derived at load time, or optional

@@ -17,6 +17,7 @@ Like other Unix filters, dbctl dies quietly of SIGPIPE when its reader goes away
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import signal
 import sys
@@ -421,17 +422,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _error_types() -> tuple[type[BaseException], ...]:
+    """The SDK's error base, and the daemon's one where it is installed (offline commands)."""
+    from dualblade import errors
+
+    types: list[type[BaseException]] = [errors.DualbladeError]
+    try:
+        from dualbladed.errors import DualbladeError as DaemonError
+    except ImportError:  # an SDK-only install: fsck is unavailable anyway
+        pass
+    else:
+        types.append(DaemonError)
+    return tuple(types)
+
+
+def _os_message(command: str, err: OSError) -> str:
+    """One line for a system error; permission problems say what to do about them."""
+    where = f" {err.filename}" if err.filename is not None else ""
+    text = f"dbctl: {command}: {err.strerror or err}:{where}".rstrip(":")
+    if err.errno in (errno.EACCES, errno.EPERM):
+        text += " (run dbctl as root, or as the daemon's user or a member of its admin group)"
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 on success, 1 when a command reports problems (fsck, health), 2 on any error.
+
+    Errors are one line on stderr, never a traceback: the daemon's and the SDK's typed errors
+    with their status code, system errors (permissions above all) with the path concerned.
+    """
     if argv is None:  # run as the program, not called as a library
         # A closed pipe ends dbctl the way it ends cat or grep: by SIGPIPE, with no traceback.
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
-    from dualblade import errors
-
+    known = _error_types()
     try:
         return int(args.fn(args))
-    except errors.DualbladeError as err:
-        print(f"dbctl: {err.code}: {err}", file=sys.stderr)
+    except known as err:
+        code = getattr(err, "code", None) or getattr(err, "grpc_code", "UNKNOWN")
+        print(f"dbctl: {code}: " + str(err).replace("\n", "; "), file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(_os_message(args.command, err), file=sys.stderr)
         return 2
 
 

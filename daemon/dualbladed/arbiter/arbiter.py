@@ -7,7 +7,8 @@ It joins the pure :class:`~dualbladed.arbiter.policy.ResidencyPolicy` to the liv
   hint). The policy decides from the tenant's share; the arbiter keeps a per-tenant usage
   estimate (refreshed from the store every tick, then advanced by its own placements and
   migrations) so a put costs a dict lookup, not a scan of the index. A page-cache choice falls
-  back to ``direct`` when the page-cache path has no free extent large enough (a racing put may
+  back to ``direct`` when the page-cache path has no free extent large enough, or its
+  filesystem is at the free-space floor, which also skips promotions (a racing put may
   still take the last one; its put then fails with ``OutOfSpace`` and the client retries).
 
 - **The loop** (one background thread). Every ``tick_s``, or at once when a PSI trigger fires
@@ -242,11 +243,8 @@ class ResidencyArbiter:
         return choice
 
     def _pagecache_fits(self, size: int) -> bool:
-        align = self._pagecache.alignment
-        try:
-            return self._pagecache.stats().largest_free >= -(-size // align) * align
-        except DualbladeError:  # closed while shutting down
-            return False
+        # free extent *and* the state filesystem's free-space floor (has_room is a racy hint)
+        return self._pagecache.has_room(size)
 
     # ------------------------------------------------------------------------ a tick
 
@@ -330,6 +328,8 @@ class ResidencyArbiter:
             before = self._store.stat(m.tenant, m.key)
             if before.path != m.src:
                 return None  # moved or replaced since the plan: nothing to do
+            if m.dst == PAGECACHE and not self._pagecache_fits(m.size):
+                return None  # no room or at the disk floor: the object stays on direct
             self._store.relocate(m.tenant, m.key, m.dst)
         except (NotFound, FailedPrecondition) as e:  # deleted or overwritten meanwhile
             error = str(e)

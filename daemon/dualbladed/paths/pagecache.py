@@ -35,6 +35,17 @@ page, i.e. 64 KiB of vector and well under a millisecond per 256 MiB slab; the a
 for ``resident_ttl_s`` (default 1 s) because the arbiter asks on every tick. Where mincore is not
 available the estimate is the allocated bytes (an upper bound).
 
+Giving space back and the disk floor (hostile-user hardening, issue 15). A released extent's
+range is punched out of its slab (``fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)``) *before*
+it returns to the allocator, so no new owner's bytes can be punched; :meth:`punch_free` does the
+same for every free range after a restart (space freed by a crash or an older version). Python
+has no ``os.fallocate`` with a mode (``os.posix_fallocate`` only allocates), hence ctypes. Where
+the filesystem cannot punch (EOPNOTSUPP) it is logged once and the slab keeps its blocks.
+``free_floor`` bytes must stay available to unprivileged users (``statvfs`` ``f_bavail``, so
+root's reserved blocks are not counted as ours) on the slabs' filesystem: :meth:`allocate` refuses
+with :class:`~dualbladed.errors.DiskFloorReached` below it, and :meth:`has_room` lets placement
+choose the direct path instead.
+
 Locking: one lock guards the allocators, the slab table and the dirty set; data I/O runs
 outside it (``pread``/``pwrite`` on a shared fd are thread-safe and release the GIL).
 
@@ -61,6 +72,7 @@ from dualbladed.alloc.abstract import AllocStats, Extent
 from dualbladed.alloc.extent import ExtentAllocator
 from dualbladed.errors import (
     DeviceIOError,
+    DiskFloorReached,
     DualbladeError,
     FailedPrecondition,
     InvalidArgument,
@@ -135,6 +147,42 @@ class _Mincore:
             self._munmap(addr, length)
 
 
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+class _HolePuncher:
+    """``fallocate(fd, PUNCH_HOLE | KEEP_SIZE, offset, length)`` through libc (see the module
+    docstring for why ctypes); ``supported`` turns False after the first EOPNOTSUPP."""
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        self._fallocate = libc.fallocate
+        self._fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+        self.supported = True
+
+    def punch(self, fd: int, offset: int, length: int) -> None:
+        if not self.supported or length <= 0:
+            return
+        if self._fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length):
+            err = ctypes.get_errno()
+            if err in (errno.EOPNOTSUPP, errno.ENOSYS):
+                self.supported = False
+                log.warning(
+                    "page-cache slabs: this filesystem cannot punch holes; freed space "
+                    "stays allocated in the slab files"
+                )
+                return
+            raise OSError(err, f"fallocate(PUNCH_HOLE): {os.strerror(err)}")
+
+
+def free_floor_bytes(directory: Path, min_free_bytes: int, min_free_fraction: float) -> int:
+    """The free-space floor for ``directory``'s filesystem: the smaller of an absolute figure
+    and a fraction of the filesystem's size (either 0 turns the floor off)."""
+    st = os.statvfs(directory)
+    return min(min_free_bytes, int(st.f_blocks * st.f_frsize * min_free_fraction))
+
+
 class PageCachePath(ResidencyPath):
     """Buffered slab files in ``directory``; see the module docstring."""
 
@@ -148,6 +196,7 @@ class PageCachePath(ResidencyPath):
         max_bytes: int,
         alignment: int = 4096,
         resident_ttl_s: float = 1.0,
+        free_floor: int = 0,
     ) -> None:
         if alignment <= 0 or alignment & (alignment - 1):
             raise InvalidArgument(f"alignment {alignment} must be a positive power of two")
@@ -167,6 +216,11 @@ class PageCachePath(ResidencyPath):
         self._dirty: set[int] = set()
         self._closed = False
         self._resident_cache: tuple[float, int] | None = None
+        self.free_floor = max(0, free_floor)
+        try:
+            self._puncher: _HolePuncher | None = _HolePuncher()
+        except (OSError, AttributeError):  # no libc fallocate symbol: slabs keep their blocks
+            self._puncher = None
         try:
             self._mincore: _Mincore | None = _Mincore()
         except (OSError, AttributeError):  # no libc / no mincore symbol: estimate instead
@@ -248,6 +302,7 @@ class PageCachePath(ResidencyPath):
     def allocate(self, length: int) -> Extent:
         if length <= 0:
             raise InvalidArgument(f"allocation length {length} must be positive")
+        self._check_floor(length)
         with self._lock:
             self._check_open()
             for slab in self._slabs:
@@ -268,6 +323,11 @@ class PageCachePath(ResidencyPath):
         with self._lock:
             self._check_open()
             slab, inner = self._locate(extent)
+        # Punch while the range is still allocated to the dying object: once freed, a new put
+        # may own it. A failed punch only costs space, never the release.
+        self._punch(slab, inner, extent.length)
+        with self._lock:
+            self._check_open()
             slab.alloc.free(Extent(inner, extent.length))
             self._resident_cache = None
         self._fadvise(slab.fd, inner, extent.length, os.POSIX_FADV_DONTNEED)
@@ -277,6 +337,58 @@ class PageCachePath(ResidencyPath):
             self._check_open()
             slab, inner = self._locate(extent)
             slab.alloc.reserve(Extent(inner, extent.length))
+
+    # --------------------------------------------------- disk floor and holes
+
+    def disk_available(self) -> int:
+        """Bytes unprivileged users may still write on the slabs' filesystem (``f_bavail``)."""
+        st = os.statvfs(self.directory)
+        return st.f_bavail * st.f_frsize
+
+    def _check_floor(self, length: int) -> None:
+        if not self.free_floor:
+            return
+        try:
+            available = self.disk_available()
+        except OSError as e:
+            raise from_oserror(e, context=f"statvfs of {self.directory}") from e
+        if available - length < self.free_floor:
+            raise DiskFloorReached(str(self.directory), length, available, self.free_floor)
+
+    def has_room(self, length: int) -> bool:
+        """Whether :meth:`allocate` of ``length`` would succeed now (racy: a hint for placement)."""
+        rounded = -(-length // self.alignment) * self.alignment
+        try:
+            if self.stats().largest_free < rounded:
+                return False
+            self._check_floor(length)
+        except (DualbladeError, OSError):  # at the floor, or closed while shutting down
+            return False
+        return True
+
+    def _punch(self, slab: _Slab, inner: int, length: int) -> None:
+        if self._puncher is None:
+            return
+        try:
+            self._puncher.punch(slab.fd, inner, length)
+        except OSError as e:
+            log.warning("punching %s [%d, +%d) failed: %s", slab_name(slab.index), inner, length, e)
+
+    def punch_free(self) -> int:
+        """Punch every free range of every slab; returns the bytes covered.
+
+        Called at start-up once the committed extents are reserved, so space freed before a
+        crash, or by a version that did not punch, goes back to the filesystem. Runs under the
+        lock (no allocation can take a range while it is being punched).
+        """
+        total = 0
+        with self._lock:
+            self._check_open()
+            for slab in self._slabs:
+                for free in slab.alloc.free_extents():
+                    self._punch(slab, free.offset, free.length)
+                    total += free.length
+        return total
 
     # -------------------------------------------------------------------- I/O
 

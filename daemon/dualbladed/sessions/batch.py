@@ -104,6 +104,15 @@ def _without_frames(err: DualbladeError) -> DualbladeError:
     return err
 
 
+def _take_back(table: dict, name: object, length: int) -> None:
+    """Lower a reservation, dropping the entry at zero (the tables stay small)."""
+    left = table.get(name, 0) - length
+    if left > 0:
+        table[name] = left
+    else:
+        table.pop(name, None)
+
+
 def _distinct_keys(ops: Sequence[Op]) -> bool:
     return len({op.key for op in ops}) == len(ops)
 
@@ -117,6 +126,7 @@ class BatchExecutor:
         record: RecordFn | None = None,
         *,
         parallelism: int = 8,
+        uid_quota_for: Callable[[Session], int] | None = None,
     ) -> None:
         self._store = store
         self._pool = (
@@ -129,6 +139,9 @@ class BatchExecutor:
         self._record = record or (lambda *a: None)
         self._quota_lock = threading.Lock()
         self._reserved: dict[str, int] = {}
+        # Per-uid caps over all of a uid's labels (0 = none); keyed by uid like ``_reserved``.
+        self._uid_quota_for = uid_quota_for
+        self._uid_reserved: dict[int, int] = {}
 
     def execute(
         self, session: Session, ops: Sequence[Op], *, stop_on_error: bool = False
@@ -207,7 +220,7 @@ class BatchExecutor:
                     path=op.path,
                 )
             finally:
-                self._unreserve(session.tenant, op.length)
+                self._unreserve(session, op.length)
         finally:
             src.release()
 
@@ -223,25 +236,33 @@ class BatchExecutor:
 
     def _reserve(self, session: Session, key: bytes, length: int) -> None:
         quota = self._quota_for(session)
+        uid_quota = self._uid_quota_for(session) if self._uid_quota_for is not None else 0
+        uid = session.uid
         with self._quota_lock:
             reserved = self._reserved.get(session.tenant, 0)
+            uid_reserved = self._uid_reserved.get(uid, 0)
+            replaced = self._replaced_size(session.tenant, key) if quota or uid_quota else 0
             if quota:
-                replaced = self._replaced_size(session.tenant, key)
                 used = self._store.usage(session.tenant) + reserved - replaced
                 if used + length > quota:
                     raise QuotaExceeded(
                         f"quota exceeded for tenant {session.tenant}: {used} bytes used, "
                         f"{length} requested, quota {quota} bytes"
                     )
+            if uid_quota:
+                used = self._store.uid_usage(uid) + uid_reserved - replaced
+                if used + length > uid_quota:
+                    raise QuotaExceeded(
+                        f"quota exceeded for uid {uid}: {used} bytes used over all its tenants, "
+                        f"{length} requested, per-uid quota {uid_quota} bytes"
+                    )
             self._reserved[session.tenant] = reserved + length
+            self._uid_reserved[uid] = uid_reserved + length
 
-    def _unreserve(self, tenant: str, length: int) -> None:
+    def _unreserve(self, session: Session, length: int) -> None:
         with self._quota_lock:
-            left = self._reserved.get(tenant, 0) - length
-            if left > 0:
-                self._reserved[tenant] = left
-            else:
-                self._reserved.pop(tenant, None)
+            _take_back(self._reserved, session.tenant, length)
+            _take_back(self._uid_reserved, session.uid, length)
 
     def _replaced_size(self, tenant: str, key: bytes) -> int:
         try:

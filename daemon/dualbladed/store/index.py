@@ -104,6 +104,7 @@ class ObjectIndex:
         self._tenants: dict[str, SortedDict] = {}  # tenant -> SortedDict[bytes, IndexEntry]
         self._sessions: dict[str, set[tuple[str, bytes]]] = {}
         self._usage: dict[str, int] = {}  # tenant -> allocated bytes (extent lengths)
+        self._uid_usage: dict[str, int] = {}  # "uid" (the tenant's head) -> the same, summed
         self._dirty_access: dict[tuple[str, bytes], float] = {}
         self.pinned = 0
 
@@ -119,6 +120,8 @@ class ObjectIndex:
         info = entry.info
         self._tenants.setdefault(info.tenant, SortedDict())[info.key] = entry
         self._usage[info.tenant] = self._usage.get(info.tenant, 0) + info.length
+        uid = info.tenant.partition("/")[0]
+        self._uid_usage[uid] = self._uid_usage.get(uid, 0) + info.length
         if info.session is not None:
             self._sessions.setdefault(info.session, set()).add((info.tenant, info.key))
 
@@ -135,6 +138,10 @@ class ObjectIndex:
         self._usage[info.tenant] -= info.length
         if not self._usage[info.tenant]:
             del self._usage[info.tenant]
+        uid = info.tenant.partition("/")[0]
+        self._uid_usage[uid] -= info.length
+        if not self._uid_usage[uid]:
+            del self._uid_usage[uid]
         if info.session is not None:
             members = self._sessions.get(info.session)
             if members is not None:
@@ -179,6 +186,10 @@ class ObjectIndex:
 
     def usage(self, tenant: str) -> int:
         return self._usage.get(tenant, 0)
+
+    def uid_usage(self, uid: int) -> int:
+        """Allocated bytes over every tenant ``"<uid>/..."`` (per-uid quotas)."""
+        return self._uid_usage.get(str(uid), 0)
 
     def session_counts(self) -> dict[str, int]:
         return {s: len(m) for s, m in self._sessions.items()}

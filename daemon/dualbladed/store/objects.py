@@ -400,6 +400,11 @@ class ObjectStore:
         with self._lock:
             return self._index.usage(tenant)
 
+    def uid_usage(self, uid: int) -> int:
+        """Bytes allocated to all of ``uid``'s tenants together (per-uid quotas)."""
+        with self._lock:
+            return self._index.uid_usage(uid)
+
     def stats(self) -> StoreStats:
         with self._lock:
             usage = {n: (p.stats(), p.resident_bytes()) for n, p in self._paths.items()}
