@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         daemon.start()
     except DualbladeError as err:
-        logger.error("cannot start: %s", err)
+        # One line on stderr (the journal keeps it): a log record too would say it twice.
         print(f"dualbladed: cannot start: {err}", file=sys.stderr)
         return 1
     daemon.serve_forever()
