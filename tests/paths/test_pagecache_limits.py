@@ -231,3 +231,44 @@ def test_quota_less_uid_stores_at_most_its_default_share(open_daemon: DaemonProc
         for i in range(24):
             c.put(f"r{i}", b"r" * MiB, persistent=True)
         assert len(c.list()) == 24
+
+
+# -- the floor on a real small filesystem, attacked by a real other uid ---------------------------
+
+
+def _loop_mount_skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to loop-mount a filesystem and run a client as uid 65534"
+    for tool in ("mkfs.ext4", "mount", "umount"):
+        if shutil.which(tool) is None:
+            return f"needs {tool}"
+    if not os.path.exists("/dev/loop-control"):
+        return "needs /dev/loop-control (loop driver not available)"
+    return None
+
+
+def test_floor_holds_while_a_quota_less_uid_fills_the_page_cache(tmp_path: Path) -> None:
+    """The issue's attack on a 128 MiB state filesystem: the page cache stops at the floor, the
+    rest of the puts land on direct (none fails), and deleting everything empties the slabs."""
+    reason = _loop_mount_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from dualblade_tools.hostile_disk import measure_floor
+
+    work = Path(tempfile.mkdtemp(prefix="dbfloor-"))
+    os.chmod(work, 0o755)
+    try:
+        out = measure_floor(work, 128 * MiB)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    size, floor = out["filesystem_bytes"], out["floor_bytes"]
+    assert floor == int(size * 0.10)  # 10% of a small disk is below the 2 GiB default
+    # Page-cache puts stop one object short of the floor; what still grows below it is the
+    # metadata of the direct puts (SQLite's WAL checkpoints at 1000 pages, about 4 MiB).
+    assert out["lowest_free_fraction"] * size >= floor - 1 * MiB - 4 * MiB
+    attacker = out["attacker"]
+    assert attacker["refusals"] == []
+    assert attacker["paths"]["pagecache"] > 0 and attacker["paths"]["direct"] > 0
+    assert out["slab_bytes_on_disk_at_peak"] >= attacker["paths"]["pagecache"] * MiB
+    assert out["delete_rc"] == 0
+    assert out["slab_bytes_on_disk_after_delete"] <= 1 * MiB
