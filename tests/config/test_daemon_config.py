@@ -296,3 +296,23 @@ def test_limits_check_themselves_wherever_built() -> None:
 
     with pytest.raises(InvalidArgument, match="exceeds limits.max_arena_bytes"):
         LimitsConfig(default_arena_bytes=8 * GiB, max_arena_bytes=4 * GiB)
+
+
+def test_per_uid_quota_table_and_fractions_parse(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "q.toml"
+    cfg_file.write_text(
+        '[quotas]\nuid_default_fraction = 0.5\n[quotas.per_uid]\n1000 = "1GiB"\n'
+        "[residency]\npagecache_min_free_fraction = 0.05\n"
+        'pagecache_min_free_bytes = "1GiB"\n'
+    )
+    cfg = load_config(["--config", str(cfg_file)])
+    assert dict(cfg.quotas.per_uid) == {1000: GiB} and cfg.quotas.uid_default_fraction == 0.5
+    assert cfg.residency.pagecache_min_free_fraction == 0.05
+    assert cfg.residency.pagecache_min_free_bytes == GiB
+    for bad, message in (
+        ('[quotas.per_uid]\nbob = "1GiB"\n', "is not a numeric uid"),
+        ("[quotas]\nuid_default_fraction = 1.5\n", "expected a fraction between 0 and 1"),
+    ):
+        cfg_file.write_text(bad)
+        with pytest.raises(InvalidArgument, match=message):
+            load_config(["--config", str(cfg_file)])

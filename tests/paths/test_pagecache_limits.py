@@ -272,3 +272,15 @@ def test_floor_holds_while_a_quota_less_uid_fills_the_page_cache(tmp_path: Path)
     assert out["slab_bytes_on_disk_at_peak"] >= attacker["paths"]["pagecache"] * MiB
     assert out["delete_rc"] == 0
     assert out["slab_bytes_on_disk_after_delete"] <= 1 * MiB
+
+
+def test_uid_quota_rules() -> None:
+    from dualbladed.config import QuotaConfig
+
+    q = QuotaConfig()
+    assert q.uid_quota(1000, privileged=False, namespace_bytes=512 * MiB) == 128 * MiB
+    assert q.uid_quota(0, privileged=True, namespace_bytes=512 * MiB) == 0  # unlimited
+    q = QuotaConfig(uid_default_bytes=10 * MiB, per_uid={1000: 0, 0: 5 * MiB})
+    assert q.uid_quota(1001, privileged=False, namespace_bytes=512 * MiB) == 10 * MiB
+    assert q.uid_quota(1000, privileged=False, namespace_bytes=512 * MiB) == 0  # explicit: none
+    assert q.uid_quota(0, privileged=True, namespace_bytes=512 * MiB) == 5 * MiB  # explicit wins
