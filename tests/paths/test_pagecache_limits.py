@@ -106,6 +106,33 @@ def test_punch_free_after_restart_gives_back_what_nobody_reserved(tmp_path: Path
     p.close()
 
 
+def test_a_filesystem_that_cannot_punch_only_costs_space(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No such filesystem is mounted here, so fallocate's EOPNOTSUPP is simulated (ctypes'
+    private errno); releases keep working, the warning is logged once, punching stops."""
+    import ctypes
+    import errno
+
+    p = _path(tmp_path)
+    _require_punch(p)
+    calls = []
+
+    def refuse(*args: object) -> int:
+        calls.append(args)
+        ctypes.set_errno(errno.EOPNOTSUPP)
+        return -1
+
+    p._puncher._fallocate = refuse  # type: ignore[union-attr]
+    extents = _fill(p, 3, 64 * KiB)
+    for e in extents:
+        p.release(e)
+    assert len(calls) == 1 and not p._puncher.supported  # type: ignore[union-attr]
+    assert sum("cannot punch holes" in r.getMessage() for r in caplog.records) == 1
+    assert p.stats().used == 0
+    p.close()
+
+
 # -- the free-space floor --------------------------------------------------------------------------
 
 
