@@ -37,6 +37,13 @@ from dualblade_tools.daemonproc import DaemonProcess
 
 MiB = 1 << 20
 NOBODY = 65534
+#: gRPC imports some modules lazily (grpc._channel on the first channel): load them all before
+#: dropping privileges, so the attacker works from a checkout or venv that uid cannot read.
+_PRELOAD = (
+    "import grpc, importlib, pkgutil; "
+    "[importlib.import_module(m.name) for m in pkgutil.iter_modules(grpc.__path__, 'grpc.') "
+    "if not m.ispkg]"
+)
 
 
 @contextmanager
@@ -98,7 +105,9 @@ def attack(socket: Path, *, labels: int, limit: int, obj: int) -> dict[str, Any]
         f"""
         import json, os, time
         from dualblade import Client, errors
-        os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})
+        {_PRELOAD}
+        os.setgroups([]); os.setresgid({NOBODY}, {NOBODY}, {NOBODY})
+        os.setresuid({NOBODY}, {NOBODY}, {NOBODY})
         out = {{"stored": 0, "paths": {{}}, "refusals": [], "puts": 0}}
         payload = os.urandom({obj})
         t0 = time.monotonic()
@@ -176,7 +185,9 @@ def delete_all(socket: Path, labels: int) -> int:
         f"""
         import os
         from dualblade import Client
-        os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})
+        {_PRELOAD}
+        os.setgroups([]); os.setresgid({NOBODY}, {NOBODY}, {NOBODY})
+        os.setresuid({NOBODY}, {NOBODY}, {NOBODY})
         for label in range({labels}):
             with Client.connect({str(socket)!r}, tenant=f"l{{label}}", arena_bytes=1 << 20) as c:
                 while True:
