@@ -11,10 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,11 +22,11 @@ from dualbladed.config import ResidencyConfig
 from dualbladed.errors import DiskFloorReached
 from dualbladed.paths.pagecache import PageCachePath, free_floor_bytes
 from dualbladed.server import pagecache_max_bytes
+from privdrop_utils import NOBODY, open_to_others, run_as, shared_tmpdir
 
 KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
-NOBODY = 65534
 
 
 def _path(tmp_path: Path, **kw: int) -> PageCachePath:
@@ -207,28 +203,22 @@ def open_daemon() -> Iterator[DaemonProcess]:
     """A 64 MiB daemon whose sockets uid 65534 can reach, in forced page-cache mode."""
     if os.geteuid() != 0:
         pytest.skip("needs root to run a client as uid 65534")
-    root = Path(tempfile.mkdtemp(prefix="dbquota-"))
-    os.chmod(root, 0o755)
-    cfg = root / "d.toml"
-    cfg.write_text('[residency]\nmode = "pagecache"\n')
-    daemon = DaemonProcess(root, namespace_size="64MiB", config=cfg).start()
-    try:
-        os.chmod(daemon.socket.parent, 0o755)
-        for p in (daemon.socket, daemon.socket.parent / "handshake.sock"):
-            os.chmod(p, 0o666)
-        yield daemon
-    finally:
-        daemon.terminate()
-        shutil.rmtree(root, ignore_errors=True)
+    with shared_tmpdir("dbquota-") as root:
+        cfg = root / "d.toml"
+        cfg.write_text('[residency]\nmode = "pagecache"\n')
+        daemon = DaemonProcess(root, namespace_size="64MiB", config=cfg).start()
+        try:
+            open_to_others(daemon.socket, daemon.socket.parent / "handshake.sock")
+            yield daemon
+        finally:
+            daemon.terminate()
 
 
 def _fill_as_nobody(daemon: DaemonProcess) -> dict[str, int]:
     """uid 65534 puts 1 MiB objects under many labels until refused; what did it store?"""
-    code = textwrap.dedent(
-        f"""
-        import json, os
+    code = f"""
+        import json
         from dualblade import Client, errors
-        os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})
         stored, refusal = 0, ""
         for label in range(8):  # labels are free: the cap must hold over all of them
             with Client.connect({str(daemon.socket)!r}, tenant=f"l{{label}}",
@@ -241,8 +231,7 @@ def _fill_as_nobody(daemon: DaemonProcess) -> dict[str, int]:
                     refusal = str(err)
         print(json.dumps({{"stored": stored, "refusal": refusal}}))
         """
-    )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    res = run_as(code, timeout=120)
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout.splitlines()[-1])
 
@@ -282,12 +271,8 @@ def test_floor_holds_while_a_quota_less_uid_fills_the_page_cache(tmp_path: Path)
         pytest.skip(reason)
     from dualblade_tools.hostile_disk import measure_floor
 
-    work = Path(tempfile.mkdtemp(prefix="dbfloor-"))
-    os.chmod(work, 0o755)
-    try:
+    with shared_tmpdir("dbfloor-") as work:
         out = measure_floor(work, 128 * MiB)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     size, floor = out["filesystem_bytes"], out["floor_bytes"]
     assert floor == int(size * 0.10)  # 10% of a small disk is below the 2 GiB default
     # Page-cache puts stop one object short of the floor; what still grows below it is the

@@ -1,39 +1,37 @@
 """Issue 15, dbctl: permission problems are one clear line on stderr and exit code 2, never a
-traceback. dbctl runs as uid 65534 in a child that imports everything first and then drops
-privileges, against a real root daemon and its real (root-owned) state directory.
+traceback. dbctl runs as uid 65534 through ``privdrop_utils.run_as`` (imports first, then drops
+privileges), against a real root daemon and its real (root-owned) state directory.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
-import tempfile
-import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from dualblade_tools.daemonproc import DaemonProcess
+from privdrop_utils import SDK_MODULES, run_as, shared_tmpdir
 
-NOBODY = 65534
+#: what dbctl loads lazily, preloaded before the drop (fsck pulls in the daemon's modules)
+DBCTL_MODULES = (
+    *SDK_MODULES,
+    "dualblade_tools.dbctl",
+    "dualbladed.errors",
+    "dualbladed.store.fsck",
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run dbctl as uid 65534")
 
 
 def _dbctl_as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
-    code = textwrap.dedent(
-        f"""
-        import os, sys
-        import dualblade, dualblade.v1.dualblade_pb2, dualbladed.store.fsck
+    code = f"""
+        import sys
         from dualblade_tools import dbctl
-        os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})
         sys.exit(dbctl.main({list(args)!r}))
         """
-    )
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    return run_as(code, preload=DBCTL_MODULES)
 
 
 def _one_line(res: subprocess.CompletedProcess[str]) -> str:
@@ -47,15 +45,11 @@ def _one_line(res: subprocess.CompletedProcess[str]) -> str:
 @pytest.fixture
 def stopped_state() -> Iterator[DaemonProcess]:
     """A root daemon's state left behind after a clean stop, in a directory others can enter."""
-    root = Path(tempfile.mkdtemp(prefix="dbfsck-"))
-    os.chmod(root, 0o755)
-    daemon = DaemonProcess(root, namespace_size="64MiB")
-    with daemon:
-        pass
-    try:
+    with shared_tmpdir("dbfsck-") as root:
+        daemon = DaemonProcess(root, namespace_size="64MiB")
+        with daemon:
+            pass
         yield daemon
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_fsck_as_non_root_is_one_line_not_a_traceback(stopped_state: DaemonProcess) -> None:
@@ -78,20 +72,16 @@ def test_fsck_as_root_still_works(stopped_state: DaemonProcess) -> None:
     assert dbctl.main(args + ["--namespace", str(stopped_state.namespace_path)]) == 0
 
 
-def test_status_on_a_socket_it_may_not_open(tmp_path: Path) -> None:
-    root = Path(tempfile.mkdtemp(prefix="dbsock-"))
-    os.chmod(root, 0o755)  # the run directory stays 0750 root: nobody cannot reach the sockets
-    try:
-        with DaemonProcess(root, namespace_size="64MiB") as d:
-            res = _dbctl_as_nobody("--socket", str(d.socket), "status")
-            assert res.returncode == 2
-            line = _one_line(res)
-            assert line.startswith("dbctl: PERMISSION_DENIED: not allowed to connect to "), line
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+def test_status_on_a_socket_it_may_not_open() -> None:
+    # The root is reachable, the run directory the daemon made stays 0750 root: no way in.
+    with shared_tmpdir("dbsock-") as root, DaemonProcess(root, namespace_size="64MiB") as d:
+        res = _dbctl_as_nobody("--socket", str(d.socket), "status")
+        assert res.returncode == 2
+        line = _one_line(res)
+        assert line.startswith("dbctl: PERMISSION_DENIED: not allowed to connect to "), line
 
 
-def test_status_without_a_daemon_is_one_line(tmp_path: Path) -> None:
+def test_status_without_a_daemon_is_one_line() -> None:
     res = _dbctl_as_nobody("--socket", "/nonexistent/grpc.sock", "status")
     assert res.returncode == 2
     assert _one_line(res).startswith("dbctl: UNAVAILABLE: no dualbladed listening on")
