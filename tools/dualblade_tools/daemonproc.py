@@ -160,8 +160,12 @@ class DaemonProcess:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
-    def terminate(self, timeout: float = 30.0) -> int:
+    def terminate(self, timeout: float = 120.0) -> int:
         """SIGTERM and wait: the clean shutdown path.
+
+        The default wait is generous on purpose: an idle daemon stops in well under a second,
+        but a clean stop drains calls (up to 2 x 10 s of gRPC grace) and syncs metadata, which on
+        a loaded 2-core box (seen: load 13, fio beside it) took over 30 s.
 
         The notify socket is closed once the process has exited (not on a timeout: the caller
         may still kill it, and :meth:`kill` closes it then).
