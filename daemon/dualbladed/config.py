@@ -378,6 +378,36 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class AdmissionConfig:
+    """``[admission]``: what one uid may hold, and what is kept back for root and the admin group.
+
+    Checked at the handshake *before* anything is allocated (``dualbladed.sessions.admission``).
+    Root and members of ``admin_group`` are exempt from the per-uid limits and may use the
+    reserves; everyone else together stops short of them, so one uid filling the table cannot
+    lock out root or dbctl. None (the default) sizes a limit from the machine when the daemon
+    starts; the rules are in :meth:`dualbladed.sessions.admission.AdmissionLimits.resolve`.
+    """
+
+    per_uid_sessions: int | None = setting(
+        None, _optional(_int(1)), "sessions one non-admin uid may hold; default max_sessions/4"
+    )
+    reserved_sessions: int | None = setting(
+        None, _optional(_int(0)), "sessions only root/admins may take; default max_sessions/16"
+    )
+    arena_bytes: int | None = setting(
+        None, _optional(_SIZE), "arena bytes of all sessions together; default RAM/2"
+    )
+    per_uid_arena_bytes: int | None = setting(
+        None, _optional(_SIZE), "arena bytes one non-admin uid may hold; default RAM/4"
+    )
+    reserved_arena_bytes: int | None = setting(
+        None,
+        _optional(_size(0, IO_ALIGNMENT)),
+        "arena bytes only root/admins may take; default arena_bytes/8",
+    )
+
+
+@dataclass(frozen=True)
 class QuotaConfig:
     """Capacity quotas in bytes; 0 means unlimited."""
 
@@ -478,6 +508,7 @@ class DaemonConfig:
     # Group whose members get the admin role (and group ownership of the sockets); None: none.
     admin_group: str | None = setting("dualblade-admin", _group, "admin role group ('' for none)")
     limits: LimitsConfig = _section(LimitsConfig)
+    admission: AdmissionConfig = _section(AdmissionConfig)
     quotas: QuotaConfig = _section(QuotaConfig)
     io: IOConfig = _section(IOConfig)
     residency: ResidencyConfig = _section(ResidencyConfig)

@@ -113,6 +113,16 @@ def test_o_direct_read_into_an_arena_view(tmp_path) -> None:
 
 def test_prefault_falls_back_silently(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(arena_mod, "MADV_POPULATE_WRITE", 0x7FFF)  # an advice the kernel rejects
-    with Arena.create(ALIGNMENT) as arena:
+    with Arena.create(ALIGNMENT, prefault=True) as arena:
         arena.view(0, 1)[0] = 42
         assert arena.view(0, 1)[0] == 42
+
+
+def test_an_arena_commits_no_page_before_it_is_touched() -> None:
+    """Issue 15: a hello must not cost its arena size up front. The memfd's allocated blocks
+    (shmem pages) stay 0 after create and grow by exactly the pages written."""
+    with Arena.create(64 << 20) as arena:
+        assert os.fstat(arena.fd).st_blocks == 0
+        arena.view(0, 1)[0] = 1
+        arena.view(8 * ALIGNMENT, 1)[0] = 1
+        assert os.fstat(arena.fd).st_blocks * 512 == 2 * ALIGNMENT

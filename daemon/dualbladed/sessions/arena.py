@@ -12,11 +12,16 @@ and the daemon would take SIGBUS on the next touch of the vanished pages, killin
 ``F_SEAL_SEAL`` stops anyone from removing or adding seals later. Writes stay allowed: that is the
 point of a shared arena.
 
-Prefault: ``MADV_POPULATE_WRITE`` (23, Linux 5.14+, no constant in Python 3.11) allocates every
-page up front, so the first DMA into the arena does not pay page faults and an out-of-memory
-condition shows up at session creation rather than in the middle of an I/O. Older kernels answer
-EINVAL and we carry on with lazily faulted pages. The pages are shmem charged to the daemon's
-memory cgroup.
+No prefault: an arena costs nothing until the client touches it. ``create`` only sizes the
+memfd (sparse) and maps it; each page is committed by the first write to it, from either side,
+and charged to the memory cgroup of the process that faults it in -- normally the client, which
+fills its arena before the daemon reads from it. Prefaulting every page up front
+(``MADV_POPULATE_WRITE``) made each hello cost its full arena size in the daemon's memory and
+seconds of the handshake thread (issue 15: three 4 GiB hellos took 12 GiB and 8-12 s each), so
+the daemon never asks for it; ``prefault=True`` remains for a caller that wants it off any
+shared thread. What an arena *may* cost is bounded at admission instead
+(:mod:`dualbladed.sessions.admission`). Older kernels answer EINVAL to the advice and the pages
+fault in lazily.
 
 Closing and exported buffers: unmapping memory that something can still reach is a
 use-after-free (a segfault, or a DMA into whatever gets mapped there next). Every view
@@ -68,7 +73,7 @@ class Arena:
         self._closed = False
 
     @classmethod
-    def create(cls, size: int, *, name: str = "dualbladed-arena", prefault: bool = True) -> Arena:
+    def create(cls, size: int, *, name: str = "dualbladed-arena", prefault: bool = False) -> Arena:
         """Create, size, seal and map a new arena of ``size`` bytes (a positive multiple of 4096).
 
         Raises InvalidArgument for a bad size and OSError (ENOMEM, EMFILE, ...) from the kernel.

@@ -12,7 +12,8 @@ socket names are constants of the wire contract shared with the SDK, :mod:`dualb
 
     client -> daemon   {"v": 1, "tenant": "<label>", "arena_bytes": N}     (arena_bytes optional)
     daemon -> client   {"v": 1, "session_id": "...", "token": "...", "tenant": "<uid>/<label>",
-                        "arena_bytes": N, "alignment": 4096, "limits": {...}}
+                        "arena_bytes": N, "alignment": 4096, "limits": {...},
+                        "grpc_socket": "<runtime>/uid/<uid>/grpc.sock"}   (grpc_socket optional)
                        + SCM_RIGHTS: the arena memfd (sealed, see dualbladed.sessions.arena)
                    or  {"v": 1, "error": {"code": "INVALID_ARGUMENT", "message": "..."}}, then close
 
@@ -20,7 +21,19 @@ The label is 1..64 characters of ``[A-Za-z0-9._-]``; ``arena_bytes`` is a multip
 ``wire.ALIGNMENT`` (4096) within ``[ALIGNMENT, max_arena_bytes]``; ``limits`` is the daemon's
 ``[limits]`` section, plus ``wire.LEASE_FRAME_MAX_BYTES`` when the lease carries frames. Unknown
 fields are rejected, so a newer client learns at once that it talks to an older daemon. The
-pid/uid/gid come from ``SO_PEERCRED``, never from the message.
+pid/uid/gid come from ``SO_PEERCRED``, never from the message. ``grpc_socket`` is the gRPC socket
+the session's token is valid on: one per uid, in a directory only that uid (and root) can enter
+(:mod:`dualbladed.service.uidsockets`), so a token handed to another uid is useless. Clients
+that find no ``grpc_socket`` use the gRPC socket next to the handshake socket.
+
+Opening a session (admission, the per-uid gRPC socket, the arena) runs on a small pool of
+opener threads, not on the handshake thread, so hellos are served concurrently and a slow one
+delays nobody else. Admission comes first and charges the session's slot and arena bytes before
+anything is allocated (:mod:`dualbladed.sessions.admission`); the arena is a sparse memfd that
+commits no page before the client touches it. An opener checks that the peer is still there
+(its connection not hung up, its pidfd not readable) before it allocates and the handshake thread
+sends the reply only to a live peer, so a hello followed by a hang-up finishes no allocation and
+leaves no session behind.
 
 The lease: after a successful hello the connection stays open. Further datagrams on it are
 data-plane request frames (``Store.Batch`` without gRPC's cost), read and run by the lease's own
@@ -44,8 +57,11 @@ and costs only that connection; the thread never dies. ``on_end`` callbacks trig
 quick.
 
 Robustness limits: at most ``max_pending`` handshakes wait for their hello; when a new connection
-would exceed that, the *oldest* pending one is closed (an idle flood cannot lock out a real client,
-whose hello is usually queued before we even accept it). A pending connection that sends nothing
+would exceed that, the oldest pending one *of the uid with the most pending* is
+closed, so an idle flood from one uid costs only that uid's own connections and cannot lock out
+another uid's client. At most ``max_opening_per_uid`` hellos of one uid are queued for the
+openers; that uid's further connections stay pending with their hello unread until one of its
+openers finishes, so a flood from one uid never queues ahead of another uid's hello. A pending connection that sends nothing
 for ``hello_timeout_s`` is closed. Datagrams above ``wire.HELLO_MAX_BYTES`` and hellos that
 carry file descriptors are refused (the kernel discards fds we did not ask for, so none leak).
 When accept() runs out of fds (EMFILE), the listener is paused for 100 ms instead of spinning.
@@ -65,13 +81,16 @@ import functools
 import json
 import logging
 import os
+import select
 import selectors
 import socket
 import stat
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 from dualblade.v1.wire import (
     ALIGNMENT,
@@ -81,7 +100,12 @@ from dualblade.v1.wire import (
     size_socket_buffers,
 )
 from dualbladed.config import LimitsConfig
-from dualbladed.errors import DualbladeError, FailedPrecondition, InvalidArgument, ResourceExhausted
+from dualbladed.errors import (
+    DualbladeError,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+)
 from dualbladed.sessions.arena import Arena
 from dualbladed.sessions.hello import Hello, parse_hello
 from dualbladed.sessions.leaseframes import (
@@ -93,7 +117,7 @@ from dualbladed.sessions.leaseframes import (
 from dualbladed.sessions.peer import peer_credentials, peer_pidfd
 from dualbladed.sessions.registry import Session, SessionRegistry
 
-__all__ = ["HandshakeConfig", "HandshakeServer"]
+__all__ = ["GrpcSockets", "HandshakeConfig", "HandshakeServer"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,12 +143,34 @@ class HandshakeConfig:
     #: the largest lease frame (announced only when the server has a request handler)
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     request_workers: int = 16
+    #: threads that open sessions (admission, per-uid socket, arena) off the handshake thread
+    open_workers: int = 4
+    #: hellos of one uid being opened at once; more wait unread (still pending) for their turn
+    max_opening_per_uid: int = 8
 
     def __post_init__(self) -> None:
         if not self.hello_timeout_s > 0:
             raise InvalidArgument(f"hello_timeout_s must be positive, got {self.hello_timeout_s!r}")
         if self.max_pending < 1:
             raise InvalidArgument(f"max_pending must be at least 1, got {self.max_pending!r}")
+        if self.open_workers < 1:
+            raise InvalidArgument(f"open_workers must be at least 1, got {self.open_workers!r}")
+
+
+class GrpcSockets(Protocol):
+    """Per-uid gRPC sockets (:class:`dualbladed.service.uidsockets.UidSockets`)."""
+
+    def acquire(self, uid: int) -> str:
+        """The path of ``uid``'s gRPC socket, serving once this returns; one reference more."""
+        ...
+
+    def release(self, uid: int) -> None:
+        """One reference less; the socket retires some time after the last one."""
+        ...
+
+
+def _root_only(uid: int, gid: int, pid: int) -> bool:
+    return uid == 0
 
 
 @dataclass(eq=False)
@@ -141,6 +187,31 @@ class _Conn:
     session: Session | None = None
     writer: LeaseWriter | None = None
     pidfd_registered: bool = field(default=False)
+    #: an opener thread owns the work on it (the handshake thread must not close it meanwhile)
+    opening: bool = field(default=False)
+
+
+@dataclass(frozen=True, eq=False)
+class _Opened:
+    """What an opener hands back to the handshake thread: a session to grant, or an error."""
+
+    conn: _Conn
+    session: Session | None = None
+    grpc_socket: str | None = None
+    error: tuple[str, str] | None = None  # (code, message); both None: the peer vanished
+
+
+class _Vanished(Exception):
+    """The peer hung up (or exited) while its session was being opened."""
+
+
+def _peer_gone(conn: _Conn) -> bool:
+    """Has the peer hung up its end, or exited? Non-blocking."""
+    poller = select.poll()
+    poller.register(conn.sock.fileno(), select.POLLRDHUP)  # POLLHUP/POLLERR come regardless
+    if conn.pidfd is not None:
+        poller.register(conn.pidfd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class HandshakeServer:
@@ -155,12 +226,28 @@ class HandshakeServer:
         make_arena: Callable[[int], Arena],
         allow_tenant: Callable[[int, str], None] | None = None,
         on_request: RequestHandler | None = None,
+        is_privileged: Callable[[int, int, int], bool] = _root_only,
+        grpc_sockets: GrpcSockets | None = None,
     ) -> None:
         self._path = os.fspath(path)
         self._registry = registry
         self._config = config
         self._make_arena = make_arena
         self._allow_tenant = allow_tenant
+        self._is_privileged = is_privileged
+        self._sockets = grpc_sockets
+        # Sessions holding a reference on their uid's gRPC socket; the lock makes "registered"
+        # and "recorded here" one step for the end callback (see _open_session).
+        self._socket_holders: set[str] = set()
+        self._holders_lock = threading.Lock()
+        self._openers = ThreadPoolExecutor(
+            max_workers=config.open_workers, thread_name_prefix="dualbladed-open"
+        )
+        self._opening: set[_Conn] = set()
+        self._opening_by_uid: collections.Counter[int] = collections.Counter()
+        # Pending connections of a uid at max_opening_per_uid, hello unread, oldest first.
+        self._parked: dict[int, collections.deque[_Conn]] = {}
+        self._opened: collections.deque[_Opened] = collections.deque()
         self._limits: dict[str, int] = asdict(config.limits)
         if on_request is not None:
             self._limits[LEASE_FRAME_MAX_BYTES] = config.max_frame_bytes
@@ -229,6 +316,13 @@ class HandshakeServer:
         self._stopping.set()
         self._wake()
         thread.join()
+        self._openers.shutdown(wait=True)  # sessions being opened land in _opened
+        while self._opened:
+            opened = self._opened.popleft()
+            opened.conn.opening = False
+            if opened.session is not None:
+                self._registry.end(opened.session.id)
+            self._drop(opened.conn)
         for conn in self._leases.values():  # the readers see EOF and leave
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_RD)
@@ -273,6 +367,11 @@ class HandshakeServer:
 
     def _on_session_end(self, session: Session) -> None:
         # Registry callback, any thread: ask the handshake thread to drop the lease connection.
+        with self._holders_lock:
+            held = session.id in self._socket_holders
+            self._socket_holders.discard(session.id)
+        if held and self._sockets is not None:
+            self._sockets.release(session.uid)
         self._ended.append(session.id)
         if threading.current_thread() is not self._thread:
             self._wake()
@@ -292,6 +391,7 @@ class HandshakeServer:
                 for key, _mask in events:
                     self._dispatch(key)
                 self._expire_pending()
+                self._drain_opened()
                 self._drain_lost()
                 self._drain_ended()
                 self._maybe_resume_accept()
@@ -386,13 +486,14 @@ class HandshakeServer:
             return
         conn = _Conn(sock, pid, uid, gid, pidfd, time.monotonic() + self._config.hello_timeout_s)
         while len(self._pending) >= self._config.max_pending:
-            oldest = next(iter(self._pending))
+            victim = self._eviction_victim(conn.uid)
             logger.warning(
-                "too many pending handshakes (%d); closing the oldest (pid %d)",
+                "too many pending handshakes (%d); closing the oldest of uid %d (pid %d)",
                 self._config.max_pending,
-                oldest.pid,
+                victim.uid,
+                victim.pid,
             )
-            self._drop(oldest)
+            self._drop(victim)
         assert self._selector is not None
         try:
             self._selector.register(sock, selectors.EVENT_READ, ("conn", conn))
@@ -403,7 +504,23 @@ class HandshakeServer:
         # A well-behaved client has usually queued its hello already: serve it now.
         self._guarded(conn, "conn")
 
+    def _eviction_victim(self, newcomer_uid: int) -> _Conn:
+        """The oldest pending connection of the uid holding the most pending slots."""
+        held = collections.Counter(c.uid for c in self._pending)
+        held[newcomer_uid] += 1
+        for uid, _count in held.most_common():
+            for c in self._pending:  # oldest first
+                if c.uid == uid:
+                    return c
+        return next(iter(self._pending))  # pragma: no cover - the loop always finds one
+
     def _on_hello(self, conn: _Conn) -> None:
+        if self._opening_by_uid[conn.uid] >= self._config.max_opening_per_uid:
+            # Park it unread until one of this uid's openers finishes (see _drain_opened).
+            assert self._selector is not None
+            self._selector.unregister(conn.sock)
+            self._parked.setdefault(conn.uid, collections.deque()).append(conn)
+            return
         try:
             data, _anc, flags, _addr = conn.sock.recvmsg(HELLO_MAX_BYTES)
         except BlockingIOError:
@@ -428,9 +545,6 @@ class HandshakeServer:
                 default_arena_bytes=self._config.limits.default_arena_bytes,
                 max_arena_bytes=self._config.limits.max_arena_bytes,
             )
-            if self._allow_tenant is not None:
-                self._allow_tenant(conn.uid, hello.tenant)
-            session = self._open_session(conn, hello)
         except DualbladeError as err:
             logger.info(
                 "handshake from pid %d uid %d refused: %s %s",
@@ -441,33 +555,130 @@ class HandshakeServer:
             )
             self._reply_error(conn, err.grpc_code, str(err))
             return
+        # The opener owns the connection until it hands it back through _opened.
+        self._opening_by_uid[conn.uid] += 1
+        del self._pending[conn]
+        assert self._selector is not None
+        self._selector.unregister(conn.sock)
+        conn.opening = True
+        self._opening.add(conn)
+        try:
+            self._openers.submit(self._open, conn, hello)
+        except RuntimeError:  # shutting down
+            self._opening.discard(conn)
+            self._opening_by_uid[conn.uid] -= 1
+            conn.opening = False
+            self._drop(conn)
+
+    # ---- opener threads --------------------------------------------------------------------
+
+    def _open(self, conn: _Conn, hello: Hello) -> None:
+        """Open ``conn``'s session (opener thread); the outcome goes back to the handshake thread.
+
+        Touches ``conn.sock`` and ``conn.pidfd`` only to poll them: the handshake thread leaves
+        an opening connection alone until its outcome is drained.
+        """
+        try:
+            session, path = self._open_session(conn, hello)
+            opened = _Opened(conn, session, path)
+        except _Vanished:
+            logger.info("handshake peer pid %d vanished; nothing was allocated for it", conn.pid)
+            opened = _Opened(conn)
+        except DualbladeError as err:
+            logger.info(
+                "handshake from pid %d uid %d refused: %s %s",
+                conn.pid,
+                conn.uid,
+                err.grpc_code,
+                err,
+            )
+            opened = _Opened(conn, error=(err.grpc_code, str(err)))
         except Exception:
             logger.exception("handshake from pid %d uid %d failed", conn.pid, conn.uid)
-            self._reply_error(conn, "INTERNAL", "internal error while opening the session")
-            return
-        self._grant(conn, session)
+            opened = _Opened(conn, error=("INTERNAL", "internal error while opening the session"))
+        self._opened.append(opened)
+        self._wake()
 
-    def _open_session(self, conn: _Conn, hello: Hello) -> Session:
+    def _open_session(self, conn: _Conn, hello: Hello) -> tuple[Session, str | None]:
+        """Admission, then the uid's gRPC socket, then the arena, then the session."""
+        if _peer_gone(conn):
+            raise _Vanished
+        if self._allow_tenant is not None:
+            self._allow_tenant(conn.uid, hello.tenant)
+        privileged = self._is_privileged(conn.uid, conn.gid, conn.pid)
+        admission = self._registry.admit(conn.uid, hello.arena_bytes, privileged=privileged)
+        path: str | None = None
         try:
-            arena = self._make_arena(hello.arena_bytes)
-        except OSError as err:
-            raise ResourceExhausted(
-                f"cannot create an arena of {hello.arena_bytes} bytes: {err.strerror or err}"
-            ) from err
-        try:
-            return self._registry.register(
-                pid=conn.pid,
-                uid=conn.uid,
-                gid=conn.gid,
-                tenant_label=hello.tenant,
-                arena=arena,
-                pidfd=conn.pidfd,
-            )
+            if self._sockets is not None:
+                path = self._sockets.acquire(conn.uid)
+            try:
+                if _peer_gone(conn):
+                    raise _Vanished
+                try:
+                    arena = self._make_arena(hello.arena_bytes)
+                except OSError as err:
+                    raise ResourceExhausted(
+                        f"cannot create an arena of {hello.arena_bytes} bytes: "
+                        f"{err.strerror or err}"
+                    ) from err
+                try:
+                    with self._holders_lock:
+                        session = self._registry.register(
+                            pid=conn.pid,
+                            uid=conn.uid,
+                            gid=conn.gid,
+                            tenant_label=hello.tenant,
+                            arena=arena,
+                            pidfd=conn.pidfd,
+                            admission=admission,
+                        )
+                        if path is not None:
+                            self._socket_holders.add(session.id)
+                except BaseException:
+                    arena.close()
+                    raise
+            except BaseException:
+                if path is not None:
+                    self._sockets.release(conn.uid)  # type: ignore[union-attr]
+                raise
         except BaseException:
-            arena.close()
+            self._registry.cancel(admission)  # a no-op once the session owns it
             raise
+        return session, path
 
-    def _grant(self, conn: _Conn, session: Session) -> None:
+    # ---- back on the handshake thread ------------------------------------------------------
+
+    def _drain_opened(self) -> None:
+        while self._opened:
+            opened = self._opened.popleft()
+            conn = opened.conn
+            self._opening.discard(conn)
+            self._opening_by_uid[conn.uid] -= 1
+            if self._opening_by_uid[conn.uid] <= 0:
+                del self._opening_by_uid[conn.uid]
+            conn.opening = False
+            self._resume_parked(conn.uid)
+            if opened.session is not None:
+                self._grant(conn, opened.session, opened.grpc_socket)
+            elif opened.error is not None:
+                self._reply_error(conn, *opened.error)
+            else:
+                self._drop(conn)
+
+    def _resume_parked(self, uid: int) -> None:
+        """Read the hello of the oldest parked connection of ``uid`` still pending."""
+        parked = self._parked.get(uid)
+        while parked:
+            conn = parked.popleft()
+            if conn in self._pending:  # else it was evicted or expired meanwhile
+                assert self._selector is not None
+                self._selector.register(conn.sock, selectors.EVENT_READ, ("conn", conn))
+                self._guarded(conn, "conn")
+                break
+        if not parked:
+            self._parked.pop(uid, None)
+
+    def _grant(self, conn: _Conn, session: Session, grpc_socket: str | None = None) -> None:
         reply = {
             "v": PROTOCOL_VERSION,
             "session_id": session.id,
@@ -477,6 +688,13 @@ class HandshakeServer:
             "alignment": ALIGNMENT,
             "limits": self._limits,
         }
+        if grpc_socket is not None:
+            reply["grpc_socket"] = grpc_socket
+        if _peer_gone(conn):
+            logger.info("handshake peer pid %d vanished before the reply", conn.pid)
+            self._drop(conn)
+            self._registry.end(session.id)
+            return
         try:
             socket.send_fds(conn.sock, [json.dumps(reply).encode()], [session.arena.fd])
         except OSError as err:
@@ -484,16 +702,13 @@ class HandshakeServer:
             self._drop(conn)
             self._registry.end(session.id)
             return
-        del self._pending[conn]
         conn.session_id = session.id
         conn.session = session
         conn.writer = LeaseWriter(conn.sock)
         if self._frames.enabled:
             size_socket_buffers(conn.sock, self._frames.max_frame_bytes)
         self._leases[session.id] = conn
-        assert self._selector is not None
-        self._selector.unregister(conn.sock)  # from now on its readers read it
-        self._frames.serve(
+        self._frames.serve(  # from now on its readers read it
             conn.sock.dup(),
             session,
             conn.writer,

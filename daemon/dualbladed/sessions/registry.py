@@ -20,6 +20,12 @@ logged and does not stop the others. Finally the session's arena is closed (lazi
 holds views of it, see :mod:`dualbladed.sessions.arena`). Callbacks must be quick: the handshake
 thread runs them when a lease breaks, so heavy work belongs on a worker.
 
+Admission: a session slot and its arena bytes are charged *before* the arena exists, through
+:meth:`SessionRegistry.admit` (limits per uid, reserves for root and the admin group; see
+:mod:`dualbladed.sessions.admission`). :meth:`~SessionRegistry.register` turns the claim into a
+session, :meth:`~SessionRegistry.cancel` gives it back, and :meth:`~SessionRegistry.end` releases
+it with the session.
+
 Lock order: the registry lock is a leaf. Nothing is called while it is held (no callbacks, no
 arena operations, no logging of anything but constants), so callers may hold their own locks when
 they call into the registry, and callbacks may call back into it.
@@ -36,7 +42,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dualbladed.errors import InvalidArgument, ResourceExhausted, Unauthenticated
+from dualbladed.errors import InvalidArgument, Unauthenticated
+from dualbladed.sessions.admission import Admission, AdmissionLimits, Ledger
 from dualbladed.sessions.arena import Arena
 from dualbladed.store import tenant_name
 
@@ -68,6 +75,8 @@ class Session:
     created: float
     #: The peer's pidfd, owned and closed by the handshake server (None where none could be had).
     pidfd: int | None = None
+    #: The admission charge the session carries (released when it ends).
+    admission: Admission | None = field(default=None, repr=False, compare=False)
 
     @property
     def tenant(self) -> str:
@@ -82,10 +91,13 @@ def _digest(token: str) -> bytes:
 class SessionRegistry:
     """All live sessions, keyed by id and by token digest. Thread-safe."""
 
-    def __init__(self, max_sessions: int) -> None:
+    def __init__(self, max_sessions: int, admission: AdmissionLimits | None = None) -> None:
         if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
             raise InvalidArgument(f"max_sessions must be a positive integer, got {max_sessions!r}")
+        if admission is not None and admission.max_sessions != max_sessions:
+            raise InvalidArgument("admission.max_sessions must equal the registry's max_sessions")
         self._max_sessions = max_sessions
+        self._ledger = Ledger(admission or AdmissionLimits.unlimited(max_sessions))
         self._lock = threading.Lock()
         self._by_id: dict[str, Session] = {}
         self._by_digest: dict[bytes, Session] = {}
@@ -104,6 +116,28 @@ class SessionRegistry:
         with self._lock:
             self._on_end = [cb for cb in self._on_end if cb != callback]
 
+    @property
+    def limits(self) -> AdmissionLimits:
+        return self._ledger.limits
+
+    def admit(self, uid: int, arena_bytes: int, *, privileged: bool = False) -> Admission:
+        """Claim a session slot and ``arena_bytes`` for ``uid`` before allocating anything.
+
+        ResourceExhausted names the limit that refused it (see dualbladed.sessions.admission).
+        """
+        with self._lock:
+            return self._ledger.admit(uid, arena_bytes, privileged)
+
+    def cancel(self, admission: Admission) -> None:
+        """Give back a claim that did not become a session. Idempotent."""
+        with self._lock:
+            self._ledger.release(admission)
+
+    def usage(self, uid: int) -> tuple[int, int]:
+        """``(sessions, arena bytes)`` charged to ``uid``, admitted claims included."""
+        with self._lock:
+            return self._ledger.usage(uid)
+
     def register(
         self,
         *,
@@ -113,18 +147,21 @@ class SessionRegistry:
         tenant_label: str,
         arena: Arena,
         pidfd: int | None = None,
+        admission: Admission | None = None,
     ) -> Session:
-        """Create a session with a fresh id and token. ResourceExhausted when full.
+        """Create a session with a fresh id and token from an :meth:`admit` claim.
 
-        The caller keeps ownership of ``arena`` if this raises; afterwards the registry closes it
-        when the session ends.
+        Without ``admission`` the session is admitted here, as an unprivileged one of
+        ``arena.size`` bytes (ResourceExhausted when that is refused). The caller keeps ownership
+        of ``arena`` and of ``admission`` if this raises; afterwards the registry closes the arena
+        and releases the claim when the session ends.
         """
         token = secrets.token_hex(TOKEN_BYTES)
         with self._lock:
-            if len(self._by_id) >= self._max_sessions:
-                raise ResourceExhausted(
-                    f"too many sessions: {len(self._by_id)} open, limit {self._max_sessions}"
-                )
+            if admission is None:
+                admission = self._ledger.admit(uid, arena.size, privileged=False)
+            elif admission.uid != uid or admission._settled[0]:
+                raise InvalidArgument("the admission belongs to another uid or was given back")
             session_id = secrets.token_hex(8)
             while session_id in self._by_id:  # pragma: no cover - 64-bit collision
                 session_id = secrets.token_hex(8)
@@ -138,6 +175,7 @@ class SessionRegistry:
                 arena=arena,
                 created=time.time(),
                 pidfd=pidfd,
+                admission=admission,
             )
             self._by_id[session_id] = session
             self._by_digest[_digest(token)] = session
@@ -181,6 +219,8 @@ class SessionRegistry:
             if session is None:
                 return False
             del self._by_digest[_digest(session.token)]
+            if session.admission is not None:
+                self._ledger.release(session.admission)
             callbacks = list(self._on_end)
         for callback in callbacks:
             try:
