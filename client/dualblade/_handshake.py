@@ -7,6 +7,11 @@ SCM_RIGHTS. The socket then stays open for the life of the session: it *is* the 
 (or exiting, or being killed) ends the session and the daemon frees its ephemeral objects. Keep
 :attr:`HandshakeResult.lease` open and close it only through :meth:`HandshakeResult.close`.
 
+Identity on gRPC: the reply names ``grpc_socket``, the gRPC socket this session's token is good
+on (the daemon serves one per uid, reachable only by that uid and root). A client must send its
+calls there; the shared gRPC socket refuses tokens. A daemon that names none predates per-uid
+sockets, and the shared socket is used.
+
 Fork: a forked child inherits the lease socket, but the daemon also watches the pid that opened
 the session (a pidfd), so the session ends when that process exits, whoever still holds the fd.
 """
@@ -42,6 +47,8 @@ class HandshakeResult:
     limits: dict[str, int]
     lease: socket.socket = field(repr=False)
     arena_fd: int
+    #: The gRPC socket this session's token is accepted on; None: the daemon's shared one.
+    grpc_socket: str | None = None
 
     def close(self) -> None:
         """End the session: close the lease (the daemon reclaims the session) and the arena fd.
@@ -175,6 +182,7 @@ def _result_from(
             limits={str(k): int(v) for k, v in dict(reply.get("limits") or {}).items()},
             lease=sock,
             arena_fd=fds[0],
+            grpc_socket=None if reply.get("grpc_socket") is None else str(reply["grpc_socket"]),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise errors.DualbladeError(

@@ -2,8 +2,9 @@
 
 A :class:`Client` is one session with ``dualbladed``:
 
-- ``connect`` opens the handshake socket, which gives the session token and the shared arena
-  (a sealed memfd). The handshake connection stays open for the client's lifetime: it is the
+- ``connect`` opens the handshake socket, which gives the session token, the shared arena
+  (a sealed memfd) and the gRPC socket the token is good on (the daemon serves one per uid, so
+  a token handed to another user is useless; see :mod:`dualblade._handshake`). The handshake connection stays open for the client's lifetime: it is the
   lease, and when this process exits or crashes the daemon frees the session's ephemeral objects.
 - Every data call is one ``Store.Batch`` naming arena ranges; the daemon moves the bytes
   between the arena and storage. Batches travel as frames on the lease socket when the daemon
@@ -119,8 +120,9 @@ class Client:
         socket_path = os.fspath(socket) if socket is not None else default_socket()
         hs_path = wire.handshake_socket_path(socket_path)
         handshake = open_session(hs_path, tenant, arena_bytes, timeout=timeout)
+        grpc_path = handshake.grpc_socket or socket_path
         channel = grpc.insecure_channel(
-            f"unix://{socket_path}",
+            f"unix://{grpc_path}",
             options=[("grpc.max_receive_message_length", 64 << 20)],
         )
         try:
@@ -128,7 +130,7 @@ class Client:
         except grpc.FutureTimeoutError:
             channel.close()
             handshake.close()
-            raise errors.Unavailable(f"no dualbladed gRPC server on {socket_path}") from None
+            raise errors.Unavailable(f"no dualbladed gRPC server on {grpc_path}") from None
         return cls(socket_path, handshake, channel)
 
     def close(self) -> None:

@@ -12,13 +12,16 @@ released in reverse order -- an ``ExitStack`` holds it all):
    ``<state_dir>/pagecache``) and the object store over them (metadata, free-map rebuild from
    the committed extent table), with the residency arbiter as its placement callback;
 4. the residency arbiter's loop (and its PSI watcher where the kernel has PSI);
-5. the session registry and the handshake socket, then the gRPC server. The handshake socket's
-   leases also carry ``Store.Batch`` frames (:mod:`dualbladed.service.leaseplane`), run on the
-   same executor as the gRPC servicer's;
+5. the session registry (with its admission limits, :mod:`dualbladed.sessions.admission`), the
+   shared gRPC server, the per-uid gRPC sockets (:mod:`dualbladed.service.uidsockets`: a
+   session's token works only on its own uid's socket) and the handshake socket. All gRPC
+   servers share one thread pool. The handshake socket's leases also carry ``Store.Batch``
+   frames (:mod:`dualbladed.service.leaseplane`), run on the same executor as the gRPC
+   servicer's;
 6. READY=1 to systemd, then the watchdog pings when the unit sets ``WatchdogSec=``.
 
 Shutdown (SIGTERM/SIGINT): STOPPING=1, stop accepting handshakes, let in-flight RPCs drain
-(``server.stop(grace)``), end every session (ephemeral objects freed), stop the arbiter (an
+(``server.stop(grace)`` on the shared and the per-uid servers), end every session (ephemeral objects freed), stop the arbiter (an
 in-flight migration completes; it must stop before the store it relocates in closes), close the
 store (metadata checkpointed), release the locks.
 """
@@ -54,6 +57,9 @@ from dualbladed.service.inventory import Inventory
 from dualbladed.service.leaseplane import LeasePlane
 from dualbladed.service.metrics import Metrics
 from dualbladed.service.store_servicer import StoreServicer
+from dualbladed.service.tokengate import TokenGate
+from dualbladed.service.uidsockets import UidSockets
+from dualbladed.sessions.admission import AdmissionLimits
 from dualbladed.sessions.arena import Arena
 from dualbladed.sessions.batch import BatchExecutor, BatchLimits
 from dualbladed.sessions.handshake import HandshakeConfig, HandshakeServer
@@ -98,6 +104,7 @@ class Daemon:
         self.arbiter: ResidencyArbiter | None = None
         self.metrics = Metrics()
         self._server: grpc.Server | None = None
+        self._uid_sockets: UidSockets | None = None
         self._watchdog_stop = threading.Event()
         self._namespace_bytes = 0
         # session id -> whether its peer is privileged (root, our uid, admin group): looked up
@@ -174,7 +181,9 @@ class Daemon:
         self.arbiter = arbiter
         self._stack.callback(arbiter.stop)  # runs before store.close (LIFO)
 
-        registry = SessionRegistry(cfg.limits.max_sessions)
+        admission = AdmissionLimits.resolve(cfg.admission, cfg.limits.max_sessions)
+        registry = SessionRegistry(cfg.limits.max_sessions, admission)
+        logger.info("session admission: %s", admission)
         registry.on_end(self._session_ended)
         self.registry = registry
         limits = BatchLimits(cfg.limits.max_batch_ops, cfg.limits.max_object_bytes)
@@ -199,19 +208,26 @@ class Daemon:
         )
         self._register_gauges(store, registry, arbiter, pagecache)
 
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="rpc"),
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
-        pb_grpc.add_StoreServicer_to_server(
-            StoreServicer(registry, store, executor, limits, self._quota_for), server
-        )
-        pb_grpc.add_AdminServicer_to_server(
-            AdminServicer(registry, inventory, cfg.admin_group), server
-        )
+        pool = futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="rpc")
+        self._stack.callback(pool.shutdown, wait=False)
+        store_servicer = StoreServicer(registry, store, executor, limits, self._quota_for)
+        admin_servicer = AdminServicer(registry, inventory, cfg.admin_group)
+
+        def make_server(uid: int | None) -> grpc.Server:
+            """A gRPC server on the shared pool; ``uid`` None: the shared socket's."""
+            server = grpc.server(
+                pool,
+                interceptors=[TokenGate(registry, uid)],
+                options=[
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ],
+            )
+            pb_grpc.add_StoreServicer_to_server(store_servicer, server)
+            pb_grpc.add_AdminServicer_to_server(admin_servicer, server)
+            return server
+
+        server = make_server(None)
         old_umask = os.umask(0o117)  # socket mode 0660: owner and group may connect
         try:
             if not server.add_insecure_port(f"unix://{cfg.socket}"):
@@ -222,12 +238,19 @@ class Daemon:
         self._server = server
         self._stack.callback(server.stop, 0)
 
+        uid_sockets = UidSockets(Path(cfg.socket).parent, make_server)
+        uid_sockets.start()
+        self._uid_sockets = uid_sockets
+        self._stack.callback(uid_sockets.stop, 0)
+
         handshake = HandshakeServer(
             cfg.handshake_socket,
             registry,
             HandshakeConfig(cfg.limits),
             make_arena=Arena.create,
             on_request=LeasePlane(registry, executor),
+            is_privileged=lambda uid, gid, pid: is_admin(uid, gid, pid, cfg.admin_group),
+            grpc_sockets=uid_sockets,
         )
         handshake.start()
         self._stack.callback(handshake.stop)
@@ -323,6 +346,8 @@ class Daemon:
         logger.info("dualbladed stopping: draining in-flight calls")
         if self._server is not None:
             self._server.stop(GRACE_S).wait(GRACE_S)
+        if self._uid_sockets is not None:
+            self._uid_sockets.stop(GRACE_S)
         self._stack.close()
         logger.info("dualbladed stopped cleanly")
 

@@ -135,7 +135,7 @@ def _settled_fds(pid: int, target: int | None, timeout: float = EVENTUAL_S) -> i
 
 def _open(daemon: DaemonProcess, tenant: str = "bad") -> Session:
     hs = open_session(daemon.socket.parent / "handshake.sock", tenant, ARENA)
-    channel = grpc.insecure_channel(f"unix://{daemon.socket}")
+    channel = grpc.insecure_channel(f"unix://{hs.grpc_socket or daemon.socket}")
     return Session(
         hs, ClientArena(hs.arena_fd, hs.arena_bytes), pb_grpc.StoreStub(channel), channel
     )

@@ -402,7 +402,8 @@ def _empty_call_latency(socket_path: Path, transport: str, calls: int) -> tuple[
             empty = pb.BatchRequest().SerializeToString()
             batch = lambda: plane.call(empty)  # noqa: E731
         else:
-            channel = stack.enter_context(grpc.insecure_channel(f"unix://{socket_path}"))
+            grpc_path = hs.grpc_socket or socket_path  # the session's own uid's socket
+            channel = stack.enter_context(grpc.insecure_channel(f"unix://{grpc_path}"))
             stub = pb_grpc.StoreStub(channel).Batch
             metadata = (("authorization", f"Bearer {hs.token}"),)
             request = pb.BatchRequest()

@@ -1,0 +1,250 @@
+"""One gRPC server per uid with live sessions, on a socket only that uid (and root) can reach.
+
+Why: gRPC Python never learns a Unix-socket caller's uid (api-facts §1.2), so identity on the
+gRPC side has to come from somewhere the kernel checks. Here it is the filesystem: uid ``U``'s
+sessions are served on ``<runtime dir>/uid/<U>/grpc.sock``, in a directory owned by ``U`` with
+mode 0700, so only ``U`` and root can ``connect()``; :class:`~dualbladed.service.tokengate.TokenGate`
+accepts on that socket only tokens of ``U``'s sessions. A token handed to another uid is then
+useless: that uid cannot reach the socket the token is good on, and its own socket refuses it.
+The handshake reply names the socket (``grpc_socket``), so the SDK needs no configuration.
+
+Layout and modes. ``<runtime dir>/uid`` is the daemon's, mode 0711 (anyone may traverse to their
+own directory, nobody may list or create). ``uid/<U>`` is created by the daemon; while a server
+binds in it the daemon takes it back (owner: the daemon, mode 0700), so ``U`` cannot swap the
+socket for a link between ``bind()`` and the ``chown`` of the socket; only then does the
+directory go to ``U``. The socket file is ``U``'s, mode 0600.
+
+A daemon not running as root cannot give a directory to another uid. It then serves per-uid
+sockets only for its own uid and for root (root can enter any directory); a hello from any other
+uid is refused with PERMISSION_DENIED.
+
+Lifetime. :meth:`UidSockets.acquire` (the handshake's opener threads, before the reply) starts the
+uid's server if needed and counts a reference; :meth:`UidSockets.release` (the session's end,
+possibly on the handshake thread: quick, no I/O) drops it. A server without references retires
+after ``linger_s`` on the reaper thread, so a client reconnecting at once reuses the running one.
+All servers share the daemon's gRPC executor.
+
+Lock order: a uid's lock, then ``_lock``. ``_lock`` is held only for dictionary updates; server
+start and stop happen under the uid's lock alone, so one uid's start never delays another uid's
+release, and a restart for a uid waits until its retiring server has let go of the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from dualblade.v1.wire import GRPC_SOCKET_NAME
+from dualbladed.errors import FailedPrecondition, PermissionDenied, Unavailable
+
+__all__ = ["UID_DIR", "UidSockets"]
+
+logger = logging.getLogger(__name__)
+
+#: the directory of the per-uid socket directories, inside the runtime directory
+UID_DIR = "uid"
+#: sun_path holds 108 bytes including the terminating NUL
+_SUN_PATH_MAX = 107
+_LONGEST_UID = str(2**32 - 1)
+
+
+@dataclass(eq=False)
+class _Entry:
+    server: grpc.Server
+    path: str
+    refs: int = 0
+    idle_since: float | None = None
+
+
+class UidSockets:
+    """The per-uid gRPC servers (see the module docstring). Thread-safe."""
+
+    def __init__(
+        self,
+        runtime_dir: str | os.PathLike[str],
+        make_server: Callable[[int], grpc.Server],
+        *,
+        linger_s: float = 2.0,
+    ) -> None:
+        self._base = os.path.join(os.fspath(runtime_dir), UID_DIR)
+        longest = os.path.join(self._base, _LONGEST_UID, GRPC_SOCKET_NAME)
+        if len(os.fsencode(longest)) > _SUN_PATH_MAX:
+            raise FailedPrecondition(
+                f"the runtime directory {os.fspath(runtime_dir)!r} is too long for per-uid "
+                f"sockets: {longest!r} exceeds {_SUN_PATH_MAX} bytes"
+            )
+        self._make_server = make_server
+        self._linger_s = linger_s
+        self._euid, self._egid = os.geteuid(), os.getegid()
+        self._lock = threading.Lock()
+        self._entries: dict[int, _Entry] = {}
+        self._uid_locks: dict[int, threading.Lock] = {}
+        self._stop = threading.Event()
+        self._reaper: threading.Thread | None = None
+
+    @property
+    def base(self) -> str:
+        return self._base
+
+    def path_for(self, uid: int) -> str:
+        return os.path.join(self._base, str(uid), GRPC_SOCKET_NAME)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create ``uid/`` (mode 0711, ours) and start the reaper."""
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self._base, 0o711)
+        fd = os.open(self._base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != self._euid:
+                raise FailedPrecondition(
+                    f"{self._base} is owned by uid {st.st_uid}, not by the daemon's uid "
+                    f"{self._euid}; refusing to serve per-uid sockets in it"
+                )
+            os.fchmod(fd, 0o711)
+        finally:
+            os.close(fd)
+        self._reaper = threading.Thread(
+            target=self._reap, name="dualbladed-uidsockets", daemon=True
+        )
+        self._reaper.start()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop every server (in-flight calls get ``grace`` seconds) and the reaper."""
+        self._stop.set()
+        if self._reaper is not None:
+            self._reaper.join()
+        with self._lock:
+            entries = list(self._entries.values())
+            self._entries.clear()
+        for event in [e.server.stop(grace) for e in entries]:
+            event.wait()
+
+    # ---- references ------------------------------------------------------------------------
+
+    def acquire(self, uid: int) -> str:
+        """``uid``'s socket path, its server serving; one reference more (see module doc)."""
+        if self._stop.is_set():
+            raise Unavailable("the daemon is shutting down")
+        if self._euid != 0 and uid not in (self._euid, 0):
+            raise PermissionDenied(
+                f"this daemon runs as uid {self._euid} and cannot give uid {uid} a gRPC socket "
+                f"that only uid {uid} can reach; run it as root to serve other users"
+            )
+        with self._uid_lock(uid):
+            with self._lock:
+                entry = self._entries.get(uid)
+                if entry is not None:
+                    entry.refs += 1
+                    entry.idle_since = None
+                    return entry.path
+            server, path = self._start_server(uid)
+            with self._lock:
+                self._entries[uid] = _Entry(server, path, refs=1)
+        logger.info("gRPC socket for uid %d serving on %s", uid, path)
+        return path
+
+    def release(self, uid: int) -> None:
+        """One reference less; the server retires ``linger_s`` after its last one."""
+        with self._lock:
+            entry = self._entries.get(uid)
+            if entry is None and self._stop.is_set():
+                return  # stopped: every server is gone already
+            if entry is None or entry.refs <= 0:
+                logger.warning("release of uid %d's gRPC socket without a reference", uid)
+                return
+            entry.refs -= 1
+            if entry.refs == 0:
+                entry.idle_since = time.monotonic()
+
+    def serving(self) -> dict[int, int]:
+        """``{uid: references}`` of the running servers (for tests and metrics)."""
+        with self._lock:
+            return {uid: e.refs for uid, e in self._entries.items()}
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _uid_lock(self, uid: int) -> threading.Lock:
+        with self._lock:
+            return self._uid_locks.setdefault(uid, threading.Lock())
+
+    def _start_server(self, uid: int) -> tuple[grpc.Server, str]:
+        """Bind ``uid``'s server in its directory, taken back while binding (module doc)."""
+        owner = uid if self._euid == 0 else self._euid
+        directory = os.path.join(self._base, str(uid))
+        fd = self._open_dir(directory)
+        try:
+            if self._euid == 0:
+                os.fchown(fd, self._euid, self._egid)
+            os.fchmod(fd, 0o700)
+            path = os.path.join(directory, GRPC_SOCKET_NAME)
+            server = self._make_server(uid)
+            if not server.add_insecure_port(f"unix://{path}"):
+                raise Unavailable(f"could not bind the gRPC socket {path} for uid {uid}")
+            try:
+                os.chmod(path, 0o600, follow_symlinks=False)
+                if owner != self._euid:
+                    os.chown(path, owner, -1, follow_symlinks=False)
+                server.start()
+                if owner != self._euid:
+                    os.fchown(fd, owner, -1)
+            except BaseException:
+                server.stop(None)
+                raise
+        finally:
+            os.close(fd)
+        return server, path
+
+    def _open_dir(self, directory: str) -> int:
+        """An fd of ``directory`` (created 0700 if missing; anything but a directory replaced)."""
+        for _attempt in range(2):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory, 0o700)
+            try:
+                return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            except OSError as err:
+                if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+            st = os.lstat(directory)  # a link or a file where our directory belongs: ours, stale
+            if stat.S_ISDIR(st.st_mode):  # pragma: no cover - raced with ourselves
+                continue
+            os.unlink(directory)
+        raise FailedPrecondition(f"cannot create the socket directory {directory}")
+
+    def _reap(self) -> None:
+        period = max(0.05, self._linger_s / 4)
+        while not self._stop.wait(period):
+            now = time.monotonic()
+            with self._lock:
+                idle = [
+                    uid
+                    for uid, e in self._entries.items()
+                    if e.refs == 0 and e.idle_since is not None
+                    if now - e.idle_since >= self._linger_s
+                ]
+            for uid in idle:
+                try:
+                    self._retire(uid)
+                except Exception:
+                    logger.exception("retiring uid %d's gRPC socket failed", uid)
+
+    def _retire(self, uid: int) -> None:
+        with self._uid_lock(uid):
+            with self._lock:
+                entry = self._entries.get(uid)
+                if entry is None or entry.refs > 0:
+                    return  # reacquired meanwhile
+                del self._entries[uid]
+            entry.server.stop(0.5).wait()  # grpc unlinks the socket file
+        logger.info("gRPC socket for uid %d retired", uid)
