@@ -210,13 +210,46 @@ class Attacker:
 
     def finish(self, timeout: float = 30.0) -> str:
         """Close its stdin (it drops every session) and return the rest of its output."""
-        assert self.proc.stdin is not None
+        assert self.proc.stdin and self.proc.stdout and self.proc.stderr
         with contextlib.suppress(BrokenPipeError):
             self.proc.stdin.close()
-        out, err = self.proc.communicate(timeout=timeout)
+        self.proc.wait(timeout)
+        out, err = self.proc.stdout.read(), self.proc.stderr.read()
         if self.proc.returncode != 0:
             raise RuntimeError(f"attacker exited {self.proc.returncode}: {err[-2000:]}")
         return out
+
+
+def start(
+    socket_path: str | os.PathLike[str],
+    attacks: Sequence[str],
+    *,
+    uid: int = 65534,
+    env: dict[str, str] | None = None,
+    extra: Sequence[str] = (),
+) -> subprocess.Popen[str]:
+    """Start the attacker as ``uid`` (see the module docstring); :func:`wait_ready` follows."""
+    cmd = [sys.executable, "-m", "dualblade_tools.hostile", "--uid", str(uid)]
+    cmd += ["--socket", os.fspath(socket_path), *extra, *attacks]
+    return subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "GRPC_VERBOSITY": "ERROR", **(env or {})},
+    )
+
+
+def wait_ready(proc: subprocess.Popen[str]) -> Attacker:
+    """Wait for the attacker's ``READY`` line (its attacks are done; it holds its sessions)."""
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("READY "):
+        proc.kill()
+        _out, err = proc.communicate()
+        raise RuntimeError(f"attacker never got ready: {line!r} {err[-2000:]}")
+    return Attacker(proc, json.loads(line[len("READY ") :]))
 
 
 def spawn(
@@ -226,31 +259,9 @@ def spawn(
     uid: int = 65534,
     env: dict[str, str] | None = None,
     extra: Sequence[str] = (),
-    timeout: float = 120.0,
 ) -> Attacker:
     """Start the attacker as ``uid`` and wait for its ``READY`` line."""
-    cmd = [sys.executable, "-m", "dualblade_tools.hostile", "--uid", str(uid)]
-    cmd += ["--socket", os.fspath(socket_path), *extra, *attacks]
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "GRPC_VERBOSITY": "ERROR", **(env or {})},
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    line = ""
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith("READY ") or not line:
-            break
-    if not line.startswith("READY "):
-        proc.kill()
-        _out, err = proc.communicate()
-        raise RuntimeError(f"attacker never got ready: {line!r} {err[-2000:]}")
-    return Attacker(proc, json.loads(line[len("READY ") :]))
+    return wait_ready(start(socket_path, attacks, uid=uid, env=env, extra=extra))
 
 
 if __name__ == "__main__":

@@ -125,6 +125,31 @@ _ACCEPT_BATCH = 64
 _EMFILE_PAUSE_S = 0.1
 
 
+class _Throttled:
+    """One log line per ``period_s`` for an event a client can repeat at will (a refused or
+    abandoned handshake), with the count of those folded into it: a flood of cheap hellos must
+    not become a flood of log lines."""
+
+    def __init__(self, level: int, period_s: float = 1.0) -> None:
+        self._level = level
+        self._period_s = period_s
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._folded = 0
+
+    def __call__(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next:
+                self._folded += 1
+                return
+            folded, self._folded, self._next = self._folded, 0, now + self._period_s
+        if folded:
+            msg += " (and %d more like it not logged)"
+            args = (*args, folded)
+        logger.log(self._level, msg, *args)
+
+
 @dataclass(frozen=True)
 class HandshakeConfig:
     """How the handshake listener behaves.
@@ -248,6 +273,10 @@ class HandshakeServer:
         # Pending connections of a uid at max_opening_per_uid, hello unread, oldest first.
         self._parked: dict[int, collections.deque[_Conn]] = {}
         self._opened: collections.deque[_Opened] = collections.deque()
+        self._log_evicted = _Throttled(logging.WARNING)
+        self._log_refused = _Throttled(logging.INFO)
+        self._log_vanished = _Throttled(logging.INFO)
+        self._log_silent = _Throttled(logging.INFO)
         self._limits: dict[str, int] = asdict(config.limits)
         if on_request is not None:
             self._limits[LEASE_FRAME_MAX_BYTES] = config.max_frame_bytes
@@ -487,7 +516,7 @@ class HandshakeServer:
         conn = _Conn(sock, pid, uid, gid, pidfd, time.monotonic() + self._config.hello_timeout_s)
         while len(self._pending) >= self._config.max_pending:
             victim = self._eviction_victim(conn.uid)
-            logger.warning(
+            self._log_evicted(
                 "too many pending handshakes (%d); closing the oldest of uid %d (pid %d)",
                 self._config.max_pending,
                 victim.uid,
@@ -546,7 +575,7 @@ class HandshakeServer:
                 max_arena_bytes=self._config.limits.max_arena_bytes,
             )
         except DualbladeError as err:
-            logger.info(
+            self._log_refused(
                 "handshake from pid %d uid %d refused: %s %s",
                 conn.pid,
                 conn.uid,
@@ -582,10 +611,12 @@ class HandshakeServer:
             session, path = self._open_session(conn, hello)
             opened = _Opened(conn, session, path)
         except _Vanished:
-            logger.info("handshake peer pid %d vanished; nothing was allocated for it", conn.pid)
+            self._log_vanished(
+                "handshake peer pid %d vanished; nothing was allocated for it", conn.pid
+            )
             opened = _Opened(conn)
         except DualbladeError as err:
-            logger.info(
+            self._log_refused(
                 "handshake from pid %d uid %d refused: %s %s",
                 conn.pid,
                 conn.uid,
@@ -691,7 +722,7 @@ class HandshakeServer:
         if grpc_socket is not None:
             reply["grpc_socket"] = grpc_socket
         if _peer_gone(conn):
-            logger.info("handshake peer pid %d vanished before the reply", conn.pid)
+            self._log_vanished("handshake peer pid %d vanished before the reply", conn.pid)
             self._drop(conn)
             self._registry.end(session.id)
             return
@@ -748,7 +779,7 @@ class HandshakeServer:
             conn = next(iter(self._pending))
             if conn.deadline > now:
                 return
-            logger.info(
+            self._log_silent(
                 "handshake from pid %d sent no hello within %.1f s; closing",
                 conn.pid,
                 self._config.hello_timeout_s,
