@@ -26,14 +26,9 @@ the session's token is valid on: one per uid, in a directory only that uid (and 
 (:mod:`dualbladed.service.uidsockets`), so a token handed to another uid is useless. Clients
 that find no ``grpc_socket`` use the gRPC socket next to the handshake socket.
 
-Opening a session (admission, the per-uid gRPC socket, the arena) runs on a small pool of
-opener threads, not on the handshake thread, so hellos are served concurrently and a slow one
-delays nobody else. Admission comes first and charges the session's slot and arena bytes before
-anything is allocated (:mod:`dualbladed.sessions.admission`); the arena is a sparse memfd that
-commits no page before the client touches it. An opener checks that the peer is still there
-(its connection not hung up, its pidfd not readable) before it allocates and the handshake thread
-sends the reply only to a live peer, so a hello followed by a hang-up finishes no allocation and
-leaves no session behind.
+Opening a session (admission before any allocation, the uid's gRPC socket, a sparse arena)
+runs on opener threads, not on the handshake thread (:mod:`dualbladed.sessions.opener`), and the
+reply goes only to a peer still connected: a hello followed by a hang-up leaves no session.
 
 The lease: after a successful hello the connection stays open. Further datagrams on it are
 data-plane request frames (``Store.Batch`` without gRPC's cost), read and run by the lease's own
@@ -81,16 +76,13 @@ import functools
 import json
 import logging
 import os
-import select
 import selectors
 import socket
 import stat
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
 
 from dualblade.v1.wire import (
     ALIGNMENT,
@@ -100,54 +92,32 @@ from dualblade.v1.wire import (
     size_socket_buffers,
 )
 from dualbladed.config import LimitsConfig
-from dualbladed.errors import (
-    DualbladeError,
-    FailedPrecondition,
-    InvalidArgument,
-    ResourceExhausted,
-)
+from dualbladed.errors import DualbladeError, FailedPrecondition, InvalidArgument
 from dualbladed.sessions.arena import Arena
-from dualbladed.sessions.hello import Hello, parse_hello
+from dualbladed.sessions.hello import parse_hello
 from dualbladed.sessions.leaseframes import (
     DEFAULT_MAX_FRAME_BYTES,
     FrameWorkers,
     LeaseWriter,
     RequestHandler,
 )
+from dualbladed.sessions.opener import (
+    GrpcSockets,
+    Opened,
+    SessionOpener,
+    Throttled,
+    peer_gone,
+    root_only,
+)
 from dualbladed.sessions.peer import peer_credentials, peer_pidfd
 from dualbladed.sessions.registry import Session, SessionRegistry
 
-__all__ = ["GrpcSockets", "HandshakeConfig", "HandshakeServer"]
+__all__ = ["HandshakeConfig", "HandshakeServer"]
 
 logger = logging.getLogger(__name__)
 
 _ACCEPT_BATCH = 64
 _EMFILE_PAUSE_S = 0.1
-
-
-class _Throttled:
-    """One log line per ``period_s`` for an event a client can repeat at will (a refused or
-    abandoned handshake), with the count of those folded into it: a flood of cheap hellos must
-    not become a flood of log lines."""
-
-    def __init__(self, level: int, period_s: float = 1.0) -> None:
-        self._level = level
-        self._period_s = period_s
-        self._lock = threading.Lock()
-        self._next = 0.0
-        self._folded = 0
-
-    def __call__(self, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if now < self._next:
-                self._folded += 1
-                return
-            folded, self._folded, self._next = self._folded, 0, now + self._period_s
-        if folded:
-            msg += " (and %d more like it not logged)"
-            args = (*args, folded)
-        logger.log(self._level, msg, *args)
 
 
 @dataclass(frozen=True)
@@ -182,22 +152,6 @@ class HandshakeConfig:
             raise InvalidArgument(f"open_workers must be at least 1, got {self.open_workers!r}")
 
 
-class GrpcSockets(Protocol):
-    """Per-uid gRPC sockets (:class:`dualbladed.service.uidsockets.UidSockets`)."""
-
-    def acquire(self, uid: int) -> str:
-        """The path of ``uid``'s gRPC socket, serving once this returns; one reference more."""
-        ...
-
-    def release(self, uid: int) -> None:
-        """One reference less; the socket retires some time after the last one."""
-        ...
-
-
-def _root_only(uid: int, gid: int, pid: int) -> bool:
-    return uid == 0
-
-
 @dataclass(eq=False)
 class _Conn:
     """A connection owned by the handshake thread: pending until its hello, then a lease."""
@@ -216,29 +170,6 @@ class _Conn:
     opening: bool = field(default=False)
 
 
-@dataclass(frozen=True, eq=False)
-class _Opened:
-    """What an opener hands back to the handshake thread: a session to grant, or an error."""
-
-    conn: _Conn
-    session: Session | None = None
-    grpc_socket: str | None = None
-    error: tuple[str, str] | None = None  # (code, message); both None: the peer vanished
-
-
-class _Vanished(Exception):
-    """The peer hung up (or exited) while its session was being opened."""
-
-
-def _peer_gone(conn: _Conn) -> bool:
-    """Has the peer hung up its end, or exited? Non-blocking."""
-    poller = select.poll()
-    poller.register(conn.sock.fileno(), select.POLLRDHUP)  # POLLHUP/POLLERR come regardless
-    if conn.pidfd is not None:
-        poller.register(conn.pidfd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
 class HandshakeServer:
     """The handshake listener and lease watcher (see the module docstring)."""
 
@@ -251,32 +182,30 @@ class HandshakeServer:
         make_arena: Callable[[int], Arena],
         allow_tenant: Callable[[int, str], None] | None = None,
         on_request: RequestHandler | None = None,
-        is_privileged: Callable[[int, int, int], bool] = _root_only,
+        is_privileged: Callable[[int, int, int], bool] = root_only,
         grpc_sockets: GrpcSockets | None = None,
     ) -> None:
         self._path = os.fspath(path)
         self._registry = registry
         self._config = config
         self._make_arena = make_arena
-        self._allow_tenant = allow_tenant
-        self._is_privileged = is_privileged
-        self._sockets = grpc_sockets
-        # Sessions holding a reference on their uid's gRPC socket; the lock makes "registered"
-        # and "recorded here" one step for the end callback (see _open_session).
-        self._socket_holders: set[str] = set()
-        self._holders_lock = threading.Lock()
-        self._openers = ThreadPoolExecutor(
-            max_workers=config.open_workers, thread_name_prefix="dualbladed-open"
+        self._opener = SessionOpener(
+            registry,
+            make_arena=make_arena,
+            workers=config.open_workers,
+            allow_tenant=allow_tenant,
+            is_privileged=is_privileged,
+            grpc_sockets=grpc_sockets,
         )
         self._opening: set[_Conn] = set()
         self._opening_by_uid: collections.Counter[int] = collections.Counter()
         # Pending connections of a uid at max_opening_per_uid, hello unread, oldest first.
         self._parked: dict[int, collections.deque[_Conn]] = {}
-        self._opened: collections.deque[_Opened] = collections.deque()
-        self._log_evicted = _Throttled(logging.WARNING)
-        self._log_refused = _Throttled(logging.INFO)
-        self._log_vanished = _Throttled(logging.INFO)
-        self._log_silent = _Throttled(logging.INFO)
+        self._opened: collections.deque[Opened] = collections.deque()
+        self._log_evicted = Throttled(logger, logging.WARNING)
+        self._log_refused = Throttled(logger, logging.INFO)
+        self._log_vanished = Throttled(logger, logging.INFO)
+        self._log_silent = Throttled(logger, logging.INFO)
         self._limits: dict[str, int] = asdict(config.limits)
         if on_request is not None:
             self._limits[LEASE_FRAME_MAX_BYTES] = config.max_frame_bytes
@@ -345,7 +274,7 @@ class HandshakeServer:
         self._stopping.set()
         self._wake()
         thread.join()
-        self._openers.shutdown(wait=True)  # sessions being opened land in _opened
+        self._opener.shutdown()  # sessions being opened land in _opened
         while self._opened:
             opened = self._opened.popleft()
             opened.conn.opening = False
@@ -396,11 +325,7 @@ class HandshakeServer:
 
     def _on_session_end(self, session: Session) -> None:
         # Registry callback, any thread: ask the handshake thread to drop the lease connection.
-        with self._holders_lock:
-            held = session.id in self._socket_holders
-            self._socket_holders.discard(session.id)
-        if held and self._sockets is not None:
-            self._sockets.release(session.uid)
+        self._opener.on_session_end(session)
         self._ended.append(session.id)
         if threading.current_thread() is not self._thread:
             self._wake()
@@ -592,90 +517,17 @@ class HandshakeServer:
         conn.opening = True
         self._opening.add(conn)
         try:
-            self._openers.submit(self._open, conn, hello)
+            self._opener.submit(conn, hello, self._on_opened)
         except RuntimeError:  # shutting down
             self._opening.discard(conn)
             self._opening_by_uid[conn.uid] -= 1
             conn.opening = False
             self._drop(conn)
 
-    # ---- opener threads --------------------------------------------------------------------
-
-    def _open(self, conn: _Conn, hello: Hello) -> None:
-        """Open ``conn``'s session (opener thread); the outcome goes back to the handshake thread.
-
-        Touches ``conn.sock`` and ``conn.pidfd`` only to poll them: the handshake thread leaves
-        an opening connection alone until its outcome is drained.
-        """
-        try:
-            session, path = self._open_session(conn, hello)
-            opened = _Opened(conn, session, path)
-        except _Vanished:
-            self._log_vanished(
-                "handshake peer pid %d vanished; nothing was allocated for it", conn.pid
-            )
-            opened = _Opened(conn)
-        except DualbladeError as err:
-            self._log_refused(
-                "handshake from pid %d uid %d refused: %s %s",
-                conn.pid,
-                conn.uid,
-                err.grpc_code,
-                err,
-            )
-            opened = _Opened(conn, error=(err.grpc_code, str(err)))
-        except Exception:
-            logger.exception("handshake from pid %d uid %d failed", conn.pid, conn.uid)
-            opened = _Opened(conn, error=("INTERNAL", "internal error while opening the session"))
+    def _on_opened(self, opened: Opened) -> None:
+        # Opener thread: hand the outcome to the handshake thread.
         self._opened.append(opened)
         self._wake()
-
-    def _open_session(self, conn: _Conn, hello: Hello) -> tuple[Session, str | None]:
-        """Admission, then the uid's gRPC socket, then the arena, then the session."""
-        if _peer_gone(conn):
-            raise _Vanished
-        if self._allow_tenant is not None:
-            self._allow_tenant(conn.uid, hello.tenant)
-        privileged = self._is_privileged(conn.uid, conn.gid, conn.pid)
-        admission = self._registry.admit(conn.uid, hello.arena_bytes, privileged=privileged)
-        path: str | None = None
-        try:
-            if self._sockets is not None:
-                path = self._sockets.acquire(conn.uid)
-            try:
-                if _peer_gone(conn):
-                    raise _Vanished
-                try:
-                    arena = self._make_arena(hello.arena_bytes)
-                except OSError as err:
-                    raise ResourceExhausted(
-                        f"cannot create an arena of {hello.arena_bytes} bytes: "
-                        f"{err.strerror or err}"
-                    ) from err
-                try:
-                    with self._holders_lock:
-                        session = self._registry.register(
-                            pid=conn.pid,
-                            uid=conn.uid,
-                            gid=conn.gid,
-                            tenant_label=hello.tenant,
-                            arena=arena,
-                            pidfd=conn.pidfd,
-                            admission=admission,
-                        )
-                        if path is not None:
-                            self._socket_holders.add(session.id)
-                except BaseException:
-                    arena.close()
-                    raise
-            except BaseException:
-                if path is not None:
-                    self._sockets.release(conn.uid)  # type: ignore[union-attr]
-                raise
-        except BaseException:
-            self._registry.cancel(admission)  # a no-op once the session owns it
-            raise
-        return session, path
 
     # ---- back on the handshake thread ------------------------------------------------------
 
@@ -721,7 +573,7 @@ class HandshakeServer:
         }
         if grpc_socket is not None:
             reply["grpc_socket"] = grpc_socket
-        if _peer_gone(conn):
+        if peer_gone(conn):
             self._log_vanished("handshake peer pid %d vanished before the reply", conn.pid)
             self._drop(conn)
             self._registry.end(session.id)
