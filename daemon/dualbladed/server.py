@@ -14,7 +14,8 @@ released in reverse order -- an ``ExitStack`` holds it all):
 4. the residency arbiter's loop (and its PSI watcher where the kernel has PSI);
 5. the session registry (with its admission limits, :mod:`dualbladed.sessions.admission`), the
    shared gRPC server, the per-uid gRPC sockets (:mod:`dualbladed.service.uidsockets`: a
-   session's token works only on its own uid's socket) and the handshake socket. All gRPC
+   session's token works only on its own uid's socket), the handshake socket and the admin
+   lane (a second handshake socket only root and the admin group can reach). All gRPC
    servers share one thread pool. The handshake socket's leases also carry ``Store.Batch``
    frames (:mod:`dualbladed.service.leaseplane`), run on the same executor as the gRPC
    servicer's;
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import grp
 import logging
 import os
 import signal
@@ -40,6 +42,7 @@ from pathlib import Path
 import grpc
 
 from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
+from dualblade.v1.wire import admin_handshake_socket_path
 from dualbladed import sdnotify
 from dualbladed.arbiter.arbiter import ResidencyArbiter
 from dualbladed.arbiter.policy import DEFAULT_TICK_S, PolicyConfig, ResidencyPolicy
@@ -58,7 +61,7 @@ from dualbladed.service.leaseplane import LeasePlane
 from dualbladed.service.metrics import Metrics
 from dualbladed.service.store_servicer import StoreServicer
 from dualbladed.service.tokengate import TokenGate
-from dualbladed.service.uidsockets import UidSockets
+from dualbladed.service.uidsockets import UidSockets, prepare_admin_dir
 from dualbladed.sessions.admission import AdmissionLimits
 from dualbladed.sessions.arena import Arena
 from dualbladed.sessions.batch import BatchExecutor, BatchLimits
@@ -91,6 +94,16 @@ def pagecache_max_bytes(res: ResidencyConfig, namespace_bytes: int) -> int:
     """
     want = namespace_bytes if res.pagecache_max_bytes is None else res.pagecache_max_bytes
     return max(IO_ALIGNMENT, want - want % IO_ALIGNMENT)
+
+
+def _group_id(name: str | None) -> int | None:
+    """The gid of group ``name``; None without a name or where no such group exists."""
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
 
 
 class Daemon:
@@ -243,18 +256,43 @@ class Daemon:
         self._uid_sockets = uid_sockets
         self._stack.callback(uid_sockets.stop, 0)
 
+        def privileged(uid: int, gid: int, pid: int) -> bool:
+            return is_admin(uid, gid, pid, cfg.admin_group)
+
         handshake = HandshakeServer(
             cfg.handshake_socket,
             registry,
             HandshakeConfig(cfg.limits),
             make_arena=Arena.create,
             on_request=LeasePlane(registry, executor),
-            is_privileged=lambda uid, gid, pid: is_admin(uid, gid, pid, cfg.admin_group),
+            is_privileged=privileged,
             grpc_sockets=uid_sockets,
         )
         handshake.start()
         self._stack.callback(handshake.stop)
         self._handshake = handshake
+        # The admin lane: root's and dbctl's handshakes never queue behind another user's flood.
+        admin_gid = _group_id(cfg.admin_group)
+        admin_path = admin_handshake_socket_path(cfg.socket)
+        prepare_admin_dir(os.path.dirname(admin_path), admin_gid)
+        admin_lane = HandshakeServer(
+            admin_path,
+            registry,
+            HandshakeConfig(
+                cfg.limits,
+                socket_gid=admin_gid,
+                request_workers=4,
+                open_workers=2,
+                max_accepts_per_s=None,
+            ),
+            make_arena=Arena.create,
+            on_request=LeasePlane(registry, executor),
+            is_privileged=privileged,
+            grpc_sockets=uid_sockets,
+            privileged_only=True,
+        )
+        admin_lane.start()
+        self._stack.callback(admin_lane.stop)
 
         if cfg.metrics.prometheus_address:
             self.metrics.start_prometheus(cfg.metrics.prometheus_address)

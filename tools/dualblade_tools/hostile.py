@@ -57,13 +57,21 @@ def _open_until_refused(
 ) -> dict[str, Any]:
     began = time.monotonic()
     refusal = ""
+    retries = 0
     while len(held) < limit:
         try:
             held.append(open_session(where, label, arena_bytes, timeout=10))
+        except errors.Unavailable as err:  # dropped (e.g. evicted by our own flood): again
+            retries += 1
+            if retries > 10_000:
+                refusal = f"{err.code}: {err}"
+                break
+            time.sleep(0.001)
         except errors.DualbladeError as err:
             refusal = f"{err.code}: {err}"
             break
-    return {"opened": len(held), "refusal": refusal, "seconds": time.monotonic() - began}
+    seconds = time.monotonic() - began
+    return {"opened": len(held), "refusal": refusal, "seconds": seconds, "retries": retries}
 
 
 def attack_arenas(args: argparse.Namespace, held: list[HandshakeResult]) -> dict[str, Any]:

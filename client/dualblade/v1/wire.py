@@ -40,6 +40,7 @@ import socket
 import struct
 
 __all__ = [
+    "ADMIN_DIR_NAME",
     "ALIGNMENT",
     "GRPC_SOCKET_NAME",
     "HANDSHAKE_SOCKET_NAME",
@@ -49,6 +50,8 @@ __all__ = [
     "REPLY_HEADER",
     "REPLY_MAX_BYTES",
     "REQUEST_HEADER",
+    "UID_DIR_NAME",
+    "admin_handshake_socket_path",
     "Code",
     "close_mapping",
     "code_name",
@@ -62,6 +65,12 @@ __all__ = [
 
 GRPC_SOCKET_NAME = "grpc.sock"
 HANDSHAKE_SOCKET_NAME = "handshake.sock"
+#: The admin lane: ``<runtime dir>/admin/handshake.sock``, a second handshake socket in a
+#: directory only root and the admin group can enter, so a flood of connections from one user
+#: on the shared handshake socket cannot delay root's or dbctl's handshakes.
+ADMIN_DIR_NAME = "admin"
+#: Per-uid gRPC sockets: ``<runtime dir>/uid/<uid>/grpc.sock``, named in the handshake reply.
+UID_DIR_NAME = "uid"
 
 
 def default_runtime_dir() -> str:
@@ -82,6 +91,12 @@ def default_socket_path() -> str:
 def handshake_socket_path(grpc_socket: str | os.PathLike[str]) -> str:
     """The handshake socket that accompanies ``grpc_socket`` by default."""
     return os.path.join(os.path.dirname(os.fspath(grpc_socket)), HANDSHAKE_SOCKET_NAME)
+
+
+def admin_handshake_socket_path(grpc_socket: str | os.PathLike[str]) -> str:
+    """The admin lane's handshake socket next to ``grpc_socket`` (see :data:`ADMIN_DIR_NAME`)."""
+    directory = os.path.dirname(os.fspath(grpc_socket))
+    return os.path.join(directory, ADMIN_DIR_NAME, HANDSHAKE_SOCKET_NAME)
 
 
 # ------------------------------------------------------------------------------ handshake

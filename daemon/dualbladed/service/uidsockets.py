@@ -43,18 +43,50 @@ from dataclasses import dataclass
 
 import grpc
 
-from dualblade.v1.wire import GRPC_SOCKET_NAME
+from dualblade.v1.wire import GRPC_SOCKET_NAME, UID_DIR_NAME
 from dualbladed.errors import FailedPrecondition, PermissionDenied, Unavailable
 
-__all__ = ["UID_DIR", "UidSockets"]
+__all__ = ["UID_DIR", "UidSockets", "prepare_admin_dir"]
 
 logger = logging.getLogger(__name__)
 
-#: the directory of the per-uid socket directories, inside the runtime directory
-UID_DIR = "uid"
+#: the directory of the per-uid socket directories, inside the runtime directory (wire contract)
+UID_DIR = UID_DIR_NAME
 #: sun_path holds 108 bytes including the terminating NUL
 _SUN_PATH_MAX = 107
 _LONGEST_UID = str(2**32 - 1)
+
+
+def prepare_admin_dir(path: str | os.PathLike[str], gid: int | None) -> None:
+    """Create or check the admin lane's directory (``wire.ADMIN_DIR_NAME``).
+
+    Owned by the daemon's uid; group ``gid`` (the admin group) with mode 0750, or mode 0700 with
+    no admin group, so only root and the admin group can reach the handshake socket inside.
+    A directory owned by someone else is refused; a link or file in its place is replaced.
+    """
+    where = os.fspath(path)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(where, 0o700)
+    try:
+        fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as err:
+        if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        os.unlink(where)
+        os.mkdir(where, 0o700)
+        fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid():
+            raise FailedPrecondition(
+                f"{where} is owned by uid {st.st_uid}, not by the daemon's uid {os.geteuid()}; "
+                "refusing to serve the admin lane in it"
+            )
+        if gid is not None:
+            os.fchown(fd, -1, gid)
+        os.fchmod(fd, 0o750 if gid is not None else 0o700)
+    finally:
+        os.close(fd)
 
 
 @dataclass(eq=False)

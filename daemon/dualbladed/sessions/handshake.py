@@ -60,6 +60,10 @@ openers finishes, so a flood from one uid never queues ahead of another uid's he
 for ``hello_timeout_s`` is closed. Datagrams above ``wire.HELLO_MAX_BYTES`` and hellos that
 carry file descriptors are refused (the kernel discards fds we did not ask for, so none leak).
 When accept() runs out of fds (EMFILE), the listener is paused for 100 ms instead of spinning.
+Accepts are rate-limited (``max_accepts_per_s``, a token bucket): a connect flood then waits in
+the kernel's backlog instead of taking the daemon's CPU and GIL from everyone else, and root and
+the admin group have their own, unlimited handshake socket (the admin lane,
+``wire.ADMIN_DIR_NAME``), which the flood cannot reach.
 
 Instance lock: :meth:`HandshakeServer.start` replaces a stale socket file at ``path`` (only a
 socket, never a regular file). That is safe only because the caller already holds the daemon's
@@ -140,6 +144,10 @@ class HandshakeConfig:
     request_workers: int = 16
     #: threads that open sessions (admission, per-uid socket, arena) off the handshake thread
     open_workers: int = 4
+    #: connections accepted per second (a token bucket, bursts of a tenth of it); beyond that
+    #: they wait in the kernel's backlog, so a connect flood costs the daemon bounded CPU (and
+    #: GIL) time. None: no limit (the admin lane, which only root and admins reach).
+    max_accepts_per_s: float | None = 1000.0
     #: hellos of one uid being opened at once; more wait unread (still pending) for their turn
     max_opening_per_uid: int = 8
 
@@ -148,6 +156,10 @@ class HandshakeConfig:
             raise InvalidArgument(f"hello_timeout_s must be positive, got {self.hello_timeout_s!r}")
         if self.max_pending < 1:
             raise InvalidArgument(f"max_pending must be at least 1, got {self.max_pending!r}")
+        if self.max_accepts_per_s is not None and not self.max_accepts_per_s > 0:
+            raise InvalidArgument(
+                f"max_accepts_per_s must be positive, got {self.max_accepts_per_s!r}"
+            )
         if self.open_workers < 1:
             raise InvalidArgument(f"open_workers must be at least 1, got {self.open_workers!r}")
 
@@ -184,6 +196,7 @@ class HandshakeServer:
         on_request: RequestHandler | None = None,
         is_privileged: Callable[[int, int, int], bool] = root_only,
         grpc_sockets: GrpcSockets | None = None,
+        privileged_only: bool = False,
     ) -> None:
         self._path = os.fspath(path)
         self._registry = registry
@@ -196,6 +209,7 @@ class HandshakeServer:
             allow_tenant=allow_tenant,
             is_privileged=is_privileged,
             grpc_sockets=grpc_sockets,
+            privileged_only=privileged_only,
         )
         self._opening: set[_Conn] = set()
         self._opening_by_uid: collections.Counter[int] = collections.Counter()
@@ -224,6 +238,8 @@ class HandshakeServer:
         self._pending: collections.OrderedDict[_Conn, None] = collections.OrderedDict()
         self._leases: dict[str, _Conn] = {}
         self._accept_paused_until = 0.0
+        self._tokens = float("inf")  # a full bucket (clipped to the burst on first use)
+        self._tokens_at = time.monotonic()
         # Shared with other threads. The wake lock keeps a late _wake() from writing to a pipe fd
         # that stop() closed (and the kernel may have handed out again).
         self._wake_lock = threading.Lock()
@@ -395,6 +411,10 @@ class HandshakeServer:
     def _accept_batch(self) -> None:
         assert self._listener is not None
         for _ in range(_ACCEPT_BATCH):
+            wait = self._accept_tokens()
+            if wait > 0:  # over the accept rate: the kernel's backlog holds the rest meanwhile
+                self._pause_accept(wait)
+                return
             try:
                 sock, _addr = self._listener.accept()
             except BlockingIOError:
@@ -412,11 +432,25 @@ class HandshakeServer:
                 logger.exception("could not admit a handshake connection")
                 sock.close()
 
-    def _pause_accept(self) -> None:
+    def _accept_tokens(self) -> float:
+        """Take one accept from the token bucket: 0, or the seconds until one is available."""
+        rate = self._config.max_accepts_per_s
+        if rate is None:
+            return 0.0
+        now = time.monotonic()
+        burst = max(1.0, rate / 10)
+        self._tokens = min(burst, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / rate
+
+    def _pause_accept(self, seconds: float = _EMFILE_PAUSE_S) -> None:
         assert self._selector is not None and self._listener is not None
         if not self._accept_paused_until:
             self._selector.unregister(self._listener)
-        self._accept_paused_until = time.monotonic() + _EMFILE_PAUSE_S
+        self._accept_paused_until = time.monotonic() + seconds
 
     def _maybe_resume_accept(self) -> None:
         if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dualbladed.errors import DualbladeError, ResourceExhausted
+from dualbladed.errors import DualbladeError, PermissionDenied, ResourceExhausted
 from dualbladed.sessions.arena import Arena
 from dualbladed.sessions.hello import Hello
 from dualbladed.sessions.registry import Session, SessionRegistry
@@ -137,8 +137,10 @@ class SessionOpener:
         allow_tenant: Callable[[int, str], None] | None = None,
         is_privileged: Callable[[int, int, int], bool] = root_only,
         grpc_sockets: GrpcSockets | None = None,
+        privileged_only: bool = False,
     ) -> None:
         self._registry = registry
+        self._privileged_only = privileged_only
         self._make_arena = make_arena
         self._allow_tenant = allow_tenant
         self._is_privileged = is_privileged
@@ -200,6 +202,11 @@ class SessionOpener:
         if self._allow_tenant is not None:
             self._allow_tenant(conn.uid, hello.tenant)
         privileged = self._is_privileged(conn.uid, conn.gid, conn.pid)
+        if self._privileged_only and not privileged:
+            raise PermissionDenied(
+                f"uid {conn.uid} is neither root nor in the admin group: this handshake socket "
+                "is the admin lane; use the shared one"
+            )
         admission = self._registry.admit(conn.uid, hello.arena_bytes, privileged=privileged)
         try:
             path = self._sockets.acquire(conn.uid) if self._sockets is not None else None
