@@ -257,7 +257,9 @@ class Daemon:
         self._stack.callback(uid_sockets.stop, 0)
 
         def privileged(uid: int, gid: int, pid: int) -> bool:
-            return is_admin(uid, gid, pid, cfg.admin_group)
+            """Exempt from per-uid limits, may use the reserves and the admin lane: root, the
+            admin group, and the daemon's own uid (which owns its files anyway)."""
+            return uid == os.geteuid() or is_admin(uid, gid, pid, cfg.admin_group)
 
         handshake = HandshakeServer(
             cfg.handshake_socket,

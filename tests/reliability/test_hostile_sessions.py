@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import statistics
 import tempfile
 import time
@@ -22,6 +23,7 @@ import pytest
 
 from dualblade import Client, errors
 from dualblade.v1 import dualblade_pb2 as pb
+from dualblade.v1 import wire
 from dualblade_tools import hostile
 from dualblade_tools.daemonproc import DaemonProcess
 
@@ -269,3 +271,32 @@ def test_a_stolen_root_token_is_useless_to_another_uid(make_daemon) -> None:
     finally:
         attacker.finish()
     keeper.close()
+
+
+# ---- the admin lane ----------------------------------------------------------------------------
+
+
+def test_the_admin_lane_is_closed_to_other_uids_even_when_opened_up(make_daemon) -> None:
+    d = make_daemon("")
+    lane = Path(wire.admin_handshake_socket_path(d.socket))
+    assert stat.S_IMODE(lane.parent.stat().st_mode) in (0o700, 0o750)
+    attacker = hostile.spawn(d.socket, ["adminlane"])
+    got = attacker.ready["adminlane"]["result"]
+    attacker.finish()
+    assert got.startswith("PERMISSION_DENIED") and "not allowed to connect" in got, got
+    # Loosen the directory by mistake: the daemon itself still refuses a non-admin peer.
+    os.chmod(lane.parent, 0o755)
+    os.chmod(lane, 0o666)
+    attacker = hostile.spawn(d.socket, ["adminlane"])
+    got = attacker.ready["adminlane"]["result"]
+    attacker.finish()
+    assert got.startswith("PERMISSION_DENIED") and "admin lane" in got, got
+    # Root's SDK uses the lane: with the shared handshake socket moved away, it still connects.
+    shared = d.socket.parent / "handshake.sock"
+    shared.rename(shared.with_suffix(".away"))
+    try:
+        keeper = _root_session(d)
+        assert keeper.tenant == "0/root" and keeper.get(CROWN) == CROWN_VALUE
+        keeper.close()
+    finally:
+        shared.with_suffix(".away").rename(shared)

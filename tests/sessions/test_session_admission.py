@@ -260,3 +260,26 @@ def test_a_slow_open_does_not_hold_up_other_hellos(tmp_path: Path) -> None:
     finally:
         release.set()
         server.stop()
+
+
+def test_accepts_are_rate_limited_and_the_backlog_waits(tmp_path: Path) -> None:
+    """50 accepts/s with bursts of 5: 30 handshakes cannot finish in less than (30 - 5) / 50 s,
+    and none is refused for it (they wait in the kernel's backlog)."""
+    registry = SessionRegistry(64)
+    limits = LimitsConfig(default_arena_bytes=64 * KIB, max_arena_bytes=1 * MIB, max_sessions=64)
+    server = HandshakeServer(
+        str(tmp_path / "hs.sock"),
+        registry,
+        HandshakeConfig(limits, max_accepts_per_s=50.0),
+        make_arena=Arena.create,
+    )
+    server.start()
+    try:
+        began = time.monotonic()
+        for i in range(30):
+            open_session(server.path, f"t{i}", 64 * KIB).close()
+        assert time.monotonic() - began >= (30 - 5) / 50
+    finally:
+        server.stop()
+    with pytest.raises(InvalidArgument, match="max_accepts_per_s"):
+        HandshakeConfig(limits, max_accepts_per_s=0)

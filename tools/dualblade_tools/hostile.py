@@ -13,7 +13,8 @@ it opened until its stdin closes, then prints ``DONE <json>`` and exits. The att
 * ``token``: with a stolen token (``$DUALBLADE_STOLEN_TOKEN``) and key
   (``$DUALBLADE_STOLEN_KEY``), Stat the key and call Admin.Status on the shared gRPC socket, on
   this uid's own gRPC socket, and try to connect to the victim's socket
-  (``$DUALBLADE_VICTIM_SOCKET``); reports the status code of each.
+  (``$DUALBLADE_VICTIM_SOCKET``); reports the status code of each;
+* ``adminlane``: open a session on the admin lane's handshake socket.
 
 :func:`spawn` starts it from Python and waits for ``READY``. Nothing here is mocked: real
 sockets, a real daemon, a real other uid.
@@ -42,9 +43,9 @@ from dualblade import errors
 from dualblade._handshake import HandshakeResult, open_session
 from dualblade.v1 import dualblade_pb2 as pb
 from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
-from dualblade.v1.wire import HANDSHAKE_SOCKET_NAME, PROTOCOL_VERSION
+from dualblade.v1.wire import HANDSHAKE_SOCKET_NAME, PROTOCOL_VERSION, admin_handshake_socket_path
 
-ATTACKS = ("arenas", "sessions", "hangup", "token")
+ATTACKS = ("arenas", "sessions", "hangup", "token", "adminlane")
 PAGE = mmap.PAGESIZE
 
 
@@ -157,11 +158,21 @@ def attack_token(args: argparse.Namespace, held: list[HandshakeResult]) -> dict[
     return out
 
 
+def attack_adminlane(args: argparse.Namespace, held: list[HandshakeResult]) -> dict[str, Any]:
+    """Try the admin lane's handshake socket (only root and the admin group may use it)."""
+    try:
+        held.append(open_session(admin_handshake_socket_path(args.socket), "sneak", PAGE))
+    except errors.DualbladeError as err:
+        return {"result": f"{err.code}: {err}"}
+    return {"result": "OK"}
+
+
 _ATTACKS: dict[str, Callable[[argparse.Namespace, list[HandshakeResult]], dict[str, Any]]] = {
     "arenas": attack_arenas,
     "sessions": attack_sessions,
     "hangup": attack_hangup,
     "token": attack_token,
+    "adminlane": attack_adminlane,
 }
 
 
