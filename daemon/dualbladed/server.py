@@ -61,7 +61,7 @@ from dualbladed.service.leaseplane import LeasePlane
 from dualbladed.service.metrics import Metrics
 from dualbladed.service.store_servicer import StoreServicer
 from dualbladed.service.tokengate import TokenGate
-from dualbladed.service.uidsockets import UidSockets, prepare_admin_dir
+from dualbladed.service.uidsockets import UidSockets, let_group_into_socket, prepare_admin_dir
 from dualbladed.sessions.admission import AdmissionLimits
 from dualbladed.sessions.arena import Arena
 from dualbladed.sessions.batch import BatchExecutor, BatchLimits
@@ -276,13 +276,13 @@ class Daemon:
         # The admin lane: root's and dbctl's handshakes never queue behind another user's flood.
         admin_gid = _group_id(cfg.admin_group)
         admin_path = admin_handshake_socket_path(cfg.socket)
-        prepare_admin_dir(os.path.dirname(admin_path), admin_gid)
+        group_in = prepare_admin_dir(os.path.dirname(admin_path), admin_gid)
         admin_lane = HandshakeServer(
             admin_path,
             registry,
             HandshakeConfig(
                 cfg.limits,
-                socket_gid=admin_gid,
+                socket_mode=0o600,
                 request_workers=4,
                 open_workers=2,
                 max_accepts_per_s=None,
@@ -295,6 +295,14 @@ class Daemon:
         )
         admin_lane.start()
         self._stack.callback(admin_lane.stop)
+        if group_in and admin_gid is not None:
+            group_in = let_group_into_socket(admin_path, admin_gid)
+        if admin_gid is not None and not group_in:
+            logger.warning(
+                "the admin group cannot use the admin lane %s (no POSIX ACLs there); its "
+                "members hand-shake on the shared socket",
+                admin_path,
+            )
 
         if cfg.metrics.prometheus_address:
             self.metrics.start_prometheus(cfg.metrics.prometheus_address)

@@ -26,6 +26,7 @@ from dualblade.v1 import dualblade_pb2 as pb
 from dualblade.v1 import wire
 from dualblade_tools import hostile
 from dualblade_tools.daemonproc import DaemonProcess
+from dualbladed.service import acl
 
 MiB = 1 << 20
 ATTACKER = 65534
@@ -265,7 +266,8 @@ def test_a_stolen_root_token_is_useless_to_another_uid(make_daemon) -> None:
         # ... while the attacker's own token works on its own socket (the refusals are real).
         assert got["own_token_on_own_socket"].startswith("NOT_FOUND"), got
         own_dir = Path(d.socket.parent, "uid", str(ATTACKER))
-        assert (own_dir.stat().st_uid, own_dir.stat().st_mode & 0o777) == (ATTACKER, 0o700)
+        assert (own_dir.stat().st_uid, own_dir.stat().st_mode & 0o777) == (0, 0o710)
+        assert acl.read_named_entries(str(own_dir))["users"] == {ATTACKER: acl.X}
         assert keeper.get(CROWN) == CROWN_VALUE
         assert keeper.admin_call("Status", pb.StatusRequest()).sessions >= 2
     finally:

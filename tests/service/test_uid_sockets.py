@@ -8,7 +8,11 @@ a real StoreServicer answering Session, with a real registry.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -20,6 +24,7 @@ import pytest
 from dualblade.v1 import dualblade_pb2 as pb
 from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
 from dualbladed.errors import FailedPrecondition
+from dualbladed.service import acl
 from dualbladed.service.tokengate import TokenGate
 from dualbladed.service.uidsockets import UidSockets
 from dualbladed.sessions.arena import Arena
@@ -44,6 +49,15 @@ class _Store(pb_grpc.StoreServicer):
         except Exception as err:  # noqa: BLE001
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(err))
         return pb.SessionInfo(session_id=session.id, tenant=session.tenant)
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A directory other uids can traverse (pytest's tmp_path is private to root)."""
+    root = Path(tempfile.mkdtemp(prefix="dbuidsock-"))
+    os.chmod(root, 0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -80,7 +94,8 @@ def _call(path: str, token: str) -> tuple[str, str]:
 
 
 @needs_root
-def test_a_uid_gets_a_private_directory_and_socket(tmp_path: Path, pool) -> None:
+def test_a_uid_gets_a_private_directory_and_socket(open_tmp: Path, pool) -> None:
+    tmp_path = open_tmp
     registry = SessionRegistry(8)
     sockets = UidSockets(tmp_path, _factory(registry, pool), linger_s=0.2)
     sockets.start()
@@ -89,10 +104,20 @@ def test_a_uid_gets_a_private_directory_and_socket(tmp_path: Path, pool) -> None
         assert path == str(tmp_path / "uid" / str(OTHER) / "grpc.sock")
         base = os.stat(tmp_path / "uid")
         assert (base.st_uid, stat.S_IMODE(base.st_mode)) == (0, 0o711)
+        # The daemon keeps both; an ACL lets the uid traverse and connect (the mode's group
+        # bits are the ACL mask), and no one else.
         d = os.stat(Path(path).parent)
-        assert (d.st_uid, stat.S_IMODE(d.st_mode)) == (OTHER, 0o700)
+        assert (d.st_uid, stat.S_IMODE(d.st_mode)) == (0, 0o710)
+        assert acl.read_named_entries(str(Path(path).parent)) == {
+            "users": {OTHER: acl.X},
+            "groups": {},
+        }
         s = os.lstat(path)
-        assert stat.S_ISSOCK(s.st_mode) and (s.st_uid, stat.S_IMODE(s.st_mode)) == (OTHER, 0o600)
+        assert stat.S_ISSOCK(s.st_mode) and (s.st_uid, stat.S_IMODE(s.st_mode)) == (0, 0o660)
+        assert acl.read_named_entries(path) == {"users": {OTHER: acl.R | acl.W}, "groups": {}}
+        # The kernel agrees: uid 65534 can connect, uid 65533 cannot.
+        assert _connect_as(OTHER, path) == "connected"
+        assert _connect_as(OTHER - 1, path) == "PermissionError"
         mine, theirs = _session(registry, 0), _session(registry, OTHER)
         # Each token works on its own uid's socket only.
         assert _call(path, theirs.token) == ("OK", f"{OTHER}/t")
@@ -142,6 +167,40 @@ def test_the_last_release_retires_the_server_after_the_linger(tmp_path: Path, po
         # A new session brings it back.
         session = _session(registry, uid)
         assert _call(sockets.acquire(uid), session.token) == ("OK", f"{uid}/t")
+    finally:
+        sockets.stop()
+
+
+def _connect_as(uid: int, path: str) -> str:
+    """connect() to ``path`` from a child running as ``uid``: "connected" or the error's type."""
+    code = (
+        "import os, socket, sys\n"
+        f"os.setgroups([]); os.setresgid({uid}, {uid}, {uid}); os.setresuid({uid}, {uid}, {uid})\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+        "try:\n"
+        f"    s.connect({path!r}); print('connected')\n"
+        "except OSError as e:\n"
+        "    print(type(e).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip() or out.stderr[-300:]
+
+
+@needs_root
+def test_without_acls_a_root_daemon_gives_the_directory_away(
+    open_tmp: Path, pool, monkeypatch
+) -> None:
+    """A filesystem without POSIX ACLs (simulated: grant() answers False, as on EOPNOTSUPP)."""
+    monkeypatch.setattr(acl, "grant", lambda *a, **kw: False)
+    sockets = UidSockets(open_tmp, _factory(SessionRegistry(8), pool), linger_s=0.2)
+    sockets.start()
+    try:
+        path = sockets.acquire(OTHER)
+        d, s = os.stat(Path(path).parent), os.lstat(path)
+        assert (d.st_uid, stat.S_IMODE(d.st_mode)) == (OTHER, 0o700)
+        assert (s.st_uid, stat.S_IMODE(s.st_mode)) == (OTHER, 0o600)
+        assert _connect_as(OTHER, path) == "connected"
+        assert _connect_as(OTHER - 1, path) == "PermissionError"
     finally:
         sockets.stop()
 

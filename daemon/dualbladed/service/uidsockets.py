@@ -2,21 +2,25 @@
 
 Why: gRPC Python never learns a Unix-socket caller's uid (api-facts §1.2), so identity on the
 gRPC side has to come from somewhere the kernel checks. Here it is the filesystem: uid ``U``'s
-sessions are served on ``<runtime dir>/uid/<U>/grpc.sock``, in a directory owned by ``U`` with
-mode 0700, so only ``U`` and root can ``connect()``; :class:`~dualbladed.service.tokengate.TokenGate`
-accepts on that socket only tokens of ``U``'s sessions. A token handed to another uid is then
-useless: that uid cannot reach the socket the token is good on, and its own socket refuses it.
-The handshake reply names the socket (``grpc_socket``), so the SDK needs no configuration.
+sessions are served on ``<runtime dir>/uid/<U>/grpc.sock``, in a directory only ``U`` (and root,
+and the daemon) can enter, so only they can ``connect()``;
+:class:`~dualbladed.service.tokengate.TokenGate` accepts on that socket only tokens of ``U``'s
+sessions. A token handed to another uid is then useless: that uid cannot reach the socket the
+token is good on, and its own socket refuses it. The handshake reply names the socket
+(``grpc_socket``), so the SDK needs no configuration.
 
 Layout and modes. ``<runtime dir>/uid`` is the daemon's, mode 0711 (anyone may traverse to their
-own directory, nobody may list or create). ``uid/<U>`` is created by the daemon; while a server
-binds in it the daemon takes it back (owner: the daemon, mode 0700), so ``U`` cannot swap the
-socket for a link between ``bind()`` and the ``chown`` of the socket; only then does the
-directory go to ``U``. The socket file is ``U``'s, mode 0600.
+own directory, nobody may list or create). ``uid/<U>`` and its socket are the daemon's too, modes
+0700 and 0600, plus a POSIX ACL entry for ``U`` (:mod:`dualbladed.service.acl`): traverse on the
+directory, read-write on the socket. No chown is needed, so this works for a daemon running as
+its own unprivileged user under systemd's ``~@privileged`` filter, and ``U`` can connect but not
+create, rename or remove anything there. The daemon binds and sets the socket's mode and ACL
+while nobody else can write the directory, so nothing can be swapped in between. Root and the
+daemon's own uid need no entry.
 
-A daemon not running as root cannot give a directory to another uid. It then serves per-uid
-sockets only for its own uid and for root (root can enter any directory); a hello from any other
-uid is refused with PERMISSION_DENIED.
+Without ACLs (a filesystem that answers EOPNOTSUPP) a daemon running as root falls back to
+giving ``uid/<U>`` and the socket to ``U`` (after binding); a daemon not running as root then
+refuses hellos from other uids with PERMISSION_DENIED, naming the reason.
 
 Lifetime. :meth:`UidSockets.acquire` (the handshake's opener threads, before the reply) starts the
 uid's server if needed and counts a reference; :meth:`UidSockets.release` (the session's end,
@@ -45,8 +49,9 @@ import grpc
 
 from dualblade.v1.wire import GRPC_SOCKET_NAME, UID_DIR_NAME
 from dualbladed.errors import FailedPrecondition, PermissionDenied, Unavailable
+from dualbladed.service import acl
 
-__all__ = ["UID_DIR", "UidSockets", "prepare_admin_dir"]
+__all__ = ["UID_DIR", "UidSockets", "let_group_into_socket", "prepare_admin_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +62,14 @@ _SUN_PATH_MAX = 107
 _LONGEST_UID = str(2**32 - 1)
 
 
-def prepare_admin_dir(path: str | os.PathLike[str], gid: int | None) -> None:
+def prepare_admin_dir(path: str | os.PathLike[str], gid: int | None) -> bool:
     """Create or check the admin lane's directory (``wire.ADMIN_DIR_NAME``).
 
-    Owned by the daemon's uid; group ``gid`` (the admin group) with mode 0750, or mode 0700 with
-    no admin group, so only root and the admin group can reach the handshake socket inside.
-    A directory owned by someone else is refused; a link or file in its place is replaced.
+    The daemon's own, mode 0700, plus an ACL entry letting group ``gid`` (the admin group)
+    traverse it, so only root, the daemon and the admin group reach the handshake socket inside
+    (:func:`let_group_into_socket` opens the socket itself to the group). A directory owned by
+    someone else is refused; a link or file in its place is replaced. False when the admin
+    group could not be let in (no such group, or no ACLs here): root still can.
     """
     where = os.fspath(path)
     with contextlib.suppress(FileExistsError):
@@ -82,11 +89,17 @@ def prepare_admin_dir(path: str | os.PathLike[str], gid: int | None) -> None:
                 f"{where} is owned by uid {st.st_uid}, not by the daemon's uid {os.geteuid()}; "
                 "refusing to serve the admin lane in it"
             )
-        if gid is not None:
-            os.fchown(fd, -1, gid)
-        os.fchmod(fd, 0o750 if gid is not None else 0o700)
+        os.fchmod(fd, 0o700)
+        if gid is None:
+            return False
+        return acl.grant(fd, owner=acl.R | acl.W | acl.X, groups={gid: acl.X})
     finally:
         os.close(fd)
+
+
+def let_group_into_socket(path: str | os.PathLike[str], gid: int) -> bool:
+    """Let group ``gid`` connect to the socket at ``path`` (an ACL entry); False without ACLs."""
+    return acl.grant(os.fspath(path), owner=acl.R | acl.W, groups={gid: acl.R | acl.W})
 
 
 @dataclass(eq=False)
@@ -169,11 +182,6 @@ class UidSockets:
         """``uid``'s socket path, its server serving; one reference more (see module doc)."""
         if self._stop.is_set():
             raise Unavailable("the daemon is shutting down")
-        if self._euid != 0 and uid not in (self._euid, 0):
-            raise PermissionDenied(
-                f"this daemon runs as uid {self._euid} and cannot give uid {uid} a gRPC socket "
-                f"that only uid {uid} can reach; run it as root to serve other users"
-            )
         with self._uid_lock(uid):
             with self._lock:
                 entry = self._entries.get(uid)
@@ -212,25 +220,39 @@ class UidSockets:
             return self._uid_locks.setdefault(uid, threading.Lock())
 
     def _start_server(self, uid: int) -> tuple[grpc.Server, str]:
-        """Bind ``uid``'s server in its directory, taken back while binding (module doc)."""
-        owner = uid if self._euid == 0 else self._euid
+        """Bind ``uid``'s server in its directory and let ``uid`` in (see the module doc)."""
         directory = os.path.join(self._base, str(uid))
+        path = os.path.join(directory, GRPC_SOCKET_NAME)
         fd = self._open_dir(directory)
         try:
-            if self._euid == 0:
-                os.fchown(fd, self._euid, self._egid)
-            os.fchmod(fd, 0o700)
-            path = os.path.join(directory, GRPC_SOCKET_NAME)
+            st = os.fstat(fd)
+            if st.st_uid != self._euid:
+                if self._euid != 0:
+                    raise FailedPrecondition(
+                        f"{directory} is owned by uid {st.st_uid}, not by the daemon's uid "
+                        f"{self._euid}; refusing to serve uid {uid}'s gRPC socket in it"
+                    )
+                os.fchown(fd, self._euid, self._egid)  # root: take it back while binding
+            os.fchmod(fd, 0o700)  # also clears the mask of any ACL left from before
+            let_in = uid not in (self._euid, 0)  # root and the daemon's own uid need no entry
+            by_acl = let_in and acl.grant(fd, owner=acl.R | acl.W | acl.X, users={uid: acl.X})
+            if let_in and not by_acl and self._euid != 0:
+                raise PermissionDenied(
+                    f"cannot let uid {uid} into {directory}: its filesystem has no POSIX ACLs "
+                    "and the daemon does not run as root"
+                )
             server = self._make_server(uid)
             if not server.add_insecure_port(f"unix://{path}"):
                 raise Unavailable(f"could not bind the gRPC socket {path} for uid {uid}")
             try:
-                os.chmod(path, 0o600, follow_symlinks=False)
-                if owner != self._euid:
-                    os.chown(path, owner, -1, follow_symlinks=False)
+                os.chmod(path, 0o600)  # the directory is writable by the daemon alone
+                if by_acl:
+                    acl.grant(path, owner=acl.R | acl.W, users={uid: acl.R | acl.W})
+                elif let_in:  # root without ACLs: give the socket, then the directory, away
+                    os.chown(path, uid, -1)
                 server.start()
-                if owner != self._euid:
-                    os.fchown(fd, owner, -1)
+                if let_in and not by_acl:
+                    os.fchown(fd, uid, -1)
             except BaseException:
                 server.stop(None)
                 raise
