@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dualblade import errors
-from dualblade.v1.wire import PROTOCOL_VERSION, REPLY_MAX_BYTES
+from dualblade.v1.wire import PROTOCOL_VERSION, REPLY_MAX_BYTES, reachable_path
 
 __all__ = ["HandshakeResult", "open_session"]
 
@@ -129,9 +129,20 @@ def _connect(sock: socket.socket, where: str, timeout: float) -> None:
     """connect(), retrying while the listen backlog is full (EAGAIN on AF_UNIX, not a wait)."""
     deadline = time.monotonic() + timeout
     delay = 0.001
+    target, via = reachable_path(where)  # a path too long for sockaddr_un: via /proc/self/fd
+    try:
+        _connect_retrying(sock, target, where, deadline, delay)
+    finally:
+        if via is not None:
+            os.close(via)
+
+
+def _connect_retrying(
+    sock: socket.socket, target: str, where: str, deadline: float, delay: float
+) -> None:
     while True:
         try:
-            sock.connect(where)
+            sock.connect(target)
             return
         except BlockingIOError:
             if time.monotonic() + delay > deadline:

@@ -113,6 +113,8 @@ class Client:
         self._closed = False
         self._pinned = _pin_for_cuda(self.arena)
         self._lease = _lease_plane(handshake)
+        #: the directory fd a gRPC socket path too long for sockaddr_un is reached through
+        self._dir_fd: int | None = None
 
     @property
     def dataplane(self) -> str:
@@ -133,8 +135,9 @@ class Client:
         socket_path = os.fspath(socket) if socket is not None else default_socket()
         handshake = _open_session(socket_path, tenant, arena_bytes, timeout)
         grpc_path = handshake.grpc_socket or socket_path
+        target, dir_fd = wire.reachable_path(grpc_path)  # a long path: via /proc/self/fd
         channel = grpc.insecure_channel(
-            f"unix://{grpc_path}",
+            f"unix://{target}",
             options=[("grpc.max_receive_message_length", 64 << 20)],
         )
         try:
@@ -142,8 +145,12 @@ class Client:
         except grpc.FutureTimeoutError:
             channel.close()
             handshake.close()
+            if dir_fd is not None:
+                os.close(dir_fd)
             raise errors.Unavailable(f"no dualbladed gRPC server on {grpc_path}") from None
-        return cls(socket_path, handshake, channel)
+        client = cls(socket_path, handshake, channel)
+        client._dir_fd = dir_fd
+        return client
 
     def close(self) -> None:
         if self._closed:
@@ -153,6 +160,9 @@ class Client:
         if self._lease is not None:
             self._lease.close()
         self._channel.close()
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
         self.arena.close()
         self._hs.close()  # ends the lease: the daemon frees this session's ephemeral objects
 

@@ -7,6 +7,7 @@ a real StoreServicer answering Session, with a real registry.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -23,6 +24,7 @@ import pytest
 
 from dualblade.v1 import dualblade_pb2 as pb
 from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
+from dualblade.v1 import wire
 from dualbladed.errors import FailedPrecondition
 from dualbladed.service import acl
 from dualbladed.service.tokengate import TokenGate
@@ -232,6 +234,39 @@ def test_a_base_directory_owned_by_someone_else_is_refused(tmp_path: Path, pool)
         sockets.start()
 
 
-def test_a_runtime_directory_too_long_for_sun_path_is_refused(tmp_path: Path, pool) -> None:
-    with pytest.raises(FailedPrecondition, match="too long"):
-        UidSockets(tmp_path / ("x" * 100), _factory(SessionRegistry(8), pool))
+def test_a_runtime_directory_too_long_for_sun_path_still_works(tmp_path: Path, pool) -> None:
+    """sockaddr_un holds 107 bytes: longer socket paths are bound and reached through
+    /proc/self/fd/<dir fd>/grpc.sock (wire.reachable_path), and the fd goes when the server does."""
+    registry = SessionRegistry(8)
+    uid = os.geteuid()
+    runtime = tmp_path / ("x" * 100)
+    runtime.mkdir()
+    sockets = UidSockets(runtime, _factory(registry, pool), linger_s=0.1)
+    sockets.start()
+    try:
+        path = sockets.acquire(uid)
+        assert len(path) > wire.UNIX_PATH_MAX and os.path.exists(path)
+        target, fd = wire.reachable_path(path)
+        assert fd is not None and len(target) <= wire.UNIX_PATH_MAX
+        try:
+            session = _session(registry, uid)
+            assert _call(target, session.token) == ("OK", f"{uid}/t")
+        finally:
+            os.close(fd)
+        assert str(Path(path).parent) in _open_paths()  # held while the server lives
+        sockets.release(uid)
+        deadline = time.monotonic() + 3
+        while sockets.serving() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sockets.serving() == {} and not os.path.exists(path)
+    finally:
+        sockets.stop()
+    assert str(Path(path).parent) not in _open_paths()  # the server's directory fd is gone
+
+
+def _open_paths() -> set[str]:
+    out = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own fd is gone by now
+            out.add(os.readlink(f"/proc/self/fd/{fd}"))
+    return out

@@ -51,7 +51,9 @@ __all__ = [
     "REPLY_MAX_BYTES",
     "REQUEST_HEADER",
     "UID_DIR_NAME",
+    "UNIX_PATH_MAX",
     "admin_handshake_socket_path",
+    "reachable_path",
     "Code",
     "close_mapping",
     "code_name",
@@ -91,6 +93,23 @@ def default_socket_path() -> str:
 def handshake_socket_path(grpc_socket: str | os.PathLike[str]) -> str:
     """The handshake socket that accompanies ``grpc_socket`` by default."""
     return os.path.join(os.path.dirname(os.fspath(grpc_socket)), HANDSHAKE_SOCKET_NAME)
+
+
+#: The longest path a ``sockaddr_un`` holds (``sun_path`` is 108 bytes with the NUL).
+UNIX_PATH_MAX = 107
+
+
+def reachable_path(path: str | os.PathLike[str]) -> tuple[str, int | None]:
+    """``(path, None)``, or for a path too long for ``sockaddr_un``, ``(/proc/self/fd/<fd>/<name>,
+    fd)`` where ``fd`` is an ``O_PATH`` fd of the socket's directory. Binding or connecting with
+    the short form reaches the same socket; the caller keeps ``fd`` open as long as it uses the
+    short form (a server: until it has stopped) and closes it afterwards.
+    """
+    where = os.fspath(path)
+    if len(os.fsencode(where)) <= UNIX_PATH_MAX:
+        return where, None
+    fd = os.open(os.path.dirname(where) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{fd}/{os.path.basename(where)}", fd
 
 
 def admin_handshake_socket_path(grpc_socket: str | os.PathLike[str]) -> str:

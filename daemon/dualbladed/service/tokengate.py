@@ -1,6 +1,6 @@
 """Which gRPC socket a session token is good on: only its own uid's.
 
-gRPC Python cannot tell who is calling over a Unix socket (api-facts §1.2), so a session token
+gRPC Python cannot tell who is calling over a Unix socket (no SO_PEERCRED, no peer fd), so a token
 alone is a bearer secret: issue 15 showed a token leaked from a root session working from uid
 65534, for Stat and for an admin RPC. The daemon therefore serves gRPC on one socket per uid
 with live sessions, in a directory only that uid and root can enter

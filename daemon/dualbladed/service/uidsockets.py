@@ -1,6 +1,6 @@
 """One gRPC server per uid with live sessions, on a socket only that uid (and root) can reach.
 
-Why: gRPC Python never learns a Unix-socket caller's uid (api-facts §1.2), so identity on the
+Why: gRPC Python never learns a Unix-socket caller's uid (it exposes no SO_PEERCRED), so identity on the
 gRPC side has to come from somewhere the kernel checks. Here it is the filesystem: uid ``U``'s
 sessions are served on ``<runtime dir>/uid/<U>/grpc.sock``, in a directory only ``U`` (and root,
 and the daemon) can enter, so only they can ``connect()``;
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from dualblade.v1.wire import GRPC_SOCKET_NAME, UID_DIR_NAME
+from dualblade.v1.wire import GRPC_SOCKET_NAME, UID_DIR_NAME, reachable_path
 from dualbladed.errors import FailedPrecondition, PermissionDenied, Unavailable
 from dualbladed.service import acl
 
@@ -57,9 +57,6 @@ logger = logging.getLogger(__name__)
 
 #: the directory of the per-uid socket directories, inside the runtime directory (wire contract)
 UID_DIR = UID_DIR_NAME
-#: sun_path holds 108 bytes including the terminating NUL
-_SUN_PATH_MAX = 107
-_LONGEST_UID = str(2**32 - 1)
 
 
 def prepare_admin_dir(path: str | os.PathLike[str], gid: int | None) -> bool:
@@ -106,8 +103,17 @@ def let_group_into_socket(path: str | os.PathLike[str], gid: int) -> bool:
 class _Entry:
     server: grpc.Server
     path: str
+    #: the directory fd a path too long for sockaddr_un was bound through (wire.reachable_path)
+    bound_via: int | None = None
     refs: int = 0
     idle_since: float | None = None
+
+    def stop(self, grace: float | None) -> None:
+        """Stop the server, wait, then let go of the directory fd it was bound through."""
+        self.server.stop(grace).wait()
+        if self.bound_via is not None:
+            os.close(self.bound_via)
+            self.bound_via = None
 
 
 class UidSockets:
@@ -121,12 +127,6 @@ class UidSockets:
         linger_s: float = 2.0,
     ) -> None:
         self._base = os.path.join(os.fspath(runtime_dir), UID_DIR)
-        longest = os.path.join(self._base, _LONGEST_UID, GRPC_SOCKET_NAME)
-        if len(os.fsencode(longest)) > _SUN_PATH_MAX:
-            raise FailedPrecondition(
-                f"the runtime directory {os.fspath(runtime_dir)!r} is too long for per-uid "
-                f"sockets: {longest!r} exceeds {_SUN_PATH_MAX} bytes"
-            )
         self._make_server = make_server
         self._linger_s = linger_s
         self._euid, self._egid = os.geteuid(), os.getegid()
@@ -173,8 +173,10 @@ class UidSockets:
         with self._lock:
             entries = list(self._entries.values())
             self._entries.clear()
-        for event in [e.server.stop(grace) for e in entries]:
-            event.wait()
+        for entry in entries:
+            entry.server.stop(grace)  # all at once; each waits below
+        for entry in entries:
+            entry.stop(grace)
 
     # ---- references ------------------------------------------------------------------------
 
@@ -189,9 +191,15 @@ class UidSockets:
                     entry.refs += 1
                     entry.idle_since = None
                     return entry.path
-            server, path = self._start_server(uid)
+            entry = self._start_server(uid)
             with self._lock:
-                self._entries[uid] = _Entry(server, path, refs=1)
+                stopped = self._stop.is_set()  # stop() took its snapshot: do not add to it
+                if not stopped:
+                    self._entries[uid] = entry
+            if stopped:
+                entry.stop(None)
+                raise Unavailable("the daemon is shutting down")
+            path = entry.path
         logger.info("gRPC socket for uid %d serving on %s", uid, path)
         return path
 
@@ -219,7 +227,7 @@ class UidSockets:
         with self._lock:
             return self._uid_locks.setdefault(uid, threading.Lock())
 
-    def _start_server(self, uid: int) -> tuple[grpc.Server, str]:
+    def _start_server(self, uid: int) -> _Entry:
         """Bind ``uid``'s server in its directory and let ``uid`` in (see the module doc)."""
         directory = os.path.join(self._base, str(uid))
         path = os.path.join(directory, GRPC_SOCKET_NAME)
@@ -242,7 +250,10 @@ class UidSockets:
                     "and the daemon does not run as root"
                 )
             server = self._make_server(uid)
-            if not server.add_insecure_port(f"unix://{path}"):
+            bind_path, bound_via = reachable_path(path)
+            if not server.add_insecure_port(f"unix://{bind_path}"):
+                if bound_via is not None:
+                    os.close(bound_via)
                 raise Unavailable(f"could not bind the gRPC socket {path} for uid {uid}")
             try:
                 os.chmod(path, 0o600)  # the directory is writable by the daemon alone
@@ -254,11 +265,11 @@ class UidSockets:
                 if let_in and not by_acl:
                     os.fchown(fd, uid, -1)
             except BaseException:
-                server.stop(None)
+                _Entry(server, path, bound_via).stop(None)
                 raise
         finally:
             os.close(fd)
-        return server, path
+        return _Entry(server, path, bound_via, refs=1)
 
     def _open_dir(self, directory: str) -> int:
         """An fd of ``directory`` (created 0700 if missing; anything but a directory replaced)."""
@@ -300,5 +311,5 @@ class UidSockets:
                 if entry is None or entry.refs > 0:
                     return  # reacquired meanwhile
                 del self._entries[uid]
-            entry.server.stop(0.5).wait()  # grpc unlinks the socket file
+            entry.stop(0.5)  # grpc unlinks the socket file
         logger.info("gRPC socket for uid %d retired", uid)

@@ -112,6 +112,11 @@ class Admission:
     privileged: bool
     _settled: list[bool] = field(default_factory=lambda: [False], repr=False)
 
+    @property
+    def settled(self) -> bool:
+        """Given back already (the session ended, or the claim was cancelled)."""
+        return self._settled[0]
+
 
 class Ledger:
     """Sessions and arena bytes held, per uid and in total. Not thread-safe (see module doc)."""

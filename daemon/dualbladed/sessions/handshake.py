@@ -93,6 +93,7 @@ from dualblade.v1.wire import (
     HELLO_MAX_BYTES,
     LEASE_FRAME_MAX_BYTES,
     PROTOCOL_VERSION,
+    reachable_path,
     size_socket_buffers,
 )
 from dualbladed.config import LimitsConfig
@@ -261,7 +262,12 @@ class HandshakeServer:
         self._remove_stale_socket()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            listener.bind(self._path)
+            bind_path, via = reachable_path(self._path)  # a long path: via /proc/self/fd
+            try:
+                listener.bind(bind_path)
+            finally:
+                if via is not None:
+                    os.close(via)
             # Permissions before listen(): a connect() that slips in before chmod is refused.
             os.chmod(self._path, self._config.socket_mode)
             if self._config.socket_gid is not None:

@@ -160,7 +160,7 @@ class SessionRegistry:
         with self._lock:
             if admission is None:
                 admission = self._ledger.admit(uid, arena.size, privileged=False)
-            elif admission.uid != uid or admission._settled[0]:
+            elif admission.uid != uid or admission.settled:
                 raise InvalidArgument("the admission belongs to another uid or was given back")
             session_id = secrets.token_hex(8)
             while session_id in self._by_id:  # pragma: no cover - 64-bit collision
