@@ -10,11 +10,10 @@ that root's persistent object is intact, and that the daemon is still up.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import stat
 import statistics
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,9 +26,10 @@ from dualblade.v1 import wire
 from dualblade_tools import hostile
 from dualblade_tools.daemonproc import DaemonProcess
 from dualbladed.service import acl
+from privdrop_utils import NOBODY, open_to_others, shared_tmpdir
 
 MiB = 1 << 20
-ATTACKER = 65534
+ATTACKER = NOBODY
 CROWN = b"crown-jewels"
 CROWN_VALUE = os.urandom(20_000)
 
@@ -38,32 +38,22 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _open_to_others(d: DaemonProcess) -> None:
-    """Let uid 65534 reach the shared sockets (the daemon makes them 0660 for its group)."""
-    os.chmod(d.socket.parent, 0o755)
-    for p in (d.socket, d.socket.parent / "handshake.sock"):
-        os.chmod(p, 0o666)
-
-
 @pytest.fixture
 def make_daemon() -> Iterator:
-    """A root daemon in a directory uid 65534 can traverse (pytest's tmp dirs are 0700)."""
-    made: list[tuple[DaemonProcess, Path]] = []
+    """A root daemon in a directory uid 65534 can traverse (pytest's tmp dirs are 0700), its
+    shared sockets opened to others (the daemon makes them 0660 for its group)."""
+    with contextlib.ExitStack() as stack:
 
-    def make(config: str) -> DaemonProcess:
-        root = Path(tempfile.mkdtemp(prefix="dbhostile-"))
-        os.chmod(root, 0o755)
-        (root / "d.toml").write_text(config)
-        d = DaemonProcess(root / "d", namespace_size="64MiB", config=root / "d.toml")
-        made.append((d, root))
-        d.start()
-        _open_to_others(d)
-        return d
+        def make(config: str) -> DaemonProcess:
+            root = stack.enter_context(shared_tmpdir("dbhostile-"))
+            (root / "d.toml").write_text(config)
+            d = DaemonProcess(root / "d", namespace_size="64MiB", config=root / "d.toml")
+            d.start()
+            stack.callback(d.terminate)
+            open_to_others(d.socket, d.socket.parent / "handshake.sock")
+            return d
 
-    yield make
-    for d, root in made:
-        d.terminate()
-        shutil.rmtree(root, ignore_errors=True)
+        yield make
 
 
 def _connect_times(d: DaemonProcess, n: int) -> list[float]:

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -31,9 +27,10 @@ from dualbladed.service.tokengate import TokenGate
 from dualbladed.service.uidsockets import UidSockets
 from dualbladed.sessions.arena import Arena
 from dualbladed.sessions.registry import Session, SessionRegistry
+from privdrop_utils import NOBODY, run_as, shared_tmpdir
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to a uid needs root")
-OTHER = 65534
+OTHER = NOBODY
 
 
 class _Store(pb_grpc.StoreServicer):
@@ -56,10 +53,8 @@ class _Store(pb_grpc.StoreServicer):
 @pytest.fixture
 def open_tmp() -> Iterator[Path]:
     """A directory other uids can traverse (pytest's tmp_path is private to root)."""
-    root = Path(tempfile.mkdtemp(prefix="dbuidsock-"))
-    os.chmod(root, 0o755)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+    with shared_tmpdir("dbuidsock-") as root:
+        yield root
 
 
 @pytest.fixture
@@ -175,16 +170,16 @@ def test_the_last_release_retires_the_server_after_the_linger(tmp_path: Path, po
 
 def _connect_as(uid: int, path: str) -> str:
     """connect() to ``path`` from a child running as ``uid``: "connected" or the error's type."""
-    code = (
-        "import os, socket, sys\n"
-        f"os.setgroups([]); os.setresgid({uid}, {uid}, {uid}); os.setresuid({uid}, {uid}, {uid})\n"
-        "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
-        "try:\n"
-        f"    s.connect({path!r}); print('connected')\n"
-        "except OSError as e:\n"
-        "    print(type(e).__name__)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    code = f"""
+        import socket
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect({path!r})
+            print("connected")
+        except OSError as e:
+            print(type(e).__name__)
+    """
+    out = run_as(code, uid=uid, gid=uid, preload=(), timeout=30)
     return out.stdout.strip() or out.stderr[-300:]
 
 

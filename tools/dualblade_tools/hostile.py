@@ -25,9 +25,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib
 import json
 import mmap
 import os
+import pkgutil
 import socket
 import subprocess
 import sys
@@ -176,11 +178,27 @@ _ATTACKS: dict[str, Callable[[argparse.Namespace, list[HandshakeResult]], dict[s
 }
 
 
+def _preload_grpc() -> None:
+    """Import the grpc modules grpc itself imports lazily (``grpc._channel`` on the first
+    channel): after the drop the venv may be unreadable (a checkout in a 0700 directory)."""
+    for info in pkgutil.iter_modules(grpc.__path__, "grpc."):
+        if not info.ispkg or info.name == "grpc.experimental":
+            importlib.import_module(info.name)
+
+
 def drop_privileges(uid: int) -> None:
     """Become ``uid`` for good (real, effective and saved ids; no supplementary groups)."""
+    _preload_grpc()
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
+    try:
+        os.setuid(0)
+    except PermissionError:
+        pass
+    else:
+        raise SystemExit("privileges were not dropped: setuid(0) succeeded")
+    os.chdir("/")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
