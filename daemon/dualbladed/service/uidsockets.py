@@ -99,21 +99,50 @@ def let_group_into_socket(path: str | os.PathLike[str], gid: int) -> bool:
     return acl.grant(os.fspath(path), owner=acl.R | acl.W, groups={gid: acl.R | acl.W})
 
 
+#: how long to wait, after a server's shutdown completed, for grpc to unlink its socket file
+#: (grpc does it when the listener is destroyed, which may come just after the shutdown event)
+_UNLINK_WAIT_S = 1.0
+
+
+def _inode(path: str) -> int | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino if stat.S_ISSOCK(st.st_mode) else None
+
+
 @dataclass(eq=False)
 class _Entry:
     server: grpc.Server
     path: str
+    #: the socket file's inode once bound (None before: nothing of ours to remove)
+    ino: int | None = None
     #: the directory fd a path too long for sockaddr_un was bound through (wire.reachable_path)
     bound_via: int | None = None
     refs: int = 0
     idle_since: float | None = None
 
-    def stop(self, grace: float | None) -> None:
-        """Stop the server, wait, then let go of the directory fd it was bound through."""
+    def stop(self, grace: float | None) -> int | None:
+        """Stop the server and see its socket file gone before anyone may bind the path again.
+
+        grpc unlinks the file itself, possibly just after the shutdown completed (through the
+        path it bound, which may be ``/proc/self/fd/<bound_via>/...``): wait for that, so a
+        late unlink cannot remove a newer server's socket. Past the wait the file (if still
+        this server's inode) is removed here. Returns the directory fd to close once grpc can no
+        longer use it: at once when the file went away, else only at the daemon's stop.
+        """
         self.server.stop(grace).wait()
+        deadline = time.monotonic() + _UNLINK_WAIT_S
+        while self.ino is not None and _inode(self.path) == self.ino:
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+                return self.bound_via  # grpc may still unlink through it: close it last
+            time.sleep(0.01)
         if self.bound_via is not None:
             os.close(self.bound_via)
-            self.bound_via = None
+        return None
 
 
 class UidSockets:
@@ -135,6 +164,8 @@ class UidSockets:
         self._uid_locks: dict[int, threading.Lock] = {}
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
+        #: directory fds a retired server might still unlink through (closed at stop)
+        self._late_fds: list[int] = []
 
     @property
     def base(self) -> str:
@@ -175,8 +206,13 @@ class UidSockets:
             self._entries.clear()
         for entry in entries:
             entry.server.stop(grace)  # all at once; each waits below
-        for entry in entries:
-            entry.stop(grace)
+        late = [entry.stop(grace) for entry in entries]
+        with self._lock:
+            late += self._late_fds
+            self._late_fds = []
+        for fd in late:
+            if fd is not None:
+                os.close(fd)
 
     # ---- references ------------------------------------------------------------------------
 
@@ -197,7 +233,7 @@ class UidSockets:
                 if not stopped:
                     self._entries[uid] = entry
             if stopped:
-                entry.stop(None)
+                self._keep_late(entry.stop(None))
                 raise Unavailable("the daemon is shutting down")
             path = entry.path
         logger.info("gRPC socket for uid %d serving on %s", uid, path)
@@ -222,6 +258,11 @@ class UidSockets:
             return {uid: e.refs for uid, e in self._entries.items()}
 
     # ---- internals -------------------------------------------------------------------------
+
+    def _keep_late(self, fd: int | None) -> None:
+        if fd is not None:
+            with self._lock:
+                self._late_fds.append(fd)
 
     def _uid_lock(self, uid: int) -> threading.Lock:
         with self._lock:
@@ -265,11 +306,11 @@ class UidSockets:
                 if let_in and not by_acl:
                     os.fchown(fd, uid, -1)
             except BaseException:
-                _Entry(server, path, bound_via).stop(None)
+                self._keep_late(_Entry(server, path, _inode(path), bound_via).stop(None))
                 raise
         finally:
             os.close(fd)
-        return _Entry(server, path, bound_via, refs=1)
+        return _Entry(server, path, _inode(path), bound_via, refs=1)
 
     def _open_dir(self, directory: str) -> int:
         """An fd of ``directory`` (created 0700 if missing; anything but a directory replaced)."""
@@ -311,5 +352,5 @@ class UidSockets:
                 if entry is None or entry.refs > 0:
                     return  # reacquired meanwhile
                 del self._entries[uid]
-            entry.stop(0.5)  # grpc unlinks the socket file
+            self._keep_late(entry.stop(0.5))  # the socket file is gone on return
         logger.info("gRPC socket for uid %d retired", uid)
