@@ -284,7 +284,7 @@ def test_each_setting_is_declared_once_and_the_keys_stay() -> None:
         "residency.pagecache_min_free_fraction": None,
         "metrics.prometheus_address": None,
     }
-    assert len(keys) == 33
+    assert len(keys) == 38
     cfg = load_config(["--socket", "/x/grpc.sock", "--state-dir", "/x/state"])
     for s in _DEFINITIONS:
         if s.default is None:  # derived at load time, or optional
