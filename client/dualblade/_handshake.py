@@ -1,7 +1,7 @@
 """The SDK side of the handshake: open a session, receive the token and the arena fd, keep the lease.
 
 The constants of the protocol are in :mod:`dualblade.v1.wire`; the field-by-field rules in the
-daemon's ``dualbladed.sessions.handshake``. In short: one JSON hello datagram out on an
+daemon's ``dualbladed.sessions.hello``. In short: one JSON hello datagram out on an
 ``AF_UNIX``/``SOCK_SEQPACKET`` socket, one JSON reply back carrying the arena memfd with
 SCM_RIGHTS. The socket then stays open for the life of the session: it *is* the lease. Closing it
 (or exiting, or being killed) ends the session and the daemon frees its ephemeral objects. Keep

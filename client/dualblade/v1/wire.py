@@ -14,7 +14,7 @@ socket: the hello is at most :data:`HELLO_MAX_BYTES`, the reply (which carries t
 with SCM_RIGHTS) at most :data:`REPLY_MAX_BYTES`. The reply's ``alignment`` is
 :data:`ALIGNMENT` and its ``limits`` announce the lease data plane as
 :data:`LEASE_FRAME_MAX_BYTES` (absent: gRPC only). Field-by-field rules are in
-``dualbladed.sessions.handshake``.
+``dualbladed.sessions.hello``.
 
 Lease frames. After the handshake the connection is the session's lease, and each datagram on
 it is one frame (integers little-endian)::

@@ -5,26 +5,10 @@ local credentials never read SO_PEERCRED, and there is no API to reach the conne
 in metadata would only be a claim), so identity is established here, on a small
 ``AF_UNIX``/``SOCK_SEQPACKET`` socket next to the gRPC one. SEQPACKET keeps message boundaries
 (one hello = one datagram, no framing code) and, unlike SOCK_DGRAM, is connection-oriented, so
-the connection itself can be the lease.
-
-Protocol v1 (every message is one UTF-8 JSON datagram; the version, size caps, alignment and
-socket names are constants of the wire contract shared with the SDK, :mod:`dualblade.v1.wire`)::
-
-    client -> daemon   {"v": 1, "tenant": "<label>", "arena_bytes": N}     (arena_bytes optional)
-    daemon -> client   {"v": 1, "session_id": "...", "token": "...", "tenant": "<uid>/<label>",
-                        "arena_bytes": N, "alignment": 4096, "limits": {...},
-                        "grpc_socket": "<runtime>/uid/<uid>/grpc.sock"}   (grpc_socket optional)
-                       + SCM_RIGHTS: the arena memfd (sealed, see dualbladed.sessions.arena)
-                   or  {"v": 1, "error": {"code": "INVALID_ARGUMENT", "message": "..."}}, then close
-
-The label is 1..64 characters of ``[A-Za-z0-9._-]``; ``arena_bytes`` is a multiple of
-``wire.ALIGNMENT`` (4096) within ``[ALIGNMENT, max_arena_bytes]``; ``limits`` is the daemon's
-``[limits]`` section, plus ``wire.LEASE_FRAME_MAX_BYTES`` when the lease carries frames. Unknown
-fields are rejected, so a newer client learns at once that it talks to an older daemon. The
-pid/uid/gid come from ``SO_PEERCRED``, never from the message. ``grpc_socket`` is the gRPC socket
-the session's token is valid on: one per uid, in a directory only that uid (and root) can enter
-(:mod:`dualbladed.service.uidsockets`), so a token handed to another uid is useless. Clients
-that find no ``grpc_socket`` use the gRPC socket next to the handshake socket.
+the connection itself can be the lease. The pid/uid/gid come from ``SO_PEERCRED``, never from a
+message. The messages (hello, reply, error) and their field rules are in
+:mod:`dualbladed.sessions.hello`; how connections are accepted (rate limit, fd exhaustion, which
+pending connection is evicted) in :mod:`dualbladed.sessions.accept`.
 
 Opening a session (admission before any allocation, the uid's gRPC socket, a sparse arena)
 runs on opener threads, not on the handshake thread (:mod:`dualbladed.sessions.opener`), and the
@@ -43,63 +27,68 @@ after accept, which could name a recycled pid if the client died within microsec
 connecting; its lease socket's EOF ends that session anyway. Conversely, when a session is ended
 from elsewhere (admin, shutdown), the lease connection is closed, so the client sees EOF.
 
-Threading: one thread runs a selector over the listener, a wake-up pipe, the pending handshakes
-and the leases' pidfds; only that thread opens or closes those fds, so an fd number is never
-closed while another thread may still use it. A lease's frames are read on a dup of its fd by
-its readers (which report EOF back instead of closing anything). Other threads talk to the
-handshake thread through queues plus the pipe. Every per-connection failure is caught and logged
-and costs only that connection; the thread never dies. ``on_end`` callbacks triggered by a broken lease run on this thread, so they must be
+Threading and fd ownership. One thread runs a selector over the listener, a wake-up pipe, the
+pending handshakes and the leases' pidfds; only that thread opens or closes those fds (or
+``stop()``, after joining it), so an fd number is never closed while another thread may still
+use it: the kernel reuses a closed number at once, and a late read or write would hit whatever
+file got it. The same rule is why the other threads never touch these fds and instead talk to
+the handshake thread through queues plus the pipe:
+
+* a lease's frames are read on a *dup* of its fd by its readers, which report EOF back
+  (``_lost``) instead of closing anything;
+* while an opener thread works on a connection (``_Conn.opening``) it owns it, and the
+  handshake thread neither reads nor closes it until the outcome comes back through ``_opened``;
+* sessions ended elsewhere arrive through ``_ended``;
+* ``_wake_lock`` makes the pipe write atomic with ``stop()``'s close of the pipe, so a late
+  ``_wake()`` from another thread cannot write into an fd number the kernel has handed out again.
+
+Every per-connection failure is caught and logged and costs only that connection; the thread
+never dies. ``on_end`` callbacks triggered by a broken lease run on this thread, so they must be
 quick.
 
-Robustness limits: at most ``max_pending`` handshakes wait for their hello; when a new connection
-would exceed that, the oldest pending one *of the uid with the most pending* is
-closed, so an idle flood from one uid costs only that uid's own connections and cannot lock out
-another uid's client. At most ``max_opening_per_uid`` hellos of one uid are queued for the
-openers; that uid's further connections stay pending with their hello unread until one of its
-openers finishes, so a flood from one uid never queues ahead of another uid's hello. A pending connection that sends nothing
-for ``hello_timeout_s`` is closed. Datagrams above ``wire.HELLO_MAX_BYTES`` and hellos that
-carry file descriptors are refused (the kernel discards fds we did not ask for, so none leak).
-When accept() runs out of fds (EMFILE), the listener is paused for 100 ms instead of spinning.
-Accepts are rate-limited (``max_accepts_per_s``, a token bucket): a connect flood then waits in
-the kernel's backlog instead of taking the daemon's CPU and GIL from everyone else, and root and
-the admin group have their own, unlimited handshake socket (the admin lane,
-``wire.ADMIN_DIR_NAME``), which the flood cannot reach.
+Robustness limits on the handshake thread (those on accepting are in
+:mod:`dualbladed.sessions.accept`): at most ``max_opening_per_uid`` hellos of one uid are queued
+for the openers; that uid's further connections stay pending with their hello unread until one
+of its openers finishes, so a flood from one uid never queues ahead of another uid's hello. A
+pending connection that sends nothing for ``hello_timeout_s`` is closed. Datagrams above
+``wire.HELLO_MAX_BYTES`` and hellos that carry file descriptors are refused (the kernel discards
+fds we did not ask for, so none leak).
 
-Instance lock: :meth:`HandshakeServer.start` replaces a stale socket file at ``path`` (only a
-socket, never a regular file). That is safe only because the caller already holds the daemon's
-instance lock (``flock`` on the lock file); without it a second daemon would silently steal the
-socket of a running one.
+Instance lock: :meth:`HandshakeServer.start` replaces a stale socket file at ``path``, which is
+safe only because the caller already holds the daemon's instance lock (see
+:func:`dualbladed.sessions.accept.bind_listener`).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import errno
 import functools
-import json
 import logging
 import os
 import selectors
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from dualblade.v1.wire import (
-    ALIGNMENT,
     HELLO_MAX_BYTES,
     LEASE_FRAME_MAX_BYTES,
-    PROTOCOL_VERSION,
-    reachable_path,
     size_socket_buffers,
 )
 from dualbladed.config import LimitsConfig
 from dualbladed.errors import DualbladeError, FailedPrecondition, InvalidArgument
+from dualbladed.sessions.accept import (
+    LISTENER,
+    Acceptor,
+    bind_listener,
+    eviction_victim,
+    unlink_if_ours,
+)
 from dualbladed.sessions.arena import Arena
-from dualbladed.sessions.hello import parse_hello
+from dualbladed.sessions.hello import error_reply, grant_reply, parse_hello
 from dualbladed.sessions.leaseframes import (
     DEFAULT_MAX_FRAME_BYTES,
     FrameWorkers,
@@ -120,9 +109,6 @@ from dualbladed.sessions.registry import Session, SessionRegistry
 __all__ = ["HandshakeConfig", "HandshakeServer"]
 
 logger = logging.getLogger(__name__)
-
-_ACCEPT_BATCH = 64
-_EMFILE_PAUSE_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -238,9 +224,7 @@ class HandshakeServer:
         # Insertion order = deadline order (one constant timeout), so the oldest is first.
         self._pending: collections.OrderedDict[_Conn, None] = collections.OrderedDict()
         self._leases: dict[str, _Conn] = {}
-        self._accept_paused_until = 0.0
-        self._tokens = float("inf")  # a full bucket (clipped to the burst on first use)
-        self._tokens_at = time.monotonic()
+        self._acceptor: Acceptor | None = None
         # Shared with other threads. The wake lock keeps a late _wake() from writing to a pipe fd
         # that stop() closed (and the kernel may have handed out again).
         self._wake_lock = threading.Lock()
@@ -259,29 +243,13 @@ class HandshakeServer:
         """Bind (replacing a stale socket file: hold the instance lock first), listen, serve."""
         if self._thread is not None:
             raise FailedPrecondition("handshake server already started")
-        self._remove_stale_socket()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            bind_path, via = reachable_path(self._path)  # a long path: via /proc/self/fd
-            try:
-                listener.bind(bind_path)
-            finally:
-                if via is not None:
-                    os.close(via)
-            # Permissions before listen(): a connect() that slips in before chmod is refused.
-            os.chmod(self._path, self._config.socket_mode)
-            if self._config.socket_gid is not None:
-                os.chown(self._path, -1, self._config.socket_gid)
-            listener.listen(128)
-            listener.setblocking(False)
-            self._listener_ino = os.stat(self._path).st_ino
-        except OSError as err:
-            listener.close()
-            raise FailedPrecondition(f"cannot listen on {self._path}: {err}") from err
+        listener, self._listener_ino = bind_listener(
+            self._path, self._config.socket_mode, self._config.socket_gid
+        )
         self._listener = listener
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector = selectors.DefaultSelector()
-        self._selector.register(listener, selectors.EVENT_READ, "listener")
+        self._acceptor = Acceptor(listener, self._selector, self._config.max_accepts_per_s)
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._registry.on_end(self._on_session_end)
         self._thread = threading.Thread(target=self._run, name="dualbladed-handshake", daemon=True)
@@ -321,23 +289,8 @@ class HandshakeServer:
             os.close(self._wake_r)
             os.close(self._wake_w)
             self._wake_r = self._wake_w = -1
-        try:
-            if os.stat(self._path).st_ino == self._listener_ino:
-                os.unlink(self._path)
-        except FileNotFoundError:
-            pass
+        unlink_if_ours(self._path, self._listener_ino)
         logger.info("handshake socket %s closed", self._path)
-
-    def _remove_stale_socket(self) -> None:
-        try:
-            st = os.lstat(self._path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise FailedPrecondition(
-                f"{self._path} exists and is not a socket; refusing to replace it"
-            )
-        os.unlink(self._path)
 
     def _wake(self) -> None:
         # A full pipe (BlockingIOError) means the thread is already due to wake up.
@@ -370,7 +323,8 @@ class HandshakeServer:
                 self._drain_opened()
                 self._drain_lost()
                 self._drain_ended()
-                self._maybe_resume_accept()
+                assert self._acceptor is not None
+                self._acceptor.maybe_resume()
             except Exception:
                 logger.exception("handshake loop iteration failed; continuing")
                 time.sleep(0.01)
@@ -380,16 +334,17 @@ class HandshakeServer:
         deadlines = []
         if self._pending:
             deadlines.append(next(iter(self._pending)).deadline)
-        if self._accept_paused_until:
-            deadlines.append(self._accept_paused_until)
+        if self._acceptor is not None and self._acceptor.paused_until:
+            deadlines.append(self._acceptor.paused_until)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - now)
 
     def _dispatch(self, key: selectors.SelectorKey) -> None:
         data = key.data
-        if data == "listener":
-            self._accept_batch()
+        if data == LISTENER:
+            assert self._acceptor is not None
+            self._acceptor.accept_batch(self._admit)
         elif data == "wake":
             try:
                 while os.read(self._wake_r, 4096):
@@ -414,56 +369,6 @@ class HandshakeServer:
             else:
                 self._lease_lost(conn, "internal error")
 
-    def _accept_batch(self) -> None:
-        assert self._listener is not None
-        for _ in range(_ACCEPT_BATCH):
-            wait = self._accept_tokens()
-            if wait > 0:  # over the accept rate: the kernel's backlog holds the rest meanwhile
-                self._pause_accept(wait)
-                return
-            try:
-                sock, _addr = self._listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as err:
-                if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    logger.warning("handshake accept failed (%s); pausing accepts for 100 ms", err)
-                    self._pause_accept()
-                    return
-                logger.warning("handshake accept failed: %s", err)
-                continue
-            try:
-                self._admit(sock)
-            except Exception:
-                logger.exception("could not admit a handshake connection")
-                sock.close()
-
-    def _accept_tokens(self) -> float:
-        """Take one accept from the token bucket: 0, or the seconds until one is available."""
-        rate = self._config.max_accepts_per_s
-        if rate is None:
-            return 0.0
-        now = time.monotonic()
-        burst = max(1.0, rate / 10)
-        self._tokens = min(burst, self._tokens + (now - self._tokens_at) * rate)
-        self._tokens_at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return 0.0
-        return (1.0 - self._tokens) / rate
-
-    def _pause_accept(self, seconds: float = _EMFILE_PAUSE_S) -> None:
-        assert self._selector is not None and self._listener is not None
-        if not self._accept_paused_until:
-            self._selector.unregister(self._listener)
-        self._accept_paused_until = time.monotonic() + seconds
-
-    def _maybe_resume_accept(self) -> None:
-        if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
-            assert self._selector is not None and self._listener is not None
-            self._accept_paused_until = 0.0
-            self._selector.register(self._listener, selectors.EVENT_READ, "listener")
-
     def _admit(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         try:
@@ -480,7 +385,7 @@ class HandshakeServer:
             return
         conn = _Conn(sock, pid, uid, gid, pidfd, time.monotonic() + self._config.hello_timeout_s)
         while len(self._pending) >= self._config.max_pending:
-            victim = self._eviction_victim(conn.uid)
+            victim = eviction_victim(self._pending, conn.uid)
             self._log_evicted(
                 "too many pending handshakes (%d); closing the oldest of uid %d (pid %d)",
                 self._config.max_pending,
@@ -497,16 +402,6 @@ class HandshakeServer:
         self._pending[conn] = None
         # A well-behaved client has usually queued its hello already: serve it now.
         self._guarded(conn, "conn")
-
-    def _eviction_victim(self, newcomer_uid: int) -> _Conn:
-        """The oldest pending connection of the uid holding the most pending slots."""
-        held = collections.Counter(c.uid for c in self._pending)
-        held[newcomer_uid] += 1
-        for uid, _count in held.most_common():
-            for c in self._pending:  # oldest first
-                if c.uid == uid:
-                    return c
-        return next(iter(self._pending))  # pragma: no cover - the loop always finds one
 
     def _on_hello(self, conn: _Conn) -> None:
         if self._opening_by_uid[conn.uid] >= self._config.max_opening_per_uid:
@@ -602,24 +497,21 @@ class HandshakeServer:
             self._parked.pop(uid, None)
 
     def _grant(self, conn: _Conn, session: Session, grpc_socket: str | None = None) -> None:
-        reply = {
-            "v": PROTOCOL_VERSION,
-            "session_id": session.id,
-            "token": session.token,
-            "tenant": session.tenant,
-            "arena_bytes": session.arena.size,
-            "alignment": ALIGNMENT,
-            "limits": self._limits,
-        }
-        if grpc_socket is not None:
-            reply["grpc_socket"] = grpc_socket
+        reply = grant_reply(
+            session_id=session.id,
+            token=session.token,
+            tenant=session.tenant,
+            arena_bytes=session.arena.size,
+            limits=self._limits,
+            grpc_socket=grpc_socket,
+        )
         if peer_gone(conn):
             self._log_vanished("handshake peer pid %d vanished before the reply", conn.pid)
             self._drop(conn)
             self._registry.end(session.id)
             return
         try:
-            socket.send_fds(conn.sock, [json.dumps(reply).encode()], [session.arena.fd])
+            socket.send_fds(conn.sock, [reply], [session.arena.fd])
         except OSError as err:
             logger.info("handshake peer pid %d vanished before the reply: %s", conn.pid, err)
             self._drop(conn)
@@ -652,9 +544,8 @@ class HandshakeServer:
         )
 
     def _reply_error(self, conn: _Conn, code: str, message: str) -> None:
-        reply = {"v": PROTOCOL_VERSION, "error": {"code": code, "message": message}}
         try:
-            conn.sock.send(json.dumps(reply).encode())
+            conn.sock.send(error_reply(code, message))
         except OSError as err:
             logger.debug("could not send the error reply to pid %d: %s", conn.pid, err)
         self._drop(conn)

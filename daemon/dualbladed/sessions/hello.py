@@ -1,16 +1,35 @@
-"""The handshake's hello: the one message a client sends before it has a session.
+"""The handshake's messages: the hello a client sends before it has a session, and the reply.
 
-One JSON datagram, ``{"v": 1, "tenant": "<label>", "arena_bytes": N}``. It is the only input
-the daemon parses from a process it has not yet identified beyond SO_PEERCRED, so it is
-validated strictly: unknown fields are refused (a typo must not silently select a default),
-the label is a short safe token (it scopes objects and appears in logs and metrics), and the
-arena size is an aligned value within the daemon's limit. Every refusal names the rule.
+Protocol v1 (every message is one UTF-8 JSON datagram on the handshake socket,
+:mod:`dualbladed.sessions.handshake`; the version, size caps, alignment and socket names are
+constants of the wire contract shared with the SDK, :mod:`dualblade.v1.wire`)::
+
+    client -> daemon   {"v": 1, "tenant": "<label>", "arena_bytes": N}     (arena_bytes optional)
+    daemon -> client   {"v": 1, "session_id": "...", "token": "...", "tenant": "<uid>/<label>",
+                        "arena_bytes": N, "alignment": 4096, "limits": {...},
+                        "grpc_socket": "<runtime>/uid/<uid>/grpc.sock"}   (grpc_socket optional)
+                       + SCM_RIGHTS: the arena memfd (sealed, see dualbladed.sessions.arena)
+                   or  {"v": 1, "error": {"code": "INVALID_ARGUMENT", "message": "..."}}, then close
+
+The hello is the only input the daemon parses from a process it has not yet identified beyond
+SO_PEERCRED, so it is validated strictly: unknown fields are refused (a typo must not silently
+select a default, and a newer client learns at once that it talks to an older daemon), the label
+is 1..64 characters of ``[A-Za-z0-9._-]`` (it scopes objects and appears in logs and metrics),
+and ``arena_bytes`` is a multiple of ``wire.ALIGNMENT`` (4096) within
+``[ALIGNMENT, max_arena_bytes]``. Every refusal names the rule.
+
+In the reply, ``limits`` is the daemon's ``[limits]`` section, plus
+``wire.LEASE_FRAME_MAX_BYTES`` when the lease carries frames. ``grpc_socket`` is the gRPC socket
+the session's token is valid on: one per uid, in a directory only that uid (and root) can enter
+(:mod:`dualbladed.service.uidsockets`), so a token handed to another uid is useless. Clients
+that find no ``grpc_socket`` use the gRPC socket next to the handshake socket.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dualblade.v1.wire import ALIGNMENT, PROTOCOL_VERSION
@@ -69,3 +88,32 @@ def parse_hello(data: bytes, *, default_arena_bytes: int, max_arena_bytes: int) 
             "(the daemon's max_arena_bytes)"
         )
     return Hello(tenant=tenant, arena_bytes=arena_bytes)
+
+
+def grant_reply(
+    *,
+    session_id: str,
+    token: str,
+    tenant: str,
+    arena_bytes: int,
+    limits: Mapping[str, int],
+    grpc_socket: str | None = None,
+) -> bytes:
+    """The reply that opens a session (sent with the arena memfd as SCM_RIGHTS)."""
+    reply: dict[str, object] = {
+        "v": PROTOCOL_VERSION,
+        "session_id": session_id,
+        "token": token,
+        "tenant": tenant,
+        "arena_bytes": arena_bytes,
+        "alignment": ALIGNMENT,
+        "limits": limits,
+    }
+    if grpc_socket is not None:
+        reply["grpc_socket"] = grpc_socket
+    return json.dumps(reply).encode()
+
+
+def error_reply(code: str, message: str) -> bytes:
+    """The reply that refuses a hello; the daemon closes the connection after it."""
+    return json.dumps({"v": PROTOCOL_VERSION, "error": {"code": code, "message": message}}).encode()
