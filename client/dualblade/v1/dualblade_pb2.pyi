@@ -48,15 +48,59 @@ class DeleteOp(_message.Message):
     key: bytes
     def __init__(self, key: _Optional[bytes] = ...) -> None: ...
 
+class ReserveOp(_message.Message):
+    __slots__ = ("key", "capacity", "persistent", "path")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    PERSISTENT_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    capacity: int
+    persistent: bool
+    path: str
+    def __init__(self, key: _Optional[bytes] = ..., capacity: _Optional[int] = ..., persistent: _Optional[bool] = ..., path: _Optional[str] = ...) -> None: ...
+
+class AppendOp(_message.Message):
+    __slots__ = ("key", "arena_offset", "length", "durable", "expect_size")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ARENA_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    arena_offset: int
+    length: int
+    durable: bool
+    expect_size: int
+    def __init__(self, key: _Optional[bytes] = ..., arena_offset: _Optional[int] = ..., length: _Optional[int] = ..., durable: _Optional[bool] = ..., expect_size: _Optional[int] = ...) -> None: ...
+
+class ReadRangeOp(_message.Message):
+    __slots__ = ("key", "offset", "length", "arena_offset")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    ARENA_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    offset: int
+    length: int
+    arena_offset: int
+    def __init__(self, key: _Optional[bytes] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., arena_offset: _Optional[int] = ...) -> None: ...
+
 class Op(_message.Message):
-    __slots__ = ("put", "get", "delete")
+    __slots__ = ("put", "get", "delete", "reserve", "append", "read_range")
     PUT_FIELD_NUMBER: _ClassVar[int]
     GET_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
+    RESERVE_FIELD_NUMBER: _ClassVar[int]
+    APPEND_FIELD_NUMBER: _ClassVar[int]
+    READ_RANGE_FIELD_NUMBER: _ClassVar[int]
     put: PutOp
     get: GetOp
     delete: DeleteOp
-    def __init__(self, put: _Optional[_Union[PutOp, _Mapping]] = ..., get: _Optional[_Union[GetOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ...) -> None: ...
+    reserve: ReserveOp
+    append: AppendOp
+    read_range: ReadRangeOp
+    def __init__(self, put: _Optional[_Union[PutOp, _Mapping]] = ..., get: _Optional[_Union[GetOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., reserve: _Optional[_Union[ReserveOp, _Mapping]] = ..., append: _Optional[_Union[AppendOp, _Mapping]] = ..., read_range: _Optional[_Union[ReadRangeOp, _Mapping]] = ...) -> None: ...
 
 class BatchRequest(_message.Message):
     __slots__ = ("ops", "stop_on_error")
@@ -93,7 +137,7 @@ class StatRequest(_message.Message):
     def __init__(self, key: _Optional[bytes] = ...) -> None: ...
 
 class ObjectInfo(_message.Message):
-    __slots__ = ("key", "size", "path", "generation", "persistent", "last_access", "checksum")
+    __slots__ = ("key", "size", "path", "generation", "persistent", "last_access", "checksum", "capacity")
     KEY_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +145,7 @@ class ObjectInfo(_message.Message):
     PERSISTENT_FIELD_NUMBER: _ClassVar[int]
     LAST_ACCESS_FIELD_NUMBER: _ClassVar[int]
     CHECKSUM_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
     key: bytes
     size: int
     path: ResidencyPath
@@ -108,7 +153,8 @@ class ObjectInfo(_message.Message):
     persistent: bool
     last_access: float
     checksum: int
-    def __init__(self, key: _Optional[bytes] = ..., size: _Optional[int] = ..., path: _Optional[_Union[ResidencyPath, str]] = ..., generation: _Optional[int] = ..., persistent: _Optional[bool] = ..., last_access: _Optional[float] = ..., checksum: _Optional[int] = ...) -> None: ...
+    capacity: int
+    def __init__(self, key: _Optional[bytes] = ..., size: _Optional[int] = ..., path: _Optional[_Union[ResidencyPath, str]] = ..., generation: _Optional[int] = ..., persistent: _Optional[bool] = ..., last_access: _Optional[float] = ..., checksum: _Optional[int] = ..., capacity: _Optional[int] = ...) -> None: ...
 
 class ListRequest(_message.Message):
     __slots__ = ("prefix", "limit")
