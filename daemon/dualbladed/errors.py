@@ -160,6 +160,28 @@ class ChecksumMismatch(DataLoss):
         self.actual = actual
 
 
+class LayerChecksumMismatch(ChecksumMismatch):
+    """One chunk of a layer object failed its crc32c (see ``dualbladed.store.layers``)."""
+
+    def __init__(
+        self, key: bytes, chunk: int, chunk_bytes: int, expected: int, actual: int
+    ) -> None:
+        DataLoss.__init__(
+            self,
+            f"checksum mismatch for key {key!r} in chunk {chunk} (bytes {chunk * chunk_bytes}.."
+            f"{(chunk + 1) * chunk_bytes}): stored crc32c {expected:#010x}, read {actual:#010x}; "
+            "the object was dropped",
+        )
+        self.key = key
+        self.chunk = chunk
+        self.expected = expected
+        self.actual = actual
+
+
+class CapacityExceeded(ResourceExhausted):
+    """An append would grow a layer object past its reserved capacity."""
+
+
 class DeviceIOError(DualbladeError):
     """The device returned an I/O error (EIO and friends)."""
 

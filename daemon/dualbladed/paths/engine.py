@@ -44,6 +44,7 @@ import itertools
 import logging
 import mmap
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Literal
 
@@ -65,6 +66,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["DirectEngine", "aligned_buffer", "buffer_address", "byte_view"]
 
 Op = Literal["read", "write"]
+
+#: ``active`` is True on a thread while it runs pieces of :meth:`DirectEngine.run_pieces`.
+_worker = threading.local()
 
 
 class _PyBuffer(ctypes.Structure):
@@ -190,7 +194,7 @@ class DirectEngine:
             return
         request = self.request_bytes
         pieces = -(-nbytes // request)
-        if pieces == 1 or self.queue_depth == 1:
+        if pieces == 1 or self.queue_depth == 1 or getattr(_worker, "active", False):
             for start in range(0, nbytes, request):
                 self._piece(op, mv, offset, start, min(request, nbytes - start))
             return
@@ -216,22 +220,49 @@ class DirectEngine:
 
     def _parallel(self, op: Op, mv: memoryview, offset: int, nbytes: int, pieces: int) -> None:
         request = self.request_bytes
+
+        def piece(index: int) -> None:
+            start = index * request
+            self._piece(op, mv, offset, start, min(request, nbytes - start))
+
+        self.run_pieces(pieces, piece)
+
+    def run_pieces(self, pieces: int, fn: Callable[[int], None]) -> None:
+        """Run ``fn(0) .. fn(pieces - 1)`` at up to ``queue_depth`` in flight; wait for all.
+
+        The scheduler of :meth:`read`/:meth:`write`, open to callers that do more per piece than
+        one transfer (a layer object's ranged read verifies each chunk's crc32c in the worker
+        that read it, so checksumming overlaps the other chunks' I/O). A transfer issued by
+        ``fn`` runs inline on its worker: a nested fan-out onto the same pool could deadlock it.
+        The first error is raised after every started piece has finished; later pieces are
+        skipped.
+        """
+        if pieces <= 0:
+            return
+        if pieces == 1 or self.queue_depth == 1 or getattr(_worker, "active", False):
+            for index in range(pieces):
+                fn(index)
+            return
         claim = itertools.count()  # next() on a C iterator is atomic under the GIL
         stop = threading.Event()
         errors: list[BaseException] = []
 
         def worker() -> None:
-            while not stop.is_set():
-                index = next(claim)
-                if index >= pieces:
-                    return
-                start = index * request
-                try:
-                    self._piece(op, mv, offset, start, min(request, nbytes - start))
-                except BaseException as exc:  # re-raised on the caller's thread below
-                    errors.append(exc)
-                    stop.set()
-                    return
+            nested = getattr(_worker, "active", False)
+            _worker.active = True
+            try:
+                while not stop.is_set():
+                    index = next(claim)
+                    if index >= pieces:
+                        return
+                    try:
+                        fn(index)
+                    except BaseException as exc:  # re-raised on the caller's thread below
+                        errors.append(exc)
+                        stop.set()
+                        return
+            finally:
+                _worker.active = nested
 
         helpers = min(self.queue_depth, pieces) - 1
         pool = self._get_pool()

@@ -30,6 +30,11 @@ class ObjectInfo:
 
     ``size`` is the payload, ``length`` the extent (rounded up to the path's alignment).
     ``session`` is set only for ephemeral objects owned by a session.
+
+    Layer objects (:mod:`dualbladed.store.layers`) have ``capacity > 0`` (the reserved bytes;
+    ``length`` is the capacity rounded up), ``checksum`` 0 and one crc32c per chunk of
+    ``[0, size)`` in ``chunk_crcs``; an append replaces the entry's ``info`` with a new snapshot
+    so ``size`` and ``chunk_crcs`` always change together.
     """
 
     tenant: str
@@ -43,6 +48,12 @@ class ObjectInfo:
     persistent: bool
     last_access: float
     session: str | None
+    capacity: int = 0
+    chunk_crcs: tuple[int, ...] = ()
+
+    @property
+    def is_layer(self) -> bool:
+        return self.capacity > 0
 
     @property
     def extent(self) -> Extent:
@@ -61,6 +72,8 @@ class ObjectInfo:
             generation=self.generation,
             persistent=self.persistent,
             last_access=last_access,
+            capacity=self.capacity,
+            chunk_crcs=self.chunk_crcs,
         )
 
 
@@ -83,12 +96,15 @@ class StoreStats:
 
 
 class IndexEntry:
-    """One object version. ``info`` is fixed; the rest changes under the store lock."""
+    """One object version. ``info`` is fixed (for a layer object an append swaps in a new
+    snapshot with the same extent); the rest changes under the store lock. ``layer`` is the
+    layer object's append state (:class:`dualbladed.store.layers.LayerState`), else None."""
 
-    __slots__ = ("info", "last_access", "pins", "dead")
+    __slots__ = ("info", "last_access", "pins", "dead", "layer")
 
     def __init__(self, info: ObjectInfo) -> None:
         self.info = info
+        self.layer: object | None = None
         self.last_access = info.last_access
         self.pins = 0
         self.dead = False  # retired from the index; the last unpin frees the extent

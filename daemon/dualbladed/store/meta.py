@@ -17,7 +17,18 @@ Schema (version :data:`SCHEMA_VERSION`)::
             checksum INTEGER,                   -- xxh3-64 of the payload, as a *signed* int64
             generation INTEGER,                 -- store-wide, strictly increasing per commit
             persistent INTEGER, last_access REAL,
+            capacity INTEGER,                   -- v2: a layer object's reserved bytes; 0 = ordinary
+            chunk_crcs BLOB,                    -- v2: layer objects: crc32c of each 1 MiB chunk
+                                                --     of [0, size), little-endian u32s; else x''
             PRIMARY KEY (tenant, key))
+
+Versions: 1 had no ``capacity``/``chunk_crcs``; opening a v1 database adds both columns with
+their defaults (0, x'') in one transaction and records version 2, so every v1 row reads back
+as the ordinary object it was. A version this code does not know is refused.
+
+A layer object's row is rewritten by every acknowledged append (new ``size`` and
+``chunk_crcs`` together, after the data write), so a crash exposes the size and crcs of some
+acknowledged append, never bytes that were not acknowledged.
 
 Only committed objects are rows here; the free map of every path is derived from this table at
 start-up (``reserve`` each row), so space that was allocated but never committed is free again
@@ -51,6 +62,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import struct
 import threading
 import time
 import uuid
@@ -63,7 +75,7 @@ from dualbladed.oserrors import from_sqlite_error
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -87,11 +99,24 @@ CREATE TABLE IF NOT EXISTS objects (
     generation INTEGER NOT NULL,
     persistent INTEGER NOT NULL,
     last_access REAL NOT NULL,
+    capacity INTEGER NOT NULL DEFAULT 0,
+    chunk_crcs BLOB NOT NULL DEFAULT x'',
     PRIMARY KEY (tenant, key)
 );
 """
 
-_COLUMNS = "tenant, key, path, offset, length, size, checksum, generation, persistent, last_access"
+#: ``from version -> statements`` bringing a database to the next version.
+_MIGRATIONS = {
+    1: (
+        "ALTER TABLE objects ADD COLUMN capacity INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE objects ADD COLUMN chunk_crcs BLOB NOT NULL DEFAULT x''",
+    ),
+}
+
+_COLUMNS = (
+    "tenant, key, path, offset, length, size, checksum, generation, persistent, last_access, "
+    "capacity, chunk_crcs"
+)
 
 _U64 = 1 << 64
 _I64_MAX = (1 << 63) - 1
@@ -106,9 +131,23 @@ def to_unsigned64(value: int) -> int:
     return value + _U64 if value < 0 else value
 
 
+def pack_crcs(crcs: tuple[int, ...]) -> bytes:
+    """Chunk crc32c values as the ``chunk_crcs`` BLOB (little-endian u32s)."""
+    return struct.pack(f"<{len(crcs)}I", *crcs)
+
+
+def unpack_crcs(blob: bytes) -> tuple[int, ...]:
+    if len(blob) % 4:
+        raise FailedPrecondition(f"chunk_crcs blob of {len(blob)} bytes is not a u32 array")
+    return struct.unpack(f"<{len(blob) // 4}I", blob)
+
+
 @dataclass(frozen=True)
 class ObjectRecord:
-    """One committed object row. ``checksum`` is the unsigned xxh3-64 value."""
+    """One committed object row. ``checksum`` is the unsigned xxh3-64 value.
+
+    Layer objects: ``capacity > 0`` and ``chunk_crcs`` one crc32c per chunk of ``[0, size)``.
+    """
 
     tenant: str
     key: bytes
@@ -120,6 +159,8 @@ class ObjectRecord:
     generation: int
     persistent: bool
     last_access: float
+    capacity: int = 0
+    chunk_crcs: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,7 +185,20 @@ def parse_tenant(name: str) -> tuple[int, str]:
 
 
 def _row_to_record(row: tuple) -> ObjectRecord:
-    tenant, key, path, offset, length, size, checksum, generation, persistent, last_access = row
+    (
+        tenant,
+        key,
+        path,
+        offset,
+        length,
+        size,
+        checksum,
+        generation,
+        persistent,
+        last_access,
+        capacity,
+        chunk_crcs,
+    ) = row
     return ObjectRecord(
         tenant=tenant,
         key=bytes(key),
@@ -156,6 +210,8 @@ def _row_to_record(row: tuple) -> ObjectRecord:
         generation=generation,
         persistent=bool(persistent),
         last_access=last_access,
+        capacity=capacity,
+        chunk_crcs=unpack_crcs(bytes(chunk_crcs)),
     )
 
 
@@ -183,7 +239,8 @@ class Txn:
         """Insert or replace ``rec``; return the row it replaced, if any."""
         old = self.get(rec.tenant, rec.key)
         self._conn.execute(
-            f"INSERT OR REPLACE INTO objects ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO objects ({_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 rec.tenant,
                 rec.key,
@@ -195,9 +252,23 @@ class Txn:
                 rec.generation,
                 int(rec.persistent),
                 rec.last_access,
+                rec.capacity,
+                pack_crcs(rec.chunk_crcs),
             ),
         )
         return old
+
+    def set_layer_size(
+        self, tenant: str, key: bytes, generation: int, size: int, chunk_crcs: tuple[int, ...]
+    ) -> bool:
+        """Advance a layer object's committed ``size`` and ``chunk_crcs`` (an acknowledged
+        append); False when no row of that generation exists (replaced meanwhile)."""
+        cur = self._conn.execute(
+            "UPDATE objects SET size = ?, chunk_crcs = ? "
+            "WHERE tenant = ? AND key = ? AND generation = ?",
+            (size, pack_crcs(chunk_crcs), tenant, key, generation),
+        )
+        return cur.rowcount == 1
 
     def delete(self, tenant: str, key: bytes) -> ObjectRecord | None:
         """Delete one row; return it, or None when there was none."""
@@ -269,6 +340,12 @@ class MetaStore:
                 logger.info("metadata %s created for namespace %s", self.path, self.namespace_uuid)
                 return
             version = rows.get("schema_version")
+            while version is not None and version.isdigit() and int(version) in _MIGRATIONS:
+                for statement in _MIGRATIONS[int(version)]:
+                    self._conn.execute(statement)
+                version = str(int(version) + 1)
+                self._conn.execute("UPDATE meta SET v = ? WHERE k = 'schema_version'", (version,))
+                logger.info("metadata %s migrated to schema version %s", self.path, version)
             if version != str(SCHEMA_VERSION):
                 raise FailedPrecondition(
                     f"{self.path}: metadata schema version {version}, this daemon reads "

@@ -77,6 +77,7 @@ from dualbladed.errors import (
 from dualbladed.killpoints import killpoint
 from dualbladed.oserrors import from_oserror
 from dualbladed.paths.abstract import DIRECT, ResidencyPath
+from dualbladed.store import layers
 from dualbladed.store.index import IndexEntry, ObjectIndex, ObjectInfo, PathUsage, StoreStats
 from dualbladed.store.input import (
     DEFAULT_MAX_OBJECT_BYTES,
@@ -353,6 +354,8 @@ class ObjectStore:
     def _read_verified(self, entry: IndexEntry, view: memoryview) -> int | None:
         """Read ``entry`` into ``view``; return None when it verifies, else the bad checksum."""
         info = entry.info
+        if info.is_layer:  # per-chunk crc32c, see dualbladed.store.layers
+            return layers.read_verified(self._paths[info.path], info, view)
         self._paths[info.path].read(info.extent, view)
         actual = xxhash.xxh3_64_intdigest(view)
         if actual == info.checksum:
@@ -423,6 +426,53 @@ class ObjectStore:
     def namespace_uuid(self) -> uuid.UUID:
         """The superblock UUID the metadata is bound to."""
         return self._meta.namespace_uuid
+
+    # -- layer objects (dualbladed.store.layers) -----------------------------------------------
+
+    def reserve(
+        self,
+        tenant: str,
+        key: bytes,
+        capacity: int,
+        *,
+        persistent: bool = False,
+        session: str | None = None,
+        path: str | None = None,
+    ) -> ObjectInfo:
+        """Create (or replace any object under ``key`` with) an empty layer object of
+        ``capacity`` bytes in one contiguous extent. OutOfSpace when no extent fits."""
+        return layers.reserve(
+            self, tenant, key, capacity, persistent=persistent, session=session, path=path
+        )
+
+    def append(
+        self,
+        tenant: str,
+        key: bytes,
+        src: memoryview,
+        *,
+        durable: bool = False,
+        expect_size: int | None = None,
+    ) -> ObjectInfo:
+        """Append ``src`` at the layer object's end; returns the info with the new size.
+
+        Raises:
+            FailedPrecondition: not a layer object, or its size is not ``expect_size``.
+            CapacityExceeded: the append would pass the reserved capacity (nothing written).
+        """
+        return layers.append(self, tenant, key, src, durable=durable, expect_size=expect_size)
+
+    def read_range_into(
+        self, tenant: str, key: bytes, offset: int, length: int, dst: memoryview
+    ) -> int:
+        """Read ``[offset, offset + length)`` (``length`` 0: to the end) of a layer object into
+        ``dst``, verifying each chunk; returns the bytes read.
+
+        Raises:
+            OutOfRange: the range passes the object's size.
+            ChecksumMismatch: a chunk failed (``dst`` zeroed, the object dropped).
+        """
+        return layers.read_range_into(self, tenant, key, offset, length, dst)
 
     # -- migration ---------------------------------------------------------------------------
 

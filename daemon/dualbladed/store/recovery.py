@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 from dualbladed.alloc.abstract import Extent
 from dualbladed.errors import InvalidArgument, SuperblockError
 from dualbladed.paths.abstract import ResidencyPath
-from dualbladed.store.index import IndexEntry, ObjectIndex, ObjectInfo
+from dualbladed.store.index import ObjectIndex, ObjectInfo
+from dualbladed.store.layers import new_entry
 from dualbladed.store.meta import MetaStore, ObjectRecord
 
 if TYPE_CHECKING:
@@ -106,8 +107,10 @@ def rebuild(meta: MetaStore, paths: dict[str, ResidencyPath], index: ObjectIndex
             persistent=True,
             last_access=rec.last_access,
             session=None,
+            capacity=rec.capacity,
+            chunk_crcs=rec.chunk_crcs,
         )
-        index.install(IndexEntry(info))
+        index.install(new_entry(info))
     if dropped:
         with meta.txn(durable=True) as t:
             for rec in dropped:

@@ -1,0 +1,478 @@
+"""Layer objects: one contiguous extent with reserved capacity, appended to and read by ranges.
+
+A layer object holds one (sequence or prefix, layer, K|V) stream. A decode step then costs a few
+ops per layer (one ranged read of each of K and V), not one op per 256-token block. This module
+is a friend of :class:`~dualbladed.store.objects.ObjectStore` (like :mod:`.relocate`): it uses
+the store's lock, index, paths and metadata under the store's rules.
+
+Shape. ``reserve`` allocates ONE extent of ``capacity`` bytes (rounded up to the path's
+alignment) on the chosen path and indexes an object of size 0: ``ObjectInfo.capacity > 0`` marks
+the kind. Tenant quota and usage count the whole extent (a tenant cannot reserve the disk for
+free); the arbiter's per-path byte counts (``StoreStats``) count ``size``, the bytes written.
+
+Integrity. The object's bytes ``[0, size)`` are cut into chunks of :data:`LAYER_CHUNK_BYTES`
+(1 MiB, part of the wire contract); ``ObjectInfo.chunk_crcs[i]`` is the crc32c of chunk ``i``.
+An append extends the tail chunk's crc incrementally (``crc32c(new, prev)``) and starts new ones.
+A ranged read verifies every chunk it covers *in the I/O worker that read it*: ``crc32c``
+releases the GIL (``gil_release_mode=1``), so checksumming overlaps the other chunks' I/O. A
+chunk only partly inside the range is read whole into a per-thread aligned buffer, verified
+there and the wanted part copied out. A mismatch zeroes the whole destination range, drops the
+object and raises :class:`~dualbladed.errors.ChecksumMismatch` naming the chunk (same rule as
+``get``: torn or stale bytes are never returned).
+
+I/O. Direct path: a read of ``k`` chunks is ``k`` pieces of :meth:`DirectEngine.run_pieces`
+(1 MiB requests at the engine's queue depth, 8 by default), each read straight into the
+destination (the session arena) when its address is block aligned. Appends at a block-aligned
+end write whole blocks straight from the arena and bounce only the ragged last block
+(zero-padded, inside the extent). At an unaligned end the object's partial tail block (< one
+block; cached in :class:`LayerState`, read back once after a restart or a failed write) is
+written together with the head of the new bytes from a small aligned buffer; the rest follows
+at the next block boundary. The rewritten tail block carries the same committed bytes, so a
+concurrent reader of ``[0, size)`` sees the same values. Page-cache path: a plain ``pwrite``
+at the offset inside the slab range (contiguous, with the same reserved capacity).
+
+Crash ordering of an append (ordered by the object's :attr:`LayerState.lock`; one append at a
+time per object, reads never wait for it)::
+
+    check expect_size and capacity -> crc32c of the new bytes
+      -> [append.before_data_write] -> write at the current end -> [append.after_data_write]
+      -> durable: path.flush() -> commit (lock): persistent rows get UPDATE size, chunk_crcs
+         (synchronous=FULL when durable) -> [append.after_commit] -> size visible, acknowledged
+
+Before the commit the new bytes lie past the committed size, where no reader looks and the
+crcs do not cover them; after a crash the row still says the old size, so an unacknowledged range
+is never exposed. Ephemeral layer objects never touch SQLite (like ephemeral objects).
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import threading
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from crc32c import crc32c
+
+from dualbladed.alloc.abstract import Extent
+from dualbladed.errors import (
+    CapacityExceeded,
+    DualbladeError,
+    FailedPrecondition,
+    InvalidArgument,
+    LayerChecksumMismatch,
+    OutOfRange,
+)
+from dualbladed.oserrors import from_oserror
+from dualbladed.paths.abstract import DIRECT, ResidencyPath
+from dualbladed.paths.engine import DirectEngine
+from dualbladed.store.index import IndexEntry, ObjectInfo
+from dualbladed.store.input import as_bytes_view, check_key, zero
+
+if TYPE_CHECKING:
+    from dualbladed.store.objects import ObjectStore
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "LAYER_CHUNK_BYTES",
+    "LayerState",
+    "append",
+    "chunk_count",
+    "extend_crcs",
+    "new_entry",
+    "read_range_into",
+    "read_verified",
+    "reserve",
+]
+
+# WIRE CONTRACT -- moves to ``dualblade.v1.wire`` when that module lands (branch ``wire``):
+#: Bytes per checksummed chunk of a layer object (the last chunk may be shorter).
+LAYER_CHUNK_BYTES = 1 << 20
+
+#: Always release the GIL while checksumming (the default only does so above 32 KiB).
+_GIL_RELEASE = 1
+
+
+class LayerState:
+    """Per-object append state: the append lock and the cached partial tail block.
+
+    ``tail`` is ``bytes(size % block)`` -- the committed bytes of the last, partial block on the
+    direct path -- or None when unknown (after a restart or a failed write: read back once).
+    Guarded by ``lock``; lock order ``LayerState.lock`` -> ``ObjectStore._lock``.
+    """
+
+    __slots__ = ("lock", "tail")
+
+    def __init__(self, tail: bytes | None = None) -> None:
+        self.lock = threading.Lock()
+        self.tail = tail
+
+
+def new_entry(info: ObjectInfo) -> IndexEntry:
+    """An index entry for ``info``, with append state when it is a layer object."""
+    entry = IndexEntry(info)
+    if info.is_layer:
+        entry.layer = LayerState(b"" if info.size == 0 else None)
+    return entry
+
+
+def chunk_count(size: int) -> int:
+    return -(-size // LAYER_CHUNK_BYTES)
+
+
+def extend_crcs(crcs: tuple[int, ...], size: int, data: memoryview) -> tuple[int, ...]:
+    """The chunk crcs of ``[0, size + len(data))`` given those of ``[0, size)``."""
+    if len(crcs) != chunk_count(size):
+        raise FailedPrecondition(f"{len(crcs)} chunk crcs do not describe {size} bytes")
+    out = list(crcs)
+    pos, done, n = size, 0, data.nbytes
+    while done < n:
+        chunk, within = divmod(pos, LAYER_CHUNK_BYTES)
+        take = min(LAYER_CHUNK_BYTES - within, n - done)
+        piece = data[done : done + take]
+        if within == 0:
+            out.append(crc32c(piece, 0, _GIL_RELEASE))
+        else:
+            out[chunk] = crc32c(piece, out[chunk], _GIL_RELEASE)
+        pos += take
+        done += take
+    return tuple(out)
+
+
+# -- reserve ---------------------------------------------------------------------------------
+
+
+def reserve(
+    store: ObjectStore,
+    tenant: str,
+    key: bytes,
+    capacity: int,
+    *,
+    persistent: bool = False,
+    session: str | None = None,
+    path: str | None = None,
+) -> ObjectInfo:
+    """Create (or replace whatever is under ``key`` with) an empty layer object."""
+    key = check_key(tenant, key)
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise InvalidArgument(f"capacity must be an integer, got {type(capacity).__name__}")
+    if not 1 <= capacity <= store.max_object_bytes:
+        raise InvalidArgument(
+            f"layer object capacity {capacity} is outside 1..{store.max_object_bytes} bytes "
+            f"(key {key!r})"
+        )
+    path_name = store._choose_path(tenant, capacity, path)
+    target = store._paths[path_name]
+    with store._lock:
+        store._check_open()
+        extent = target.allocate(capacity)
+        try:
+            entry = new_entry(
+                ObjectInfo(
+                    tenant=tenant,
+                    key=key,
+                    size=0,
+                    path=path_name,
+                    offset=extent.offset,
+                    length=extent.length,
+                    checksum=0,
+                    generation=store._next_generation,
+                    persistent=persistent,
+                    last_access=time.time(),
+                    session=None if persistent else session,
+                    capacity=capacity,
+                    chunk_crcs=(),
+                )
+            )
+            old = store._index.lookup(tenant, key)
+            store._commit(entry, old, durable=False)
+        except BaseException:
+            target.release(extent)
+            raise
+        store._next_generation += 1
+        if old is not None:
+            store._retire(old)
+        store._index.install(entry)
+        return entry.snapshot()
+
+
+# -- append ----------------------------------------------------------------------------------
+
+
+def append(
+    store: ObjectStore,
+    tenant: str,
+    key: bytes,
+    src: memoryview,
+    *,
+    durable: bool = False,
+    expect_size: int | None = None,
+) -> ObjectInfo:
+    """Append ``src`` at the end of the layer object; acknowledged after the commit."""
+    key = check_key(tenant, key)
+    data = as_bytes_view(src, writable=False, what="source")
+    n = data.nbytes
+    if n <= 0:
+        raise InvalidArgument(f"append to key {key!r} needs at least one byte")
+    with store._lock:
+        store._check_open()
+        entry = store._require(tenant, key)
+        if entry.layer is None:
+            raise FailedPrecondition(f"key {key!r} is not a layer object (reserve it first)")
+        store._index.pin(entry)
+    try:
+        state: LayerState = entry.layer  # type: ignore[assignment]
+        with state.lock:
+            return _append_locked(store, entry, state, data, durable, expect_size)
+    finally:
+        with store._lock:
+            store._unpin(entry)
+
+
+def _append_locked(
+    store: ObjectStore,
+    entry: IndexEntry,
+    state: LayerState,
+    data: memoryview,
+    durable: bool,
+    expect_size: int | None,
+) -> ObjectInfo:
+    with store._lock:
+        store._check_open()
+        _check_live(entry)
+        info = entry.info
+    size, n = info.size, data.nbytes
+    if expect_size is not None and size != expect_size:
+        raise FailedPrecondition(
+            f"append to key {info.key!r} expected size {expect_size}, the object has {size} "
+            "bytes (an append was lost or repeated)"
+        )
+    if size + n > info.capacity:
+        raise CapacityExceeded(
+            f"append of {n} bytes to layer object {info.key!r} (size {size}) exceeds its "
+            f"capacity {info.capacity} bytes; reserve a larger object"
+        )
+    crcs = extend_crcs(info.chunk_crcs, size, data)
+    target = store._paths[info.path]
+    try:
+        tail = _write_at(target, info, state, data)
+        if durable:
+            target.flush()
+    except BaseException as exc:
+        state.tail = None  # the tail block may be half rewritten: read it back next time
+        if isinstance(exc, OSError):
+            raise from_oserror(
+                exc, context=f"appending {n} bytes to key {info.key!r} on {info.path}"
+            ) from exc
+        raise
+    new_info = replace(info, size=size + n, chunk_crcs=crcs)
+    with store._lock:
+        store._check_open()
+        _check_live(entry)
+        if info.persistent:
+            _commit_size(store, new_info, durable=durable)
+        entry.info = new_info
+        state.tail = tail
+        return entry.snapshot()
+
+
+def _check_live(entry: IndexEntry) -> None:
+    if entry.dead:
+        raise FailedPrecondition(
+            f"layer object {entry.info.key!r} was replaced or deleted during the append"
+        )
+
+
+def _commit_size(store: ObjectStore, info: ObjectInfo, *, durable: bool) -> None:
+    """Persist the new size and crcs (under the store lock)."""
+    try:
+        with store._meta.txn(durable=durable) as t:
+            if not t.set_layer_size(
+                info.tenant, info.key, info.generation, info.size, info.chunk_crcs
+            ):
+                raise FailedPrecondition(f"layer object {info.key!r} has no committed row")
+    except DualbladeError:
+        raise
+    except Exception as exc:  # sqlite3.Error, OSError from the state dir
+        raise DualbladeError(f"metadata commit failed: {exc}") from exc
+
+
+def _write_at(
+    target: ResidencyPath, info: ObjectInfo, state: LayerState, data: memoryview
+) -> bytes | None:
+    """Write ``data`` at ``info.size``; return the new partial tail block (direct path)."""
+    size, n = info.size, data.nbytes
+    base, length = info.offset, info.length
+    if target.name != DIRECT:
+        target.write(Extent(base + size, length - size), data)
+        return None
+    block = target.alignment
+    head_len = size % block
+    tail = b""
+    if head_len:
+        tail = state.tail if state.tail is not None else _read_tail(target, info, head_len)
+        start = size - head_len
+        first = min(n, block - head_len)
+        target.write(Extent(base + start, length - start), memoryview(tail + bytes(data[:first])))
+        rest = data[first:]
+        if rest.nbytes:
+            target.write(Extent(base + start + block, length - start - block), rest)
+    else:
+        target.write(Extent(base + size, length - size), data)
+    new_len = (size + n) % block
+    if new_len == 0:
+        return b""
+    if new_len <= n:
+        return bytes(data[n - new_len :])
+    return tail + bytes(data)
+
+
+def _read_tail(target: ResidencyPath, info: ObjectInfo, head_len: int) -> bytes:
+    start = info.size - head_len
+    buf = bytearray(head_len)
+    target.read(Extent(info.offset + start, info.length - start), memoryview(buf))
+    return bytes(buf)
+
+
+# -- reads -----------------------------------------------------------------------------------
+
+
+def read_range_into(
+    store: ObjectStore, tenant: str, key: bytes, offset: int, length: int, dst: memoryview
+) -> int:
+    """Read bytes ``[offset, offset + length)`` (``length`` 0: to the end) into ``dst``."""
+    key = check_key(tenant, key)
+    out = as_bytes_view(dst, writable=True, what="destination")
+    if offset < 0 or length < 0:
+        raise OutOfRange(f"range offset {offset} and length {length} must be >= 0")
+    with store._lock:
+        store._check_open()
+        entry = store._require(tenant, key)
+        info = entry.info
+        if not info.is_layer:
+            raise FailedPrecondition(f"key {key!r} is not a layer object; read it whole with get")
+        size = info.size
+        if offset > size:
+            raise OutOfRange(f"range offset {offset} is past the end of key {key!r} ({size} bytes)")
+        n = size - offset if length == 0 else length
+        if offset + n > size:
+            raise OutOfRange(
+                f"range {offset}..{offset + n} is past the end of key {key!r} ({size} bytes)"
+            )
+        if out.nbytes < n:
+            raise InvalidArgument(
+                f"destination holds {out.nbytes} bytes, range of key {key!r} needs {n}"
+            )
+        store._index.pin(entry)
+        store._index.note_access(entry)
+    try:
+        bad = _read_chunks(store._paths[info.path], info, offset, out[:n])
+    finally:
+        with store._lock:
+            store._unpin(entry)
+    if bad is not None:
+        _drop(store, entry, bad)
+        chunk, expected, actual = bad
+        raise LayerChecksumMismatch(key, chunk, LAYER_CHUNK_BYTES, expected, actual)
+    return n
+
+
+def read_verified(target: ResidencyPath, info: ObjectInfo, view: memoryview) -> int | None:
+    """Read all of a layer object (``view`` is ``size`` bytes) and verify every chunk.
+
+    The store's ``_read_verified`` for layer objects (get, relocation): None when it verifies,
+    else the crc32c read for the first bad chunk (``view`` is then zeroed).
+    """
+    bad = _read_chunks(target, info, 0, view)
+    return None if bad is None else bad[2]
+
+
+def _drop(store: ObjectStore, entry: IndexEntry, bad: tuple[int, int, int]) -> None:
+    info = entry.info
+    logger.error(
+        "checksum mismatch: tenant %s layer object %r on %s at %d+%d generation %d, chunk %d "
+        "(stored crc32c %#010x, read %#010x); dropping the object",
+        info.tenant,
+        info.key,
+        info.path,
+        info.offset,
+        info.length,
+        info.generation,
+        *bad,
+    )
+    with store._lock:
+        if store._index.lookup(info.tenant, info.key) is entry:
+            store._commit(None, entry, durable=False)
+            store._retire(entry)
+
+
+class _Bad(Exception):
+    """Internal: a chunk failed its crc (stops the other pieces)."""
+
+
+_local = threading.local()
+
+
+def _chunk_buffer() -> memoryview:
+    """This thread's page-aligned buffer of one chunk (for chunks only partly in a range)."""
+    view = getattr(_local, "chunk", None)
+    if view is None:
+        view = memoryview(mmap.mmap(-1, LAYER_CHUNK_BYTES))
+        _local.chunk = view
+    return view
+
+
+def _read_chunks(
+    target: ResidencyPath, info: ObjectInfo, offset: int, out: memoryview
+) -> tuple[int, int, int] | None:
+    """Read ``[offset, offset + len(out))`` of ``info`` into ``out``, verifying every chunk.
+
+    Returns None, or ``(chunk, stored crc, read crc)`` of a failed chunk after zeroing ``out``.
+    """
+    n = out.nbytes
+    if n == 0:
+        return None
+    size, crcs = info.size, info.chunk_crcs
+    first = offset // LAYER_CHUNK_BYTES
+    last = (offset + n - 1) // LAYER_CHUNK_BYTES
+    found: list[tuple[int, int, int]] = []
+
+    def piece(index: int) -> None:
+        chunk = first + index
+        c0 = chunk * LAYER_CHUNK_BYTES
+        c1 = min(c0 + LAYER_CHUNK_BYTES, size)
+        lo, hi = max(c0, offset), min(c1, offset + n)
+        extent = Extent(info.offset + c0, info.length - c0)
+        if lo == c0 and hi == c1:
+            view = out[c0 - offset : c1 - offset]
+            target.read(extent, view)
+            actual = crc32c(view, 0, _GIL_RELEASE)
+        else:
+            whole = _chunk_buffer()[: c1 - c0]
+            target.read(extent, whole)
+            actual = crc32c(whole, 0, _GIL_RELEASE)
+            out[lo - offset : hi - offset] = whole[lo - c0 : hi - c0]
+        if actual != crcs[chunk]:
+            found.append((chunk, crcs[chunk], actual))
+            raise _Bad
+
+    engine = getattr(target, "engine", None)
+    try:
+        try:
+            if isinstance(engine, DirectEngine):
+                engine.run_pieces(last - first + 1, piece)
+            else:
+                for index in range(last - first + 1):
+                    piece(index)
+        except OSError as exc:
+            raise from_oserror(
+                exc, context=f"reading key {info.key!r} from {info.path} at {info.offset}"
+            ) from exc
+    except _Bad:
+        pass
+    if not found:
+        return None
+    zero(out)
+    return min(found)

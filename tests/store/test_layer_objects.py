@@ -1,0 +1,289 @@
+"""Layer objects (issue 12) in the object store, on both residency paths.
+
+Real files throughout: the direct path is O_DIRECT on a 64 MiB file namespace, the page-cache
+path real slab files, the metadata a real SQLite state dir. Covers append/read round trips at
+odd sizes and offsets, per-chunk crc32c detection of on-disk corruption, the capacity and
+expect_size guards, restarts (acknowledged ranges survive, appends continue at an unaligned
+tail), ephemeral objects freed with their session, quota counting capacity, the v1 -> v2
+metadata migration, and ranged reads fanned out in 1 MiB requests over several I/O threads.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from crc32c import crc32c
+from objectstore_utils import new_namespace, open_store, payload
+
+from dualbladed.errors import (
+    CapacityExceeded,
+    ChecksumMismatch,
+    FailedPrecondition,
+    InvalidArgument,
+    LayerChecksumMismatch,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+)
+from dualbladed.namespace.file import FileNamespace
+from dualbladed.paths.pagecache import PageCachePath
+from dualbladed.store import MetaStore, ObjectStore
+from dualbladed.store.layers import LAYER_CHUNK_BYTES
+from dualbladed.store.meta import SCHEMA_VERSION
+
+T = "1000/llama"
+MiB = 1 << 20
+SLAB = 16 * MiB
+
+
+def _open(ns: FileNamespace, root: Path) -> ObjectStore:
+    pc = PageCachePath(root / "slabs", slab_bytes=SLAB, max_bytes=32 * MiB)
+    return open_store(ns, root / "state", extra={"pagecache": pc}, max_object_bytes=16 * MiB)
+
+
+@pytest.fixture
+def ns(tmp_path: Path) -> FileNamespace:
+    n = new_namespace(tmp_path)
+    yield n
+    n.close()
+
+
+@pytest.fixture
+def store(ns: FileNamespace, tmp_path: Path) -> ObjectStore:
+    s = _open(ns, tmp_path)
+    yield s
+    s.close()
+
+
+def read_range(store: ObjectStore, key: bytes, offset: int = 0, length: int = 0) -> bytes:
+    size = store.stat(T, key).size
+    buf = bytearray(size - offset if length == 0 else length)
+    n = store.read_range_into(T, key, offset, length, memoryview(buf))
+    assert n == len(buf)
+    return bytes(buf)
+
+
+def corrupt(store: ObjectStore, ns: FileNamespace, root: Path, key: bytes, at: int) -> None:
+    """Flip one byte of ``key``'s stored bytes at object offset ``at``, behind the store."""
+    info = store.stat(T, key)
+    if info.path == "direct":
+        target, where = ns.path, info.offset + at
+    else:
+        index, inner = divmod(info.offset, SLAB)
+        target, where = root / "slabs" / f"slab-{index:04d}.dat", inner + at
+    fd = os.open(target, os.O_RDWR)
+    try:
+        old = os.pread(fd, 1, where)
+        os.pwrite(fd, bytes([old[0] ^ 0xFF]), where)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+PATHS = ["direct", "pagecache"]
+SIZES = [1, 4095, 4097, 3, LAYER_CHUNK_BYTES - 2, 8192, LAYER_CHUNK_BYTES + 5, 12_345]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_append_and_read_ranges_round_trip_at_odd_sizes(store: ObjectStore, path: str) -> None:
+    cap = 3 * MiB + 77
+    info = store.reserve(T, b"L", cap, path=path)
+    assert (info.size, info.capacity, info.path) == (0, cap, path)
+    assert info.length >= cap
+    expected = b""
+    for i, n in enumerate(SIZES):
+        data = payload(i, n)
+        got = store.append(T, b"L", memoryview(data), expect_size=len(expected))
+        expected += data
+        assert got.size == len(expected)
+    assert read_range(store, b"L") == expected
+    total = len(expected)
+    # sub-ranges at odd offsets, inside one chunk and across chunk boundaries
+    for off, ln in [(0, 1), (1, 4096), (4095, 3), (LAYER_CHUNK_BYTES - 7, 20), (5, total - 5)]:
+        assert read_range(store, b"L", off, ln) == expected[off : off + ln], (off, ln)
+    assert read_range(store, b"L", total - 10) == expected[-10:]
+    # get of a layer object reads it whole (verified per chunk)
+    buf = bytearray(total)
+    assert store.get_into(T, b"L", memoryview(buf)).size == total
+    assert bytes(buf) == expected
+    # the chunk crcs are exactly crc32c of each 1 MiB chunk
+    st = store.stat(T, b"L")
+    chunks = [expected[i : i + LAYER_CHUNK_BYTES] for i in range(0, total, LAYER_CHUNK_BYTES)]
+    assert st.chunk_crcs == tuple(crc32c(c) for c in chunks)
+    # bytes written, not capacity, count as the path's bytes; usage counts the capacity
+    assert store.stats().paths[path].bytes == total
+    assert store.usage(T) == st.length
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_corrupt_chunk_is_detected_per_chunk_zeroed_and_dropped(
+    store: ObjectStore, ns: FileNamespace, tmp_path: Path, path: str
+) -> None:
+    data = payload(3, 2 * LAYER_CHUNK_BYTES + 999)
+    store.reserve(T, b"C", 3 * MiB, path=path, persistent=True)
+    store.append(T, b"C", memoryview(data))
+    corrupt(store, ns, tmp_path, b"C", LAYER_CHUNK_BYTES + 12)  # in chunk 1
+    # chunks 0 and 2 still verify on their own
+    assert read_range(store, b"C", 0, LAYER_CHUNK_BYTES) == data[:LAYER_CHUNK_BYTES]
+    assert read_range(store, b"C", 2 * LAYER_CHUNK_BYTES) == data[2 * LAYER_CHUNK_BYTES :]
+    dst = bytearray(b"\xaa" * 4096)
+    with pytest.raises(LayerChecksumMismatch, match="chunk 1 ") as err:
+        store.read_range_into(T, b"C", LAYER_CHUNK_BYTES - 2048, 4096, memoryview(dst))
+    assert isinstance(err.value, ChecksumMismatch)  # DATA_LOSS, like a failed get
+    assert err.value.chunk == 1
+    assert dst == bytes(4096)  # never handed out
+    with pytest.raises(NotFound):
+        store.stat(T, b"C")
+    assert store._meta.get(T, b"C") is None
+    assert store.stats().paths[path].alloc.used == 0
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_capacity_and_expect_size_guards_change_nothing(store: ObjectStore, path: str) -> None:
+    store.reserve(T, b"G", 10_000, path=path, persistent=True)
+    store.append(T, b"G", memoryview(payload(1, 9_000)))
+    with pytest.raises(CapacityExceeded, match=r"b'G' \(size 9000\) exceeds its capacity 10000"):
+        store.append(T, b"G", memoryview(payload(2, 1_001)))
+    assert issubclass(CapacityExceeded, ResourceExhausted)  # RESOURCE_EXHAUSTED on the wire
+    with pytest.raises(FailedPrecondition, match="expected size 8000, the object has 9000"):
+        store.append(T, b"G", memoryview(b"x"), expect_size=8000)
+    assert store.stat(T, b"G").size == 9_000
+    assert store._meta.get(T, b"G").size == 9_000
+    assert store.append(T, b"G", memoryview(payload(2, 1_000)), expect_size=9_000).size == 10_000
+    assert read_range(store, b"G") == payload(1, 9_000) + payload(2, 1_000)
+
+
+def test_bad_layer_requests_raise_typed_errors(store: ObjectStore) -> None:
+    store.put(T, b"plain", memoryview(b"abc"))
+    with pytest.raises(FailedPrecondition, match="not a layer object"):
+        store.append(T, b"plain", memoryview(b"x"))
+    with pytest.raises(FailedPrecondition, match="not a layer object"):
+        store.read_range_into(T, b"plain", 0, 1, memoryview(bytearray(1)))
+    for cap in (0, 16 * MiB + 1):
+        with pytest.raises(InvalidArgument, match=f"capacity {cap} is outside 1.."):
+            store.reserve(T, b"x", cap)
+    with pytest.raises(InvalidArgument, match="unknown residency path"):
+        store.reserve(T, b"x", 10, path="tape")
+    with pytest.raises(NotFound):
+        store.append(T, b"absent", memoryview(b"x"))
+    store.reserve(T, b"L", 100)
+    store.append(T, b"L", memoryview(b"0123456789"))
+    with pytest.raises(OutOfRange, match="range 5..15 is past the end of key b'L' \\(10 bytes\\)"):
+        store.read_range_into(T, b"L", 5, 10, memoryview(bytearray(10)))
+    with pytest.raises(OutOfRange, match="offset 11 is past the end"):
+        store.read_range_into(T, b"L", 11, 0, memoryview(bytearray(10)))
+    with pytest.raises(InvalidArgument, match="destination holds 3 bytes"):
+        store.read_range_into(T, b"L", 0, 0, memoryview(bytearray(3)))
+    with pytest.raises(InvalidArgument, match="at least one byte"):
+        store.append(T, b"L", memoryview(b""))
+    assert store.read_range_into(T, b"L", 10, 0, memoryview(bytearray(0))) == 0
+    # reserve replaces whatever was there with an empty layer object
+    store.reserve(T, b"plain", 50)
+    assert (store.stat(T, b"plain").size, store.stat(T, b"plain").capacity) == (0, 50)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_restart_keeps_acknowledged_ranges_and_appends_continue(
+    ns: FileNamespace, tmp_path: Path, path: str
+) -> None:
+    s = _open(ns, tmp_path)
+    s.reserve(T, b"P", 2 * MiB, path=path, persistent=True)
+    first = payload(7, LAYER_CHUNK_BYTES + 4_321)  # ends mid block and mid chunk
+    s.append(T, b"P", memoryview(first), durable=True)
+    s.reserve(T, b"E", 4096, path=path)  # ephemeral: gone after the restart
+    s.append(T, b"E", memoryview(b"e"))
+    s.close()
+    s = _open(ns, tmp_path)
+    info = s.stat(T, b"P")
+    assert (info.size, info.capacity, info.path, info.persistent) == (
+        len(first),
+        2 * MiB,
+        path,
+        True,
+    )
+    with pytest.raises(NotFound):
+        s.stat(T, b"E")
+    assert read_range(s, b"P") == first
+    # the partial tail block and the tail chunk's crc continue from disk
+    more = payload(8, 5_000)
+    s.append(T, b"P", memoryview(more))
+    assert read_range(s, b"P") == first + more
+    s.close()
+    s = _open(ns, tmp_path)
+    assert read_range(s, b"P") == first + more
+    s.close()
+
+
+def test_ephemeral_layer_objects_are_freed_with_their_session(store: ObjectStore) -> None:
+    store.reserve(T, b"mine", 64 << 10, session="s1")
+    store.append(T, b"mine", memoryview(payload(1, 5000)))
+    store.reserve(T, b"kept", 64 << 10, session="s1", persistent=True)
+    store.reserve(T, b"other", 64 << 10, session="s2")
+    assert store.usage(T) == 3 * (64 << 10)  # quota counts reserved capacity
+    assert store.release_session("s1") == 1
+    with pytest.raises(NotFound):
+        store.stat(T, b"mine")
+    assert store.stat(T, b"kept").capacity == 64 << 10
+    assert store.stat(T, b"other").capacity == 64 << 10
+    assert store.usage(T) == 2 * (64 << 10)
+
+
+def test_reads_fan_out_in_1mib_requests_over_several_threads(
+    store: ObjectStore, ns: FileNamespace
+) -> None:
+    data = payload(4, 8 * MiB)
+    store.reserve(T, b"big", 8 * MiB, path="direct")
+    store.append(T, b"big", memoryview(data))
+    seen: list[tuple[str, int]] = []
+    real = ns.preadv
+
+    def spy(buffers: list[memoryview], offset: int) -> int:
+        seen.append((threading.current_thread().name, sum(memoryview(b).nbytes for b in buffers)))
+        return real(buffers, offset)
+
+    ns.preadv = spy  # type: ignore[method-assign]
+    try:
+        assert read_range(store, b"big") == data
+    finally:
+        del ns.preadv
+    assert [n for _, n in seen] == [MiB] * 8
+    assert len({name for name, _ in seen}) > 1  # read at queue depth > 1, not one by one
+
+
+def test_v1_metadata_is_migrated_and_its_rows_stay_ordinary(tmp_path: Path) -> None:
+    import uuid
+
+    ns_uuid = uuid.uuid4()
+    db = tmp_path / "m.db"
+    conn = sqlite3.connect(db)
+    conn.executescript(
+        """
+        CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+        CREATE TABLE tenants (name TEXT PRIMARY KEY, uid INTEGER NOT NULL, label TEXT NOT NULL,
+                              created REAL NOT NULL);
+        CREATE TABLE objects (tenant TEXT NOT NULL, key BLOB NOT NULL, path TEXT NOT NULL,
+            offset INTEGER NOT NULL, length INTEGER NOT NULL, size INTEGER NOT NULL,
+            checksum INTEGER NOT NULL, generation INTEGER NOT NULL, persistent INTEGER NOT NULL,
+            last_access REAL NOT NULL, PRIMARY KEY (tenant, key));
+        """
+    )
+    conn.execute(
+        "INSERT INTO meta VALUES ('schema_version', '1'), ('namespace_uuid', ?)", (str(ns_uuid),)
+    )
+    conn.execute(
+        "INSERT INTO objects VALUES (?, ?, 'direct', 8192, 4096, 100, -5, 3, 1, 1.5)",
+        (T, b"old"),
+    )
+    conn.commit()
+    conn.close()
+    with MetaStore(db, namespace_uuid=ns_uuid) as meta:
+        rec = meta.get(T, b"old")
+        assert (rec.size, rec.generation, rec.capacity, rec.chunk_crcs) == (100, 3, 0, ())
+    conn = sqlite3.connect(db)
+    version = conn.execute("SELECT v FROM meta WHERE k = 'schema_version'").fetchone()[0]
+    conn.close()
+    assert version == str(SCHEMA_VERSION) == "2"
