@@ -34,6 +34,7 @@ import grpc
 
 from dualblade import _buffers, errors
 from dualblade._handshake import open_session
+from dualblade._layers import LayerMethods
 from dualblade._leaseplane import LeasePlane, TooLarge
 from dualblade.arena import ClientArena, Slot
 from dualblade.v1 import dualblade_pb2 as pb
@@ -88,14 +89,18 @@ class ObjectInfo:
     persistent: bool = False
     last_access: float = 0.0
     checksum: int = 0
+    capacity: int = 0  # a layer object's reserved bytes; 0 for ordinary objects
 
 
 def _key(key: bytes | str) -> bytes:
     return key.encode() if isinstance(key, str) else bytes(key)
 
 
-class Client:
-    """One session with dualbladed. Use :meth:`connect`; close it (or use ``with``)."""
+class Client(LayerMethods):
+    """One session with dualbladed. Use :meth:`connect`; close it (or use ``with``).
+
+    The ranged API for layer objects (reserve, append, read_range...) comes from
+    :class:`~dualblade._layers.LayerMethods`."""
 
     def __init__(self, socket_path: str, handshake: Any, channel: grpc.Channel) -> None:
         self.socket_path = socket_path
@@ -501,6 +506,7 @@ def _info(o: pb.ObjectInfo) -> ObjectInfo:
         o.persistent,
         o.last_access,
         o.checksum,
+        o.capacity,
     )
 
 

@@ -12,6 +12,7 @@ from dualbladed.errors import InvalidArgument
 from dualbladed.service.calls import rpc
 from dualbladed.service.status import op_code
 from dualbladed.sessions.batch import (
+    AppendRequest,
     BatchExecutor,
     BatchLimits,
     DeleteRequest,
@@ -19,6 +20,8 @@ from dualbladed.sessions.batch import (
     Op,
     OpOutcome,
     PutRequest,
+    ReadRangeRequest,
+    ReserveRequest,
 )
 from dualbladed.sessions.registry import Session, SessionRegistry
 from dualbladed.store import ObjectInfo, ObjectStore
@@ -36,6 +39,7 @@ def object_info_pb(info: ObjectInfo) -> pb.ObjectInfo:
         persistent=info.persistent,
         last_access=info.last_access,
         checksum=info.checksum,
+        capacity=info.capacity,
     )
 
 
@@ -52,7 +56,27 @@ def _op_from_pb(op: pb.Op) -> Op:
         return GetRequest(op.get.key, op.get.arena_offset, op.get.length)
     if which == "delete":
         return DeleteRequest(op.delete.key)
-    raise InvalidArgument("batch op has none of put, get, delete set")
+    if which in ("reserve", "append", "read_range"):
+        return _layer_op_from_pb(which, op)
+    raise InvalidArgument("batch op has none of put, get, delete, reserve, append, read_range set")
+
+
+def _layer_op_from_pb(which: str, op: pb.Op) -> Op:
+    """The layer-object ops (issue 12): reserve, append, read_range."""
+    if which == "reserve":
+        r = op.reserve
+        if r.path and r.path not in PATH_TO_PB:
+            raise InvalidArgument(
+                f"unknown residency path {r.path!r} in reserve (expected one of "
+                f"{', '.join(sorted(PATH_TO_PB))} or empty)"
+            )
+        return ReserveRequest(r.key, r.capacity, r.persistent, r.path or None)
+    if which == "append":
+        a = op.append
+        expect = a.expect_size if a.HasField("expect_size") else None
+        return AppendRequest(a.key, a.arena_offset, a.length, a.durable, expect)
+    r = op.read_range
+    return ReadRangeRequest(r.key, r.offset, r.length, r.arena_offset)
 
 
 def op_result_pb(outcome: OpOutcome) -> pb.OpResult:

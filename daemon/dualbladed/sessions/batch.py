@@ -55,7 +55,44 @@ class DeleteRequest:
     key: bytes
 
 
-Op = PutRequest | GetRequest | DeleteRequest
+@dataclass(frozen=True)
+class ReserveRequest:
+    """Create an empty layer object of ``capacity`` bytes (see ``dualbladed.store.layers``)."""
+
+    key: bytes
+    capacity: int
+    persistent: bool = False
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class AppendRequest:
+    key: bytes
+    arena_offset: int
+    length: int
+    durable: bool = False
+    expect_size: int | None = None
+
+
+@dataclass(frozen=True)
+class ReadRangeRequest:
+    key: bytes
+    offset: int
+    length: int  # 0: to the end of the object
+    arena_offset: int
+
+
+Op = PutRequest | GetRequest | DeleteRequest | ReserveRequest | AppendRequest | ReadRangeRequest
+LayerOp = ReserveRequest | AppendRequest | ReadRangeRequest
+
+
+@dataclass(frozen=True)
+class _LayerDone:
+    """A layer op's result as ``_run_one`` reads it (``size``: see the OpResult docs)."""
+
+    size: int
+    generation: int
+    path: str
 
 
 @dataclass(frozen=True)
@@ -178,6 +215,8 @@ class BatchExecutor:
                 info = self._put(session, op)
             elif isinstance(op, GetRequest):
                 info = self._get(session, op)
+            elif isinstance(op, LayerOp):
+                info = self._layer_op(session, op)
             else:
                 info = self._store.delete(session.tenant, op.key)
             path, nbytes = info.path, info.size
@@ -231,6 +270,61 @@ class BatchExecutor:
             return self._store.get_into(session.tenant, op.key, dst)
         finally:
             dst.release()
+
+    # -- layer objects (issue 12) ------------------------------------------------------------
+
+    def _layer_op(self, session: Session, op: LayerOp) -> _LayerDone:
+        if isinstance(op, ReserveRequest):
+            if not 0 < op.capacity <= self._limits.max_object_bytes:
+                raise InvalidArgument(
+                    f"reserve capacity {op.capacity} of key {op.key!r} is outside "
+                    f"1..{self._limits.max_object_bytes} bytes (the object size limit)"
+                )
+            if op.path is not None and op.path not in PATH_NAMES:
+                raise InvalidArgument(f"unknown residency path {op.path!r}")
+            self._reserve(session, op.key, op.capacity)
+            try:
+                info = self._store.reserve(
+                    session.tenant,
+                    op.key,
+                    op.capacity,
+                    persistent=op.persistent,
+                    session=session.id,
+                    path=op.path,
+                )
+            finally:
+                self._unreserve(session.tenant, op.capacity)
+            return _LayerDone(info.capacity, info.generation, info.path)
+        if isinstance(op, AppendRequest):
+            self._check_size(op.length)
+            src = session.arena.view(op.arena_offset, op.length)
+            try:
+                info = self._store.append(
+                    session.tenant,
+                    op.key,
+                    src,
+                    durable=op.durable,
+                    expect_size=op.expect_size,
+                )
+            finally:
+                src.release()
+            return _LayerDone(info.size, info.generation, info.path)
+        if op.length < 0 or op.offset < 0:
+            raise InvalidArgument(f"range offset {op.offset} and length {op.length} must be >= 0")
+        room = op.length
+        if room == 0:  # to the end: the arena must hold the rest of the object
+            room = max(self._store.stat(session.tenant, op.key).size - op.offset, 0)
+        if room > self._limits.max_object_bytes:
+            raise InvalidArgument(
+                f"length {room} exceeds the object size limit {self._limits.max_object_bytes}"
+            )
+        dst = session.arena.view(op.arena_offset, room)
+        try:
+            # Ask for exactly ``room`` bytes: an append landing after the stat is not read.
+            n, info = self._store.read_range(session.tenant, op.key, op.offset, room, dst)
+        finally:
+            dst.release()
+        return _LayerDone(n, info.generation, info.path)
 
     # -- quotas ---------------------------------------------------------------------------
 

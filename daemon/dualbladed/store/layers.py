@@ -341,8 +341,10 @@ def _read_tail(target: ResidencyPath, info: ObjectInfo, head_len: int) -> bytes:
 
 def read_range_into(
     store: ObjectStore, tenant: str, key: bytes, offset: int, length: int, dst: memoryview
-) -> int:
-    """Read bytes ``[offset, offset + length)`` (``length`` 0: to the end) into ``dst``."""
+) -> tuple[int, ObjectInfo]:
+    """Read bytes ``[offset, offset + length)`` (``length`` 0: to the end) into ``dst``.
+
+    Returns the bytes read and the object's info as of the read."""
     key = check_key(tenant, key)
     out = as_bytes_view(dst, writable=True, what="destination")
     if offset < 0 or length < 0:
@@ -376,7 +378,7 @@ def read_range_into(
         _drop(store, entry, bad)
         chunk, expected, actual = bad
         raise LayerChecksumMismatch(key, chunk, LAYER_CHUNK_BYTES, expected, actual)
-    return n
+    return n, info
 
 
 def read_verified(target: ResidencyPath, info: ObjectInfo, view: memoryview) -> int | None:

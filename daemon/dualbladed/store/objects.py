@@ -472,6 +472,12 @@ class ObjectStore:
             OutOfRange: the range passes the object's size.
             ChecksumMismatch: a chunk failed (``dst`` zeroed, the object dropped).
         """
+        return layers.read_range_into(self, tenant, key, offset, length, dst)[0]
+
+    def read_range(
+        self, tenant: str, key: bytes, offset: int, length: int, dst: memoryview
+    ) -> tuple[int, ObjectInfo]:
+        """:meth:`read_range_into`, also returning the object's info as of the read."""
         return layers.read_range_into(self, tenant, key, offset, length, dst)
 
     # -- migration ---------------------------------------------------------------------------
