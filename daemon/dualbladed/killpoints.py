@@ -38,6 +38,14 @@ this tuple and a test fails when a name here has no call site, or a call site na
     the row names the destination (committed durably); the source extent is not freed yet.
 ``release_session.mid``
     some of an ended session's ephemeral objects are retired, the rest are not.
+``append.before_data_write``
+    a layer-object append passed its checks (expect_size, capacity); nothing written.
+``append.after_data_write``
+    the new bytes are past the committed size on disk, not flushed; size and crcs unchanged.
+``append.before_commit``
+    written (and flushed when durable); the row still has the old size and crcs.
+``append.after_commit``
+    the row has the new size and crcs (persistent objects), the reply not sent.
 """
 
 from __future__ import annotations
@@ -66,6 +74,10 @@ KILL_POINTS: tuple[str, ...] = (
     "relocate.after_copy",
     "relocate.after_commit",
     "release_session.mid",
+    "append.before_data_write",
+    "append.after_data_write",
+    "append.before_commit",
+    "append.after_commit",
 )
 
 

@@ -53,6 +53,7 @@ def test_the_contract_values_are_pinned() -> None:
     assert (wire.ALIGNMENT, wire.HELLO_MAX_BYTES, wire.REPLY_MAX_BYTES) == (4096, 4096, 65536)
     assert (wire.GRPC_SOCKET_NAME, wire.HANDSHAKE_SOCKET_NAME) == ("grpc.sock", "handshake.sock")
     assert wire.LEASE_FRAME_MAX_BYTES == "lease_frame_max_bytes"
+    assert wire.LAYER_CHUNK_BYTES == 1 << 20
 
 
 @pytest.mark.parametrize("euid", [0, 1000])

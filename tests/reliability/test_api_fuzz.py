@@ -43,6 +43,8 @@ def test_generated_requests_get_a_status_and_never_leak(daemon: DaemonProcess) -
     assert counts.op_codes["OK"] > 50
     assert counts.gets_checked > 10
     assert counts.rpc_codes["UNAUTHENTICATED"] > 10
+    # ... with layer-object ops too (issue 12): each kind succeeded at least once
+    assert all(counts.ok_kinds[k] > 0 for k in ("reserve", "append", "read_range")), counts.ok_kinds
 
 
 def test_hostile_batch_shapes_are_refused_with_precise_codes(daemon: DaemonProcess) -> None:

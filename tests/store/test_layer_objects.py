@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -239,19 +240,32 @@ def test_reads_fan_out_in_1mib_requests_over_several_threads(
     store.reserve(T, b"big", 8 * MiB, path="direct")
     store.append(T, b"big", memoryview(data))
     seen: list[tuple[str, int]] = []
+    in_flight = [0, 0]  # now, most at once
+    lock = threading.Lock()
     real = ns.preadv
 
-    def spy(buffers: list[memoryview], offset: int) -> int:
-        seen.append((threading.current_thread().name, sum(memoryview(b).nbytes for b in buffers)))
-        return real(buffers, offset)
+    def slow_device(buffers: list[memoryview], offset: int) -> int:
+        """The file, made to take 20 ms per request like a busy device (so that whether
+        requests overlap does not depend on how the scheduler happens to run threads)."""
+        with lock:
+            seen.append((threading.current_thread().name, sum(b.nbytes for b in buffers)))
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight)
+        try:
+            time.sleep(0.02)
+            return real(buffers, offset)
+        finally:
+            with lock:
+                in_flight[0] -= 1
 
-    ns.preadv = spy  # type: ignore[method-assign]
+    ns.preadv = slow_device  # type: ignore[method-assign]
     try:
         assert read_range(store, b"big") == data
     finally:
         del ns.preadv
     assert [n for _, n in seen] == [MiB] * 8
-    assert len({name for name, _ in seen}) > 1  # read at queue depth > 1, not one by one
+    assert in_flight[1] >= 2  # requests overlapped: queue depth > 1, not one by one
+    assert len({name for name, _ in seen}) >= 2
 
 
 def test_v1_metadata_is_migrated_and_its_rows_stay_ordinary(tmp_path: Path) -> None:
@@ -287,3 +301,109 @@ def test_v1_metadata_is_migrated_and_its_rows_stay_ordinary(tmp_path: Path) -> N
     version = conn.execute("SELECT v FROM meta WHERE k = 'schema_version'").fetchone()[0]
     conn.close()
     assert version == str(SCHEMA_VERSION) == "2"
+
+
+def test_fsck_checks_layer_objects(tmp_path: Path) -> None:
+    """fsck verifies every chunk crc of layer objects on both paths and their size/capacity."""
+    from dualbladed.store.fsck import fsck
+
+    ns = new_namespace(tmp_path)
+    pc = PageCachePath(tmp_path / "state" / "pagecache", slab_bytes=SLAB, max_bytes=32 * MiB)
+    s = open_store(ns, tmp_path / "state", extra={"pagecache": pc}, max_object_bytes=16 * MiB)
+    for path in PATHS:
+        s.reserve(T, path.encode(), 3 * MiB, path=path, persistent=True)
+        s.append(T, path.encode(), memoryview(payload(1, 2 * MiB + 100)))
+    s.reserve(T, b"empty", 4096, persistent=True)
+    direct = s.stat(T, b"direct")
+    paged = s.stat(T, b"pagecache")
+    s.close()
+    ns.close()
+    report = fsck(str(ns.path), str(tmp_path / "state"))
+    assert report.ok, report.render()
+    assert report.verified == 3
+    # one flipped byte in chunk 2 of each object, and a row whose size passes its capacity
+    for target, where in [
+        (ns.path, direct.offset),
+        (tmp_path / "state" / "pagecache" / "slab-0000.dat", paged.offset % SLAB),
+    ]:
+        fd = os.open(target, os.O_RDWR)
+        try:
+            at = where + 2 * MiB + 7
+            os.pwrite(fd, bytes([os.pread(fd, 1, at)[0] ^ 1]), at)
+        finally:
+            os.close(fd)
+    conn = sqlite3.connect(tmp_path / "state" / "meta.sqlite3")
+    conn.execute("UPDATE objects SET size = 5000 WHERE key = ?", (b"empty",))
+    conn.commit()
+    conn.close()
+    report = fsck(str(ns.path), str(tmp_path / "state"))
+    assert not report.ok
+    text = "\n".join(report.errors)
+    assert "b'direct': layer chunk 2 crc32c mismatch on path direct" in text
+    assert "b'pagecache': layer chunk 2 crc32c mismatch on path pagecache" in text
+    assert "b'empty': layer object size 5000, capacity 4096" in text
+    assert "has 0 chunk crcs, expected 1" in text
+    assert len(report.errors) == 4, text
+
+
+def test_relocation_moves_whole_layer_objects_while_appends_continue(
+    store: ObjectStore, ns: FileNamespace, tmp_path: Path
+) -> None:
+    store.reserve(T, b"R", 2 * MiB, path="direct", persistent=True)
+    first = payload(1, LAYER_CHUNK_BYTES + 4099)
+    store.append(T, b"R", memoryview(first))
+    before = store.stat(T, b"R")
+    moved = store.relocate(T, b"R", "pagecache")
+    assert (moved.path, moved.size, moved.capacity, moved.chunk_crcs, moved.generation) == (
+        "pagecache",
+        before.size,
+        before.capacity,
+        before.chunk_crcs,
+        before.generation,
+    )
+    assert moved.length >= 2 * MiB  # the whole capacity moved, not only the bytes written
+    assert store.stats().paths["direct"].alloc.used == 0
+    assert read_range(store, b"R") == first
+    # appends race relocations back and forth: every append lands exactly once, in order
+    parts: list[bytes] = []
+    done = {"appends": 0, "moves": 0}
+    errors: list[BaseException] = []
+
+    def busy() -> bool:
+        return not errors and (done["appends"] < 20 or done["moves"] < 6)
+
+    def appender() -> None:
+        try:
+            size = len(first)
+            while busy():
+                part = payload(100 + len(parts), 50 + len(parts) % 7)
+                size = store.append(T, b"R", memoryview(part), expect_size=size).size
+                parts.append(part)
+                done["appends"] += 1
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    def mover() -> None:
+        try:
+            while busy():
+                store.relocate(T, b"R", "direct" if done["moves"] % 2 == 0 else "pagecache")
+                done["moves"] += 1
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=appender), threading.Thread(target=mover)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    expected = first + b"".join(parts)
+    assert read_range(store, b"R") == expected
+    info = store.stat(T, b"R")
+    store.close()
+    reopened = _open(ns, tmp_path)  # the moves were committed with size and crcs
+    try:
+        assert reopened.stat(T, b"R").path == info.path
+        assert read_range(reopened, b"R") == expected
+    finally:
+        reopened.close()

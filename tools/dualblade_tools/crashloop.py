@@ -7,8 +7,10 @@ Each cycle (RocksDB's ``db_crashtest`` black-box and white-box modes, ZFS ztest'
    point (:mod:`dualbladed.killpoints`);
 2. verify the oracle against it (below), and that no two extents overlap (``Admin.Extents``);
 3. run a seeded writer: persistent puts (durable and not), ephemeral puts, gets (checked live),
-   deletes, and short-lived extra sessions with ephemeral objects (their end runs
-   ``release_session``). A black-box cycle SIGKILLs the daemon at a random moment; a white-box
+   deletes, short-lived extra sessions with ephemeral objects (their end runs
+   ``release_session``), and layer objects: reserves and appends (durable and not, guarded by
+   ``expect_size``) with live ranged reads; an acknowledged append must survive, an
+   unacknowledged range must never show. A black-box cycle SIGKILLs the daemon at a random moment; a white-box
    cycle waits for the kill point to fire (and kills it at the time bound if it never did);
 4. with the daemon dead, run ``dbctl fsck`` (the same :func:`dualbladed.store.fsck.fsck`, data
    verified) on its namespace and state directory: it must be clean.
@@ -70,6 +72,10 @@ TENANT = "crash"
 KEYS = 48
 MAX_SIZE = 160 * 1024
 RELOCATE_NS_BYTES = 64 << 20
+#: Layer objects (issue 12): share of ops, keys ``p/l<n>``, and their reserved capacity.
+LAYER_ODDS = 0.2
+LAYER_KEYS = 6
+LAYER_CAPACITY = 256 << 10
 
 
 def payload(rng: random.Random) -> bytes:
@@ -98,6 +104,7 @@ class Writer:
         self.counts = counts
         self.failures: list[str] = []
         self.ephemeral: dict[bytes, bytes] = {}
+        self.layers: dict[bytes, bytes | None] = {}  # layer key -> its bytes (this cycle)
 
     def run(self, client: object, daemon: DaemonProcess, deadline: float) -> int:
         from dualblade import errors
@@ -121,6 +128,9 @@ class Writer:
         from dualblade import Client, errors
 
         rng = self.rng
+        if rng.random() < LAYER_ODDS:
+            self._layer(c)
+            return
         key = f"p/{rng.randrange(KEYS)}".encode()
         roll = rng.random()
         if roll < 0.40:
@@ -161,6 +171,47 @@ class Writer:
             with Client.connect(daemon.socket, tenant=TENANT, arena_bytes=1 << 20) as extra:
                 extra.put_many([(f"c/{i}".encode(), payload(rng)[:8192]) for i in range(6)])
 
+    def _layer(self, c: object) -> None:
+        """A layer-object op on a persistent ``p/l<n>`` key: reserve (re-reserve when full or
+        now and then) or a durable-or-not append guarded by expect_size. The oracle holds the
+        digest of the object's whole bytes, so a crash may expose the acknowledged bytes or
+        those of the in-flight op, never a range that was not acknowledged."""
+        from dualblade import errors
+
+        rng = self.rng
+        key = f"p/l{rng.randrange(LAYER_KEYS)}".encode()
+        state = self.oracle.keys.get(key)
+        if key not in self.layers:  # first touch this cycle: learn the surviving bytes
+            if state is None or state.value is None:
+                self.layers[key] = None
+            else:
+                try:
+                    self.layers[key] = c.read_range(key)
+                except errors.NotFound:
+                    self.layers[key] = None
+        current = self.layers[key]
+        data = rng.randbytes(rng.choice((rng.randint(1, 4096), 4096 * rng.randint(1, 4))))
+        if current is None or len(current) + len(data) > LAYER_CAPACITY or rng.random() < 0.05:
+            self.oracle.begin(key, digest(b""), False)
+            c.reserve(key, LAYER_CAPACITY, persistent=True)
+            self.oracle.ack_put(key, digest(b""), False)
+            self.layers[key] = b""
+            return
+        durable = rng.random() < 0.5
+        new = current + data
+        self.oracle.begin(key, digest(new), durable)
+        size = c.append(key, data, durable=durable, expect_size=len(current))
+        self.oracle.ack_put(key, digest(new), durable)
+        self.layers[key] = new
+        if size != len(new):
+            self.counts.corrupt_reads += 1
+            self.failures.append(f"append to {key!r} reported size {size}, expected {len(new)}")
+        if rng.random() < 0.3:  # a live ranged read of the tail
+            start = rng.randrange(len(new))
+            if c.read_range(key, start, len(new) - start) != new[start:]:
+                self.counts.corrupt_reads += 1
+                self.failures.append(f"live ranged read of {key!r} returned wrong bytes")
+
 
 def _connect(daemon: DaemonProcess) -> object:
     from dualblade import Client
@@ -182,8 +233,9 @@ def verify_daemon(client: object, oracle: Oracle, counts: Counts, failures: list
             failures.append(f"phantom object {key!r}")
     for key in sorted(k for k in oracle.keys if k.startswith(b"p/")):
         observed: Digest
+        read = client.read_range if key.startswith(b"p/l") else client.get  # layer objects
         try:
-            observed = digest(client.get(key))
+            observed = digest(read(key))
         except errors.NotFound:
             observed = None
         except errors.DataLoss:

@@ -3,8 +3,9 @@
 The harness talks raw gRPC to a real daemon (started with :class:`DaemonProcess` unless
 ``--socket`` names a running one), with requests that Hypothesis generates: random keys of 0..4096
 bytes, arena offsets and lengths anywhere in ``[0, 2**64)`` (misaligned, past the arena, huge),
-unknown residency-path enum values, empty ops, random op mixes of up to 8 ops per batch, and
-missing, malformed, unknown or stale session tokens.
+unknown residency-path enum values, empty ops, layer-object ops (reserve with random capacities
+and path names, append with and without ``expect_size``, read_range at random offsets), random op
+mixes of up to 8 ops per batch, and missing, malformed, unknown or stale session tokens.
 
 Pass criteria, checked on every request:
 
@@ -12,7 +13,7 @@ Pass criteria, checked on every request:
   UNKNOWN (an unexpected exception in the daemon) nor UNAVAILABLE (a dead daemon);
 - **no tenant ever receives another tenant's bytes.** Each tenant's arena is filled with that
   tenant's marker byte before every request, so every object it can store consists of that byte
-  only, and every byte a successful get places must be the caller's marker. Another tenant's
+  only, and every byte a successful get or read_range places must be the caller's marker. Another tenant's
   marker, or stale bytes of the namespace (zeros of a never-written block), count as a leak. A
   put and a get in one batch may share an arena range: the get writes marked bytes, so the put
   still stores only marked bytes;
@@ -117,7 +118,7 @@ PATHS = _mostly(
 
 @st.composite
 def ops(draw: st.DrawFn) -> pb.Op:
-    kind = draw(st.integers(min_value=0, max_value=19))
+    kind = draw(st.integers(min_value=0, max_value=27))
     if kind < 8:
         return pb.Op(
             put=pb.PutOp(
@@ -133,7 +134,54 @@ def ops(draw: st.DrawFn) -> pb.Op:
         return pb.Op(get=pb.GetOp(key=draw(KEYS), arena_offset=draw(OFFSETS), length=draw(ROOMS)))
     if kind < 19:
         return pb.Op(delete=pb.DeleteOp(key=draw(KEYS)))
-    return pb.Op()
+    if kind == 19:
+        return pb.Op()
+    return draw(layer_ops())
+
+
+#: Keys mostly only layer ops use (puts and deletes of COMMON_KEYS would replace the objects
+#: before a read_range could find them), sometimes any key, ordinary objects' included.
+LAYER_KEYS = [b"layer/0/K", b"layer/0/V"]
+LAYER_KEY_DRAW = _mostly(st.sampled_from(LAYER_KEYS), KEYS)
+
+#: A reserve's path is a string: the known names, empty (the arbiter decides) or junk, which
+#: fails the whole Batch call with INVALID_ARGUMENT.
+PATH_NAMES = _mostly(
+    st.sampled_from(["", "direct", "pagecache"]),
+    st.sampled_from(["", "direct", "pagecache"]),
+    st.text(max_size=16),
+)
+
+
+@st.composite
+def layer_ops(draw: st.DrawFn) -> pb.Op:
+    """Layer-object ops (issue 12): reserve, append (with or without expect_size), read_range."""
+    kind = draw(st.integers(min_value=0, max_value=7))
+    key = draw(LAYER_KEY_DRAW)
+    if kind < 2:
+        return pb.Op(
+            reserve=pb.ReserveOp(
+                key=key,
+                capacity=draw(ROOMS),
+                persistent=draw(st.booleans()),
+                path=draw(PATH_NAMES),
+            )
+        )
+    if kind < 5:
+        op = pb.AppendOp(
+            key=key, arena_offset=draw(OFFSETS), length=draw(LENGTHS), durable=draw(st.booleans())
+        )
+        if draw(st.booleans()):
+            op.expect_size = draw(_mostly(st.integers(0, 64 << 10), U64))
+        return pb.Op(append=op)
+    return pb.Op(
+        read_range=pb.ReadRangeOp(
+            key=key,
+            offset=draw(_mostly(st.just(0), st.integers(0, 64 << 10), U64)),
+            length=draw(_mostly(st.just(0), st.integers(0, 64 << 10), U64)),  # 0: to the end
+            arena_offset=draw(OFFSETS),
+        )
+    )
 
 
 #: ``own`` uses the caller's token; the others must all be refused with UNAUTHENTICATED.
@@ -176,6 +224,8 @@ class FuzzCounts:
     failures: list[str] = field(default_factory=list)
     rpc_codes: collections.Counter[str] = field(default_factory=collections.Counter)
     op_codes: collections.Counter[str] = field(default_factory=collections.Counter)
+    #: Op kinds ("put", "reserve", ...) that came back OK: the run reached the store with each.
+    ok_kinds: collections.Counter[str] = field(default_factory=collections.Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -187,6 +237,7 @@ class FuzzCounts:
             "failures": list(self.failures),
             "rpc_codes": dict(sorted(self.rpc_codes.items())),
             "op_codes": dict(sorted(self.op_codes.items())),
+            "ok_kinds": dict(sorted(self.ok_kinds.items())),
         }
 
 
@@ -242,6 +293,9 @@ class FuzzHarness:
             for i, op in enumerate(request.ops):
                 if op.WhichOneof("op") == "get":
                     gets.append((i, op.get))
+                elif op.WhichOneof("op") == "read_range":  # checked like a get: room = placed
+                    rr = op.read_range
+                    gets.append((i, pb.GetOp(arena_offset=rr.arena_offset, length=2**64 - 1)))
         elif isinstance(request, pb.StatRequest):
             method = client._store.Stat
         else:
@@ -293,6 +347,9 @@ class FuzzHarness:
         with self._lock:
             self.counts.ops += len(request.ops)
             self.counts.op_codes.update(names)
+            self.counts.ok_kinds.update(
+                op.WhichOneof("op") for op, r in zip(request.ops, reply.results) if r.code == 0
+            )
             self.counts.gets_checked += checked
             self.counts.cross_tenant_leaks += leaks
             self.counts.failures += failures

@@ -24,6 +24,10 @@ it is one frame (integers little-endian)::
 
 ``code`` is a :class:`Code` (google.rpc.Code), as in ``BatchResult.code``.
 
+Layer objects (``ReserveOp``/``AppendOp``/``ReadRangeOp``). Their integrity is a crc32c per
+:data:`LAYER_CHUNK_BYTES` chunk of the object's bytes (the last chunk may be shorter); the daemon
+verifies every chunk a ranged read covers, so the chunk size is part of the contract.
+
 The shared arena. Both processes map the same memfd; every offset named on the wire is a
 multiple of :data:`ALIGNMENT` (a page, and a multiple of every logical block size the daemon
 accepts, so O_DIRECT on arena slices is always legal). Both sides unmap it by
@@ -45,6 +49,7 @@ __all__ = [
     "GRPC_SOCKET_NAME",
     "HANDSHAKE_SOCKET_NAME",
     "HELLO_MAX_BYTES",
+    "LAYER_CHUNK_BYTES",
     "LEASE_FRAME_MAX_BYTES",
     "PROTOCOL_VERSION",
     "REPLY_HEADER",
@@ -129,6 +134,11 @@ REPLY_MAX_BYTES = 65536
 ALIGNMENT = 4096
 #: The ``limits`` key that announces the lease data plane and its largest frame.
 LEASE_FRAME_MAX_BYTES = "lease_frame_max_bytes"
+
+# ------------------------------------------------------------------------------ layer objects
+
+#: Bytes per crc32c-checksummed chunk of a layer object; see the module doc.
+LAYER_CHUNK_BYTES = 1 << 20
 
 # ------------------------------------------------------------------------------ lease frames
 

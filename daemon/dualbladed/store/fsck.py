@@ -13,10 +13,13 @@ What is checked (in the spirit of ``ceph-bluestore-tool fsck --deep``):
   the capacity; page cache: inside one existing slab file, addressed the way the path addresses
   it (``offset = slab_index * slab_bytes + offset_in_slab``);
 - no two extents of one path overlap;
+- layer objects (``capacity > 0``): ``0 <= size <= capacity <= length`` and one chunk crc per
+  1 MiB chunk of ``[0, size)``;
 - with ``verify_data`` (the default), every object's bytes are read back from wherever they
   live -- the namespace through the direct path's O_DIRECT engine, slab files with ordinary
   buffered ``pread`` -- and their xxh3-64 must equal the committed checksum, computed exactly as
-  the store computes it on put and verifies it on get (``xxh3_64_intdigest`` of the payload).
+  the store computes it on put and verifies it on get (``xxh3_64_intdigest`` of the payload);
+  a layer object's chunks must each match their committed crc32c.
 
 Why page-cache objects get the same treatment as direct ones: their bytes are on disk in the
 state directory and survive restarts just like direct extents, so a torn or bit-rotted slab is
@@ -43,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import xxhash
+from crc32c import crc32c
 
 from dualbladed.alloc.abstract import Extent
 from dualbladed.config import IO_ALIGNMENT
@@ -54,6 +58,7 @@ from dualbladed.paths.abstract import DIRECT, PAGECACHE
 from dualbladed.paths.direct import DirectPath
 from dualbladed.paths.engine import aligned_buffer
 from dualbladed.paths.pagecache import _SLAB_RE, slab_name  # one definition of the names
+from dualbladed.store.layers import LAYER_CHUNK_BYTES, chunk_count
 from dualbladed.store.meta import MetaStore, ObjectRecord
 from dualbladed.store.recovery import META_FILE, PAGECACHE_DIR
 
@@ -293,7 +298,9 @@ def _check_record(rec: ObjectRecord, geo: _Geometry, report: FsckReport) -> bool
             f"to {align} bytes"
         )
         good = False
-    if not 0 < rec.size <= rec.length:
+    if rec.capacity:  # a layer object: size <= capacity <= extent, one crc per chunk
+        good = _check_layer(rec, report) and good
+    elif not 0 < rec.size <= rec.length:
         report.error(f"{_name(rec)}: size {rec.size} outside (0, extent length {rec.length}]")
         good = False
     if rec.path == DIRECT:
@@ -311,8 +318,41 @@ def _check_record(rec: ObjectRecord, geo: _Geometry, report: FsckReport) -> bool
     return good
 
 
+def _check_layer(rec: ObjectRecord, report: FsckReport) -> bool:
+    """A layer object's row: ``0 <= size <= capacity <= extent length`` and exactly one chunk
+    crc per :data:`~dualbladed.store.layers.LAYER_CHUNK_BYTES` of ``[0, size)``."""
+    good = True
+    if not 0 <= rec.size <= rec.capacity <= rec.length:
+        report.error(
+            f"{_name(rec)}: layer object size {rec.size}, capacity {rec.capacity} and extent "
+            f"length {rec.length} break 0 <= size <= capacity <= length"
+        )
+        good = False
+    if len(rec.chunk_crcs) != chunk_count(rec.size):
+        report.error(
+            f"{_name(rec)}: layer object of {rec.size} bytes has {len(rec.chunk_crcs)} chunk "
+            f"crcs, expected {chunk_count(rec.size)}"
+        )
+        good = False
+    return good
+
+
 def _compare(rec: ObjectRecord, data: memoryview | bytearray, report: FsckReport) -> None:
-    """The store's own check (``ObjectStore._read_verified``): xxh3-64 of the payload bytes."""
+    """The store's own check (``ObjectStore._read_verified``): xxh3-64 of the payload bytes;
+    for a layer object, crc32c of each chunk (``dualbladed.store.layers``)."""
+    if rec.capacity:
+        for index, stored in enumerate(rec.chunk_crcs):
+            start = index * LAYER_CHUNK_BYTES
+            actual = crc32c(data[start : start + LAYER_CHUNK_BYTES])
+            if actual != stored:
+                report.error(
+                    f"{_name(rec)}: layer chunk {index} crc32c mismatch on path {rec.path} at "
+                    f"[{rec.offset + start}, +{min(LAYER_CHUNK_BYTES, rec.size - start)}) "
+                    f"(stored {stored:#010x}, read {actual:#010x})"
+                )
+                return
+        report.verified += 1
+        return
     actual = xxhash.xxh3_64_intdigest(data)
     if actual != rec.checksum:
         report.error(

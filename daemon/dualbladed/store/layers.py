@@ -36,8 +36,9 @@ time per object, reads never wait for it)::
 
     check expect_size and capacity -> crc32c of the new bytes
       -> [append.before_data_write] -> write at the current end -> [append.after_data_write]
-      -> durable: path.flush() -> commit (lock): persistent rows get UPDATE size, chunk_crcs
-         (synchronous=FULL when durable) -> [append.after_commit] -> size visible, acknowledged
+      -> durable: path.flush() -> (lock) [append.before_commit] -> commit: persistent rows get
+         UPDATE size, chunk_crcs (synchronous=FULL when durable) -> [append.after_commit]
+      -> size visible to readers, acknowledged
 
 Before the commit the new bytes lie past the committed size, where no reader looks and the
 crcs do not cover them; after a crash the row still says the old size, so an unacknowledged range
@@ -55,6 +56,7 @@ from typing import TYPE_CHECKING
 
 from crc32c import crc32c
 
+from dualblade.v1.wire import LAYER_CHUNK_BYTES
 from dualbladed.alloc.abstract import Extent
 from dualbladed.errors import (
     CapacityExceeded,
@@ -64,7 +66,7 @@ from dualbladed.errors import (
     LayerChecksumMismatch,
     OutOfRange,
 )
-from dualbladed.oserrors import from_oserror
+from dualbladed.killpoints import killpoint
 from dualbladed.paths.abstract import DIRECT, ResidencyPath
 from dualbladed.paths.engine import DirectEngine
 from dualbladed.store.index import IndexEntry, ObjectInfo
@@ -87,9 +89,6 @@ __all__ = [
     "reserve",
 ]
 
-# WIRE CONTRACT -- moves to ``dualblade.v1.wire`` when that module lands (branch ``wire``):
-#: Bytes per checksummed chunk of a layer object (the last chunk may be shorter).
-LAYER_CHUNK_BYTES = 1 << 20
 
 #: Always release the GIL while checksumming (the default only does so above 32 KiB).
 _GIL_RELEASE = 1
@@ -222,13 +221,30 @@ def append(
         if entry.layer is None:
             raise FailedPrecondition(f"key {key!r} is not a layer object (reserve it first)")
         store._index.pin(entry)
+    state: LayerState = entry.layer  # type: ignore[assignment]
     try:
-        state: LayerState = entry.layer  # type: ignore[assignment]
         with state.lock:
+            with store._lock:
+                entry = _follow_move(store, entry, state)
             return _append_locked(store, entry, state, data, durable, expect_size)
     finally:
         with store._lock:
             store._unpin(entry)
+
+
+def _follow_move(store: ObjectStore, entry: IndexEntry, state: LayerState) -> IndexEntry:
+    """The live entry of the object ``entry`` was, if a relocation retired it (under the store
+    lock, holding ``state.lock``). A relocation hands its :class:`LayerState` to the moved
+    entry and completes under that lock, so a waiting append continues on the moved object
+    instead of failing or retrying (a busy arbiter cannot starve appends)."""
+    if not entry.dead:
+        return entry
+    live = store._index.lookup(entry.info.tenant, entry.info.key)
+    if live is None or live.layer is not state:
+        return entry  # replaced or deleted: _check_live reports it
+    store._index.pin(live)
+    store._unpin(entry)
+    return live
 
 
 def _append_locked(
@@ -257,22 +273,22 @@ def _append_locked(
     crcs = extend_crcs(info.chunk_crcs, size, data)
     target = store._paths[info.path]
     try:
+        killpoint("append.before_data_write")
         tail = _write_at(target, info, state, data)
+        killpoint("append.after_data_write")
         if durable:
             target.flush()
-    except BaseException as exc:
+    except BaseException:  # paths raise typed errors only (dualbladed.oserrors)
         state.tail = None  # the tail block may be half rewritten: read it back next time
-        if isinstance(exc, OSError):
-            raise from_oserror(
-                exc, context=f"appending {n} bytes to key {info.key!r} on {info.path}"
-            ) from exc
         raise
     new_info = replace(info, size=size + n, chunk_crcs=crcs)
     with store._lock:
         store._check_open()
         _check_live(entry)
+        killpoint("append.before_commit")
         if info.persistent:
             _commit_size(store, new_info, durable=durable)
+        killpoint("append.after_commit")
         entry.info = new_info
         state.tail = tail
         return entry.snapshot()
@@ -462,16 +478,11 @@ def _read_chunks(
 
     engine = getattr(target, "engine", None)
     try:
-        try:
-            if isinstance(engine, DirectEngine):
-                engine.run_pieces(last - first + 1, piece)
-            else:
-                for index in range(last - first + 1):
-                    piece(index)
-        except OSError as exc:
-            raise from_oserror(
-                exc, context=f"reading key {info.key!r} from {info.path} at {info.offset}"
-            ) from exc
+        if isinstance(engine, DirectEngine):
+            engine.run_pieces(last - first + 1, piece)
+        else:
+            for index in range(last - first + 1):
+                piece(index)
     except _Bad:
         pass
     if not found:

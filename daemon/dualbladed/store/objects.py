@@ -136,6 +136,8 @@ class ObjectStore:
         self.max_object_bytes = max_object_bytes
         # Lock order: self._lock -> MetaStore._lock -> (paths' internal locks).
         self._lock = threading.Lock()
+        #: ``layer``: the LayerState whose lock this thread holds for a relocation.
+        self._moving = threading.local()
         self._index = ObjectIndex()
         self._known_tenants = {t.name for t in meta.tenants()}
         self._closed = False
@@ -492,8 +494,23 @@ class ObjectStore:
         Raises:
             FailedPrecondition: the object was overwritten or deleted during the copy (the copy
                 is discarded; the newer state stands).
+
+        A layer object moves whole (capacity extent, size, chunk crcs) while this thread holds
+        its append lock, so no append lands in the source during the copy; the moved entry
+        keeps the lock, and an append that was waiting for it continues on the moved object.
         """
-        return relocate(self, tenant, key, new_path)
+        key = check_key(tenant, key)
+        with self._lock:
+            self._check_open()
+            state = self._require(tenant, key).layer
+        if state is None:
+            return relocate(self, tenant, key, new_path)
+        with state.lock:
+            self._moving.layer = state  # begin_move checks that it moves what is locked
+            try:
+                return relocate(self, tenant, key, new_path)
+            finally:
+                self._moving.layer = None
 
     def begin_move(self, tenant: str, key: bytes, new_path: str) -> Move | ObjectInfo:
         """Pin the object and allocate on ``new_path`` (see ``MoveSite``)."""
@@ -504,9 +521,15 @@ class ObjectStore:
             entry = self._require(tenant, key)
             if entry.info.path == new_path:
                 return entry.snapshot()
+            if entry.layer is not None and entry.layer is not getattr(self._moving, "layer", None):
+                raise FailedPrecondition(
+                    f"key {key!r} is a layer object that changed before its move began (or is "
+                    "moved without its append lock: use ObjectStore.relocate)"
+                )
             self._index.pin(entry)
             try:
-                extent = dest.allocate(entry.info.size)
+                # a layer object moves its whole reserved capacity, not only the bytes written
+                extent = dest.allocate(entry.info.capacity or entry.info.size)
             except BaseException:
                 self._unpin(entry)
                 raise
@@ -535,7 +558,8 @@ class ObjectStore:
                         f"key {info.key!r} changed while relocating; copy discarded"
                     )
                 where = {"offset": move.extent.offset, "length": move.extent.length}
-                moved = IndexEntry(replace(info, path=move.dest_name, **where))
+                moved = layers.new_entry(replace(info, path=move.dest_name, **where))
+                moved.layer = source.layer  # a layer object keeps its append lock and tail
                 moved.last_access = source.last_access
                 self._commit(moved, source, durable=True)
             except BaseException:

@@ -22,6 +22,10 @@ after the commit leaves the row naming a destination that was flushed before the
 source extent is free after restart for the same reason. Either way exactly one valid copy.
 Any failure before the commit calls ``abandon_move``: the destination extent is freed and the
 source unpinned, so nothing changed.
+
+Layer objects (``dualbladed.store.layers``) follow the same protocol: ``begin_move`` allocates
+their whole capacity, ``read_source`` verifies every chunk crc, and the moved row keeps size,
+capacity and crcs. ``ObjectStore.relocate`` holds the object's append lock around all of it.
 """
 
 from __future__ import annotations
