@@ -407,3 +407,45 @@ def test_relocation_moves_whole_layer_objects_while_appends_continue(
         assert read_range(reopened, b"R") == expected
     finally:
         reopened.close()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_readers_racing_appends_always_see_an_acknowledged_prefix(
+    store: ObjectStore, path: str
+) -> None:
+    """The tail block is rewritten by every unaligned append on the direct path; a reader of
+    ``[0, size)`` must still only ever see bytes of some acknowledged size, verified."""
+    parts = [payload(200 + i, 1000 + 37 * i) for i in range(60)]
+    whole = b"".join(parts)
+    store.reserve(T, b"race", len(whole), path=path)
+    stop = threading.Event()
+    bad: list[str] = []
+    reads = [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            size = store.stat(T, b"race").size
+            if size == 0:  # length 0 would mean "to the end", which may have moved on
+                continue
+            buf = bytearray(size)
+            try:
+                n = store.read_range_into(T, b"race", 0, size, memoryview(buf))
+            except BaseException as exc:  # reported below
+                bad.append(repr(exc))
+                return
+            if bytes(buf[:n]) != whole[:n]:
+                bad.append(f"read of {n} bytes is not a prefix")
+                return
+            reads[0] += 1
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for part in parts:
+            store.append(T, b"race", memoryview(part))
+    finally:
+        stop.set()
+        thread.join()
+    assert bad == []
+    assert reads[0] > 0
+    assert read_range(store, b"race") == whole
