@@ -214,6 +214,12 @@ def status(result: pb.OpResult) -> tuple[C, str]:
 def test_bad_layer_requests_get_typed_statuses(raw: Raw) -> None:
     ok = raw.batch(reserve(b"r", 8192), append(b"r", 0, 100), read_range(b"r", 0, 0, 4096))
     assert [(r.code, r.size) for r in ok] == [(0, 8192), (0, 100), (0, 100)]
+    # the quota counts capacity; re-reserving a key gives its old capacity back first
+    big = QUOTA - 16384
+    assert [r.code for r in raw.batch(reserve(b"q", big))] == [0]
+    assert [r.code for r in raw.batch(reserve(b"q", big))] == [0]
+    assert status(raw.batch(reserve(b"q2", 16384))[0])[0] is C.RESOURCE_EXHAUSTED
+    assert [r.code for r in raw.batch(pb.Op(delete=pb.DeleteOp(key=b"q")))] == [0]
     cases = [
         (reserve(b"r2", 0), C.INVALID_ARGUMENT, "reserve capacity 0 of key b'r2' is outside"),
         (reserve(b"big", QUOTA + 1), C.RESOURCE_EXHAUSTED, "quota exceeded for tenant"),

@@ -359,7 +359,9 @@ class BatchExecutor:
             _take_back(self._uid_reserved, session.uid, length)
 
     def _replaced_size(self, tenant: str, key: bytes) -> int:
+        """What replacing ``key`` gives back: its extent (usage counts extents, and a layer
+        object's extent is its whole capacity, whatever its size)."""
         try:
-            return self._store.stat(tenant, key).size
+            return self._store.stat(tenant, key).length
         except DualbladeError:
             return 0
