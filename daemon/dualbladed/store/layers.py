@@ -328,7 +328,9 @@ def _write_at(
     head_len = size % block
     tail = b""
     if head_len:
-        tail = state.tail if state.tail is not None else _read_tail(target, info, head_len)
+        tail = state.tail
+        if tail is None or len(tail) != head_len:  # unknown (restart, failed write): read it
+            tail = _read_tail(target, info, head_len)
         start = size - head_len
         first = min(n, block - head_len)
         target.write(Extent(base + start, length - start), memoryview(tail + bytes(data[:first])))
