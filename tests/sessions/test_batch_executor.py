@@ -130,3 +130,60 @@ def test_a_failed_op_does_not_pin_the_session_until_the_cyclic_gc(setup):
         assert alive() is None, "a failed op's outcome kept its call frames (and session) alive"
     finally:
         gc.enable()
+
+
+def test_layer_ops_report_sizes_and_record_bytes_moved(tmp_path):
+    """reserve -> capacity, append -> size after it, read_range -> bytes placed; the metrics
+    sink gets the bytes actually moved (none for a reserve)."""
+    from dualbladed.sessions.batch import AppendRequest, ReadRangeRequest, ReserveRequest
+
+    ns = FileNamespace(tmp_path / "ns.img", 64 << 20)
+    store = ObjectStore.open(ns, tmp_path / "state", paths={"direct": DirectPath(ns)})
+    arena = Arena.create(1 << 20)
+    session = Session(
+        id="s1", token="t", pid=1, uid=0, gid=0, tenant_label="x", arena=arena, created=0.0
+    )
+    recorded: list[tuple[str, int, bool]] = []
+    executor = BatchExecutor(
+        store,
+        BatchLimits(16, 1 << 20),
+        lambda s: 0,
+        lambda tenant, path, op, nbytes, seconds, ok: recorded.append((op, nbytes, ok)),
+        parallelism=1,
+    )
+    try:
+        view = arena.view(0, 5000)
+        view[:] = payload(1, 5000)
+        view.release()
+        outcomes = executor.execute(
+            session,
+            [
+                ReserveRequest(b"L", 100_000),
+                AppendRequest(b"L", 0, 3000),
+                AppendRequest(b"L", 0, 2000, expect_size=3000),
+                ReadRangeRequest(b"L", 1000, 0, 8192),
+                AppendRequest(b"L", 0, 1, expect_size=1),
+            ],
+        )
+        assert [(o.ok, o.size) for o in outcomes[:4]] == [
+            (True, 100_000),
+            (True, 3000),
+            (True, 5000),
+            (True, 4000),
+        ]
+        assert not outcomes[4].ok and "expected size 1" in str(outcomes[4].error)
+        assert recorded == [
+            ("reserve", 0, True),
+            ("append", 3000, True),
+            ("append", 2000, True),
+            ("readrange", 4000, True),
+            ("append", 0, False),
+        ]
+        got = arena.view(8192, 4000)
+        assert bytes(got) == (payload(1, 5000)[:3000] + payload(1, 5000)[:2000])[1000:]
+        got.release()
+    finally:
+        executor.close()
+        store.close()
+        arena.close()
+        ns.close()

@@ -5,8 +5,9 @@ custom collector over the same snapshot) must never disagree, so there are no se
 ``prometheus_client`` Counter objects to keep in step.
 
 Each series is keyed by ``(tenant, path, op)`` -- path is the residency path ("direct",
-"pagecache"), op is "put", "get" or "delete" -- and counts operations, bytes moved, errors and a
-latency histogram with the fixed bounds :data:`LATENCY_BOUNDS_MS`. Histogram counts are kept per
+"pagecache"), op is "put", "get", "delete" or, for layer objects, "reserve", "append",
+"readrange" -- and counts operations, bytes moved (a reserve moves none), errors and a latency
+histogram with the fixed bounds :data:`LATENCY_BOUNDS_MS`. Histogram counts are kept per
 bucket (not cumulative); the last bucket is +Inf, so ``len(counts) == len(bounds_ms) + 1``, which
 is the wire format of ``dualblade.v1.Histogram``. Prometheus gets cumulative ``le`` buckets in
 seconds, as its conventions ask.

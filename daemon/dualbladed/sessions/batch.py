@@ -93,6 +93,7 @@ class _LayerDone:
     size: int
     generation: int
     path: str
+    moved: int  # bytes moved, for the metrics (OpResult.size is not that for reserve/append)
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,7 @@ class BatchExecutor:
                 info = self._layer_op(session, op)
             else:
                 info = self._store.delete(session.tenant, op.key)
-            path, nbytes = info.path, info.size
+            path, nbytes = info.path, getattr(info, "moved", info.size)
             outcome = OpOutcome(None, info.size, info.generation, info.path)
         except DualbladeError as err:
             outcome = OpOutcome(_without_frames(err))
@@ -294,7 +295,7 @@ class BatchExecutor:
                 )
             finally:
                 self._unreserve(session.tenant, op.capacity)
-            return _LayerDone(info.capacity, info.generation, info.path)
+            return _LayerDone(info.capacity, info.generation, info.path, 0)
         if isinstance(op, AppendRequest):
             self._check_size(op.length)
             src = session.arena.view(op.arena_offset, op.length)
@@ -308,7 +309,7 @@ class BatchExecutor:
                 )
             finally:
                 src.release()
-            return _LayerDone(info.size, info.generation, info.path)
+            return _LayerDone(info.size, info.generation, info.path, op.length)
         if op.length < 0 or op.offset < 0:
             raise InvalidArgument(f"range offset {op.offset} and length {op.length} must be >= 0")
         room = op.length
@@ -324,7 +325,7 @@ class BatchExecutor:
             n, info = self._store.read_range(session.tenant, op.key, op.offset, room, dst)
         finally:
             dst.release()
-        return _LayerDone(n, info.generation, info.path)
+        return _LayerDone(n, info.generation, info.path, n)
 
     # -- quotas ---------------------------------------------------------------------------
 
