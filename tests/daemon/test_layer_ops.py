@@ -244,3 +244,44 @@ def test_bad_layer_requests_get_typed_statuses(raw: Raw) -> None:
     # nothing above changed the object
     assert raw.stub.Stat(pb.StatRequest(key=b"r"), metadata=raw.md).size == 100
     assert raw.stub.Stat(pb.StatRequest(key=b"r"), metadata=raw.md).capacity == 8192
+
+
+def test_async_device_copies_of_ranged_reads_finish_before_their_slot_is_freed(
+    daemon: DaemonProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranged reads into CUDA tensors copy out of staging slots asynchronously (as get_into
+    does); a slot is freed only after its copy completed. No GPU here: ``copy_out`` returns a
+    recording stand-in for the CUDA event, which is the SDK's side of the contract."""
+    from dualblade import _buffers
+
+    events: list[str] = []
+
+    class _Copy:
+        def synchronize(self) -> None:
+            events.append("synchronize")
+
+    real_copy_out = _buffers.copy_out
+
+    def copy_out(dst: object, src: memoryview) -> object:
+        real_copy_out(dst, src)
+        events.append("copy")
+        return _Copy()
+
+    monkeypatch.setattr(_buffers, "copy_out", copy_out)
+    with _connect(daemon) as kv:
+        kv.reserve(b"dev/L", 64 << 10)
+        kv.append(b"dev/L", bytes(range(256)) * 64)
+        real_free = kv.arena.free
+
+        def free(slot: object) -> None:
+            events.append("free")
+            real_free(slot)
+
+        monkeypatch.setattr(kv.arena, "free", free)
+        outs = [torch.zeros(4096, dtype=torch.uint8) for _ in range(2)]
+        assert kv.read_ranges_into([(b"dev/L", 0, outs[0]), (b"dev/L", 4096, outs[1])]) == [
+            4096,
+            4096,
+        ]
+        assert bytes(outs[0].numpy()) + bytes(outs[1].numpy()) == (bytes(range(256)) * 64)[:8192]
+    assert events == ["copy", "copy", "synchronize", "synchronize", "free", "free"]
