@@ -27,7 +27,8 @@ end write whole blocks straight from the arena and bounce only the ragged last b
 (zero-padded, inside the extent). At an unaligned end the object's partial tail block (< one
 block; cached in :class:`LayerState`, read back once after a restart or a failed write) is
 written together with the head of the new bytes from a small aligned buffer; the rest follows
-at the next block boundary. The rewritten tail block carries the same committed bytes, so a
+at the next block boundary (bounced too, since its source address is then off the block grid --
+appends of whole blocks keep the end aligned and never take this path). The rewritten tail block carries the same committed bytes, so a
 concurrent reader of ``[0, size)`` sees the same values. Page-cache path: a plain ``pwrite``
 at the offset inside the slab range (contiguous, with the same reserved capacity).
 
