@@ -208,3 +208,77 @@ def test_from_oserror_classifies_errno(code: int, kind: type, words: str) -> Non
     assert type(err) is kind
     assert str(err).startswith("read 4096 bytes at offset 0: ")
     assert words in str(err)
+
+
+def test_run_pieces_runs_each_piece_once_and_nested_transfers_inline(
+    namespace: Namespace,
+) -> None:
+    """``run_pieces`` (the layer objects' chunk scheduler): every index exactly once, and a
+    multi-request transfer issued from a piece runs on that piece's thread (a nested fan-out
+    onto the same pool could deadlock it: every worker waiting for helpers none is free to run).
+    """
+    import threading
+
+    pieces = 12
+    nbytes = 4 * REQUEST  # four requests: a fan-out if it were not nested (12 MiB in all)
+    src = aligned_buffer(pieces * nbytes)
+    src[:] = _random_bytes(pieces * nbytes, seed=7)
+    seen: list[int] = []
+    threads: dict[int, set[str]] = {}
+    lock = threading.Lock()
+    with DirectEngine(namespace, request_bytes=REQUEST, queue_depth=4) as engine:
+        real = namespace.pwritev
+
+        def spy(buffers: Sequence[memoryview], offset: int) -> int:
+            with lock:
+                threads.setdefault(offset // nbytes, set()).add(threading.current_thread().name)
+            return real(buffers, offset)
+
+        namespace.pwritev = spy  # type: ignore[method-assign]
+        try:
+
+            def piece(index: int) -> None:
+                with lock:
+                    seen.append(index)
+                view = memoryview(src)[index * nbytes : (index + 1) * nbytes]
+                engine.write(index * nbytes, view)
+
+            engine.run_pieces(pieces, piece)
+        finally:
+            del namespace.pwritev
+        dst = aligned_buffer(pieces * nbytes)
+        engine.read(0, memoryview(dst))
+    assert sorted(seen) == list(range(pieces))
+    assert dst[:] == src[:]
+    assert all(len(names) == 1 for names in threads.values()), threads  # inline per piece
+
+
+def test_run_pieces_raises_the_first_error_after_every_started_piece_ended(
+    namespace: Namespace,
+) -> None:
+    import threading
+    import time
+
+    running = [0]
+    lock = threading.Lock()
+    ended: list[int] = []
+
+    def piece(index: int) -> None:
+        with lock:
+            running[0] += 1
+        try:
+            time.sleep(0.01)
+            if index == 3:
+                raise OutOfRange(f"piece {index} failed")
+        finally:
+            with lock:
+                running[0] -= 1
+                ended.append(index)
+
+    with (
+        DirectEngine(namespace, request_bytes=REQUEST, queue_depth=4) as engine,
+        pytest.raises(OutOfRange, match="piece 3 failed"),
+    ):
+        engine.run_pieces(100, piece)
+    assert running[0] == 0  # nothing still running when the error reached the caller
+    assert 3 in ended and len(ended) < 100  # later pieces were skipped
