@@ -2,8 +2,9 @@
 
 Each client is a separate process (``python -m dualblade_tools.soak --worker``) with its own
 session and tenant label, doing a seeded mix over the real Unix sockets: batched ephemeral puts
-and gets (the KV working set), persistent puts (some durable), single gets, deletes, and every
-so often a reconnect (a session ends, the daemon frees its ephemeral objects). Every get is
+and gets (the KV working set), decode steps on ephemeral layer objects (a token appended to
+each of 8, all read back whole in one Batch), persistent puts (some durable), single gets,
+deletes, and every so often a reconnect (a session ends, the daemon frees its ephemeral objects). Every get is
 compared byte for byte with what that client wrote. Workers report op counts, bytes and their
 per-op latencies (float32 seconds in a file, so p99 is over every op, not a mean of means).
 
@@ -41,6 +42,10 @@ import psutil
 from dualblade_tools.daemonproc import DaemonProcess
 
 SIZES = (4096, 16384, 65536, 262144)
+#: Layer objects: 4 layers' K and V, reserved per session, appended one token per step.
+LAYER_KEYS = tuple(f"l/{i}/{kv}".encode() for i in range(4) for kv in "KV")
+LAYER_CAPACITY = 512 << 10
+TOKEN_SIZES = (2048, 4096, 6000)
 RSS_REL_TOL = 0.10
 RSS_ABS_TOL = 16 << 20
 
@@ -61,12 +66,13 @@ def worker(socket: str, index: int, seconds: float, seed: int, out: Path) -> int
     while time.monotonic() < deadline:
         counts["sessions"] += 1
         with Client.connect(socket, tenant=f"soak{index}", arena_bytes=32 << 20) as c:
+            layers: dict[bytes, bytes] = {}  # this session's ephemeral layer objects
             for _ in range(rng.randint(50, 200)):
                 if time.monotonic() >= deadline:
                     break
                 t0 = time.perf_counter()
                 try:
-                    moved, ok = _op(c, rng, mine)
+                    moved, ok = _op(c, rng, mine, layers)
                 except Exception as exc:  # noqa: BLE001 (every failure is counted and reported)
                     counts["errors"] += 1
                     errors.append(repr(exc)[:300])
@@ -80,9 +86,13 @@ def worker(socket: str, index: int, seconds: float, seed: int, out: Path) -> int
     return 0
 
 
-def _op(c: object, rng: random.Random, mine: dict[bytes, bytes]) -> tuple[int, bool]:
+def _op(
+    c: object, rng: random.Random, mine: dict[bytes, bytes], layers: dict[bytes, bytes]
+) -> tuple[int, bool]:
     """One op; returns (bytes moved, read back correctly)."""
     roll = rng.random()
+    if roll < 0.15:
+        return _decode_step(c, rng, layers)
     if roll < 0.35:  # a layer's worth of ephemeral blocks, written then read back
         n = rng.randint(2, 8)
         size = rng.choice(SIZES)
@@ -105,6 +115,23 @@ def _op(c: object, rng: random.Random, mine: dict[bytes, bytes]) -> tuple[int, b
         c.delete(key)  # type: ignore[attr-defined]
         del mine[key]
     return 0, True
+
+
+def _decode_step(c: object, rng: random.Random, layers: dict[bytes, bytes]) -> tuple[int, bool]:
+    """A decode step on layer objects (issue 12): append one token to each of 4 layers' K and
+    V, then read every layer back whole in one Batch. Ephemeral: they die with the session."""
+    token = rng.randbytes(rng.choice(TOKEN_SIZES))
+    if not layers or len(next(iter(layers.values()))) + len(token) > LAYER_CAPACITY:
+        for key in LAYER_KEYS:
+            c.reserve(key, LAYER_CAPACITY)  # type: ignore[attr-defined]
+            layers[key] = b""
+    c.append_many([(key, token) for key in LAYER_KEYS])  # type: ignore[attr-defined]
+    for key in LAYER_KEYS:
+        layers[key] += token
+    bufs = [bytearray(len(layers[key])) for key in LAYER_KEYS]
+    c.read_ranges_into([(key, 0, buf) for key, buf in zip(LAYER_KEYS, bufs)])  # type: ignore[attr-defined]
+    ok = all(bytes(buf) == layers[key] for key, buf in zip(LAYER_KEYS, bufs))
+    return len(LAYER_KEYS) * len(token) + sum(len(b) for b in bufs), ok
 
 
 # -- the harness -------------------------------------------------------------------------------
