@@ -449,3 +449,59 @@ def test_readers_racing_appends_always_see_an_acknowledged_prefix(
     assert bad == []
     assert reads[0] > 0
     assert read_range(store, b"race") == whole
+
+
+def test_concurrent_persistent_appends_group_commit_and_survive_a_restart(
+    ns: FileNamespace, tmp_path: Path
+) -> None:
+    """Appends to many persistent layer objects at once (a decode step) share metadata
+    transactions; every acknowledged one is committed. The transaction is made slow (20 ms,
+    like a busy state filesystem) so that appends really do arrive while one runs."""
+    import contextlib
+
+    s = _open(ns, tmp_path)
+    keys = [f"g/{i}".encode() for i in range(8)]
+    for key in keys:
+        s.reserve(T, key, 256 << 10, path="direct", persistent=True)
+    real_txn = s._meta.txn
+    txns = [0]
+
+    @contextlib.contextmanager
+    def slow_txn(*, durable: bool = False):
+        txns[0] += 1
+        with real_txn(durable=durable) as t:
+            time.sleep(0.02)
+            yield t
+
+    s._meta.txn = slow_txn  # type: ignore[method-assign]
+    rounds = 10
+    errors: list[BaseException] = []
+
+    def appender(key: bytes, seed: int) -> None:
+        try:
+            for r in range(rounds):
+                part = payload(seed * 100 + r, 1000 + r)
+                s.append(T, key, memoryview(part), durable=r % 3 == 0)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=appender, args=(k, i)) for i, k in enumerate(keys)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    del s._meta.txn
+    assert errors == []
+    appends = len(keys) * rounds
+    assert txns[0] < appends / 2, (txns[0], appends)  # grouped, not one per append
+    expected = {
+        k: b"".join(payload(i * 100 + r, 1000 + r) for r in range(rounds))
+        for i, k in enumerate(keys)
+    }
+    s.close()
+    s = _open(ns, tmp_path)
+    try:
+        for key, data in expected.items():
+            assert read_range(s, key) == data
+    finally:
+        s.close()

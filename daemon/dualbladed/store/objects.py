@@ -138,6 +138,7 @@ class ObjectStore:
         self._lock = threading.Lock()
         #: ``layer``: the LayerState whose lock this thread holds for a relocation.
         self._moving = threading.local()
+        self._layer_commits = layers.GroupCommit(meta)
         self._index = ObjectIndex()
         self._known_tenants = {t.name for t in meta.tenants()}
         self._closed = False
