@@ -27,6 +27,11 @@ __all__ = ["LayerMethods"]
 _PATH_NAMES = ("direct", "pagecache")
 
 
+def _length(dst: Any, length: int | None) -> int:
+    """Bytes a range reads: ``length``, or by default as many as ``dst`` holds."""
+    return _buffers.nbytes_of(dst) if length is None else length
+
+
 def _key(key: bytes | str) -> bytes:
     return key.encode() if isinstance(key, str) else bytes(key)
 
@@ -126,6 +131,15 @@ class LayerMethods:
         return sizes
 
     def _read_ranges(self, items: list[tuple[bytes, int, Any, int | None]]) -> list[int]:
+        """Sizes read, in order. A range of 0 bytes (an empty buffer, or ``length=0`` passed to
+        ``read_range_into``) reads nothing and sends nothing: 0 on the wire means "to the end"."""
+        wanted = [i for i, (_, _, dst, n) in enumerate(items) if _length(dst, n) != 0]
+        sizes = [0] * len(items)
+        for i, size in zip(wanted, self._read_nonempty([items[i] for i in wanted])):
+            sizes[i] = size
+        return sizes
+
+    def _read_nonempty(self, items: list[tuple[bytes, int, Any, int | None]]) -> list[int]:
         sizes: list[int] = []
         for chunk in self._range_chunks(items):
             ops, staged, pending = [], [], []
@@ -166,7 +180,7 @@ class LayerMethods:
         used = 0
         for key, offset, dst, length in items:
             room = _buffers.nbytes_of(dst)
-            n = room if length is None else length
+            n = _length(dst, length)
             if n <= 0 or n > room:
                 raise errors.InvalidArgument(
                     f"range length {n} for key {key!r} must be 1..{room} (the buffer's size)"

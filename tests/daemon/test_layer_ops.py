@@ -78,6 +78,9 @@ def test_bytes_round_trip_on_both_paths(daemon: DaemonProcess, transport: str, p
         assert bytes(buf) == whole[5 : 5 + MiB]
         assert kv.read_range_into(key, 0, buf, length=10) == 10
         assert bytes(buf[:10]) == whole[:10]
+        assert kv.read_ranges_into([(key, 0, bytearray(0)), (key, 1, buf)]) == [0, MiB]
+        with pytest.raises(errors.InvalidArgument, match="must be 1..1048576"):
+            kv.read_range_into(key, 0, buf, length=MiB + 1)
         assert kv.get(key) == whole  # get reads a layer object whole
         assert kv.stat(key).capacity == 3 * MiB
 
