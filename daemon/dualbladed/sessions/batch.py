@@ -294,7 +294,7 @@ class BatchExecutor:
                     path=op.path,
                 )
             finally:
-                self._unreserve(session.tenant, op.capacity)
+                self._unreserve(session, op.capacity)
             return _LayerDone(info.capacity, info.generation, info.path, 0)
         if isinstance(op, AppendRequest):
             self._check_size(op.length)
