@@ -178,7 +178,8 @@ class Raw:
     def __init__(self, daemon: DaemonProcess, tenant: str) -> None:
         self.hs = open_session(Path(daemon.socket).parent / "handshake.sock", tenant, MiB)
         self.arena = ClientArena(self.hs.arena_fd, self.hs.arena_bytes)
-        self.channel = grpc.insecure_channel(f"unix://{daemon.socket}")
+        # the session's token is good on the per-uid socket its handshake reply named
+        self.channel = grpc.insecure_channel(f"unix://{self.hs.grpc_socket or daemon.socket}")
         self.stub = pb_grpc.StoreStub(self.channel)
         self.md = (("authorization", f"Bearer {self.hs.token}"),)
 
