@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from dualblade import _buffers, errors
 from dualblade.v1 import dualblade_pb2 as pb
+from dualblade.v1.wire import ALIGNMENT
 
 if TYPE_CHECKING:
     from dualblade.arena import Slot
@@ -186,7 +187,7 @@ class LayerMethods:
                     f"range length {n} for key {key!r} must be 1..{room} (the buffer's size)"
                 )
             at = self._arena_offset_of(dst, n)  # type: ignore[attr-defined]
-            staged = 0 if at is not None else -(-n // 4096) * 4096
+            staged = 0 if at is not None else -(-n // ALIGNMENT) * ALIGNMENT
             if chunks[-1] and (len(chunks[-1]) >= max_ops or used + staged > budget):
                 chunks.append([])
                 used = 0

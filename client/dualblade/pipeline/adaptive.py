@@ -28,9 +28,11 @@ import math
 import threading
 from dataclasses import dataclass
 
+from dualblade.v1.wire import ALIGNMENT
+
 __all__ = ["AdaptiveConfig", "AdaptiveController", "Ewma", "PipelinePlan"]
 
-_ALIGN = 4096
+_ALIGN = ALIGNMENT
 _RATIO_TOLERANCE = 1e-3
 
 

@@ -27,12 +27,14 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from dualblade.v1.wire import ALIGNMENT
+
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["StagingPool"]
 
-_ALIGN = 4096
+_ALIGN = ALIGNMENT
 
 
 class StagingPool:

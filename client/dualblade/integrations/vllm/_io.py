@@ -26,6 +26,7 @@ from typing import Any
 
 from dualblade import errors
 from dualblade.client import DEFAULT_ARENA_BYTES, Client
+from dualblade.v1.wire import ALIGNMENT
 
 
 def _as_tensor(pool: memoryview) -> Any:
@@ -53,7 +54,7 @@ _CONNECTION_CODES = frozenset(
         "FAILED_PRECONDITION",
     }
 )
-_SLOT_ALIGNMENT = 4096
+_SLOT_ALIGNMENT = ALIGNMENT
 
 
 def is_connection_error(exc: BaseException) -> bool:
