@@ -25,8 +25,11 @@ this tuple and a test fails when a name here has no call site, or a call site na
     the payload is in the fresh extent, not flushed, no row committed.
 ``put.after_flush``
     durable puts only: the path is flushed (fdatasync), the row is not committed yet.
+``put.group_before_commit``
+    every put of the commit group (one put, or a Batch's puts committed together) is written,
+    and flushed when any is durable; no row of the group is committed.
 ``put.after_commit``
-    the row is committed (persistent puts; ephemeral ones skip SQLite), the reply not sent;
+    the row (for a group: every row of the group) is committed (persistent puts; ephemeral ones skip SQLite), the reply not sent;
     the replaced version's extent is not freed in memory yet.
 ``delete.before_commit``
     the object was found; its row is still committed.
@@ -68,6 +71,7 @@ KILL_POINTS: tuple[str, ...] = (
     "put.after_alloc",
     "put.after_data_write",
     "put.after_flush",
+    "put.group_before_commit",
     "put.after_commit",
     "delete.before_commit",
     "delete.after_commit",

@@ -22,7 +22,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
@@ -168,32 +168,78 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     return _emit(args, data, render)
 
 
-def cmd_extents(args: argparse.Namespace) -> int:
+def _extent_pages(args: argparse.Namespace) -> Iterator[list[dict[str, Any]]]:
+    """The daemon's extents, one page (one Extents call) at a time, at most ``--limit`` in all.
+
+    The cursor is the last extent of the previous page, so neither the daemon nor dbctl ever
+    holds more than a page, however many objects there are."""
     from dualblade.v1 import dualblade_pb2 as pb
 
+    left = args.limit if args.limit > 0 else None
+    after_tenant, after_key = "", b""
     with _client(args) as c:
-        reply = c.admin_call(
-            "Extents", pb.ExtentsRequest(tenant=args.tenant or "", limit=args.limit)
-        )
-    data = [
-        {
-            "tenant": e.tenant,
-            "key": e.key.decode("utf-8", "backslashreplace"),
-            "path": e.path,
-            "offset": e.offset,
-            "length": e.length,
-            "size": e.size,
-            "persistent": e.persistent,
-            "generation": e.generation,
-        }
-        for e in reply.extents
-    ]
+        while left is None or left > 0:
+            reply = c.admin_call(
+                "Extents",
+                pb.ExtentsRequest(
+                    tenant=args.tenant or "",
+                    limit=min(left, _EXTENTS_PAGE) if left is not None else _EXTENTS_PAGE,
+                    after_tenant=after_tenant,
+                    after_key=after_key,
+                ),
+            )
+            page = [
+                {
+                    "tenant": e.tenant,
+                    "key": e.key.decode("utf-8", "backslashreplace"),
+                    "path": e.path,
+                    "offset": e.offset,
+                    "length": e.length,
+                    "size": e.size,
+                    "persistent": e.persistent,
+                    "generation": e.generation,
+                }
+                for e in reply.extents
+            ]
+            if page:
+                yield page
+            if not reply.more or not reply.extents:
+                return
+            if left is not None:
+                left -= len(page)
+            after_tenant, after_key = reply.extents[-1].tenant, reply.extents[-1].key
 
-    def render(rows: list[dict[str, Any]]) -> None:
-        print_table(
-            ["tenant", "key", "path", "offset", "length", "size", "persistent", "gen"],
+
+#: extents asked for per call (the daemon caps a page at its own limit too)
+_EXTENTS_PAGE = 4096
+_EXTENT_COLUMNS = ("tenant", "key", "path", "offset", "length", "size", "persistent", "gen")
+
+
+def cmd_extents(args: argparse.Namespace) -> int:
+    """Streams: ``--json`` writes one JSON array element by element, ``--jsonl`` one object
+    per line, the table one page at a time (columns sized by the first page)."""
+    out = sys.stdout
+    if args.json or args.jsonl:
+        first = True
+        if not args.jsonl:
+            out.write("[")
+        for page in _extent_pages(args):
+            for e in page:
+                if args.jsonl:
+                    out.write(json.dumps(e, sort_keys=True) + "\n")
+                else:
+                    out.write(("\n  " if first else ",\n  ") + json.dumps(e, sort_keys=True))
+                first = False
+            out.flush()
+        if not args.jsonl:
+            out.write("\n]\n" if not first else "]\n")
+        return 0
+    widths: list[int] | None = None
+    for page in _extent_pages(args):
+        rows = [
             [
-                (
+                str(c)
+                for c in (
                     e["tenant"],
                     e["key"],
                     e["path"],
@@ -203,11 +249,20 @@ def cmd_extents(args: argparse.Namespace) -> int:
                     "yes" if e["persistent"] else "no",
                     e["generation"],
                 )
-                for e in rows
-            ],
-        )
-
-    return _emit(args, data, render)
+            ]
+            for e in page
+        ]
+        if widths is None:
+            cells = [list(_EXTENT_COLUMNS), *rows]
+            widths = [max(len(r[i]) for r in cells) for i in range(len(_EXTENT_COLUMNS))]
+            print("  ".join(h.ljust(w) for h, w in zip(_EXTENT_COLUMNS, widths)).rstrip())
+            print("  ".join("-" * w for w in widths))
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        sys.stdout.flush()
+    if widths is None:
+        print("  ".join(_EXTENT_COLUMNS))
+    return 0
 
 
 def cmd_residency(args: argparse.Namespace) -> int:
@@ -379,10 +434,39 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0 if reply.serving else 1
 
 
+def _fsck_progress(enabled: bool) -> Callable[[int, int], None] | None:
+    """Progress on stderr: rewritten in place on a terminal, a line per ~2 s otherwise."""
+    if not enabled:
+        return None
+    tty = sys.stderr.isatty()
+    last = [0.0]
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < (0.2 if tty else 2.0):
+            return
+        last[0] = now
+        pct = 100.0 * done / total if total else 100.0
+        text = f"fsck: verified {done}/{total} objects ({pct:.0f}%)"
+        if tty:
+            sys.stderr.write("\r" + text + ("\n" if done >= total else ""))
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    return show
+
+
 def cmd_fsck(args: argparse.Namespace) -> int:
     from dualbladed.store.fsck import fsck
 
-    report = fsck(args.namespace, args.state_dir, verify_data=not args.no_data)
+    report = fsck(
+        args.namespace,
+        args.state_dir,
+        verify_data=not args.no_data,
+        workers=args.workers,
+        progress=_fsck_progress(args.progress or sys.stderr.isatty()),
+    )
     _emit(args, asdict(report), lambda r: print(report.render()))
     return 0 if report.ok else 1
 
@@ -397,9 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="namespace, space, sessions, metrics").set_defaults(fn=cmd_status)
     sub.add_parser("tenants", help="tenants with usage and quotas").set_defaults(fn=cmd_tenants)
-    ex = sub.add_parser("extents", help="every object's extent")
+    ex = sub.add_parser("extents", help="every object's extent, streamed in (tenant, key) order")
     ex.add_argument("--tenant", help="only this tenant (uid/label)")
-    ex.add_argument("--limit", type=int, default=0)
+    ex.add_argument("--limit", type=int, default=0, help="at most this many (0: all)")
+    ex.add_argument("--jsonl", action="store_true", help="one JSON object per line")
     ex.set_defaults(fn=cmd_extents)
     sub.add_parser("residency", help="bytes per path, budget, signals, migrations").set_defaults(
         fn=cmd_residency
@@ -414,6 +499,10 @@ def build_parser() -> argparse.ArgumentParser:
     fk.add_argument("--state-dir", required=True)
     fk.add_argument("--namespace", required=True)
     fk.add_argument("--no-data", action="store_true", help="skip reading data to verify checksums")
+    fk.add_argument("--workers", type=int, default=8, help="data reads in flight (threads)")
+    fk.add_argument(
+        "--progress", action="store_true", help="show progress on stderr (default: on a terminal)"
+    )
     fk.set_defaults(fn=cmd_fsck)
     for name in ("status", "tenants", "extents", "residency", "devices", "health", "fsck"):
         sub.choices[name].add_argument(

@@ -305,12 +305,16 @@ class TenantsResponse(_message.Message):
     def __init__(self, tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ...) -> None: ...
 
 class ExtentsRequest(_message.Message):
-    __slots__ = ("tenant", "limit")
+    __slots__ = ("tenant", "limit", "after_tenant", "after_key")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_TENANT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_KEY_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     limit: int
-    def __init__(self, tenant: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    after_tenant: str
+    after_key: bytes
+    def __init__(self, tenant: _Optional[str] = ..., limit: _Optional[int] = ..., after_tenant: _Optional[str] = ..., after_key: _Optional[bytes] = ...) -> None: ...
 
 class Extent(_message.Message):
     __slots__ = ("tenant", "key", "path", "offset", "length", "size", "persistent", "generation")
@@ -333,10 +337,12 @@ class Extent(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., key: _Optional[bytes] = ..., path: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., size: _Optional[int] = ..., persistent: _Optional[bool] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class ExtentsResponse(_message.Message):
-    __slots__ = ("extents",)
+    __slots__ = ("extents", "more")
     EXTENTS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     extents: _containers.RepeatedCompositeFieldContainer[Extent]
-    def __init__(self, extents: _Optional[_Iterable[_Union[Extent, _Mapping]]] = ...) -> None: ...
+    more: bool
+    def __init__(self, extents: _Optional[_Iterable[_Union[Extent, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

@@ -28,14 +28,25 @@ serialize allocator calls under their own locks.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 from sortedcontainers import SortedDict, SortedList
 
 from dualbladed.alloc.abstract import Allocator, AllocStats, Extent
 from dualbladed.errors import InvalidArgument, OutOfSpace
 
-__all__ = ["ExtentAllocator"]
+__all__ = ["ExtentAllocator", "Span"]
+
+
+class Span(Protocol):
+    """What bulk reservation reads of an extent (``Extent`` and store records have both)."""
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def length(self) -> int: ...
 
 
 class ExtentAllocator(Allocator):
@@ -149,6 +160,50 @@ class ExtentAllocator(Allocator):
         hold_end = hold_offset + hold_length
         if hold_end > extent.end:
             self._insert(extent.end, hold_end - extent.end)
+
+    def reserve_sorted(self, extents: Sequence[Span]) -> None:
+        """Mark many extents used at once on a wholly free allocator (start-up rebuild).
+
+        ``extents`` (anything with ``offset`` and ``length``: :class:`Extent`, a store record)
+        must be sorted by offset and pairwise disjoint. The free map is built as their
+        complement in one pass and two bulk sorts, instead of one O(log n) split per extent:
+        start-up then costs C-speed sorting, not tens of µs of Python per object.
+
+        Raises:
+            InvalidArgument: something is already allocated, or an extent is misaligned, out of
+                bounds, empty, unsorted or overlaps its predecessor; nothing changes.
+        """
+        if self._free_bytes != self.capacity:
+            raise InvalidArgument("reserve_sorted needs a wholly free allocator")
+        gaps: list[tuple[int, int]] = []
+        cursor = self.start
+        align = self.alignment
+        for extent in extents:
+            offset, length = extent.offset, extent.length
+            if offset < cursor or length <= 0 or offset % align or length % align:
+                bad = Extent(offset, length)
+                self._check_extent(bad, "reserve")  # raises the precise error when it applies
+                raise InvalidArgument(
+                    f"cannot reserve {self._fmt(bad)}: overlaps the previous extent or is "
+                    "out of order"
+                )
+            if offset > cursor:
+                gaps.append((cursor, offset - cursor))
+            cursor = offset + length
+        if cursor > self.end:
+            raise InvalidArgument(
+                f"cannot reserve up to {cursor}: outside the managed range [{self.start}, "
+                f"{self.end})"
+            )
+        if cursor < self.end:
+            gaps.append((cursor, self.end - cursor))
+        self._by_offset = SortedDict(gaps)
+        self._by_size = SortedList((length, offset) for offset, length in gaps)
+        self._free_bytes = sum(length for _, length in gaps)
+
+    def largest_free(self) -> int:
+        """The longest free extent in bytes, O(1) (what a placement check needs)."""
+        return self._largest_free()
 
     def stats(self) -> AllocStats:
         largest = self._largest_free()

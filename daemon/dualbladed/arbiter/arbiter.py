@@ -14,8 +14,10 @@ It joins the pure :class:`~dualbladed.arbiter.policy.ResidencyPolicy` to the liv
 - **The loop** (one background thread). Every ``tick_s``, or at once when a PSI trigger fires
   (only kernel triggers are kept: a polling watcher would read avg10 no faster than the tick),
   it reads :class:`~dualbladed.arbiter.signals.MemorySignals` and the page-cache footprint
-  (mincore), lists the store, asks the policy for a budget, shares and a bounded migration plan,
-  and executes the plan with :meth:`ObjectStore.relocate`. Forced modes (``pagecache`` /
+  (mincore), reads per-tenant usage from the store's running totals and, in adaptive mode, a
+  bounded set of candidates (the coldest page-cache and hottest direct objects, from the
+  store's recency order: O(candidates), never O(objects)), asks the policy for a budget,
+  shares and a bounded migration plan, and executes the plan with :meth:`ObjectStore.relocate`. Forced modes (``pagecache`` /
   ``direct``, for benchmarks) still observe, so dbctl shows the signals, but never migrate.
 
 - **Bandwidth**. Migrations pass through a token bucket of ``migration_bytes_per_s`` with a burst
@@ -36,12 +38,13 @@ It joins the pure :class:`~dualbladed.arbiter.policy.ResidencyPolicy` to the liv
 Clocks. The policy wants one clock for ``now``, ``last_access`` and ``last_moved``; the store's
 ``last_access`` is wall time, so it is converted to ``time.monotonic()`` at each tick
 (``now_mono - (now_wall - last_access)``) and the arbiter keeps its own monotonic
-``last_moved`` per key (pruned to the keys that still exist).
+``last_moved`` per key (pruned to moves younger than twice the dwell time: older ones no
+longer hold an object back).
 
 Locking. ``_lock`` guards the policy (not thread-safe: ``place`` runs on gRPC threads, the plan
 on the arbiter thread) and the published state (usage estimate, last signals, history, totals).
 It is never held across store calls, path I/O or sleeps; the policy's planning is the only
-non-trivial work under it (a sort of the object list). The store's lock is only taken inside
+non-trivial work under it (a sort of the candidates). The store's lock is only taken inside
 store calls, so the order is always ``ResidencyArbiter._lock`` released before any store lock.
 """
 
@@ -75,7 +78,7 @@ from dualbladed.config import ResidencyMode
 from dualbladed.errors import DualbladeError, FailedPrecondition, InvalidArgument, NotFound
 from dualbladed.paths.abstract import DIRECT, PAGECACHE
 from dualbladed.paths.pagecache import PageCachePath
-from dualbladed.store import ObjectStore
+from dualbladed.store import ObjectStore, Usage
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,19 @@ log = logging.getLogger(__name__)
 PsiWatcherFactory = Callable[[Callable[[PressureEvent], None]], PsiWatcher]
 
 HISTORY = 256
+#: objects read per tick as demotion (coldest page-cache) and promotion (hottest direct)
+#: candidates while nothing moves; see ``ResidencyArbiter._adapt_candidates``
+CANDIDATES = 256
+
+
+def _path_bytes(totals: dict[str, dict[str, Usage]]) -> dict[str, list[int]]:
+    """``tenant -> [page-cache bytes, direct bytes]`` from the store's running totals."""
+    out = {}
+    for tenant, paths in totals.items():
+        pc, dr = paths.get(PAGECACHE), paths.get(DIRECT)
+        if pc is not None or dr is not None:
+            out[tenant] = [pc.bytes if pc else 0, dr.bytes if dr else 0]
+    return out
 
 
 class TokenBucket:
@@ -125,11 +141,14 @@ class ResidencyArbiter:
         migration_bytes_per_s: int,
         psi_watcher: PsiWatcherFactory | None = None,
         history: int = HISTORY,
+        candidates: int = CANDIDATES,
     ) -> None:
         if tick_s <= 0:
             raise InvalidArgument(f"arbiter tick {tick_s} s must be positive")
         if migration_bytes_per_s <= 0:
             raise InvalidArgument(f"migration rate {migration_bytes_per_s} must be positive")
+        if candidates < 1:
+            raise InvalidArgument(f"candidates {candidates} must be positive")
         self._store = store
         self._policy = policy
         self._signals = signals
@@ -152,6 +171,13 @@ class ResidencyArbiter:
         self._psi_events = 0
         self._last_psi: PressureEvent | None = None
         self._totals = collections.Counter[str]()
+        # Candidates read per tick and direction: ``candidates`` normally, doubled while a
+        # direction's plan uses at least half of them, up to what one tick may move.
+        self._base_candidates = candidates
+        self._max_candidates = max(
+            candidates, policy.config.max_migration_bytes_per_tick // pagecache.alignment
+        )
+        self._want = {PAGECACHE: candidates, DIRECT: candidates}
 
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -268,31 +294,30 @@ class ResidencyArbiter:
             resident = self._pagecache.resident_bytes()
         except DualbladeError:
             resident = 0
-        infos = self._store.list(None)
+        usage = _path_bytes(self._store.totals())
         now, wall = time.monotonic(), time.time()
-        usage: dict[str, list[int]] = {}
-        heat: list[ObjectHeat] = []
         with self._lock:
             moved = self._moved
-        kept: dict[tuple[str, bytes], float] = {}
-        for info in infos:
-            if info.path not in (PAGECACHE, DIRECT):
-                continue
-            row = usage.setdefault(info.tenant, [0, 0])
-            row[0 if info.path == PAGECACHE else 1] += info.size
-            last_moved = moved.get((info.tenant, info.key))
-            if last_moved is not None:
-                kept[(info.tenant, info.key)] = last_moved
-            heat.append(
-                ObjectHeat(
-                    info.tenant,
-                    info.key,
-                    info.size,
-                    info.path,  # type: ignore[arg-type]
-                    now - max(0.0, wall - info.last_access),
-                    last_moved,
+        # Candidates only: the store keeps each path in recency order, so a tick reads the
+        # coldest page-cache and hottest direct objects, never the whole index (issue 14).
+        heat: list[ObjectHeat] = []
+        if plan and self.mode is ResidencyMode.ADAPTIVE:
+            for info in [
+                *self._store.coldest(PAGECACHE, self._want[PAGECACHE]),
+                *self._store.hottest(DIRECT, self._want[DIRECT]),
+            ]:
+                heat.append(
+                    ObjectHeat(
+                        info.tenant,
+                        info.key,
+                        info.size,
+                        info.path,  # type: ignore[arg-type]
+                        now - max(0.0, wall - info.last_access),
+                        moved.get((info.tenant, info.key)),
+                    )
                 )
-            )
+        horizon = 2.0 * max(self._policy.config.min_dwell_s, self.tick_s)
+        kept = {k: t for k, t in moved.items() if now - t <= horizon}
         tenant_usage = {t: TenantUsage(pc, dr) for t, (pc, dr) in usage.items()}
         with self._lock:
             budget = self._policy.budget(signals, resident)
@@ -302,7 +327,7 @@ class ResidencyArbiter:
             if not plan or self.mode is not ResidencyMode.ADAPTIVE:  # plan() did not split it
                 self._policy.shares(budget, {t: u.total for t, u in tenant_usage.items()})
             self._usage = usage
-            self._moved = kept  # only keys that still exist (the moves are on this thread)
+            self._moved = kept  # only moves recent enough to matter (the moves are on this thread)
             self._signals_now = signals
             self._ticks += 1
             self._last_tick = now
@@ -313,6 +338,7 @@ class ResidencyArbiter:
                 budget.effective_available,
                 budget.pagecache_resident,
             )
+        self._adapt_candidates(migrations)
         if migrations:
             log.info(
                 "residency plan: %d migrations, %d bytes",
@@ -320,6 +346,18 @@ class ResidencyArbiter:
                 sum(m.size for m in migrations),
             )
         return migrations
+
+    def _adapt_candidates(self, plan: list[Migration]) -> None:
+        """Read more candidates next tick in a direction whose plan used at least half of
+        them (a big move under way), back to the base when it calms down: an idle tick stays
+        O(candidates), a busy one can still fill the per-tick migration bound."""
+        for path in (PAGECACHE, DIRECT):
+            used = sum(1 for m in plan if m.src == path)
+            want = self._want[path]
+            if used * 2 >= want:
+                self._want[path] = min(want * 2, self._max_candidates)
+            else:
+                self._want[path] = self._base_candidates
 
     def _execute(self, m: Migration) -> MigrationRecord | None:
         t0 = time.perf_counter()
@@ -381,12 +419,9 @@ class ResidencyArbiter:
 
     def snapshot(self) -> ResidencySnapshot:
         """The state ``dbctl residency`` and the Status RPC show (converted by the service)."""
-        live: dict[str, list[int]] | None = None
+        live: dict[str, list[int]] | None
         try:
-            live = {}
-            for info in self._store.list(None):
-                row = live.setdefault(info.tenant, [0, 0])
-                row[0 if info.path == PAGECACHE else 1] += info.size
+            live = _path_bytes(self._store.totals())
         except DualbladeError:
             live = None  # closing: fall back to the last tick's view
         try:

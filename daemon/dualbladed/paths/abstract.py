@@ -18,6 +18,8 @@ Primitives:
 - ``allocate(length) -> Extent``   reserve space; ``OutOfSpace`` leaves the path unchanged.
 - ``release(extent)``              give space back (the page-cache path also drops its pages).
 - ``reserve(extent)``              mark space used when rebuilding from committed metadata.
+- ``reserve_many(extents)``        the same for many disjoint extents sorted by offset, all or
+                                   nothing (start-up; the default reserves one by one).
 - ``write(extent, src)``           write ``len(src)`` bytes at the start of ``extent``; ``src``
                                    is any contiguous buffer (unaligned tails are bounced).
 - ``read(extent, dst)``            read ``len(dst)`` bytes from the start of ``extent``.
@@ -52,8 +54,10 @@ or look at an errno.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 
 from dualbladed.alloc.abstract import AllocStats, Extent
+from dualbladed.alloc.extent import Span
 
 DIRECT = "direct"
 PAGECACHE = "pagecache"
@@ -72,6 +76,24 @@ class ResidencyPath(abc.ABC):
 
     @abc.abstractmethod
     def reserve(self, extent: Extent) -> None: ...
+
+    def reserve_many(self, extents: Sequence[Span]) -> None:
+        """Reserve disjoint ``extents`` (sorted by offset; anything with ``offset`` and
+        ``length``); on a conflict nothing stays reserved.
+
+        Raises:
+            InvalidArgument: an extent conflicts with used space or another extent.
+        """
+        done: list[Extent] = []
+        try:
+            for span in extents:
+                extent = Extent(span.offset, span.length)
+                self.reserve(extent)
+                done.append(extent)
+        except BaseException:
+            for extent in done:
+                self.release(extent)
+            raise
 
     @abc.abstractmethod
     def write(self, extent: Extent, src: memoryview) -> None: ...

@@ -30,16 +30,20 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 
 from dualbladed.alloc.abstract import AllocStats, Extent
-from dualbladed.alloc.extent import ExtentAllocator
-from dualbladed.errors import FailedPrecondition, InvalidArgument, OutOfRange
+from dualbladed.alloc.extent import ExtentAllocator, Span
+from dualbladed.errors import DualbladeError, FailedPrecondition, InvalidArgument, OutOfRange
 from dualbladed.namespace.abstract import Namespace
 from dualbladed.oserrors import translated
 from dualbladed.paths.abstract import DIRECT, ResidencyPath
 from dualbladed.paths.engine import DirectEngine, aligned_buffer, buffer_address, byte_view
 
 logger = logging.getLogger(__name__)
+
+#: most buffers in one coalesced pwritev (Linux's IOV_MAX)
+_IOV_MAX = 1024
 
 __all__ = ["DirectPath"]
 
@@ -81,6 +85,11 @@ class DirectPath(ResidencyPath):
             self._check_open()
             self.allocator.reserve(extent)
 
+    def reserve_many(self, extents: Sequence[Span]) -> None:
+        with self._alloc_lock:
+            self._check_open()
+            self.allocator.reserve_sorted(extents)
+
     def release(self, extent: Extent) -> None:
         with self._alloc_lock:
             self._check_open()
@@ -116,6 +125,61 @@ class DirectPath(ResidencyPath):
         for start in range(0, nbytes, self._bounce_bytes):
             piece = mv[start : start + self._bounce_bytes]
             self._write_bounced(extent.offset + start, piece)
+
+    def write_many(self, items: Sequence[tuple[Extent, memoryview]]) -> list[DualbladeError | None]:
+        """Write each ``(extent, data)``; one error (or None) per item.
+
+        Runs of items whose extents follow each other on the device and whose data are
+        block-aligned buffers filling their extent exactly go out as one ``pwritev`` (up to
+        ``_IOV_MAX`` buffers, ``engine.request_bytes`` bytes): a batch of small puts on a fresh
+        namespace costs a few large writes, not one per object. Anything else, and a run whose
+        write fails or is short, is written item by item (so each error lands on its own item).
+        """
+        errors: list[DualbladeError | None] = [None] * len(items)
+        block = self.alignment
+        limit = self.engine.request_bytes
+        i = 0
+        while i < len(items):
+            j = i
+            end = items[i][0].offset
+            size = 0
+            while j < len(items) and j - i < _IOV_MAX:
+                extent, data = items[j]
+                mv = byte_view(data)
+                if (
+                    extent.offset != end
+                    or mv.nbytes != extent.length
+                    or buffer_address(mv) % block
+                    or (size and size + mv.nbytes > limit)
+                ):
+                    break
+                end += extent.length
+                size += mv.nbytes
+                j += 1
+            if j - i >= 2 and self._write_run(items[i:j]):
+                i = j
+                continue
+            for k in range(i, max(j, i + 1)):
+                try:
+                    self.write(*items[k])
+                except DualbladeError as err:
+                    errors[k] = err
+            i = max(j, i + 1)
+        return errors
+
+    def _write_run(self, run: Sequence[tuple[Extent, memoryview]]) -> bool:
+        """One pwritev of a contiguous run; False (nothing assumed written) if it failed."""
+        self._check_open()
+        for extent, data in run:
+            self._check_fits("write", extent, byte_view(data).nbytes)
+        offset = run[0][0].offset
+        total = sum(extent.length for extent, _ in run)
+        try:
+            done = self.namespace.pwritev([byte_view(d) for _, d in run], offset)
+        except OSError as exc:
+            logger.debug("coalesced write of %d bytes at %d failed: %s", total, offset, exc)
+            return False
+        return done == total
 
     def read(self, extent: Extent, dst: memoryview) -> None:
         mv = byte_view(dst)

@@ -102,8 +102,10 @@ class AdminServicer(pb_grpc.AdminServicer):
         self, request: pb.ExtentsRequest, context: grpc.ServicerContext, session: Session
     ) -> pb.ExtentsResponse:
         self._check(session)
-        infos = self._inv.extents(request.tenant or None, request.limit)
+        after = (request.after_tenant, request.after_key) if request.after_tenant else None
+        infos, more = self._inv.extents(request.tenant or None, after, request.limit)
         return pb.ExtentsResponse(
+            more=more,
             extents=[
                 pb.Extent(
                     tenant=i.tenant,
@@ -116,7 +118,7 @@ class AdminServicer(pb_grpc.AdminServicer):
                     generation=i.generation,
                 )
                 for i in infos
-            ]
+            ],
         )
 
     @rpc()

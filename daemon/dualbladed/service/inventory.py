@@ -17,6 +17,9 @@ from dualbladed.sessions.registry import SessionRegistry
 from dualbladed.store import ObjectInfo, ObjectStore, parse_tenant
 
 VERSION = "0.1.0"
+#: the most extents one Extents reply carries (about 100 bytes each on the wire): a client pages
+#: through larger listings, so neither side ever holds a whole namespace's table at once
+EXTENTS_PAGE = 4096
 
 
 @dataclass
@@ -89,12 +92,14 @@ class Inventory:
         self._admin_ids.add(session_id)
 
     def status(self) -> StatusView:
+        """O(tenants x paths + sessions): the store keeps running totals (issue 14)."""
         direct = self._store.paths["direct"].stats()
         paths: dict[str, PathTotals] = {}
-        for info in self._store.list(None):
-            t = paths.setdefault(info.path, PathTotals())
-            t.objects += 1
-            t.bytes += info.size
+        for per_path in self._store.totals().values():
+            for name, u in per_path.items():
+                t = paths.setdefault(name, PathTotals())
+                t.objects += u.objects
+                t.bytes += u.bytes
         return StatusView(
             version=VERSION,
             namespace_path=self._ns.path,
@@ -114,11 +119,10 @@ class Inventory:
         )
 
     def tenants(self) -> list[TenantView]:
-        totals: dict[str, dict[str, PathTotals]] = {}
-        for info in self._store.list(None):
-            t = totals.setdefault(info.tenant, {}).setdefault(info.path, PathTotals())
-            t.objects += 1
-            t.bytes += info.size
+        totals = {
+            tenant: {name: PathTotals(u.objects, u.bytes) for name, u in per_path.items()}
+            for tenant, per_path in self._store.totals().items()
+        }
         sessions: dict[str, int] = {}
         admin: dict[str, int] = {}
         live = self._registry.sessions()
@@ -149,9 +153,14 @@ class Inventory:
             )
         return views
 
-    def extents(self, tenant: str | None, limit: int = 0) -> list[ObjectInfo]:
-        infos = sorted(self._store.list(tenant), key=lambda i: (i.path, i.offset))
-        return infos[:limit] if limit else infos
+    def extents(
+        self, tenant: str | None, after: tuple[str, bytes] | None, limit: int = 0
+    ) -> tuple[list[ObjectInfo], bool]:
+        """One page in (tenant, key) order after the cursor, at most ``EXTENTS_PAGE`` long
+        (``limit`` 0: the cap); returns the page and whether more follow."""
+        n = min(limit, EXTENTS_PAGE) if limit > 0 else EXTENTS_PAGE
+        infos = self._store.list_page(tenant, after, n + 1)
+        return infos[:n], len(infos) > n
 
     def problems(self) -> list[str]:
         out = []

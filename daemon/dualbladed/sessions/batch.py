@@ -7,6 +7,10 @@ converts protobuf to the request dataclasses below and back. Outcomes carry the 
 itself (a :class:`~dualbladed.errors.DualbladeError`, or None), never a wire status code: the
 service layer maps it once (:func:`dualbladed.service.status.op_code`).
 
+Group commit: in that parallel case the batch's puts are staged (written) concurrently and then
+committed in one metadata transaction (:meth:`ObjectStore.commit_puts`), so a batch of many
+small puts pays one SQLite commit, not one each; every put is still acknowledged only after it.
+
 Parallelism: the ops of one batch run concurrently on a shared pool of ``parallelism`` threads
 when that cannot change their meaning -- no ``stop_on_error`` and no key named twice -- so a batch
 of many small gets keeps the device's queue full instead of issuing them at queue depth 1 (a
@@ -26,11 +30,15 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from dualbladed.errors import Aborted, DualbladeError, InvalidArgument, QuotaExceeded
 from dualbladed.paths.abstract import PATH_NAMES
 from dualbladed.sessions.registry import Session
 from dualbladed.store import ObjectStore
+from dualbladed.store.group import PutSpec, StagedPut
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -167,6 +175,7 @@ class BatchExecutor:
         uid_quota_for: Callable[[Session], int] | None = None,
     ) -> None:
         self._store = store
+        self._parallelism = parallelism
         self._pool = (
             ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="batch")
             if parallelism > 1
@@ -189,7 +198,7 @@ class BatchExecutor:
                 f"batch has {len(ops)} ops; the limit is {self._limits.max_batch_ops}"
             )
         if self._pool is not None and not stop_on_error and len(ops) > 1 and _distinct_keys(ops):
-            return list(self._pool.map(lambda op: self._run_one(session, op), ops))
+            return self._execute_grouped(session, ops)
         outcomes: list[OpOutcome] = []
         failed = False
         for op in ops:
@@ -200,6 +209,117 @@ class BatchExecutor:
             failed = failed or not outcome.ok
             outcomes.append(outcome)
         return outcomes
+
+    def _execute_grouped(self, session: Session, ops: Sequence[Op]) -> list[OpOutcome]:
+        """Independent ops (distinct keys): gets and deletes run on the pool; puts are staged
+        (written) on the pool and then committed together, one metadata transaction for all
+        (group commit, :mod:`dualbladed.store.group`). Outcomes keep the request order."""
+        assert self._pool is not None
+        started = time.perf_counter()
+        puts = [i for i, op in enumerate(ops) if isinstance(op, PutRequest)]
+        others = [i for i, op in enumerate(ops) if not isinstance(op, PutRequest)]
+        outcomes: list[OpOutcome | None] = [None] * len(ops)
+        other_results = self._on_pool(others, lambda i: self._run_one(session, ops[i]))
+        staged_or_err = self._stage_on_pool(session, [ops[i] for i in puts])
+        ok = [(i, st) for i, st in zip(puts, staged_or_err) if not isinstance(st, OpOutcome)]
+        for i, st in zip(puts, staged_or_err):
+            if isinstance(st, OpOutcome):
+                outcomes[i] = st
+        if ok:
+            try:
+                infos = self._store.commit_puts([st for _, (st, _) in ok])
+                for (i, _), info in zip(ok, infos):
+                    outcomes[i] = OpOutcome(None, info.size, info.generation, info.path)
+            except DualbladeError as err:
+                failed = OpOutcome(_without_frames(err))
+                for i, _ in ok:
+                    outcomes[i] = failed
+            finally:
+                for _, (_, held) in ok:
+                    self._unreserve(session, held)
+        elapsed = time.perf_counter() - started
+        for i, _ in ok:  # a put that failed to stage was recorded by _stage
+            out = outcomes[i]
+            assert out is not None
+            self._record(session.tenant, out.path or "none", "put", out.size, elapsed, out.ok)
+        for i, out in zip(others, other_results, strict=True):
+            outcomes[i] = out
+        return outcomes  # type: ignore[return-value]  # every slot is filled above
+
+    def _on_pool(self, items: list[int], fn: Callable[[int], T]) -> list[T]:
+        """``[fn(i) for i in items]`` on the pool, in ``parallelism`` interleaved chunks: as
+        many ops in flight as one future per op would give, without a future (and its lock and
+        condition) per op, which dominated batches of many small objects."""
+        assert self._pool is not None
+        if not items:
+            return []
+        n = min(self._parallelism, len(items))
+        chunks = [items[k::n] for k in range(n)]
+        out: list[T] = [None] * len(items)  # type: ignore[list-item]
+        for k, results in enumerate(self._pool.map(lambda ch: [fn(i) for i in ch], chunks)):
+            out[k::n] = results
+        return out
+
+    def _stage_on_pool(
+        self, session: Session, puts: list[PutRequest]
+    ) -> list[tuple[StagedPut, int] | OpOutcome]:
+        """Stage the puts in ``parallelism`` *contiguous* chunks (each chunk's extents tend to
+        be neighbours, which the direct path writes with one request), chunks in parallel."""
+        assert self._pool is not None
+        if not puts:
+            return []
+        n = min(self._parallelism, len(puts))
+        step = -(-len(puts) // n)
+        chunks = [puts[k : k + step] for k in range(0, len(puts), step)]
+        out: list[tuple[StagedPut, int] | OpOutcome] = []
+        for results in self._pool.map(lambda ch: self._stage_chunk(session, ch), chunks):
+            out.extend(results)
+        return out
+
+    def _stage_chunk(
+        self, session: Session, puts: list[PutRequest]
+    ) -> list[tuple[StagedPut, int] | OpOutcome]:
+        """Check, reserve quota and write puts of a group (:meth:`ObjectStore.stage_many`); an
+        error becomes that put's outcome (recorded here), and then it holds nothing."""
+        started = time.perf_counter()
+        out: list[tuple[StagedPut, int] | OpOutcome | None] = [None] * len(puts)
+        views: list[memoryview] = []
+        specs: list[PutSpec] = []
+        slots: list[tuple[int, int]] = []  # (index into puts, bytes held)
+        try:
+            for i, op in enumerate(puts):
+                try:
+                    self._check_size(op.length)
+                    if op.path is not None and op.path not in PATH_NAMES:
+                        raise InvalidArgument(f"unknown residency path {op.path!r}")
+                    src = session.arena.view(op.arena_offset, op.length)
+                    views.append(src)
+                    held = self._reserve(session, op.key, op.length)
+                except DualbladeError as err:
+                    out[i] = OpOutcome(_without_frames(err))
+                    continue
+                specs.append(PutSpec(op.key, src, op.persistent, op.durable, session.id, op.path))
+                slots.append((i, held))
+            try:
+                staged = self._store.stage_many(session.tenant, specs) if specs else []
+            except BaseException:
+                for _, held in slots:
+                    self._unreserve(session, held)
+                raise
+            for (i, held), st in zip(slots, staged, strict=True):
+                if isinstance(st, DualbladeError):
+                    self._unreserve(session, held)
+                    out[i] = OpOutcome(_without_frames(st))
+                else:
+                    out[i] = (st, held)
+        finally:
+            for v in views:
+                v.release()
+        elapsed = time.perf_counter() - started
+        for o in out:
+            if isinstance(o, OpOutcome):
+                self._record(session.tenant, "none", "put", 0, elapsed, False)
+        return out  # type: ignore[return-value]  # every slot is filled above
 
     def close(self) -> None:
         if self._pool is not None:
@@ -248,7 +368,7 @@ class BatchExecutor:
             raise InvalidArgument(f"unknown residency path {op.path!r}")
         src = session.arena.view(op.arena_offset, op.length)
         try:
-            self._reserve(session, op.key, op.length)
+            held = self._reserve(session, op.key, op.length)
             try:
                 return self._store.put(
                     session.tenant,
@@ -260,7 +380,7 @@ class BatchExecutor:
                     path=op.path,
                 )
             finally:
-                self._unreserve(session, op.length)
+                self._unreserve(session, held)
         finally:
             src.release()
 
@@ -329,7 +449,11 @@ class BatchExecutor:
 
     # -- quotas ---------------------------------------------------------------------------
 
-    def _reserve(self, session: Session, key: bytes, length: int) -> None:
+    def _reserve(self, session: Session, key: bytes, length: int) -> int:
+        """Check the quotas and hold what the put adds: ``length`` less the size of the
+        version it replaces (which goes when it commits), so a batch that rewrites its own
+        objects at the quota is not refused for holding old and new at once. Returns the bytes
+        held, for :meth:`_unreserve`."""
         quota = self._quota_for(session)
         uid_quota = self._uid_quota_for(session) if self._uid_quota_for is not None else 0
         uid = session.uid
@@ -351,8 +475,10 @@ class BatchExecutor:
                         f"quota exceeded for uid {uid}: {used} bytes used over all its tenants, "
                         f"{length} requested, per-uid quota {uid_quota} bytes"
                     )
-            self._reserved[session.tenant] = reserved + length
-            self._uid_reserved[uid] = uid_reserved + length
+            held = max(0, length - replaced)
+            self._reserved[session.tenant] = reserved + held
+            self._uid_reserved[uid] = uid_reserved + held
+            return held
 
     def _unreserve(self, session: Session, length: int) -> None:
         with self._quota_lock:

@@ -5,6 +5,10 @@ prefix listing is a range scan) and keeps the derived tables next to it: each se
 ephemeral members, each tenant's allocated bytes, the batched ``last_access`` updates and the
 pin counts that defer freeing an extent while a reader uses it.
 
+Derived state is kept incrementally (:mod:`dualbladed.store.heat`): per-path recency order for
+the arbiter's coldest/hottest candidates and running per-tenant, per-path totals for stats, so
+no caller has to walk every entry on a timer or per status call.
+
 It does no I/O and takes no lock: every method must be called with ``ObjectStore._lock`` held.
 The methods that may end an extent's life (``retire``, ``unpin``) return ``True`` when the caller
 must release the extent now, so the index never needs to know the residency paths.
@@ -19,12 +23,13 @@ from dataclasses import dataclass, replace
 from sortedcontainers import SortedDict
 
 from dualbladed.alloc.abstract import AllocStats, Extent
+from dualbladed.store.heat import HeatIndex, Totals, Usage
 from dualbladed.store.meta import ObjectRecord
 
-__all__ = ["IndexEntry", "ObjectIndex", "ObjectInfo", "PathUsage", "StoreStats"]
+__all__ = ["IndexEntry", "ObjectIndex", "ObjectInfo", "PathUsage", "StoreStats", "Usage"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectInfo:
     """What the store knows about one object (never its bytes).
 
@@ -95,6 +100,20 @@ class StoreStats:
     pinned: int  # entries currently pinned by readers (including retired ones)
 
 
+_SHARED_INTS: dict[int, int] = {}
+
+
+def shared_int(value: int) -> int:
+    """One int object per distinct size or length (objects tend to share a few), instead of
+    one 32-byte int per entry; bounded, so odd sizes just stay unshared."""
+    got = _SHARED_INTS.get(value)
+    if got is not None:
+        return got
+    if len(_SHARED_INTS) < 4096:
+        _SHARED_INTS[value] = value
+    return value
+
+
 class IndexEntry:
     """One object version. ``info`` is fixed (for a layer object an append swaps in a new
     snapshot with the same extent); the rest changes under the store lock. ``layer`` is the
@@ -110,7 +129,10 @@ class IndexEntry:
         self.dead = False  # retired from the index; the last unpin frees the extent
 
     def snapshot(self) -> ObjectInfo:
-        return replace(self.info, last_access=self.last_access)
+        info = self.info
+        if info.last_access == self.last_access:
+            return info  # immutable: share it (no copy per listed object)
+        return replace(info, last_access=self.last_access)
 
 
 class ObjectIndex:
@@ -122,10 +144,46 @@ class ObjectIndex:
         self._usage: dict[str, int] = {}  # tenant -> allocated bytes (extent lengths)
         self._uid_usage: dict[str, int] = {}  # "uid" (the tenant's head) -> the same, summed
         self._dirty_access: dict[tuple[str, bytes], float] = {}
+        self._heat = HeatIndex()
+        self._totals = Totals()
         self.pinned = 0
 
     def __len__(self) -> int:
-        return sum(len(keys) for keys in self._tenants.values())
+        return self._totals.objects
+
+    def load(self, by_path: Mapping[str, list[IndexEntry]]) -> None:
+        """Install many entries of distinct keys (``path -> entries``) into an empty index
+        (start-up): one sort per tenant and per path instead of one sorted insert per entry,
+        and the running totals added once per (tenant, path)."""
+        by_tenant: dict[str, tuple[list[bytes], list[IndexEntry]]] = {}
+        usage = self._usage
+        for path, entries in by_path.items():
+            counts: dict[str, list[int]] = {}
+            for entry in entries:
+                info = entry.info
+                group = by_tenant.get(info.tenant)
+                if group is None:
+                    group = by_tenant[info.tenant] = ([], [])
+                group[0].append(info.key)
+                group[1].append(entry)
+                c = counts.get(info.tenant)
+                if c is None:
+                    c = counts[info.tenant] = [0, 0, 0, 0]
+                c[0] += 1
+                c[1] += info.size
+                c[2] += info.length
+                if info.persistent:
+                    c[3] += 1
+                if info.session is not None:
+                    self._sessions.setdefault(info.session, set()).add((info.tenant, info.key))
+            for tenant, (n, size, length, persistent) in counts.items():
+                usage[tenant] = usage.get(tenant, 0) + length
+                uid = tenant.partition("/")[0]
+                self._uid_usage[uid] = self._uid_usage.get(uid, 0) + length
+                self._totals.add_many(tenant, path, n, size, persistent)
+            self._heat.load(path, entries)
+        for tenant, (keys, entries) in by_tenant.items():
+            self._tenants.setdefault(tenant, SortedDict()).update(zip(keys, entries))
 
     def lookup(self, tenant: str, key: bytes) -> IndexEntry | None:
         keys = self._tenants.get(tenant)
@@ -134,10 +192,15 @@ class ObjectIndex:
     def install(self, entry: IndexEntry) -> None:
         """Make ``entry`` the live version of its key (the caller retired the old one)."""
         info = entry.info
-        self._tenants.setdefault(info.tenant, SortedDict())[info.key] = entry
+        keys = self._tenants.get(info.tenant)
+        if keys is None:
+            keys = self._tenants[info.tenant] = SortedDict()
+        keys[info.key] = entry
         self._usage[info.tenant] = self._usage.get(info.tenant, 0) + info.length
         uid = info.tenant.partition("/")[0]
         self._uid_usage[uid] = self._uid_usage.get(uid, 0) + info.length
+        self._heat.add(info.path, entry)
+        self._totals.add(info.tenant, info.path, info.size, info.persistent)
         if info.session is not None:
             self._sessions.setdefault(info.session, set()).add((info.tenant, info.key))
 
@@ -151,6 +214,8 @@ class ObjectIndex:
             del keys[info.key]
             if not keys:
                 del self._tenants[info.tenant]
+        self._heat.discard(info.path, entry)
+        self._totals.add(info.tenant, info.path, info.size, info.persistent, -1)
         self._usage[info.tenant] -= info.length
         if not self._usage[info.tenant]:
             del self._usage[info.tenant]
@@ -167,6 +232,15 @@ class ObjectIndex:
         self._dirty_access.pop((info.tenant, info.key), None)
         entry.dead = True
         return entry.pins == 0
+
+    def replace_info(self, entry: IndexEntry, info: ObjectInfo) -> None:
+        """Swap a live entry's ``info`` for a snapshot of the same object and extent (a layer
+        append: a new ``size``), keeping the running totals in step."""
+        old = entry.info
+        if old.size != info.size:
+            self._totals.add(old.tenant, old.path, old.size, old.persistent, -1)
+            self._totals.add(info.tenant, info.path, info.size, info.persistent)
+        entry.info = info
 
     def pin(self, entry: IndexEntry) -> None:
         if entry.pins == 0:
@@ -192,7 +266,10 @@ class ObjectIndex:
 
     def note_access(self, entry: IndexEntry) -> None:
         now = time.time()
-        entry.last_access = now
+        if not entry.dead:
+            self._heat.touch(entry.info.path, entry, now)
+        else:
+            entry.last_access = now
         if entry.info.persistent:
             self._dirty_access[(entry.info.tenant, entry.info.key)] = now
 
@@ -206,6 +283,18 @@ class ObjectIndex:
     def uid_usage(self, uid: int) -> int:
         """Allocated bytes over every tenant ``"<uid>/..."`` (per-uid quotas)."""
         return self._uid_usage.get(str(uid), 0)
+
+    def coldest(self, path: str, n: int) -> list[IndexEntry]:
+        """Up to ``n`` live entries on ``path``, least recently accessed first: O(log N + n)."""
+        return self._heat.coldest(path, n)
+
+    def hottest(self, path: str, n: int) -> list[IndexEntry]:
+        """Up to ``n`` live entries on ``path``, most recently accessed first: O(log N + n)."""
+        return self._heat.hottest(path, n)
+
+    def totals(self) -> dict[str, dict[str, Usage]]:
+        """``tenant -> path -> Usage(objects, payload bytes)``, from running totals."""
+        return self._totals.by_tenant()
 
     def session_counts(self) -> dict[str, int]:
         return {s: len(m) for s, m in self._sessions.items()}
@@ -226,23 +315,39 @@ class ObjectIndex:
                 if limit and count >= limit:
                     return
 
+    def page(
+        self, tenant: str | None, after: tuple[str, bytes] | None, limit: int
+    ) -> list[IndexEntry]:
+        """Up to ``limit`` entries in (tenant, key) order strictly after ``after`` (None: from
+        the start): O(tenants + log N + limit), so a listing can be paged with a cursor."""
+        out: list[IndexEntry] = []
+        names = sorted(self._tenants) if tenant is None else [tenant]
+        for name in names:
+            if after is not None and name < after[0]:
+                continue
+            keys = self._tenants.get(name)
+            if keys is None:
+                continue
+            if after is not None and name == after[0]:
+                it = keys.irange(minimum=after[1], inclusive=(False, True))
+            else:
+                it = iter(keys)
+            for k in it:
+                out.append(keys[k])
+                if len(out) >= limit:
+                    return out
+        return out
+
     def stats(self, paths: Mapping[str, tuple[AllocStats, int]]) -> StoreStats:
         """Object counts per path, given each path's ``(alloc stats, resident bytes)``."""
-        counts = {name: [0, 0] for name in paths}
-        persistent = ephemeral = 0
-        for entry in self.entries():
-            c = counts[entry.info.path]
-            c[0] += 1
-            c[1] += entry.info.size
-            if entry.info.persistent:
-                persistent += 1
-            else:
-                ephemeral += 1
+        by_path = self._totals.by_path()
+        persistent = self._totals.persistent
+        ephemeral = self._totals.objects - persistent
         return StoreStats(
             paths={
                 name: PathUsage(
-                    objects=counts[name][0],
-                    bytes=counts[name][1],
+                    objects=by_path.get(name, Usage(0, 0)).objects,
+                    bytes=by_path.get(name, Usage(0, 0)).bytes,
                     alloc=alloc,
                     resident_bytes=resident,
                 )

@@ -294,7 +294,7 @@ def _append_locked(
         _check_live(entry)
         if not committed:  # live, persistent, yet no row of its generation: never acknowledge
             raise FailedPrecondition(f"layer object {info.key!r} has no committed row")
-        entry.info = new_info
+        store._index.replace_info(entry, new_info)  # keeps the running totals in step
         state.tail = tail
         return entry.snapshot()
 

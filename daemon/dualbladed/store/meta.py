@@ -270,6 +270,30 @@ class Txn:
         )
         return cur.rowcount == 1
 
+    def put_many(self, recs: Iterable[ObjectRecord]) -> None:
+        """Insert or replace many rows in one statement (group commit; no old rows returned)."""
+        self._conn.executemany(
+            f"INSERT OR REPLACE INTO objects ({_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                (
+                    rec.tenant,
+                    rec.key,
+                    rec.path,
+                    rec.offset,
+                    rec.length,
+                    rec.size,
+                    to_signed64(rec.checksum),
+                    rec.generation,
+                    int(rec.persistent),
+                    rec.last_access,
+                    rec.capacity,
+                    pack_crcs(rec.chunk_crcs),
+                )
+                for rec in recs
+            ),
+        )
+
     def delete(self, tenant: str, key: bytes) -> ObjectRecord | None:
         """Delete one row; return it, or None when there was none."""
         old = self.get(tenant, key)
@@ -428,6 +452,28 @@ class MetaStore:
 
     def __iter__(self) -> Iterator[ObjectRecord]:
         return iter(self.records())
+
+    def iter_records(self) -> Iterator[ObjectRecord]:
+        """Every committed object in storage order, streamed (no sort in SQLite's temp store,
+        no list of all rows: offline checks of millions of objects)."""
+        return map(_row_to_record, self.scan_rows())
+
+    def scan_rows(self, batch: int = 65536) -> Iterator[tuple]:
+        """Every committed row as a raw tuple in ``_COLUMNS`` order, in storage (not generation)
+        order, fetched ``batch`` at a time (start-up: one SELECT, no ``ObjectRecord`` per row;
+        the checksum is still the *signed* SQLite value, see :func:`to_unsigned64`)."""
+        with self._lock:
+            self._check_open()
+            cur = self._conn.execute(f"SELECT {_COLUMNS} FROM objects")
+        try:
+            while True:
+                with self._lock:
+                    rows = cur.fetchmany(batch)
+                if not rows:
+                    return
+                yield from rows
+        finally:
+            cur.close()
 
     def list(self, tenant: str, *, prefix: bytes = b"", limit: int = 0) -> list[ObjectRecord]:
         """One tenant's objects whose key starts with ``prefix``, in key order.

@@ -9,9 +9,14 @@ Put (crash ordering; see also the MetaStore docstring)::
     validate -> xxh3-64 of the payload -> allocate a *fresh* extent (lock)
              -> [put.after_alloc] -> write it (no lock) -> [put.after_data_write]
              -> durable: path.flush() (no lock) -> [put.after_flush]
+             -> [put.group_before_commit]
              -> commit the row (lock; synchronous=FULL when durable) -> [put.after_commit]
              -> free the replaced object's extent (lock; deferred while readers pin it)
              -> acknowledge
+
+The first line and a half is :meth:`ObjectStore.stage_put`, the rest :meth:`commit_puts`, which
+commits a whole group of staged puts (a Batch's) in one transaction, flushing each written path
+once first when any of them is durable (group commit, :mod:`dualbladed.store.group`).
 
 Delete: find (lock) -> [delete.before_commit] -> commit the row's removal
 -> [delete.after_commit] -> free the extent. The bracketed names are kill points
@@ -60,13 +65,14 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import xxhash
 
+from dualbladed.alloc.abstract import Extent
 from dualbladed.errors import (
     ChecksumMismatch,
     DualbladeError,
@@ -78,7 +84,16 @@ from dualbladed.killpoints import killpoint
 from dualbladed.oserrors import from_oserror
 from dualbladed.paths.abstract import DIRECT, ResidencyPath
 from dualbladed.store import layers
-from dualbladed.store.index import IndexEntry, ObjectIndex, ObjectInfo, PathUsage, StoreStats
+from dualbladed.store.group import PutSpec, StagedPut, write_all
+from dualbladed.store.index import (
+    IndexEntry,
+    ObjectIndex,
+    ObjectInfo,
+    PathUsage,
+    StoreStats,
+    Usage,
+    shared_int,
+)
 from dualbladed.store.input import (
     DEFAULT_MAX_OBJECT_BYTES,
     MAX_KEY_BYTES,
@@ -214,59 +229,208 @@ class ObjectStore:
             OutOfSpace: no free extent on the chosen path is large enough.
             DeviceIOError: the write or flush failed. In every error case nothing changed.
         """
-        key = check_key(tenant, key)
-        data = as_bytes_view(src, writable=False, what="source")
-        size = data.nbytes
-        if not 1 <= size <= self.max_object_bytes:
-            raise InvalidArgument(
-                f"object size {size} is outside 1..{self.max_object_bytes} bytes (key {key!r})"
-            )
-        path_name = self._choose_path(tenant, size, path)
-        checksum = xxhash.xxh3_64_intdigest(data)
-        target = self._paths[path_name]
+        staged = self.stage_put(
+            tenant, key, src, persistent=persistent, durable=durable, session=session, path=path
+        )
+        return self.commit_puts([staged])[0]
+
+    # -- group commit (issue 14): many puts, one metadata transaction --------------------------
+
+    def stage_put(
+        self,
+        tenant: str,
+        key: bytes,
+        src: memoryview,
+        *,
+        persistent: bool = False,
+        durable: bool = False,
+        session: str | None = None,
+        path: str | None = None,
+    ) -> StagedPut:
+        """The first half of :meth:`put`: validate, checksum, allocate and write (no lock held
+        for the I/O) -- but neither flush nor commit. Hand the result to :meth:`commit_puts`
+        (with others: one transaction for all), or to :meth:`abandon_puts`.
+
+        Raises what :meth:`put` raises before its commit; nothing changed then.
+        """
+        (got,) = self.stage_many(tenant, [PutSpec(key, src, persistent, durable, session, path)])
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
+    def stage_many(self, tenant: str, puts: Sequence[PutSpec]) -> list[StagedPut | DualbladeError]:
+        """:meth:`stage_put` for many puts of one tenant; one result (or error) per put.
+
+        The extents are allocated under one lock acquisition, and a path that supports it
+        (:meth:`DirectPath.write_many`) writes neighbouring extents with one ``pwritev``: a
+        batch of small puts on a fresh namespace becomes a few large writes. A put that fails
+        owns nothing afterwards; the others are unaffected.
+        """
+        out: list[StagedPut | DualbladeError | None] = [None] * len(puts)
+        todo: list[tuple[int, bytes, memoryview, str, int]] = []
+        for i, spec in enumerate(puts):
+            try:
+                key = check_key(tenant, spec.key)
+                data = as_bytes_view(spec.src, writable=False, what="source")
+                size = data.nbytes
+                if not 1 <= size <= self.max_object_bytes:
+                    raise InvalidArgument(
+                        f"object size {size} is outside 1..{self.max_object_bytes} bytes "
+                        f"(key {key!r})"
+                    )
+                path_name = self._choose_path(tenant, size, spec.path)
+            except DualbladeError as err:
+                out[i] = err
+                continue
+            todo.append((i, key, data, path_name, xxhash.xxh3_64_intdigest(data)))
+        extents: dict[int, Extent] = {}
         with self._lock:
             self._check_open()
-            extent = target.allocate(size)
+            for i, _, data, path_name, _ in todo:
+                try:
+                    extents[i] = self._paths[path_name].allocate(data.nbytes)
+                except DualbladeError as err:
+                    out[i] = err
+        writes: dict[str, list[tuple[int, Extent, memoryview]]] = {}
+        for i, _, data, path_name, _ in todo:
+            if i in extents:
+                writes.setdefault(path_name, []).append((i, extents[i], data))
         try:
             killpoint("put.after_alloc")
-            target.write(extent, data)
+            for path_name, items in writes.items():
+                target = self._paths[path_name]
+                errors = write_all(target, [(e, d) for _, e, d in items])
+                for (i, _, _), err in zip(items, errors, strict=True):
+                    if err is not None:
+                        out[i] = err
             killpoint("put.after_data_write")
-            if durable:
-                target.flush()
-                killpoint("put.after_flush")
         except BaseException:
-            with self._lock:
-                target.release(extent)
+            self._release_all({i: e for i, e in extents.items()}, todo)
+            raise
+        failed = {i: e for i, e in extents.items() if out[i] is not None}
+        if failed:
+            self._release_all(failed, todo)
+        for i, key, data, path_name, checksum in todo:
+            if out[i] is None:
+                spec = puts[i]
+                out[i] = StagedPut(
+                    tenant,
+                    key,
+                    data.nbytes,
+                    path_name,
+                    extents[i],
+                    checksum,
+                    spec.persistent,
+                    spec.durable,
+                    spec.session,
+                )
+        return out  # type: ignore[return-value]  # every slot is filled above
+
+    def _release_all(
+        self, extents: Mapping[int, Extent], todo: list[tuple[int, bytes, memoryview, str, int]]
+    ) -> None:
+        where = {i: path_name for i, _, _, path_name, _ in todo}
+        with self._lock:
+            for i, extent in extents.items():
+                self._paths[where[i]].release(extent)
+
+    def abandon_puts(self, staged: Sequence[StagedPut]) -> None:
+        """Free the extents of staged puts that will not be committed."""
+        with self._lock:
+            for st in staged:
+                self._paths[st.path].release(st.extent)
+
+    def commit_puts(self, staged: Sequence[StagedPut]) -> list[ObjectInfo]:
+        """Commit staged puts of distinct keys in one metadata transaction; acknowledge all.
+
+        Crash ordering as for :meth:`put`, per group: when any put is durable, every path the
+        group wrote is flushed first and the transaction commits with ``synchronous=FULL``, so
+        no put is acknowledged before its data and its row are durable. A crash before the
+        commit leaves every old version and frees every new extent (rows are the only truth);
+        after it, all of the group's rows are committed (a transaction is atomic). If the
+        commit fails, every staged extent is freed and nothing changed.
+        """
+        if not staged:
+            return []
+        if len({(st.tenant, st.key) for st in staged}) != len(staged):
+            self.abandon_puts(staged)
+            raise InvalidArgument("a group commit needs distinct keys")
+        try:
+            if any(st.durable for st in staged):
+                for name in {st.path for st in staged}:
+                    self._paths[name].flush()
+                killpoint("put.after_flush")
+            killpoint("put.group_before_commit")
+        except BaseException:
+            self.abandon_puts(staged)
             raise
         with self._lock:
             try:
                 self._check_open()
-                entry = IndexEntry(
-                    ObjectInfo(
-                        tenant=tenant,
-                        key=key,
-                        size=size,
-                        path=path_name,
-                        offset=extent.offset,
-                        length=extent.length,
-                        checksum=checksum,
-                        generation=self._next_generation,
-                        persistent=persistent,
-                        last_access=time.time(),
-                        session=None if persistent else session,
+                now = time.time()
+                pairs = []
+                for i, st in enumerate(staged):
+                    entry = IndexEntry(
+                        ObjectInfo(
+                            tenant=st.tenant,
+                            key=st.key,
+                            size=shared_int(st.size),
+                            path=st.path,
+                            offset=st.extent.offset,
+                            length=shared_int(st.extent.length),
+                            checksum=st.checksum,
+                            generation=self._next_generation + i,
+                            persistent=st.persistent,
+                            last_access=now,
+                            session=None if st.persistent else st.session,
+                        )
                     )
-                )
-                old = self._index.lookup(tenant, key)
-                self._commit(entry, old, durable=durable)
+                    pairs.append((entry, self._index.lookup(st.tenant, st.key)))
+                self._commit_group(pairs, durable=any(st.durable for st in staged))
             except BaseException:
-                target.release(extent)
+                for st in staged:
+                    self._paths[st.path].release(st.extent)
                 raise
             killpoint("put.after_commit")
-            self._next_generation += 1
-            if old is not None:
-                self._retire(old)
-            self._index.install(entry)
-            return entry.snapshot()
+            self._next_generation += len(staged)
+            for entry, old in pairs:
+                if old is not None:
+                    self._retire(old)
+                self._index.install(entry)
+            return [entry.info for entry, _ in pairs]
+
+    def _commit_group(
+        self, pairs: list[tuple[IndexEntry, IndexEntry | None]], *, durable: bool
+    ) -> None:
+        """One transaction for many ``(new, old)``: like :meth:`_commit`. Under the lock."""
+        rows = []
+        gone = []
+        tenants = set()
+        for entry, old in pairs:
+            info = entry.info
+            if info.persistent:
+                rows.append(info.record(entry.last_access))
+                if info.tenant not in self._known_tenants:
+                    tenants.add(info.tenant)
+            elif old is not None and old.info.persistent:
+                gone.append((old.info.tenant, old.info.key))
+        if not rows and not gone:
+            return  # only ephemeral objects: nothing durable changes
+        try:
+            with self._meta.txn(durable=durable) as t:
+                for name in sorted(tenants):
+                    uid, label = parse_tenant(name)
+                    t.upsert_tenant(name, uid, label)
+                t.put_many(rows)
+                for tenant, key in gone:
+                    t.delete(tenant, key)
+        except DualbladeError:
+            raise
+        except OSError as exc:  # the state directory, classified like every OSError
+            raise from_oserror(exc, context="metadata commit") from exc
+        except Exception as exc:  # sqlite3.Error
+            raise DualbladeError(f"metadata commit failed: {exc}") from exc
+        self._known_tenants |= tenants
 
     def _commit(self, entry: IndexEntry | None, old: IndexEntry | None, *, durable: bool) -> None:
         """Make the metadata say ``entry`` (None: nothing) instead of ``old``. Under the lock."""
@@ -400,6 +564,36 @@ class ObjectStore:
         with self._lock:
             self._check_open()
             return [e.snapshot() for e in self._index.scan(tenant, bytes(prefix), limit)]
+
+    def list_page(
+        self, tenant: str | None, after: tuple[str, bytes] | None, limit: int
+    ) -> list[ObjectInfo]:
+        """Up to ``limit`` (> 0) objects in (tenant, key) order after the cursor ``after``
+        (None: from the start); a page costs O(log N + limit) (admin listings, ``dbctl``)."""
+        if limit <= 0:
+            raise InvalidArgument(f"page limit must be > 0, got {limit}")
+        with self._lock:
+            self._check_open()
+            return [e.snapshot() for e in self._index.page(tenant, after, limit)]
+
+    def coldest(self, path: str, n: int) -> list[ObjectInfo]:
+        """Up to ``n`` objects on ``path``, least recently accessed first (O(log N + n): the
+        arbiter's demotion candidates, an evictor's victims)."""
+        with self._lock:
+            self._check_open()
+            return [e.snapshot() for e in self._index.coldest(path, n)]
+
+    def hottest(self, path: str, n: int) -> list[ObjectInfo]:
+        """Up to ``n`` objects on ``path``, most recently accessed first (O(log N + n))."""
+        with self._lock:
+            self._check_open()
+            return [e.snapshot() for e in self._index.hottest(path, n)]
+
+    def totals(self) -> dict[str, dict[str, Usage]]:
+        """``tenant -> path -> Usage(objects, payload bytes)``: running totals, never a scan."""
+        with self._lock:
+            self._check_open()
+            return self._index.totals()
 
     def usage(self, tenant: str) -> int:
         """Bytes of space allocated to ``tenant`` (extent lengths, ephemeral included)."""

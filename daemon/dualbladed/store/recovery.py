@@ -5,8 +5,8 @@ after a clean stop and after a SIGKILL alike -- the store is rebuilt from the co
 
 1. :func:`open_meta` loads (or formats) the superblock and opens the metadata bound to its UUID
    (a state directory of another namespace is refused, or discarded by ``format``);
-2. :func:`rebuild` reserves each row's extent on its path and indexes the row. Every path's free
-   map is therefore the complement of the committed rows, so space that was allocated but never
+2. :func:`rebuild` reserves every row's extent on its path (in bulk) and indexes the row. Every
+   path's free map is therefore the complement of the committed rows, so space that was allocated but never
    committed (a put killed between ``put.after_alloc`` and ``put.after_commit``, the destination
    of an unfinished relocation) is free again, and the free map cannot disagree with the table.
 
@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import logging
 import os
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dualbladed.alloc.abstract import Extent
 from dualbladed.errors import InvalidArgument, SuperblockError
 from dualbladed.paths.abstract import ResidencyPath
-from dualbladed.store.index import ObjectIndex, ObjectInfo
+from dualbladed.store.index import IndexEntry, ObjectIndex, ObjectInfo, shared_int
 from dualbladed.store.layers import new_entry
-from dualbladed.store.meta import MetaStore, ObjectRecord
+from dualbladed.store.meta import MetaStore, unpack_crcs
 
 if TYPE_CHECKING:
     from dualbladed.namespace.abstract import Namespace
@@ -69,52 +70,101 @@ def open_meta(
 
 
 def rebuild(meta: MetaStore, paths: dict[str, ResidencyPath], index: ObjectIndex) -> int:
-    """Index the committed rows, mark their extents used; return the next generation."""
-    dropped: list[ObjectRecord] = []
-    for rec in meta.records():
-        target = paths.get(rec.path)
-        if target is None:
-            logger.warning(
-                "object %r of tenant %s lives on unconfigured path %s; not served",
-                rec.key,
-                rec.tenant,
-                rec.path,
+    """Index the committed rows, mark their extents used; return the next generation.
+
+    Bulk, because it runs on every start: one SELECT read in chunks, one ``ObjectInfo`` per row
+    (tenant and path names shared, not one string per row), then per path one sort by offset
+    and one :meth:`ResidencyPath.reserve_many` that builds the free map as the complement of
+    the rows, and one :meth:`ObjectIndex.load`. Only if a path reports a conflict (overlapping
+    rows: a bug or a hand-edited database) are its rows reserved one by one in generation
+    order, so the earlier row keeps the space and the later one is dropped.
+    """
+    names: dict[str, str] = {}
+    per_path: dict[str, list[ObjectInfo]] = {}
+    unserved: dict[str, int] = {}
+    top = 0
+    u64 = 1 << 64
+    for (
+        tenant,
+        key,
+        path,
+        offset,
+        length,
+        size,
+        checksum,
+        generation,
+        _,
+        last_access,
+        capacity,
+        crcs,
+    ) in meta.scan_rows():
+        if generation > top:
+            top = generation
+        infos = per_path.get(path)
+        if infos is None:
+            if path not in paths:
+                unserved[path] = unserved.get(path, 0) + 1
+                continue
+            infos = per_path[names.setdefault(path, path)] = []
+        infos.append(
+            ObjectInfo(
+                names.setdefault(tenant, tenant),
+                key if type(key) is bytes else bytes(key),
+                shared_int(size),
+                path,
+                offset,
+                shared_int(length),
+                checksum + u64 if checksum < 0 else checksum,  # to_unsigned64, inlined
+                generation,
+                True,
+                last_access,
+                None,
+                capacity,
+                unpack_crcs(bytes(crcs)) if crcs else (),
             )
-            continue
+        )
+    for path, count in unserved.items():
+        logger.warning("%d objects live on unconfigured path %s; not served", count, path)
+    dropped: list[ObjectInfo] = []
+    loaded: dict[str, list[IndexEntry]] = {}
+    for path, infos in per_path.items():
+        infos.sort(key=attrgetter("offset"))
         try:
-            target.reserve(Extent(rec.offset, rec.length))
+            paths[path].reserve_many(infos)  # ObjectInfo has the offset and length of a span
+        except InvalidArgument as exc:
+            logger.error("extents on %s conflict (%s); reserving row by row", path, exc)
+            infos = _reserve_each(paths[path], infos, dropped)
+        loaded[path] = list(map(new_entry, infos))  # layer objects get their append state
+    index.load(loaded)
+    if dropped:
+        with meta.txn(durable=True) as t:
+            for info in dropped:
+                t.delete(info.tenant, info.key)
+    next_generation = top + 1
+    logger.info("object store open: %d objects, next generation %d", len(index), next_generation)
+    return next_generation
+
+
+def _reserve_each(
+    target: ResidencyPath, infos: list[ObjectInfo], dropped: list[ObjectInfo]
+) -> list[ObjectInfo]:
+    """The slow path: reserve in generation order; a row that conflicts with an earlier one is
+    logged and added to ``dropped``. Returns the rows kept."""
+    kept = []
+    for info in sorted(infos, key=attrgetter("generation")):
+        try:
+            target.reserve(Extent(info.offset, info.length))
         except InvalidArgument as exc:
             logger.error(
                 "dropping object %r of tenant %s: extent %s+%s on %s conflicts (%s)",
-                rec.key,
-                rec.tenant,
-                rec.offset,
-                rec.length,
-                rec.path,
+                info.key,
+                info.tenant,
+                info.offset,
+                info.length,
+                info.path,
                 exc,
             )
-            dropped.append(rec)
+            dropped.append(info)
             continue
-        info = ObjectInfo(
-            tenant=rec.tenant,
-            key=rec.key,
-            size=rec.size,
-            path=rec.path,
-            offset=rec.offset,
-            length=rec.length,
-            checksum=rec.checksum,
-            generation=rec.generation,
-            persistent=True,
-            last_access=rec.last_access,
-            session=None,
-            capacity=rec.capacity,
-            chunk_crcs=rec.chunk_crcs,
-        )
-        index.install(new_entry(info))
-    if dropped:
-        with meta.txn(durable=True) as t:
-            for rec in dropped:
-                t.delete(rec.tenant, rec.key)
-    next_generation = meta.max_generation() + 1
-    logger.info("object store open: %d objects, next generation %d", len(index), next_generation)
-    return next_generation
+        kept.append(info)
+    return kept

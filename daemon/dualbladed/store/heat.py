@@ -1,0 +1,153 @@
+"""Incremental recency order and running totals of the live objects.
+
+The residency arbiter ranks objects by ``last_access`` every tick (coldest page-cache objects are
+demoted first, hottest direct ones promoted first) and ``dbctl status`` reports per-path and
+per-tenant totals. Recomputing either from the whole index costs time proportional to what is
+*stored*; these structures are updated on every install, retire and access instead, so a tick
+or a status call costs what it *reads* (``n`` candidates, one row per tenant and path).
+
+:class:`HeatIndex` keeps, per residency path, a ``SortedKeyList`` of index entries ordered by
+``(last_access)``: ``coldest(path, n)`` / ``hottest(path, n)`` are O(log N + n), a touch is a
+remove and an add (O(log N)). The list holds the entries themselves (two pointers per object,
+the sort key is the entry's own ``last_access`` float, not a copy), so it adds little memory.
+An entry's ``last_access`` must only change through :meth:`HeatIndex.touch`, which takes the
+entry out and puts it back around the change (the sorted list finds an entry by its key).
+
+It is a reusable LRU: eviction (the ``capacity`` work) can take victims from ``coldest``.
+
+:class:`Totals` keeps ``tenant -> path -> [objects, payload bytes]`` and the path sums.
+
+Neither does I/O nor takes a lock: the caller (``ObjectIndex``, under ``ObjectStore._lock``)
+serializes every call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from operator import attrgetter
+from typing import TYPE_CHECKING, NamedTuple
+
+from sortedcontainers import SortedKeyList
+
+if TYPE_CHECKING:
+    from dualbladed.store.index import IndexEntry
+
+__all__ = ["HeatIndex", "Totals", "Usage"]
+
+
+_last_access = attrgetter("last_access")
+
+
+class HeatIndex:
+    """Per-path entries in ``last_access`` order. Not thread-safe (the store lock guards it)."""
+
+    def __init__(self) -> None:
+        self._by_path: dict[str, SortedKeyList] = {}
+
+    def _list(self, path: str) -> SortedKeyList:
+        lst = self._by_path.get(path)
+        if lst is None:
+            lst = self._by_path[path] = SortedKeyList(key=_last_access)
+        return lst
+
+    def load(self, path: str, entries: Iterable[IndexEntry]) -> None:
+        """Bulk-add (one sort, for start-up): O(N log N) in C instead of N Python inserts."""
+        self._list(path).update(entries)
+
+    def add(self, path: str, entry: IndexEntry) -> None:
+        self._list(path).add(entry)
+
+    def discard(self, path: str, entry: IndexEntry) -> None:
+        lst = self._by_path.get(path)
+        if lst is not None:
+            lst.discard(entry)
+
+    def touch(self, path: str, entry: IndexEntry, when: float) -> None:
+        """Set ``entry.last_access = when`` and move it to its new place in the order."""
+        lst = self._by_path.get(path)
+        if lst is None:
+            entry.last_access = when
+            return
+        lst.discard(entry)
+        entry.last_access = when
+        lst.add(entry)
+
+    def coldest(self, path: str, n: int) -> list[IndexEntry]:
+        """Up to ``n`` entries on ``path``, least recently accessed first."""
+        lst = self._by_path.get(path)
+        return list(islice(lst, n)) if lst else []
+
+    def hottest(self, path: str, n: int) -> list[IndexEntry]:
+        """Up to ``n`` entries on ``path``, most recently accessed first."""
+        lst = self._by_path.get(path)
+        return list(islice(reversed(lst), n)) if lst else []
+
+    def __len__(self) -> int:
+        return sum(len(lst) for lst in self._by_path.values())
+
+    def iter_path(self, path: str) -> Iterator[IndexEntry]:
+        """Every entry of ``path``, coldest first (tests and offline checks)."""
+        return iter(self._by_path.get(path, ()))
+
+
+class Usage(NamedTuple):
+    objects: int
+    bytes: int  # payload bytes
+
+
+class Totals:
+    """Running ``tenant -> path -> (objects, bytes)`` counts, kept by install/retire."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, dict[str, list[int]]] = {}
+        self._paths: dict[str, list[int]] = {}
+        self.objects = 0
+        self.persistent = 0
+
+    def add(self, tenant: str, path: str, size: int, persistent: bool, sign: int = 1) -> None:
+        paths = self._rows.get(tenant)
+        if paths is None:
+            paths = self._rows[tenant] = {}
+        row = paths.get(path)
+        if row is None:
+            row = paths[path] = [0, 0]
+        row[0] += sign
+        row[1] += sign * size
+        if not row[0]:
+            del paths[path]
+            if not paths:
+                del self._rows[tenant]
+        p = self._paths.get(path)
+        if p is None:
+            p = self._paths[path] = [0, 0]
+        p[0] += sign
+        p[1] += sign * size
+        if not p[0]:
+            del self._paths[path]
+        self.objects += sign
+        if persistent:
+            self.persistent += sign
+
+    def add_many(self, tenant: str, path: str, objects: int, size: int, persistent: int) -> None:
+        """``objects`` installs of ``size`` payload bytes in all, ``persistent`` of them
+        persistent (bulk start-up)."""
+        if not objects:
+            return
+        row = self._rows.setdefault(tenant, {}).setdefault(path, [0, 0])
+        row[0] += objects
+        row[1] += size
+        p = self._paths.setdefault(path, [0, 0])
+        p[0] += objects
+        p[1] += size
+        self.objects += objects
+        self.persistent += persistent
+
+    def by_tenant(self) -> dict[str, dict[str, Usage]]:
+        """A copy: O(tenants x paths), never O(objects)."""
+        return {
+            t: {p: Usage(o, b) for p, (o, b) in paths.items()} for t, paths in self._rows.items()
+        }
+
+    def by_path(self) -> dict[str, Usage]:
+        return {p: Usage(o, b) for p, (o, b) in self._paths.items()}
