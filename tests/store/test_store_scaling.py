@@ -195,3 +195,18 @@ def test_residency_sweeps_are_spaced_by_what_they_cost(tmp_path: Path) -> None:
         assert p.resident_bytes() < first
     finally:
         p.close()
+
+
+def test_layer_appends_keep_the_running_totals(ns: FileNamespace, tmp_path: Path) -> None:
+    store = open_store(ns, tmp_path / "state")
+    try:
+        store.reserve(T1, b"layer", 1 << 20, persistent=True)
+        for i in range(3):
+            store.append(T1, b"layer", memoryview(payload(i, 5000)))
+        store.put(T1, b"plain", memoryview(payload(9, 100)), persistent=True)
+        assert _totals(store) == _scan_totals(store)
+        assert store.totals()[T1][DIRECT].bytes == 15000 + 100
+        store.delete(T1, b"layer")
+        assert _totals(store) == _scan_totals(store)
+    finally:
+        store.close()
