@@ -464,8 +464,9 @@ _residency_mode = _enum(ResidencyMode)
 @dataclass(frozen=True)
 class ResidencyConfig:
     mode: ResidencyMode = setting(ResidencyMode.ADAPTIVE, _residency_mode, "residency policy")
-    # Memory the arbiter always leaves free for everyone else.
-    reserve_bytes: int = setting(2 * GiB, _size(), "memory left to others")
+    # Optional floor: memory the arbiter always leaves alone. 0: the budget is learned from
+    # refaults, PSI, the page-cache hit ratio and measured read speeds (arbiter/feedback.py).
+    reserve_bytes: int = setting(0, _size(), "optional floor left to others")
     # The budget moves only when memory changes by more than this, to avoid demote/promote flaps.
     hysteresis_bytes: int = setting(256 * MiB, _size(), "budget change dead band")
     # Share of the page-cache budget per tenant label (missing labels weigh 1.0).

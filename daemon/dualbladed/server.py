@@ -47,7 +47,7 @@ from dualbladed import sdnotify
 from dualbladed.arbiter.arbiter import ResidencyArbiter
 from dualbladed.arbiter.policy import DEFAULT_TICK_S, PolicyConfig, ResidencyPolicy
 from dualbladed.arbiter.psi import PsiWatcher
-from dualbladed.arbiter.signals import SignalReader
+from dualbladed.arbiter.signals import MeteredPath, ReadMeter, SignalReader
 from dualbladed.config import IO_ALIGNMENT, DaemonConfig, ResidencyConfig
 from dualbladed.lockfile import acquire_instance_locks
 from dualbladed.namespace import open_namespace
@@ -160,10 +160,15 @@ class Daemon:
             ),
         )
         self._stack.callback(pagecache.close)  # idempotent; the store closes it normally
+        # the daemon times its own reads per path: the arbiter's split comes from these speeds
+        meter = ReadMeter()
         store = ObjectStore.open(
             namespace,
             state_dir,
-            paths={DIRECT: direct, PAGECACHE: pagecache},
+            paths={
+                DIRECT: MeteredPath(direct, DIRECT, meter),  # type: ignore[dict-item]
+                PAGECACHE: MeteredPath(pagecache, PAGECACHE, meter),  # type: ignore[dict-item]
+            },
             format=ns_cfg.format,
             placement=self._place,
         )
@@ -189,6 +194,7 @@ class Daemon:
             psi_watcher=None
             if psi_path is None
             else functools.partial(PsiWatcher, psi_path, PSI_STALL_US, PSI_WINDOW_US),
+            meter=meter,
         )
         arbiter.start()
         self.arbiter = arbiter

@@ -100,12 +100,13 @@ def test_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
 
 def test_defaults_are_the_configs_and_from_residency_maps_the_section(tmp_path: Path) -> None:
     """The [residency] settings are declared once, in the config: the policy's defaults are
-    those (reserve 2 GiB, hysteresis 256 MiB; the policy once had 0 and 64 MiB of its own)."""
+    those (reserve 0 -- an optional floor since the budget is learned, issue 12 -- and
+    hysteresis 256 MiB; the policy once had 64 MiB of its own)."""
     res = ResidencyConfig()
     cfg = PolicyConfig()
     assert (cfg.mode, cfg.reserve_bytes, cfg.hysteresis_bytes) == (
         ResidencyMode.ADAPTIVE,
-        2 * GiB,
+        0,
         256 * MiB,
     )
     assert (cfg.reserve_bytes, cfg.hysteresis_bytes) == (res.reserve_bytes, res.hysteresis_bytes)

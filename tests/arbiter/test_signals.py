@@ -180,3 +180,34 @@ def test_shmem_is_not_counted_as_reclaimable_cache(tmp_path: Path) -> None:
         f"file {768 * MiB}\nshmem {256 * MiB}\nactive_file {300 * MiB}\ninactive_file {212 * MiB}\n",
     )
     assert SignalReader(tmp_path / "v2").read().cgroup_cache == 512 * MiB
+
+
+def test_refaults_from_the_cgroup_else_the_host(tmp_path: Path) -> None:
+    cg = _fake_v1(tmp_path, limit=4 * GiB)
+    _write(tmp_path, "proc/vmstat", "workingset_refault_file 999\npgmajfault 77\n")
+    s = SignalReader(tmp_path).read()  # this v1 memory.stat has no refault counter
+    assert (s.refault_pages, s.refault_scope, s.major_faults) == (999, "host", 77)
+    _write(
+        cg,
+        "memory.stat",
+        f"total_cache {2 * GiB}\ntotal_workingset_refault_file 42\ntotal_pgmajfault 5\n",
+    )
+    s = SignalReader(tmp_path).read()  # v1 on 5.8+ kernels: hierarchical refaults
+    assert (s.refault_pages, s.refault_scope, s.major_faults) == (42, "cgroup", 5)
+    # MemFree (1 GiB) lowered to the cgroup's limit - usage (4 - 3 GiB)
+    assert s.mem_free == 1 * GiB and s.free == 1 * GiB
+
+
+def test_v2_refaults_and_old_kernel_names(tmp_path: Path) -> None:
+    cg = _fake_v2(tmp_path)
+    _write(cg, "memory.stat", "file 0\nworkingset_refault 12\npgmajfault 3\n")  # before 5.9
+    s = SignalReader(tmp_path).read()
+    assert (s.refault_pages, s.refault_scope, s.major_faults) == (12, "cgroup", 3)
+
+
+def test_real_machine_has_a_refault_counter() -> None:
+    s = SignalReader().read()
+    if not Path("/proc/vmstat").exists():
+        return
+    assert s.refault_pages is not None and s.refault_pages >= 0
+    assert s.free is not None and 0 <= s.free <= s.mem_total

@@ -293,7 +293,8 @@ def test_each_setting_is_declared_once_and_the_keys_stay() -> None:
         owner = getattr(cfg, section) if section else cfg
         assert getattr(owner, name) == s.default, s.key
     assert cfg.residency.mode is ResidencyMode.ADAPTIVE
-    assert (cfg.residency.reserve_bytes, cfg.residency.hysteresis_bytes) == (2 * GiB, 256 * MiB)
+    # reserve 0: an optional floor, the arbiter learns its budget (issue 12)
+    assert (cfg.residency.reserve_bytes, cfg.residency.hysteresis_bytes) == (0, 256 * MiB)
 
 
 def test_limits_check_themselves_wherever_built() -> None:

@@ -13,10 +13,12 @@ It joins the pure :class:`~dualbladed.arbiter.policy.ResidencyPolicy` to the liv
 
 - **The loop** (one background thread). Every ``tick_s``, or at once when a PSI trigger fires
   (only kernel triggers are kept: a polling watcher would read avg10 no faster than the tick),
-  it reads :class:`~dualbladed.arbiter.signals.MemorySignals` and the page-cache footprint
-  (mincore), reads per-tenant usage from the store's running totals and, in adaptive mode, a
+  it reads :class:`~dualbladed.arbiter.signals.MemorySignals` (with refault counters), the
+  page-cache footprint (mincore) and the :class:`~dualbladed.arbiter.signals.ReadMeter`'s
+  per-path read counters, reads per-tenant usage from the store's running totals and, in adaptive mode, a
   bounded set of candidates (the coldest page-cache and hottest direct objects, from the
-  store's recency order: O(candidates), never O(objects)), asks the policy for a budget,
+  store's recency order: O(candidates), never O(objects)), hands the policy one frozen :class:`~dualbladed.arbiter.feedback.Observation` (it learns its
+  budget and split from it) and asks it for
   shares and a bounded migration plan, and executes the plan with :meth:`ObjectStore.relocate`. Forced modes (``pagecache`` /
   ``direct``, for benchmarks) still observe, so dbctl shows the signals, but never migrate.
 
@@ -56,6 +58,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from dualbladed.arbiter.feedback import Observation
 from dualbladed.arbiter.policy import (
     Budget,
     Migration,
@@ -64,7 +67,7 @@ from dualbladed.arbiter.policy import (
     TenantUsage,
 )
 from dualbladed.arbiter.psi import TRIGGER, PressureEvent, PsiWatcher
-from dualbladed.arbiter.signals import MemorySignals, SignalReader
+from dualbladed.arbiter.signals import MemorySignals, ReadMeter, SignalReader
 from dualbladed.arbiter.snapshot import (
     BudgetStatus,
     MigrationRecord,
@@ -142,6 +145,7 @@ class ResidencyArbiter:
         psi_watcher: PsiWatcherFactory | None = None,
         history: int = HISTORY,
         candidates: int = CANDIDATES,
+        meter: ReadMeter | None = None,
     ) -> None:
         if tick_s <= 0:
             raise InvalidArgument(f"arbiter tick {tick_s} s must be positive")
@@ -160,6 +164,9 @@ class ResidencyArbiter:
         self._bucket = TokenBucket(migration_bytes_per_s, burst)
         self._psi_factory = psi_watcher
         self._psi: PsiWatcher | None = None
+        #: the daemon's own read timing per path (None: no speeds, so no split)
+        self.meter = meter
+        self._placed_bytes = 0  # cumulative, for the write-burst detector
 
         self._lock = threading.Lock()
         self._usage: dict[str, list[int]] = {}  # tenant -> [pagecache bytes, direct bytes]
@@ -265,6 +272,7 @@ class ResidencyArbiter:
         with self._lock:
             row = self._usage.setdefault(tenant, [0, 0])
             row[0 if choice == PAGECACHE else 1] += size
+            self._placed_bytes += size
             self._totals[f"placed_{choice}"] += 1
         return choice
 
@@ -319,8 +327,19 @@ class ResidencyArbiter:
         horizon = 2.0 * max(self._policy.config.min_dwell_s, self.tick_s)
         kept = {k: t for k, t in moved.items() if now - t <= horizon}
         tenant_usage = {t: TenantUsage(pc, dr) for t, (pc, dr) in usage.items()}
+        reads = self.meter.snapshot() if self.meter is not None else {}
         with self._lock:
-            budget = self._policy.budget(signals, resident)
+            obs = Observation(
+                now=now,
+                signals=signals,
+                pagecache_resident=resident,
+                pagecache_bytes=sum(u.pagecache_bytes for u in tenant_usage.values()),
+                demand_bytes=sum(u.total for u in tenant_usage.values()),
+                reads=reads,
+                placed_bytes=self._placed_bytes,
+            )
+            budget = self._policy.observe(obs)
+            verdict = self._policy.verdict
             migrations: list[Migration] = []
             if plan:
                 migrations = self._policy.plan(tenant_usage, heat, now, budget=budget)
@@ -333,10 +352,11 @@ class ResidencyArbiter:
             self._last_tick = now
         if budget.changed:
             log.info(
-                "page-cache budget %d B (effective available %d B, our footprint %d B)",
+                "page-cache budget %d B (effective available %d B, our footprint %d B%s)",
                 budget.total,
                 budget.effective_available,
                 budget.pagecache_resident,
+                "" if verdict is None or verdict.pressure is None else f", {verdict.pressure}",
             )
         self._adapt_candidates(migrations)
         if migrations:
@@ -439,6 +459,7 @@ class ResidencyArbiter:
             counts = dict(self._totals)
             psi_events, last_psi = self._psi_events, self._last_psi
             ticks, last_tick = self._ticks, self._last_tick
+            verdict = self._policy.verdict
         tenants = tuple(
             TenantResidency(t, pc, dr, shares.get(t, 0), cfg.weight(t))
             for t, (pc, dr) in sorted(usage.items())
@@ -475,6 +496,7 @@ class ResidencyArbiter:
             ),
             tenants=tenants,
             migrations=history,
+            feedback=verdict,
             totals=ResidencyTotals(
                 placed_pagecache=counts.get(f"placed_{PAGECACHE}", 0),
                 placed_direct=counts.get(f"placed_{DIRECT}", 0),

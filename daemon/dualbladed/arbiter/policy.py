@@ -6,25 +6,30 @@ shares, a placement for each new object and a bounded list of migrations. Everyt
 between calls (the held budget, the last shares, per-tenant move history) exists to damp
 oscillation. ``now`` is always passed in, so tests script time as well as signals.
 
-1. Budget. ``raw = effective_available - reserve_bytes`` clamped at 0, where
-   ``effective_available`` is ``min(MemAvailable, cgroup limit - usage + cache)``. Our own page
-   cache is *not* added: both MemAvailable and the cgroup headroom already count clean page
-   cache (ours included) as reclaimable, so adding ``pagecache_resident`` would count it twice
-   and the budget could never fall below our footprint -- the arbiter would never demote. Read
-   this way, the budget is "what the page cache may hold in total while ``reserve_bytes`` stays
-   truly free for model weights and the rest of the system": when other processes allocate,
-   effective_available falls by what they take, the budget falls below our footprint, and we
-   demote. ``pagecache_resident`` is still recorded in the :class:`Budget` (for dbctl). The
-   *held* budget only moves when ``|raw - held|`` exceeds the hysteresis band,
-   ``max(hysteresis_bytes, hysteresis_fraction * held)``, so a MemAvailable that wobbles
-   inside the band changes nothing.
+1. Budget: learned, not configured (:mod:`dualbladed.arbiter.feedback`). The arbiter feeds
+   :meth:`ResidencyPolicy.observe` one frozen :class:`~dualbladed.arbiter.feedback.Observation`
+   per tick (memory signals with refault and fault counters, PSI, our resident bytes from
+   mincore, per-path read throughput, bytes placed); the feedback turns them into a cap on our
+   page-cache footprint that starts at ``effective_available - reserve_bytes`` and is cut when
+   caching KV makes others (or ourselves) refault, stall or miss, and grows back when memory is
+   free. ``reserve_bytes`` is only an optional floor of memory always left alone (default 0).
+   Our own page cache is *not* added to ``effective_available``: both MemAvailable and the
+   cgroup headroom already count clean page cache (ours included) as reclaimable, so adding
+   ``pagecache_resident`` would count it twice and the budget could never fall below our
+   footprint -- the arbiter would never demote. The *held* budget only moves when
+   ``|raw - held|`` exceeds the hysteresis band, ``max(hysteresis_bytes, hysteresis_fraction *
+   held)``, or at once when the feedback saw pressure (a cut must not wait for the band).
+   :meth:`ResidencyPolicy.budget` is the same from signals alone (no history).
 
 2. Shares. The budget is split among tenants with demand (their page-cache + direct bytes) by
    weight, max-min fair (water-filling): every tenant is offered ``remaining * w / sum(w)``; a
    tenant whose demand is below its offer gets its demand and leaves the race, and the rest is
    offered again. Shares never exceed demand; what is left over is *slack*.
 
-3. Placement. Forced modes return their path. In adaptive mode a new object goes to the page
+3. Placement. Forced modes return their path. In adaptive mode, once both paths' read speeds
+   were measured, the split comes first: a new object goes direct if the tenant's page-cache
+   bytes would exceed ``f * (its bytes + size)`` (``f``, the page-cache fraction at which both
+   paths finish a step's reads together; see feedback). Otherwise it goes to the page
    cache while ``pagecache_bytes + size <= share``; beyond the share it may use the slack, which
    is consumed as it is used, so that placements between two ticks cannot oversubscribe the
    budget. Before the first tick there is no budget and everything goes direct (the safe path).
@@ -32,11 +37,15 @@ oscillation. ``now`` is always passed in, so tests script time as well as signal
 4. Migrations (adaptive mode only), at most ``max_migration_bytes_per_tick`` per tick, demotions
    first (they relieve memory pressure, promotions are only an optimisation):
 
+   A tenant's *target* is its share, or ``min(share, f * demand)`` with a split. No migration
+   is planned during a write burst (see feedback): prefill's write-back is not slowed by
+   migration traffic, and what is still being written is not written twice.
+
    - Demote (page cache -> direct, coldest ``last_access`` first, across tenants) when a tenant
-     holds more than ``share + band``; it is brought down to its share, not to the band edge,
+     holds more than ``target + band``; it is brought down to its share, not to the band edge,
      so the next small wobble does not trigger again.
    - Promote (direct -> page cache, hottest first) when a tenant holds less than
-     ``share - band``, filling up to its share.
+     ``target - band``, filling up to its target.
    - Anti-flapping: an object that moved within ``min_dwell_s`` does not move again, and a
      tenant demoted within ``min_dwell_s`` gets no promotion. Together with the hysteresis on
      the budget and on the shares this bounds every object to one direction change per dwell.
@@ -53,6 +62,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
+from dualbladed.arbiter.feedback import Feedback, FeedbackConfig, Observation, Verdict
 from dualbladed.arbiter.signals import MemorySignals
 from dualbladed.config import ResidencyConfig, ResidencyMode
 from dualbladed.errors import InvalidArgument
@@ -87,6 +97,8 @@ class PolicyConfig:
     #: an object (or a demoted tenant) does not move back within this time
     min_dwell_s: float = 30.0
     max_migration_bytes_per_tick: int = int(_SETTINGS.migration_bytes_per_s * DEFAULT_TICK_S)
+    #: what the budget learns from (thresholds, split, write bursts): see feedback
+    learn: FeedbackConfig = field(default_factory=FeedbackConfig)
 
     @classmethod
     def from_residency(cls, res: ResidencyConfig, tick_s: float = DEFAULT_TICK_S) -> PolicyConfig:
@@ -177,6 +189,14 @@ class ResidencyPolicy:
         self._shares: dict[str, int] = {}
         self._slack = 0
         self._last_demotion: dict[str, float] = {}
+        self._feedback = Feedback(config.learn, config.reserve_bytes)
+        self._fraction: float | None = None  # the split's page-cache fraction
+        self._defer = False  # a write burst: no migrations
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """The feedback's last conclusions (cap, pressure, speeds, split), for dbctl."""
+        return self._feedback.verdict
 
     @property
     def current_budget(self) -> Budget | None:
@@ -189,15 +209,37 @@ class ResidencyPolicy:
     # ------------------------------------------------------------------ budget
 
     def budget(self, signals: MemorySignals, pagecache_resident: int) -> Budget:
+        """The budget from signals alone: an observation without history or reads."""
+        return self.observe(
+            Observation(
+                now=signals.timestamp,
+                signals=signals,
+                pagecache_resident=pagecache_resident,
+                pagecache_bytes=0,
+                demand_bytes=0,
+                reads={},
+                placed_bytes=0,
+            )
+        )
+
+    def observe(self, obs: Observation) -> Budget:
+        """Learn from one tick's measurements; the budget plan() and place() then use."""
         cfg = self.config
-        avail = signals.effective_available
-        # not ``+ pagecache_resident``: ``avail`` already counts our clean pages (docstring, 1.)
-        raw = max(0, avail - cfg.reserve_bytes)
+        verdict = self._feedback.update(obs)
+        raw = verdict.cap
         held = self._held
-        changed = held is None or abs(raw - held) > cfg.band(held)
+        changed = (
+            held is None
+            or abs(raw - held) > cfg.band(held)
+            or (verdict.pressure is not None and raw < held)
+        )
         if held is None or changed:
             held = self._held = raw
-        self._budget = Budget(held, raw, avail, pagecache_resident, changed)
+        self._fraction = verdict.pagecache_fraction
+        self._defer = verdict.write_burst
+        self._budget = Budget(
+            held, raw, obs.signals.effective_available, obs.pagecache_resident, changed
+        )
         return self._budget
 
     # ------------------------------------------------------------------ shares
@@ -222,12 +264,22 @@ class ResidencyPolicy:
         self._slack = max(0, budget.total - sum(out.values()))
         return dict(out)
 
+    def targets(self, shares: Mapping[str, int], demand: Mapping[str, int]) -> dict[str, int]:
+        """Per tenant, the page-cache bytes to aim for: the share, or less with a split."""
+        f = self._fraction
+        if f is None:
+            return dict(shares)
+        return {t: min(s, int(f * demand.get(t, 0))) for t, s in shares.items()}
+
     # --------------------------------------------------------------- placement
 
     def place(self, tenant: str, size: int, usage: TenantUsage) -> PathName:
         forced = self.config.mode.forced_path
         if forced is not None:
             return forced  # type: ignore[return-value]  # a forced mode is named after its path
+        f = self._fraction
+        if f is not None and usage.pagecache_bytes + size > f * (usage.total + size):
+            return DIRECT  # the split: this share of the tenant's reads streams from disk
         share = self._shares.get(tenant, 0)
         excess = max(0, usage.pagecache_bytes + size - share)
         if excess == 0:
@@ -254,7 +306,10 @@ class ResidencyPolicy:
         if self.config.mode is not ResidencyMode.ADAPTIVE or budget is None:
             return []
         cfg = self.config
-        shares = self.shares(budget, {t: u.total for t, u in usage.items()})
+        demand = {t: u.total for t, u in usage.items()}
+        shares = self.targets(self.shares(budget, demand), demand)
+        if self._defer:
+            return []  # a write burst: migrations wait (module docstring, 4.)
         objects = list(objects_lru)
         movable = [
             o

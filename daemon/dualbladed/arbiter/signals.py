@@ -28,6 +28,21 @@ What is read, and why:
 - PSI memory pressure (avg10 of ``some`` and ``full``, percent): from the cgroup's
   ``memory.pressure`` on v2, otherwise ``/proc/pressure/memory``.
 
+- File refaults (cumulative pages, the arbiter turns them into a rate): a refault is a file page
+  read back in shortly after the kernel evicted it, i.e. the page cache is too small for what is
+  being used -- the signal that caching more KV evicts pages someone needs (the model's mmapped
+  weights, or our own KV). v2: ``workingset_refault_file`` in the cgroup's ``memory.stat``
+  (``workingset_refault`` before 5.9). v1: recent kernels (5.8+) print the same counters in
+  memory.stat (``total_workingset_refault_file``, hierarchical); older v1 kernels have no refault
+  counter at all, only ``total_pgmajfault`` (major faults: mmapped weights read back from disk)
+  and ``memory.failcnt`` (times usage hit the limit), so the reader falls back to the host's
+  ``/proc/vmstat`` ``workingset_refault_file`` / ``workingset_refault`` (every cgroup's refaults:
+  coarser, never blind). ``major_faults`` is read too (cgroup ``pgmajfault``, else vmstat).
+
+- ``mem_free``: memory nobody uses at all, ``min(MemFree, limit - usage)``; unlike
+  ``effective_available`` it does not count anyone's reclaimable cache, so the arbiter may take
+  it without evicting a page someone needs.
+
 Effective available memory: ``min(MemAvailable, limit - usage + cache)``: usage counts the page
 cache charged to the cgroup and that cache is reclaimable, so it is added back.
 
@@ -38,10 +53,14 @@ fake ``/proc`` and ``/sys`` under ``tmp_path``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -63,6 +82,24 @@ class MemorySignals:
     cgroup_cache: int | None  # page cache charged to the cgroup
     psi_some_avg10: float | None  # percent
     psi_full_avg10: float | None
+    #: cumulative file refaults in pages (cgroup if it counts them, else host); None: unknown
+    refault_pages: int | None = None
+    #: cumulative major faults (cgroup if it counts them, else host); None: unknown
+    major_faults: int | None = None
+    #: MemFree, lowered to ``limit - usage`` in a limited cgroup; None: unknown
+    mem_free: int | None = None
+    #: where refault_pages comes from: "cgroup" or "host" (None when unknown)
+    refault_scope: str | None = None
+
+    @property
+    def free(self) -> int | None:
+        """Memory nobody uses (no cache at all), ``min(MemFree, limit - usage)``."""
+        if self.mem_free is None:
+            return None
+        free = self.mem_free
+        if self.cgroup_limit is not None and self.cgroup_usage is not None:
+            free = min(free, self.cgroup_limit - self.cgroup_usage)
+        return max(0, free)
 
     @property
     def effective_available(self) -> int:
@@ -152,6 +189,7 @@ class SignalReader:
         self.root = Path(root)
         self._proc = self.root / "proc"
         self.cgroup: CgroupLocation | None = None
+        self._mem_free: int | None = None
         self.relocate()
 
     def relocate(self) -> None:
@@ -243,6 +281,7 @@ class SignalReader:
                 if (cg.directory / "memory.pressure").exists():
                     psi_file = cg.directory / "memory.pressure"
         some, full = parse_psi(_read_text(psi_file))
+        refaults, majfaults, scope = self._faults(cg, stat if cg is not None else {})
         return MemorySignals(
             timestamp=time.monotonic(),
             mem_total=total,
@@ -253,7 +292,33 @@ class SignalReader:
             cgroup_cache=cache,
             psi_some_avg10=some,
             psi_full_avg10=full,
+            refault_pages=refaults,
+            major_faults=majfaults,
+            mem_free=self._mem_free,
+            refault_scope=scope,
         )
+
+    def _faults(
+        self, cg: CgroupLocation | None, stat: dict[str, int]
+    ) -> tuple[int | None, int | None, str | None]:
+        """(refault pages, major faults, scope) from the cgroup's memory.stat, else vmstat."""
+        prefix = "total_" if cg is not None and cg.version == 1 else ""
+        refaults = majfaults = None
+        scope = None
+        if cg is not None:
+            refaults = _first(
+                stat, prefix + "workingset_refault_file", prefix + "workingset_refault"
+            )
+            majfaults = stat.get(prefix + "pgmajfault")
+            scope = "cgroup" if refaults is not None else None
+        if refaults is None or majfaults is None:
+            vm = _read_stat(self._proc / "vmstat")
+            if refaults is None:
+                refaults = _first(vm, "workingset_refault_file", "workingset_refault")
+                scope = "host" if refaults is not None else None
+            if majfaults is None:
+                majfaults = vm.get("pgmajfault")
+        return refaults, majfaults, scope
 
     @property
     def psi_path(self) -> Path | None:
@@ -275,8 +340,10 @@ class SignalReader:
             d = d.parent
 
     def _meminfo(self) -> tuple[int, int]:
+        """(MemTotal, MemAvailable); MemFree is kept in ``self._mem_free``."""
         if self.root == Path("/"):
             vm = psutil.virtual_memory()
+            self._mem_free = int(vm.free)
             return int(vm.total), int(vm.available)
         info = {}
         for line in (_read_text(self._proc / "meminfo") or "").splitlines():
@@ -285,9 +352,114 @@ class SignalReader:
             if parts and parts[0].isdigit():
                 info[key] = int(parts[0]) * (1024 if parts[-1] == "kB" else 1)
         total = info.get("MemTotal", 0)
+        self._mem_free = info.get("MemFree")
         return total, info.get("MemAvailable", info.get("MemFree", 0))
+
+
+def _first(stat: dict[str, int], *keys: str) -> int | None:
+    return next((stat[k] for k in keys if k in stat), None)
 
 
 def _min_limit(a: int | None, b: int | None) -> int | None:
     vals = [v for v in (a, b) if v is not None and v < V1_UNLIMITED]
     return min(vals) if vals else None
+
+
+# --------------------------------------------------------------------------- read throughput
+
+
+@dataclass(frozen=True)
+class PathReads:
+    """Cumulative reads of one residency path, as :class:`ReadMeter` counted them."""
+
+    bytes: int = 0
+    ops: int = 0
+    #: wall seconds during which at least one read of this path was in flight (the union of
+    #: the reads' intervals: eight concurrent reads of 1 s count 1 s, not 8)
+    busy_s: float = 0.0
+
+    def minus(self, older: PathReads) -> PathReads:
+        return PathReads(self.bytes - older.bytes, self.ops - older.ops, self.busy_s - older.busy_s)
+
+    @property
+    def gbps(self) -> float | None:
+        return self.bytes / self.busy_s / 1e9 if self.busy_s > 0 else None
+
+
+class ReadMeter:
+    """The daemon times its own reads, per path: bytes over busy wall time.
+
+    The narrow hook: whoever reads a path's extent (the store) calls
+    ``with meter.reading(path_name, nbytes): <the read>``, or :meth:`record` with the read's
+    start and end on ``time.monotonic()``. Busy time is the union of the reads' intervals, so
+    the throughput is what the path delivered while it was in use, at whatever queue depth the
+    executor ran it. Thread-safe (a counter update under a lock per read).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._totals: dict[str, list[float]] = {}  # path -> [bytes, ops, busy_s]
+        self._active: dict[str, int] = {}
+        self._since: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def reading(self, path: str, nbytes: int) -> Iterator[None]:
+        self._begin(path)
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            self._end(path, nbytes if ok else 0)
+
+    def record(self, path: str, nbytes: int, start: float, end: float) -> None:
+        """One finished read (for callers that time it themselves; not merged with others)."""
+        with self._lock:
+            row = self._totals.setdefault(path, [0, 0, 0.0])
+            row[0] += nbytes
+            row[1] += 1
+            row[2] += max(0.0, end - start)
+
+    def _begin(self, path: str) -> None:
+        now = self._clock()
+        with self._lock:
+            if self._active.get(path, 0) == 0:
+                self._since[path] = now
+            self._active[path] = self._active.get(path, 0) + 1
+
+    def _end(self, path: str, nbytes: int) -> None:
+        now = self._clock()
+        with self._lock:
+            row = self._totals.setdefault(path, [0, 0, 0.0])
+            row[0] += nbytes
+            row[1] += 1 if nbytes else 0
+            self._active[path] -= 1
+            if self._active[path] == 0:
+                row[2] += now - self._since.pop(path)
+
+    def snapshot(self) -> dict[str, PathReads]:
+        """Cumulative counters per path (busy time of reads still in flight not included)."""
+        with self._lock:
+            return {p: PathReads(int(b), int(n), s) for p, (b, n, s) in self._totals.items()}
+
+
+class MeteredPath:
+    """A residency path whose ``read`` goes through a :class:`ReadMeter`; all else delegates.
+
+    The server wraps the store's paths with this so the arbiter sees per-path read throughput
+    without the store knowing. Reads issued by migrations are counted too (they are reads of
+    the path as well).
+    """
+
+    def __init__(self, path: Any, name: str, meter: ReadMeter) -> None:
+        self._path = path
+        self._name = name
+        self._meter = meter
+
+    def read(self, extent: Any, dst: memoryview) -> None:
+        with self._meter.reading(self._name, dst.nbytes):
+            self._path.read(extent, dst)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._path, name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dualbladed.arbiter.feedback import Verdict
 from dualbladed.arbiter.signals import MemorySignals
 from dualbladed.config import ResidencyMode
 
@@ -108,3 +109,6 @@ class ResidencySnapshot:
     tenants: tuple[TenantResidency, ...]  # sorted by tenant
     migrations: tuple[MigrationRecord, ...]  # oldest first
     totals: ResidencyTotals
+    #: what the budget learned on the last tick (cap, pressure, speeds, split); not on the wire
+    #: yet (a ResidencyStatus field is the proto owner's to add)
+    feedback: Verdict | None = None

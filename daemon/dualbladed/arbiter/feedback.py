@@ -1,0 +1,187 @@
+"""What the adaptive policy learns from what it measures (pure: no I/O, no clock, no threads).
+
+The arbiter builds one frozen :class:`Observation` per tick; :class:`Feedback` turns the stream
+of observations into three answers the policy acts on:
+
+1. **The cap**: how many bytes of KV the page-cache path may hold. No reserve has to be guessed:
+
+   - ``ceiling = effective_available - reserve`` (the reserve is an optional floor of memory
+     always left alone, default 0): what the page cache could hold if every clean page were ours.
+   - ``room = free + resident - reserve``: what we can hold without evicting anyone (``free``
+     counts no cache at all; ``resident`` is our own cached KV, from mincore).
+   - The cap starts at the ceiling (optimistic: memory that nobody needs is worth using) and is
+     **cut** when caching KV evicts pages someone needs, seen as any of: file refaults above
+     ``refault_bytes_per_s`` (the weights, or our own KV, read back soon after eviction), PSI
+     ``some avg10`` above ``psi_some_pct``, or our own hit ratio (resident / bytes we hold)
+     below ``min_hit_ratio``. A cut brings the cap to ``base - max(decrease * base, refaulted)``
+     with ``base = min(cap, bytes we hold)``: by a fraction, or by what was refaulted since the
+     last tick, whichever is larger (demote at least what others had to read back).
+   - After ``calm_s`` without pressure the cap may grow: to ``room`` at once (free memory
+     really is free), and by ``probe_bytes`` per tick beyond it while demand exceeds the cap
+     and our hit ratio is perfect (probing whether the reclaimable cache of others is needed).
+   - The cap never exceeds the ceiling. Where the host gives no MemFree (tests, odd
+     containers), ``room`` is the ceiling and this reduces to the old ``available - reserve``.
+
+2. **The split**: measured read throughput per path (bytes over busy time, EWMA) gives the
+   page-cache fraction ``f = r_pc / (r_pc + r_direct)`` at which a step reading its cached part
+   from RAM while the direct part streams from disk finishes both at once:
+   ``max(f T / r_pc, (1 - f) T / r_direct)`` is smallest there. A tenant's page-cache target
+   is ``min(share, f * demand)``. No split until both paths were measured (a path with nothing
+   on it has no speed), or when ``split`` is off.
+
+3. **Write bursts**: while puts place more than ``write_burst_bytes_per_s`` (at least
+   ``write_burst_min_bytes`` since the last tick), and for one tick after, migrations wait: prefill's write-back must not compete with migration traffic, and
+   moving what is still being written would write it twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from dualbladed.arbiter.signals import MemorySignals, PathReads
+from dualbladed.paths.abstract import DIRECT, PAGECACHE
+
+MiB = 1 << 20
+PAGE = 4096
+#: a speed sample needs this much reading in the interval, or it is noise
+MIN_SAMPLE_BYTES = 8 * MiB
+MIN_SAMPLE_BUSY_S = 0.01
+#: below this many bytes on the page-cache path the hit ratio says nothing
+MIN_HIT_BYTES = 32 * MiB
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    refault_bytes_per_s: int = 16 * MiB
+    psi_some_pct: float = 10.0
+    min_hit_ratio: float = 0.9
+    decrease: float = 0.25
+    calm_s: float = 5.0
+    probe_bytes: int = 64 * MiB
+    write_burst_bytes_per_s: int = 128 * MiB
+    write_burst_min_bytes: int = 64 * MiB
+    split: bool = True
+    speed_alpha: float = 0.5
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One tick's measurements, as the arbiter read them (cumulative counters stay cumulative)."""
+
+    now: float  # monotonic seconds
+    signals: MemorySignals
+    pagecache_resident: int  # our slabs' resident bytes (mincore)
+    pagecache_bytes: int  # bytes of objects we hold on the page-cache path
+    demand_bytes: int  # bytes of all objects (both paths)
+    reads: Mapping[str, PathReads]  # ReadMeter's cumulative counters per path
+    placed_bytes: int  # cumulative bytes placed by puts since the arbiter started
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What :meth:`Feedback.update` concluded from one observation (also for dbctl)."""
+
+    cap: int
+    ceiling: int
+    room: int
+    pressure: str | None  # why the cap was cut ("refaults 40 MiB/s"), None without pressure
+    refault_bytes_per_s: float | None
+    hit_ratio: float | None
+    speeds_gbps: Mapping[str, float]  # EWMA per path
+    pagecache_fraction: float | None  # the split's f, None: no split
+    write_burst: bool
+
+
+class Feedback:
+    """See the module docstring; one instance per policy, fed in time order."""
+
+    def __init__(self, config: FeedbackConfig, reserve_bytes: int = 0) -> None:
+        self.config = config
+        self.reserve_bytes = reserve_bytes
+        self._cap: int | None = None
+        self._last: Observation | None = None
+        self._last_pressure = -math.inf
+        self._speeds: dict[str, float] = {}
+        self._burst_ticks = 0
+        self.verdict: Verdict | None = None
+
+    def update(self, obs: Observation) -> Verdict:
+        cfg = self.config
+        sig = obs.signals
+        reserve = self.reserve_bytes
+        ceiling = max(0, sig.effective_available - reserve)
+        free = sig.free
+        room = ceiling
+        if free is not None:
+            room = min(ceiling, max(0, free + obs.pagecache_resident - reserve))
+        last = self._last
+        dt = obs.now - last.now if last is not None else 0.0
+
+        refault_rate = None
+        refaulted = 0
+        if last is not None and dt > 0 and sig.refault_pages is not None:
+            prev = last.signals.refault_pages
+            if prev is not None and sig.refault_pages >= prev:
+                refaulted = (sig.refault_pages - prev) * PAGE
+                refault_rate = refaulted / dt
+        hit = None
+        if obs.pagecache_bytes >= MIN_HIT_BYTES:
+            hit = min(1.0, obs.pagecache_resident / obs.pagecache_bytes)
+
+        pressure = None
+        if refault_rate is not None and refault_rate > cfg.refault_bytes_per_s:
+            pressure = f"refaults {refault_rate / MiB:.0f} MiB/s"
+        elif sig.psi_some_avg10 is not None and sig.psi_some_avg10 > cfg.psi_some_pct:
+            pressure = f"psi some {sig.psi_some_avg10:.1f}%"
+        elif hit is not None and hit < cfg.min_hit_ratio:
+            pressure = f"hit ratio {hit:.2f}"
+
+        cap = self._cap
+        if cap is None:
+            cap = ceiling
+        elif pressure is not None:
+            base = min(cap, obs.pagecache_bytes)
+            cap = max(0, base - max(int(cfg.decrease * base), refaulted))
+            self._last_pressure = obs.now
+        elif obs.now - self._last_pressure >= cfg.calm_s:
+            grown = cap
+            if obs.demand_bytes > cap and (hit is None or hit >= 0.99):
+                grown = cap + cfg.probe_bytes
+            cap = max(grown, room)
+        cap = min(cap, ceiling)
+        self._cap = cap
+
+        self._update_speeds(last, obs)
+        fraction = None
+        pc, dr = self._speeds.get(PAGECACHE), self._speeds.get(DIRECT)
+        if cfg.split and pc and dr:
+            fraction = pc / (pc + dr)
+
+        burst = False
+        if last is not None and dt > 0:
+            placed = obs.placed_bytes - last.placed_bytes
+            if placed >= cfg.write_burst_min_bytes and placed / dt > cfg.write_burst_bytes_per_s:
+                self._burst_ticks = 2  # this tick and the next
+        if self._burst_ticks > 0:
+            burst = True
+            self._burst_ticks -= 1
+
+        self._last = obs
+        self.verdict = Verdict(
+            cap, ceiling, room, pressure, refault_rate, hit, dict(self._speeds), fraction, burst
+        )
+        return self.verdict
+
+    def _update_speeds(self, last: Observation | None, obs: Observation) -> None:
+        if last is None:
+            return
+        a = self.config.speed_alpha
+        for path, now in obs.reads.items():
+            d = now.minus(last.reads.get(path, PathReads()))
+            if d.bytes < MIN_SAMPLE_BYTES or d.busy_s < MIN_SAMPLE_BUSY_S:
+                continue
+            sample = d.bytes / d.busy_s / 1e9
+            old = self._speeds.get(path)
+            self._speeds[path] = sample if old is None else a * sample + (1 - a) * old

@@ -1,0 +1,226 @@
+"""The learned budget, the split and the write-burst rule, driven by scripted observations.
+
+Pure code (no I/O, no clock): every observation is built here, so time, refaults, PSI, our
+resident bytes and per-path read counters are whatever the test says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from dualbladed.arbiter.feedback import Feedback, FeedbackConfig, Observation
+from dualbladed.arbiter.policy import PolicyConfig, ResidencyPolicy, TenantUsage
+from dualbladed.arbiter.signals import MemorySignals, PathReads, ReadMeter
+from dualbladed.paths.abstract import DIRECT, PAGECACHE
+
+MiB = 1 << 20
+GiB = 1 << 30
+PAGE = 4096
+
+
+def sig(
+    available: int, *, free: int | None = None, refaults: int | None = 0, psi: float | None = 0.0
+) -> MemorySignals:
+    return MemorySignals(
+        0.0, 64 * GiB, available, None, None, None, None, psi, 0.0, refaults, 0, free, "host"
+    )
+
+
+def obs(
+    now: float,
+    signals: MemorySignals,
+    *,
+    pc: int = 0,
+    resident: int | None = None,
+    demand: int = 0,
+    reads: dict[str, PathReads] | None = None,
+    placed: int = 0,
+) -> Observation:
+    return Observation(
+        now, signals, pc if resident is None else resident, pc, demand, reads or {}, placed
+    )
+
+
+def test_cap_starts_at_the_ceiling_and_reserve_is_only_a_floor() -> None:
+    assert Feedback(FeedbackConfig()).update(obs(0, sig(4 * GiB))).cap == 4 * GiB
+    assert Feedback(FeedbackConfig(), reserve_bytes=1 * GiB).update(obs(0, sig(4 * GiB))).cap == (
+        3 * GiB
+    )
+
+
+def test_refaults_cut_by_what_was_refaulted_or_a_quarter_then_hold_until_calm() -> None:
+    fb = Feedback(FeedbackConfig(calm_s=5.0))
+    fb.update(obs(0, sig(4 * GiB, refaults=0), pc=2 * GiB))
+    # 1 GiB refaulted in one second: cut by that (more than a quarter of 2 GiB)
+    v = fb.update(obs(1, sig(4 * GiB, refaults=GiB // PAGE), pc=2 * GiB))
+    assert v.pressure is not None and "refaults" in v.pressure
+    assert v.cap == 1 * GiB
+    # a little refaulting (below the threshold): no cut, but no growth either (not calm yet)
+    v = fb.update(obs(2, sig(4 * GiB, free=3 * GiB, refaults=GiB // PAGE + 10), pc=1 * GiB))
+    assert v.pressure is None and v.cap == 1 * GiB
+    # 8 MiB refaulted (above 16 MiB/s over 0.25 s): cut by a quarter of min(cap, held)
+    v = fb.update(obs(2.25, sig(4 * GiB, refaults=GiB // PAGE + 2048 + 10), pc=1 * GiB))
+    assert v.cap == 768 * MiB
+    # calm for 5 s: free memory may be taken at once (room = free + resident)
+    v = fb.update(obs(8, sig(4 * GiB, free=512 * MiB, refaults=GiB // PAGE + 2058), pc=768 * MiB))
+    assert v.pressure is None and v.cap == 512 * MiB + 768 * MiB
+
+
+def test_probing_beyond_free_memory_only_while_demand_exceeds_the_cap() -> None:
+    fb = Feedback(FeedbackConfig(calm_s=0.0, probe_bytes=64 * MiB))
+    fb.update(obs(0, sig(4 * GiB, free=0), pc=GiB))
+    fb._cap = GiB  # as if learned
+    v = fb.update(obs(1, sig(4 * GiB, free=0), pc=GiB, demand=2 * GiB))
+    assert v.cap == GiB + 64 * MiB
+    v = fb.update(obs(2, sig(4 * GiB, free=0), pc=GiB, demand=GiB))  # no demand beyond: hold
+    assert v.cap == GiB + 64 * MiB
+
+
+def test_psi_and_a_falling_hit_ratio_are_pressure_too() -> None:
+    fb = Feedback(FeedbackConfig())
+    fb.update(obs(0, sig(4 * GiB), pc=GiB))
+    v = fb.update(obs(1, sig(4 * GiB, psi=25.0), pc=GiB))
+    assert v.pressure == "psi some 25.0%" and v.cap == 768 * MiB
+    fb = Feedback(FeedbackConfig())
+    fb.update(obs(0, sig(4 * GiB), pc=GiB))
+    v = fb.update(obs(1, sig(4 * GiB), pc=GiB, resident=GiB // 2))  # the kernel evicted half
+    assert v.hit_ratio == 0.5 and v.pressure is not None and v.cap == 768 * MiB
+
+
+def test_no_refault_counter_means_no_refault_signal() -> None:
+    fb = Feedback(FeedbackConfig())
+    fb.update(obs(0, sig(4 * GiB, refaults=None), pc=GiB))
+    v = fb.update(obs(1, sig(4 * GiB, refaults=None), pc=GiB))
+    assert v.refault_bytes_per_s is None and v.pressure is None and v.cap == 4 * GiB
+
+
+def test_split_fraction_from_measured_speeds_needs_both_paths() -> None:
+    fb = Feedback(FeedbackConfig(speed_alpha=1.0))
+    r0 = {PAGECACHE: PathReads(0, 0, 0.0)}
+    fb.update(obs(0, sig(4 * GiB), reads=r0))
+    v = fb.update(obs(1, sig(4 * GiB), reads={PAGECACHE: PathReads(3 * 10**9, 10, 1.0)}))
+    assert v.speeds_gbps == {PAGECACHE: 3.0} and v.pagecache_fraction is None
+    v = fb.update(
+        obs(
+            2,
+            sig(4 * GiB),
+            reads={PAGECACHE: PathReads(6 * 10**9, 20, 2.0), DIRECT: PathReads(10**9, 8, 1.0)},
+        )
+    )
+    assert v.speeds_gbps == {PAGECACHE: 3.0, DIRECT: 1.0}
+    assert v.pagecache_fraction == 0.75  # 0.75 T / 3 == 0.25 T / 1: both finish together
+    off = Feedback(FeedbackConfig(split=False))
+    off.update(obs(0, sig(4 * GiB)))
+    both = {PAGECACHE: PathReads(10**9, 1, 1.0), DIRECT: PathReads(10**9, 1, 1.0)}
+    assert off.update(obs(1, sig(4 * GiB), reads=both)).pagecache_fraction is None
+
+
+def test_a_speed_sample_needs_enough_bytes() -> None:
+    fb = Feedback(FeedbackConfig())
+    fb.update(obs(0, sig(4 * GiB)))
+    v = fb.update(obs(1, sig(4 * GiB), reads={DIRECT: PathReads(MiB, 1, 0.5)}))
+    assert v.speeds_gbps == {}
+
+
+def test_write_burst_lasts_one_tick_beyond_the_burst() -> None:
+    fb = Feedback(FeedbackConfig())
+    fb.update(obs(0, sig(4 * GiB)))
+    assert fb.update(obs(1, sig(4 * GiB), placed=512 * MiB)).write_burst
+    assert fb.update(obs(2, sig(4 * GiB), placed=512 * MiB)).write_burst  # the tick after
+    assert not fb.update(obs(3, sig(4 * GiB), placed=520 * MiB)).write_burst  # 8 MiB: no burst
+
+
+def _policy(**learn: object) -> ResidencyPolicy:
+    return ResidencyPolicy(
+        PolicyConfig(
+            hysteresis_bytes=0,
+            min_dwell_s=0.0,
+            learn=FeedbackConfig(**learn),  # type: ignore[arg-type]
+        )
+    )
+
+
+def test_policy_places_by_the_split_and_plans_towards_it() -> None:
+    p = _policy(speed_alpha=1.0)
+    reads = {PAGECACHE: PathReads(0, 0, 0.0), DIRECT: PathReads(0, 0, 0.0)}
+    p.observe(obs(0, sig(8 * GiB), reads=reads))
+    reads = {PAGECACHE: PathReads(3 * 10**9, 1, 1.0), DIRECT: PathReads(10**9, 1, 1.0)}
+    budget = p.observe(obs(1, sig(8 * GiB), reads=reads))
+    p.shares(budget, {"t": 0})
+    pc = dr = 0
+    for _ in range(100):
+        where = p.place("t", MiB, TenantUsage(pc * MiB, dr * MiB))
+        pc, dr = (pc + 1, dr) if where == PAGECACHE else (pc, dr + 1)
+    assert (pc, dr) == (75, 25)  # a quarter streams from disk though the memory is there
+    from dualbladed.arbiter.policy import ObjectHeat
+
+    heat = [ObjectHeat("t", f"k{i}".encode(), MiB, PAGECACHE, float(i), None) for i in range(100)]
+    plan = p.plan({"t": TenantUsage(100 * MiB, 0)}, heat, now=2.0)
+    assert sum(m.size for m in plan if m.dst == DIRECT) == 25 * MiB
+    assert {m.key for m in plan} == {f"k{i}".encode() for i in range(25)}  # coldest first
+
+
+def test_policy_plans_nothing_during_a_write_burst() -> None:
+    from dualbladed.arbiter.policy import ObjectHeat
+
+    p = _policy()
+    p.observe(obs(0, sig(8 * GiB)))
+    p.observe(obs(1, sig(100 * MiB), placed=1 * GiB))  # budget fell during a burst
+    heat = [ObjectHeat("t", f"k{i}".encode(), MiB, PAGECACHE, float(i), None) for i in range(500)]
+    usage = {"t": TenantUsage(500 * MiB, 0)}
+    assert p.plan(usage, heat, now=1.0) == []
+    p.observe(obs(2, sig(100 * MiB), placed=1 * GiB))  # the tick after: still deferred
+    assert p.plan(usage, heat, now=2.0) == []
+    p.observe(obs(3, sig(100 * MiB), placed=1 * GiB))
+    assert sum(m.size for m in p.plan(usage, heat, now=3.0)) == 256 * MiB  # the tick bound
+
+
+def test_learns_the_weights_working_set_it_was_never_told() -> None:
+    """A scripted box: 3 GiB of page cache room, of which weights (unknown to the policy) need
+    1.5 GiB. KV beyond the rest evicts weights, which then refault at the overshoot per tick.
+    The policy starts at the ceiling, learns a cap that stops the refaults, and keeps most of
+    the room that is really free."""
+    room, weights = 3 * GiB, 3 * GiB // 2
+    p = _policy(calm_s=3.0, probe_bytes=64 * MiB)
+    refaults = 0
+    caps = []
+    pc = 0
+    demand = 2 * GiB
+    for tick in range(60):
+        overshoot = max(0, pc + weights - room)
+        refaults += overshoot // PAGE
+        free = max(0, room - weights - pc)
+        budget = p.observe(
+            obs(float(tick), sig(room, free=free, refaults=refaults), pc=pc, demand=demand)
+        )
+        pc = min(demand, budget.total)  # the arbiter moves to the budget (instantly here)
+        caps.append(budget.total)
+    tail = caps[-20:]
+    assert max(tail) <= room - weights + 64 * MiB  # at most one probe above what fits
+    assert min(tail) >= (room - weights) // 2  # and never gives up most of it
+
+
+def test_read_meter_counts_busy_time_as_the_union_of_overlapping_reads() -> None:
+    t = [0.0]
+    meter = ReadMeter(clock=lambda: t[0])
+    a = meter.reading(DIRECT, 4 * MiB)
+    b = meter.reading(DIRECT, 4 * MiB)
+    a.__enter__()
+    t[0] = 0.5
+    b.__enter__()
+    t[0] = 1.0
+    a.__exit__(None, None, None)
+    t[0] = 1.5
+    b.__exit__(None, None, None)
+    snap = meter.snapshot()[DIRECT]
+    assert (snap.bytes, snap.ops, snap.busy_s) == (8 * MiB, 2, 1.5)  # not 1.0 + 1.0
+    with meter.reading(PAGECACHE, MiB):
+        t[0] = 2.0
+    assert meter.snapshot()[PAGECACHE] == PathReads(MiB, 1, 0.5)
+    try:
+        with meter.reading(PAGECACHE, MiB):
+            raise OSError("failed read")
+    except OSError:
+        pass
+    assert meter.snapshot()[PAGECACHE].bytes == MiB  # a failed read moves no bytes
+    assert dataclasses.replace(snap, busy_s=0.0).gbps is None
