@@ -19,6 +19,12 @@ pages and weight pages compete for the same page cache. Per layer, decode comput
 byte it just read (an int64 sum: the memory traffic of attention's read of the cache, without
 the fp16 arithmetic a CPU does slowly); prefill computes ``x[prefill_rows, hidden] @ W_l``.
 
+What the worker measures besides step times: KV bytes the backend read during the measured
+decode steps and the wall time during which at least one read was in flight (`TimedReads`:
+``kv_read_gbps`` = bytes / that time), the per-step compute time (the matmul and the KV pass,
+for the benchmark's floor column), and the CPU seconds (utime + stime from /proc/<pid>/stat) of
+the worker and of the daemon over the measured steps.
+
 Overlap is the same for every mode: `dualblade.pipeline.LayerPipeline` (adaptive prefetch depth,
 write-back off the model thread) over a `KVBackend`. The daemon modes use `ClientBackend` (the
 SDK client); the baseline uses `FileBackend`, an in-process FlexGen-style offload to buffered
@@ -34,6 +40,7 @@ import mmap
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -44,6 +51,7 @@ __all__ = [
     "ClientBackend",
     "FileBackend",
     "TraceResult",
+    "TimedReads",
     "TraceSpec",
     "create_weights",
     "main",
@@ -126,6 +134,11 @@ class TraceResult:
     cgroup_anon_bytes: int | None
     cgroup_shmem_bytes: int | None
     depth: int
+    kv_read_bytes: int = 0  # KV bytes read by the backend during the measured steps
+    kv_read_s: float = 0.0  # wall seconds with at least one of those reads in flight
+    compute_p50_ms: float = 0.0  # per-step compute (matmul + KV pass), median
+    client_cpu_s: float = 0.0  # utime + stime of the worker over the measured steps
+    daemon_cpu_s: float | None = None  # the same for the daemon (None: no daemon)
 
 
 def create_weights(path: Path, spec: TraceSpec) -> None:
@@ -235,6 +248,48 @@ class ClientBackend:
         self.client.close()
 
 
+class TimedReads:
+    """Wraps a `KVBackend`: counts the bytes ``get_many_into`` reads and the busy wall time.
+
+    Busy time is the union of the calls' intervals (the pipeline reads from several threads),
+    so ``bytes / busy_s`` is the rate the storage delivered KV while the model waited on it or
+    overlapped it. Everything else passes through.
+    """
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._active = 0
+        self._since = 0.0
+        self.bytes = 0
+        self.busy_s = 0.0
+
+    def reset(self) -> None:
+        with self._lock:
+            self.bytes = 0
+            self.busy_s = 0.0
+            if self._active:
+                self._since = time.perf_counter()
+
+    def get_many_into(self, items: Sequence[tuple[bytes, Any]]) -> None:
+        with self._lock:
+            if self._active == 0:
+                self._since = time.perf_counter()
+            self._active += 1
+        try:
+            self._backend.get_many_into(items)
+        finally:
+            now = time.perf_counter()
+            with self._lock:
+                self.bytes += sum(int(dst.numel()) * dst.element_size() for _, dst in items)
+                self._active -= 1
+                if self._active == 0:
+                    self.busy_s += now - self._since
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+
 def _uint8() -> Any:
     import torch
 
@@ -251,6 +306,16 @@ def _proc_io(pid: int) -> tuple[int, int]:
         return 0, 0
     fields = dict(line.split(": ") for line in text.splitlines())
     return int(fields["read_bytes"]), int(fields["write_bytes"])
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    """utime + stime of ``pid`` in seconds (/proc/<pid>/stat fields 14 and 15)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss() -> tuple[int, int]:
@@ -286,6 +351,7 @@ def run_trace(
     io_pids: Sequence[int] = (),
     cgroup_stat: str | None = None,
     say: Any = None,
+    daemon_pid: int | None = None,
 ) -> TraceResult:
     """Prefill then decode through a `LayerPipeline` over ``backend``; see the module docstring."""
     import torch
@@ -327,7 +393,9 @@ def run_trace(
             )
         )
 
-    with LayerPipeline(backend, num_layers=spec.layers, depth="auto", config=cfg) as pipe:
+    timed = TimedReads(backend)
+    cpu_pids = [os.getpid()] + ([daemon_pid] if daemon_pid else [])
+    with LayerPipeline(timed, num_layers=spec.layers, depth="auto", config=cfg) as pipe:
         # -- prefill: compute each layer, write its K and V back while the next layer computes.
         t0 = time.perf_counter()
         for layer in range(spec.layers):
@@ -346,16 +414,21 @@ def run_trace(
         # -- decode: every step reads each layer's whole KV and appends one token.
         length = spec.context
         times: list[float] = []
+        compute: list[float] = []
         total = spec.warmup_steps + spec.steps
         reads = [layer_read(layer, length) for layer in range(spec.layers)]
         pipe.begin_step(reads)
         io0 = [_proc_io(p) for p in io_pids]
+        cpu0 = [_proc_cpu_s(p) for p in cpu_pids]
         t_decode = time.perf_counter()
         for step in range(total):
             if step == spec.warmup_steps:
                 io0 = [_proc_io(p) for p in io_pids]
+                cpu0 = [_proc_cpu_s(p) for p in cpu_pids]
+                timed.reset()
                 t_decode = time.perf_counter()
             t0 = time.perf_counter()
+            busy = 0.0
             next_reads = [layer_read(layer, length + 1) for layer in range(spec.layers)]
             tail_block = length // spec.block_tokens
             tail_tokens = length % spec.block_tokens
@@ -377,9 +450,12 @@ def run_trace(
                     pipe.end_step()
                     if step + 1 < total:
                         pipe.begin_step(next_reads)  # next step's first layers read meanwhile
+                c0 = time.perf_counter()
                 sink += float((x @ weights[layer])[0, 0])
                 sink += float(buf.view(torch.int64).sum())
+                busy += time.perf_counter() - c0
             times.append(time.perf_counter() - t0)
+            compute.append(busy)
             length += 1
             reads = next_reads
             label = "warm-up" if step < spec.warmup_steps else f"{step - spec.warmup_steps + 1}"
@@ -387,6 +463,8 @@ def run_trace(
         pipe.flush()
         decode_s = time.perf_counter() - t_decode
         io1 = [_proc_io(p) for p in io_pids]
+        cpu1 = [_proc_cpu_s(p) for p in cpu_pids]
+        kv_read_bytes, kv_read_s = timed.bytes, timed.busy_s
         depth = pipe.stats().depth
         cache, anon, shmem = _cgroup_memory(cgroup_stat)  # still inside: buffers are live
     measured = sorted(times[spec.warmup_steps :])
@@ -408,7 +486,16 @@ def run_trace(
         cgroup_anon_bytes=anon,
         cgroup_shmem_bytes=shmem,
         depth=depth,
+        kv_read_bytes=kv_read_bytes,
+        kv_read_s=kv_read_s,
+        compute_p50_ms=statistics.median(compute[spec.warmup_steps :]) * 1e3,
+        client_cpu_s=_cpu_delta(cpu0[0], cpu1[0]) or 0.0,
+        daemon_cpu_s=_cpu_delta(cpu0[1], cpu1[1]) if len(cpu_pids) > 1 else None,
     )
+
+
+def _cpu_delta(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else b - a
 
 
 def _percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -455,6 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             io_pids=pids,
             cgroup_stat=args.cgroup_stat,
             say=say,
+            daemon_pid=args.daemon_pid,
         )
     finally:
         backend.close()

@@ -18,6 +18,13 @@ the whole weights file is added so that weights fit with room to spare at every 
 ratio 0.5 the page cache can hold the KV twice over; at 4 it holds a quarter of it (plus what
 the baseline saves by running no daemon: the baseline gets the same limit, never a smaller one).
 
+Every (budget, mode) cell runs ``--repeat`` times (default 3); the mode order rotates from
+budget to budget and from repeat to repeat. The table shows medians with the min-max spread and
+a floor column (`dualblade_tools.bench.residency_summary`); the verdicts use medians.
+
+The daemon gets no reserve and no other hint about the weights: its adaptive mode has to learn
+from refaults, PSI, its hit ratio and its measured read speeds what it may keep in the page cache.
+
 Modes at every budget, one after another, each started cold (``sync`` + ``drop_caches``):
 
 * ``baseline_file``: no daemon; `kvtrace.FileBackend` (buffered per-layer files, FlexGen-style);
@@ -49,23 +56,29 @@ from pathlib import Path
 from typing import Any
 
 from dualblade_tools.bench import report
+from dualblade_tools.bench import residency_summary as summary_mod
 from dualblade_tools.bench.cgroup import MemoryCgroup, drop_caches
 from dualblade_tools.bench.kvtrace import TraceSpec, create_weights
+from dualblade_tools.bench.residency_summary import Summary, Verdict, format_verdicts, verdicts
 from dualblade_tools.daemonproc import DaemonProcess
 
-__all__ = ["ResidencyRecord", "Verdict", "configure", "main_args", "run", "verdicts"]
+__all__ = [
+    "ResidencyRecord",
+    "Summary",
+    "Verdict",
+    "configure",
+    "main_args",
+    "run",
+    "run_order",
+    "verdicts",
+]
 
 MODES = ("baseline_file", "pagecache", "direct", "adaptive")
 DAEMON_MODES = ("pagecache", "direct", "adaptive")
-RATIOS = (0.5, 1.0, 2.0, 4.0)
+RATIOS = (0.5, 1.0, 2.0, 4.0, 8.0)
+REPEAT = 3
 MiB = 1 << 20
 FIO_JOBS = 4
-
-# The issue's targets (the paper's abstract): adaptive vs baseline_file at the tightest budget.
-TARGET_DECODE_CUT = 0.424
-TARGET_PREFILL_CUT = 0.331
-TARGET_SSD_UTIL_X = 2.2
-TARGET_WITHIN_BEST = 0.05
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,13 @@ class ResidencyRecord:
     prefill_s: float | None
     decode_p50_ms: float | None
     decode_p99_ms: float | None
+    #: KV bytes read during the measured decode steps / the time spent reading them
+    kv_read_gbps: float | None
+    #: per-step compute (matmul + KV pass), median; the floor column uses it
+    compute_ms: float | None
+    #: CPU (utime + stime) per measured decode step
+    daemon_cpu_ms_per_step: float | None
+    client_cpu_ms_per_step: float | None
     ssd_util: float | None
     ssd_gbps: float | None
     fio_gbps: float | None
@@ -85,15 +105,7 @@ class ResidencyRecord:
     cgroup_peak_mib: float | None
     depth: int | None
     error: str | None = None
-
-
-@dataclass(frozen=True)
-class Verdict:
-    target: str
-    budget_ratio: float
-    measured: float | None
-    required: str
-    met: bool
+    repeat: int = 0
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -123,7 +135,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--ratios",
         type=report.comma_list(float),
         default=RATIOS,
-        help="working set / page-cache room, comma-separated (default 0.5,1,2,4)",
+        help="working set / page-cache room, comma-separated (default 0.5,1,2,4,8)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=REPEAT,
+        help=f"runs per (budget, mode); the table shows medians (default {REPEAT})",
     )
     parser.add_argument(
         "--modes",
@@ -167,22 +185,26 @@ def run(args: argparse.Namespace) -> int:
         bench.prepare()
         overhead = args.overhead if args.overhead is not None else bench.calibrate()
         records: list[ResidencyRecord] = []
-        total = len(args.ratios) * len(args.modes)
-        for i, ratio in enumerate(args.ratios):
-            limit = overhead + int(spec.kv_bytes / ratio)
-            for mode in run_order(args.modes, i):
-                report.progress(
-                    f"[{len(records) + 1}/{total}] ratio {ratio:g} ({limit / MiB:.0f} MiB) "
-                    f"mode {mode}"
-                )
-                rec = bench.run_one(ratio, mode, limit)
-                records.append(rec)
-                report.progress(f"    -> {_summary(rec)}")
+        repeat = max(1, args.repeat)
+        total = repeat * len(args.ratios) * len(args.modes)
+        for rep in range(repeat):
+            for i, ratio in enumerate(args.ratios):
+                limit = overhead + int(spec.kv_bytes / ratio)
+                # keeps rotating: a cell's predecessor changes between repeats as well
+                for mode in run_order(args.modes, rep * (len(args.ratios) + 1) + i):
+                    report.progress(
+                        f"[{len(records) + 1}/{total}] repeat {rep + 1} ratio {ratio:g} "
+                        f"({limit / MiB:.0f} MiB) mode {mode}"
+                    )
+                    rec = dataclasses.replace(bench.run_one(ratio, mode, limit), repeat=rep)
+                    records.append(rec)
+                    report.progress(f"    -> {_summary(rec)}")
     finally:
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
-    checks = verdicts(records)
+    summary = summary_mod.summarize(records, spec.kv_bytes)
+    checks = verdicts(summary)
     meta = {
         "spec": dataclasses.asdict(spec),
         "kv_bytes": spec.kv_bytes,
@@ -190,18 +212,23 @@ def run(args: argparse.Namespace) -> int:
         "fixed_overhead_bytes": overhead,
         "limit_formula": "fixed_overhead + kv_bytes / budget_ratio",
         "elapsed_s": round(elapsed, 1),
-        "verdicts": [dataclasses.asdict(v) for v in checks],
+        "repeat": repeat,
+        "floor_formula": "max(0, kv_bytes * (1 - 1/ratio)) / fio_gbps + compute_ms",
+        "summary": summary_mod.as_dicts(summary),
+        "verdicts": summary_mod.as_dicts(checks),
     }
     print(_header(spec, overhead))
-    report.print_table(records, formats=_FORMATS)
+    print(summary_mod.format_table(summary))
     print()
     print(format_verdicts(checks))
     if args.json:
         report.write_json(args.json, records, **meta)
     if args.markdown:
-        Path(args.markdown).write_text(markdown(records, checks, spec, overhead))
+        Path(args.markdown).write_text(
+            summary_mod.markdown(summary, checks, _header(spec, overhead))
+        )
     if args.plot:
-        plot(records, args.plot)
+        summary_mod.plot(summary, MODES, args.plot)
     return 0 if all(r.error is None for r in records) else 1
 
 
@@ -272,6 +299,8 @@ class _Bench:
         if "error" in result:
             return _failed(ratio, mode, limit, fio, result)
         ssd = (result["io_read_bytes"] + result["io_write_bytes"]) / result["decode_s"] / 1e9
+        steps = max(1, self.spec.steps)
+        daemon_cpu = result.get("daemon_cpu_s")
         return ResidencyRecord(
             budget_ratio=ratio,
             mode=mode,
@@ -279,6 +308,12 @@ class _Bench:
             prefill_s=result["prefill_s"],
             decode_p50_ms=result["decode_p50_ms"],
             decode_p99_ms=result["decode_p99_ms"],
+            kv_read_gbps=result["kv_read_bytes"] / result["kv_read_s"] / 1e9
+            if result["kv_read_s"] > 0
+            else None,
+            compute_ms=result["compute_p50_ms"],
+            daemon_cpu_ms_per_step=None if daemon_cpu is None else daemon_cpu * 1e3 / steps,
+            client_cpu_ms_per_step=result["client_cpu_s"] * 1e3 / steps,
             ssd_util=ssd / fio if fio else None,
             ssd_gbps=ssd,
             fio_gbps=fio,
@@ -345,12 +380,11 @@ class _Bench:
 
     def _start_daemon(self, rundir: Path, mode: str, cgroup: MemoryCgroup) -> _DaemonInCgroup:
         config = rundir / "dualbladed.toml"
-        # reserve_bytes keeps the weights' share of the cgroup out of the page-cache budget.
+        # No reserve and no hint about the weights: adaptive learns what it may cache.
         config.write_text(
             'admin_group = ""\n'
             "[residency]\n"
             f'mode = "{mode}"\n'
-            f"reserve_bytes = {self.spec.weight_bytes + 64 * MiB}\n"
             "[limits]\n"
             f"max_arena_bytes = {1 << 30}\n"
         )
@@ -371,6 +405,10 @@ def _failed(
         prefill_s=None,
         decode_p50_ms=None,
         decode_p99_ms=None,
+        kv_read_gbps=None,
+        compute_ms=None,
+        daemon_cpu_ms_per_step=None,
+        client_cpu_ms_per_step=None,
         ssd_util=None,
         ssd_gbps=None,
         fio_gbps=fio,
@@ -383,11 +421,7 @@ def _failed(
     )
 
 
-# --------------------------------------------------------------------------- verdicts and output
-
-
-def _by(records: Sequence[ResidencyRecord]) -> dict[tuple[float, str], ResidencyRecord]:
-    return {(r.budget_ratio, r.mode): r for r in records if r.error is None}
+# --------------------------------------------------------------------------- output
 
 
 def run_order(modes: Sequence[str], budget_index: int) -> list[str]:
@@ -404,109 +438,14 @@ def run_order(modes: Sequence[str], budget_index: int) -> list[str]:
     return order[::-1] if budget_index % 2 else order
 
 
-def verdicts(records: Sequence[ResidencyRecord]) -> list[Verdict]:
-    """The issue's targets, checked on the measured records (a missing run fails its target)."""
-    by = _by(records)
-    ratios = sorted({r.budget_ratio for r in records})
-    out: list[Verdict] = []
-    if not ratios:
-        return out
-    tight = ratios[-1]
-    ada, base = by.get((tight, "adaptive")), by.get((tight, "baseline_file"))
-
-    def cut(field: str) -> float | None:
-        if ada is None or base is None:
-            return None
-        a, b = getattr(ada, field), getattr(base, field)
-        return None if a is None or not b else 1.0 - a / b
-
-    for field, target, name in (
-        ("decode_p50_ms", TARGET_DECODE_CUT, "decode p50 cut vs baseline_file"),
-        ("prefill_s", TARGET_PREFILL_CUT, "prefill cut vs baseline_file"),
-    ):
-        value = cut(field)
-        out.append(
-            Verdict(name, tight, value, f">= {target:.1%}", value is not None and value >= target)
-        )
-    x = None
-    if ada and base and ada.ssd_util is not None and base.ssd_util:
-        x = ada.ssd_util / base.ssd_util
-    out.append(
-        Verdict(
-            "SSD utilisation x baseline_file",
-            tight,
-            x,
-            f">= {TARGET_SSD_UTIL_X}x",
-            x is not None and x >= TARGET_SSD_UTIL_X,
-        )
-    )
-    for ratio in ratios:
-        for field, name in (("decode_p50_ms", "decode p50"), ("prefill_s", "prefill")):
-            a = by.get((ratio, "adaptive"))
-            best = [
-                getattr(by[(ratio, m)], field)
-                for m in ("pagecache", "direct")
-                if (ratio, m) in by and getattr(by[(ratio, m)], field) is not None
-            ]
-            value = None
-            if a is not None and getattr(a, field) is not None and best:
-                value = getattr(a, field) / min(best) - 1.0
-            out.append(
-                Verdict(
-                    f"adaptive {name} over best of pagecache/direct",
-                    ratio,
-                    value,
-                    f"<= +{TARGET_WITHIN_BEST:.0%}",
-                    value is not None and value <= TARGET_WITHIN_BEST,
-                )
-            )
-    return out
-
-
-def _fmt_measured(v: Verdict) -> str:
-    if v.measured is None:
-        return "not measured"
-    if "x baseline" in v.target:
-        return f"{v.measured:.2f}x"
-    return f"{v.measured:+.1%}"
-
-
-def format_verdicts(checks: Sequence[Verdict]) -> str:
-    rows = [
-        f"  {'MET   ' if v.met else 'MISSED'}  ratio {v.budget_ratio:<4g} {v.target}: "
-        f"{_fmt_measured(v)} (target {v.required})"
-        for v in checks
-    ]
-    return "targets:\n" + "\n".join(rows)
-
-
-def _opt(fmt: str) -> Any:
-    return lambda v: "-" if v is None else format(v, fmt)
-
-
-_FORMATS = {
-    "budget_ratio": _opt("g"),
-    "prefill_s": _opt(".2f"),
-    "decode_p50_ms": _opt(".0f"),
-    "decode_p99_ms": _opt(".0f"),
-    "ssd_util": _opt(".3f"),
-    "ssd_gbps": _opt(".2f"),
-    "fio_gbps": _opt(".2f"),
-    "client_rss_mib": _opt(".0f"),
-    "cgroup_cache_mib": _opt(".0f"),
-    "cgroup_shmem_mib": _opt(".0f"),
-    "cgroup_peak_mib": _opt(".0f"),
-    "error": lambda v: "" if v is None else v,
-}
-
-
 def _summary(r: ResidencyRecord) -> str:
     if r.error is not None:
         return f"FAILED: {r.error}"
     return (
         f"prefill {r.prefill_s:.2f} s, decode p50 {r.decode_p50_ms:.0f} ms "
         f"p99 {r.decode_p99_ms:.0f} ms, ssd {r.ssd_gbps:.2f} GB/s "
-        f"(util {_opt('.3f')(r.ssd_util)}), cache {r.cgroup_cache_mib:.0f} MiB"
+        f"(util {'-' if r.ssd_util is None else format(r.ssd_util, '.3f')}), kv read "
+        f"{'-' if r.kv_read_gbps is None else format(r.kv_read_gbps, '.2f')} GB/s, cache {r.cgroup_cache_mib:.0f} MiB"
     )
 
 
@@ -516,50 +455,3 @@ def _header(spec: TraceSpec, overhead: int) -> str:
         f"head dim, {spec.context} tokens -> KV {spec.kv_bytes / MiB:.0f} MiB; weights "
         f"{spec.weight_bytes / MiB:.0f} MiB mmapped; limit = {overhead / MiB:.0f} MiB + KV / ratio"
     )
-
-
-def markdown(
-    records: Sequence[ResidencyRecord], checks: Sequence[Verdict], spec: TraceSpec, overhead: int
-) -> str:
-    cols = [f.name for f in dataclasses.fields(ResidencyRecord)]
-    lines = [_header(spec, overhead), "", "| " + " | ".join(cols) + " |"]
-    lines.append("|" + "|".join("---" for _ in cols) + "|")
-    for r in records:
-        cells = [_FORMATS.get(c, str)(getattr(r, c)) for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "| ratio | target | measured | required | verdict |", "|---|---|---|---|---|"]
-    for v in checks:
-        lines.append(
-            f"| {v.budget_ratio:g} | {v.target} | {_fmt_measured(v)} | {v.required} | "
-            f"{'met' if v.met else '**missed**'} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def plot(records: Sequence[ResidencyRecord], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for mode in MODES:
-        rows = sorted(
-            (r for r in records if r.mode == mode and r.error is None),
-            key=lambda r: r.budget_ratio,
-        )
-        if not rows:
-            continue
-        xs = [r.budget_ratio for r in rows]
-        ax1.plot(xs, [r.decode_p50_ms for r in rows], marker="o", label=mode)
-        ax2.plot(xs, [r.prefill_s for r in rows], marker="o", label=mode)
-    for ax, title, unit in ((ax1, "decode step p50", "ms"), (ax2, "prefill", "s")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("KV working set / page-cache room (tighter ->)")
-        ax.set_ylabel(unit)
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
