@@ -115,7 +115,9 @@ class DualBladeLayer(DynamicLayer):
 
     def token_bytes(self, kind: str) -> int:
         heads, dim = self.k_shape if kind == "k" else self.v_shape
-        return self.batch * heads * dim * torch.empty((), dtype=self.dtype).element_size()
+        # dtype.itemsize, not torch.empty(()).element_size(): this runs per layer per token, and
+        # an allocation there cost more than the layer's bookkeeping (profiled on the demo)
+        return self.batch * heads * dim * self.dtype.itemsize
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         raise RuntimeError("DualBladeLayer is updated through DualBladeCache.update")
@@ -195,6 +197,8 @@ class DualBladeCache(Cache):
         self._step_open = False
         self._last_idx = -1
         self._planned: tuple[int, ...] | None = None
+        #: (layer, length) -> its LayerRead, built once per step for both the plan and _unpack
+        self._read_cache: dict[tuple[int, int], LayerRead | None] = {}
         self._prefix_hashes: list[str] = []
         self._ephemeral_keys: set[bytes] = set()
         self.reused_tokens = 0
@@ -279,6 +283,7 @@ class DualBladeCache(Cache):
                 break
             reused_blocks += 1
         self._prefix_hashes = hashes
+        self._read_cache.clear()  # keys changed
         self.reused_tokens = reused_blocks * self.block_tokens
         if self.reused_tokens:
             cfg = self.model_config
@@ -343,6 +348,16 @@ class DualBladeCache(Cache):
         return f"db/seq/{self.sequence_id}/L{layer}/{kind}/B{block}".encode()
 
     def _read_for(self, layer_idx: int, length: int) -> LayerRead | None:
+        cached = self._read_cache.get((layer_idx, length), False)
+        if cached is not False:
+            return cached  # type: ignore[return-value]
+        read = self._build_read(layer_idx, length)
+        if len(self._read_cache) > 4 * len(self.layers):
+            self._read_cache.clear()  # only this step's and the next step's are ever asked for
+        self._read_cache[(layer_idx, length)] = read
+        return read
+
+    def _build_read(self, layer_idx: int, length: int) -> LayerRead | None:
         if length == 0:
             return None
         layer: DualBladeLayer = self.layers[layer_idx]
@@ -375,17 +390,20 @@ class DualBladeCache(Cache):
         for part, (heads, dim) in enumerate((layer.k_shape, layer.v_shape)):
             segs = read.segments[part * nblocks : (part + 1) * nblocks]
             offs = read.offsets[part * nblocks : (part + 1) * nblocks]
-            views = [
-                buf[o : o + s.nbytes].view(layer.dtype).view(-1, layer.batch, heads, dim)
-                for s, o in zip(segs, offs)
-            ]
             adjacent = all(offs[i] + segs[i].nbytes == offs[i + 1] for i in range(len(segs) - 1))
             if adjacent:
                 total = sum(s.nbytes for s in segs)
                 flat = buf[offs[0] : offs[0] + total].view(layer.dtype)
                 tensor = flat.view(-1, layer.batch, heads, dim)
-            else:
-                tensor = torch.cat(views, dim=0)
+            else:  # per-block views only when they must be concatenated (a view per block
+                # per layer per token was a visible cost in the demo's profile)
+                tensor = torch.cat(
+                    [
+                        buf[o : o + s.nbytes].view(layer.dtype).view(-1, layer.batch, heads, dim)
+                        for s, o in zip(segs, offs)
+                    ],
+                    dim=0,
+                )
             out.append(tensor.permute(1, 2, 0, 3))  # [T, B, H, D] -> [B, H, T, D], a view
         return out[0], out[1]
 
