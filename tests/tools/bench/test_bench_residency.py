@@ -60,6 +60,7 @@ def _rec(
         compute_ms=compute,
         daemon_cpu_ms_per_step=5.0,
         client_cpu_ms_per_step=7.0,
+        pagecache_fraction=None,
         ssd_util=util,
         ssd_gbps=util,
         fio_gbps=fio,

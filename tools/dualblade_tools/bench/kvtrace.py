@@ -139,6 +139,8 @@ class TraceResult:
     compute_p50_ms: float = 0.0  # per-step compute (matmul + KV pass), median
     client_cpu_s: float = 0.0  # utime + stime of the worker over the measured steps
     daemon_cpu_s: float | None = None  # the same for the daemon (None: no daemon)
+    #: KV bytes on the page-cache path at the end / all KV bytes (None: no daemon)
+    pagecache_fraction: float | None = None
 
 
 def create_weights(path: Path, spec: TraceSpec) -> None:
@@ -467,6 +469,7 @@ def run_trace(
         kv_read_bytes, kv_read_s = timed.bytes, timed.busy_s
         depth = pipe.stats().depth
         cache, anon, shmem = _cgroup_memory(cgroup_stat)  # still inside: buffers are live
+        placed = _placement(backend)
     measured = sorted(times[spec.warmup_steps :])
     rss, hwm = _rss()
     del weights, wflat
@@ -491,7 +494,20 @@ def run_trace(
         compute_p50_ms=statistics.median(compute[spec.warmup_steps :]) * 1e3,
         client_cpu_s=_cpu_delta(cpu0[0], cpu1[0]) or 0.0,
         daemon_cpu_s=_cpu_delta(cpu0[1], cpu1[1]) if len(cpu_pids) > 1 else None,
+        pagecache_fraction=placed,
     )
+
+
+def _placement(backend: Any) -> float | None:
+    """Where the daemon put the KV at the end: the page-cache path's share of its bytes."""
+    client = getattr(backend, "client", None)
+    if client is None:
+        return None
+    per_path: dict[str, int] = {}
+    for info in client.list(b""):
+        per_path[info.path] = per_path.get(info.path, 0) + info.size
+    total = sum(per_path.values())
+    return per_path.get("pagecache", 0) / total if total else None
 
 
 def _cpu_delta(a: float | None, b: float | None) -> float | None:

@@ -96,6 +96,8 @@ class ResidencyRecord:
     #: CPU (utime + stime) per measured decode step
     daemon_cpu_ms_per_step: float | None
     client_cpu_ms_per_step: float | None
+    #: the daemon's placement at the end: KV bytes on the page-cache path / all KV bytes
+    pagecache_fraction: float | None
     ssd_util: float | None
     ssd_gbps: float | None
     fio_gbps: float | None
@@ -314,6 +316,7 @@ class _Bench:
             compute_ms=result["compute_p50_ms"],
             daemon_cpu_ms_per_step=None if daemon_cpu is None else daemon_cpu * 1e3 / steps,
             client_cpu_ms_per_step=result["client_cpu_s"] * 1e3 / steps,
+            pagecache_fraction=result.get("pagecache_fraction"),
             ssd_util=ssd / fio if fio else None,
             ssd_gbps=ssd,
             fio_gbps=fio,
@@ -409,6 +412,7 @@ def _failed(
         compute_ms=None,
         daemon_cpu_ms_per_step=None,
         client_cpu_ms_per_step=None,
+        pagecache_fraction=None,
         ssd_util=None,
         ssd_gbps=None,
         fio_gbps=fio,

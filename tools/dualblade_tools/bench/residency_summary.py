@@ -44,6 +44,7 @@ METRICS = (
     "compute_ms",
     "daemon_cpu_ms_per_step",
     "client_cpu_ms_per_step",
+    "pagecache_fraction",
     "ssd_util",
     "ssd_gbps",
     "fio_gbps",
@@ -74,6 +75,7 @@ class Summary:
     compute_ms: float | None
     daemon_cpu_ms_per_step: float | None
     client_cpu_ms_per_step: float | None
+    pagecache_fraction: float | None
     cgroup_cache_mib: float | None
     cgroup_peak_mib: float | None
 
@@ -150,6 +152,7 @@ def summarize(records: Sequence[Any], kv_bytes: int) -> list[Summary]:
                 compute_ms=med["compute_ms"],
                 daemon_cpu_ms_per_step=med["daemon_cpu_ms_per_step"],
                 client_cpu_ms_per_step=med["client_cpu_ms_per_step"],
+                pagecache_fraction=med["pagecache_fraction"],
                 cgroup_cache_mib=med["cgroup_cache_mib"],
                 cgroup_peak_mib=med["cgroup_peak_mib"],
             )
@@ -302,6 +305,7 @@ TABLE_COLUMNS: tuple[tuple[str, Callable[[Summary], str]], ...] = (
     ("compute_ms", lambda s: _opt(".0f")(s.compute_ms)),
     ("daemon_cpu_ms", lambda s: _opt(".0f")(s.daemon_cpu_ms_per_step)),
     ("client_cpu_ms", lambda s: _opt(".0f")(s.client_cpu_ms_per_step)),
+    ("on_pagecache", lambda s: _opt(".2f")(s.pagecache_fraction)),
     ("cache_mib", lambda s: _opt(".0f")(s.cgroup_cache_mib)),
     ("peak_mib", lambda s: _opt(".0f")(s.cgroup_peak_mib)),
 )
