@@ -13,6 +13,11 @@ Contracts (the SDK follows the same ones):
 * ``get_many_into`` fills every destination completely. A missing key raises `LookupError` (the
   SDK's ``NotFound`` subclasses it); a destination whose size differs from the stored object
   raises `ValueError`. Either way no partial result should be relied on.
+* The ranged methods are optional (see `RangedBackend`, issue 12's layer objects): a layer
+  object is one (sequence, layer, K|V) stream, ``reserve``d with a capacity, appended to with
+  ``append_many`` (a key may repeat; its appends land in order; past the capacity raises) and
+  read by byte ranges with ``read_ranges_into`` (one batch for many ranges; a range past the
+  object's end raises). A decode step then costs one read batch and one append batch per layer.
 * ``staging(nbytes)`` is optional (see `StagingBackend`): a CPU tensor the backend can fill or
   drain without an extra copy (the SDK hands out slices of its shared, pinned arena). Such a
   buffer is handed back with ``release_tensor``. ``staging_alignment`` is the offset alignment a
@@ -44,7 +49,9 @@ __all__ = [
     "BufferOrTensor",
     "InMemoryBackend",
     "KVBackend",
+    "RangedBackend",
     "StagingBackend",
+    "is_ranged",
     "buffer_nbytes",
     "staging_alignment",
     "staging_capacity",
@@ -67,6 +74,28 @@ class KVBackend(Protocol):
     def contains_many(self, keys: Sequence[bytes]) -> list[bool]: ...
 
     def delete_many(self, keys: Sequence[bytes]) -> None: ...
+
+
+@runtime_checkable
+class RangedBackend(KVBackend, Protocol):
+    """A backend with layer objects: reserve, append, read by ranges (module docstring)."""
+
+    def reserve(
+        self, key: bytes, capacity: int, *, persistent: bool = False, path: str | None = None
+    ) -> None: ...
+
+    def append_many(
+        self, items: Sequence[tuple[bytes, BufferOrTensor]], *, durable: bool = False
+    ) -> list[int]: ...
+
+    def read_ranges_into(self, items: Sequence[tuple[bytes, int, BufferOrTensor]]) -> list[int]: ...
+
+
+def is_ranged(backend: object) -> bool:
+    """Whether `backend` has the layer-object methods (the SDK has them since issue 12)."""
+    return all(
+        callable(getattr(backend, m, None)) for m in ("reserve", "append_many", "read_ranges_into")
+    )
 
 
 @runtime_checkable
@@ -172,6 +201,7 @@ class InMemoryBackend:
     ) -> None:
         self._lock = threading.Lock()
         self._objects: dict[bytes, bytes] = {}
+        self._capacity: dict[bytes, int] = {}  # layer objects only
         self._persistent: set[bytes] = set()
         self.read_latency_s = read_latency_s
         self.read_s_per_byte = read_s_per_byte
@@ -228,6 +258,70 @@ class InMemoryBackend:
             self._get_bytes += nbytes
             self.keys_read.extend(keys)
 
+    # -- RangedBackend -----------------------------------------------------------------------
+
+    def reserve(
+        self, key: bytes, capacity: int, *, persistent: bool = False, path: str | None = None
+    ) -> None:
+        with self._lock:
+            self._objects[bytes(key)] = b""
+            self._capacity[bytes(key)] = capacity
+            if persistent:
+                self._persistent.add(bytes(key))
+            else:
+                self._persistent.discard(bytes(key))
+
+    def append_many(
+        self, items: Sequence[tuple[bytes, BufferOrTensor]], *, durable: bool = False
+    ) -> list[int]:
+        copies = [(bytes(key), _read_bytes(buf)) for key, buf in items]
+        nbytes = sum(len(data) for _, data in copies)
+        self._spend(self.write_latency_s, self.write_s_per_byte, nbytes)
+        sizes = []
+        with self._lock:
+            for key, data in copies:
+                if key not in self._capacity:
+                    raise LookupError(f"no layer object for key {key!r}")
+                new = self._objects[key] + data
+                if len(new) > self._capacity[key]:
+                    raise ValueError(
+                        f"append to {key!r} past its capacity {self._capacity[key]}: {len(new)}"
+                    )
+                self._objects[key] = new
+                sizes.append(len(new))
+            self._put_calls += 1
+            self._put_objects += len(copies)
+            self._put_bytes += nbytes
+        return sizes
+
+    def read_ranges_into(self, items: Sequence[tuple[bytes, int, BufferOrTensor]]) -> list[int]:
+        keys = [bytes(key) for key, _, _ in items]
+        if self.on_get is not None:
+            self.on_get(keys)
+        with self._lock:
+            found = []
+            for key, offset, dst in items:
+                data = self._objects.get(bytes(key))
+                if data is None:
+                    raise LookupError(f"no object for key {bytes(key)!r}")
+                n = buffer_nbytes(dst)
+                if offset + n > len(data):
+                    raise ValueError(
+                        f"range [{offset}, {offset + n}) is past the end of {bytes(key)!r} "
+                        f"({len(data)} bytes)"
+                    )
+                found.append((dst, data[offset : offset + n]))
+        nbytes = sum(len(data) for _, data in found)
+        self._spend(self.read_latency_s, self.read_s_per_byte, nbytes)
+        for dst, data in found:
+            _write_into(dst, data)
+        with self._lock:
+            self._get_calls += 1
+            self._get_objects += len(found)
+            self._get_bytes += nbytes
+            self.keys_read.extend(keys)
+        return [len(data) for _, data in found]
+
     def contains_many(self, keys: Sequence[bytes]) -> list[bool]:
         with self._lock:
             self._contains_calls += 1
@@ -238,6 +332,7 @@ class InMemoryBackend:
             self._delete_calls += 1
             for key in keys:
                 self._objects.pop(bytes(key), None)
+                self._capacity.pop(bytes(key), None)
                 self._persistent.discard(bytes(key))
 
     def staging(self, nbytes: int) -> BufferOrTensor:

@@ -13,7 +13,7 @@ Usage (one step; every call is made from the thread that runs the model)::
     for l in range(num_layers):
         buf = pipe.layer(l)          # uint8 tensor on `device`, or None if layer l reads nothing
         ... compute layer l using views of buf ...
-        pipe.writeback(l, [(key, tensor), ...])
+        pipe.writeback(l, [(key, tensor), ...])   # or pipe.append(l, ...) for layer objects
     pipe.end_step()
     pipe.flush()                     # only where the writes must be durable (end of request)
 
@@ -48,6 +48,12 @@ Both budgets are capped at a quarter of ``staging_capacity`` (the arena size), l
 room for its own bounce slots; a staging request the backend cannot satisfy falls back to plain
 (pinned) host memory, which still works with one bounce copy inside the SDK.
 
+Layer objects (issue 12). A `LayerRead` with ``ranged=True`` names byte ranges of layer objects
+(`Segment.offset`): the whole layer is then read with ONE ``read_ranges_into`` call (typically
+two ranges, K and V), whatever the chunk size, and `append` queues ``append_many`` instead of
+``put_many``. Appends obey the same ordering rules as writes (per key), so a read of a layer
+object waits for the appends queued before it, and appends to one key land in order.
+
 Depth and chunk size come from `AdaptiveController` (EWMA of measured per-layer times), re-planned
 at every `begin_step`.
 """
@@ -55,6 +61,7 @@ at every `begin_step`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -80,10 +87,12 @@ _SEG_ALIGN = MIN_SEGMENT_ALIGN
 
 @dataclass(frozen=True)
 class Segment:
-    """One backend object of a layer read: its key and exact size in bytes."""
+    """One backend object of a layer read: its key and exact size in bytes (for a ranged read,
+    the range ``[offset, offset + nbytes)`` of a layer object)."""
 
     key: bytes
     nbytes: int
+    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -93,13 +102,15 @@ class LayerRead:
 
     segments: tuple[Segment, ...]
     align: int = _SEG_ALIGN
+    #: the segments are ranges of layer objects: one ``read_ranges_into`` call for the layer
+    ranged: bool = False
 
     def __post_init__(self) -> None:
         if self.align < _SEG_ALIGN or self.align & (self.align - 1):
             raise ValueError(f"align must be a power of two >= {_SEG_ALIGN}, got {self.align}")
 
-    @property
-    def offsets(self) -> tuple[int, ...]:
+    @functools.cached_property
+    def offsets(self) -> tuple[int, ...]:  # cached: asked per layer per step
         out, off = [], 0
         for seg in self.segments:
             out.append(off)
@@ -305,6 +316,23 @@ class LayerPipeline:
         The tensors are copied (device-to-host on a side stream, or a CPU clone) before this
         returns or before the copy stream proceeds, so the caller may keep computing.
         """
+        return self._queue_write(index, items, persistent, append=False)
+
+    def append(
+        self, index: int, items: Sequence[tuple[bytes, torch.Tensor]], *, durable: bool = False
+    ) -> Future:
+        """Queue `items` for ``append_many`` to layer objects (same copying and ordering rules
+        as `writeback`: appends to one key land in the order they were queued)."""
+        return self._queue_write(index, items, durable, append=True)
+
+    def _queue_write(
+        self,
+        index: int,
+        items: Sequence[tuple[bytes, torch.Tensor]],
+        flag: bool,
+        *,
+        append: bool,
+    ) -> Future:
         if self._closed:
             raise RuntimeError("pipeline is closed")
         if not 0 <= index < self.num_layers:
@@ -319,7 +347,7 @@ class LayerPipeline:
         with self._lock:
             deps = {self._pending_writes[k] for k in keys if k in self._pending_writes}
             future = self._writers.submit(
-                self._write_task, deps, event, host_items, persistent, base, total
+                self._write_task, deps, event, host_items, flag, base, total, append
             )
             for key in keys:
                 self._pending_writes[key] = future
@@ -465,10 +493,16 @@ class LayerPipeline:
                 with torch.cuda.stream(self._h2d):
                     dev = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
             calls = 0
-            for group in read.chunks(chunk_bytes):
-                self.backend.get_many_into(
-                    [(seg.key, buf[off : off + seg.nbytes]) for seg, off in group]
-                )
+            groups = [list(zip(read.segments, read.offsets))] if read.ranged else None
+            for group in groups or read.chunks(chunk_bytes):
+                if read.ranged:
+                    self.backend.read_ranges_into(  # type: ignore[attr-defined]
+                        [(seg.key, seg.offset, buf[off : off + seg.nbytes]) for seg, off in group]
+                    )
+                else:
+                    self.backend.get_many_into(
+                        [(seg.key, buf[off : off + seg.nbytes]) for seg, off in group]
+                    )
                 calls += 1
                 if dev is not None:
                     lo = group[0][1]
@@ -533,16 +567,20 @@ class LayerPipeline:
         deps: set[Future],
         event: torch.cuda.Event | None,
         items: list[tuple[bytes, torch.Tensor]],
-        persistent: bool,
+        flag: bool,
         base: torch.Tensor | None,
         total: int,
+        append: bool = False,
     ) -> None:
         try:
             for dep in deps:
                 dep.result()
             if event is not None:
                 event.synchronize()
-            self.backend.put_many(items, persistent=persistent)
+            if append:
+                self.backend.append_many(items, durable=flag)  # type: ignore[attr-defined]
+            else:
+                self.backend.put_many(items, persistent=flag)
         finally:
             if base is not None:
                 self._write_staging.release(base, total)
