@@ -11,6 +11,14 @@ layer's K and V are cut into ``block_tokens``-token objects ("L{l}/k/B{b}"); a d
 rewrites the partly filled tail block of each layer with the new token appended (as the SDK's
 `DualBladeCache` does), so a step reads ``2 * layer_kv`` bytes... per layer and writes a block.
 
+Layer objects (issue 12, when the backend has them -- `dualblade.pipeline.backend.is_ranged`,
+and ``ranged`` is on): each layer's K and V are ONE object each ("L{l}/k", "L{l}/v"), reserved
+for ``max_tokens`` and appended to; a decode step reads each layer with one ranged read batch
+(K and V) and appends the new token with one append batch: 2 daemon calls per layer, 64 for 32
+layers, where the block layout needs 32 x (1 read batch of 2 x 32 blocks + 1 put batch). The
+baseline's `FileBackend` speaks the same API (one pread per K and V), so the comparison stays
+like for like.
+
 Compute (what is scaled, and stated in every report): the model's weights are a file of
 ``layers`` fp32 matrices ``[hidden, ffn]`` (default 2048 x 4096 = 32 MiB, 1 GiB in all, where
 8B's are ~16 GB fp16), read through ``mmap`` like a real edge runtime maps its weights, so KV
@@ -77,6 +85,8 @@ class TraceSpec:
     rows: int = 8
     prefill_rows: int = 64
     max_depth: int = 4
+    #: layer objects (reserve/append/read_range) where the backend has them; else blocks
+    ranged: bool = True
 
     @property
     def token_bytes(self) -> int:
@@ -134,6 +144,7 @@ class TraceResult:
     cgroup_anon_bytes: int | None
     cgroup_shmem_bytes: int | None
     depth: int
+    ranged: bool = False  # layer objects were used
     kv_read_bytes: int = 0  # KV bytes read by the backend during the measured steps
     kv_read_s: float = 0.0  # wall seconds with at least one of those reads in flight
     compute_p50_ms: float = 0.0  # per-step compute (matmul + KV pass), median
@@ -160,6 +171,10 @@ def create_weights(path: Path, spec: TraceSpec) -> None:
 
 def block_key(layer: int, kind: str, block: int) -> bytes:
     return f"L{layer}/{kind}/B{block}".encode()
+
+
+def layer_key(layer: int, kind: str) -> bytes:
+    return f"L{layer}/{kind}".encode()
 
 
 # --------------------------------------------------------------------------- backends
@@ -205,6 +220,43 @@ class FileBackend:
             if got != view.nbytes:
                 raise OSError(f"short read of {key!r}: {got} of {view.nbytes}")
 
+    # Layer objects: K at [0, max_tokens * token_bytes) of the layer's file, V right after.
+
+    def _where_range(self, key: bytes) -> tuple[int, int]:
+        layer, kind = key.decode().split("/")
+        span = self.spec.max_tokens * self.spec.token_bytes
+        return self._fds[int(layer[1:])], span if kind == "v" else 0
+
+    def reserve(
+        self, key: bytes, capacity: int, *, persistent: bool = False, path: str | None = None
+    ) -> None:
+        self._sizes[key] = 0
+
+    def append_many(
+        self, items: Sequence[tuple[bytes, Any]], *, durable: bool = False
+    ) -> list[int]:
+        out = []
+        for key, tensor in items:
+            data = memoryview(tensor.reshape(-1).view(_uint8()).numpy())
+            fd, base = self._where_range(key)
+            os.pwrite(fd, data, base + self._sizes[key])
+            self._sizes[key] += data.nbytes
+            out.append(self._sizes[key])
+        return out
+
+    def read_ranges_into(self, items: Sequence[tuple[bytes, int, Any]]) -> list[int]:
+        out = []
+        for key, offset, dst in items:
+            view = memoryview(dst.reshape(-1).view(_uint8()).numpy())
+            if offset + view.nbytes > self._sizes.get(key, -1):
+                raise ValueError(f"range past the end of {key!r}")
+            fd, base = self._where_range(key)
+            got = os.preadv(fd, [view], base + offset)
+            if got != view.nbytes:
+                raise OSError(f"short read of {key!r}: {got} of {view.nbytes}")
+            out.append(got)
+        return out
+
     def contains_many(self, keys: Sequence[bytes]) -> list[bool]:
         return [k in self._sizes for k in keys]
 
@@ -227,6 +279,10 @@ class ClientBackend:
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        if callable(getattr(client, "read_ranges_into", None)):  # the SDK's layer objects
+            self.reserve = client.reserve
+            self.append_many = client.append_many
+            self.read_ranges_into = client.read_ranges_into
 
     def put_many(self, items: Sequence[tuple[bytes, Any]], *, persistent: bool = False) -> None:
         self.client.put_many(items, persistent=persistent)
@@ -274,16 +330,22 @@ class TimedReads:
                 self._since = time.perf_counter()
 
     def get_many_into(self, items: Sequence[tuple[bytes, Any]]) -> None:
+        self._timed(self._backend.get_many_into, items, [dst for _, dst in items])
+
+    def read_ranges_into(self, items: Sequence[tuple[bytes, int, Any]]) -> list[int]:
+        return self._timed(self._backend.read_ranges_into, items, [d for _, _, d in items])
+
+    def _timed(self, call: Any, items: Any, dsts: list[Any]) -> Any:
         with self._lock:
             if self._active == 0:
                 self._since = time.perf_counter()
             self._active += 1
         try:
-            self._backend.get_many_into(items)
+            return call(items)
         finally:
             now = time.perf_counter()
             with self._lock:
-                self.bytes += sum(int(dst.numel()) * dst.element_size() for _, dst in items)
+                self.bytes += sum(int(d.numel()) * d.element_size() for d in dsts)
                 self._active -= 1
                 if self._active == 0:
                     self.busy_s += now - self._since
@@ -359,9 +421,11 @@ def run_trace(
     import torch
 
     from dualblade.pipeline import AdaptiveConfig
+    from dualblade.pipeline.backend import is_ranged
     from dualblade.pipeline.pipeline import LayerPipeline, LayerRead, Segment
 
     say = say or (lambda msg: None)
+    ranged = spec.ranged and is_ranged(backend)
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(1)
     fd = os.open(weights_path, os.O_RDONLY)
@@ -383,6 +447,13 @@ def run_trace(
     sink = 0.0
 
     def layer_read(layer: int, length: int) -> LayerRead:
+        if ranged:  # two ranges, K and V, 4 KiB-aligned in staging (copy-free arena reads)
+            n = length * spec.token_bytes
+            return LayerRead(
+                (Segment(layer_key(layer, "k"), n), Segment(layer_key(layer, "v"), n)),
+                align=4096,
+                ranged=True,
+            )
         blocks = -(-length // spec.block_tokens)
         return LayerRead(
             tuple(
@@ -402,6 +473,11 @@ def run_trace(
         t0 = time.perf_counter()
         for layer in range(spec.layers):
             sink += float((xp @ weights[layer])[0, 0])
+            if ranged:
+                for kind in ("k", "v"):
+                    backend.reserve(layer_key(layer, kind), spec.max_tokens * spec.token_bytes)
+                pipe.append(layer, [(layer_key(layer, kind), pattern) for kind in ("k", "v")])
+                continue
             items = []
             for kind in ("k", "v"):
                 for b in range(-(-spec.context // spec.block_tokens)):
@@ -437,17 +513,20 @@ def run_trace(
             for layer in range(spec.layers):
                 buf = pipe.layer(layer)
                 # The new token's K and V come from the layer's projection, before attention:
-                # queue the tail block's rewrite first, so the next step's read of this layer
-                # (possibly issued just below) is ordered after it.
-                items = []
-                read = reads[layer]
-                for kind, first in (("k", 0), ("v", len(read.segments) // 2)):
-                    parts = [new_token]
-                    if tail_tokens:
-                        off = read.offsets[first + tail_block]
-                        parts.insert(0, buf[off : off + tail_tokens * spec.token_bytes])
-                    items.append((block_key(layer, kind, tail_block), torch.cat(parts)))
-                pipe.writeback(layer, items)
+                # queue the tail block's rewrite (or the append) first, so the next step's read
+                # of this layer (possibly issued just below) is ordered after it.
+                if ranged:
+                    pipe.append(layer, [(layer_key(layer, k), new_token) for k in ("k", "v")])
+                else:
+                    items = []
+                    read = reads[layer]
+                    for kind, first in (("k", 0), ("v", len(read.segments) // 2)):
+                        parts = [new_token]
+                        if tail_tokens:
+                            off = read.offsets[first + tail_block]
+                            parts.insert(0, buf[off : off + tail_tokens * spec.token_bytes])
+                        items.append((block_key(layer, kind, tail_block), torch.cat(parts)))
+                    pipe.writeback(layer, items)
                 if layer == spec.layers - 1:
                     pipe.end_step()
                     if step + 1 < total:
@@ -489,6 +568,7 @@ def run_trace(
         cgroup_anon_bytes=anon,
         cgroup_shmem_bytes=shmem,
         depth=depth,
+        ranged=ranged,
         kv_read_bytes=kv_read_bytes,
         kv_read_s=kv_read_s,
         compute_p50_ms=statistics.median(compute[spec.warmup_steps :]) * 1e3,

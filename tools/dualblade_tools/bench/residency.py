@@ -140,6 +140,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="working set / page-cache room, comma-separated (default 0.5,1,2,4,8)",
     )
     parser.add_argument(
+        "--blocks",
+        dest="ranged",
+        action="store_false",
+        help="store KV as block objects even where layer objects (reserve/append/read_range) exist",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=REPEAT,
