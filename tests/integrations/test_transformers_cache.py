@@ -74,7 +74,8 @@ def test_generate_matches_dynamic_cache_and_kv_goes_through_backend(model, batch
     assert backend.counters().objects == 0
 
 
-def test_prefix_reuse_skips_prefix_compute_and_reads_it_from_backend(model) -> None:
+@pytest.mark.parametrize("layout", ["blocks", "layers"])
+def test_prefix_reuse_skips_prefix_compute_and_reads_it_from_backend(model, layout) -> None:
     ids = torch.randint(0, 128, (1, 21), generator=torch.Generator().manual_seed(7))
     ref = reference(model, ids)
     backend = InMemoryBackend()
@@ -84,15 +85,17 @@ def test_prefix_reuse_skips_prefix_compute_and_reads_it_from_backend(model) -> N
     )
     kw = dict(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0)
     try:
-        with dbt.DualBladeCache(backend, model.config, block_tokens=8) as first:
+        with dbt.DualBladeCache(backend, model.config, block_tokens=8, layout=layout) as first:
             out1 = dbt.generate_with_prefix_reuse(model, ids, first, **kw)
             assert first.reused_tokens == 0
         backend.drop_ephemeral()  # a new session: only persistent prefix blocks survive
-        assert backend.counters().persistent_objects == 2 * 4 * 2  # 2 full blocks, 4 layers, K+V
+        # blocks: 2 full blocks x 4 layers x K+V; layers: one prefix object per layer and K/V
+        per_layer_kv = 2 if layout == "blocks" else 1
+        assert backend.counters().persistent_objects == per_layer_kv * 4 * 2
         first_prefill = seen_lengths[0]
         seen_lengths.clear()
         backend.keys_read.clear()
-        with dbt.DualBladeCache(backend, model.config, block_tokens=8) as second:
+        with dbt.DualBladeCache(backend, model.config, block_tokens=8, layout=layout) as second:
             out2 = dbt.generate_with_prefix_reuse(model, ids, second, **kw)
             assert second.reused_tokens == 16
     finally:
@@ -102,18 +105,41 @@ def test_prefix_reuse_skips_prefix_compute_and_reads_it_from_backend(model) -> N
     assert first_prefill == 21
     assert seen_lengths[0] == 21 - 16  # only the uncached tail was computed
     prefix_reads = {k for k in backend.keys_read if k.startswith(b"db/pfx/")}
-    assert len(prefix_reads) == 2 * 4 * 2
+    assert len(prefix_reads) == per_layer_kv * 4 * 2
+
+
+def test_layer_objects_reuse_an_earlier_prompt_that_this_one_extends(model) -> None:
+    """A conversation: the second prompt is the first plus more tokens. One ranged read per
+    layer and K/V serves the reused prefix; the extended prompt publishes its own prefix."""
+    backend = InMemoryBackend()
+    first = torch.randint(0, 128, (1, 17), generator=torch.Generator().manual_seed(5))
+    more = torch.randint(0, 128, (1, 9), generator=torch.Generator().manual_seed(6))
+    second = torch.cat([first, more], dim=1)  # 26 tokens: 3 full blocks of 8
+    kw = dict(max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, pad_token_id=0)
+    with dbt.DualBladeCache(backend, model.config, block_tokens=8, layout="layers") as cache:
+        dbt.generate_with_prefix_reuse(model, first, cache, **kw)
+    backend.drop_ephemeral()
+    with dbt.DualBladeCache(backend, model.config, block_tokens=8, layout="layers") as cache:
+        assert cache.layered
+        out = dbt.generate_with_prefix_reuse(model, second, cache, **kw)
+        assert cache.reused_tokens == 16
+        reads = cache.pipeline.stats().read_calls
+        steps = cache.pipeline.stats().steps
+    assert torch.equal(out, reference(model, second))
+    assert reads <= 4 * steps  # one ranged read batch per layer per step, 4 layers
+    backend.drop_ephemeral()
+    assert backend.counters().persistent_objects == 2 * 4 * 2  # the 2-block and 3-block prefixes
 
 
 def test_prefix_reuse_with_a_different_prompt_reuses_only_the_common_blocks(model) -> None:
     backend = InMemoryBackend()
     base = torch.randint(0, 128, (1, 25), generator=torch.Generator().manual_seed(3))
     kw = dict(max_new_tokens=2, do_sample=False, pad_token_id=0)
-    with dbt.DualBladeCache(backend, model.config, block_tokens=8) as cache:
+    with dbt.DualBladeCache(backend, model.config, block_tokens=8, layout="blocks") as cache:
         dbt.generate_with_prefix_reuse(model, base, cache, **kw)
     other = base.clone()
     other[0, 12] = (other[0, 12] + 1) % 128  # differs inside block 1
-    with dbt.DualBladeCache(backend, model.config, block_tokens=8) as cache:
+    with dbt.DualBladeCache(backend, model.config, block_tokens=8, layout="blocks") as cache:
         out = dbt.generate_with_prefix_reuse(model, other, cache, **kw)
         assert cache.reused_tokens == 8
     assert torch.equal(out, model.generate(other, attention_mask=torch.ones_like(other), **kw))
@@ -187,3 +213,23 @@ def test_generate_on_cuda_matches_dynamic_cache() -> None:
         cache.finish()
     assert torch.equal(out, reference(model, ids))
     assert backend.counters().get_bytes > 0
+
+
+def test_layer_objects_grow_into_a_new_generation_and_match_dynamic_cache(model) -> None:
+    """A 5-token prompt reserves room for 16 tokens; 20 new tokens outgrow it, so the sequence
+    object moves to a new generation (room for twice what it holds) filled from the KV in hand."""
+    ids = torch.randint(0, 128, (1, 5), generator=torch.Generator().manual_seed(11))
+    kw = dict(max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0)
+    backend = InMemoryBackend()
+    with dbt.DualBladeCache(backend, model.config, block_tokens=2, layout="layers") as cache:
+        with torch.inference_mode():
+            out = model.generate(
+                ids, attention_mask=torch.ones_like(ids), **kw, **dbt.generate_kwargs(model, cache)
+            )
+        cache.finish()
+        gens = {lay.gen for lay in cache.layers}
+        caps = {lay.seq_capacity for lay in cache.layers}
+    assert gens == {2} and caps == {64}  # 17 tokens needed: twice that, to a power of two
+    ref = model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+    assert torch.equal(out, ref)
+    assert backend.counters().objects == 0  # every generation was deleted at close

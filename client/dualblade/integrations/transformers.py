@@ -15,7 +15,19 @@ of a layer concatenate into one contiguous ``[T, B, H, D]`` buffer that is viewe
 ``[B, H, T, D]``. Only blocks that received new tokens are written; the partly filled tail block
 is rewritten each decode step (one block per layer, bounded), full blocks never again.
 
-Keys (ASCII, readable in dbctl)::
+Layer objects (issue 12; the default where the backend has them, see
+`dualblade.pipeline.backend.is_ranged`): a layer's K (and V) is ONE appendable object holding
+``[T, B, H, D]`` token-major, reserved with room to grow (powers of two; when it is full a new
+generation twice as large is reserved and filled from the KV the attention call already holds).
+A decode step then costs one ranged read batch and one append batch per layer, whatever the
+context length. Keys: ``db/seq/<id>/L<layer>/<k|v>/g<generation>`` (ephemeral) and
+``db/pfx/<hash of the prompt's full blocks>/L<layer>/<k|v>`` (persistent, exactly the prompt's
+full blocks). With layer objects a prefix is reused when an earlier prompt's full blocks are
+a prefix of this prompt (a shared system prompt, an extended conversation); a prompt sharing only
+some of an earlier prompt's full blocks recomputes them (``layout="blocks"`` keeps block-granular
+reuse).
+
+Keys of the block layout (ASCII, readable in dbctl)::
 
     db/seq/<sequence id>/L<layer>/<k|v>/B<block>    ephemeral, this cache's sequence
     db/pfx/<prefix hash>/L<layer>/<k|v>/B<block>    persistent, shared prompt prefix
@@ -55,7 +67,7 @@ import xxhash
 from transformers.cache_utils import Cache, DynamicLayer
 
 from dualblade.pipeline.adaptive import AdaptiveConfig
-from dualblade.pipeline.backend import KVBackend, staging_alignment
+from dualblade.pipeline.backend import KVBackend, is_ranged, staging_alignment
 from dualblade.pipeline.pipeline import LayerPipeline, LayerRead, Segment
 
 if TYPE_CHECKING:
@@ -86,6 +98,11 @@ class DualBladeLayer(DynamicLayer):
         self.k_shape: tuple[int, int] = (0, 0)  # (heads, head_dim)
         self.v_shape: tuple[int, int] = (0, 0)
         self.dtype: torch.dtype | None = None
+        # layer objects: (prefix hash, tokens) held by a persistent prefix object, and the
+        # sequence object's generation and capacity in tokens
+        self.pfx: tuple[str, int] | None = None
+        self.gen = 0
+        self.seq_capacity = 0
 
     def lazy_initialization(
         self, key_states: torch.Tensor, value_states: torch.Tensor | None = None
@@ -159,6 +176,8 @@ class DualBladeCache(Cache):
         depth: pipeline depth, or "auto" (adaptive, capped by the window).
         model_tag: identifies the weights for prefix keys (see the module docstring).
         pipeline_config: staging budget and controller settings.
+        layout: "layers" (one appendable object per layer and K/V), "blocks" (one object per
+            block), or "auto": layers where the backend has layer objects.
 
     Use as a context manager, or call `close()`: it waits for the writes and deletes this
     sequence's ephemeral objects (persistent prefix blocks stay).
@@ -174,6 +193,7 @@ class DualBladeCache(Cache):
         depth: int | Literal["auto"] = "auto",
         model_tag: str | None = None,
         pipeline_config: AdaptiveConfig | None = None,
+        layout: Literal["auto", "layers", "blocks"] = "auto",
     ) -> None:
         num_layers = int(config.num_hidden_layers)
         if window < 2:
@@ -186,6 +206,9 @@ class DualBladeCache(Cache):
         self.window = window
         self.block_tokens = block_tokens
         self.sequence_id = uuid.uuid4().hex
+        if layout not in ("auto", "layers", "blocks"):
+            raise ValueError(f"layout must be auto, layers or blocks: {layout!r}")
+        self.layered = layout == "layers" or (layout == "auto" and is_ranged(backend))
         # Segments at the backend's staging alignment: with the SDK client every block is then
         # its own arena range and the daemon reads it in place (see LayerPipeline).
         self._align = staging_alignment(backend)
@@ -198,7 +221,7 @@ class DualBladeCache(Cache):
         self._last_idx = -1
         self._planned: tuple[int, ...] | None = None
         #: (layer, length) -> its LayerRead, built once per step for both the plan and _unpack
-        self._read_cache: dict[tuple[int, int], LayerRead | None] = {}
+        self._read_cache: dict[tuple, LayerRead | None] = {}
         self._prefix_hashes: list[str] = []
         self._ephemeral_keys: set[bytes] = set()
         self.reused_tokens = 0
@@ -229,7 +252,10 @@ class DualBladeCache(Cache):
             keys = torch.cat([past_k, key_states], dim=-2)
             values = torch.cat([past_v, value_states], dim=-2)
         layer.length = old + key_states.shape[-2]
-        self._write_blocks(layer_idx, keys, values, old)
+        if self.layered:
+            self._write_layer(layer_idx, keys, values, old)
+        else:
+            self._write_blocks(layer_idx, keys, values, old)
 
         if layer_idx == len(self.layers) - 1:
             # Prefetch the next step's first layers while the model finishes this one.
@@ -269,19 +295,10 @@ class DualBladeCache(Cache):
             raise ValueError("load_prefix needs an empty cache")
         hashes = self.prefix_hashes(token_ids, dtype)
         usable = (len(token_ids) - 1) // self.block_tokens
-        keys = [
-            self._key(layer, kind, b, hashes)
-            for b in range(usable)
-            for layer in range(len(self.layers))
-            for kind in "kv"
-        ]
-        present = self.backend.contains_many(keys) if keys else []
-        per_block = 2 * len(self.layers)
-        reused_blocks = 0
-        for b in range(usable):
-            if not all(present[b * per_block : (b + 1) * per_block]):
-                break
-            reused_blocks += 1
+        if self.layered:
+            reused_blocks = self._find_prefix_object(hashes, usable)
+        else:
+            reused_blocks = self._find_prefix_blocks(hashes, usable)
         self._prefix_hashes = hashes
         self._read_cache.clear()  # keys changed
         self.reused_tokens = reused_blocks * self.block_tokens
@@ -300,8 +317,40 @@ class DualBladeCache(Cache):
                     device=torch.device(device),
                 )
                 lay.length = self.reused_tokens
+                if self.layered:
+                    lay.pfx = (hashes[reused_blocks - 1], self.reused_tokens)
         log.info("prefix reuse: %d of %d prompt tokens", self.reused_tokens, len(token_ids))
         return self.reused_tokens
+
+    def _find_prefix_blocks(self, hashes: Sequence[str], usable: int) -> int:
+        """Leading full blocks whose block objects all exist (block layout)."""
+        keys = [
+            self._key(layer, kind, b, hashes)
+            for b in range(usable)
+            for layer in range(len(self.layers))
+            for kind in "kv"
+        ]
+        present = self.backend.contains_many(keys) if keys else []
+        per_block = 2 * len(self.layers)
+        reused_blocks = 0
+        for b in range(usable):
+            if not all(present[b * per_block : (b + 1) * per_block]):
+                break
+            reused_blocks += 1
+        return reused_blocks
+
+    def _find_prefix_object(self, hashes: Sequence[str], usable: int) -> int:
+        """The most full blocks held by one stored prefix object per layer (layer objects)."""
+        if usable == 0:
+            return 0
+        first = [self._pfx_key(hashes[b - 1], 0, "k") for b in range(1, usable + 1)]
+        found = [b for b, ok in zip(range(1, usable + 1), self.backend.contains_many(first)) if ok]
+        for b in sorted(found, reverse=True):
+            n = len(self.layers)
+            keys = [self._pfx_key(hashes[b - 1], i, k) for i in range(n) for k in "kv"]
+            if all(self.backend.contains_many(keys)):
+                return b
+        return 0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -348,19 +397,36 @@ class DualBladeCache(Cache):
         return f"db/seq/{self.sequence_id}/L{layer}/{kind}/B{block}".encode()
 
     def _read_for(self, layer_idx: int, length: int) -> LayerRead | None:
-        cached = self._read_cache.get((layer_idx, length), False)
+        layer: DualBladeLayer = self.layers[layer_idx]
+        at = (layer_idx, length, layer.gen, layer.pfx)
+        cached = self._read_cache.get(at, False)
         if cached is not False:
             return cached  # type: ignore[return-value]
         read = self._build_read(layer_idx, length)
         if len(self._read_cache) > 4 * len(self.layers):
             self._read_cache.clear()  # only this step's and the next step's are ever asked for
-        self._read_cache[(layer_idx, length)] = read
+        self._read_cache[at] = read
         return read
 
     def _build_read(self, layer_idx: int, length: int) -> LayerRead | None:
         if length == 0:
             return None
         layer: DualBladeLayer = self.layers[layer_idx]
+        if self.layered:  # K: prefix range + sequence range, then V the same way
+            pfx_tokens = layer.pfx[1] if layer.pfx else 0
+            segs = []
+            for kind in "kv":
+                per_token = layer.token_bytes(kind)
+                if layer.pfx is not None:
+                    segs.append(
+                        Segment(
+                            self._pfx_key(layer.pfx[0], layer_idx, kind), pfx_tokens * per_token
+                        )
+                    )
+                if length > pfx_tokens:
+                    key = self._seq_key(layer_idx, kind, layer.gen)
+                    segs.append(Segment(key, (length - pfx_tokens) * per_token))
+            return LayerRead(tuple(segs), align=self._align, ranged=True)
         segments = []
         for kind in "kv":
             per_token = layer.token_bytes(kind)
@@ -406,6 +472,52 @@ class DualBladeCache(Cache):
                 )
             out.append(tensor.permute(1, 2, 0, 3))  # [T, B, H, D] -> [B, H, T, D], a view
         return out[0], out[1]
+
+    def _pfx_key(self, digest: str, layer: int, kind: str) -> bytes:
+        return f"db/pfx/{digest}/L{layer}/{kind}".encode()
+
+    def _seq_key(self, layer: int, kind: str, gen: int) -> bytes:
+        return f"db/seq/{self.sequence_id}/L{layer}/{kind}/g{gen}".encode()
+
+    def _write_layer(
+        self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor, old: int
+    ) -> None:
+        """Layer objects: append the new tokens; publish the prompt's full blocks as a prefix
+        object; grow the sequence object into a new generation when it is full."""
+        layer: DualBladeLayer = self.layers[layer_idx]
+        new = keys.shape[-2]
+        tensors = (("k", keys), ("v", values))
+        n_full = len(self._prefix_hashes) * self.block_tokens
+        pfx_tokens = layer.pfx[1] if layer.pfx else 0
+        fresh = False
+        if n_full and pfx_tokens < n_full <= new:
+            digest = self._prefix_hashes[-1]
+            items = []
+            for kind, t in tensors:
+                key = self._pfx_key(digest, layer_idx, kind)
+                self.backend.reserve(key, n_full * layer.token_bytes(kind), persistent=True)  # type: ignore[attr-defined]
+                items.append((key, t[:, :, :n_full, :].permute(2, 0, 1, 3)))
+            self._pipeline.append(layer_idx, items)
+            layer.pfx, pfx_tokens = (digest, n_full), n_full
+            fresh = True  # the sequence object restarts after the prefix
+        need = new - pfx_tokens
+        if need <= 0:
+            return
+        start = old
+        if fresh or need > layer.seq_capacity:
+            cap = max(2 * self.block_tokens, 1 << (2 * need - 1).bit_length())
+            layer.gen += 1
+            layer.seq_capacity = cap
+            for kind, _ in tensors:
+                key = self._seq_key(layer_idx, kind, layer.gen)
+                self.backend.reserve(key, cap * layer.token_bytes(kind))  # type: ignore[attr-defined]
+                self._ephemeral_keys.add(key)
+            start = pfx_tokens  # the new generation is filled from what we hold
+        items = [
+            (self._seq_key(layer_idx, kind, layer.gen), t[:, :, start:new, :].permute(2, 0, 1, 3))
+            for kind, t in tensors
+        ]
+        self._pipeline.append(layer_idx, items)
 
     def _write_blocks(
         self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor, old: int
