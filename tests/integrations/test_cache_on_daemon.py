@@ -59,12 +59,15 @@ def greedy(model, ids, cache):
 
 
 def io_bytes(client: Client) -> dict[str, int]:
-    """The daemon's byte counters for this client's tenant, summed over residency paths."""
+    """The daemon's byte counters for this client's tenant, summed over residency paths and
+    over block ops (put/get) and layer-object ops (append/readrange)."""
     status = client.admin.Status(pb.StatusRequest(), metadata=client._metadata)
     out = {"put": 0, "get": 0}
+    # layer objects (issue 12) move their bytes with append / readrange ops
+    ops = {"put": "put", "append": "put", "get": "get", "readrange": "get"}
     for m in status.metrics:
-        if m.tenant == client.tenant and m.op in out:
-            out[m.op] += m.bytes
+        if m.tenant == client.tenant and m.op in ops:
+            out[ops[m.op]] += m.bytes
     return out
 
 
