@@ -165,6 +165,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--fio-seconds", type=float, default=3.0, help="fio time per run")
     parser.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
+    parser.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="copy each run's daemon log into --dir (the arbiter's budget and pressure lines)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write records + verdicts as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="decode p50 and prefill vs ratio")
     parser.add_argument("--markdown", metavar="FILE", help="write the table and verdicts (md)")
@@ -189,7 +194,9 @@ def run(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        bench = _Bench(spec, workdir, fio_seconds=args.fio_seconds)
+        bench = _Bench(
+            spec, workdir, fio_seconds=args.fio_seconds, keep_logs=args.keep_logs and not own_dir
+        )
         bench.prepare()
         overhead = args.overhead if args.overhead is not None else bench.calibrate()
         records: list[ResidencyRecord] = []
@@ -254,7 +261,9 @@ class _DaemonInCgroup(DaemonProcess):
 
 
 class _Bench:
-    def __init__(self, spec: TraceSpec, workdir: Path, *, fio_seconds: float) -> None:
+    def __init__(
+        self, spec: TraceSpec, workdir: Path, *, fio_seconds: float, keep_logs: bool = False
+    ) -> None:
         self.spec = spec
         self.workdir = workdir
         self.weights = workdir / "weights.bin"
@@ -263,6 +272,8 @@ class _Bench:
             64 * MiB, -(-min(spec.kv_bytes, 1 << 30) // (FIO_JOBS * MiB)) * (FIO_JOBS * MiB)
         )
         self.fio_seconds = fio_seconds
+        #: copy each daemon's log next to the work directory (what the arbiter decided, and why)
+        self.keep_logs = keep_logs
         self.namespace_bytes = -(-(spec.kv_bytes * 3 // 2 + 256 * MiB) // MiB) * MiB
         self._seq = 0
 
@@ -384,6 +395,8 @@ class _Bench:
                     daemon.terminate()
                 except subprocess.TimeoutExpired:
                     daemon.kill()
+                if self.keep_logs and daemon.log_path is not None and daemon.log_path.exists():
+                    shutil.copy(daemon.log_path, self.workdir / f"daemon-{rundir.name}.log")
             cgroup.remove()
             shutil.rmtree(rundir, ignore_errors=True)
 
