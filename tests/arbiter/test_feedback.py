@@ -224,3 +224,22 @@ def test_read_meter_counts_busy_time_as_the_union_of_overlapping_reads() -> None
         pass
     assert meter.snapshot()[PAGECACHE].bytes == MiB  # a failed read moves no bytes
     assert dataclasses.replace(snap, busy_s=0.0).gbps is None
+
+
+def test_pressure_demotes_without_waiting_for_the_dead_band() -> None:
+    """A 256 MiB band (the daemon's default) must not hide a measured cut: 200 MiB of KV on
+    the page cache, refaults -> budget cut -> the KV is demoted at once."""
+    from dualbladed.arbiter.policy import ObjectHeat
+
+    p = ResidencyPolicy(
+        PolicyConfig(hysteresis_bytes=256 * MiB, min_dwell_s=0.0, max_migration_bytes_per_tick=GiB)
+    )
+    heat = [ObjectHeat("t", f"k{i}".encode(), MiB, PAGECACHE, float(i), None) for i in range(200)]
+    usage = {"t": TenantUsage(200 * MiB, 0)}
+    p.observe(obs(0, sig(2 * GiB, refaults=0), pc=200 * MiB, demand=200 * MiB))
+    assert p.plan(usage, heat, now=0.0) == []  # room for all of it: nothing moves
+    budget = p.observe(
+        obs(1, sig(2 * GiB, refaults=512 * MiB // PAGE), pc=200 * MiB, demand=200 * MiB)
+    )
+    assert budget.total == 0  # 512 MiB refaulted: more than we hold
+    assert sum(m.size for m in p.plan(usage, heat, now=1.0)) == 200 * MiB

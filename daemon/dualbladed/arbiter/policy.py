@@ -42,7 +42,8 @@ oscillation. ``now`` is always passed in, so tests script time as well as signal
    migration traffic, and what is still being written is not written twice.
 
    - Demote (page cache -> direct, coldest ``last_access`` first, across tenants) when a tenant
-     holds more than ``target + band``; it is brought down to its share, not to the band edge,
+     holds more than ``target + band`` (``target`` alone on a tick that saw pressure: a cut
+     the feedback measured is not noise); it is brought down to its share, not to the band edge,
      so the next small wobble does not trigger again.
    - Promote (direct -> page cache, hottest first) when a tenant holds less than
      ``target - band``, filling up to its target.
@@ -192,6 +193,7 @@ class ResidencyPolicy:
         self._feedback = Feedback(config.learn, config.reserve_bytes)
         self._fraction: float | None = None  # the split's page-cache fraction
         self._defer = False  # a write burst: no migrations
+        self._pressure = False  # the last observation saw pressure: demote without a band
 
     @property
     def verdict(self) -> Verdict | None:
@@ -237,6 +239,7 @@ class ResidencyPolicy:
             held = self._held = raw
         self._fraction = verdict.pagecache_fraction
         self._defer = verdict.write_burst
+        self._pressure = verdict.pressure is not None
         self._budget = Budget(
             held, raw, obs.signals.effective_available, obs.pagecache_resident, changed
         )
@@ -332,7 +335,8 @@ class ResidencyPolicy:
         over = {
             t: u.pagecache_bytes - shares[t]
             for t, u in usage.items()
-            if u.pagecache_bytes > shares[t] + cfg.band(shares[t])
+            # under pressure the cut is measured, not noise: no dead band before demoting
+            if u.pagecache_bytes > shares[t] + (0 if self._pressure else cfg.band(shares[t]))
         }
         # demotions stop a tenant at its share: round up, the last object may overshoot
         demote_need = dict(over)
