@@ -48,7 +48,7 @@ def test_cap_starts_at_the_ceiling_and_reserve_is_only_a_floor() -> None:
     )
 
 
-def test_refaults_cut_by_what_was_refaulted_or_a_quarter_then_hold_until_calm() -> None:
+def test_refaults_cut_by_what_was_refaulted_then_hold_until_calm() -> None:
     fb = Feedback(FeedbackConfig(calm_s=5.0))
     fb.update(obs(0, sig(4 * GiB, refaults=0), pc=2 * GiB))
     # 1 GiB refaulted in one second: cut by that (more than a quarter of 2 GiB)
@@ -58,11 +58,11 @@ def test_refaults_cut_by_what_was_refaulted_or_a_quarter_then_hold_until_calm() 
     # a little refaulting (below the threshold): no cut, but no growth either (not calm yet)
     v = fb.update(obs(2, sig(4 * GiB, free=3 * GiB, refaults=GiB // PAGE + 10), pc=1 * GiB))
     assert v.pressure is None and v.cap == 1 * GiB
-    # 8 MiB refaulted (above 16 MiB/s over 0.25 s): cut by a quarter of min(cap, held)
-    v = fb.update(obs(2.25, sig(4 * GiB, refaults=GiB // PAGE + 2048 + 10), pc=1 * GiB))
-    assert v.cap == 768 * MiB
+    # 32 MiB refaulted (above 16 MiB/s over 0.25 s): cut by what was refaulted, not a fraction
+    v = fb.update(obs(2.25, sig(4 * GiB, refaults=GiB // PAGE + 8192 + 10), pc=1 * GiB))
+    assert v.cap == 1 * GiB - 32 * MiB
     # calm for 5 s: free memory may be taken at once (room = free + resident)
-    v = fb.update(obs(8, sig(4 * GiB, free=512 * MiB, refaults=GiB // PAGE + 2058), pc=768 * MiB))
+    v = fb.update(obs(8, sig(4 * GiB, free=512 * MiB, refaults=GiB // PAGE + 8202), pc=768 * MiB))
     assert v.pressure is None and v.cap == 512 * MiB + 768 * MiB
 
 
@@ -76,7 +76,7 @@ def test_probing_beyond_free_memory_only_while_demand_exceeds_the_cap() -> None:
     assert v.cap == GiB + 64 * MiB
 
 
-def test_psi_and_a_falling_hit_ratio_are_pressure_too() -> None:
+def test_psi_cuts_a_quarter_and_a_falling_hit_ratio_cuts_to_what_stayed() -> None:
     fb = Feedback(FeedbackConfig())
     fb.update(obs(0, sig(4 * GiB), pc=GiB))
     v = fb.update(obs(1, sig(4 * GiB, psi=25.0), pc=GiB))
@@ -84,7 +84,7 @@ def test_psi_and_a_falling_hit_ratio_are_pressure_too() -> None:
     fb = Feedback(FeedbackConfig())
     fb.update(obs(0, sig(4 * GiB), pc=GiB))
     v = fb.update(obs(1, sig(4 * GiB), pc=GiB, resident=GiB // 2))  # the kernel evicted half
-    assert v.hit_ratio == 0.5 and v.pressure is not None and v.cap == 768 * MiB
+    assert v.hit_ratio == 0.5 and v.pressure is not None and v.cap == GiB // 2  # what stayed
 
 
 def test_no_refault_counter_means_no_refault_signal() -> None:

@@ -10,12 +10,13 @@ of observations into three answers the policy acts on:
    - ``room = free + resident - reserve``: what we can hold without evicting anyone (``free``
      counts no cache at all; ``resident`` is our own cached KV, from mincore).
    - The cap starts at the ceiling (optimistic: memory that nobody needs is worth using) and is
-     **cut** when caching KV evicts pages someone needs, seen as any of: file refaults above
-     ``refault_bytes_per_s`` (the weights, or our own KV, read back soon after eviction), PSI
-     ``some avg10`` above ``psi_some_pct``, or our own hit ratio (resident / bytes we hold)
-     below ``min_hit_ratio``. A cut brings the cap to ``base - max(decrease * base, refaulted)``
-     with ``base = min(cap, bytes we hold)``: by a fraction, or by what was refaulted since the
-     last tick, whichever is larger (demote at least what others had to read back).
+     **cut** when caching KV evicts pages someone needs, by as much as the evidence says, with
+     ``base = min(cap, bytes we hold)``: file refaults above ``refault_bytes_per_s`` (the
+     weights, or our own KV, read back soon after eviction) cut by the bytes refaulted since the
+     last tick (demoting more KV than others had to read back would cost more disk reads per
+     step than it saves); our own hit ratio (resident / bytes we hold) below ``min_hit_ratio``
+     cuts to what stayed resident; PSI ``some avg10`` above ``psi_some_pct`` (no size attached)
+     cuts by ``decrease * base``. The largest of these applies, at least ``min_cut_bytes``.
    - After ``calm_s`` without pressure the cap may grow: to ``room`` at once (free memory
      really is free), and by ``probe_bytes`` per tick beyond it while demand exceeds the cap
      and our hit ratio is perfect (probing whether the reclaimable cache of others is needed).
@@ -58,6 +59,7 @@ class FeedbackConfig:
     psi_some_pct: float = 10.0
     min_hit_ratio: float = 0.9
     decrease: float = 0.25
+    min_cut_bytes: int = 16 * MiB
     calm_s: float = 5.0
     probe_bytes: int = 64 * MiB
     write_burst_bytes_per_s: int = 128 * MiB
@@ -130,20 +132,24 @@ class Feedback:
         if obs.pagecache_bytes >= MIN_HIT_BYTES:
             hit = min(1.0, obs.pagecache_resident / obs.pagecache_bytes)
 
+        cap = self._cap
+        base = min(cap if cap is not None else ceiling, obs.pagecache_bytes)
         pressure = None
+        cut = 0
         if refault_rate is not None and refault_rate > cfg.refault_bytes_per_s:
             pressure = f"refaults {refault_rate / MiB:.0f} MiB/s"
-        elif sig.psi_some_avg10 is not None and sig.psi_some_avg10 > cfg.psi_some_pct:
-            pressure = f"psi some {sig.psi_some_avg10:.1f}%"
-        elif hit is not None and hit < cfg.min_hit_ratio:
-            pressure = f"hit ratio {hit:.2f}"
+            cut = refaulted  # demote what others had to read back
+        if hit is not None and hit < cfg.min_hit_ratio:
+            pressure = pressure or f"hit ratio {hit:.2f}"
+            cut = max(cut, obs.pagecache_bytes - obs.pagecache_resident)  # keep what stayed
+        if sig.psi_some_avg10 is not None and sig.psi_some_avg10 > cfg.psi_some_pct:
+            pressure = pressure or f"psi some {sig.psi_some_avg10:.1f}%"
+            cut = max(cut, int(cfg.decrease * base))
 
-        cap = self._cap
         if cap is None:
             cap = ceiling
         elif pressure is not None:
-            base = min(cap, obs.pagecache_bytes)
-            cap = max(0, base - max(int(cfg.decrease * base), refaulted))
+            cap = max(0, base - max(cut, cfg.min_cut_bytes))
             self._last_pressure = obs.now
         elif obs.now - self._last_pressure >= cfg.calm_s:
             grown = cap
