@@ -23,6 +23,13 @@ Modes:
 * pipelined: `LayerPipeline` (adaptive depth), next step's first layers prefetched during the
   last layer's compute, as `DualBladeCache` does.
 
+Layer objects (issue 12): where the backend has them (the SDK since issue 12; ``--blocks`` to
+compare), each layer's K and V are one object each, read with one ranged read batch per layer.
+
+Measurement order: the io-only, compute-only and pipelined steps run round-robin, one of each
+per round (two live pipelines), so a load that comes and goes on a shared machine weighs on all
+three alike instead of on whichever loop ran during it.
+
 Reported (per step, medians): ``serial_step_ms``, ``pipelined_step_ms``, ``io_ms`` (the reads
 alone, through the same pipeline with the compute left out: the I/O floor at the pipeline's
 concurrency), ``serial_io_ms`` (the reads one call at a time), ``compute_ms`` (the compute alone)
@@ -85,6 +92,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--call-ms", type=float, default=0.5, help="emulated cost per call (memory backend)"
     )
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument(
+        "--blocks",
+        action="store_true",
+        help="block objects even where the backend has layer objects (reserve/append/read_range)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch compute threads")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
@@ -139,14 +151,29 @@ def _measure(args: argparse.Namespace, backend: Any) -> BenchResult:
     import torch
 
     from dualblade.pipeline import AdaptiveConfig
-    from dualblade.pipeline.backend import staging_alignment
+    from dualblade.pipeline.backend import is_ranged, staging_alignment
     from dualblade.pipeline.pipeline import LayerPipeline, LayerRead, Segment
 
     torch.set_num_threads(args.threads)
     token_bytes = args.kv_heads * args.head_dim * 2  # fp16, one of K or V
     align = staging_alignment(backend)
     reads = []
+    ranged = is_ranged(backend) and not getattr(args, "blocks", False)
     for layer in range(args.layers):
+        if ranged:
+            n = args.seq * token_bytes
+            items = []
+            for kind in "kv":
+                key = f"bench/L{layer}/{kind}".encode()
+                backend.reserve(key, n)
+                items.append((key, torch.randn(n // 2).half()))
+            backend.append_many(items)
+            reads.append(
+                LayerRead(
+                    tuple(Segment(key, n) for key, _ in items), align=max(align, 4096), ranged=True
+                )
+            )
+            continue
         segments, items = [], []
         for kind in "kv":
             for b in range(-(-args.seq // args.block)):
@@ -173,12 +200,17 @@ def _measure(args: argparse.Namespace, backend: Any) -> BenchResult:
     def read_serial(layer: int) -> torch.Tensor:
         buf = serial_buf  # one layer at a time: the same (arena) buffer every time
         read = reads[layer]
-        backend.get_many_into(
-            [(s.key, buf[o : o + s.nbytes]) for s, o in zip(read.segments, read.offsets)]
-        )
+        if read.ranged:
+            backend.read_ranges_into(
+                [(s.key, 0, buf[o : o + s.nbytes]) for s, o in zip(read.segments, read.offsets)]
+            )
+        else:
+            backend.get_many_into(
+                [(s.key, buf[o : o + s.nbytes]) for s, o in zip(read.segments, read.offsets)]
+            )
         return buf
 
-    serial_io, comp, serial = [], [], []
+    serial_io, serial = [], []
     scratch = read_serial(0)
     for _ in range(args.steps):
         t0 = time.perf_counter()
@@ -186,37 +218,47 @@ def _measure(args: argparse.Namespace, backend: Any) -> BenchResult:
             read_serial(layer)
         serial_io.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        for _layer in range(args.layers):
-            compute(scratch)
-        comp.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
         for layer in range(args.layers):
             compute(read_serial(layer))
         serial.append(time.perf_counter() - t0)
 
     cfg = AdaptiveConfig(staging_bytes=max(256 << 20, 4 * layer_bytes), max_depth=8)
 
-    def pipelined(with_compute: bool) -> tuple[list[float], int]:
-        times = []
-        with LayerPipeline(backend, num_layers=args.layers, depth="auto", config=cfg) as pipe:
-            pipe.begin_step(reads)
-            for step in range(args.steps + 2):  # two warm-up steps let the controller settle
-                t0 = time.perf_counter()
-                for layer in range(args.layers):
-                    buf = pipe.layer(layer)
-                    if layer == args.layers - 1:
-                        pipe.end_step()
-                        pipe.begin_step(reads)  # prefetch the next step during this compute
-                    if with_compute:
-                        compute(buf)
-                if step >= 2:
-                    times.append(time.perf_counter() - t0)
-            pipe.end_step()
-            return times, pipe.stats().depth
+    def pipelined_step(pipe: LayerPipeline, with_compute: bool) -> float:
+        t0 = time.perf_counter()
+        for layer in range(args.layers):
+            buf = pipe.layer(layer)
+            if layer == args.layers - 1:
+                pipe.end_step()
+                pipe.begin_step(reads)  # prefetch the next step during this compute
+            if with_compute:
+                compute(buf)
+        return time.perf_counter() - t0
 
-    # The I/O floor: the same pipelined reads (same concurrency) with no compute at all.
-    io, _ = pipelined(with_compute=False)
-    piped, depth = pipelined(with_compute=True)
+    def compute_step() -> float:
+        t0 = time.perf_counter()
+        for _layer in range(args.layers):
+            compute(scratch)
+        return time.perf_counter() - t0
+
+    # Round-robin: an io-only step (the I/O floor at the pipeline's concurrency), a compute-only
+    # step and a pipelined step per round, two warm-up rounds for the depth controllers.
+    io, comp, piped = [], [], []
+    with (
+        LayerPipeline(backend, num_layers=args.layers, depth="auto", config=cfg) as io_pipe,
+        LayerPipeline(backend, num_layers=args.layers, depth="auto", config=cfg) as pipe,
+    ):
+        io_pipe.begin_step(reads)
+        pipe.begin_step(reads)
+        for step in range(args.steps + 2):
+            sample = (pipelined_step(io_pipe, False), compute_step(), pipelined_step(pipe, True))
+            if step >= 2:
+                io.append(sample[0])
+                comp.append(sample[1])
+                piped.append(sample[2])
+        io_pipe.end_step()
+        pipe.end_step()
+        depth = pipe.stats().depth
     if hasattr(backend, "release_tensor"):
         backend.release_tensor(serial_buf)
 
