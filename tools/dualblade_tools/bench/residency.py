@@ -46,6 +46,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -193,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="dualblade-residency-", dir="/var/tmp"))
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    # SIGTERM (timeout, kill) unwinds like Ctrl-C: the finally blocks stop the daemon and
+    # remove the cgroup and the run's files instead of leaving them behind
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         bench = _Bench(
             spec, workdir, fio_seconds=args.fio_seconds, keep_logs=args.keep_logs and not own_dir
