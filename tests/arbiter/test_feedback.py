@@ -243,3 +243,24 @@ def test_pressure_demotes_without_waiting_for_the_dead_band() -> None:
     )
     assert budget.total == 0  # 512 MiB refaulted: more than we hold
     assert sum(m.size for m in p.plan(usage, heat, now=1.0)) == 200 * MiB
+
+
+def test_metered_path_times_reads_and_delegates_everything_else(tmp_path) -> None:
+    """The server wraps the store's real paths: reads are counted per path, the rest passes."""
+    from dualbladed.arbiter.signals import MeteredPath
+    from dualbladed.paths.pagecache import PageCachePath
+
+    pc = PageCachePath(tmp_path / "pc", slab_bytes=4 * MiB, max_bytes=8 * MiB)
+    meter = ReadMeter()
+    path = MeteredPath(pc, PAGECACHE, meter)
+    try:
+        extent = path.allocate(MiB)  # delegated
+        path.write(extent, memoryview(bytes(range(256)) * 4096))
+        out = bytearray(MiB)
+        path.read(extent, memoryview(out))
+        assert out[:256] == bytes(range(256))
+        got = meter.snapshot()[PAGECACHE]
+        assert (got.bytes, got.ops) == (MiB, 1) and got.busy_s > 0
+        assert path.stats().used >= MiB  # delegated
+    finally:
+        pc.close()
