@@ -61,9 +61,22 @@ def test_refaults_cut_by_what_was_refaulted_then_hold_until_calm() -> None:
     # 32 MiB refaulted (above 16 MiB/s over 0.25 s): cut by what was refaulted, not a fraction
     v = fb.update(obs(2.25, sig(4 * GiB, refaults=GiB // PAGE + 8192 + 10), pc=1 * GiB))
     assert v.cap == 1 * GiB - 32 * MiB
-    # calm for 5 s: free memory may be taken at once (room = free + resident)
-    v = fb.update(obs(8, sig(4 * GiB, free=512 * MiB, refaults=GiB // PAGE + 8202), pc=768 * MiB))
-    assert v.pressure is None and v.cap == 512 * MiB + 768 * MiB
+    # calm for 5 s: after pressure, free memory (what the demotion gave back) is not jumped to;
+    # the cap probes one step while demand exceeds it
+    v = fb.update(
+        obs(
+            8, sig(4 * GiB, free=2 * GiB, refaults=GiB // PAGE + 8202), pc=768 * MiB, demand=2 * GiB
+        )
+    )
+    assert v.pressure is None and v.cap == 1 * GiB - 32 * MiB + 64 * MiB
+
+
+def test_free_memory_is_taken_at_once_while_no_pressure_was_ever_seen() -> None:
+    fb = Feedback(FeedbackConfig())
+    fb.update(obs(0, sig(4 * GiB, free=GiB)))
+    fb._cap = 512 * MiB  # others' memory use had lowered the ceiling; it has risen again
+    v = fb.update(obs(1, sig(4 * GiB, free=2 * GiB), pc=256 * MiB))
+    assert v.cap == 2 * GiB + 256 * MiB  # room = free + our resident bytes
 
 
 def test_probing_beyond_free_memory_only_while_demand_exceeds_the_cap() -> None:

@@ -17,9 +17,11 @@ of observations into three answers the policy acts on:
      step than it saves); our own hit ratio (resident / bytes we hold) below ``min_hit_ratio``
      cuts to what stayed resident; PSI ``some avg10`` above ``psi_some_pct`` (no size attached)
      cuts by ``decrease * base``. The largest of these applies, at least ``min_cut_bytes``.
-   - After ``calm_s`` without pressure the cap may grow: to ``room`` at once (free memory
-     really is free), and by ``probe_bytes`` per tick beyond it while demand exceeds the cap
-     and our hit ratio is perfect (probing whether the reclaimable cache of others is needed).
+   - Without pressure the cap may grow: to ``room`` at once while no pressure was ever seen
+     (free memory really is free), and otherwise, ``calm_s`` after the last pressure, by
+     ``probe_bytes`` per tick while demand exceeds the cap and our hit ratio is perfect (after a
+     cut, free memory is mostly what the demotion gave back; probing finds out slowly whether
+     it can be used again).
    - The cap never exceeds the ceiling. Where the host gives no MemFree (tests, odd
      containers), ``room`` is the ceiling and this reduces to the old ``available - reserve``.
 
@@ -155,7 +157,10 @@ class Feedback:
             grown = cap
             if obs.demand_bytes > cap and (hit is None or hit >= 0.99):
                 grown = cap + cfg.probe_bytes
-            cap = max(grown, room)
+            # once pressure was seen, free memory is no proof: right after a demotion it is the
+            # memory we just gave back, and jumping to it would re-create the pressure (seen at
+            # ratio 1: cut, jump back, cut). Probe instead, a step per tick.
+            cap = grown if self._last_pressure > -math.inf else max(grown, room)
         cap = min(cap, ceiling)
         self._cap = cap
 
