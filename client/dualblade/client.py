@@ -11,7 +11,8 @@ A :class:`Client` is one session with ``dualbladed``:
   offers it (~0.05 ms per round trip against ~0.5 ms for gRPC-Python; see
   :mod:`dualblade._leaseplane`), else -- and for requests too large for one frame -- as gRPC
   calls. ``DUALBLADE_DATAPLANE=grpc`` in the environment forces gRPC for every call (to compare
-  the two, or to rule the lease path out). Stat, List, Session and Admin calls always use gRPC.
+  the two, or to rule the lease path out). Stat, List, Session and Admin calls always use gRPC;
+  :meth:`Client.stat_many` (and ``contains_many``) rides Batch, so it takes the lease too.
   Bytes are copied once, between the caller's buffer and the arena -- or not at all for tensors
   that already live in the arena (:meth:`Client.arena_tensor`).
 - With a CUDA build of torch the arena is page-locked with ``cudaHostRegister`` so host-to-device
@@ -42,9 +43,7 @@ from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
 from dualblade.v1 import wire
 
 DEFAULT_ARENA_BYTES = 256 << 20
-# contains_many: above this many distinct key clusters, one List over their common prefix is
-# cheaper than one List per cluster (each RPC costs ~0.5 ms).
-_MAX_LIST_CALLS = 16
+_NOT_FOUND = wire.Code.NOT_FOUND
 #: ``DUALBLADE_DATAPLANE=grpc`` forces Store.Batch onto gRPC; anything else (or unset): the lease.
 DATAPLANE_ENV = "DUALBLADE_DATAPLANE"
 
@@ -90,6 +89,8 @@ class ObjectInfo:
     last_access: float = 0.0
     checksum: int = 0
     capacity: int = 0  # a layer object's reserved bytes; 0 for ordinary objects
+    #: stat_many(pin_ms=...) pinned this hit for the session (see Client.stat_many)
+    pinned: bool = False
 
 
 def _key(key: bytes | str) -> bytes:
@@ -196,8 +197,10 @@ class Client(LayerMethods):
     def get_into(self, key: bytes | str, buffer_or_tensor: Any) -> int:
         return self.get_many_into([(key, buffer_or_tensor)])[0]
 
-    def delete(self, key: bytes | str) -> None:
-        self.delete_many([key])
+    def delete(self, key: bytes | str, *, durable: bool = False) -> None:
+        """Delete one object; ``durable=True``: the removal survives a power loss once this
+        returns (committed with synchronous=FULL), as a durable put does."""
+        self.delete_many([key], durable=durable)
 
     def stat(self, key: bytes | str) -> ObjectInfo:
         return _info(self._call(self._store.Stat, pb.StatRequest(key=_key(key))))
@@ -307,32 +310,63 @@ class Client(LayerMethods):
                         self.arena.free(slot)
         return sizes
 
-    def delete_many(self, keys: Sequence[bytes | str]) -> None:
+    def delete_many(self, keys: Sequence[bytes | str], *, durable: bool = False) -> None:
         bkeys = [_key(k) for k in keys]
         for i in range(0, len(bkeys), self._max_ops):
             part = bkeys[i : i + self._max_ops]
-            self._batch([pb.Op(delete=pb.DeleteOp(key=k)) for k in part])
+            self._batch([pb.Op(delete=pb.DeleteOp(key=k, durable=durable)) for k in part])
             self._forget_sizes(part)
 
-    def contains_many(self, keys: Sequence[bytes | str]) -> list[bool]:
-        """Which keys exist, in a few List calls rather than one Stat per key.
+    def stat_many(self, keys: Sequence[bytes | str], *, pin_ms: int = 0) -> list[ObjectInfo | None]:
+        """Exact-key stat of many keys in one Batch per ``max_batch_ops`` keys; None for a miss.
 
-        The keys are grouped by shared prefix (see :func:`_list_prefixes`); each group costs one
-        List of that prefix, whose reply is scanned for the keys.
+        ``pin_ms > 0`` pins every hit for this session: capacity eviction skips it until this
+        session reads it (a get), unpins it (:meth:`unpin_many`), ``pin_ms`` pass or the session
+        ends. Deletes still delete. A session may hold ``max_pins_per_session`` pins (daemon
+        setting): beyond that the call raises :class:`~dualblade.errors.ResourceExhausted`,
+        and the pins it did take stay (every op of the batch ran; unpin or let them expire).
         """
         bkeys = [_key(k) for k in keys]
-        if not bkeys:
-            return []
-        if len(set(bkeys)) == 1:
-            try:
-                self.stat(bkeys[0])
-                return [True] * len(bkeys)
-            except errors.NotFound:
-                return [False] * len(bkeys)
-        found: set[bytes] = set()
-        for prefix in _list_prefixes(bkeys):
-            found.update(info.key for info in self.list(prefix))
-        return [k in found for k in bkeys]
+        out: list[ObjectInfo | None] = []
+        for i in range(0, len(bkeys), self._max_ops):
+            part = bkeys[i : i + self._max_ops]
+            ops = [pb.Op(stat=pb.StatOp(key=k, pin_ms=pin_ms)) for k in part]
+            results = self._batch(ops, misses_ok=True)
+            missed = []
+            for key, r in zip(part, results):
+                if r.code == _NOT_FOUND:
+                    out.append(None)
+                    missed.append(key)
+                    continue
+                out.append(
+                    ObjectInfo(
+                        key,
+                        r.size,
+                        _PATH_NAMES.get(r.path, ""),
+                        r.generation,
+                        r.persistent,
+                        pinned=r.pinned,
+                    )
+                )
+            with self._sizes_lock:
+                for info in out[i:]:
+                    if info is not None:
+                        self._sizes[info.key] = info.size
+            self._forget_sizes(missed)
+        return out
+
+    def unpin_many(self, keys: Sequence[bytes | str]) -> list[bool]:
+        """Drop this session's hit pins on ``keys``; True where a pin was held."""
+        bkeys = [_key(k) for k in keys]
+        out: list[bool] = []
+        for i in range(0, len(bkeys), self._max_ops):
+            ops = [pb.Op(unpin=pb.UnpinOp(key=k)) for k in bkeys[i : i + self._max_ops]]
+            out.extend(r.pinned for r in self._batch(ops))
+        return out
+
+    def contains_many(self, keys: Sequence[bytes | str]) -> list[bool]:
+        """Which keys exist: :meth:`stat_many` without pins, one round trip per batch of keys."""
+        return [info is not None for info in self.stat_many(keys)]
 
     # -- zero-copy tensors ----------------------------------------------------------------
 
@@ -445,7 +479,9 @@ class Client(LayerMethods):
             size = self._sizes.get(key)
         return size if size is not None else self.stat(key).size
 
-    def _batch(self, ops: list[pb.Op]) -> list[pb.OpResult]:
+    def _batch(self, ops: list[pb.Op], *, misses_ok: bool = False) -> list[pb.OpResult]:
+        """Run one Batch; raise the first failed op's error (NOT_FOUND too, unless
+        ``misses_ok``: stat ops report a miss as that op's NOT_FOUND)."""
         request = pb.BatchRequest(ops=ops)
         reply = None
         if self._lease is not None:
@@ -454,7 +490,7 @@ class Client(LayerMethods):
         if reply is None:
             reply = self._call(self._store.Batch, request)
         for r in reply.results:
-            if r.code != wire.Code.OK:
+            if r.code != wire.Code.OK and not (misses_ok and r.code == _NOT_FOUND):
                 raise errors.from_code(wire.code_name(r.code), r.message)
         return list(reply.results)
 
@@ -471,26 +507,6 @@ def _lease_plane(handshake: Any) -> LeasePlane | None:
     if not max_frame or os.environ.get(DATAPLANE_ENV, "").strip().lower() == "grpc":
         return None
     return LeasePlane(handshake.lease, int(max_frame))
-
-
-def _list_prefixes(keys: Sequence[bytes]) -> list[bytes]:
-    """Prefixes whose listings together cover `keys`, each as specific as cheaply possible.
-
-    Sorted keys are cut wherever two neighbours share no more than the common prefix of all of
-    them; each run is listed under its own common prefix. Too many runs: one List of the common
-    prefix of all keys.
-    """
-    ordered = sorted(set(keys))
-    common = len(os.path.commonprefix([ordered[0], ordered[-1]]))
-    runs: list[list[bytes]] = [[ordered[0]]]
-    for prev, key in zip(ordered, ordered[1:]):
-        if len(os.path.commonprefix([prev, key])) > common:
-            runs[-1].append(key)
-        else:
-            runs.append([key])
-    if len(runs) > _MAX_LIST_CALLS:
-        return [ordered[0][:common]]
-    return [os.path.commonprefix([run[0], run[-1]]) for run in runs]
 
 
 def _round_up(n: int, a: int = wire.ALIGNMENT) -> int:

@@ -368,6 +368,14 @@ class LimitsConfig:
     max_arena_bytes: int = setting(4 * GiB, _SIZE, "largest arena")
     default_arena_bytes: int = setting(256 * MiB, _SIZE, "arena size when the client asks for none")
     max_sessions: int = setting(256, _int(1), "concurrent sessions")
+    # Capacity (issue 13): evict persistent objects LRU when a path or a tenant quota is full.
+    evict_persistent: bool = setting(True, _bool, "evict persistent objects LRU when full")
+    max_pins_per_session: int = setting(
+        16384, _int(0, (1 << 32) - 1), "live stat hit pins per session"
+    )
+    max_pin_ms: int = setting(
+        600_000, _int(1, (1 << 32) - 1), "longest hit pin a stat may ask for (ms)"
+    )
 
     def __post_init__(self) -> None:
         if self.default_arena_bytes > self.max_arena_bytes:

@@ -121,6 +121,10 @@ class UnsafeDirectory(FailedPrecondition):
         self.problem = problem
 
 
+class PinLimitExceeded(ResourceExhausted):
+    """A session asked for more hit pins than ``limits.max_pins_per_session`` allows."""
+
+
 class PermissionDenied(DualbladeError):
     grpc_code = "PERMISSION_DENIED"
 

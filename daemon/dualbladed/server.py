@@ -69,6 +69,7 @@ from dualbladed.sessions.handshake import HandshakeConfig, HandshakeServer
 from dualbladed.sessions.registry import Session, SessionRegistry
 from dualbladed.sessions.tenancy import is_admin
 from dualbladed.store import ObjectStore
+from dualbladed.store.capacity import CapacityPolicy
 from dualbladed.store.recovery import PAGECACHE_DIR
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,11 @@ class Daemon:
             },
             format=ns_cfg.format,
             placement=self._place,
+            capacity=CapacityPolicy(
+                evict_persistent=cfg.limits.evict_persistent,
+                max_pins_per_session=cfg.limits.max_pins_per_session,
+                max_pin_ms=cfg.limits.max_pin_ms,
+            ),
         )
         self._stack.callback(store.close)
         self.store = store
@@ -345,6 +351,23 @@ class Daemon:
             "residency_pagecache_resident_bytes",
             "bytes of the page-cache path in RAM (mincore)",
             pagecache.resident_bytes,
+        )
+        m.register_counter(
+            "evictions",
+            "persistent objects evicted (LRU) to make room for puts",
+            ("tenant", "path"),
+            lambda: {k: v.count for k, v in store.evictions.snapshot().items()},
+        )
+        m.register_counter(
+            "evicted_bytes",
+            "payload bytes of the evicted objects",
+            ("tenant", "path"),
+            lambda: {k: v.bytes for k, v in store.evictions.snapshot().items()},
+        )
+        m.register_gauge(
+            "pinned_objects",
+            "keys hit-pinned by sessions now",
+            lambda: sum(store.pin_counts().values()),
         )
         m.register_gauge(
             "residency_migrated_bytes",

@@ -261,6 +261,9 @@ def test_each_setting_is_declared_once_and_the_keys_stay() -> None:
         "limits.max_arena_bytes": None,
         "limits.default_arena_bytes": None,
         "limits.max_sessions": None,
+        "limits.evict_persistent": None,
+        "limits.max_pins_per_session": None,
+        "limits.max_pin_ms": None,
         "admission.per_uid_sessions": None,
         "admission.reserved_sessions": None,
         "admission.arena_bytes": None,
@@ -284,7 +287,7 @@ def test_each_setting_is_declared_once_and_the_keys_stay() -> None:
         "residency.pagecache_min_free_fraction": None,
         "metrics.prometheus_address": None,
     }
-    assert len(keys) == 38
+    assert len(keys) == 41
     cfg = load_config(["--socket", "/x/grpc.sock", "--state-dir", "/x/state"])
     for s in _DEFINITIONS:
         if s.default is None:  # derived at load time, or optional

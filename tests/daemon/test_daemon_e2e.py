@@ -117,7 +117,9 @@ def _check_other_uid(daemon: DaemonProcess) -> None:
 
 def test_quota_exhaustion_is_typed_and_loses_nothing(tmp_path):
     cfg = tmp_path / "d.toml"
-    cfg.write_text('[quotas]\ndefault_bytes = "64KiB"\n')
+    # Without capacity eviction (on by default, tests/daemon/test_capacity_daemon.py), a full
+    # quota refuses the put instead of evicting "a".
+    cfg.write_text('[limits]\nevict_persistent = false\n\n[quotas]\ndefault_bytes = "64KiB"\n')
     with DaemonProcess(tmp_path / "d", config=cfg) as d, connect(d, "small") as c:
         c.put(b"a", b"1" * 40_000, persistent=True)
         with pytest.raises(errors.ResourceExhausted) as err:

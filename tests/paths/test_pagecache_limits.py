@@ -205,7 +205,10 @@ def open_daemon() -> Iterator[DaemonProcess]:
         pytest.skip("needs root to run a client as uid 65534")
     with shared_tmpdir("dbquota-") as root:
         cfg = root / "d.toml"
-        cfg.write_text('[residency]\nmode = "pagecache"\n')
+        # evict_persistent = false: a uid at its cap is refused here; with eviction (the
+        # default) it would evict its own oldest objects instead and still hold no more than
+        # the cap (tests/daemon/test_capacity_daemon.py)
+        cfg.write_text('[limits]\nevict_persistent = false\n\n[residency]\nmode = "pagecache"\n')
         daemon = DaemonProcess(root, namespace_size="64MiB", config=cfg).start()
         try:
             open_to_others(daemon.socket, daemon.socket.parent / "handshake.sock")

@@ -76,18 +76,19 @@ def test_kvbackend_contracts_on_the_daemon(client) -> None:
     assert client.contains_many([b"kv/a", b"kv/b"]) == [False, False]
 
 
-def test_contains_many_uses_few_calls_for_clustered_keys(client) -> None:
+def test_contains_many_is_one_batch_of_exact_stats(client) -> None:
     keys = [f"cl/{h}/L{layer}/{kind}/B0".encode() for h in ("aa", "bb") for layer in range(8)
             for kind in "kv"]  # fmt: skip
     client.put_many([(k, b"x" * 100) for k in keys[::2]])
     calls = []
-    real_list = client.list
-    client.list = lambda prefix=b"", limit=0: calls.append(prefix) or real_list(prefix, limit)
+    real_batch = client._batch
+    client._batch = lambda ops, **kw: calls.append(ops) or real_batch(ops, **kw)
     try:
         assert client.contains_many(keys) == [i % 2 == 0 for i in range(len(keys))]
     finally:
-        del client.list
-    assert sorted(calls) == [b"cl/aa/L", b"cl/bb/L"]  # one List per cluster, not one per key
+        del client._batch
+    assert len(calls) == 1  # one round trip for every key, not one per key
+    assert [op.stat.key for op in calls[0]] == keys
 
 
 def _layer_reads(client: Client, layers: int, sizes: list[int]) -> list[LayerRead]:

@@ -276,7 +276,12 @@ def _polite_ops_per_s(d: DaemonProcess, seconds: float) -> float:
 
 def test_greedy_tenant_hits_its_quota_and_others_keep_throughput(tmp_path: Path) -> None:
     cfg = tmp_path / "quota.toml"
-    cfg.write_text('[quotas]\ndefault_bytes = 0\n\n[quotas.per_tenant]\n"greedy" = "4MiB"\n')
+    # evict_persistent = false: the greedy tenant must hit its quota, not churn its own objects
+    # through LRU eviction (which it would by default; tests/daemon/test_capacity_daemon.py)
+    cfg.write_text(
+        "[limits]\nevict_persistent = false\n\n"
+        '[quotas]\ndefault_bytes = 0\n\n[quotas.per_tenant]\n"greedy" = "4MiB"\n'
+    )
     with DaemonProcess(tmp_path / "d", config=cfg) as d:
         solo = _polite_ops_per_s(d, 1.5)
         greedy = subprocess.Popen(

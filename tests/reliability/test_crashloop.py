@@ -98,6 +98,13 @@ def test_oracle_judges_durable_nondurable_deleted_and_in_flight_states() -> None
     # The observed state is adopted: the next check starts from it.
     o.check(b"durable", D2, counts, failures)
     assert counts.corrupt_reads == 1
+    # A durable delete may not be undone; a later put clears that.
+    o.ack_delete(b"durable", durable=True)
+    o.check(b"durable", D2, counts, failures)
+    assert counts.durable_resurrected == 1 and "came back" in failures[-1]
+    o.ack_delete(b"durable", durable=True)
+    o.check(b"durable", None, counts, failures)
+    assert counts.durable_resurrected == 1
 
 
 def test_schedule_rotates_every_point_with_black_box_cycles() -> None:

@@ -112,7 +112,9 @@ def test_out_of_space_leaves_store_unchanged(store: ObjectStore, ns: FileNamespa
     keys = []
     with pytest.raises(OutOfSpace):
         for i in range(100):
-            store.put(T, b"fill%d" % i, memoryview(payload(i, 4 << 20)), persistent=True)
+            # ephemeral: never evicted, so the path really fills (persistent objects would be
+            # evicted LRU to make room; see test_capacity_eviction)
+            store.put(T, b"fill%d" % i, memoryview(payload(i, 4 << 20)), session="s1")
             keys.append(b"fill%d" % i)
     assert len(keys) >= 14  # 63 MiB data area / 4 MiB
     check_consistent(store)

@@ -27,9 +27,9 @@ an unacknowledged, in-flight operation could have left. After a crash a key must
 - an acknowledged **durable** put: exactly those bytes (anything else: *lost* or *corrupt*);
 - an acknowledged **non-durable** put: those bytes, or missing (NotFound, or a checksum error,
   which the daemon reports and never returns). Counted as ``nondurable_missing``;
-- an acknowledged **delete** (the API has no durable delete: it commits with
-  ``synchronous=NORMAL``): absent, or the bytes acknowledged just before the delete
-  (``resurrected``); never anything else;
+- an acknowledged **delete**: absent, or for a plain delete (committed with
+  ``synchronous=NORMAL``) the bytes acknowledged just before it (``resurrected``); a **durable**
+  delete (``synchronous=FULL``) may never come back (``durable_resurrected``, must be 0);
 - in-flight at the kill: the acknowledged state or the one the operation would have produced;
 - **never** bytes that differ from every allowed state (``corrupt_reads``, must be 0), and never a
   key the writer did not write (``phantoms``). Ephemeral objects never survive a restart.
@@ -164,9 +164,10 @@ class Writer:
                 self.failures.append(f"live read of {key!r} disagrees with the acknowledged state")
         elif roll < 0.95:
             self.oracle.begin(key, None, False)
+            durable = rng.random() < 0.5
             with contextlib.suppress(errors.NotFound):
-                c.delete(key)
-            self.oracle.ack_delete(key)
+                c.delete(key, durable=durable)
+            self.oracle.ack_delete(key, durable)
         else:  # a short session: its end frees its ephemeral objects (release_session)
             with Client.connect(daemon.socket, tenant=TENANT, arena_bytes=1 << 20) as extra:
                 extra.put_many([(f"c/{i}".encode(), payload(rng)[:8192]) for i in range(6)])
@@ -469,6 +470,7 @@ class CrashloopReport:
     def ok(self) -> bool:
         c = self.counts
         bad = c.durable_lost + c.corrupt_reads + c.phantoms + c.ephemeral_survived + c.overlaps
+        bad += c.durable_resurrected
         return not self.failures and bad + c.fsck_problems + c.unexpected_errors == 0
 
     def as_dict(self) -> dict[str, object]:
@@ -485,7 +487,8 @@ class CrashloopReport:
             f"  black-box kills: {self.blackbox_kills}",
             f"  objects checked {c.objects_checked}, durable lost {c.durable_lost}, "
             f"corrupt reads {c.corrupt_reads}, non-durable missing {c.nondurable_missing}, "
-            f"resurrected deletes {c.resurrected}, in-flight landed {c.in_flight_landed}, "
+            f"resurrected deletes {c.resurrected} (durable {c.durable_resurrected}), "
+            f"in-flight landed {c.in_flight_landed}, "
             f"checksum-missing {c.checksum_missing}",
             f"  phantoms {c.phantoms}, ephemeral survived {c.ephemeral_survived}, "
             f"overlaps {c.overlaps}, fsck problems {c.fsck_problems}, "

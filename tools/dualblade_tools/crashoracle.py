@@ -28,6 +28,7 @@ class KeyState:
     value: Digest = None  # last acknowledged state
     durable: bool = False  # that put was acknowledged durable
     before_delete: Digest = None  # bytes a non-durable delete may resurrect
+    deleted_durably: Digest = None  # bytes a durable delete removed: must never come back
     in_flight: list[tuple[Digest, bool]] = field(default_factory=list)  # unacknowledged ops
 
 
@@ -37,6 +38,7 @@ class Counts:
     durable_lost: int = 0
     nondurable_missing: int = 0
     resurrected: int = 0
+    durable_resurrected: int = 0  # a durable delete undone (must stay 0)
     in_flight_landed: int = 0
     corrupt_reads: int = 0
     checksum_missing: int = 0
@@ -59,11 +61,17 @@ class Oracle:
     def ack_put(self, key: bytes, value: bytes, durable: bool) -> None:
         st = self.keys.setdefault(key, KeyState())
         st.value, st.durable, st.before_delete, st.in_flight = value, durable, None, []
+        st.deleted_durably = None
 
-    def ack_delete(self, key: bytes) -> None:
+    def ack_delete(self, key: bytes, durable: bool = False) -> None:
+        """A delete was acknowledged; ``durable``: committed with synchronous=FULL, so the
+        deleted bytes may not come back even after a power loss."""
         st = self.keys.setdefault(key, KeyState())
         if st.value is not None:
-            st.before_delete = st.value
+            if durable:
+                st.deleted_durably, st.before_delete = st.value, None
+            else:
+                st.before_delete = st.value
         st.value, st.durable, st.in_flight = None, False, []
 
     def check(self, key: bytes, observed: Digest, counts: Counts, failures: list[str]) -> None:
@@ -84,11 +92,14 @@ class Oracle:
             counts.nondurable_missing += 1
         elif st.value is None and observed == st.before_delete:
             counts.resurrected += 1
+        elif st.value is None and observed == st.deleted_durably:
+            counts.durable_resurrected += 1
+            failures.append(f"durably deleted object {key!r} came back")
         else:
             counts.corrupt_reads += 1
             failures.append(f"{key!r} returned bytes that were never acknowledged")
         st.value, st.durable, st.in_flight = observed, durable and observed is not None, []
-        st.before_delete = None
+        st.before_delete = st.deleted_durably = None
 
     def expected_live(self, key: bytes) -> Digest:
         """What a get must return while nothing crashed (only for keys with nothing in flight)."""

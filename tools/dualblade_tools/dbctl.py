@@ -114,6 +114,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             ("sessions", str(d["sessions"])),
             ("uptime", f"{float(d['uptime_s']):.0f} s"),
             ("state dir", d["state_dir"]),
+            ("evictions", f"{d['evictions']} ({format_bytes(int(d['evicted_bytes']))})"),
+            ("pinned hits", str(d["pins"])),
         ]
         for p in d["paths"]:
             rows.append(
@@ -149,7 +151,7 @@ def cmd_tenants(args: argparse.Namespace) -> int:
 
     def render(rows: list[dict[str, Any]]) -> None:
         print_table(
-            ["tenant", "objects", "bytes", "quota", "sessions", "paths"],
+            ["tenant", "objects", "bytes", "quota", "sessions", "evictions", "pins", "paths"],
             [
                 (
                     t["tenant"],
@@ -159,6 +161,8 @@ def cmd_tenants(args: argparse.Namespace) -> int:
                     f"{t['sessions']} ({t['admin_sessions']} admin)"
                     if t["admin_sessions"]
                     else t["sessions"],
+                    t["evictions"],
+                    t["pins"],
                     ", ".join(f"{p['path']}={format_bytes(int(p['bytes']))}" for p in t["paths"]),
                 )
                 for t in rows

@@ -4,7 +4,8 @@ The harness talks raw gRPC to a real daemon (started with :class:`DaemonProcess`
 ``--socket`` names a running one), with requests that Hypothesis generates: random keys of 0..4096
 bytes, arena offsets and lengths anywhere in ``[0, 2**64)`` (misaligned, past the arena, huge),
 unknown residency-path enum values, empty ops, layer-object ops (reserve with random capacities
-and path names, append with and without ``expect_size``, read_range at random offsets), random op
+and path names, append with and without ``expect_size``, read_range at random offsets), stat ops
+with random hit pins (``pin_ms`` up to the uint32 max) and unpins, durable deletes, random op
 mixes of up to 8 ops per batch, and missing, malformed, unknown or stale session tokens.
 
 Pass criteria, checked on every request:
@@ -133,7 +134,7 @@ def ops(draw: st.DrawFn) -> pb.Op:
     if kind < 16:
         return pb.Op(get=pb.GetOp(key=draw(KEYS), arena_offset=draw(OFFSETS), length=draw(ROOMS)))
     if kind < 19:
-        return pb.Op(delete=pb.DeleteOp(key=draw(KEYS)))
+        return pb.Op(delete=pb.DeleteOp(key=draw(KEYS), durable=draw(st.booleans())))
     if kind == 19:
         return pb.Op()
     return draw(layer_ops())
@@ -184,6 +185,29 @@ def layer_ops(draw: st.DrawFn) -> pb.Op:
     )
 
 
+#: A stat's pin: none, a short one, or hostile (above limits.max_pin_ms, up to the uint32 max).
+PIN_MS = _mostly(
+    st.sampled_from([0, 0, 1, 50, 5000]),
+    st.integers(min_value=0, max_value=2**32 - 1),
+)
+
+
+@st.composite
+def lookup_ops(draw: st.DrawFn) -> pb.Op:
+    """Issue 13's ops: stat (with or without a hit pin) and unpin."""
+    if draw(st.integers(min_value=0, max_value=3)) < 3:
+        return pb.Op(stat=pb.StatOp(key=draw(KEYS), pin_ms=draw(PIN_MS)))
+    return pb.Op(unpin=pb.UnpinOp(key=draw(KEYS)))
+
+
+@st.composite
+def batch_ops(draw: st.DrawFn) -> pb.Op:
+    """One Batch op: a lookup op one time in five, else a data op (:func:`ops`)."""
+    if draw(st.integers(min_value=0, max_value=4)) == 0:
+        return draw(lookup_ops())
+    return draw(ops())
+
+
 #: ``own`` uses the caller's token; the others must all be refused with UNAUTHENTICATED.
 TOKENS = st.sampled_from(["own"] * 15 + ["none", "stale", "garbage", "no-bearer", "empty"])
 
@@ -196,7 +220,7 @@ def requests(draw: st.DrawFn) -> tuple[str, str, Any]:
     rpc = draw(st.sampled_from(["Batch"] * 6 + ["Stat", "List"]))
     if rpc == "Batch":
         msg: Any = pb.BatchRequest(
-            ops=draw(st.lists(ops(), min_size=0, max_size=8)),
+            ops=draw(st.lists(batch_ops(), min_size=0, max_size=8)),
             stop_on_error=draw(st.integers(min_value=0, max_value=3)) == 3,
         )
     elif rpc == "Stat":

@@ -43,6 +43,22 @@ class GetOp(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., arena_offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class DeleteOp(_message.Message):
+    __slots__ = ("key", "durable")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    durable: bool
+    def __init__(self, key: _Optional[bytes] = ..., durable: _Optional[bool] = ...) -> None: ...
+
+class StatOp(_message.Message):
+    __slots__ = ("key", "pin_ms")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PIN_MS_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    pin_ms: int
+    def __init__(self, key: _Optional[bytes] = ..., pin_ms: _Optional[int] = ...) -> None: ...
+
+class UnpinOp(_message.Message):
     __slots__ = ("key",)
     KEY_FIELD_NUMBER: _ClassVar[int]
     key: bytes
@@ -87,20 +103,24 @@ class ReadRangeOp(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., arena_offset: _Optional[int] = ...) -> None: ...
 
 class Op(_message.Message):
-    __slots__ = ("put", "get", "delete", "reserve", "append", "read_range")
+    __slots__ = ("put", "get", "delete", "reserve", "append", "read_range", "stat", "unpin")
     PUT_FIELD_NUMBER: _ClassVar[int]
     GET_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
     RESERVE_FIELD_NUMBER: _ClassVar[int]
     APPEND_FIELD_NUMBER: _ClassVar[int]
     READ_RANGE_FIELD_NUMBER: _ClassVar[int]
+    STAT_FIELD_NUMBER: _ClassVar[int]
+    UNPIN_FIELD_NUMBER: _ClassVar[int]
     put: PutOp
     get: GetOp
     delete: DeleteOp
     reserve: ReserveOp
     append: AppendOp
     read_range: ReadRangeOp
-    def __init__(self, put: _Optional[_Union[PutOp, _Mapping]] = ..., get: _Optional[_Union[GetOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., reserve: _Optional[_Union[ReserveOp, _Mapping]] = ..., append: _Optional[_Union[AppendOp, _Mapping]] = ..., read_range: _Optional[_Union[ReadRangeOp, _Mapping]] = ...) -> None: ...
+    stat: StatOp
+    unpin: UnpinOp
+    def __init__(self, put: _Optional[_Union[PutOp, _Mapping]] = ..., get: _Optional[_Union[GetOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., reserve: _Optional[_Union[ReserveOp, _Mapping]] = ..., append: _Optional[_Union[AppendOp, _Mapping]] = ..., read_range: _Optional[_Union[ReadRangeOp, _Mapping]] = ..., stat: _Optional[_Union[StatOp, _Mapping]] = ..., unpin: _Optional[_Union[UnpinOp, _Mapping]] = ...) -> None: ...
 
 class BatchRequest(_message.Message):
     __slots__ = ("ops", "stop_on_error")
@@ -111,18 +131,22 @@ class BatchRequest(_message.Message):
     def __init__(self, ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ..., stop_on_error: _Optional[bool] = ...) -> None: ...
 
 class OpResult(_message.Message):
-    __slots__ = ("code", "message", "size", "generation", "path")
+    __slots__ = ("code", "message", "size", "generation", "path", "persistent", "pinned")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    PERSISTENT_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
     size: int
     generation: int
     path: ResidencyPath
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., size: _Optional[int] = ..., generation: _Optional[int] = ..., path: _Optional[_Union[ResidencyPath, str]] = ...) -> None: ...
+    persistent: bool
+    pinned: bool
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., size: _Optional[int] = ..., generation: _Optional[int] = ..., path: _Optional[_Union[ResidencyPath, str]] = ..., persistent: _Optional[bool] = ..., pinned: _Optional[bool] = ...) -> None: ...
 
 class BatchResponse(_message.Message):
     __slots__ = ("results",)
@@ -175,7 +199,7 @@ class SessionInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class SessionInfo(_message.Message):
-    __slots__ = ("session_id", "tenant", "arena_bytes", "quota_bytes", "used_bytes", "max_batch_ops", "max_object_bytes")
+    __slots__ = ("session_id", "tenant", "arena_bytes", "quota_bytes", "used_bytes", "max_batch_ops", "max_object_bytes", "max_pins_per_session", "max_pin_ms", "evict_persistent")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     ARENA_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +207,9 @@ class SessionInfo(_message.Message):
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_OPS_FIELD_NUMBER: _ClassVar[int]
     MAX_OBJECT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_PINS_PER_SESSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_PIN_MS_FIELD_NUMBER: _ClassVar[int]
+    EVICT_PERSISTENT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     tenant: str
     arena_bytes: int
@@ -190,7 +217,10 @@ class SessionInfo(_message.Message):
     used_bytes: int
     max_batch_ops: int
     max_object_bytes: int
-    def __init__(self, session_id: _Optional[str] = ..., tenant: _Optional[str] = ..., arena_bytes: _Optional[int] = ..., quota_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., max_batch_ops: _Optional[int] = ..., max_object_bytes: _Optional[int] = ...) -> None: ...
+    max_pins_per_session: int
+    max_pin_ms: int
+    evict_persistent: bool
+    def __init__(self, session_id: _Optional[str] = ..., tenant: _Optional[str] = ..., arena_bytes: _Optional[int] = ..., quota_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., max_batch_ops: _Optional[int] = ..., max_object_bytes: _Optional[int] = ..., max_pins_per_session: _Optional[int] = ..., max_pin_ms: _Optional[int] = ..., evict_persistent: _Optional[bool] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
@@ -237,7 +267,7 @@ class TenantMetrics(_message.Message):
     def __init__(self, tenant: _Optional[str] = ..., path: _Optional[str] = ..., op: _Optional[str] = ..., ops: _Optional[int] = ..., bytes: _Optional[int] = ..., errors: _Optional[int] = ..., latency: _Optional[_Union[Histogram, _Mapping]] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("version", "namespace_path", "namespace_kind", "namespace_uuid", "block_size", "capacity_bytes", "free_bytes", "largest_free_bytes", "fragmentation", "sessions", "uptime_s", "paths", "metrics", "state_dir", "residency_json", "residency")
+    __slots__ = ("version", "namespace_path", "namespace_kind", "namespace_uuid", "block_size", "capacity_bytes", "free_bytes", "largest_free_bytes", "fragmentation", "sessions", "uptime_s", "paths", "metrics", "state_dir", "residency_json", "residency", "evictions", "evicted_bytes", "pins")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_PATH_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_KIND_FIELD_NUMBER: _ClassVar[int]
@@ -254,6 +284,9 @@ class StatusResponse(_message.Message):
     STATE_DIR_FIELD_NUMBER: _ClassVar[int]
     RESIDENCY_JSON_FIELD_NUMBER: _ClassVar[int]
     RESIDENCY_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PINS_FIELD_NUMBER: _ClassVar[int]
     version: str
     namespace_path: str
     namespace_kind: str
@@ -270,14 +303,17 @@ class StatusResponse(_message.Message):
     state_dir: str
     residency_json: str
     residency: ResidencyStatus
-    def __init__(self, version: _Optional[str] = ..., namespace_path: _Optional[str] = ..., namespace_kind: _Optional[str] = ..., namespace_uuid: _Optional[str] = ..., block_size: _Optional[int] = ..., capacity_bytes: _Optional[int] = ..., free_bytes: _Optional[int] = ..., largest_free_bytes: _Optional[int] = ..., fragmentation: _Optional[float] = ..., sessions: _Optional[int] = ..., uptime_s: _Optional[float] = ..., paths: _Optional[_Iterable[_Union[PathUsage, _Mapping]]] = ..., metrics: _Optional[_Iterable[_Union[TenantMetrics, _Mapping]]] = ..., state_dir: _Optional[str] = ..., residency_json: _Optional[str] = ..., residency: _Optional[_Union[ResidencyStatus, _Mapping]] = ...) -> None: ...
+    evictions: int
+    evicted_bytes: int
+    pins: int
+    def __init__(self, version: _Optional[str] = ..., namespace_path: _Optional[str] = ..., namespace_kind: _Optional[str] = ..., namespace_uuid: _Optional[str] = ..., block_size: _Optional[int] = ..., capacity_bytes: _Optional[int] = ..., free_bytes: _Optional[int] = ..., largest_free_bytes: _Optional[int] = ..., fragmentation: _Optional[float] = ..., sessions: _Optional[int] = ..., uptime_s: _Optional[float] = ..., paths: _Optional[_Iterable[_Union[PathUsage, _Mapping]]] = ..., metrics: _Optional[_Iterable[_Union[TenantMetrics, _Mapping]]] = ..., state_dir: _Optional[str] = ..., residency_json: _Optional[str] = ..., residency: _Optional[_Union[ResidencyStatus, _Mapping]] = ..., evictions: _Optional[int] = ..., evicted_bytes: _Optional[int] = ..., pins: _Optional[int] = ...) -> None: ...
 
 class TenantsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class Tenant(_message.Message):
-    __slots__ = ("tenant", "uid", "label", "objects", "bytes", "quota_bytes", "sessions", "paths", "admin_sessions")
+    __slots__ = ("tenant", "uid", "label", "objects", "bytes", "quota_bytes", "sessions", "paths", "admin_sessions", "evictions", "evicted_bytes", "pins")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +323,9 @@ class Tenant(_message.Message):
     SESSIONS_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
     ADMIN_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PINS_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     uid: int
     label: str
@@ -296,7 +335,10 @@ class Tenant(_message.Message):
     sessions: int
     paths: _containers.RepeatedCompositeFieldContainer[PathUsage]
     admin_sessions: int
-    def __init__(self, tenant: _Optional[str] = ..., uid: _Optional[int] = ..., label: _Optional[str] = ..., objects: _Optional[int] = ..., bytes: _Optional[int] = ..., quota_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., paths: _Optional[_Iterable[_Union[PathUsage, _Mapping]]] = ..., admin_sessions: _Optional[int] = ...) -> None: ...
+    evictions: int
+    evicted_bytes: int
+    pins: int
+    def __init__(self, tenant: _Optional[str] = ..., uid: _Optional[int] = ..., label: _Optional[str] = ..., objects: _Optional[int] = ..., bytes: _Optional[int] = ..., quota_bytes: _Optional[int] = ..., sessions: _Optional[int] = ..., paths: _Optional[_Iterable[_Union[PathUsage, _Mapping]]] = ..., admin_sessions: _Optional[int] = ..., evictions: _Optional[int] = ..., evicted_bytes: _Optional[int] = ..., pins: _Optional[int] = ...) -> None: ...
 
 class TenantsResponse(_message.Message):
     __slots__ = ("tenants",)

@@ -73,6 +73,9 @@ class AdminServicer(pb_grpc.AdminServicer):
             ],
             state_dir=s.state_dir,
             residency=None if s.residency is None else residency_pb(s.residency),
+            evictions=s.evictions,
+            evicted_bytes=s.evicted_bytes,
+            pins=s.pins,
         )
 
     @rpc()
@@ -92,6 +95,9 @@ class AdminServicer(pb_grpc.AdminServicer):
                     sessions=t.sessions,
                     paths=_paths_pb(t.paths),
                     admin_sessions=t.admin_sessions,
+                    evictions=t.evictions,
+                    evicted_bytes=t.evicted_bytes,
+                    pins=t.pins,
                 )
                 for t in self._inv.tenants()
             ]

@@ -45,6 +45,9 @@ class StatusView:
     metrics: list[MetricSample]
     state_dir: str
     residency: ResidencySnapshot | None  # None: no arbiter runs
+    evictions: int = 0  # capacity evictions since start, all tenants
+    evicted_bytes: int = 0
+    pins: int = 0  # keys hit-pinned now
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,9 @@ class TenantView:
     sessions: int  # live sessions, admin ones included
     paths: dict[str, PathTotals] = field(default_factory=dict)
     admin_sessions: int = 0  # of ``sessions``, those that called the Admin service
+    evictions: int = 0  # capacity evictions of the tenant's objects since start
+    evicted_bytes: int = 0
+    pins: int = 0  # the tenant's keys hit-pinned now
 
 
 class Inventory:
@@ -100,6 +106,7 @@ class Inventory:
                 t = paths.setdefault(name, PathTotals())
                 t.objects += u.objects
                 t.bytes += u.bytes
+        evicted = self._store.evictions.total()
         return StatusView(
             version=VERSION,
             namespace_path=self._ns.path,
@@ -116,6 +123,9 @@ class Inventory:
             metrics=self._metrics.snapshot(),
             state_dir=self._state_dir,
             residency=self.residency(),
+            evictions=evicted.count,
+            evicted_bytes=evicted.bytes,
+            pins=sum(self._store.pin_counts().values()),
         )
 
     def tenants(self) -> list[TenantView]:
@@ -132,9 +142,15 @@ class Inventory:
             sessions[s.tenant] = sessions.get(s.tenant, 0) + 1
             if s.id in self._admin_ids:
                 admin[s.tenant] = admin.get(s.tenant, 0) + 1
+        evicted = self._store.evictions.by_tenant()
+        pins = self._store.pin_counts()
         views = []
-        for name in sorted(set(totals) | set(sessions)):
-            if name not in totals and admin.get(name, 0) == sessions.get(name, 0):
+        for name in sorted(set(totals) | set(sessions) | set(evicted)):
+            if (
+                name not in totals
+                and name not in evicted
+                and admin.get(name, 0) == sessions.get(name, 0)
+            ):
                 continue  # only admin sessions and no objects: dbctl itself, not a tenant
             uid, label = parse_tenant(name)
             paths = totals.get(name, {})
@@ -149,6 +165,9 @@ class Inventory:
                     sessions=sessions.get(name, 0),
                     paths=paths,
                     admin_sessions=admin.get(name, 0),
+                    evictions=evicted[name].count if name in evicted else 0,
+                    evicted_bytes=evicted[name].bytes if name in evicted else 0,
+                    pins=pins.get(name, 0),
                 )
             )
         return views

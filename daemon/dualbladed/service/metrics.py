@@ -5,9 +5,10 @@ custom collector over the same snapshot) must never disagree, so there are no se
 ``prometheus_client`` Counter objects to keep in step.
 
 Each series is keyed by ``(tenant, path, op)`` -- path is the residency path ("direct",
-"pagecache"), op is "put", "get", "delete" or, for layer objects, "reserve", "append",
-"readrange" -- and counts operations, bytes moved (a reserve moves none), errors and a latency
-histogram with the fixed bounds :data:`LATENCY_BOUNDS_MS`. Histogram counts are kept per
+"pagecache", or "none" for an op that found no object), op is "put", "get", "delete", "stat",
+"unpin" or, for layer objects, "reserve", "append", "readrange" -- and counts operations, bytes
+moved (a reserve or a stat moves none), errors and a latency histogram with the fixed bounds
+:data:`LATENCY_BOUNDS_MS`. Histogram counts are kept per
 bucket (not cumulative); the last bucket is +Inf, so ``len(counts) == len(bounds_ms) + 1``, which
 is the wire format of ``dualblade.v1.Histogram``. Prometheus gets cumulative ``le`` buckets in
 seconds, as its conventions ask.
@@ -19,7 +20,10 @@ histogram (a failed op still took time); ``bytes`` counts only successful transf
 Exposure: :meth:`Metrics.start_prometheus` binds only loopback addresses, or the wildcard
 ``0.0.0.0``/``::`` when configured explicitly (:func:`dualbladed.config.parse_listen_address`):
 labels carry tenant names. Process-level gauges (sessions, free bytes) are registered as
-callbacks with :meth:`Metrics.register_gauge` and evaluated at scrape time.
+callbacks with :meth:`Metrics.register_gauge` and evaluated at scrape time. Counters kept by
+another component's own table (capacity evictions: ``dualblade_evictions_total{tenant,path}``,
+the store's :class:`~dualbladed.store.capacity.Evictions`, which dbctl reads too) are registered
+with :meth:`Metrics.register_counter` and read at scrape time, again so there is one table.
 """
 
 from __future__ import annotations
@@ -87,6 +91,14 @@ class _Gauge:
     fn: Callable[[], float]
 
 
+@dataclass(frozen=True)
+class _Counter:
+    name: str  # without the ``_total`` suffix Prometheus adds
+    help: str
+    labels: tuple[str, ...]
+    fn: Callable[[], dict[tuple[str, ...], float]]
+
+
 class Metrics:
     """Thread-safe counters and latency histograms per ``(tenant, path, op)``."""
 
@@ -97,6 +109,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str, str], _Series] = {}
         self._gauges: dict[str, _Gauge] = {}
+        self._counters: dict[str, _Counter] = {}
         self._http: Any = None
 
     def record(
@@ -138,6 +151,34 @@ class Metrics:
             if name in self._gauges:
                 raise InvalidArgument(f"gauge {name!r} is already registered")
             self._gauges[name] = _Gauge(name, help, fn)
+
+    def register_counter(
+        self,
+        name: str,
+        help: str,
+        labels: tuple[str, ...],
+        fn: Callable[[], dict[tuple[str, ...], float]],
+    ) -> None:
+        """Expose ``dualblade_<name>_total{labels}`` from ``fn()`` (label values -> count),
+        read at scrape time from the table that owns the count."""
+        if not _NAME_RE.fullmatch(name) or any(not _NAME_RE.fullmatch(x) for x in labels):
+            raise InvalidArgument(f"counter {name!r} or its labels {labels} are not valid names")
+        with self._lock:
+            if name in self._counters or name in self._gauges:
+                raise InvalidArgument(f"metric {name!r} is already registered")
+            self._counters[name] = _Counter(name, help, tuple(labels), fn)
+
+    def counters(self) -> dict[str, dict[tuple[str, ...], float]]:
+        """Current values of the registered counters; a callback that raises is left out."""
+        with self._lock:
+            counters = list(self._counters.values())
+        out: dict[str, dict[tuple[str, ...], float]] = {}
+        for c in counters:
+            try:
+                out[c.name] = {k: float(v) for k, v in c.fn().items()}
+            except Exception:
+                log.exception("counter callback failed", extra={"counter": c.name})
+        return out
 
     def gauges(self) -> dict[str, float]:
         """Current gauge values by name; a callback that raises is logged and left out."""
@@ -210,5 +251,13 @@ class _Collector(Collector):
                 buckets.append((le, cumulative))
             latency.add_metric(labels, buckets, s.sum_ms / 1000.0)
         yield from (ops, nbytes, errors, latency)
+        with m._lock:
+            counters = list(m._counters.values())
+        values = m.counters()
+        for c in counters:
+            family = CounterMetricFamily(PREFIX + c.name, c.help, labels=list(c.labels))
+            for label_values, value in sorted(values.get(c.name, {}).items()):
+                family.add_metric(list(label_values), value)
+            yield family
         for name, help_text, value in m._gauge_values():
             yield GaugeMetricFamily(PREFIX + name, help_text, value=value)

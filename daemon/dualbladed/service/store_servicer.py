@@ -22,6 +22,8 @@ from dualbladed.sessions.batch import (
     PutRequest,
     ReadRangeRequest,
     ReserveRequest,
+    StatRequest,
+    UnpinRequest,
 )
 from dualbladed.sessions.registry import Session, SessionRegistry
 from dualbladed.store import ObjectInfo, ObjectStore
@@ -55,10 +57,16 @@ def _op_from_pb(op: pb.Op) -> Op:
     if which == "get":
         return GetRequest(op.get.key, op.get.arena_offset, op.get.length)
     if which == "delete":
-        return DeleteRequest(op.delete.key)
+        return DeleteRequest(op.delete.key, op.delete.durable)
+    if which == "stat":
+        return StatRequest(op.stat.key, op.stat.pin_ms)
+    if which == "unpin":
+        return UnpinRequest(op.unpin.key)
     if which in ("reserve", "append", "read_range"):
         return _layer_op_from_pb(which, op)
-    raise InvalidArgument("batch op has none of put, get, delete, reserve, append, read_range set")
+    raise InvalidArgument(
+        "batch op has none of put, get, delete, reserve, append, read_range, stat, unpin set"
+    )
 
 
 def _layer_op_from_pb(which: str, op: pb.Op) -> Op:
@@ -88,6 +96,8 @@ def op_result_pb(outcome: OpOutcome) -> pb.OpResult:
         size=outcome.size,
         generation=outcome.generation,
         path=PATH_TO_PB.get(outcome.path, pb.RESIDENCY_PATH_UNSPECIFIED),
+        persistent=outcome.persistent,
+        pinned=outcome.pinned,
     )
 
 
@@ -146,4 +156,7 @@ class StoreServicer(pb_grpc.StoreServicer):
             used_bytes=self._store.usage(session.tenant),
             max_batch_ops=self._limits.max_batch_ops,
             max_object_bytes=self._limits.max_object_bytes,
+            max_pins_per_session=self._store.capacity.max_pins_per_session,
+            max_pin_ms=self._store.capacity.max_pin_ms,
+            evict_persistent=self._store.capacity.evict_persistent,
         )

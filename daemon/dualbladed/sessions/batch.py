@@ -20,7 +20,14 @@ Quotas: a tenant's usage is what the store holds for it plus what in-flight puts
 The reservation is taken under ``_quota_lock`` before the data write and released after the
 commit, so concurrent puts from one tenant cannot jointly overshoot its quota while still running
 their I/O in parallel. Lock order: ``_quota_lock`` is a leaf lock (nothing is called while it is
-held except the store's cheap ``usage()``).
+held except the store's cheap ``usage()``, and its ``evict_for_quota``: a put that would pass
+the quota first evicts the tenant's least recently used persistent objects, see
+:mod:`dualbladed.store.capacity`, so that two puts cannot both count the same evicted bytes).
+
+Stat and unpin ops (issue 13): a stat answers whether a key exists, and with ``pin_ms`` pins a
+hit for the session (:mod:`dualbladed.store.pins`); a miss is the op's NOT_FOUND, a normal
+outcome, recorded in the metrics as a successful ``stat`` on path ``none`` (hits are recorded on
+their path). A successful get by the session ends its pin on the key.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from dualbladed.errors import Aborted, DualbladeError, InvalidArgument, QuotaExceeded
+from dualbladed.errors import Aborted, DualbladeError, InvalidArgument, NotFound, QuotaExceeded
 from dualbladed.paths.abstract import PATH_NAMES
 from dualbladed.sessions.registry import Session
 from dualbladed.store import ObjectStore
@@ -61,6 +68,7 @@ class GetRequest:
 @dataclass(frozen=True)
 class DeleteRequest:
     key: bytes
+    durable: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,27 @@ class ReadRangeRequest:
     arena_offset: int
 
 
-Op = PutRequest | GetRequest | DeleteRequest | ReserveRequest | AppendRequest | ReadRangeRequest
+@dataclass(frozen=True)
+class StatRequest:
+    key: bytes
+    pin_ms: int = 0
+
+
+@dataclass(frozen=True)
+class UnpinRequest:
+    key: bytes
+
+
+Op = (
+    PutRequest
+    | GetRequest
+    | DeleteRequest
+    | ReserveRequest
+    | AppendRequest
+    | ReadRangeRequest
+    | StatRequest
+    | UnpinRequest
+)
 LayerOp = ReserveRequest | AppendRequest | ReadRangeRequest
 
 
@@ -113,6 +141,8 @@ class OpOutcome:
     size: int = 0
     generation: int = 0
     path: str = ""
+    persistent: bool = False  # stat
+    pinned: bool = False  # stat: this op pinned the hit; unpin: a pin was dropped
 
     @property
     def ok(self) -> bool:
@@ -197,6 +227,8 @@ class BatchExecutor:
             raise InvalidArgument(
                 f"batch has {len(ops)} ops; the limit is {self._limits.max_batch_ops}"
             )
+        if not stop_on_error and len(ops) > 1 and all(isinstance(op, StatRequest) for op in ops):
+            return self._stat_all(session, ops)  # type: ignore[arg-type]
         if self._pool is not None and not stop_on_error and len(ops) > 1 and _distinct_keys(ops):
             return self._execute_grouped(session, ops)
         outcomes: list[OpOutcome] = []
@@ -294,7 +326,7 @@ class BatchExecutor:
                         raise InvalidArgument(f"unknown residency path {op.path!r}")
                     src = session.arena.view(op.arena_offset, op.length)
                     views.append(src)
-                    held = self._reserve(session, op.key, op.length)
+                    held = self._reserve(session, op.key, op.length, durable=op.durable)
                 except DualbladeError as err:
                     out[i] = OpOutcome(_without_frames(err))
                     continue
@@ -332,16 +364,20 @@ class BatchExecutor:
         kind = type(op).__name__.removesuffix("Request").lower()
         path, nbytes = "", 0
         try:
-            if isinstance(op, PutRequest):
-                info = self._put(session, op)
-            elif isinstance(op, GetRequest):
-                info = self._get(session, op)
-            elif isinstance(op, LayerOp):
-                info = self._layer_op(session, op)
+            if isinstance(op, (StatRequest, UnpinRequest)):
+                outcome = self._lookup_op(session, op)
+                path = outcome.path
             else:
-                info = self._store.delete(session.tenant, op.key)
-            path, nbytes = info.path, getattr(info, "moved", info.size)
-            outcome = OpOutcome(None, info.size, info.generation, info.path)
+                if isinstance(op, PutRequest):
+                    info = self._put(session, op)
+                elif isinstance(op, GetRequest):
+                    info = self._get(session, op)
+                elif isinstance(op, LayerOp):
+                    info = self._layer_op(session, op)
+                else:
+                    info = self._store.delete(session.tenant, op.key, durable=op.durable)
+                path, nbytes = info.path, getattr(info, "moved", info.size)
+                outcome = OpOutcome(None, info.size, info.generation, info.path)
         except DualbladeError as err:
             outcome = OpOutcome(_without_frames(err))
         self._record(
@@ -350,9 +386,48 @@ class BatchExecutor:
             kind,
             nbytes,
             time.perf_counter() - started,
-            outcome.ok,
+            outcome.ok or (kind == "stat" and isinstance(outcome.error, NotFound)),
         )
         return outcome
+
+    def _stat_all(self, session: Session, ops: Sequence[StatRequest]) -> list[OpOutcome]:
+        """A lookup batch: every op a stat, in one store call (see ``ObjectStore.stat_many``).
+        The metrics get one ``stat`` per op, each charged an equal share of the time."""
+        started = time.perf_counter()
+        results = self._store.stat_many(
+            session.tenant, [(op.key, op.pin_ms) for op in ops], session=session.id
+        )
+        share = (time.perf_counter() - started) / len(ops)
+        outcomes = []
+        for op, r in zip(ops, results):
+            if isinstance(r, DualbladeError):
+                outcome = OpOutcome(_without_frames(r))
+                self._record(session.tenant, "none", "stat", 0, share, isinstance(r, NotFound))
+            else:
+                outcome = OpOutcome(
+                    None,
+                    r.size,
+                    r.generation,
+                    r.path,
+                    persistent=r.persistent,
+                    pinned=op.pin_ms > 0,
+                )
+                self._record(session.tenant, r.path, "stat", 0, share, True)
+            outcomes.append(outcome)
+        return outcomes
+
+    def _lookup_op(self, session: Session, op: StatRequest | UnpinRequest) -> OpOutcome:
+        if isinstance(op, UnpinRequest):
+            return OpOutcome(pinned=self._store.unpin(session.tenant, op.key, session.id))
+        info = self._store.stat(session.tenant, op.key, session=session.id, pin_ms=op.pin_ms)
+        return OpOutcome(
+            None,
+            info.size,
+            info.generation,
+            info.path,
+            persistent=info.persistent,
+            pinned=op.pin_ms > 0,
+        )
 
     def _check_size(self, length: int) -> None:
         if length <= 0:
@@ -368,7 +443,7 @@ class BatchExecutor:
             raise InvalidArgument(f"unknown residency path {op.path!r}")
         src = session.arena.view(op.arena_offset, op.length)
         try:
-            held = self._reserve(session, op.key, op.length)
+            held = self._reserve(session, op.key, op.length, durable=op.durable)
             try:
                 return self._store.put(
                     session.tenant,
@@ -388,7 +463,7 @@ class BatchExecutor:
         self._check_size(op.length)
         dst = session.arena.view(op.arena_offset, op.length)
         try:
-            return self._store.get_into(session.tenant, op.key, dst)
+            return self._store.get_into(session.tenant, op.key, dst, session=session.id)
         finally:
             dst.release()
 
@@ -449,7 +524,7 @@ class BatchExecutor:
 
     # -- quotas ---------------------------------------------------------------------------
 
-    def _reserve(self, session: Session, key: bytes, length: int) -> int:
+    def _reserve(self, session: Session, key: bytes, length: int, *, durable: bool = False) -> int:
         """Check the quotas and hold what the put adds: ``length`` less the size of the
         version it replaces (which goes when it commits), so a batch that rewrites its own
         objects at the quota is not refused for holding old and new at once. Returns the bytes
@@ -463,6 +538,10 @@ class BatchExecutor:
             replaced = self._replaced_size(session.tenant, key) if quota or uid_quota else 0
             if quota:
                 used = self._store.usage(session.tenant) + reserved - replaced
+                if used + length > quota:  # make room: LRU eviction (all or nothing)
+                    used -= self._store.evict_for_quota(
+                        session.tenant, used + length - quota, keep=key, durable=durable
+                    )
                 if used + length > quota:
                     raise QuotaExceeded(
                         f"quota exceeded for tenant {session.tenant}: {used} bytes used, "
@@ -470,6 +549,14 @@ class BatchExecutor:
                     )
             if uid_quota:
                 used = self._store.uid_usage(uid) + uid_reserved - replaced
+                if used + length > uid_quota:  # the same, over all of the uid's tenants
+                    used -= self._store.evict_for_quota(
+                        session.tenant,
+                        used + length - uid_quota,
+                        keep=key,
+                        durable=durable,
+                        uid=uid,
+                    )
                 if used + length > uid_quota:
                     raise QuotaExceeded(
                         f"quota exceeded for uid {uid}: {used} bytes used over all its tenants, "

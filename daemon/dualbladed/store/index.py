@@ -24,6 +24,7 @@ from sortedcontainers import SortedDict
 
 from dualbladed.alloc.abstract import AllocStats, Extent
 from dualbladed.store.heat import HeatIndex, Totals, Usage
+from dualbladed.store.lru import LruOrder
 from dualbladed.store.meta import ObjectRecord
 
 __all__ = ["IndexEntry", "ObjectIndex", "ObjectInfo", "PathUsage", "StoreStats", "Usage"]
@@ -147,6 +148,8 @@ class ObjectIndex:
         self._heat = HeatIndex()
         self._totals = Totals()
         self.pinned = 0
+        #: evictable persistent objects, least recently used first (capacity eviction)
+        self.lru = LruOrder()
 
     def __len__(self) -> int:
         return self._totals.objects
@@ -182,6 +185,7 @@ class ObjectIndex:
                 self._uid_usage[uid] = self._uid_usage.get(uid, 0) + length
                 self._totals.add_many(tenant, path, n, size, persistent)
             self._heat.load(path, entries)
+            self.lru.load(entries)
         for tenant, (keys, entries) in by_tenant.items():
             self._tenants.setdefault(tenant, SortedDict()).update(zip(keys, entries))
 
@@ -203,6 +207,7 @@ class ObjectIndex:
         self._totals.add(info.tenant, info.path, info.size, info.persistent)
         if info.session is not None:
             self._sessions.setdefault(info.session, set()).add((info.tenant, info.key))
+        self.lru.add(entry)
 
     def retire(self, entry: IndexEntry) -> bool:
         """Take ``entry`` out of the index. True: release its extent now (nobody pins it)."""
@@ -230,6 +235,7 @@ class ObjectIndex:
                 if not members:
                     del self._sessions[info.session]
         self._dirty_access.pop((info.tenant, info.key), None)
+        self.lru.discard(entry)
         entry.dead = True
         return entry.pins == 0
 
@@ -270,6 +276,7 @@ class ObjectIndex:
             self._heat.touch(entry.info.path, entry, now)
         else:
             entry.last_access = now
+        self.lru.touch(entry, now)  # the same value: re-files it among the evictable
         if entry.info.persistent:
             self._dirty_access[(entry.info.tenant, entry.info.key)] = now
 

@@ -170,7 +170,7 @@ def reserve(
     target = store._paths[path_name]
     with store._lock:
         store._check_open()
-        extent = target.allocate(capacity)
+        extent = store._allocate(target, path_name, capacity, durable=False)  # may evict (LRU)
         try:
             entry = new_entry(
                 ObjectInfo(

@@ -52,6 +52,11 @@ Errors: residency paths raise only typed errors (their ``OSError`` is classified
 :mod:`dualbladed.oserrors`), so no path call here is wrapped in an ``OSError`` handler and
 no errno is inspected; the one handler left classifies the metadata commit's through the same map.
 
+Capacity: a put that does not fit its path (or, checked by the batch layer, its tenant's quota)
+evicts persistent objects least recently used first; hit pins (``stat(pin_ms=...)``) keep
+objects out of that. The policy lives in :mod:`dualbladed.store.capacity`, the LRU order in
+:mod:`dualbladed.store.lru`, the pins in :mod:`dualbladed.store.pins`; the lock is this one.
+
 ``last_access`` is updated in memory on every get and written to SQLite in batches (a
 background timer every ``access_flush_interval`` seconds, and at ``flush``/``close``), never one
 SQLite write per get.
@@ -84,6 +89,7 @@ from dualbladed.killpoints import killpoint
 from dualbladed.oserrors import from_oserror
 from dualbladed.paths.abstract import DIRECT, ResidencyPath
 from dualbladed.store import layers
+from dualbladed.store.capacity import CapacityPolicy, Evictions, EvictionSite
 from dualbladed.store.group import PutSpec, StagedPut, write_all
 from dualbladed.store.index import (
     IndexEntry,
@@ -102,6 +108,7 @@ from dualbladed.store.input import (
     zero,
 )
 from dualbladed.store.meta import MetaStore, parse_tenant
+from dualbladed.store.pins import HitPins
 from dualbladed.store.recovery import open_meta, rebuild
 from dualbladed.store.relocate import Move, relocate
 
@@ -125,7 +132,7 @@ __all__ = [
 Placement = Callable[[str, int], str]
 
 
-class ObjectStore:
+class ObjectStore(EvictionSite):
     """Tenant-scoped, checksummed objects over one or more residency paths.
 
     Build it with :meth:`open`; the constructor takes already-open parts (tests, the daemon's
@@ -140,6 +147,7 @@ class ObjectStore:
         placement: Placement | None = None,
         max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
         access_flush_interval: float = 5.0,
+        capacity: CapacityPolicy | None = None,
     ) -> None:
         if not paths:
             raise InvalidArgument("an object store needs at least one residency path")
@@ -158,6 +166,11 @@ class ObjectStore:
         self._known_tenants = {t.name for t in meta.tenants()}
         self._closed = False
         self._next_generation = rebuild(meta, self._paths, self._index)
+        self.capacity = capacity or CapacityPolicy()
+        self.evictions = Evictions()
+        self._pins = HitPins(
+            self._index.lru, self._index.lookup, self.capacity.max_pins_per_session
+        )
         self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
         if access_flush_interval > 0:
@@ -180,6 +193,7 @@ class ObjectStore:
         placement: Placement | None = None,
         max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
         access_flush_interval: float = 5.0,
+        capacity: CapacityPolicy | None = None,
     ) -> ObjectStore:
         """Load (or, with ``format``, create) the superblock and open the store on it.
 
@@ -200,6 +214,7 @@ class ObjectStore:
                 placement=placement,
                 max_object_bytes=max_object_bytes,
                 access_flush_interval=access_flush_interval,
+                capacity=capacity,
             )
         except BaseException:
             meta.close()
@@ -288,7 +303,9 @@ class ObjectStore:
             self._check_open()
             for i, _, data, path_name, _ in todo:
                 try:
-                    extents[i] = self._paths[path_name].allocate(data.nbytes)
+                    extents[i] = self._allocate(
+                        self._paths[path_name], path_name, data.nbytes, durable=puts[i].durable
+                    )
                 except DualbladeError as err:
                     out[i] = err
         writes: dict[str, list[tuple[int, Extent, memoryview]]] = {}
@@ -455,14 +472,18 @@ class ObjectStore:
         if info is not None and info.persistent:
             self._known_tenants.add(info.tenant)
 
-    def delete(self, tenant: str, key: bytes) -> ObjectInfo:
-        """Remove one object and free its space (once no reader pins it)."""
+    def delete(self, tenant: str, key: bytes, *, durable: bool = False) -> ObjectInfo:
+        """Remove one object and free its space (once no reader pins it).
+
+        ``durable=True`` commits the removal with ``synchronous=FULL``: after the return a power
+        loss cannot bring the object back (a plain delete may come back, never torn).
+        """
         key = check_key(tenant, key)
         with self._lock:
             self._check_open()
             entry = self._require(tenant, key)
             killpoint("delete.before_commit")
-            self._commit(None, entry, durable=False)
+            self._commit(None, entry, durable=durable)
             killpoint("delete.after_commit")
             self._retire(entry)
             return entry.snapshot()
@@ -471,6 +492,7 @@ class ObjectStore:
         """Free every ephemeral object of ``session``; return how many there were."""
         with self._lock:
             self._check_open()
+            self._pins.release_session(session)
             members = self._index.session_members(session)
             for i, entry in enumerate(members):
                 if i == len(members) // 2:
@@ -482,8 +504,12 @@ class ObjectStore:
 
     # -- reads -------------------------------------------------------------------------------
 
-    def get_into(self, tenant: str, key: bytes, dst: memoryview) -> ObjectInfo:
+    def get_into(
+        self, tenant: str, key: bytes, dst: memoryview, *, session: str | None = None
+    ) -> ObjectInfo:
         """Read the object into ``dst[:size]`` and verify it.
+
+        A successful read by ``session`` ends that session's hit pin on the key, if any.
 
         Raises:
             NotFound: no such key for this tenant.
@@ -514,6 +540,8 @@ class ObjectStore:
             self._unpin(entry)
             if actual is not None:
                 self._drop_corrupt(entry, actual)
+            elif session is not None:
+                self._pins.unpin(session, tenant, key)
         if actual is not None:
             raise ChecksumMismatch(key, entry.info.checksum, actual)
         return entry.snapshot()
@@ -548,11 +576,21 @@ class ObjectStore:
             self._commit(None, entry, durable=False)
             self._retire(entry)
 
-    def stat(self, tenant: str, key: bytes) -> ObjectInfo:
+    def stat(
+        self, tenant: str, key: bytes, *, session: str | None = None, pin_ms: int = 0
+    ) -> ObjectInfo:
+        """The object's metadata. ``pin_ms > 0`` with a ``session`` also pins a hit for that
+        session (see :mod:`dualbladed.store.pins`); a miss raises NotFound and pins nothing.
+
+        Raises:
+            InvalidArgument: ``pin_ms`` above ``capacity.max_pin_ms``, or without a session.
+            PinLimitExceeded: the session already holds ``capacity.max_pins_per_session`` pins.
+        """
         key = check_key(tenant, key)
+        self._check_pin(session, pin_ms)
         with self._lock:
             self._check_open()
-            return self._require(tenant, key).snapshot()
+            return self._stat_locked(tenant, key, session, pin_ms).snapshot()
 
     def list(self, tenant: str | None, prefix: bytes = b"", limit: int = 0) -> list[ObjectInfo]:
         """Objects in (tenant, key) order whose key starts with ``prefix``; ``limit`` 0: all.

@@ -1,0 +1,160 @@
+"""Least-recently-used order of the evictable objects, per tenant and per residency path.
+
+Capacity eviction (see :mod:`dualbladed.store.capacity`) needs, for a full tenant quota, the
+tenant's least recently used evictable object, for a full per-uid quota the uid's (over all its
+labels), and for a full path allocator the path's, across tenants. Scanning every object per put would make a put cost grow with the object count (issue
+14 forbids that), so the order is kept incrementally: one ``SortedDict`` per tenant and one per
+path (and one per uid), keyed by ``(last_access, generation)`` (generations are unique, so keys never collide),
+with O(log n) insert, remove and touch. Keys sort by ``last_access`` rather than by insertion,
+so the order rebuilt at start-up from the committed rows (each carrying its batched
+``last_access``) is the same LRU order as before the restart, whatever order the rows come in.
+
+Membership: a *live persistent* object whose key no session holds a hit pin on
+(:mod:`dualbladed.store.pins`; :attr:`LruOrder.held` counts the pins per key). Ephemeral objects
+never enter (they die with their session), a pinned key's object leaves while pinned (and a new
+version installed under a pinned key does not enter), so an eviction walk never steps over
+pinned objects.
+Objects pinned by an in-flight *reader* (``IndexEntry.pins``) stay in the order and are stepped
+over by :meth:`LruOrder.oldest`: retiring them would not free their extent until the read ends.
+
+Not thread-safe: every method runs under ``ObjectStore._lock`` (via ``ObjectIndex``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from sortedcontainers import SortedDict
+
+if TYPE_CHECKING:
+    from dualbladed.store.index import IndexEntry
+
+__all__ = ["LruOrder"]
+
+_SortKey = tuple[float, int]
+_Key = tuple[str, bytes]  # (tenant, key)
+
+
+class LruOrder:
+    """Evictable objects, oldest access first, by tenant and by path."""
+
+    def __init__(self) -> None:
+        self._by_tenant: dict[str, SortedDict] = {}  # tenant -> {(last_access, gen): entry}
+        self._by_path: dict[str, SortedDict] = {}  # path -> {(last_access, gen): entry}
+        self._by_uid: dict[str, SortedDict] = {}  # "uid" (the tenant's head) -> the same
+        self._keys: dict[IndexEntry, _SortKey] = {}  # member -> its key in both dicts
+        #: (tenant, key) -> live hit pins on it, all sessions (kept by HitPins via hold/release)
+        self.held: dict[_Key, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, entry: IndexEntry) -> bool:
+        return entry in self._keys
+
+    def add(self, entry: IndexEntry) -> None:
+        """Make ``entry`` a member if it is evictable by nature (live and persistent)."""
+        info = entry.info
+        if not info.persistent or entry.dead or entry in self._keys:
+            return
+        if (info.tenant, info.key) in self.held:
+            return
+        key = (entry.last_access, info.generation)
+        self._keys[entry] = key
+        for table, name in self._tables(info.tenant, info.path):
+            order = table.get(name)
+            if order is None:
+                order = table[name] = SortedDict()
+            order[key] = entry
+
+    def load(self, entries: Iterable[IndexEntry]) -> None:
+        """Bulk :meth:`add` (start-up): one sorted update per order, not one insert per entry."""
+        groups: dict[tuple[int, str], tuple[dict[str, SortedDict], str, list]] = {}
+        for entry in entries:
+            info = entry.info
+            if not info.persistent or entry.dead or entry in self._keys:
+                continue
+            if (info.tenant, info.key) in self.held:
+                continue
+            key = (entry.last_access, info.generation)
+            self._keys[entry] = key
+            for table, name in self._tables(info.tenant, info.path):
+                group = groups.get((id(table), name))
+                if group is None:
+                    group = groups[(id(table), name)] = (table, name, [])
+                group[2].append((key, entry))
+        for table, name, items in groups.values():
+            order = table.get(name)
+            if order is None:
+                order = table[name] = SortedDict()
+            order.update(items)
+
+    def discard(self, entry: IndexEntry) -> None:
+        key = self._keys.pop(entry, None)
+        if key is None:
+            return
+        info = entry.info
+        for table, name in self._tables(info.tenant, info.path):
+            order = table[name]
+            del order[key]
+            if not order:
+                del table[name]
+
+    def hold(self, key: _Key, live: IndexEntry | None) -> None:
+        """One more hit pin on ``key``; its live object (if any) leaves the order."""
+        held = self.held.get(key, 0)
+        self.held[key] = held + 1
+        if not held and live is not None:
+            self.discard(live)
+
+    def release(self, key: _Key, live: IndexEntry | None) -> None:
+        """One hit pin on ``key`` fewer; at none, its live object (if any) rejoins the order."""
+        held = self.held[key] - 1
+        if held:
+            self.held[key] = held
+            return
+        del self.held[key]
+        if live is not None:
+            self.add(live)
+
+    def touch(self, entry: IndexEntry, when: float) -> None:
+        """Record an access: ``entry.last_access = when``, moving it to the young end."""
+        member = entry in self._keys
+        if member:
+            self.discard(entry)
+        entry.last_access = when
+        if member:
+            self.add(entry)
+
+    def _tables(self, tenant: str, path: str) -> tuple[tuple[dict[str, SortedDict], str], ...]:
+        uid = tenant.partition("/")[0]
+        return ((self._by_tenant, tenant), (self._by_path, path), (self._by_uid, uid))
+
+    def oldest(
+        self, *, tenant: str | None = None, path: str | None = None, uid: int | None = None
+    ) -> Iterator[IndexEntry]:
+        """Members of ``tenant`` (or on ``path``, or of ``uid``'s tenants), least recently used
+        first.
+
+        Entries an in-flight reader pins are skipped. The caller may evict each yielded entry
+        (removing it from this order) before asking for the next one; the walk stays correct.
+        """
+        if tenant is not None:
+            table, name = self._by_tenant, tenant
+        elif uid is not None:
+            table, name = self._by_uid, str(uid)
+        else:
+            table, name = self._by_path, path  # type: ignore[assignment]
+        i = 0
+        while True:
+            order = table.get(name)  # type: ignore[arg-type]
+            if order is None or i >= len(order):
+                return
+            entry = order.peekitem(i)[1]
+            if entry.pins:
+                i += 1
+                continue
+            yield entry
+            if entry in self._keys:  # not evicted by the caller: step over it
+                i += 1
