@@ -202,8 +202,8 @@ def lookup_ops(draw: st.DrawFn) -> pb.Op:
 
 @st.composite
 def batch_ops(draw: st.DrawFn) -> pb.Op:
-    """One Batch op: a lookup op one time in five, else a data op (:func:`ops`)."""
-    if draw(st.integers(min_value=0, max_value=4)) == 0:
+    """One Batch op: a lookup op one time in ten, else a data op (:func:`ops`)."""
+    if draw(st.integers(min_value=0, max_value=9)) == 0:
         return draw(lookup_ops())
     return draw(ops())
 
