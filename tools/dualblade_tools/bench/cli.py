@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "residency": "dualblade_tools.bench.residency",
     "pipeline": "dualblade_tools.bench.pipeline",
     "scale": "dualblade_tools.bench.scale",
+    "vllm-tier": "dualblade_tools.bench.vllm_tier",
 }
 
 _HELP = {
@@ -28,6 +29,7 @@ _HELP = {
     "residency": "page-cache vs direct path under memory pressure",
     "pipeline": "layer-wise prefetch pipeline vs compute",
     "scale": "daemon costs (puts, RSS, idle CPU, status, restart, fsck) as objects pile up",
+    "vllm-tier": "DualBladeTier vs vLLM's fs tier: store/load GB/s, lookup p50",
 }
 
 
