@@ -22,7 +22,10 @@ fresh keys: the fs tier skips a chunk whose file exists, so reused keys would ti
 Numbers are decimal GB/s; the table and JSON report the median over ``--repeat`` rounds (this
 2-core VM is shared and noisy) and each tier's ratio to the fs tier of the same run. The dualblade
 tier writes with ``--path`` (default ``direct``: O_DIRECT, the same as the fs tier, which probes
-O_DIRECT and uses it when the filesystem allows).
+O_DIRECT and uses it when the filesystem allows), and its daemon runs with ``residency.mode`` set
+to that path, so no arbiter migration (in adaptive mode it promotes freshly written objects to the
+page cache, reading them back from disk) competes with the timed I/O; ``--path auto`` keeps the
+daemon's adaptive default and measures that instead.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         choices=("direct", "pagecache", "auto"),
         help="the dualblade tier's residency path (auto: the daemon's arbiter decides)",
     )
-    parser.add_argument("--io-threads", type=int, default=4, help="DualBladeTier io_threads")
+    parser.add_argument("--io-threads", type=int, default=8, help="DualBladeTier io_threads")
     parser.add_argument(
         "--dir", default=None, help="where the namespace and the fs root go (default $TMPDIR)"
     )
@@ -195,7 +198,7 @@ def _transfer(tier: Any, jobs: list[Any], nbytes: int, timeout: float = 600.0) -
         if want:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{tier.tier_type}: {len(want)} jobs unfinished in {timeout}s")
-            time.sleep(0.0005)
+            time.sleep(0.002)  # a scheduler polls once a step; a tight loop would take the GIL
     elapsed = time.perf_counter() - start
     if failed:
         raise RuntimeError(f"{tier.tier_type}: {len(failed)} of {len(jobs)} jobs failed")
@@ -248,7 +251,11 @@ def _tiers(args: argparse.Namespace, root: Path, pool: Any) -> Iterator[dict[str
     try:
         if "dualblade" in args.tiers:
             ns = 2 * args.pool_bytes + (256 << 20)
-            daemon = DaemonProcess(root / "dualblade", namespace_size=str(ns))
+            config = None
+            if args.path != "auto":  # no arbiter migrations beside the timed I/O (see docstring)
+                config = root / "dualbladed.toml"
+                config.write_text(f'[residency]\nmode = "{args.path}"\n')
+            daemon = DaemonProcess(root / "dualblade", namespace_size=str(ns), config=config)
             daemon.start(timeout=120)
             cfg: dict[str, Any] = {
                 "type": "DualBladeTier",

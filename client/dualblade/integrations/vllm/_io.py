@@ -161,7 +161,7 @@ class IoPool:
         pool: memoryview,
         chunk_bytes: int,
         *,
-        threads: int = 4,
+        threads: int = 8,
         path: str | None = None,
         name: str = "dualblade-vllm",
     ) -> None:

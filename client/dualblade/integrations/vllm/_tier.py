@@ -63,7 +63,8 @@ class DualBladeTier(SecondaryTierManager):
 
     Optional keys: ``socket`` (default: as ``Client.connect``), ``tenant`` (default: from the
     model name), ``locality`` (``"LOCAL"``/``"REMOTE"``), ``enable_kv_events``, ``io_threads``
-    (4), ``arena_bytes`` (the session arena, 256 MiB), ``path`` (``"direct"``/``"pagecache"``,
+    (8: the daemon runs a batch's ops 8 at a time, and with 8 jobs in flight a job's copy into the
+    arena overlaps other jobs' disk I/O; 4 stored and loaded ~20 % slower here), ``arena_bytes`` (the session arena, 256 MiB), ``path`` (``"direct"``/``"pagecache"``,
     default: the daemon decides), ``connect_timeout`` (seconds, 5).
     """
 
@@ -79,7 +80,7 @@ class DualBladeTier(SecondaryTierManager):
         socket: str | None = None,
         tenant: str | None = None,
         enable_kv_events: bool = False,
-        io_threads: int = 4,
+        io_threads: int = 8,
         arena_bytes: int = DEFAULT_ARENA_BYTES,
         path: str | None = None,
         connect_timeout: float = 5.0,
