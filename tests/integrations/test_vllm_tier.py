@@ -635,7 +635,47 @@ def test_daemon_sigkill_mid_job_fails_jobs_then_the_tier_reconnects(
         req = ReqContext(req_id="alive")
         assert resolve(tier, keys[:1], req) == [LookupResult.HIT]
         assert tier._conn.connects == 2
+        _, values = tier.get_stats().metric_sections()
+        assert values["vllm:dualblade_reconnects"] == {(): 1}
+        assert values["vllm:dualblade_chunks"][("store", "failed")] >= 8  # mid + dead
         tier.shutdown()
+
+
+@needs_vllm
+def test_metrics_through_vllms_stats_and_definitions(
+    daemon: DaemonProcess, make_tier: Callable[..., Any]
+) -> None:
+    """Hits, misses, chunks, bytes and latencies reach vLLM's stats payload, under names that
+    TieringOffloadingSpec declares from the tier config (a name it did not declare would fail
+    vLLM's Prometheus logger)."""
+    from vllm.v1.kv_offload.tiering.spec import TieringOffloadingSpec
+
+    extra = {"cpu_bytes_to_use": 16 * CHUNK, "secondary_tiers": [tier_config(daemon.socket)]}
+    declared = TieringOffloadingSpec.build_metric_definitions(extra)
+    tier, pool = make_tier()
+    assert tier.get_stats() is None  # nothing observed yet
+    fill(pool, [0, 1, 2], seed=10)
+    keys = offload_keys(3)
+    assert run(tier, job(keys[:2], [0, 1])).success
+    req = ReqContext(req_id="metrics")
+    assert resolve(tier, keys, req) == [LookupResult.HIT] * 2 + [LookupResult.MISS]
+    res = run(tier, job(keys, [10, 11, 12], load=True, req="metrics"))
+    assert not res.success and set(res.successful_keys) == set(keys[:2])
+
+    stats = tier.get_stats()
+    types, values = stats.metric_sections()
+    assert set(types) <= set(declared)
+    assert values["vllm:dualblade_lookup_keys"] == {("hit",): 2, ("miss",): 1}
+    assert values["vllm:dualblade_chunks"] == {
+        ("store", "ok"): 2,
+        ("load", "ok"): 2,
+        ("load", "failed"): 1,
+    }
+    assert values["vllm:dualblade_bytes"] == {("store",): 2 * CHUNK, ("load",): 2 * CHUNK}
+    assert [len(v) for v in values["vllm:dualblade_job_seconds"].values()] == [1, 1]
+    assert all(0 < s < 30 for s in values["vllm:dualblade_lookup_seconds"][()])
+    assert "vllm:dualblade_reconnects" not in values  # one session so far
+    assert tier.get_stats() is None  # taken means reset
 
 
 # -- phase 2: needs daemon support --------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -27,10 +28,14 @@ from vllm.v1.kv_offload.tiering.async_lookup import AsyncLookupManager
 from vllm.v1.kv_offload.tiering.base import JobResult, SecondaryTierManager, TransferJob
 
 from dualblade.integrations.vllm._io import DEFAULT_ARENA_BYTES, ChunkJob, Connection, IoPool
+from dualblade.integrations.vllm._metrics import TierMetrics, metric_definitions
 from dualblade.integrations.vllm._namespace import default_tenant, key_prefix, namespace_fields
 
 if TYPE_CHECKING:
-    from vllm.v1.kv_offload.base import OffloadingSpec
+    from vllm.distributed.kv_transfer.kv_connector.v1.offloading.metrics import (
+        OffloadingConnectorStats,
+    )
+    from vllm.v1.kv_offload.base import OffloadingMetricMetadata, OffloadingSpec
     from vllm.v1.kv_offload.tiering.backpressure import BackpressureDetector
 
 log = logging.getLogger("dualblade.integrations.vllm")
@@ -43,13 +48,22 @@ class _DaemonLookup(AsyncLookupManager):
     the base class logs it and answers MISS for the batch.
     """
 
-    def __init__(self, io: IoPool, prefix: bytes, tier_type: str) -> None:
+    def __init__(self, io: IoPool, prefix: bytes, tier_type: str, metrics: TierMetrics) -> None:
         self._io = io
         self._prefix = prefix
+        self._metrics = metrics
         super().__init__(tier_type=tier_type)
 
     def batch_lookup(self, keys: list[OffloadKey], req_context: ReqContext) -> Iterable[bool]:
-        return self._io.exists([self._prefix + k for k in keys])
+        start = time.perf_counter()
+        try:
+            found = self._io.exists([self._prefix + k for k in keys])
+        except Exception:
+            self._metrics.lookup_failed(len(keys))
+            raise
+        hits = sum(found)
+        self._metrics.lookup(hits, len(found) - hits, time.perf_counter() - start)
+        return found
 
 
 class DualBladeTier(SecondaryTierManager):
@@ -96,7 +110,8 @@ class DualBladeTier(SecondaryTierManager):
             pool = pool.cast("B")
         self._conn = Connection(socket, self.tenant, arena_bytes, connect_timeout=connect_timeout)
         self._io = IoPool(self._conn, pool, chunk_bytes, threads=io_threads, path=path)
-        self._lookup = _DaemonLookup(self._io, self.key_prefix, tier_type)
+        self._metrics = TierMetrics()
+        self._lookup = _DaemonLookup(self._io, self.key_prefix, tier_type, self._metrics)
         self._job_keys: dict[int, list[OffloadKey]] = {}
         self._closed = False
         self._events: list[OffloadingEvent] | None = None
@@ -168,6 +183,13 @@ class DualBladeTier(SecondaryTierManager):
             if outcome.error is not None:
                 log.debug("dualblade job %d failed: %s", outcome.job_id, outcome.error)
             success = not outcome.failed
+            self._metrics.job(
+                outcome.is_store,
+                len(outcome.done),
+                len(outcome.failed),
+                outcome.nbytes,
+                outcome.seconds,
+            )
             successful_keys = None
             if outcome.is_store:
                 if success and self._events is not None:
@@ -213,6 +235,18 @@ class DualBladeTier(SecondaryTierManager):
         self._lookup.shutdown()
         self._io.shutdown()
         self._conn.close()
+
+    # -- metrics -------------------------------------------------------------------------------
+
+    @classmethod
+    def build_metric_definitions(
+        cls, extra_config: dict[str, Any]
+    ) -> dict[str, OffloadingMetricMetadata]:
+        return metric_definitions()
+
+    def get_stats(self) -> OffloadingConnectorStats | None:
+        self._metrics.connects(self._conn.connects)
+        return self._metrics.take()
 
     def config_info(self) -> dict[str, Any]:
         return {"tenant": self.tenant, "key_prefix": self.key_prefix.decode()}
