@@ -45,6 +45,8 @@ def test_gpu_check_dry_run(tmp_path) -> None:
     assert "absent: pyudev, structlog" in data["rows"][0]["detail"]
     assert status["h2d"] == "needs CUDA"
     assert status["gpu_direct"] == "not implemented"
+    vllm_row = next(r for r in data["rows"] if r["check"] == "vllm_tier")
+    assert vllm_row["status"] == "skipped" and "--cpu-dry-run" in vllm_row["detail"]
     assert status["overlap"] == "measured"  # judged against its target on a GPU only
     for check in ("daemon", "pipeline", "cache_equality[llama]",
                   "cache_equality[qwen2]", "daemon_stop"):  # fmt: skip
