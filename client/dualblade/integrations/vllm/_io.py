@@ -40,7 +40,7 @@ def _as_tensor(pool: memoryview) -> Any:
     return torch.frombuffer(pool, dtype=torch.uint8)
 
 
-__all__ = ["DEFAULT_ARENA_BYTES", "ChunkJob", "Connection", "IoPool", "Outcome"]
+__all__ = ["DEFAULT_ARENA_BYTES", "ChunkJob", "Connection", "IoPool", "Outcome", "Unpin"]
 
 #: Codes after which the session is presumed gone (daemon died, restarted, or closed the lease).
 _CONNECTION_CODES = frozenset(
@@ -140,6 +140,14 @@ class ChunkJob:
 
 
 @dataclass(frozen=True)
+class Unpin:
+    """Give back the session's hit pins on ``keys`` (no outcome; best effort: a pin also ends at
+    its deadline or with the session)."""
+
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What a job did: indices into its keys that moved and that did not, bytes, seconds."""
 
@@ -177,7 +185,7 @@ class IoPool:
         self._pool = _as_tensor(pool)
         self._chunk_bytes = chunk_bytes
         self._path = path
-        self._jobs: queue.SimpleQueue[ChunkJob | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[ChunkJob | Unpin | None] = queue.SimpleQueue()
         self.results: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._pending = 0
@@ -194,6 +202,11 @@ class IoPool:
         with self._cond:
             self._pending += 1
         self._jobs.put(job)
+
+    def unpin(self, keys: Sequence[bytes]) -> None:
+        """Queue an unpin of ``keys``; not a job (drain_jobs does not wait for it)."""
+        if keys:
+            self._jobs.put(Unpin(tuple(keys)))
 
     @property
     def pending(self) -> int:
@@ -214,13 +227,17 @@ class IoPool:
 
     # -- lookups (called from vLLM's lookup thread) ----------------------------------------
 
-    def exists(self, keys: Sequence[bytes]) -> list[bool]:
+    def lookup(self, keys: Sequence[bytes], pin_ms: int = 0) -> list[bool]:
+        """Which keys hold a whole chunk, in one daemon round trip per ``max_batch_ops`` keys;
+        ``pin_ms > 0`` pins each hit for this session (see :mod:`._pins`). An object of another
+        size (not written by an engine of this geometry) is a miss."""
         client = self._conn.get()
         try:
-            return client.contains_many(keys)
+            infos = client.stat_many(keys, pin_ms=pin_ms)
         except Exception as exc:
             self._conn.lost(client, exc)
             raise
+        return [info is not None and info.size == self._chunk_bytes for info in infos]
 
     # -- workers ---------------------------------------------------------------------------
 
@@ -229,6 +246,9 @@ class IoPool:
             job = self._jobs.get()
             if job is None:
                 return
+            if isinstance(job, Unpin):
+                self._unpin(job)
+                continue
             start = time.monotonic()
             try:
                 outcome = self._store(job, start) if job.is_store else self._load(job, start)
@@ -246,6 +266,16 @@ class IoPool:
             with self._cond:
                 self._pending -= 1
                 self._cond.notify_all()
+
+    def _unpin(self, job: Unpin) -> None:
+        try:
+            client = self._conn.get()
+        except Exception:  # noqa: BLE001 -- daemon away: its session and pins are gone anyway
+            return
+        try:
+            client.unpin_many(job.keys)
+        except Exception as exc:  # noqa: BLE001 -- best effort, see Unpin
+            self._conn.lost(client, exc)
 
     def _pieces(self, n: int) -> list[range]:
         step = self.piece_chunks

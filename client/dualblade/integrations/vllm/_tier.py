@@ -27,9 +27,11 @@ from vllm.v1.kv_offload.base import (
 from vllm.v1.kv_offload.tiering.async_lookup import AsyncLookupManager
 from vllm.v1.kv_offload.tiering.base import JobResult, SecondaryTierManager, TransferJob
 
+from dualblade import errors
 from dualblade.integrations.vllm._io import DEFAULT_ARENA_BYTES, ChunkJob, Connection, IoPool
 from dualblade.integrations.vllm._metrics import TierMetrics, metric_definitions
 from dualblade.integrations.vllm._namespace import default_tenant, key_prefix, namespace_fields
+from dualblade.integrations.vllm._pins import PinBook
 
 if TYPE_CHECKING:
     from vllm.distributed.kv_transfer.kv_connector.v1.offloading.metrics import (
@@ -44,23 +46,39 @@ log = logging.getLogger("dualblade.integrations.vllm")
 class _DaemonLookup(AsyncLookupManager):
     """vLLM's async lookup front end; the batch goes to the daemon from vLLM's lookup thread.
 
-    One batch is one ``contains_many`` of the namespaced keys. A failure (daemon away) is raised;
-    the base class logs it and answers MISS for the batch.
+    One batch is one batched stat of the namespaced keys (one daemon round trip), which pins every
+    hit for ``pin_ms`` (see :mod:`._pins`). A failure (daemon away, too many pins) is raised; the
+    base class logs it and answers MISS for the batch.
     """
 
-    def __init__(self, io: IoPool, prefix: bytes, tier_type: str, metrics: TierMetrics) -> None:
+    def __init__(
+        self,
+        io: IoPool,
+        prefix: bytes,
+        tier_type: str,
+        metrics: TierMetrics,
+        pins: PinBook,
+        pin_ms: int,
+    ) -> None:
         self._io = io
         self._prefix = prefix
         self._metrics = metrics
+        self._pins = pins
+        self._pin_ms = pin_ms
         super().__init__(tier_type=tier_type)
 
     def batch_lookup(self, keys: list[OffloadKey], req_context: ReqContext) -> Iterable[bool]:
         start = time.perf_counter()
+        full = [self._prefix + k for k in keys]
         try:
-            found = self._io.exists([self._prefix + k for k in keys])
-        except Exception:
+            found = self._io.lookup(full, self._pin_ms)
+        except Exception as exc:
             self._metrics.lookup_failed(len(keys))
+            if isinstance(exc, errors.ResourceExhausted):  # the pins it took before the limit
+                self._io.unpin(self._pins.unheld(full))
             raise
+        if self._pin_ms:
+            self._pins.pinned(req_context.req_id, [k for k, hit in zip(full, found) if hit])
         hits = sum(found)
         self._metrics.lookup(hits, len(found) - hits, time.perf_counter() - start)
         return found
@@ -79,7 +97,9 @@ class DualBladeTier(SecondaryTierManager):
     model name), ``locality`` (``"LOCAL"``/``"REMOTE"``), ``enable_kv_events``, ``io_threads``
     (8: the daemon runs a batch's ops 8 at a time, and with 8 jobs in flight a job's copy into the
     arena overlaps other jobs' disk I/O; 4 stored and loaded ~20 % slower here), ``arena_bytes`` (the session arena, 256 MiB), ``path`` (``"direct"``/``"pagecache"``,
-    default: the daemon decides), ``connect_timeout`` (seconds, 5).
+    default: the daemon decides), ``connect_timeout`` (seconds, 5), ``pin_ms`` (how long a HIT
+    keeps its chunk safe from capacity eviction while its load is pending, 30000; at most the
+    daemon's ``limits.max_pin_ms``; 0 turns pins off).
     """
 
     medium: ClassVar[Medium] = Medium.STORAGE
@@ -98,6 +118,7 @@ class DualBladeTier(SecondaryTierManager):
         arena_bytes: int = DEFAULT_ARENA_BYTES,
         path: str | None = None,
         connect_timeout: float = 5.0,
+        pin_ms: int = 30_000,
     ) -> None:
         super().__init__(offloading_spec, primary_kv_view, tier_type, backpressure_detector)
         self.locality = Locality(locality) if locality is not None else None
@@ -111,7 +132,10 @@ class DualBladeTier(SecondaryTierManager):
         self._conn = Connection(socket, self.tenant, arena_bytes, connect_timeout=connect_timeout)
         self._io = IoPool(self._conn, pool, chunk_bytes, threads=io_threads, path=path)
         self._metrics = TierMetrics()
-        self._lookup = _DaemonLookup(self._io, self.key_prefix, tier_type, self._metrics)
+        self._pins = PinBook()
+        self._lookup = _DaemonLookup(
+            self._io, self.key_prefix, tier_type, self._metrics, self._pins, pin_ms
+        )
         self._job_keys: dict[int, list[OffloadKey]] = {}
         self._closed = False
         self._events: list[OffloadingEvent] | None = None
@@ -133,7 +157,10 @@ class DualBladeTier(SecondaryTierManager):
         found = self._lookup.lookup(key, req_context)
         if found is None:
             return LookupResult.RETRY
-        return LookupResult.HIT if found else LookupResult.MISS
+        if found:
+            self._pins.share(req_context.req_id, self.key_prefix + key)
+            return LookupResult.HIT
+        return LookupResult.MISS
 
     def on_new_request(self, req_context: ReqContext) -> RequestOffloadingContext:
         return RequestOffloadingContext()
@@ -143,6 +170,7 @@ class DualBladeTier(SecondaryTierManager):
 
     def on_request_finished(self, req_context: ReqContext) -> None:
         self._lookup.cleanup(req_context.req_id)
+        self._io.unpin(self._pins.finish(req_context.req_id))
 
     def touch(self, keys: Collection[OffloadKey], req_context: ReqContext) -> None:
         return  # phase 2: LRU touch in the daemon (reads already refresh last_access)
@@ -163,13 +191,11 @@ class DualBladeTier(SecondaryTierManager):
             raise RuntimeError("DualBladeTier is shut down")
         self._job_keys[job.job_id] = keys
         stride = self.block_size_bytes
+        full = tuple(self.key_prefix + k for k in keys)
+        if not is_store:
+            self._pins.loading(full)  # the load's get ends the daemon's pins
         self._io.submit(
-            ChunkJob(
-                job.job_id,
-                is_store,
-                tuple(self.key_prefix + k for k in keys),
-                tuple(int(c) * stride for c in job.chunk_ids),
-            )
+            ChunkJob(job.job_id, is_store, full, tuple(int(c) * stride for c in job.chunk_ids))
         )
 
     def get_finished_jobs(self) -> Iterable[JobResult]:
