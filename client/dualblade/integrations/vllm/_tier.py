@@ -173,7 +173,9 @@ class DualBladeTier(SecondaryTierManager):
         self._io.unpin(self._pins.finish(req_context.req_id))
 
     def touch(self, keys: Collection[OffloadKey], req_context: ReqContext) -> None:
-        return  # phase 2: LRU touch in the daemon (reads already refresh last_access)
+        # The daemon's eviction LRU counts gets (a load from this tier is one); the protocol
+        # has no touch op, and a stat is not a use, so there is nothing cheap to send here.
+        return
 
     # -- jobs ------------------------------------------------------------------------------
 
