@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from objectstore_utils import new_namespace, open_store, payload
 
-from dualbladed.store import fsck as fsck_module
 from dualbladed.store.fsck import fsck
+from dualbladed.store.fsck import verify as fsck_verify
 
 T = "1000/llama"
 N = 300
@@ -20,7 +20,7 @@ N = 300
 
 @pytest.mark.parametrize("workers", [1, 4])
 def test_spans_find_every_flipped_object(tmp_path: Path, monkeypatch, workers: int) -> None:
-    monkeypatch.setattr(fsck_module, "SPAN_BYTES", 64 << 10)  # many spans, several per worker
+    monkeypatch.setattr(fsck_verify, "SPAN_BYTES", 64 << 10)  # many spans, several per worker
     ns = new_namespace(tmp_path)
     store = open_store(ns, tmp_path / "state")
     try:
