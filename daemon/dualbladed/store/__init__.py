@@ -1,9 +1,11 @@
 """The object store: tenant-scoped keys -> checksummed extents on a residency path.
 
 Modules, bottom-up: :mod:`.meta` (the committed extent table in SQLite), :mod:`.index` (the
-in-memory index; :mod:`.heat` its incremental recency order and running totals), :mod:`.input` (request checks), :mod:`.recovery` (start-up rebuild),
-:mod:`.objects` (:class:`ObjectStore`, the lock owner), :mod:`.relocate` (migration between
-paths, through the store's narrow migration interface) and :mod:`.fsck` (offline checks).
+in-memory index; :mod:`.heat` its incremental recency order and running totals), :mod:`.input`
+(request checks), :mod:`.recovery` (start-up rebuild), :mod:`.objects` (:class:`ObjectStore`,
+the lock owner; its operations in the mixins :mod:`.writes`, :mod:`.reads`, :mod:`.moves` and
+:mod:`.capacity`), :mod:`.relocate` (migration between paths, through the store's narrow
+migration interface) and :mod:`.fsck` (offline checks, a package).
 
 Callers outside the package use the names exported here.
 """

@@ -4,36 +4,6 @@ This is what the gRPC service calls. It joins three parts: the residency paths (
 live: ``direct`` extents on the namespace, later ``pagecache`` slab files), their allocators, and
 the committed extent table in :class:`~dualbladed.store.meta.MetaStore`.
 
-Put (crash ordering; see also the MetaStore docstring)::
-
-    validate -> xxh3-64 of the payload -> allocate a *fresh* extent (lock)
-             -> [put.after_alloc] -> write it (no lock) -> [put.after_data_write]
-             -> durable: path.flush() (no lock) -> [put.after_flush]
-             -> [put.group_before_commit]
-             -> commit the row (lock; synchronous=FULL when durable) -> [put.after_commit]
-             -> free the replaced object's extent (lock; deferred while readers pin it)
-             -> acknowledge
-
-The first line and a half is :meth:`ObjectStore.stage_put`, the rest :meth:`commit_puts`, which
-commits a whole group of staged puts (a Batch's) in one transaction, flushing each written path
-once first when any of them is durable (group commit, :mod:`dualbladed.store.group`).
-
-Delete: find (lock) -> [delete.before_commit] -> commit the row's removal
--> [delete.after_commit] -> free the extent. The bracketed names are kill points
-(:mod:`dualbladed.killpoints`): the crash loop SIGKILLs the daemon there and checks that every
-acknowledged state survives.
-
-A crash before the commit leaves the old row and the old extent untouched, and the new extent is
-free after restart because free maps are rebuilt from committed rows only. Any failure frees the
-new extent and leaves the old object intact. Ephemeral objects never touch SQLite: they live in
-the in-memory index, die with their session, and after a crash their space is simply free.
-
-Get reads straight into the caller's buffer and verifies the checksum there. On a mismatch
-``dst[:size]`` is zeroed before :class:`~dualbladed.errors.ChecksumMismatch` is raised and the
-object is dropped (row deleted, extent freed), so torn or stale bytes are reported, never
-returned. Reading into ``dst`` avoids a bounce copy on the hot path; the zeroing is the price of
-a rare failure.
-
 Locking. ``ObjectStore._lock`` guards the index, the session table, every path's allocator
 (``allocate``/``release``/``reserve``) and metadata commits. Data I/O (``write``, ``read``,
 ``flush``) runs *outside* it, so many gRPC threads stream at once. A reader pins its entry
@@ -47,6 +17,13 @@ The in-memory index (entries, pins, sessions, per-tenant usage) lives in
 in :mod:`dualbladed.store.relocate` (which drives the store through its four ``*_move`` methods,
 the :class:`~dualbladed.store.relocate.MoveSite` protocol) and input checks in
 :mod:`dualbladed.store.input`; this module owns the lock, the paths and the metadata.
+
+The operations live in mixins of :class:`ObjectStore`, one module per side, all running on
+this class's lock, index, paths and metadata under the rules above: :mod:`.writes` (put,
+group commit, delete, session release; the crash ordering), :mod:`.reads` (get, stat,
+listings; verification in the caller's buffer) and :mod:`.moves` (the store's side of the
+``MoveSite`` protocol). This module keeps the lock, the paths, the metadata commits
+(``_commit``/``_commit_group``), read verification and the store's life cycle.
 
 Errors: residency paths raise only typed errors (their ``OSError`` is classified once, in
 :mod:`dualbladed.oserrors`), so no path call here is wrapped in an ``OSError`` handler and
@@ -67,50 +44,27 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import xxhash
 
-from dualbladed.alloc.abstract import Extent
-from dualbladed.errors import (
-    ChecksumMismatch,
-    DualbladeError,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-)
-from dualbladed.killpoints import killpoint
+from dualbladed.errors import DualbladeError, FailedPrecondition, InvalidArgument, NotFound
 from dualbladed.oserrors import from_oserror
 from dualbladed.paths.abstract import DIRECT, ResidencyPath
 from dualbladed.store import layers
 from dualbladed.store.capacity import CapacityPolicy, Evictions, EvictionSite
-from dualbladed.store.group import PutSpec, StagedPut, write_all
-from dualbladed.store.index import (
-    IndexEntry,
-    ObjectIndex,
-    ObjectInfo,
-    PathUsage,
-    StoreStats,
-    Usage,
-    shared_int,
-)
-from dualbladed.store.input import (
-    DEFAULT_MAX_OBJECT_BYTES,
-    MAX_KEY_BYTES,
-    as_bytes_view,
-    check_key,
-    zero,
-)
+from dualbladed.store.index import IndexEntry, ObjectIndex, ObjectInfo, PathUsage, StoreStats
+from dualbladed.store.input import DEFAULT_MAX_OBJECT_BYTES, MAX_KEY_BYTES, zero
 from dualbladed.store.meta import MetaStore, parse_tenant
+from dualbladed.store.moves import StoreMoves
 from dualbladed.store.pins import HitPins
+from dualbladed.store.reads import StoreReads
 from dualbladed.store.recovery import open_meta, rebuild
-from dualbladed.store.relocate import Move, relocate
+from dualbladed.store.writes import StoreWrites
 
 if TYPE_CHECKING:
     from dualbladed.namespace.abstract import Namespace
@@ -132,7 +86,7 @@ __all__ = [
 Placement = Callable[[str, int], str]
 
 
-class ObjectStore(EvictionSite):
+class ObjectStore(StoreWrites, StoreReads, StoreMoves, EvictionSite):
     """Tenant-scoped, checksummed objects over one or more residency paths.
 
     Build it with :meth:`open`; the constructor takes already-open parts (tests, the daemon's
@@ -220,201 +174,7 @@ class ObjectStore(EvictionSite):
             meta.close()
             raise
 
-    # -- writes ------------------------------------------------------------------------------
-
-    def put(
-        self,
-        tenant: str,
-        key: bytes,
-        src: memoryview,
-        *,
-        persistent: bool = False,
-        durable: bool = False,
-        session: str | None = None,
-        path: str | None = None,
-    ) -> ObjectInfo:
-        """Store ``src`` under ``(tenant, key)``, replacing any previous version.
-
-        Acknowledged (returns) only after the metadata commit. Ephemeral objects
-        (``persistent=False``) belong to ``session`` when one is given and are freed by
-        :meth:`release_session`; persistent objects outlive sessions (``session`` is ignored).
-
-        Raises:
-            InvalidArgument: bad tenant, key, size or path name.
-            OutOfSpace: no free extent on the chosen path is large enough.
-            DeviceIOError: the write or flush failed. In every error case nothing changed.
-        """
-        staged = self.stage_put(
-            tenant, key, src, persistent=persistent, durable=durable, session=session, path=path
-        )
-        return self.commit_puts([staged])[0]
-
-    # -- group commit (issue 14): many puts, one metadata transaction --------------------------
-
-    def stage_put(
-        self,
-        tenant: str,
-        key: bytes,
-        src: memoryview,
-        *,
-        persistent: bool = False,
-        durable: bool = False,
-        session: str | None = None,
-        path: str | None = None,
-    ) -> StagedPut:
-        """The first half of :meth:`put`: validate, checksum, allocate and write (no lock held
-        for the I/O) -- but neither flush nor commit. Hand the result to :meth:`commit_puts`
-        (with others: one transaction for all), or to :meth:`abandon_puts`.
-
-        Raises what :meth:`put` raises before its commit; nothing changed then.
-        """
-        (got,) = self.stage_many(tenant, [PutSpec(key, src, persistent, durable, session, path)])
-        if isinstance(got, BaseException):
-            raise got
-        return got
-
-    def stage_many(self, tenant: str, puts: Sequence[PutSpec]) -> list[StagedPut | DualbladeError]:
-        """:meth:`stage_put` for many puts of one tenant; one result (or error) per put.
-
-        The extents are allocated under one lock acquisition, and a path that supports it
-        (:meth:`DirectPath.write_many`) writes neighbouring extents with one ``pwritev``: a
-        batch of small puts on a fresh namespace becomes a few large writes. A put that fails
-        owns nothing afterwards; the others are unaffected.
-        """
-        out: list[StagedPut | DualbladeError | None] = [None] * len(puts)
-        todo: list[tuple[int, bytes, memoryview, str, int]] = []
-        for i, spec in enumerate(puts):
-            try:
-                key = check_key(tenant, spec.key)
-                data = as_bytes_view(spec.src, writable=False, what="source")
-                size = data.nbytes
-                if not 1 <= size <= self.max_object_bytes:
-                    raise InvalidArgument(
-                        f"object size {size} is outside 1..{self.max_object_bytes} bytes "
-                        f"(key {key!r})"
-                    )
-                path_name = self._choose_path(tenant, size, spec.path)
-            except DualbladeError as err:
-                out[i] = err
-                continue
-            todo.append((i, key, data, path_name, xxhash.xxh3_64_intdigest(data)))
-        extents: dict[int, Extent] = {}
-        with self._lock:
-            self._check_open()
-            for i, _, data, path_name, _ in todo:
-                try:
-                    extents[i] = self._allocate(
-                        self._paths[path_name], path_name, data.nbytes, durable=puts[i].durable
-                    )
-                except DualbladeError as err:
-                    out[i] = err
-        writes: dict[str, list[tuple[int, Extent, memoryview]]] = {}
-        for i, _, data, path_name, _ in todo:
-            if i in extents:
-                writes.setdefault(path_name, []).append((i, extents[i], data))
-        try:
-            killpoint("put.after_alloc")
-            for path_name, items in writes.items():
-                target = self._paths[path_name]
-                errors = write_all(target, [(e, d) for _, e, d in items])
-                for (i, _, _), err in zip(items, errors, strict=True):
-                    if err is not None:
-                        out[i] = err
-            killpoint("put.after_data_write")
-        except BaseException:
-            self._release_all({i: e for i, e in extents.items()}, todo)
-            raise
-        failed = {i: e for i, e in extents.items() if out[i] is not None}
-        if failed:
-            self._release_all(failed, todo)
-        for i, key, data, path_name, checksum in todo:
-            if out[i] is None:
-                spec = puts[i]
-                out[i] = StagedPut(
-                    tenant,
-                    key,
-                    data.nbytes,
-                    path_name,
-                    extents[i],
-                    checksum,
-                    spec.persistent,
-                    spec.durable,
-                    spec.session,
-                )
-        return out  # type: ignore[return-value]  # every slot is filled above
-
-    def _release_all(
-        self, extents: Mapping[int, Extent], todo: list[tuple[int, bytes, memoryview, str, int]]
-    ) -> None:
-        where = {i: path_name for i, _, _, path_name, _ in todo}
-        with self._lock:
-            for i, extent in extents.items():
-                self._paths[where[i]].release(extent)
-
-    def abandon_puts(self, staged: Sequence[StagedPut]) -> None:
-        """Free the extents of staged puts that will not be committed."""
-        with self._lock:
-            for st in staged:
-                self._paths[st.path].release(st.extent)
-
-    def commit_puts(self, staged: Sequence[StagedPut]) -> list[ObjectInfo]:
-        """Commit staged puts of distinct keys in one metadata transaction; acknowledge all.
-
-        Crash ordering as for :meth:`put`, per group: when any put is durable, every path the
-        group wrote is flushed first and the transaction commits with ``synchronous=FULL``, so
-        no put is acknowledged before its data and its row are durable. A crash before the
-        commit leaves every old version and frees every new extent (rows are the only truth);
-        after it, all of the group's rows are committed (a transaction is atomic). If the
-        commit fails, every staged extent is freed and nothing changed.
-        """
-        if not staged:
-            return []
-        if len({(st.tenant, st.key) for st in staged}) != len(staged):
-            self.abandon_puts(staged)
-            raise InvalidArgument("a group commit needs distinct keys")
-        try:
-            if any(st.durable for st in staged):
-                for name in {st.path for st in staged}:
-                    self._paths[name].flush()
-                killpoint("put.after_flush")
-            killpoint("put.group_before_commit")
-        except BaseException:
-            self.abandon_puts(staged)
-            raise
-        with self._lock:
-            try:
-                self._check_open()
-                now = time.time()
-                pairs = []
-                for i, st in enumerate(staged):
-                    entry = IndexEntry(
-                        ObjectInfo(
-                            tenant=st.tenant,
-                            key=st.key,
-                            size=shared_int(st.size),
-                            path=st.path,
-                            offset=st.extent.offset,
-                            length=shared_int(st.extent.length),
-                            checksum=st.checksum,
-                            generation=self._next_generation + i,
-                            persistent=st.persistent,
-                            last_access=now,
-                            session=None if st.persistent else st.session,
-                        )
-                    )
-                    pairs.append((entry, self._index.lookup(st.tenant, st.key)))
-                self._commit_group(pairs, durable=any(st.durable for st in staged))
-            except BaseException:
-                for st in staged:
-                    self._paths[st.path].release(st.extent)
-                raise
-            killpoint("put.after_commit")
-            self._next_generation += len(staged)
-            for entry, old in pairs:
-                if old is not None:
-                    self._retire(old)
-                self._index.install(entry)
-            return [entry.info for entry, _ in pairs]
+    # -- metadata commits (under self._lock; writes.py, moves.py and capacity.py call them) -
 
     def _commit_group(
         self, pairs: list[tuple[IndexEntry, IndexEntry | None]], *, durable: bool
@@ -472,79 +232,7 @@ class ObjectStore(EvictionSite):
         if info is not None and info.persistent:
             self._known_tenants.add(info.tenant)
 
-    def delete(self, tenant: str, key: bytes, *, durable: bool = False) -> ObjectInfo:
-        """Remove one object and free its space (once no reader pins it).
-
-        ``durable=True`` commits the removal with ``synchronous=FULL``: after the return a power
-        loss cannot bring the object back (a plain delete may come back, never torn).
-        """
-        key = check_key(tenant, key)
-        with self._lock:
-            self._check_open()
-            entry = self._require(tenant, key)
-            killpoint("delete.before_commit")
-            self._commit(None, entry, durable=durable)
-            killpoint("delete.after_commit")
-            self._retire(entry)
-            return entry.snapshot()
-
-    def release_session(self, session: str) -> int:
-        """Free every ephemeral object of ``session``; return how many there were."""
-        with self._lock:
-            self._check_open()
-            self._pins.release_session(session)
-            members = self._index.session_members(session)
-            for i, entry in enumerate(members):
-                if i == len(members) // 2:
-                    killpoint("release_session.mid")
-                self._retire(entry)
-        if members:
-            logger.info("session %s released: %d ephemeral objects freed", session, len(members))
-        return len(members)
-
-    # -- reads -------------------------------------------------------------------------------
-
-    def get_into(
-        self, tenant: str, key: bytes, dst: memoryview, *, session: str | None = None
-    ) -> ObjectInfo:
-        """Read the object into ``dst[:size]`` and verify it.
-
-        A successful read by ``session`` ends that session's hit pin on the key, if any.
-
-        Raises:
-            NotFound: no such key for this tenant.
-            InvalidArgument: ``dst`` is smaller than the object or not writable.
-            ChecksumMismatch: the stored bytes are torn or stale; ``dst[:size]`` was zeroed and
-                the object dropped.
-            DeviceIOError: the read failed (the object is kept).
-        """
-        key = check_key(tenant, key)
-        out = as_bytes_view(dst, writable=True, what="destination")
-        with self._lock:
-            self._check_open()
-            entry = self._require(tenant, key)
-            size = entry.info.size
-            if out.nbytes < size:
-                raise InvalidArgument(
-                    f"destination buffer holds {out.nbytes} bytes, key {key!r} needs {size}"
-                )
-            self._index.pin(entry)
-            self._index.note_access(entry)
-        try:
-            actual = self._read_verified(entry, out[:size])
-        except BaseException:
-            with self._lock:
-                self._unpin(entry)
-            raise
-        with self._lock:
-            self._unpin(entry)
-            if actual is not None:
-                self._drop_corrupt(entry, actual)
-            elif session is not None:
-                self._pins.unpin(session, tenant, key)
-        if actual is not None:
-            raise ChecksumMismatch(key, entry.info.checksum, actual)
-        return entry.snapshot()
+    # -- read verification (the get path, moves and layer reads) --------------------------
 
     def _read_verified(self, entry: IndexEntry, view: memoryview) -> int | None:
         """Read ``entry`` into ``view``; return None when it verifies, else the bad checksum."""
@@ -575,73 +263,6 @@ class ObjectStore(EvictionSite):
         if self._index.lookup(info.tenant, info.key) is entry:  # not already replaced or deleted
             self._commit(None, entry, durable=False)
             self._retire(entry)
-
-    def stat(
-        self, tenant: str, key: bytes, *, session: str | None = None, pin_ms: int = 0
-    ) -> ObjectInfo:
-        """The object's metadata. ``pin_ms > 0`` with a ``session`` also pins a hit for that
-        session (see :mod:`dualbladed.store.pins`); a miss raises NotFound and pins nothing.
-
-        Raises:
-            InvalidArgument: ``pin_ms`` above ``capacity.max_pin_ms``, or without a session.
-            PinLimitExceeded: the session already holds ``capacity.max_pins_per_session`` pins.
-        """
-        key = check_key(tenant, key)
-        self._check_pin(session, pin_ms)
-        with self._lock:
-            self._check_open()
-            return self._stat_locked(tenant, key, session, pin_ms).snapshot()
-
-    def list(self, tenant: str | None, prefix: bytes = b"", limit: int = 0) -> list[ObjectInfo]:
-        """Objects in (tenant, key) order whose key starts with ``prefix``; ``limit`` 0: all.
-
-        ``tenant=None`` lists every tenant (admin tools only).
-        """
-        if limit < 0:
-            raise InvalidArgument(f"limit must be >= 0, got {limit}")
-        with self._lock:
-            self._check_open()
-            return [e.snapshot() for e in self._index.scan(tenant, bytes(prefix), limit)]
-
-    def list_page(
-        self, tenant: str | None, after: tuple[str, bytes] | None, limit: int
-    ) -> list[ObjectInfo]:
-        """Up to ``limit`` (> 0) objects in (tenant, key) order after the cursor ``after``
-        (None: from the start); a page costs O(log N + limit) (admin listings, ``dbctl``)."""
-        if limit <= 0:
-            raise InvalidArgument(f"page limit must be > 0, got {limit}")
-        with self._lock:
-            self._check_open()
-            return [e.snapshot() for e in self._index.page(tenant, after, limit)]
-
-    def coldest(self, path: str, n: int) -> list[ObjectInfo]:
-        """Up to ``n`` objects on ``path``, least recently accessed first (O(log N + n): the
-        arbiter's demotion candidates, an evictor's victims)."""
-        with self._lock:
-            self._check_open()
-            return [e.snapshot() for e in self._index.coldest(path, n)]
-
-    def hottest(self, path: str, n: int) -> list[ObjectInfo]:
-        """Up to ``n`` objects on ``path``, most recently accessed first (O(log N + n))."""
-        with self._lock:
-            self._check_open()
-            return [e.snapshot() for e in self._index.hottest(path, n)]
-
-    def totals(self) -> dict[str, dict[str, Usage]]:
-        """``tenant -> path -> Usage(objects, payload bytes)``: running totals, never a scan."""
-        with self._lock:
-            self._check_open()
-            return self._index.totals()
-
-    def usage(self, tenant: str) -> int:
-        """Bytes of space allocated to ``tenant`` (extent lengths, ephemeral included)."""
-        with self._lock:
-            return self._index.usage(tenant)
-
-    def uid_usage(self, uid: int) -> int:
-        """Bytes allocated to all of ``uid``'s tenants together (per-uid quotas)."""
-        with self._lock:
-            return self._index.uid_usage(uid)
 
     def stats(self) -> StoreStats:
         with self._lock:
@@ -714,94 +335,6 @@ class ObjectStore(EvictionSite):
     ) -> tuple[int, ObjectInfo]:
         """:meth:`read_range_into`, also returning the object's info as of the read."""
         return layers.read_range_into(self, tenant, key, offset, length, dst)
-
-    # -- migration ---------------------------------------------------------------------------
-
-    def relocate(self, tenant: str, key: bytes, new_path: str) -> ObjectInfo:
-        """Move one object to ``new_path`` (the residency arbiter's migration hook).
-
-        Copy, verify, flush the destination, commit durably, then free the old extent: a failure
-        at any step leaves exactly one valid copy, and readers see the old copy until the commit.
-        The protocol lives in :mod:`dualbladed.store.relocate`.
-
-        Raises:
-            FailedPrecondition: the object was overwritten or deleted during the copy (the copy
-                is discarded; the newer state stands).
-
-        A layer object moves whole (capacity extent, size, chunk crcs) while this thread holds
-        its append lock, so no append lands in the source during the copy; the moved entry
-        keeps the lock, and an append that was waiting for it continues on the moved object.
-        """
-        key = check_key(tenant, key)
-        with self._lock:
-            self._check_open()
-            state = self._require(tenant, key).layer
-        if state is None:
-            return relocate(self, tenant, key, new_path)
-        with state.lock:
-            self._moving.layer = state  # begin_move checks that it moves what is locked
-            try:
-                return relocate(self, tenant, key, new_path)
-            finally:
-                self._moving.layer = None
-
-    def begin_move(self, tenant: str, key: bytes, new_path: str) -> Move | ObjectInfo:
-        """Pin the object and allocate on ``new_path`` (see ``MoveSite``)."""
-        key = check_key(tenant, key)
-        dest = self._path_named(new_path)
-        with self._lock:
-            self._check_open()
-            entry = self._require(tenant, key)
-            if entry.info.path == new_path:
-                return entry.snapshot()
-            if entry.layer is not None and entry.layer is not getattr(self._moving, "layer", None):
-                raise FailedPrecondition(
-                    f"key {key!r} is a layer object that changed before its move began (or is "
-                    "moved without its append lock: use ObjectStore.relocate)"
-                )
-            self._index.pin(entry)
-            try:
-                # a layer object moves its whole reserved capacity, not only the bytes written
-                extent = dest.allocate(entry.info.capacity or entry.info.size)
-            except BaseException:
-                self._unpin(entry)
-                raise
-        return Move(entry, new_path, dest, extent)
-
-    def read_source(self, move: Move, view: memoryview) -> int | None:
-        """Read and verify the pinned source (no lock; see ``MoveSite``)."""
-        return self._read_verified(move.source, view)
-
-    def abandon_move(self, move: Move, *, corrupt: int | None = None) -> None:
-        """Free the destination, unpin the source, drop it when ``corrupt`` (see ``MoveSite``)."""
-        with self._lock:
-            self._unpin(move.source)
-            move.dest.release(move.extent)
-            if corrupt is not None:
-                self._drop_corrupt(move.source, corrupt)
-
-    def commit_move(self, move: Move, after_commit: Callable[[], None]) -> ObjectInfo:
-        """Commit the row naming the destination, durably, then retire the source."""
-        source, info = move.source, move.source.info
-        with self._lock:
-            self._unpin(source)
-            try:
-                if self._index.lookup(info.tenant, info.key) is not source:
-                    raise FailedPrecondition(
-                        f"key {info.key!r} changed while relocating; copy discarded"
-                    )
-                where = {"offset": move.extent.offset, "length": move.extent.length}
-                moved = layers.new_entry(replace(info, path=move.dest_name, **where))
-                moved.layer = source.layer  # a layer object keeps its append lock and tail
-                moved.last_access = source.last_access
-                self._commit(moved, source, durable=True)
-            except BaseException:
-                move.dest.release(move.extent)
-                raise
-            after_commit()
-            self._retire(source)
-            self._index.install(moved)
-            return moved.snapshot()
 
     # -- durability and shutdown ---------------------------------------------------------------
 
