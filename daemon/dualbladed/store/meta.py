@@ -184,6 +184,28 @@ def parse_tenant(name: str) -> tuple[int, str]:
     return -1, name
 
 
+_UPSERT = f"INSERT OR REPLACE INTO objects ({_COLUMNS}) VALUES ({', '.join('?' * len(_COLUMNS.split(',')))})"
+
+
+def _row(rec: ObjectRecord) -> tuple:
+    """``rec`` as the row :data:`_UPSERT` binds, in ``_COLUMNS`` order (the inverse of
+    :func:`_row_to_record`)."""
+    return (
+        rec.tenant,
+        rec.key,
+        rec.path,
+        rec.offset,
+        rec.length,
+        rec.size,
+        to_signed64(rec.checksum),
+        rec.generation,
+        int(rec.persistent),
+        rec.last_access,
+        rec.capacity,
+        pack_crcs(rec.chunk_crcs),
+    )
+
+
 def _row_to_record(row: tuple) -> ObjectRecord:
     (
         tenant,
@@ -238,24 +260,7 @@ class Txn:
     def put(self, rec: ObjectRecord) -> ObjectRecord | None:
         """Insert or replace ``rec``; return the row it replaced, if any."""
         old = self.get(rec.tenant, rec.key)
-        self._conn.execute(
-            f"INSERT OR REPLACE INTO objects ({_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                rec.tenant,
-                rec.key,
-                rec.path,
-                rec.offset,
-                rec.length,
-                rec.size,
-                to_signed64(rec.checksum),
-                rec.generation,
-                int(rec.persistent),
-                rec.last_access,
-                rec.capacity,
-                pack_crcs(rec.chunk_crcs),
-            ),
-        )
+        self._conn.execute(_UPSERT, _row(rec))
         return old
 
     def set_layer_size(
@@ -272,27 +277,7 @@ class Txn:
 
     def put_many(self, recs: Iterable[ObjectRecord]) -> None:
         """Insert or replace many rows in one statement (group commit; no old rows returned)."""
-        self._conn.executemany(
-            f"INSERT OR REPLACE INTO objects ({_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                (
-                    rec.tenant,
-                    rec.key,
-                    rec.path,
-                    rec.offset,
-                    rec.length,
-                    rec.size,
-                    to_signed64(rec.checksum),
-                    rec.generation,
-                    int(rec.persistent),
-                    rec.last_access,
-                    rec.capacity,
-                    pack_crcs(rec.chunk_crcs),
-                )
-                for rec in recs
-            ),
-        )
+        self._conn.executemany(_UPSERT, (_row(rec) for rec in recs))
 
     def delete(self, tenant: str, key: bytes) -> ObjectRecord | None:
         """Delete one row; return it, or None when there was none."""
