@@ -15,7 +15,7 @@ It joins the pure :class:`~dualbladed.arbiter.policy.ResidencyPolicy` to the liv
   (only kernel triggers are kept: a polling watcher would read avg10 no faster than the tick),
   it reads :class:`~dualbladed.arbiter.signals.MemorySignals` (with refault counters), the
   page-cache footprint (mincore) and the :class:`~dualbladed.arbiter.signals.ReadMeter`'s
-  per-path read counters, reads per-tenant usage from the store's running totals and, in adaptive mode, a
+  per-path read and write counters, reads per-tenant usage from the store's running totals and, in adaptive mode, a
   bounded set of candidates (the coldest page-cache and hottest direct objects, from the
   store's recency order: O(candidates), never O(objects)), hands the policy one frozen :class:`~dualbladed.arbiter.feedback.Observation` (it learns its
   budget and split from it) and asks it for
@@ -266,7 +266,7 @@ class ResidencyArbiter:
         else:
             with self._lock:
                 pc, dr = self._usage.get(tenant, (0, 0))
-                choice = self._policy.place(tenant, size, TenantUsage(pc, dr))
+                choice = self._policy.place(tenant, size, TenantUsage(pc, dr), time.monotonic())
             if choice == PAGECACHE and not self._pagecache_fits(size):
                 choice = DIRECT
         with self._lock:
@@ -328,6 +328,7 @@ class ResidencyArbiter:
         kept = {k: t for k, t in moved.items() if now - t <= horizon}
         tenant_usage = {t: TenantUsage(pc, dr) for t, (pc, dr) in usage.items()}
         reads = self.meter.snapshot() if self.meter is not None else {}
+        writes = self.meter.snapshot("write") if self.meter is not None else {}
         with self._lock:
             obs = Observation(
                 now=now,
@@ -337,6 +338,8 @@ class ResidencyArbiter:
                 demand_bytes=sum(u.total for u in tenant_usage.values()),
                 reads=reads,
                 placed_bytes=self._placed_bytes,
+                writes=writes,
+                migrated_bytes=self._totals["demoted_bytes"] + self._totals["promoted_bytes"],
             )
             budget = self._policy.observe(obs)
             verdict = self._policy.verdict

@@ -26,7 +26,11 @@ oscillation. ``now`` is always passed in, so tests script time as well as signal
    tenant whose demand is below its offer gets its demand and leaves the race, and the rest is
    offered again. Shares never exceed demand; what is left over is *slack*.
 
-3. Placement. Forced modes return their path. In adaptive mode, once both paths' read speeds
+3. Placement. Forced modes return their path. In adaptive mode, a tenant writing in a burst
+   (``now`` given and :class:`~dualbladed.arbiter.feedback.BurstDetector` says so: prefill)
+   gets the path that is faster for writes now when that is ``direct`` (see feedback, 4.):
+   prefill costs no more than the better forced mode, each byte is written once, and the hot
+   part is promoted later by migrations, which wait for the burst. Otherwise, once both paths' read speeds
    were measured, the split comes first: a new object goes direct if the tenant's page-cache
    bytes would exceed ``f * (its bytes + size)`` (``f``, the page-cache fraction at which both
    paths finish a step's reads together; see feedback). Otherwise it goes to the page
@@ -38,8 +42,9 @@ oscillation. ``now`` is always passed in, so tests script time as well as signal
    first (they relieve memory pressure, promotions are only an optimisation):
 
    A tenant's *target* is its share, or ``min(share, f * demand)`` with a split. No migration
-   is planned during a write burst (see feedback): prefill's write-back is not slowed by
-   migration traffic, and what is still being written is not written twice.
+   is planned during a write burst (the feedback's per-tick one, or any tenant bursting in the
+   burst detector's window): prefill's write-back is not slowed by migration traffic, and what
+   is still being written is not written twice.
 
    - Demote (page cache -> direct, coldest ``last_access`` first, across tenants) when a tenant
      holds more than ``target + band`` (``target`` alone on a tick that saw pressure: a cut
@@ -63,7 +68,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-from dualbladed.arbiter.feedback import Feedback, FeedbackConfig, Observation, Verdict
+from dualbladed.arbiter.feedback import (
+    BurstDetector,
+    Feedback,
+    FeedbackConfig,
+    Observation,
+    Verdict,
+)
 from dualbladed.arbiter.signals import MemorySignals
 from dualbladed.config import ResidencyConfig, ResidencyMode
 from dualbladed.errors import InvalidArgument
@@ -194,6 +205,8 @@ class ResidencyPolicy:
         self._fraction: float | None = None  # the split's page-cache fraction
         self._defer = False  # a write burst: no migrations
         self._pressure = False  # the last observation saw pressure: demote without a band
+        self._write_path: PathName = DIRECT  # where a write burst goes (feedback, 4.)
+        self._bursts = BurstDetector(config.learn.tenant_burst_bytes, config.learn.burst_window_s)
 
     @property
     def verdict(self) -> Verdict | None:
@@ -240,6 +253,7 @@ class ResidencyPolicy:
         self._fraction = verdict.pagecache_fraction
         self._defer = verdict.write_burst
         self._pressure = verdict.pressure is not None
+        self._write_path = verdict.write_path  # type: ignore[assignment]
         self._budget = Budget(
             held, raw, obs.signals.effective_available, obs.pagecache_resident, changed
         )
@@ -276,10 +290,17 @@ class ResidencyPolicy:
 
     # --------------------------------------------------------------- placement
 
-    def place(self, tenant: str, size: int, usage: TenantUsage) -> PathName:
+    def place(
+        self, tenant: str, size: int, usage: TenantUsage, now: float | None = None
+    ) -> PathName:
+        """The path of a new object; ``now`` (the policy's clock) enables burst placement."""
         forced = self.config.mode.forced_path
         if forced is not None:
             return forced  # type: ignore[return-value]  # a forced mode is named after its path
+        bursting = now is not None and self._bursts.note(tenant, size, now)
+        if bursting and self._write_path == DIRECT:
+            return DIRECT  # a write burst goes where writes are fastest (docstring, 3.)
+        # (bursting with the page cache faster for writes: the usual rules keep it in budget)
         f = self._fraction
         if f is not None and usage.pagecache_bytes + size > f * (usage.total + size):
             return DIRECT  # the split: this share of the tenant's reads streams from disk
@@ -311,7 +332,7 @@ class ResidencyPolicy:
         cfg = self.config
         demand = {t: u.total for t, u in usage.items()}
         shares = self.targets(self.shares(budget, demand), demand)
-        if self._defer:
+        if self._defer or self._bursts.bursting(now):
             return []  # a write burst: migrations wait (module docstring, 4.)
         objects = list(objects_lru)
         movable = [

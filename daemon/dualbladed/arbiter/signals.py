@@ -387,69 +387,89 @@ class PathReads:
 
 
 class ReadMeter:
-    """The daemon times its own reads, per path: bytes over busy wall time.
+    """The daemon times its own I/O, per path and direction: bytes over busy wall time.
 
     The narrow hook: whoever reads a path's extent (the store) calls
     ``with meter.reading(path_name, nbytes): <the read>``, or :meth:`record` with the read's
-    start and end on ``time.monotonic()``. Busy time is the union of the reads' intervals, so
-    the throughput is what the path delivered while it was in use, at whatever queue depth the
-    executor ran it. Thread-safe (a counter update under a lock per read).
+    start and end on ``time.monotonic()``; writes likewise with :meth:`writing` (placement of
+    write bursts picks the path that is faster for *writes* now: under a memory limit a
+    page-cache write pays for reclaim and dirty throttling, a direct one does not). Busy time is
+    the union of the intervals of one direction, so the throughput is what the path delivered
+    while it was in use, at whatever queue depth the executor ran it. Thread-safe (a counter
+    update under a lock per I/O).
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._totals: dict[str, list[float]] = {}  # path -> [bytes, ops, busy_s]
-        self._active: dict[str, int] = {}
-        self._since: dict[str, float] = {}
+        # (op, path) -> [bytes, ops, busy_s]; op is "read" or "write"
+        self._totals: dict[tuple[str, str], list[float]] = {}
+        self._active: dict[tuple[str, str], int] = {}
+        self._since: dict[tuple[str, str], float] = {}
 
     @contextlib.contextmanager
     def reading(self, path: str, nbytes: int) -> Iterator[None]:
-        self._begin(path)
+        with self._timed(("read", path), nbytes):
+            yield
+
+    @contextlib.contextmanager
+    def writing(self, path: str, nbytes: int) -> Iterator[None]:
+        with self._timed(("write", path), nbytes):
+            yield
+
+    @contextlib.contextmanager
+    def _timed(self, key: tuple[str, str], nbytes: int) -> Iterator[None]:
+        self._begin(key)
         ok = False
         try:
             yield
             ok = True
         finally:
-            self._end(path, nbytes if ok else 0)
+            self._end(key, nbytes if ok else 0)
 
-    def record(self, path: str, nbytes: int, start: float, end: float) -> None:
-        """One finished read (for callers that time it themselves; not merged with others)."""
+    def record(self, path: str, nbytes: int, start: float, end: float, *, op: str = "read") -> None:
+        """One finished I/O (for callers that time it themselves; not merged with others)."""
         with self._lock:
-            row = self._totals.setdefault(path, [0, 0, 0.0])
+            row = self._totals.setdefault((op, path), [0, 0, 0.0])
             row[0] += nbytes
             row[1] += 1
             row[2] += max(0.0, end - start)
 
-    def _begin(self, path: str) -> None:
+    def _begin(self, key: tuple[str, str]) -> None:
         now = self._clock()
         with self._lock:
-            if self._active.get(path, 0) == 0:
-                self._since[path] = now
-            self._active[path] = self._active.get(path, 0) + 1
+            if self._active.get(key, 0) == 0:
+                self._since[key] = now
+            self._active[key] = self._active.get(key, 0) + 1
 
-    def _end(self, path: str, nbytes: int) -> None:
+    def _end(self, key: tuple[str, str], nbytes: int) -> None:
         now = self._clock()
         with self._lock:
-            row = self._totals.setdefault(path, [0, 0, 0.0])
+            row = self._totals.setdefault(key, [0, 0, 0.0])
             row[0] += nbytes
             row[1] += 1 if nbytes else 0
-            self._active[path] -= 1
-            if self._active[path] == 0:
-                row[2] += now - self._since.pop(path)
+            self._active[key] -= 1
+            if self._active[key] == 0:
+                row[2] += now - self._since.pop(key)
 
-    def snapshot(self) -> dict[str, PathReads]:
-        """Cumulative counters per path (busy time of reads still in flight not included)."""
+    def snapshot(self, op: str = "read") -> dict[str, PathReads]:
+        """Cumulative counters per path for ``op`` ("read" or "write"; busy time of I/O still
+        in flight not included)."""
         with self._lock:
-            return {p: PathReads(int(b), int(n), s) for p, (b, n, s) in self._totals.items()}
+            return {
+                p: PathReads(int(b), int(n), s)
+                for (o, p), (b, n, s) in self._totals.items()
+                if o == op
+            }
 
 
 class MeteredPath:
-    """A residency path whose ``read`` goes through a :class:`ReadMeter`; all else delegates.
+    """A residency path whose ``read`` and ``write`` (and ``write_many``) go through a
+    :class:`ReadMeter`; all else delegates.
 
-    The server wraps the store's paths with this so the arbiter sees per-path read throughput
-    without the store knowing. Reads issued by migrations are counted too (they are reads of
-    the path as well).
+    The server wraps the store's paths with this so the arbiter sees per-path read and write
+    throughput without the store knowing. I/O issued by migrations is counted too (it is I/O
+    of the path as well; the feedback subtracts migrated bytes where that matters).
     """
 
     def __init__(self, path: Any, name: str, meter: ReadMeter) -> None:
@@ -461,5 +481,18 @@ class MeteredPath:
         with self._meter.reading(self._name, dst.nbytes):
             self._path.read(extent, dst)
 
+    def write(self, extent: Any, src: memoryview) -> None:
+        with self._meter.writing(self._name, src.nbytes):
+            self._path.write(extent, src)
+
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._path, name)
+        attr = getattr(self._path, name)
+        if name == "write_many":  # a batch of puts is a write burst too: time it as one write
+
+            def write_many(items: Any) -> Any:
+                nbytes = sum(data.nbytes for _, data in items)
+                with self._meter.writing(self._name, nbytes):
+                    return attr(items)
+
+            return write_many
+        return attr
