@@ -1,0 +1,183 @@
+"""Prefill write-back: write speeds per path, the write path, burst detection and placement.
+
+Pure code (no I/O, no clock): observations and placement times are scripted here, so which
+path is faster for writes and when a tenant bursts is whatever the test says.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dualbladed.arbiter.feedback import (
+    BurstDetector,
+    Feedback,
+    FeedbackConfig,
+    Observation,
+    choose_write_path,
+)
+from dualbladed.arbiter.policy import ObjectHeat, PolicyConfig, ResidencyPolicy, TenantUsage
+from dualbladed.arbiter.signals import MemorySignals, MeteredPath, PathReads, ReadMeter
+from dualbladed.paths.abstract import DIRECT, PAGECACHE
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def sig(available: int) -> MemorySignals:
+    return MemorySignals(
+        0.0, 64 * GiB, available, None, None, None, None, 0.0, 0.0, 0, 0, None, "host"
+    )
+
+
+def obs(
+    now: float,
+    *,
+    writes: dict[str, PathReads] | None = None,
+    placed: int = 0,
+    migrated: int = 0,
+    pc: int = 0,
+    demand: int = 0,
+) -> Observation:
+    return Observation(
+        now, sig(8 * GiB), pc, pc, demand, {}, placed, writes or {}, migrated_bytes=migrated
+    )
+
+
+def w(pc_bytes: int, pc_s: float, dr_bytes: int, dr_s: float) -> dict[str, PathReads]:
+    return {PAGECACHE: PathReads(pc_bytes, 1, pc_s), DIRECT: PathReads(dr_bytes, 1, dr_s)}
+
+
+def test_write_path_is_direct_until_both_are_measured_then_the_faster() -> None:
+    assert choose_write_path({}) == DIRECT
+    assert choose_write_path({PAGECACHE: 5.0}) == DIRECT  # direct unmeasured: the safe guess
+    assert choose_write_path({DIRECT: 1.0}) == DIRECT
+    assert choose_write_path({PAGECACHE: 0.3, DIRECT: 1.0}) == DIRECT  # reclaim under a limit
+    assert choose_write_path({PAGECACHE: 3.0, DIRECT: 1.0}) == PAGECACHE  # memory is free
+
+
+def test_feedback_learns_write_speeds_and_names_the_write_path() -> None:
+    fb = Feedback(FeedbackConfig(speed_alpha=1.0))
+    fb.update(obs(0, writes=w(0, 0.0, 0, 0.0)))
+    # page cache 1 GB in 4 s (throttled), direct 1 GB in 1 s: direct is faster for writes
+    v = fb.update(obs(1, writes=w(10**9, 4.0, 10**9, 1.0)))
+    assert v.write_speeds_gbps == {PAGECACHE: 0.25, DIRECT: 1.0}
+    assert v.write_path == DIRECT
+    # later memory is free: page-cache writes are memcpy speed
+    v = fb.update(obs(2, writes=w(4 * 10**9, 5.0, 2 * 10**9, 2.0)))
+    assert v.write_speeds_gbps[PAGECACHE] == pytest.approx(3.0)
+    assert v.write_path == PAGECACHE
+    # a trickle is no sample: the speeds stay
+    v = fb.update(obs(3, writes=w(4 * 10**9 + MiB, 6.0, 2 * 10**9, 2.0)))
+    assert v.write_speeds_gbps[PAGECACHE] == pytest.approx(3.0)
+
+
+def test_appends_are_a_burst_but_the_arbiters_own_migrations_are_not() -> None:
+    fb = Feedback(FeedbackConfig())
+    fb.update(obs(0, writes=w(0, 0.0, 0, 0.0)))
+    # 512 MiB written in a second, none of it placed by puts (appends to reserved objects)
+    v = fb.update(obs(1, writes=w(0, 0.0, 512 * MiB, 0.5)))
+    assert v.write_burst
+    v = fb.update(obs(2, writes=w(0, 0.0, 512 * MiB, 0.5)))
+    assert v.write_burst  # and for one tick after
+    v = fb.update(obs(3, writes=w(0, 0.0, 512 * MiB, 0.5)))
+    assert not v.write_burst
+    # 256 MiB written by promotions: migrations must not stop themselves
+    v = fb.update(obs(4, writes=w(256 * MiB, 0.1, 512 * MiB, 0.5), migrated=256 * MiB))
+    assert not v.write_burst
+
+
+def test_burst_detector_window_per_tenant() -> None:
+    d = BurstDetector(threshold=32 * MiB, window_s=2.0)
+    assert not d.note("a", 16 * MiB, 0.0)
+    assert not d.note("b", 16 * MiB, 0.1)  # another tenant's bytes do not add up
+    assert d.note("a", 16 * MiB, 0.5)  # 32 MiB within 2 s
+    assert d.bursting(1.0)
+    assert not d.note("a", 16 * MiB, 3.0)  # the first two left the window
+    assert not d.bursting(5.1)
+    # paced placements never burst, however many
+    assert not any(d.note("c", 8 * MiB, 10.0 + i) for i in range(20))
+
+
+def _policy() -> ResidencyPolicy:
+    return ResidencyPolicy(
+        PolicyConfig(
+            mode="adaptive",
+            hysteresis_bytes=0,
+            min_dwell_s=0.0,
+            learn=FeedbackConfig(speed_alpha=1.0, split=False),
+        )
+    )
+
+
+def test_a_prefill_burst_goes_to_the_faster_write_path_then_is_promoted_after_it() -> None:
+    p = _policy()
+    budget = p.observe(obs(0))
+    p.shares(budget, {"t": 0})
+    pc = dr = 0
+    placed = []
+    for layer in range(64):  # a prefill: 16 MiB objects, 10 per second
+        where = p.place("t", 16 * MiB, TenantUsage(pc, dr), now=layer * 0.1)
+        placed.append(where)
+        pc, dr = (pc + 16 * MiB, dr) if where == PAGECACHE else (pc, dr + 16 * MiB)
+    # the memory is there, but writes to the page cache are unmeasured: direct once bursting
+    assert placed[:1] == [PAGECACHE] and set(placed[2:]) == {DIRECT}
+    heat = [ObjectHeat("t", b"L%d" % i, 16 * MiB, placed[i], 6.3, None) for i in range(64)]
+    usage = {"t": TenantUsage(pc, dr)}
+    # during the burst no migration, though the tenant is far under its share
+    p.observe(obs(6.4, placed=64 * 16 * MiB, pc=pc, demand=pc + dr))
+    assert p.plan(usage, heat, now=6.4) == []
+    # the burst is over (2 s window, one calm tick): hot objects are promoted, bounded per tick
+    p.observe(obs(8.5, placed=64 * 16 * MiB, pc=pc, demand=pc + dr))
+    p.observe(obs(9.5, placed=64 * 16 * MiB, pc=pc, demand=pc + dr))
+    plan = p.plan(usage, heat, now=9.5)
+    assert plan and {m.dst for m in plan} == {PAGECACHE}
+    assert sum(m.size for m in plan) <= p.config.max_migration_bytes_per_tick
+
+
+def test_a_burst_uses_the_page_cache_when_it_is_faster_for_writes_and_in_budget() -> None:
+    p = _policy()
+    p.observe(obs(0, writes=w(0, 0.0, 0, 0.0)))
+    budget = p.observe(obs(1, writes=w(3 * 10**9, 1.0, 10**9, 1.0)))
+    p.shares(budget, {"t": 0})
+    where = [
+        p.place("t", 16 * MiB, TenantUsage(i * 16 * MiB, 0), now=1 + i * 0.01) for i in range(8)
+    ]
+    assert set(where) == {PAGECACHE}
+
+
+def test_forced_modes_ignore_bursts() -> None:
+    p = ResidencyPolicy(PolicyConfig(mode="pagecache"))
+    assert {p.place("t", 64 * MiB, TenantUsage(0, 0), now=i * 0.01) for i in range(8)} == {
+        PAGECACHE
+    }
+
+
+class _FakePath:
+    """Stands in for a residency path (the metering is under test, not the I/O)."""
+
+    def __init__(self) -> None:
+        self.wrote: list[int] = []
+
+    def write(self, extent: object, src: memoryview) -> None:
+        self.wrote.append(src.nbytes)
+
+    def write_many(self, items: list[tuple[object, memoryview]]) -> list[None]:
+        self.wrote.extend(d.nbytes for _, d in items)
+        return [None] * len(items)
+
+
+def test_metered_path_times_writes_and_write_batches_apart_from_reads() -> None:
+    meter = ReadMeter()
+    inner = _FakePath()
+    path = MeteredPath(inner, DIRECT, meter)
+    path.write(None, memoryview(bytes(MiB)))
+    assert path.write_many(
+        [(None, memoryview(bytes(MiB))), (None, memoryview(bytes(2 * MiB)))]
+    ) == [
+        None,
+        None,
+    ]
+    assert inner.wrote == [MiB, MiB, 2 * MiB]
+    got = meter.snapshot("write")[DIRECT]
+    assert (got.bytes, got.ops) == (4 * MiB, 2)
+    assert meter.snapshot() == {}  # no reads
