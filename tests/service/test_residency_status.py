@@ -11,6 +11,7 @@ import json
 
 from dualblade.v1 import dualblade_pb2 as pb
 from dualblade_tools.dbctl import residency_dict
+from dualbladed.arbiter.feedback import Verdict
 from dualbladed.arbiter.snapshot import (
     BudgetStatus,
     MemorySignals,
@@ -70,6 +71,19 @@ def full() -> ResidencySnapshot:
             ),
         ),
         totals=ResidencyTotals(1, 2, 3, 4, TB + 40, TB + 41, TB + 42, TB + 43),
+        feedback=Verdict(
+            cap=TB + 50,
+            ceiling=TB + 51,
+            room=TB + 52,
+            pressure="refaults 40 MiB/s",
+            refault_bytes_per_s=41943040.0,
+            hit_ratio=0.75,
+            speeds_gbps={"pagecache": 6.5, "direct": 1.25},
+            pagecache_fraction=0.8,
+            write_burst=True,
+            write_speeds_gbps={"pagecache": 0.25, "direct": 1.5},
+            write_path="direct",
+        ),
     )
 
 
@@ -128,6 +142,21 @@ def test_every_field_crosses_the_wire_and_lands_in_dbctls_shape() -> None:
         "pagecache_bytes": TB + 42,
         "direct_bytes": TB + 43,
     }
+    assert d["feedback"] == {
+        "cap": TB + 50,
+        "ceiling": TB + 51,
+        "room": TB + 52,
+        "pressure": "refaults 40 MiB/s",
+        "refault_bytes_per_s": 41943040.0,
+        "hit_ratio": 0.75,
+        "pagecache_fraction": 0.8,
+        "write_burst": True,
+        "write_path": "direct",
+        "pagecache_read_gbps": 6.5,
+        "direct_read_gbps": 1.25,
+        "pagecache_write_gbps": 0.25,
+        "direct_write_gbps": 1.5,
+    }
 
 
 def test_unknowns_stay_null_not_zero() -> None:
@@ -152,6 +181,12 @@ def test_unknowns_stay_null_not_zero() -> None:
     assert sig["cgroup_version"] is None and sig["cgroup_limit"] is None
     assert sig["psi_some_avg10"] is None and sig["mem_available"] == 50
     assert d["tenants"] == {} and d["migrations"] == []
+    assert d["feedback"] is None  # no observation yet
+    # a verdict before any speed was measured: the speeds and the split stay null, not 0
+    early = Verdict(1, 2, 3, None, None, None, {}, None, False)
+    d = residency_dict(residency_pb(dataclasses.replace(snap, feedback=early)))
+    assert d["feedback"]["pressure"] is None and d["feedback"]["pagecache_fraction"] is None
+    assert d["feedback"]["direct_write_gbps"] is None and d["feedback"]["write_path"] == "direct"
 
 
 def test_dbctl_renders_the_tables_from_the_typed_status(capsys) -> None:
@@ -162,7 +197,11 @@ def test_dbctl_renders_the_tables_from_the_typed_status(capsys) -> None:
     assert "0/a" in out and "1000/b" in out and "cgroup v2" in out
     assert "pagecache -> direct" in out and "failed: NotFound: gone" in out
     assert "3 (4 failed)" in out and "triggers: trigger, 3 events" in out
+    assert "refaults 40 MiB/s" in out and "6.50 GB/s / 1.25 GB/s" in out
+    assert "0.25 GB/s / 1.50 GB/s" in out and "direct (burst now: migrations wait)" in out
     snap = dataclasses.replace(full(), budget=None, signals=None, tenants=(), migrations=())
     render_residency(residency_dict(residency_pb(snap)))
     out = capsys.readouterr().out
     assert "none yet" in out and "(no objects)" in out and "->" not in out
+    render_residency(residency_dict(residency_pb(dataclasses.replace(snap, feedback=None))))
+    assert "nothing yet" in capsys.readouterr().out

@@ -113,6 +113,9 @@ def test_status_json_carries_the_typed_residency(daemon: DaemonProcess) -> None:
     residency = status["residency"]
     assert residency["mode"] == "adaptive" and residency["ticks"] >= 1
     assert set(residency) >= {"budget", "signals", "psi", "tenants", "migrations", "totals"}
+    # the arbiter observed at start: what it learned is on the wire, typed
+    fb = residency["feedback"]
+    assert fb["cap"] >= 0 and fb["write_path"] in ("pagecache", "direct")
 
 
 def test_tenants_leaves_out_dbctls_own_session_and_marks_admin_ones(

@@ -295,6 +295,45 @@ def _size_or(value: Any, none: str = "-") -> str:
     return none if value is None else format_bytes(int(value))
 
 
+def _gbps(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} GB/s"
+
+
+def _feedback_rows(fb: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """What the adaptive arbiter learned on its last tick (``ResidencyStatus.feedback``)."""
+    if fb is None:
+        return [("learned", "nothing yet")]
+    split = fb["pagecache_fraction"]
+    hit = fb["hit_ratio"]
+    refaults = fb["refault_bytes_per_s"]
+    return [
+        (
+            "learned cap",
+            f"{format_bytes(fb['cap'])} (ceiling {format_bytes(fb['ceiling'])}, "
+            f"room {format_bytes(fb['room'])})",
+        ),
+        ("  pressure", fb["pressure"] or "none"),
+        (
+            "  refaults / hit ratio",
+            f"{'-' if refaults is None else format_bytes(int(refaults)) + '/s'} / "
+            f"{'-' if hit is None else f'{hit:.2f}'}",
+        ),
+        (
+            "  read pagecache / direct",
+            f"{_gbps(fb['pagecache_read_gbps'])} / {_gbps(fb['direct_read_gbps'])}",
+        ),
+        (
+            "  write pagecache / direct",
+            f"{_gbps(fb['pagecache_write_gbps'])} / {_gbps(fb['direct_write_gbps'])}",
+        ),
+        ("  split (page-cache share)", "off" if split is None else f"{split:.2f}"),
+        (
+            "  write bursts go to",
+            fb["write_path"] + (" (burst now: migrations wait)" if fb["write_burst"] else ""),
+        ),
+    ]
+
+
 def render_residency(d: dict[str, Any]) -> None:
     """The arbiter's status as three tables: tenants, budget and signals, migrations.
 
@@ -367,6 +406,7 @@ def render_residency(d: dict[str, Any]) -> None:
             f"cap {format_bytes(d['migration_bytes_per_s'])}/s",
         ),
         ("ticks", f"{d['ticks']} every {d['tick_s']} s"),
+        *_feedback_rows(d.get("feedback")),
     ]
     print()
     print_table(["residency", "value"], rows)

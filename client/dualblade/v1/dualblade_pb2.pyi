@@ -521,7 +521,7 @@ class ResidencyTotals(_message.Message):
     def __init__(self, placed_pagecache: _Optional[int] = ..., placed_direct: _Optional[int] = ..., migrations: _Optional[int] = ..., failed_migrations: _Optional[int] = ..., demoted_bytes: _Optional[int] = ..., promoted_bytes: _Optional[int] = ..., pagecache_bytes: _Optional[int] = ..., direct_bytes: _Optional[int] = ...) -> None: ...
 
 class ResidencyStatus(_message.Message):
-    __slots__ = ("mode", "tick_s", "ticks", "last_tick_age_s", "migration_bytes_per_s", "budget", "signals", "psi", "pagecache", "tenants", "migrations", "totals")
+    __slots__ = ("mode", "tick_s", "ticks", "last_tick_age_s", "migration_bytes_per_s", "budget", "signals", "psi", "pagecache", "tenants", "migrations", "totals", "feedback")
     MODE_FIELD_NUMBER: _ClassVar[int]
     TICK_S_FIELD_NUMBER: _ClassVar[int]
     TICKS_FIELD_NUMBER: _ClassVar[int]
@@ -534,6 +534,7 @@ class ResidencyStatus(_message.Message):
     TENANTS_FIELD_NUMBER: _ClassVar[int]
     MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
     TOTALS_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     mode: str
     tick_s: float
     ticks: int
@@ -546,7 +547,38 @@ class ResidencyStatus(_message.Message):
     tenants: _containers.RepeatedCompositeFieldContainer[TenantResidency]
     migrations: _containers.RepeatedCompositeFieldContainer[Migration]
     totals: ResidencyTotals
-    def __init__(self, mode: _Optional[str] = ..., tick_s: _Optional[float] = ..., ticks: _Optional[int] = ..., last_tick_age_s: _Optional[float] = ..., migration_bytes_per_s: _Optional[int] = ..., budget: _Optional[_Union[ResidencyBudget, _Mapping]] = ..., signals: _Optional[_Union[MemorySignals, _Mapping]] = ..., psi: _Optional[_Union[PsiStatus, _Mapping]] = ..., pagecache: _Optional[_Union[PageCacheStatus, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[TenantResidency, _Mapping]]] = ..., migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ..., totals: _Optional[_Union[ResidencyTotals, _Mapping]] = ...) -> None: ...
+    feedback: ResidencyFeedback
+    def __init__(self, mode: _Optional[str] = ..., tick_s: _Optional[float] = ..., ticks: _Optional[int] = ..., last_tick_age_s: _Optional[float] = ..., migration_bytes_per_s: _Optional[int] = ..., budget: _Optional[_Union[ResidencyBudget, _Mapping]] = ..., signals: _Optional[_Union[MemorySignals, _Mapping]] = ..., psi: _Optional[_Union[PsiStatus, _Mapping]] = ..., pagecache: _Optional[_Union[PageCacheStatus, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[TenantResidency, _Mapping]]] = ..., migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ..., totals: _Optional[_Union[ResidencyTotals, _Mapping]] = ..., feedback: _Optional[_Union[ResidencyFeedback, _Mapping]] = ...) -> None: ...
+
+class ResidencyFeedback(_message.Message):
+    __slots__ = ("cap", "ceiling", "room", "pressure", "refault_bytes_per_s", "hit_ratio", "pagecache_fraction", "write_burst", "write_path", "pagecache_read_gbps", "direct_read_gbps", "pagecache_write_gbps", "direct_write_gbps")
+    CAP_FIELD_NUMBER: _ClassVar[int]
+    CEILING_FIELD_NUMBER: _ClassVar[int]
+    ROOM_FIELD_NUMBER: _ClassVar[int]
+    PRESSURE_FIELD_NUMBER: _ClassVar[int]
+    REFAULT_BYTES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    HIT_RATIO_FIELD_NUMBER: _ClassVar[int]
+    PAGECACHE_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    WRITE_BURST_FIELD_NUMBER: _ClassVar[int]
+    WRITE_PATH_FIELD_NUMBER: _ClassVar[int]
+    PAGECACHE_READ_GBPS_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_READ_GBPS_FIELD_NUMBER: _ClassVar[int]
+    PAGECACHE_WRITE_GBPS_FIELD_NUMBER: _ClassVar[int]
+    DIRECT_WRITE_GBPS_FIELD_NUMBER: _ClassVar[int]
+    cap: int
+    ceiling: int
+    room: int
+    pressure: str
+    refault_bytes_per_s: float
+    hit_ratio: float
+    pagecache_fraction: float
+    write_burst: bool
+    write_path: str
+    pagecache_read_gbps: float
+    direct_read_gbps: float
+    pagecache_write_gbps: float
+    direct_write_gbps: float
+    def __init__(self, cap: _Optional[int] = ..., ceiling: _Optional[int] = ..., room: _Optional[int] = ..., pressure: _Optional[str] = ..., refault_bytes_per_s: _Optional[float] = ..., hit_ratio: _Optional[float] = ..., pagecache_fraction: _Optional[float] = ..., write_burst: _Optional[bool] = ..., write_path: _Optional[str] = ..., pagecache_read_gbps: _Optional[float] = ..., direct_read_gbps: _Optional[float] = ..., pagecache_write_gbps: _Optional[float] = ..., direct_write_gbps: _Optional[float] = ...) -> None: ...
 
 class ResidencyResponse(_message.Message):
     __slots__ = ("json", "status")

@@ -109,6 +109,6 @@ class ResidencySnapshot:
     tenants: tuple[TenantResidency, ...]  # sorted by tenant
     migrations: tuple[MigrationRecord, ...]  # oldest first
     totals: ResidencyTotals
-    #: what the budget learned on the last tick (cap, pressure, speeds, split); not on the wire
-    #: yet (a ResidencyStatus field is the proto owner's to add)
+    #: what the budget learned on the last tick (cap, pressure, speeds, split, write path);
+    #: on the wire as ``ResidencyStatus.feedback`` (service/residency.py)
     feedback: Verdict | None = None

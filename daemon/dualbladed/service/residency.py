@@ -8,7 +8,9 @@ can tell "not known yet" from zero.
 from __future__ import annotations
 
 from dualblade.v1 import dualblade_pb2 as pb
+from dualbladed.arbiter.feedback import Verdict
 from dualbladed.arbiter.snapshot import MemorySignals, MigrationRecord, ResidencySnapshot
+from dualbladed.paths.abstract import DIRECT, PAGECACHE
 
 
 def _signals_pb(s: MemorySignals) -> pb.MemorySignals:
@@ -48,6 +50,29 @@ def _migration_pb(m: MigrationRecord) -> pb.Migration:
     return msg
 
 
+def _feedback_pb(v: Verdict) -> pb.ResidencyFeedback:
+    msg = pb.ResidencyFeedback(
+        cap=v.cap,
+        ceiling=v.ceiling,
+        room=v.room,
+        write_burst=v.write_burst,
+        write_path=v.write_path,
+    )
+    optional = {
+        "pressure": v.pressure,
+        "refault_bytes_per_s": v.refault_bytes_per_s,
+        "hit_ratio": v.hit_ratio,
+        "pagecache_fraction": v.pagecache_fraction,
+    }
+    for path in (PAGECACHE, DIRECT):
+        optional[f"{path}_read_gbps"] = v.speeds_gbps.get(path)
+        optional[f"{path}_write_gbps"] = v.write_speeds_gbps.get(path)
+    for name, value in optional.items():
+        if value is not None:
+            setattr(msg, name, value)
+    return msg
+
+
 def residency_pb(snap: ResidencySnapshot) -> pb.ResidencyStatus:
     msg = pb.ResidencyStatus(
         mode=str(snap.mode),  # ResidencyMode.__str__ is its value
@@ -80,4 +105,6 @@ def residency_pb(snap: ResidencySnapshot) -> pb.ResidencyStatus:
         msg.signals.CopyFrom(_signals_pb(snap.signals))
     if snap.pagecache is not None:
         msg.pagecache.CopyFrom(pb.PageCacheStatus(**vars(snap.pagecache)))
+    if snap.feedback is not None:
+        msg.feedback.CopyFrom(_feedback_pb(snap.feedback))
     return msg
