@@ -23,9 +23,9 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 
-def sig(available: int) -> MemorySignals:
+def sig(available: int, free: int | None = None) -> MemorySignals:
     return MemorySignals(
-        0.0, 64 * GiB, available, None, None, None, None, 0.0, 0.0, 0, 0, None, "host"
+        0.0, 64 * GiB, available, None, None, None, None, 0.0, 0.0, 0, 0, free, "host"
     )
 
 
@@ -37,9 +37,10 @@ def obs(
     migrated: int = 0,
     pc: int = 0,
     demand: int = 0,
+    free: int | None = None,
 ) -> Observation:
     return Observation(
-        now, sig(8 * GiB), pc, pc, demand, {}, placed, writes or {}, migrated_bytes=migrated
+        now, sig(8 * GiB, free), pc, pc, demand, {}, placed, writes or {}, migrated_bytes=migrated
     )
 
 
@@ -143,6 +144,25 @@ def test_a_burst_uses_the_page_cache_when_it_is_faster_for_writes_and_in_budget(
         p.place("t", 16 * MiB, TenantUsage(i * 16 * MiB, 0), now=1 + i * 0.01) for i in range(8)
     ]
     assert set(where) == {PAGECACHE}
+
+
+def test_a_burst_fills_only_free_memory_on_the_page_cache_even_when_it_writes_faster() -> None:
+    """Under a limit the page cache's write latency looks fast until the memory is full; what
+    would evict the weights goes direct (8 GiB effective available counts their clean cache)."""
+    p = _policy()
+    p.observe(obs(0, writes=w(0, 0.0, 0, 0.0), free=40 * MiB))
+    budget = p.observe(obs(1, writes=w(3 * 10**9, 1.0, 10**9, 1.0), free=40 * MiB))
+    p.shares(budget, {"t": 0})
+    pc = 0
+    where = []
+    for i in range(6):
+        where.append(p.place("t", 16 * MiB, TenantUsage(pc, 0), now=1 + i * 0.01))
+        pc += 16 * MiB if where[-1] == PAGECACHE else 0
+    # 16 MiB (not bursting yet) + 16 MiB of free memory, then direct
+    assert where == [PAGECACHE, PAGECACHE, DIRECT, DIRECT, DIRECT, DIRECT]
+    # the next tick sees more free memory: the burst may use it again
+    p.observe(obs(2, writes=w(3 * 10**9, 1.0, 10**9, 1.0), free=64 * MiB))
+    assert p.place("t", 16 * MiB, TenantUsage(pc, 0), now=2.0) == PAGECACHE
 
 
 def test_forced_modes_ignore_bursts() -> None:

@@ -28,9 +28,12 @@ oscillation. ``now`` is always passed in, so tests script time as well as signal
 
 3. Placement. Forced modes return their path. In adaptive mode, a tenant writing in a burst
    (``now`` given and :class:`~dualbladed.arbiter.feedback.BurstDetector` says so: prefill)
-   gets the path that is faster for writes now when that is ``direct`` (see feedback, 4.):
-   prefill costs no more than the better forced mode, each byte is written once, and the hot
-   part is promoted later by migrations, which wait for the burst. Otherwise, once both paths' read speeds
+   gets the path that is faster for writes now (see feedback, 4.), and the page cache only
+   into free memory (``room`` less our resident bytes, consumed by every page-cache placement
+   until the next tick): a page-cache write that must evict someone pays reclaim now and refaults later,
+   which its own latency does not show until it is too late. So prefill costs no more than the
+   better forced mode, each byte is written once, and the hot part is promoted later by
+   migrations, which wait for the burst. Otherwise, once both paths' read speeds
    were measured, the split comes first: a new object goes direct if the tenant's page-cache
    bytes would exceed ``f * (its bytes + size)`` (``f``, the page-cache fraction at which both
    paths finish a step's reads together; see feedback). Otherwise it goes to the page
@@ -206,6 +209,7 @@ class ResidencyPolicy:
         self._defer = False  # a write burst: no migrations
         self._pressure = False  # the last observation saw pressure: demote without a band
         self._write_path: PathName = DIRECT  # where a write burst goes (feedback, 4.)
+        self._free_left = 0  # free memory not yet taken by page-cache placements since the tick
         self._bursts = BurstDetector(config.learn.tenant_burst_bytes, config.learn.burst_window_s)
 
     @property
@@ -254,6 +258,7 @@ class ResidencyPolicy:
         self._defer = verdict.write_burst
         self._pressure = verdict.pressure is not None
         self._write_path = verdict.write_path  # type: ignore[assignment]
+        self._free_left = max(0, verdict.room - obs.pagecache_resident)  # free - reserve
         self._budget = Budget(
             held, raw, obs.signals.effective_available, obs.pagecache_resident, changed
         )
@@ -298,9 +303,17 @@ class ResidencyPolicy:
         if forced is not None:
             return forced  # type: ignore[return-value]  # a forced mode is named after its path
         bursting = now is not None and self._bursts.note(tenant, size, now)
-        if bursting and self._write_path == DIRECT:
-            return DIRECT  # a write burst goes where writes are fastest (docstring, 3.)
-        # (bursting with the page cache faster for writes: the usual rules keep it in budget)
+        # a write burst goes where writes are fastest (docstring, 3.), and to the page cache
+        # only into free memory: evicting others to make room is what makes page-cache writes
+        # slow (reclaim in the write, refaults after it)
+        if bursting and (self._write_path == DIRECT or size > self._free_left):
+            return DIRECT
+        choice = self._place_in_budget(tenant, size, usage)
+        if choice == PAGECACHE:
+            self._free_left = max(0, self._free_left - size)
+        return choice
+
+    def _place_in_budget(self, tenant: str, size: int, usage: TenantUsage) -> PathName:
         f = self._fraction
         if f is not None and usage.pagecache_bytes + size > f * (usage.total + size):
             return DIRECT  # the split: this share of the tenant's reads streams from disk
