@@ -167,6 +167,7 @@ class ResidencyArbiter:
         #: the daemon's own read timing per path (None: no speeds, so no split)
         self.meter = meter
         self._placed_bytes = 0  # cumulative, for the write-burst detector
+        self._write_path = DIRECT  # the last logged write path (feedback's default)
 
         self._lock = threading.Lock()
         self._usage: dict[str, list[int]] = {}  # tenant -> [pagecache bytes, direct bytes]
@@ -360,6 +361,15 @@ class ResidencyArbiter:
                 budget.effective_available,
                 budget.pagecache_resident,
                 "" if verdict is None or verdict.pressure is None else f", {verdict.pressure}",
+            )
+        if verdict is not None and verdict.write_path != self._write_path:
+            self._write_path = verdict.write_path
+            log.info(
+                "write bursts now go to %s (writes: %s; free for a burst %d B)",
+                verdict.write_path,
+                ", ".join(f"{p} {g:.2f} GB/s" for p, g in sorted(verdict.write_speeds_gbps.items()))
+                or "not measured",
+                max(0, verdict.room - obs.pagecache_resident),
             )
         self._adapt_candidates(migrations)
         if migrations:
