@@ -54,6 +54,9 @@ def test_write_path_is_direct_until_both_are_measured_then_the_faster() -> None:
     assert choose_write_path({DIRECT: 1.0}) == DIRECT
     assert choose_write_path({PAGECACHE: 0.3, DIRECT: 1.0}) == DIRECT  # reclaim under a limit
     assert choose_write_path({PAGECACHE: 3.0, DIRECT: 1.0}) == PAGECACHE  # memory is free
+    # faster, but not by the margin: the latency of a page-cache write hides its write-back
+    assert choose_write_path({PAGECACHE: 1.57, DIRECT: 1.03}) == DIRECT
+    assert choose_write_path({PAGECACHE: 1.57, DIRECT: 1.03}, advantage=1.5) == PAGECACHE
 
 
 def test_feedback_learns_write_speeds_and_names_the_write_path() -> None:
