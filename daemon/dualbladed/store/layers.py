@@ -2,8 +2,10 @@
 
 A layer object holds one (sequence or prefix, layer, K|V) stream. A decode step then costs a few
 ops per layer (one ranged read of each of K and V), not one op per 256-token block. This module
-is a friend of :class:`~dualbladed.store.objects.ObjectStore` (like :mod:`.relocate`): it uses
-the store's lock, index, paths and metadata under the store's rules.
+still reaches into :class:`~dualbladed.store.objects.ObjectStore`'s private members (its lock,
+index, paths, commit and pin helpers) under the store's rules. Unlike :mod:`.relocate`, which
+goes through the narrow ``MoveSite`` protocol, it has no such interface yet: giving it one is
+open work.
 
 Shape. ``reserve`` allocates ONE extent of ``capacity`` bytes (rounded up to the path's
 alignment) on the chosen path and indexes an object of size 0: ``ObjectInfo.capacity > 0`` marks
