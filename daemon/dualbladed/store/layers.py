@@ -1,11 +1,15 @@
 """Layer objects: one contiguous extent with reserved capacity, appended to and read by ranges.
 
 A layer object holds one (sequence or prefix, layer, K|V) stream. A decode step then costs a few
-ops per layer (one ranged read of each of K and V), not one op per 256-token block. This module
-still reaches into :class:`~dualbladed.store.objects.ObjectStore`'s private members (its lock,
-index, paths, commit and pin helpers) under the store's rules. Unlike :mod:`.relocate`, which
-goes through the narrow ``MoveSite`` protocol, it has no such interface yet: giving it one is
-open work.
+ops per layer (one ranged read of each of K and V), not one op per 256-token block.
+
+The store. This module sees :class:`~dualbladed.store.objects.ObjectStore` only through
+:class:`LayerSite`, a handful of documented operations (install, pin, follow a move, publish an
+append, drop) that the store implements in :mod:`dualbladed.store.layersite`, as
+:mod:`.relocate` does through ``MoveSite``. Each takes the store's lock itself; this module never
+touches the lock, the index or the metadata, and it does not import the store. What stays here
+is what a layer object is: its first row, the chunk crcs, the append's crash ordering and kill
+points, and the ranged read with its verification.
 
 Shape. ``reserve`` allocates ONE extent of ``capacity`` bytes (rounded up to the path's
 alignment) on the chosen path and indexes an object of size 0: ``ObjectInfo.capacity > 0`` marks
@@ -55,8 +59,9 @@ import logging
 import mmap
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from crc32c import crc32c
 
@@ -78,13 +83,13 @@ from dualbladed.store.input import as_bytes_view, check_key, zero
 
 if TYPE_CHECKING:
     from dualbladed.store.meta import MetaStore
-    from dualbladed.store.objects import ObjectStore
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "LAYER_CHUNK_BYTES",
     "GroupCommit",
+    "LayerSite",
     "LayerState",
     "append",
     "chunk_count",
@@ -98,6 +103,8 @@ __all__ = [
 
 #: Always release the GIL while checksumming (the default only does so above 32 KiB).
 _GIL_RELEASE = 1
+
+T = TypeVar("T")
 
 
 class LayerState:
@@ -146,11 +153,86 @@ def extend_crcs(crcs: tuple[int, ...], size: int, data: memoryview) -> tuple[int
     return tuple(out)
 
 
+class LayerSite(Protocol):
+    """What a store lends to layer objects (implemented by ``ObjectStore``).
+
+    Every operation that says "under the store lock" takes it and returns without it; the
+    caller holds at most the object's :attr:`LayerState.lock` (lock order ``LayerState.lock``
+    -> store lock). A pinned entry's extent is never reallocated until it is unpinned.
+    """
+
+    max_object_bytes: int
+
+    @property
+    def paths(self) -> Mapping[str, ResidencyPath]:
+        """The residency paths by name (data I/O on them runs without the store lock)."""
+        ...
+
+    def layer_install(
+        self,
+        tenant: str,
+        key: bytes,
+        size: int,
+        path: str | None,
+        build: Callable[[str, Extent, int], IndexEntry],
+    ) -> ObjectInfo:
+        """Under the store lock: choose the path (``path`` is a hint), allocate ``size`` bytes
+        on it (evicting LRU objects while it is full), ``build(path name, extent, generation)``
+        the entry, commit it and install it in place of whatever was under ``key``.
+
+        Nothing is held when ``build`` or the commit raises. Raises ``OutOfSpace``,
+        ``InvalidArgument`` (unknown path), ``FailedPrecondition`` (store closed).
+        """
+        ...
+
+    def layer_pin(
+        self, tenant: str, key: bytes, check: Callable[[ObjectInfo], T], *, access: bool
+    ) -> tuple[IndexEntry, T]:
+        """Under the store lock: find the object, ``check(info)`` it (raising refuses, nothing
+        pinned), pin it, and with ``access`` count it as read (heat, LRU, ``last_access``).
+
+        Returns the pinned entry and what ``check`` returned. Raises ``NotFound``.
+        """
+        ...
+
+    def layer_unpin(self, entry: IndexEntry) -> None:
+        """Under the store lock: drop one pin; the last pin of a retired entry frees its extent."""
+        ...
+
+    def layer_follow_move(self, entry: IndexEntry, state: LayerState) -> IndexEntry:
+        """Under the store lock: the live entry the pinned ``entry`` became if a relocation
+        retired it (moving the pin over), else ``entry``. The caller holds ``state.lock``."""
+        ...
+
+    def layer_info(self, entry: IndexEntry) -> ObjectInfo | None:
+        """Under the store lock: ``entry``'s info, or None once it was replaced or deleted.
+        Raises ``FailedPrecondition`` when the store is closed."""
+        ...
+
+    def layer_commit_size(self, info: ObjectInfo, *, durable: bool) -> bool:
+        """Without the store lock: commit a persistent layer row's size and chunk crcs
+        (:class:`GroupCommit`); False when no row of ``info.generation`` was there."""
+        ...
+
+    def layer_publish(
+        self, entry: IndexEntry, info: ObjectInfo, then: Callable[[], None]
+    ) -> ObjectInfo | None:
+        """Under the store lock: make ``info`` (same object and extent, new size) what readers
+        see, run ``then()`` still under the lock, and return the snapshot; None (nothing done)
+        once ``entry`` was replaced or deleted. Raises ``FailedPrecondition`` when closed."""
+        ...
+
+    def layer_drop(self, entry: IndexEntry) -> None:
+        """Under the store lock: delete the object (row and extent) if ``entry`` is still its
+        live version; a corrupt object is never served again."""
+        ...
+
+
 # -- reserve ---------------------------------------------------------------------------------
 
 
 def reserve(
-    store: ObjectStore,
+    site: LayerSite,
     tenant: str,
     key: bytes,
     capacity: int,
@@ -163,51 +245,39 @@ def reserve(
     key = check_key(tenant, key)
     if isinstance(capacity, bool) or not isinstance(capacity, int):
         raise InvalidArgument(f"capacity must be an integer, got {type(capacity).__name__}")
-    if not 1 <= capacity <= store.max_object_bytes:
+    if not 1 <= capacity <= site.max_object_bytes:
         raise InvalidArgument(
-            f"layer object capacity {capacity} is outside 1..{store.max_object_bytes} bytes "
+            f"layer object capacity {capacity} is outside 1..{site.max_object_bytes} bytes "
             f"(key {key!r})"
         )
-    path_name = store._choose_path(tenant, capacity, path)
-    target = store._paths[path_name]
-    with store._lock:
-        store._check_open()
-        extent = store._allocate(target, path_name, capacity, durable=False)  # may evict (LRU)
-        try:
-            entry = new_entry(
-                ObjectInfo(
-                    tenant=tenant,
-                    key=key,
-                    size=0,
-                    path=path_name,
-                    offset=extent.offset,
-                    length=extent.length,
-                    checksum=0,
-                    generation=store._next_generation,
-                    persistent=persistent,
-                    last_access=time.time(),
-                    session=None if persistent else session,
-                    capacity=capacity,
-                    chunk_crcs=(),
-                )
+
+    def build(path_name: str, extent: Extent, generation: int) -> IndexEntry:
+        return new_entry(
+            ObjectInfo(
+                tenant=tenant,
+                key=key,
+                size=0,
+                path=path_name,
+                offset=extent.offset,
+                length=extent.length,
+                checksum=0,
+                generation=generation,
+                persistent=persistent,
+                last_access=time.time(),
+                session=None if persistent else session,
+                capacity=capacity,
+                chunk_crcs=(),
             )
-            old = store._index.lookup(tenant, key)
-            store._commit(entry, old, durable=False)
-        except BaseException:
-            target.release(extent)
-            raise
-        store._next_generation += 1
-        if old is not None:
-            store._retire(old)
-        store._index.install(entry)
-        return entry.snapshot()
+        )
+
+    return site.layer_install(tenant, key, capacity, path, build)
 
 
 # -- append ----------------------------------------------------------------------------------
 
 
 def append(
-    store: ObjectStore,
+    site: LayerSite,
     tenant: str,
     key: bytes,
     src: memoryview,
@@ -221,50 +291,35 @@ def append(
     n = data.nbytes
     if n <= 0:
         raise InvalidArgument(f"append to key {key!r} needs at least one byte")
-    with store._lock:
-        store._check_open()
-        entry = store._require(tenant, key)
-        if entry.layer is None:
-            raise FailedPrecondition(f"key {key!r} is not a layer object (reserve it first)")
-        store._index.pin(entry)
-    state: LayerState = entry.layer  # type: ignore[assignment]
+    entry, _ = site.layer_pin(tenant, key, _appendable, access=False)
+    state: LayerState = entry.layer  # type: ignore[assignment]  # set for every layer object
     try:
         with state.lock:
-            with store._lock:
-                entry = _follow_move(store, entry, state)
-            return _append_locked(store, entry, state, data, durable, expect_size)
+            # A relocation hands its LayerState to the moved entry and completes under that
+            # lock, so a waiting append continues on the moved object instead of failing or
+            # retrying (a busy arbiter cannot starve appends).
+            entry = site.layer_follow_move(entry, state)
+            return _append_locked(site, entry, state, data, durable, expect_size)
     finally:
-        with store._lock:
-            store._unpin(entry)
+        site.layer_unpin(entry)
 
 
-def _follow_move(store: ObjectStore, entry: IndexEntry, state: LayerState) -> IndexEntry:
-    """The live entry of the object ``entry`` was, if a relocation retired it (under the store
-    lock, holding ``state.lock``). A relocation hands its :class:`LayerState` to the moved
-    entry and completes under that lock, so a waiting append continues on the moved object
-    instead of failing or retrying (a busy arbiter cannot starve appends)."""
-    if not entry.dead:
-        return entry
-    live = store._index.lookup(entry.info.tenant, entry.info.key)
-    if live is None or live.layer is not state:
-        return entry  # replaced or deleted: _check_live reports it
-    store._index.pin(live)
-    store._unpin(entry)
-    return live
+def _appendable(info: ObjectInfo) -> None:
+    if not info.is_layer:
+        raise FailedPrecondition(f"key {info.key!r} is not a layer object (reserve it first)")
 
 
 def _append_locked(
-    store: ObjectStore,
+    site: LayerSite,
     entry: IndexEntry,
     state: LayerState,
     data: memoryview,
     durable: bool,
     expect_size: int | None,
 ) -> ObjectInfo:
-    with store._lock:
-        store._check_open()
-        _check_live(entry)
-        info = entry.info
+    info = site.layer_info(entry)
+    if info is None:
+        raise _replaced(entry)
     size, n = info.size, data.nbytes
     if expect_size is not None and size != expect_size:
         raise FailedPrecondition(
@@ -277,7 +332,7 @@ def _append_locked(
             f"capacity {info.capacity} bytes; reserve a larger object"
         )
     crcs = extend_crcs(info.chunk_crcs, size, data)
-    target = store._paths[info.path]
+    target = site.paths[info.path]
     try:
         killpoint("append.before_data_write")
         tail = _write_at(target, info, state, data)
@@ -289,23 +344,26 @@ def _append_locked(
         raise
     new_info = replace(info, size=size + n, chunk_crcs=crcs)
     killpoint("append.before_commit")
-    committed = not info.persistent or store._layer_commits.commit(new_info, durable=durable)
+    committed = not info.persistent or site.layer_commit_size(new_info, durable=durable)
     killpoint("append.after_commit")
-    with store._lock:
-        store._check_open()
-        _check_live(entry)
-        if not committed:  # live, persistent, yet no row of its generation: never acknowledge
-            raise FailedPrecondition(f"layer object {info.key!r} has no committed row")
-        store._index.replace_info(entry, new_info)  # keeps the running totals in step
+    if not committed:  # no row of its generation: never acknowledge
+        if site.layer_info(entry) is None:
+            raise _replaced(entry)
+        raise FailedPrecondition(f"layer object {info.key!r} has no committed row")
+
+    def set_tail() -> None:
         state.tail = tail
-        return entry.snapshot()
+
+    snapshot = site.layer_publish(entry, new_info, set_tail)
+    if snapshot is None:
+        raise _replaced(entry)
+    return snapshot
 
 
-def _check_live(entry: IndexEntry) -> None:
-    if entry.dead:
-        raise FailedPrecondition(
-            f"layer object {entry.info.key!r} was replaced or deleted during the append"
-        )
+def _replaced(entry: IndexEntry) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"layer object {entry.info.key!r} was replaced or deleted during the append"
+    )
 
 
 class GroupCommit:
@@ -419,7 +477,7 @@ def _read_tail(target: ResidencyPath, info: ObjectInfo, head_len: int) -> bytes:
 
 
 def read_range_into(
-    store: ObjectStore, tenant: str, key: bytes, offset: int, length: int, dst: memoryview
+    site: LayerSite, tenant: str, key: bytes, offset: int, length: int, dst: memoryview
 ) -> tuple[int, ObjectInfo]:
     """Read bytes ``[offset, offset + length)`` (``length`` 0: to the end) into ``dst``.
 
@@ -428,10 +486,9 @@ def read_range_into(
     out = as_bytes_view(dst, writable=True, what="destination")
     if offset < 0 or length < 0:
         raise OutOfRange(f"range offset {offset} and length {length} must be >= 0")
-    with store._lock:
-        store._check_open()
-        entry = store._require(tenant, key)
-        info = entry.info
+
+    def check(info: ObjectInfo) -> int:
+        """The range's length, or raise (under the store lock, before the pin)."""
         if not info.is_layer:
             raise FailedPrecondition(f"key {key!r} is not a layer object; read it whole with get")
         size = info.size
@@ -446,15 +503,16 @@ def read_range_into(
             raise InvalidArgument(
                 f"destination holds {out.nbytes} bytes, range of key {key!r} needs {n}"
             )
-        store._index.pin(entry)
-        store._index.note_access(entry)
+        return n
+
+    entry, n = site.layer_pin(tenant, key, check, access=True)
+    info = entry.info
     try:
-        bad = _read_chunks(store._paths[info.path], info, offset, out[:n])
+        bad = _read_chunks(site.paths[info.path], info, offset, out[:n])
     finally:
-        with store._lock:
-            store._unpin(entry)
+        site.layer_unpin(entry)
     if bad is not None:
-        _drop(store, entry, bad)
+        _drop(site, entry, bad)
         chunk, expected, actual = bad
         raise LayerChecksumMismatch(key, chunk, LAYER_CHUNK_BYTES, expected, actual)
     return n, info
@@ -470,7 +528,7 @@ def read_verified(target: ResidencyPath, info: ObjectInfo, view: memoryview) -> 
     return None if bad is None else bad[2]
 
 
-def _drop(store: ObjectStore, entry: IndexEntry, bad: tuple[int, int, int]) -> None:
+def _drop(site: LayerSite, entry: IndexEntry, bad: tuple[int, int, int]) -> None:
     info = entry.info
     logger.error(
         "checksum mismatch: tenant %s layer object %r on %s at %d+%d generation %d, chunk %d "
@@ -483,10 +541,7 @@ def _drop(store: ObjectStore, entry: IndexEntry, bad: tuple[int, int, int]) -> N
         info.generation,
         *bad,
     )
-    with store._lock:
-        if store._index.lookup(info.tenant, info.key) is entry:
-            store._commit(None, entry, durable=False)
-            store._retire(entry)
+    site.layer_drop(entry)
 
 
 class _Bad(Exception):

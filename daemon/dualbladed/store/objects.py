@@ -21,9 +21,10 @@ the :class:`~dualbladed.store.relocate.MoveSite` protocol) and input checks in
 The operations live in mixins of :class:`ObjectStore`, one module per side, all running on
 this class's lock, index, paths and metadata under the rules above: :mod:`.writes` (put,
 group commit, delete, session release; the crash ordering), :mod:`.reads` (get, stat,
-listings; verification in the caller's buffer) and :mod:`.moves` (the store's side of the
-``MoveSite`` protocol). This module keeps the lock, the paths, the metadata commits
-(``_commit``/``_commit_group``), read verification and the store's life cycle.
+listings; verification in the caller's buffer), :mod:`.moves` (the store's side of the
+``MoveSite`` protocol) and :mod:`.layersite` (layer objects: the store's side of the
+``LayerSite`` protocol of :mod:`.layers`). This module keeps the lock, the paths, the metadata
+commits (``_commit``/``_commit_group``), read verification and the store's life cycle.
 
 Errors: residency paths raise only typed errors (their ``OSError`` is classified once, in
 :mod:`dualbladed.oserrors`), so no path call here is wrapped in an ``OSError`` handler and
@@ -59,6 +60,7 @@ from dualbladed.store import layers
 from dualbladed.store.capacity import CapacityPolicy, Evictions, EvictionSite
 from dualbladed.store.index import IndexEntry, ObjectIndex, ObjectInfo, PathUsage, StoreStats
 from dualbladed.store.input import DEFAULT_MAX_OBJECT_BYTES, MAX_KEY_BYTES, zero
+from dualbladed.store.layersite import StoreLayers
 from dualbladed.store.meta import MetaStore, parse_tenant
 from dualbladed.store.moves import StoreMoves
 from dualbladed.store.pins import HitPins
@@ -86,7 +88,7 @@ __all__ = [
 Placement = Callable[[str, int], str]
 
 
-class ObjectStore(StoreWrites, StoreReads, StoreMoves, EvictionSite):
+class ObjectStore(StoreWrites, StoreReads, StoreMoves, StoreLayers, EvictionSite):
     """Tenant-scoped, checksummed objects over one or more residency paths.
 
     Build it with :meth:`open`; the constructor takes already-open parts (tests, the daemon's
@@ -282,59 +284,6 @@ class ObjectStore(StoreWrites, StoreReads, StoreMoves, EvictionSite):
     def namespace_uuid(self) -> uuid.UUID:
         """The superblock UUID the metadata is bound to."""
         return self._meta.namespace_uuid
-
-    # -- layer objects (dualbladed.store.layers) -----------------------------------------------
-
-    def reserve(
-        self,
-        tenant: str,
-        key: bytes,
-        capacity: int,
-        *,
-        persistent: bool = False,
-        session: str | None = None,
-        path: str | None = None,
-    ) -> ObjectInfo:
-        """Create (or replace any object under ``key`` with) an empty layer object of
-        ``capacity`` bytes in one contiguous extent. OutOfSpace when no extent fits."""
-        return layers.reserve(
-            self, tenant, key, capacity, persistent=persistent, session=session, path=path
-        )
-
-    def append(
-        self,
-        tenant: str,
-        key: bytes,
-        src: memoryview,
-        *,
-        durable: bool = False,
-        expect_size: int | None = None,
-    ) -> ObjectInfo:
-        """Append ``src`` at the layer object's end; returns the info with the new size.
-
-        Raises:
-            FailedPrecondition: not a layer object, or its size is not ``expect_size``.
-            CapacityExceeded: the append would pass the reserved capacity (nothing written).
-        """
-        return layers.append(self, tenant, key, src, durable=durable, expect_size=expect_size)
-
-    def read_range_into(
-        self, tenant: str, key: bytes, offset: int, length: int, dst: memoryview
-    ) -> int:
-        """Read ``[offset, offset + length)`` (``length`` 0: to the end) of a layer object into
-        ``dst``, verifying each chunk; returns the bytes read.
-
-        Raises:
-            OutOfRange: the range passes the object's size.
-            ChecksumMismatch: a chunk failed (``dst`` zeroed, the object dropped).
-        """
-        return layers.read_range_into(self, tenant, key, offset, length, dst)[0]
-
-    def read_range(
-        self, tenant: str, key: bytes, offset: int, length: int, dst: memoryview
-    ) -> tuple[int, ObjectInfo]:
-        """:meth:`read_range_into`, also returning the object's info as of the read."""
-        return layers.read_range_into(self, tenant, key, offset, length, dst)
 
     # -- durability and shutdown ---------------------------------------------------------------
 
