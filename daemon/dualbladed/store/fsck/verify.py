@@ -130,6 +130,73 @@ def run_spans(
                 progress(done[0], total)
 
 
+#: ``read(offset, view)``: fill ``view`` with the stored bytes at ``offset`` (raises
+#: ``DualbladeError`` or ``OSError``, whose text becomes the record's "read failed" error)
+ReadAt = Callable[[int, memoryview], None]
+
+
+def verify_spans(
+    recs: list[ObjectRecord],
+    report: FsckReport,
+    *,
+    read: ReadAt,
+    buffer: Callable[[int], memoryview],
+    unit: Callable[[int], int],
+    workers: int,
+    progress: Progress | None,
+    done: list[int] | None,
+    total: int,
+) -> None:
+    """Verify ``recs`` wherever they live: neighbours (:func:`group_spans`, same ``unit``) in
+    one ``read`` of up to ``SPAN_BYTES``, ``workers`` reads at a time (:func:`run_spans`).
+
+    ``buffer(nbytes)`` gives a view of at least ``nbytes`` for the calling thread to read into
+    (the direct path wants it aligned). When a span's read fails, each of its records is read
+    alone (its whole extent) to find out which are unreadable.
+    """
+
+    def one(rec: ObjectRecord) -> tuple[ObjectRecord, str | None, str | None]:
+        view = buffer(rec.length)[: rec.length]
+        try:
+            read(rec.offset, view)
+            return rec, verdict(rec, view[: rec.size]), None
+        except (DualbladeError, OSError) as err:
+            return rec, None, str(err)
+        finally:
+            view.release()
+
+    def read_span(span: list[ObjectRecord]) -> _Result:
+        if len(span) == 1:
+            return [one(span[0])]
+        start = span[0].offset
+        end = max(r.offset + r.length for r in span)
+        view = buffer(end - start)[: end - start]
+        try:
+            try:
+                read(start, view)
+            except (DualbladeError, OSError):
+                return [one(r) for r in span]
+            out: _Result = []
+            for r in span:
+                part = view[r.offset - start : r.offset - start + r.size]
+                out.append((r, verdict(r, part), None))
+                part.release()
+            return out
+        finally:
+            view.release()
+
+    recs = sorted(recs, key=lambda r: r.offset)
+    run_spans(
+        group_spans(recs, unit),
+        read_span,
+        report,
+        workers,
+        progress,
+        done if done is not None else [0],
+        total or len(recs),
+    )
+
+
 def verify_direct(
     ns: Namespace,
     recs: list[ObjectRecord],
@@ -140,64 +207,36 @@ def verify_direct(
     done: list[int] | None = None,
     total: int = 0,
 ) -> None:
-    """Read direct objects through the daemon's own O_DIRECT path (records already in bounds),
-    neighbouring extents in one read of up to ``SPAN_BYTES``, ``workers`` reads at a time."""
+    """Read direct objects through the daemon's own O_DIRECT path (records already in bounds)
+    into one aligned buffer per thread."""
     path = DirectPath(ns, queue_depth=4)
     local = threading.local()
     buffers: list[mmap.mmap] = []
     lock = threading.Lock()
 
-    def buffer(nbytes: int) -> mmap.mmap:
+    def buffer(nbytes: int) -> memoryview:
         buf = getattr(local, "buf", None)
         if buf is None or len(buf) < nbytes:
             buf = aligned_buffer(max(nbytes, SPAN_BYTES))
             local.buf = buf
             with lock:
                 buffers.append(buf)
-        return buf
+        return memoryview(buf)
 
-    def one(rec: ObjectRecord) -> tuple[ObjectRecord, str | None, str | None]:
-        buf = buffer(rec.length)
-        view = memoryview(buf)[: rec.size]
-        try:
-            path.read(Extent(rec.offset, rec.length), view)
-            return rec, verdict(rec, view), None
-        except (DualbladeError, OSError) as err:
-            return rec, None, str(err)
-        finally:
-            view.release()
-
-    def read_span(span: list[ObjectRecord]) -> _Result:
-        start = span[0].offset
-        end = max(r.offset + r.length for r in span)
-        if len(span) == 1:
-            return [one(span[0])]
-        buf = buffer(end - start)
-        view = memoryview(buf)[: end - start]
-        try:
-            try:
-                path.read(Extent(start, end - start), view)
-            except (DualbladeError, OSError):
-                return [one(r) for r in span]  # find out which extents are unreadable
-            out: _Result = []
-            for r in span:
-                part = view[r.offset - start : r.offset - start + r.size]
-                out.append((r, verdict(r, part), None))
-                part.release()
-            return out
-        finally:
-            view.release()
+    def read(offset: int, view: memoryview) -> None:
+        path.read(Extent(offset, view.nbytes), view)
 
     try:
-        recs = sorted(recs, key=lambda r: r.offset)
-        run_spans(
-            group_spans(recs, lambda _: 0),
-            read_span,
+        verify_spans(
+            recs,
             report,
-            workers,
-            progress,
-            done if done is not None else [0],
-            total or len(recs),
+            read=read,
+            buffer=buffer,
+            unit=lambda _: 0,
+            workers=workers,
+            progress=progress,
+            done=done,
+            total=total,
         )
     finally:
         path.close()
@@ -219,59 +258,37 @@ def verify_pagecache(
 
     Plain reads, not a :class:`PageCachePath`: opening one would create missing slabs and take
     the files read-write. Each slab is opened once, ``O_RDONLY``. Records were bounds-checked
-    against the files' sizes, so a short read here means the file changed under fsck.
-    Neighbours in one slab are read together, ``workers`` reads at a time.
+    against the files' sizes (no extent crosses a slab), so a short read here means the file
+    changed under fsck. Only neighbours in one slab are read together.
     """
     assert slabs.slab_bytes is not None  # records reach here only after locate() succeeded
     slab_bytes = slabs.slab_bytes
     fds: dict[int, int] = {}
     lock = threading.Lock()
 
-    def fd_of(index: int) -> int:
-        with lock:
-            if index not in fds:
-                fds[index] = os.open(slabs.directory / slab_name(index), os.O_RDONLY | os.O_CLOEXEC)
-            return fds[index]
-
-    def read_span(span: list[ObjectRecord]) -> _Result:
-        index, inner = divmod(span[0].offset, slab_bytes)
-        end = max(r.offset + r.length for r in span)
-        data = bytearray(min(end, (index + 1) * slab_bytes) - span[0].offset)
+    def read(offset: int, view: memoryview) -> None:
+        index, inner = divmod(offset, slab_bytes)
         try:
-            pread_full(fd_of(index), memoryview(data), inner)
+            with lock:
+                if index not in fds:
+                    path = slabs.directory / slab_name(index)
+                    fds[index] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = fds[index]
+            pread_full(fd, view, inner)
         except OSError as err:
-            file = slabs.directory / slab_name(index)
-            if len(span) == 1:
-                return [(span[0], None, f"({file}): {err}")]
-            out: _Result = []
-            for r in span:  # which ones are unreadable (a slab shorter than its records)
-                one = bytearray(r.size)
-                try:
-                    pread_full(fd_of(index), memoryview(one), r.offset - index * slab_bytes)
-                except OSError as e:
-                    out.append((r, None, f"({file}): {e}"))
-                else:
-                    out.append((r, verdict(r, one), None))
-            return out
-        view = memoryview(data)
-        out = []
-        for r in span:
-            part = view[r.offset - span[0].offset : r.offset - span[0].offset + r.size]
-            out.append((r, verdict(r, part), None))
-            part.release()
-        view.release()
-        return out
+            raise OSError(f"({slabs.directory / slab_name(index)}): {err}") from err
 
     try:
-        recs = sorted(recs, key=lambda r: r.offset)
-        run_spans(
-            group_spans(recs, lambda off: off // slab_bytes),
-            read_span,
+        verify_spans(
+            recs,
             report,
-            workers,
-            progress,
-            done if done is not None else [0],
-            total or len(recs),
+            read=read,
+            buffer=lambda nbytes: memoryview(bytearray(nbytes)),
+            unit=lambda off: off // slab_bytes,
+            workers=workers,
+            progress=progress,
+            done=done,
+            total=total,
         )
     finally:
         for fd in fds.values():
