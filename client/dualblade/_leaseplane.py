@@ -33,11 +33,19 @@ class TooLarge(Exception):
 
 
 class _Waiter:
+    """One call's reply slot. ``code``, ``body`` and ``event`` change only under
+    ``LeasePlane._lock``.
+
+    ``event`` is made only when the caller has to sleep (another caller is receiving): a lone
+    caller reads its own reply and never needs one, and a ``threading.Event`` (a Condition and
+    two locks) was the largest allocation of an empty call on the client.
+    """
+
     __slots__ = ("event", "code", "body")
 
     def __init__(self) -> None:
         #: Set when the reply is in (``code`` is no longer None) or to offer the receiver role.
-        self.event = threading.Event()
+        self.event: threading.Event | None = None
         self.code: int | None = None
         self.body = b""
 
@@ -112,8 +120,14 @@ class LeasePlane:
                     self._recv_lock.release()
                 self._offer_receiver_role()
                 return
-            waiter.event.wait()
-            waiter.event.clear()
+            with self._lock:  # the receiver sets code under this lock: no wake-up is lost
+                if waiter.code is not None:
+                    return
+                if waiter.event is None:
+                    waiter.event = threading.Event()
+                event = waiter.event
+            event.wait()
+            event.clear()
 
     def _receive_one(self) -> None:
         try:
@@ -127,27 +141,37 @@ class LeasePlane:
         if nbytes < REPLY_HEADER.size:
             return  # not a reply; nothing to dispatch it to
         request_id, code = REPLY_HEADER.unpack_from(self._buffer)
+        body = bytes(memoryview(self._buffer)[REPLY_HEADER.size : nbytes])
         with self._lock:
             waiter = self._waiters.pop(request_id, None)
-        if waiter is None:
-            return  # an id-less refusal (id 0) or a reply nobody waits for any more
-        waiter.body = bytes(memoryview(self._buffer)[REPLY_HEADER.size : nbytes])
-        waiter.code = code
-        waiter.event.set()
+            if waiter is None:
+                return  # an id-less refusal (id 0) or a reply nobody waits for any more
+            waiter.body = body
+            waiter.code = code
+            event = waiter.event
+        if event is not None:
+            event.set()
 
     def _offer_receiver_role(self) -> None:
         with self._lock:
             nxt = next(iter(self._waiters.values()), None)
-        if nxt is not None:
-            nxt.event.set()
+            if nxt is None:
+                return
+            if nxt.event is None:  # about to sleep: it will find the event already set
+                nxt.event = threading.Event()
+            event = nxt.event
+        event.set()
 
     def _fail_all(self, reason: str) -> None:
         with self._lock:
             if self._dead is None:
                 self._dead = reason
             waiters, self._waiters = self._waiters, {}
-            dead = self._dead
-        for waiter in waiters.values():
-            waiter.body = dead.encode()
-            waiter.code = -1
-            waiter.event.set()
+            events = []
+            for waiter in waiters.values():
+                waiter.body = self._dead.encode()
+                waiter.code = -1
+                if waiter.event is not None:
+                    events.append(waiter.event)
+        for event in events:
+            event.set()
