@@ -22,7 +22,7 @@ from dualbladed.sessions.accept import (
     EMFILE_PAUSE_S,
     LISTENER,
     Acceptor,
-    TokenBucket,
+    accept_bucket,
     eviction_victim,
 )
 
@@ -35,11 +35,11 @@ class FakeClock:
         return self.now
 
 
-# ---- TokenBucket ---------------------------------------------------------------------------
+# ---- accept_bucket (the rate limit itself: tests/daemon/test_ratelimit.py) -----------------
 
 
 def test_bucket_starts_full_with_a_tenth_of_the_rate_as_burst() -> None:
-    bucket = TokenBucket(100.0)
+    bucket = accept_bucket(100.0)
     assert bucket.burst == 10.0
     for _ in range(10):
         assert bucket.take(5.0) == 0.0
@@ -47,7 +47,7 @@ def test_bucket_starts_full_with_a_tenth_of_the_rate_as_burst() -> None:
 
 
 def test_a_refused_take_consumes_nothing() -> None:
-    bucket = TokenBucket(10.0)  # burst 1
+    bucket = accept_bucket(10.0)  # burst 1
     assert bucket.take(0.0) == 0.0
     assert bucket.take(0.0) == pytest.approx(0.1)
     assert bucket.take(0.0) == pytest.approx(0.1)  # still a full token away, not two
@@ -55,7 +55,7 @@ def test_a_refused_take_consumes_nothing() -> None:
 
 
 def test_bucket_refills_at_the_rate_and_the_wait_it_names_is_enough() -> None:
-    bucket = TokenBucket(50.0)  # burst 5
+    bucket = accept_bucket(50.0)  # burst 5
     now = 0.0
     for _ in range(5):
         assert bucket.take(now) == 0.0
@@ -69,7 +69,7 @@ def test_bucket_refills_at_the_rate_and_the_wait_it_names_is_enough() -> None:
 
 
 def test_bucket_never_holds_more_than_the_burst() -> None:
-    bucket = TokenBucket(100.0)
+    bucket = accept_bucket(100.0)
     assert bucket.take(0.0) == 0.0
     later = 3600.0  # an hour idle
     for _ in range(10):
@@ -78,7 +78,7 @@ def test_bucket_never_holds_more_than_the_burst() -> None:
 
 
 def test_low_rates_keep_a_burst_of_one() -> None:
-    bucket = TokenBucket(2.0)
+    bucket = accept_bucket(2.0)
     assert bucket.burst == 1.0
     assert bucket.take(0.0) == 0.0
     assert bucket.take(0.0) == pytest.approx(0.5)
@@ -86,7 +86,7 @@ def test_low_rates_keep_a_burst_of_one() -> None:
 
 
 def test_no_rate_means_no_limit() -> None:
-    bucket = TokenBucket(None)
+    bucket = accept_bucket(None)
     assert all(bucket.take(0.0) == 0.0 for _ in range(10_000))
 
 

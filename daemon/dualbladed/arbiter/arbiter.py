@@ -22,10 +22,10 @@ It joins the pure :class:`~dualbladed.arbiter.policy.ResidencyPolicy` to the liv
   shares and a bounded migration plan, and executes the plan with :meth:`ObjectStore.relocate`. Forced modes (``pagecache`` /
   ``direct``, for benchmarks) still observe, so dbctl shows the signals, but never migrate.
 
-- **Bandwidth**. Migrations pass through a token bucket of ``migration_bytes_per_s`` with a burst
-  of one tick's worth: before each relocation the thread sleeps until the bucket holds the
-  object's bytes (an object larger than the burst waits for a full bucket and drives it
-  negative, so the long-run rate still holds). The sleep is on the stop event, so shutdown is
+- **Bandwidth**. Migrations pass through a token bucket (:mod:`dualbladed.ratelimit`) of
+  ``migration_bytes_per_s`` with a burst of one tick's worth: before each relocation the thread
+  sleeps until the bucket holds the object's bytes (an object larger than the burst waits for
+  a full bucket and drives it negative, so the long-run rate still holds). The sleep is on the stop event, so shutdown is
   prompt, and no lock of the store or of the arbiter is held while sleeping.
 
 - **Safety of a migration** is :meth:`ObjectStore.relocate`'s contract: copy, verify, flush,
@@ -81,6 +81,7 @@ from dualbladed.config import ResidencyMode
 from dualbladed.errors import DualbladeError, FailedPrecondition, InvalidArgument, NotFound
 from dualbladed.paths.abstract import DIRECT, PAGECACHE
 from dualbladed.paths.pagecache import PageCachePath
+from dualbladed.ratelimit import TokenBucket
 from dualbladed.store import ObjectStore, Usage
 
 log = logging.getLogger(__name__)
@@ -103,31 +104,6 @@ def _path_bytes(totals: dict[str, dict[str, Usage]]) -> dict[str, list[int]]:
         if pc is not None or dr is not None:
             out[tenant] = [pc.bytes if pc else 0, dr.bytes if dr else 0]
     return out
-
-
-class TokenBucket:
-    """Bytes per second with a burst of ``capacity``; used by one thread only."""
-
-    def __init__(self, rate: float, capacity: int) -> None:
-        if rate <= 0 or capacity <= 0:
-            raise InvalidArgument(f"token bucket needs a positive rate and capacity: {rate=}")
-        self.rate = float(rate)
-        self.capacity = capacity
-        self._tokens = float(capacity)
-        self._last = time.monotonic()
-
-    def acquire(self, n: int, stop: threading.Event) -> bool:
-        """Wait until ``n`` bytes may go (at most a full bucket's wait); False if stopped."""
-        need = min(n, self.capacity)
-        while True:
-            now = time.monotonic()
-            self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-            self._last = now
-            if self._tokens >= need:
-                self._tokens -= n  # may go negative: a big object pays for itself later
-                return True
-            if stop.wait((need - self._tokens) / self.rate):
-                return False
 
 
 class ResidencyArbiter:
@@ -290,7 +266,7 @@ class ResidencyArbiter:
         for m in plan:
             if self._stop.is_set():
                 break
-            if not self._bucket.acquire(m.size, self._stop):
+            if not self._bucket.wait(m.size, self._stop):
                 break
             rec = self._execute(m)
             if rec is not None:

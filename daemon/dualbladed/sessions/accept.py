@@ -5,8 +5,8 @@ must not lock out another uid's client. Three rules do that, kept here apart fro
 thread's fd bookkeeping (:mod:`dualbladed.sessions.handshake`) so that each can be read and tested
 on its own:
 
-* Rate. Accepts are rate-limited by a :class:`TokenBucket` (``max_accepts_per_s``, bursts of a
-  tenth of it). Beyond it the listener is taken out of the selector until a token is due, so the
+* Rate. Accepts are rate-limited by a :class:`~dualbladed.ratelimit.TokenBucket`
+  (``max_accepts_per_s``, bursts of a tenth of it; :func:`accept_bucket`). Beyond it the listener is taken out of the selector until a token is due, so the
   flood waits in the kernel's backlog instead of taking the daemon's CPU. Root and the admin group
   have their own, unlimited handshake socket (the admin lane, ``wire.ADMIN_DIR_NAME``), which the
   flood cannot reach. The bucket is pure (the caller passes the clock), so it is tested without
@@ -42,13 +42,14 @@ from typing import Protocol, TypeVar
 
 from dualblade.v1.wire import reachable_path
 from dualbladed.errors import FailedPrecondition
+from dualbladed.ratelimit import TokenBucket
 
 __all__ = [
     "ACCEPT_BATCH",
     "EMFILE_PAUSE_S",
     "LISTENER",
     "Acceptor",
-    "TokenBucket",
+    "accept_bucket",
     "bind_listener",
     "eviction_victim",
     "unlink_if_ours",
@@ -113,31 +114,11 @@ def _remove_stale_socket(path: str) -> None:
     os.unlink(path)
 
 
-class TokenBucket:
-    """``rate`` events per second with a burst of ``max(1, rate / 10)``; starts full.
-
-    Pure: :meth:`take` is given the time (any monotonic clock, in seconds), so tests drive it with
-    a fake clock. ``rate=None`` means no limit. One thread only.
-    """
-
-    def __init__(self, rate: float | None) -> None:
-        self.rate = rate
-        self.burst = 1.0 if rate is None else max(1.0, rate / 10)
-        self._tokens = self.burst
-        self._at: float | None = None
-
-    def take(self, now: float) -> float:
-        """Take one token: 0.0 if taken, else the seconds until one is available (none taken)."""
-        rate = self.rate
-        if rate is None:
-            return 0.0
-        if self._at is not None:
-            self._tokens = min(self.burst, self._tokens + (now - self._at) * rate)
-        self._at = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
-            return 0.0
-        return (1.0 - self._tokens) / rate
+def accept_bucket(max_accepts_per_s: float | None) -> TokenBucket:
+    """The accept rate's bucket: bursts of a tenth of the rate (at least one accept); starts
+    full; ``None`` means no limit."""
+    burst = 1.0 if max_accepts_per_s is None else max(1.0, max_accepts_per_s / 10)
+    return TokenBucket(max_accepts_per_s, burst)
 
 
 class Acceptor:
@@ -158,7 +139,7 @@ class Acceptor:
     ) -> None:
         self._listener = listener
         self._selector = selector
-        self._bucket = TokenBucket(max_accepts_per_s)
+        self._bucket = accept_bucket(max_accepts_per_s)
         self._clock = clock
         #: monotonic time at which accepts resume; 0.0 while not paused
         self.paused_until = 0.0
