@@ -49,8 +49,8 @@ quick.
 Robustness limits on the handshake thread (those on accepting are in
 :mod:`dualbladed.sessions.accept`): at most ``max_opening_per_uid`` hellos of one uid are queued
 for the openers; that uid's further connections stay pending with their hello unread until one
-of its openers finishes, so a flood from one uid never queues ahead of another uid's hello. A
-pending connection that sends nothing for ``hello_timeout_s`` is closed. Datagrams above
+of its openers finishes, so a flood from one uid never queues ahead of another uid's hello
+(:mod:`dualbladed.sessions.turns`). A pending connection that sends nothing for ``hello_timeout_s`` is closed. Datagrams above
 ``wire.HELLO_MAX_BYTES`` and hellos that carry file descriptors are refused (the kernel discards
 fds we did not ask for, so none leak).
 
@@ -74,7 +74,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from dualblade.v1.wire import (
-    HELLO_MAX_BYTES,
     LEASE_FRAME_MAX_BYTES,
     size_socket_buffers,
 )
@@ -88,7 +87,7 @@ from dualbladed.sessions.accept import (
     unlink_if_ours,
 )
 from dualbladed.sessions.arena import Arena
-from dualbladed.sessions.hello import error_reply, grant_reply, parse_hello
+from dualbladed.sessions.hello import error_reply, grant_reply, receive_hello
 from dualbladed.sessions.leaseframes import (
     DEFAULT_MAX_FRAME_BYTES,
     FrameWorkers,
@@ -105,6 +104,7 @@ from dualbladed.sessions.opener import (
 )
 from dualbladed.sessions.peer import peer_credentials, peer_pidfd
 from dualbladed.sessions.registry import Session, SessionRegistry
+from dualbladed.sessions.turns import OpeningTurns
 
 __all__ = ["HandshakeConfig", "HandshakeServer"]
 
@@ -198,10 +198,7 @@ class HandshakeServer:
             grpc_sockets=grpc_sockets,
             privileged_only=privileged_only,
         )
-        self._opening: set[_Conn] = set()
-        self._opening_by_uid: collections.Counter[int] = collections.Counter()
-        # Pending connections of a uid at max_opening_per_uid, hello unread, oldest first.
-        self._parked: dict[int, collections.deque[_Conn]] = {}
+        self._turns: OpeningTurns[_Conn] = OpeningTurns(config.max_opening_per_uid)
         self._opened: collections.deque[Opened] = collections.deque()
         self._log_evicted = Throttled(logger, logging.WARNING)
         self._log_refused = Throttled(logger, logging.INFO)
@@ -404,36 +401,23 @@ class HandshakeServer:
         self._guarded(conn, "conn")
 
     def _on_hello(self, conn: _Conn) -> None:
-        if self._opening_by_uid[conn.uid] >= self._config.max_opening_per_uid:
-            # Park it unread until one of this uid's openers finishes (see _drain_opened).
+        if self._turns.park_if_busy(conn):
+            # Parked unread until one of this uid's openers finishes (see _drain_opened).
             assert self._selector is not None
             self._selector.unregister(conn.sock)
-            self._parked.setdefault(conn.uid, collections.deque()).append(conn)
             return
         try:
-            data, _anc, flags, _addr = conn.sock.recvmsg(HELLO_MAX_BYTES)
+            hello = receive_hello(
+                conn.sock,
+                default_arena_bytes=self._config.limits.default_arena_bytes,
+                max_arena_bytes=self._config.limits.max_arena_bytes,
+            )
         except BlockingIOError:
             return
         except OSError as err:
             logger.debug("handshake peer pid %d vanished: %s", conn.pid, err)
             self._drop(conn)
             return
-        if not data and not flags:
-            logger.debug("handshake peer pid %d closed before its hello", conn.pid)
-            self._drop(conn)
-            return
-        try:
-            if flags & socket.MSG_TRUNC:
-                raise InvalidArgument(f"hello exceeds {HELLO_MAX_BYTES} bytes")
-            if flags & socket.MSG_CTRUNC:
-                raise InvalidArgument(
-                    "hello must not carry file descriptors or other ancillary data"
-                )
-            hello = parse_hello(
-                data,
-                default_arena_bytes=self._config.limits.default_arena_bytes,
-                max_arena_bytes=self._config.limits.max_arena_bytes,
-            )
         except DualbladeError as err:
             self._log_refused(
                 "handshake from pid %d uid %d refused: %s %s",
@@ -444,18 +428,20 @@ class HandshakeServer:
             )
             self._reply_error(conn, err.grpc_code, str(err))
             return
+        if hello is None:
+            logger.debug("handshake peer pid %d closed before its hello", conn.pid)
+            self._drop(conn)
+            return
         # The opener owns the connection until it hands it back through _opened.
-        self._opening_by_uid[conn.uid] += 1
+        self._turns.begin(conn)
         del self._pending[conn]
         assert self._selector is not None
         self._selector.unregister(conn.sock)
         conn.opening = True
-        self._opening.add(conn)
         try:
             self._opener.submit(conn, hello, self._on_opened)
         except RuntimeError:  # shutting down
-            self._opening.discard(conn)
-            self._opening_by_uid[conn.uid] -= 1
+            self._turns.end(conn)
             conn.opening = False
             self._drop(conn)
 
@@ -470,10 +456,7 @@ class HandshakeServer:
         while self._opened:
             opened = self._opened.popleft()
             conn = opened.conn
-            self._opening.discard(conn)
-            self._opening_by_uid[conn.uid] -= 1
-            if self._opening_by_uid[conn.uid] <= 0:
-                del self._opening_by_uid[conn.uid]
+            self._turns.end(conn)
             conn.opening = False
             self._resume_parked(conn.uid)
             if opened.session is not None:
@@ -485,16 +468,11 @@ class HandshakeServer:
 
     def _resume_parked(self, uid: int) -> None:
         """Read the hello of the oldest parked connection of ``uid`` still pending."""
-        parked = self._parked.get(uid)
-        while parked:
-            conn = parked.popleft()
-            if conn in self._pending:  # else it was evicted or expired meanwhile
-                assert self._selector is not None
-                self._selector.register(conn.sock, selectors.EVENT_READ, ("conn", conn))
-                self._guarded(conn, "conn")
-                break
-        if not parked:
-            self._parked.pop(uid, None)
+        conn = self._turns.next_parked(uid, self._pending.__contains__)
+        if conn is not None:
+            assert self._selector is not None
+            self._selector.register(conn.sock, selectors.EVENT_READ, ("conn", conn))
+            self._guarded(conn, "conn")
 
     def _grant(self, conn: _Conn, session: Session, grpc_socket: str | None = None) -> None:
         reply = grant_reply(

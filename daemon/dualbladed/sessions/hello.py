@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from dualblade.v1.wire import ALIGNMENT, PROTOCOL_VERSION
+from dualblade.v1.wire import ALIGNMENT, HELLO_MAX_BYTES, PROTOCOL_VERSION
 from dualbladed.errors import InvalidArgument, Misaligned, OutOfRange
 
 _TENANT_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -88,6 +89,28 @@ def parse_hello(data: bytes, *, default_arena_bytes: int, max_arena_bytes: int) 
             "(the daemon's max_arena_bytes)"
         )
     return Hello(tenant=tenant, arena_bytes=arena_bytes)
+
+
+def receive_hello(
+    sock: socket.socket, *, default_arena_bytes: int, max_arena_bytes: int
+) -> Hello | None:
+    """Read and parse the one hello datagram waiting on ``sock`` (non-blocking).
+
+    None when the peer closed before sending one. Raises BlockingIOError when nothing is there
+    yet, OSError when the peer vanished, and the :func:`parse_hello` errors, plus
+    InvalidArgument for a datagram above ``wire.HELLO_MAX_BYTES`` or one carrying file
+    descriptors (the kernel discards fds we did not ask for, so none leak).
+    """
+    data, _anc, flags, _addr = sock.recvmsg(HELLO_MAX_BYTES)
+    if not data and not flags:
+        return None
+    if flags & socket.MSG_TRUNC:
+        raise InvalidArgument(f"hello exceeds {HELLO_MAX_BYTES} bytes")
+    if flags & socket.MSG_CTRUNC:
+        raise InvalidArgument("hello must not carry file descriptors or other ancillary data")
+    return parse_hello(
+        data, default_arena_bytes=default_arena_bytes, max_arena_bytes=max_arena_bytes
+    )
 
 
 def grant_reply(
