@@ -53,11 +53,10 @@ fake ``/proc`` and ``/sys`` under ``tmp_path``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -407,25 +406,11 @@ class ReadMeter:
         self._active: dict[tuple[str, str], int] = {}
         self._since: dict[tuple[str, str], float] = {}
 
-    @contextlib.contextmanager
-    def reading(self, path: str, nbytes: int) -> Iterator[None]:
-        with self._timed(("read", path), nbytes):
-            yield
+    def reading(self, path: str, nbytes: int) -> _Timed:
+        return _Timed(self, ("read", path), nbytes)
 
-    @contextlib.contextmanager
-    def writing(self, path: str, nbytes: int) -> Iterator[None]:
-        with self._timed(("write", path), nbytes):
-            yield
-
-    @contextlib.contextmanager
-    def _timed(self, key: tuple[str, str], nbytes: int) -> Iterator[None]:
-        self._begin(key)
-        ok = False
-        try:
-            yield
-            ok = True
-        finally:
-            self._end(key, nbytes if ok else 0)
+    def writing(self, path: str, nbytes: int) -> _Timed:
+        return _Timed(self, ("write", path), nbytes)
 
     def record(self, path: str, nbytes: int, start: float, end: float, *, op: str = "read") -> None:
         """One finished I/O (for callers that time it themselves; not merged with others)."""
@@ -461,6 +446,27 @@ class ReadMeter:
                 for (o, p), (b, n, s) in self._totals.items()
                 if o == op
             }
+
+
+class _Timed:
+    """``with meter.reading(...)``: one I/O's interval; its bytes count only if it succeeded.
+
+    A class, not ``@contextmanager``: it wraps every put's and get's I/O, and two nested
+    generator context managers cost more than the lock updates they carry.
+    """
+
+    __slots__ = ("_meter", "_key", "_nbytes")
+
+    def __init__(self, meter: ReadMeter, key: tuple[str, str], nbytes: int) -> None:
+        self._meter = meter
+        self._key = key
+        self._nbytes = nbytes
+
+    def __enter__(self) -> None:
+        self._meter._begin(self._key)
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._meter._end(self._key, 0 if exc_type is not None else self._nbytes)
 
 
 class MeteredPath:

@@ -33,6 +33,7 @@ they call into the registry, and callbacks may call back into it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import secrets
@@ -78,9 +79,11 @@ class Session:
     #: The admission charge the session carries (released when it ends).
     admission: Admission | None = field(default=None, repr=False, compare=False)
 
-    @property
+    @functools.cached_property
     def tenant(self) -> str:
-        """``"<uid>/<label>"``: the uid is the kernel's word, the label the client's."""
+        """``"<uid>/<label>"``: the uid is the kernel's word, the label the client's.
+
+        Cached (both parts are immutable): every lease frame and every op asks for it."""
         return tenant_name(self.uid, self.tenant_label)
 
 
