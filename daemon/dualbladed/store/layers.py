@@ -44,7 +44,7 @@ time per object, reads never wait for it)::
     check expect_size and capacity -> crc32c of the new bytes
       -> [append.before_data_write] -> write at the current end -> [append.after_data_write]
       -> durable: path.flush() -> [append.before_commit] -> commit: persistent rows get
-         UPDATE size, chunk_crcs WHERE generation (group commit, see :class:`GroupCommit`;
+         UPDATE size, chunk_crcs WHERE generation (group commit, see :class:`~.layersite.GroupCommit`;
          synchronous=FULL when durable) -> [append.after_commit]
       -> (lock) size visible to readers, acknowledged
 
@@ -61,7 +61,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from crc32c import crc32c
 
@@ -69,7 +69,6 @@ from dualblade.v1.wire import LAYER_CHUNK_BYTES
 from dualbladed.alloc.abstract import Extent
 from dualbladed.errors import (
     CapacityExceeded,
-    DualbladeError,
     FailedPrecondition,
     InvalidArgument,
     LayerChecksumMismatch,
@@ -81,14 +80,10 @@ from dualbladed.paths.engine import DirectEngine
 from dualbladed.store.index import IndexEntry, ObjectInfo
 from dualbladed.store.input import as_bytes_view, check_key, zero
 
-if TYPE_CHECKING:
-    from dualbladed.store.meta import MetaStore
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "LAYER_CHUNK_BYTES",
-    "GroupCommit",
     "LayerSite",
     "LayerState",
     "append",
@@ -176,9 +171,10 @@ class LayerSite(Protocol):
         path: str | None,
         build: Callable[[str, Extent, int], IndexEntry],
     ) -> ObjectInfo:
-        """Under the store lock: choose the path (``path`` is a hint), allocate ``size`` bytes
-        on it (evicting LRU objects while it is full), ``build(path name, extent, generation)``
-        the entry, commit it and install it in place of whatever was under ``key``.
+        """Choose the path (``path`` is a hint; placement runs before the lock), then under
+        the store lock: allocate ``size`` bytes on it (evicting LRU objects while it is full),
+        ``build(path name, extent, generation)`` the entry, commit it and install it in place
+        of whatever was under ``key``.
 
         Nothing is held when ``build`` or the commit raises. Raises ``OutOfSpace``,
         ``InvalidArgument`` (unknown path), ``FailedPrecondition`` (store closed).
@@ -211,7 +207,7 @@ class LayerSite(Protocol):
 
     def layer_commit_size(self, info: ObjectInfo, *, durable: bool) -> bool:
         """Without the store lock: commit a persistent layer row's size and chunk crcs
-        (:class:`GroupCommit`); False when no row of ``info.generation`` was there."""
+        (``layersite.GroupCommit``); False when no row of ``info.generation`` was there."""
         ...
 
     def layer_publish(
@@ -364,74 +360,6 @@ def _replaced(entry: IndexEntry) -> FailedPrecondition:
     return FailedPrecondition(
         f"layer object {entry.info.key!r} was replaced or deleted during the append"
     )
-
-
-class GroupCommit:
-    """Group commit of persistent layer objects' new sizes and crcs (one per store).
-
-    An append's metadata update is one small UPDATE, but each SQLite transaction costs
-    ~0.2 ms here; a decode step appends to every layer at once (the batch executor runs them
-    in parallel), so the updates that arrive while a transaction runs are committed together
-    by the next one: the first waiter becomes the leader, takes every queued update and commits
-    them in ONE transaction (durable -- synchronous=FULL -- when any of them asked for it), then
-    wakes the others. Each caller returns only once its own update is committed, so an append
-    is still acknowledged after its commit.
-
-    Runs outside ``ObjectStore._lock`` (only ``MetaStore._lock`` is taken, which keeps the
-    lock order). That is safe because each UPDATE names the row's generation: a row replaced or
-    deleted meanwhile is not touched, and the append then reports the replacement.
-    """
-
-    def __init__(self, meta: MetaStore) -> None:
-        self._meta = meta
-        self._cond = threading.Condition()
-        self._queue: list[_Pending] = []
-        self._leader = False
-
-    def commit(self, info: ObjectInfo, *, durable: bool) -> bool:
-        """Commit ``info``'s size and chunk crcs; returns once they are committed, False when
-        no row of that generation was there to update (replaced or deleted meanwhile)."""
-        mine = _Pending(info, durable)
-        with self._cond:
-            self._queue.append(mine)
-            while not mine.done and self._leader:
-                self._cond.wait()
-            if not mine.done:
-                self._leader = True
-                batch, self._queue = self._queue, []
-        if not mine.done:
-            error = self._commit(batch)
-            with self._cond:
-                for pending in batch:
-                    pending.error, pending.done = error, True
-                self._leader = False
-                self._cond.notify_all()
-        if mine.error is not None:
-            raise mine.error
-        return mine.found
-
-    def _commit(self, batch: list[_Pending]) -> DualbladeError | None:
-        try:
-            with self._meta.txn(durable=any(p.durable for p in batch)) as t:
-                for p in batch:
-                    i = p.info
-                    p.found = t.set_layer_size(i.tenant, i.key, i.generation, i.size, i.chunk_crcs)
-        except DualbladeError as exc:
-            return exc
-        except Exception as exc:  # sqlite3.Error, OSError from the state dir
-            return DualbladeError(f"metadata commit failed: {exc}")
-        return None
-
-
-class _Pending:
-    __slots__ = ("info", "durable", "done", "found", "error")
-
-    def __init__(self, info: ObjectInfo, durable: bool) -> None:
-        self.info = info
-        self.durable = durable
-        self.done = False
-        self.found = False
-        self.error: DualbladeError | None = None
 
 
 def _write_at(

@@ -60,7 +60,7 @@ from dualbladed.store import layers
 from dualbladed.store.capacity import CapacityPolicy, Evictions, EvictionSite
 from dualbladed.store.index import IndexEntry, ObjectIndex, ObjectInfo, PathUsage, StoreStats
 from dualbladed.store.input import DEFAULT_MAX_OBJECT_BYTES, MAX_KEY_BYTES, zero
-from dualbladed.store.layersite import StoreLayers
+from dualbladed.store.layersite import GroupCommit, StoreLayers
 from dualbladed.store.meta import MetaStore, parse_tenant
 from dualbladed.store.moves import StoreMoves
 from dualbladed.store.pins import HitPins
@@ -117,7 +117,7 @@ class ObjectStore(StoreWrites, StoreReads, StoreMoves, StoreLayers, EvictionSite
         self._lock = threading.Lock()
         #: ``layer``: the LayerState whose lock this thread holds for a relocation.
         self._moving = threading.local()
-        self._layer_commits = layers.GroupCommit(meta)
+        self._layer_commits = GroupCommit(meta)
         self._index = ObjectIndex()
         self._known_tenants = {t.name for t in meta.tenants()}
         self._closed = False
