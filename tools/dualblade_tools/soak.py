@@ -16,7 +16,12 @@ Pass criteria (all checked and reported):
   noise) of the median of the middle third;
 - **no fd leak**: ``/proc/<daemon>/fd`` counted before the clients start (after one warm-up
   session, so lazily opened fds are in the baseline) must be reached again once they have exited.
-  Page-cache slab files are not counted: they open lazily on first use and stay open by design.
+  Page-cache slab files are not counted: they open lazily on first use and stay open by design;
+- **nothing stored is lost** (``--objects N``): before the clients start, a separate tenant
+  stores N persistent 4 KiB objects (issue 14's scale: the soak then runs against a full index,
+  with the arbiter's heat and LRU structures holding N entries). After the clients exit, every one
+  is read back and compared byte for byte: ``durable_lost`` counts missing objects, ``corrupt``
+  wrong bytes. Both must be 0.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ LAYER_CAPACITY = 512 << 10
 TOKEN_SIZES = (2048, 4096, 6000)
 RSS_REL_TOL = 0.10
 RSS_ABS_TOL = 16 << 20
+#: ``--objects``: size of each resident object, and how many go in one Batch.
+RESIDENT_BYTES = 4096
+RESIDENT_BATCH = 1000
 
 
 # -- the worker (one client process) -----------------------------------------------------------
@@ -157,13 +165,25 @@ class SoakReport:
     fd_baseline: int = 0
     fd_after: int = 0
     fd_ok: bool = False
+    #: ``--objects``: resident objects stored before, read back after (must all come back).
+    objects: int = 0
+    objects_checked: int = 0
+    durable_lost: int = 0
+    corrupt: int = 0
     worker_exit_codes: list[int] = field(default_factory=list)
     error_samples: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         workers_ok = all(rc == 0 for rc in self.worker_exit_codes)
-        return workers_ok and not self.errors and not self.mismatches and self.rss_ok and self.fd_ok
+        stored_ok = self.objects_checked == self.objects and not self.durable_lost
+        return (
+            workers_ok
+            and stored_ok
+            and not (self.errors or self.mismatches or self.corrupt)
+            and self.rss_ok
+            and self.fd_ok
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {**asdict(self), "ok": self.ok}
@@ -180,6 +200,11 @@ class SoakReport:
             f"  daemon fds baseline {self.fd_baseline}, after {self.fd_after}: "
             f"{'no leak' if self.fd_ok else 'LEAK'}",
         ]
+        if self.objects:
+            lines.append(
+                f"  resident objects {self.objects}: checked {self.objects_checked}, "
+                f"lost {self.durable_lost}, corrupt {self.corrupt}"
+            )
         lines += [f"  error: {e}" for e in self.error_samples[:10]]
         return "\n".join(lines)
 
@@ -213,9 +238,57 @@ def _fd_count(pid: int) -> int:
     return fds
 
 
-def soak(root: Path, *, clients: int, seconds: float, seed: int = 1) -> SoakReport:
-    report = SoakReport(clients=clients, seconds=seconds)
-    with DaemonProcess(root / "daemon", namespace_size="1GiB") as daemon:
+def _resident(i: int) -> bytes:
+    """Resident object ``i``'s bytes: its index repeated, so any misplaced block shows."""
+    return i.to_bytes(8, "little") * (RESIDENT_BYTES // 8)
+
+
+def _store_residents(socket: str, objects: int) -> None:
+    from dualblade import Client
+
+    with Client.connect(socket, tenant="resident", arena_bytes=16 << 20) as c:
+        for lo in range(0, objects, RESIDENT_BATCH):
+            items = [
+                (f"r/{i}".encode(), _resident(i))
+                for i in range(lo, min(objects, lo + RESIDENT_BATCH))
+            ]
+            c.put_many(items, persistent=True)
+
+
+def _check_residents(socket: str, objects: int, report: SoakReport) -> None:
+    from dualblade import Client
+    from dualblade.errors import NotFound
+
+    with Client.connect(socket, tenant="resident", arena_bytes=16 << 20) as c:
+        for lo in range(0, objects, RESIDENT_BATCH):
+            idx = range(lo, min(objects, lo + RESIDENT_BATCH))
+            try:
+                got = c.get_many([f"r/{i}".encode() for i in idx])
+            except NotFound:  # one missing key fails the batch: find which, one by one
+                got = []
+                for i in idx:
+                    try:
+                        got.append(c.get(f"r/{i}".encode()))
+                    except NotFound:
+                        got.append(None)
+            for i, data in zip(idx, got):
+                report.objects_checked += 1
+                if data is None:
+                    report.durable_lost += 1
+                elif data != _resident(i):
+                    report.corrupt += 1
+
+
+def soak(
+    root: Path, *, clients: int, seconds: float, seed: int = 1, objects: int = 0
+) -> SoakReport:
+    report = SoakReport(clients=clients, seconds=seconds, objects=objects)
+    size = (
+        "1GiB"
+        if objects * RESIDENT_BYTES < (256 << 20)
+        else f"{1 + objects * RESIDENT_BYTES * 2 // 2**30}GiB"
+    )
+    with DaemonProcess(root / "daemon", namespace_size=size) as daemon:
         assert daemon.proc is not None  # noqa: S101 (started by the context manager)
         proc = psutil.Process(daemon.proc.pid)
         from dualblade import Client
@@ -226,6 +299,8 @@ def soak(root: Path, *, clients: int, seconds: float, seed: int = 1) -> SoakRepo
             c.put(b"wp", b"y" * 4096, persistent=True, durable=True)
             c.get(b"w")
             c.delete(b"wp")
+        if objects:
+            _store_residents(str(daemon.socket), objects)
         time.sleep(0.5)
         report.fd_baseline = _fd_count(proc.pid)
         outs = [root / f"worker{i}" for i in range(clients)]
@@ -251,6 +326,8 @@ def soak(root: Path, *, clients: int, seconds: float, seed: int = 1) -> SoakRepo
                 break
             time.sleep(0.2)
         report.fd_ok = report.fd_after <= report.fd_baseline
+        if objects:
+            _check_residents(str(daemon.socket), objects, report)
     middle, last, report.rss_ok = rss_verdict(rss)
     report.rss_samples = len(rss)
     report.rss_middle_mib, report.rss_last_mib = middle / 2**20, last / 2**20
@@ -279,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, default=4, help="client processes")
     p.add_argument("--minutes", type=float, default=1.0, help="how long the clients run")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--objects", type=int, default=0, help="persistent 4 KiB objects stored first, checked last"
+    )
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     p.add_argument("--root", type=Path, help="working directory (default: a fresh temp dir)")
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
@@ -292,11 +372,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.worker is not None:
         return worker(args.socket, args.worker, args.seconds, args.seed, args.out)
-    if args.clients < 1 or args.minutes <= 0:
-        raise SystemExit("soak: --clients must be >= 1 and --minutes > 0")
+    if args.clients < 1 or args.minutes <= 0 or args.objects < 0:
+        raise SystemExit("soak: --clients must be >= 1, --minutes > 0 and --objects >= 0")
     root = args.root or Path(tempfile.mkdtemp(prefix="soak-"))
     try:
-        report = soak(root, clients=args.clients, seconds=args.minutes * 60, seed=args.seed)
+        report = soak(
+            root,
+            clients=args.clients,
+            seconds=args.minutes * 60,
+            seed=args.seed,
+            objects=args.objects,
+        )
     finally:
         if args.root is None:
             shutil.rmtree(root, ignore_errors=True)
