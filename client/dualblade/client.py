@@ -281,8 +281,26 @@ class Client(LayerMethods):
         return [bytes(memoryview(b)[:n]) for b, n in zip(bufs, got)]
 
     def get_many_into(self, items: Sequence[tuple[bytes | str, Any]]) -> list[int]:
-        """Read many objects into caller buffers or tensors; returns the sizes read."""
-        sizes: list[int] = []
+        """Read many objects into caller buffers or tensors; returns the sizes read. The first
+        op that failed raises its error (see :meth:`try_get_many_into` for per-op outcomes)."""
+        out = self._get_many_into(items, per_op=False)
+        return out  # type: ignore[return-value]  # per_op=False: every entry is a size
+
+    def try_get_many_into(
+        self, items: Sequence[tuple[bytes | str, Any]]
+    ) -> list[int | errors.DualbladeError]:
+        """:meth:`get_many_into` with per-op outcomes: for each item, the size read or the typed
+        error of its op (:class:`~dualblade.errors.NotFound`, ``InvalidArgument`` when the buffer
+        is smaller than the object, ``DataLoss`` for a checksum mismatch, ...). The daemon runs
+        every op of a Batch and reports each one's status, so one round trip per batch gets
+        every object that can be had; a failed item's buffer is left as it was. Errors of the
+        call itself (daemon gone, batch refused as a whole) still raise."""
+        return self._get_many_into(items, per_op=True)
+
+    def _get_many_into(
+        self, items: Sequence[tuple[bytes | str, Any]], *, per_op: bool
+    ) -> list[int | errors.DualbladeError]:
+        sizes: list[int | errors.DualbladeError] = []
         for chunk in self._chunks([(_key(k), v) for k, v in items]):
             ops, staged, pending = [], [], []
             try:
@@ -290,9 +308,12 @@ class Client(LayerMethods):
                     slot, owned = self._stage_in(n, offset)
                     staged.append((slot, owned, dst))
                     ops.append(pb.Op(get=pb.GetOp(key=key, arena_offset=slot.offset, length=n)))
-                results = self._batch(ops)
+                results = self._batch(ops, per_op=per_op)
                 self._remember_sizes(chunk, results)
                 for (slot, owned, dst), r in zip(staged, results):
+                    if r.code != wire.Code.OK:
+                        sizes.append(errors.from_code(wire.code_name(r.code), r.message))
+                        continue
                     if owned:
                         view = self.arena.view(slot)
                         try:
@@ -467,7 +488,10 @@ class Client(LayerMethods):
     def _remember_sizes(self, chunk: list[_Item], results: list[pb.OpResult]) -> None:
         with self._sizes_lock:
             for (key, *_), r in zip(chunk, results):
-                self._sizes[key] = r.size
+                if r.code == wire.Code.OK:
+                    self._sizes[key] = r.size
+                else:
+                    self._sizes.pop(key, None)
 
     def _forget_sizes(self, keys: Iterable[bytes]) -> None:
         with self._sizes_lock:
@@ -479,9 +503,12 @@ class Client(LayerMethods):
             size = self._sizes.get(key)
         return size if size is not None else self.stat(key).size
 
-    def _batch(self, ops: list[pb.Op], *, misses_ok: bool = False) -> list[pb.OpResult]:
+    def _batch(
+        self, ops: list[pb.Op], *, misses_ok: bool = False, per_op: bool = False
+    ) -> list[pb.OpResult]:
         """Run one Batch; raise the first failed op's error (NOT_FOUND too, unless
-        ``misses_ok``: stat ops report a miss as that op's NOT_FOUND)."""
+        ``misses_ok``: stat ops report a miss as that op's NOT_FOUND), or with ``per_op`` none:
+        the caller reads each result's code. A failure of the whole call always raises."""
         request = pb.BatchRequest(ops=ops)
         reply = None
         if self._lease is not None:
@@ -489,7 +516,13 @@ class Client(LayerMethods):
                 reply = pb.BatchResponse.FromString(self._lease.call(request.SerializeToString()))
         if reply is None:
             reply = self._call(self._store.Batch, request)
+        if len(reply.results) != len(ops):
+            raise errors.from_code(
+                "INTERNAL", f"dualbladed answered {len(reply.results)} results for {len(ops)} ops"
+            )
         for r in reply.results:
+            if per_op:
+                break
             if r.code != wire.Code.OK and not (misses_ok and r.code == _NOT_FOUND):
                 raise errors.from_code(wire.code_name(r.code), r.message)
         return list(reply.results)

@@ -155,3 +155,39 @@ def test_get_into_a_larger_tensor_fills_only_the_object(daemon: DaemonProcess) -
         assert kv.get_into(b"short", out) == 4096
         assert bytes(out[:4096].numpy()) == b"\x07" * 4096
         assert bytes(out[4096:].numpy()) == b"\xaa" * (2 * 4096)
+
+
+def test_try_get_many_into_reports_each_op_in_one_round_trip(
+    daemon: DaemonProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batched get with a missing key and a buffer too small for its object gets every other
+    object and a typed error for those two, from one Batch; the failed ops' buffers are left as
+    they were. ``get_many_into`` keeps raising the first failed op's error."""
+    calls: list[int] = []
+    real_call = LeasePlane.call
+
+    def spy(self: LeasePlane, request: bytes) -> bytes:
+        calls.append(len(pb.BatchRequest.FromString(request).ops))
+        return real_call(self, request)
+
+    with _connect(daemon) as kv:
+        kv.put_many([(b"per-op/a", b"a" * 8192), (b"per-op/big", b"b" * 8192)])
+        kv.put(b"per-op/c", b"c" * 100)
+        bufs = [bytearray(b"?" * 8192) for _ in range(4)]
+        monkeypatch.setattr(LeasePlane, "call", spy)
+        got = kv.try_get_many_into(
+            [
+                (b"per-op/a", bufs[0]),
+                (b"per-op/missing", bufs[1]),
+                (b"per-op/big", memoryview(bufs[2])[:4096]),  # the object needs 8192
+                (b"per-op/c", bufs[3]),
+            ]
+        )
+        assert calls == [4]
+        assert got[0] == 8192 and bytes(bufs[0]) == b"a" * 8192
+        assert isinstance(got[1], errors.NotFound) and "per-op/missing" in str(got[1])
+        assert isinstance(got[2], errors.InvalidArgument) and "8192" in str(got[2])
+        assert got[3] == 100 and bytes(bufs[3][:100]) == b"c" * 100
+        assert bytes(bufs[1]) == bytes(bufs[2]) == b"?" * 8192
+        with pytest.raises(errors.NotFound):
+            kv.get_many_into([(b"per-op/a", bufs[0]), (b"per-op/missing", bufs[1])])

@@ -42,6 +42,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from dualblade import Client
+from dualblade._leaseplane import LeasePlane
 from dualblade.integrations.vllm import VLLM_VERSION
 from dualblade.integrations.vllm._namespace import default_tenant, key_prefix, namespace_fields
 from dualblade.v1 import dualblade_pb2 as pb
@@ -492,7 +493,7 @@ def test_retry_then_hit_and_miss_for_unknown_and_other_models(
 
 @needs_vllm
 def test_partial_load_reports_the_keys_that_loaded(
-    daemon: DaemonProcess, make_tier: Callable[..., Any]
+    daemon: DaemonProcess, make_tier: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tier, pool = make_tier()
     fill(pool, [0, 2], seed=4)
@@ -512,12 +513,25 @@ def test_partial_load_reports_the_keys_that_loaded(
         LookupResult.MISS,  # there, but not a chunk of this geometry
     ]
     pool[40:44] = 0  # a load of all four (as after a race with a delete): two of them load
+    gets: list[int] = []  # get ops per data-plane call: the partial load is one Batch
+    real_call = LeasePlane.call
+
+    def spy(self: LeasePlane, request: bytes) -> bytes:
+        ops = pb.BatchRequest.FromString(request).ops
+        gets.extend([sum(op.WhichOneof("op") == "get" for op in ops)] if ops else [])
+        return real_call(self, request)
+
+    monkeypatch.setattr(LeasePlane, "call", spy)
     load = job(keys, [40, 41, 42, 43], load=True, req="partial")
     res = run(tier, load)
+    monkeypatch.undo()
+    assert [n for n in gets if n] == [4]
     assert not res.success
     assert set(res.successful_keys) == {keys[0], keys[2]}
     assert res.transfer_bytes == 2 * CHUNK
     assert np.array_equal(pool[40], want[0]) and np.array_equal(pool[42], want[2])
+    # the failed chunks' slots are untouched: the half-chunk object is not copied into the pool
+    assert not pool[41].any() and not pool[43].any()
     # the failed chunk's HIT is withdrawn so the scheduler does not retry the same load forever
     assert tier.lookup(keys[3], req) is LookupResult.MISS
     assert tier.lookup(keys[0], req) is LookupResult.HIT

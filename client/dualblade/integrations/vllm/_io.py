@@ -9,6 +9,17 @@ Arena budget: each worker copies at most ``piece_chunks`` chunks through the cli
 time, and ``threads * piece_chunks`` chunk slots fit in the arena, so concurrent jobs never run the
 arena out (all slots have one size, so the free space cannot fragment below one slot).
 
+The load path: a worker reads a piece of a job (``piece_chunks`` chunks, one Batch) into arena
+slots it holds for the whole job, then copies the chunks that loaded on to the pool with torch
+(which releases the GIL). The Batch's per-op outcomes (``Client.try_get_many_into``) make a
+partial load one round trip: a missing chunk, or an object of another size (not a chunk of this
+geometry), fails alone and is never copied into the pool. Measured on the shared 2-vCPU VM
+(same-run A/B, issue 13): pipelining the copy of piece i with the read of piece i+1
+(double-buffered pieces of 8, a copy thread per worker) and one Batch per chunk on 16 chunk
+threads were no faster than this and cost more CPU per GB (0.92 against 0.72 s/GB, client and
+daemon together, for one Batch per chunk); on that box the load is CPU-bound, so CPU per byte
+is what counts.
+
 A lost daemon: :class:`Connection` drops the client on a connection-type error and makes a new one
 on the next use (no more often than every ``retry_interval`` seconds), so jobs fail fast while the
 daemon is away and work again once it is back. Lock order: ``Connection._lock`` is never held while
@@ -17,7 +28,9 @@ daemon is away and work again once it is back. Lock order: ``Connection._lock`` 
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -38,6 +51,11 @@ def _as_tensor(pool: memoryview) -> Any:
     except ImportError:
         return pool
     return torch.frombuffer(pool, dtype=torch.uint8)
+
+
+def _is_tensor(obj: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
 
 
 __all__ = ["DEFAULT_ARENA_BYTES", "ChunkJob", "Connection", "IoPool", "Outcome", "Unpin"]
@@ -180,6 +198,7 @@ class IoPool:
                 f"arena of {conn.arena_bytes} bytes cannot hold a {chunk_bytes}-byte chunk"
             )
         self.threads = max(1, min(threads, slots))
+        #: chunks per Batch: the arena slots one worker holds at a time
         self.piece_chunks = max(1, slots // self.threads)
         self._conn = conn
         self._pool = _as_tensor(pool)
@@ -277,8 +296,8 @@ class IoPool:
         except Exception as exc:  # noqa: BLE001 -- best effort, see Unpin
             self._conn.lost(client, exc)
 
-    def _pieces(self, n: int) -> list[range]:
-        step = self.piece_chunks
+    @staticmethod
+    def _pieces(n: int, step: int) -> list[range]:
         return [range(i, min(i + step, n)) for i in range(0, n, step)]
 
     def _slice(self, offset: int) -> Any:
@@ -287,7 +306,7 @@ class IoPool:
     def _store(self, job: ChunkJob, start: float) -> Outcome:
         client = self._conn.get()
         done = 0
-        for piece in self._pieces(len(job.keys)):
+        for piece in self._pieces(len(job.keys), self.piece_chunks):
             items = [(job.keys[i], self._slice(job.offsets[i])) for i in piece]
             try:
                 client.put_many(items, persistent=True, path=self._path)
@@ -313,22 +332,68 @@ class IoPool:
         )
 
     def _load(self, job: ChunkJob, start: float) -> Outcome:
+        """Read the job's chunks a piece (one Batch) at a time into arena slots, then copy the
+        ones that loaded on to the pool (see the module docstring: "The load path")."""
         client = self._conn.get()
+        if not _is_tensor(self._pool):
+            return self._load_in_place(client, job, start)
+        cb = self._chunk_bytes
         done: list[int] = []
         failed: list[int] = []
         error = None
-        pieces = self._pieces(len(job.keys))
+        pieces = self._pieces(len(job.keys), self.piece_chunks)
+        staged: list[Any] = []  # one arena slot per chunk of a piece, reused by every piece
+        try:
+            for n, piece in enumerate(pieces):
+                while len(staged) < len(piece):
+                    staged.append(client.staging(cb))
+                items = [(job.keys[i], staged[j]) for j, i in enumerate(piece)]
+                try:
+                    results = client.try_get_many_into(items)  # per-op: the rest still loads
+                except Exception as exc:
+                    self._conn.lost(client, exc)
+                    error = repr(exc)
+                    failed.extend(i for p in pieces[n:] for i in p)
+                    break
+                for j, (i, got) in enumerate(zip(piece, results)):
+                    if got == cb:
+                        # torch releases the GIL: the scheduler and other workers go on
+                        self._pool[job.offsets[i] : job.offsets[i] + cb].copy_(staged[j])
+                        done.append(i)
+                    else:  # missing, or an object of another size: not a chunk of this tier
+                        failed.append(i)
+        except Exception as exc:  # staging failed (a lost client's arena is closed, ...)
+            self._conn.lost(client, exc)
+            error = repr(exc)
+            failed = [i for i in range(len(job.keys)) if i not in set(done)]
+        finally:
+            for tensor in staged:
+                with contextlib.suppress(errors.DualbladeError):  # arena closed with the client
+                    client.release_tensor(tensor)
+        return self._load_outcome(job, done, failed, error, start)
+
+    def _load_in_place(self, client: Client, job: ChunkJob, start: float) -> Outcome:
+        """Without torch (not with vLLM): per-op outcomes straight into the pool's views."""
+        done: list[int] = []
+        failed: list[int] = []
+        error = None
+        pieces = self._pieces(len(job.keys), self.piece_chunks)
         for n, piece in enumerate(pieces):
             items = [(job.keys[i], self._slice(job.offsets[i])) for i in piece]
             try:
-                sizes = self._get_piece(client, items)
+                results = client.try_get_many_into(items)  # per-op: the rest still loads
             except Exception as exc:
                 self._conn.lost(client, exc)
                 error = repr(exc)
                 failed.extend(i for p in pieces[n:] for i in p)
                 break
-            for i, size in zip(piece, sizes):
-                (done if size == self._chunk_bytes else failed).append(i)
+            for i, r in zip(piece, results):
+                (done if r == self._chunk_bytes else failed).append(i)
+        return self._load_outcome(job, done, failed, error, start)
+
+    def _load_outcome(
+        self, job: ChunkJob, done: list[int], failed: list[int], error: str | None, start: float
+    ) -> Outcome:
         if failed and error is None:
             error = f"{len(failed)} of {len(job.keys)} chunks missing or not chunk-sized"
         return Outcome(
@@ -340,22 +405,3 @@ class IoPool:
             time.monotonic() - start,
             error,
         )
-
-    def _get_piece(self, client: Client, items: list[tuple[bytes, memoryview]]) -> list[int]:
-        """Sizes read, or -1 per chunk that is missing or larger than a chunk.
-
-        One batch when every chunk is there; the SDK fails a whole batch on the first bad op, so
-        after a NotFound/InvalidArgument the chunks are read one by one to keep the good ones
-        (a partial load). Connection errors propagate.
-        """
-        try:
-            return client.get_many_into(items)
-        except (errors.NotFound, errors.InvalidArgument):
-            pass
-        sizes = []
-        for key, view in items:
-            try:
-                sizes.append(client.get_into(key, view))
-            except (errors.NotFound, errors.InvalidArgument):
-                sizes.append(-1)
-        return sizes
