@@ -385,6 +385,17 @@ class Client(LayerMethods):
             out.extend(r.pinned for r in self._batch(ops))
         return out
 
+    def touch_many(self, keys: Sequence[bytes | str]) -> list[bool]:
+        """Mark objects as used now without reading them: each moves to the young end of the
+        daemon's capacity-eviction LRU, as a get would move it. True where the key exists (a
+        miss is no error); one Batch per ``max_batch_ops`` keys."""
+        bkeys = [_key(k) for k in keys]
+        out: list[bool] = []
+        for i in range(0, len(bkeys), self._max_ops):
+            ops = [pb.Op(touch=pb.TouchOp(key=k)) for k in bkeys[i : i + self._max_ops]]
+            out.extend(r.code != _NOT_FOUND for r in self._batch(ops, misses_ok=True))
+        return out
+
     def contains_many(self, keys: Sequence[bytes | str]) -> list[bool]:
         """Which keys exist: :meth:`stat_many` without pins, one round trip per batch of keys."""
         return [info is not None for info in self.stat_many(keys)]

@@ -63,6 +63,8 @@ prometheus_address = "127.0.0.1:{port}"
 [quotas.per_tenant]
 q = "{QUOTA}"
 qt = "{QUOTA}"
+touch-lease = "{QUOTA}"
+touch-grpc = "{QUOTA}"
 """
     )
     with DaemonProcess(root / "d", namespace_size="64MiB", config=cfg) as d:
@@ -266,8 +268,50 @@ def test_bad_stat_and_unpin_ops_get_precise_per_op_statuses(
         with pytest.raises(grpc.RpcError) as err:
             c._store.Batch(pb.BatchRequest(ops=[pb.Op()]), metadata=c._metadata)
         assert err.value.code() is C.INVALID_ARGUMENT
-        assert "stat, unpin" in (err.value.details() or "")
+        assert "stat, unpin, touch" in (err.value.details() or "")
         assert c.get(b"k") == b"v"  # the daemon is fine
+
+
+@pytest.mark.parametrize("transport", ["lease", "grpc"])
+def test_touch_keeps_keys_from_quota_eviction_and_reports_each_op(
+    daemon: tuple[DaemonProcess, int], transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TouchOp (vLLM's ``touch``): a touched key goes to the young end of the tenant's LRU
+    without being read, so the quota evicts an untouched one; a miss is the op's NOT_FOUND,
+    a bad key the op's INVALID_ARGUMENT naming it, and nothing gets pinned."""
+    d, _ = daemon
+    if transport == "grpc":
+        monkeypatch.setenv(DATAPLANE_ENV, "grpc")
+    else:
+        monkeypatch.delenv(DATAPLANE_ENV, raising=False)
+    keys = [b"t%d" % i for i in range(6)]
+    with connect(d, f"touch-{transport}") as c:
+        assert c.dataplane == transport
+        for i in range(4):  # the quota holds four
+            c.put(keys[i], blob(i), persistent=True)
+            time.sleep(0.002)
+        assert c.touch_many([keys[0], keys[1], b"absent"]) == [True, True, False]
+        assert c.admin_call("Status", pb.StatusRequest()).pins == 0
+        c.put(keys[4], blob(4), persistent=True)
+        c.put(keys[5], blob(5), persistent=True)
+        assert present(c, keys) == {keys[0], keys[1], keys[4], keys[5]}
+        assert c.get(keys[0]) == blob(0)
+        results = c._batch(
+            [
+                pb.Op(touch=pb.TouchOp(key=keys[1])),
+                pb.Op(touch=pb.TouchOp(key=b"")),
+                pb.Op(touch=pb.TouchOp(key=b"x" * 5000)),
+                pb.Op(touch=pb.TouchOp(key=b"absent")),
+            ],
+            per_op=True,
+        )
+        names = {s.value[0]: s.name for s in C}
+        got = [(names[r.code], r.message) for r in results]
+        assert got[0][0] == "OK" and results[0].size == KB256 and results[0].persistent
+        assert got[1][0] == "INVALID_ARGUMENT" and "key length 0" in got[1][1]
+        assert got[2][0] == "INVALID_ARGUMENT" and "key length 5000" in got[2][1]
+        assert got[3][0] == "NOT_FOUND" and "absent" in got[3][1]
+        assert c.touch_many([]) == []
 
 
 def test_uid_quota_evicts_lru_over_the_uids_labels(tmp_path: Path) -> None:

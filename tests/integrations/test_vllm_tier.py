@@ -771,3 +771,36 @@ def test_a_request_that_finishes_without_loading_gives_its_pins_back(
         assert tenant_row(d).evictions >= 8
         assert resolve(tier, first, ReqContext(req_id="again")) == [LookupResult.MISS] * 8
         tier.shutdown()
+
+
+@needs_vllm
+def test_touch_keeps_chunks_young_in_the_daemons_lru(
+    tmp_path: Path, make_tier: Callable[..., Any]
+) -> None:
+    """vLLM's ``touch`` returns at once and sends a TouchOp per chunk: the touched (older)
+    chunks outlive the untouched (younger) ones when the quota must evict."""
+    with quota_daemon(tmp_path, 16) as d:
+        tier, pool = make_tier(socket=d.socket)
+        fill(pool, list(range(20)), seed=12)
+        old, young = offload_keys(8), offload_keys(8)
+        assert run(tier, job(old, list(range(8)))).success
+        time.sleep(0.01)
+        assert run(tier, job(young, list(range(8, 16)))).success
+        with Client.connect(d.socket, tenant=TENANT, arena_bytes=1 << 20) as kv:
+            start = time.perf_counter()
+            tier.touch(old, ReqContext(req_id="t"))  # a scheduler-side call: never waits
+            assert time.perf_counter() - start < 0.05
+            newest_young = max(kv.stat(tier.key_prefix + k).last_access for k in young)
+            deadline = time.monotonic() + 10
+            while min(kv.stat(tier.key_prefix + k).last_access for k in old) <= newest_young:
+                assert time.monotonic() < deadline, "the touches never reached the daemon"
+                time.sleep(0.02)
+        assert run(tier, job(offload_keys(4), list(range(16, 20)))).success  # evicts 4+
+        req = ReqContext(req_id="after")
+        assert resolve(tier, old, req) == [LookupResult.HIT] * 8
+        young_hits = resolve(tier, young, req).count(LookupResult.HIT)
+        assert young_hits <= 4
+        assert tenant_row(d).pins == 8 + young_hits  # the HITs' pins: a touch took none
+        tier.on_request_finished(req)
+        tier.touch(offload_keys(2), req)  # unknown chunks: misses in the daemon, no error
+        tier.shutdown()

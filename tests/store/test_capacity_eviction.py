@@ -355,3 +355,30 @@ def test_uid_quota_eviction_spans_the_uids_tenants_only(store: ObjectStore) -> N
     assert freed == 2 * MB4  # k1 and k3 of 1000/other; 1000/llama's k2 is kept (overwrite)
     assert {(i.tenant, i.key) for i in store.list(None)} == {(other_uid, b"k0"), (T, b"k2")}
     assert store.evict_for_quota(T, 2 * MB4, keep=b"", durable=False, uid=1000) == 0
+
+
+def test_touch_moves_objects_to_the_young_end_without_reading(
+    ns: FileNamespace, tmp_path: Path
+) -> None:
+    """``touch_many`` is a use for the LRU (eviction skips the touched keys, across a restart
+    too), reads nothing, answers a miss and a bad key per key, and pins nothing."""
+    s = _store(ns, tmp_path)
+    try:
+        for i in range(FIT):
+            put(s, i)
+            time.sleep(0.002)
+        got = s.touch_many(T, [b"k0", b"k1", b"nope", b""])
+        assert [g.key for g in got[:2]] == [b"k0", b"k1"] and got[0].size == MB4
+        assert isinstance(got[2], NotFound) and "nope" in str(got[2])
+        assert isinstance(got[3], InvalidArgument)
+        assert s.touch_many(U, [b"k2"])[0].__class__ is NotFound  # another tenant's key: absent
+        assert s.pin_counts() == {}
+        put(s, 100)  # evicts the oldest untouched object
+        assert b"k2" not in keys(s) and {b"k0", b"k1"} <= keys(s)
+        s.close()  # flushes the batched last_access: the touches persist
+        s = _store(ns, tmp_path)
+        put(s, 101)
+        assert b"k3" not in keys(s) and {b"k0", b"k1"} <= keys(s)
+        check_consistent(s)
+    finally:
+        s.close()

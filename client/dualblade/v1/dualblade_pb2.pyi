@@ -64,6 +64,12 @@ class UnpinOp(_message.Message):
     key: bytes
     def __init__(self, key: _Optional[bytes] = ...) -> None: ...
 
+class TouchOp(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: bytes
+    def __init__(self, key: _Optional[bytes] = ...) -> None: ...
+
 class ReserveOp(_message.Message):
     __slots__ = ("key", "capacity", "persistent", "path")
     KEY_FIELD_NUMBER: _ClassVar[int]
@@ -103,7 +109,7 @@ class ReadRangeOp(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., arena_offset: _Optional[int] = ...) -> None: ...
 
 class Op(_message.Message):
-    __slots__ = ("put", "get", "delete", "reserve", "append", "read_range", "stat", "unpin")
+    __slots__ = ("put", "get", "delete", "reserve", "append", "read_range", "stat", "unpin", "touch")
     PUT_FIELD_NUMBER: _ClassVar[int]
     GET_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +118,7 @@ class Op(_message.Message):
     READ_RANGE_FIELD_NUMBER: _ClassVar[int]
     STAT_FIELD_NUMBER: _ClassVar[int]
     UNPIN_FIELD_NUMBER: _ClassVar[int]
+    TOUCH_FIELD_NUMBER: _ClassVar[int]
     put: PutOp
     get: GetOp
     delete: DeleteOp
@@ -120,7 +127,8 @@ class Op(_message.Message):
     read_range: ReadRangeOp
     stat: StatOp
     unpin: UnpinOp
-    def __init__(self, put: _Optional[_Union[PutOp, _Mapping]] = ..., get: _Optional[_Union[GetOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., reserve: _Optional[_Union[ReserveOp, _Mapping]] = ..., append: _Optional[_Union[AppendOp, _Mapping]] = ..., read_range: _Optional[_Union[ReadRangeOp, _Mapping]] = ..., stat: _Optional[_Union[StatOp, _Mapping]] = ..., unpin: _Optional[_Union[UnpinOp, _Mapping]] = ...) -> None: ...
+    touch: TouchOp
+    def __init__(self, put: _Optional[_Union[PutOp, _Mapping]] = ..., get: _Optional[_Union[GetOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., reserve: _Optional[_Union[ReserveOp, _Mapping]] = ..., append: _Optional[_Union[AppendOp, _Mapping]] = ..., read_range: _Optional[_Union[ReadRangeOp, _Mapping]] = ..., stat: _Optional[_Union[StatOp, _Mapping]] = ..., unpin: _Optional[_Union[UnpinOp, _Mapping]] = ..., touch: _Optional[_Union[TouchOp, _Mapping]] = ...) -> None: ...
 
 class BatchRequest(_message.Message):
     __slots__ = ("ops", "stop_on_error")

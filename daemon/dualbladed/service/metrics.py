@@ -6,7 +6,7 @@ custom collector over the same snapshot) must never disagree, so there are no se
 
 Each series is keyed by ``(tenant, path, op)`` -- path is the residency path ("direct",
 "pagecache", or "none" for an op that found no object), op is "put", "get", "delete", "stat",
-"unpin" or, for layer objects, "reserve", "append", "readrange" -- and counts operations, bytes
+"touch", "unpin" or, for layer objects, "reserve", "append", "readrange" -- and counts operations, bytes
 moved (a reserve or a stat moves none), errors and a latency histogram with the fixed bounds
 :data:`LATENCY_BOUNDS_MS`. Histogram counts are kept per
 bucket (not cumulative); the last bucket is +Inf, so ``len(counts) == len(bounds_ms) + 1``, which

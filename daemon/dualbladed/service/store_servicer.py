@@ -23,6 +23,7 @@ from dualbladed.sessions.batch import (
     ReadRangeRequest,
     ReserveRequest,
     StatRequest,
+    TouchRequest,
     UnpinRequest,
 )
 from dualbladed.sessions.registry import Session, SessionRegistry
@@ -62,10 +63,12 @@ def _op_from_pb(op: pb.Op) -> Op:
         return StatRequest(op.stat.key, op.stat.pin_ms)
     if which == "unpin":
         return UnpinRequest(op.unpin.key)
+    if which == "touch":
+        return TouchRequest(op.touch.key)
     if which in ("reserve", "append", "read_range"):
         return _layer_op_from_pb(which, op)
     raise InvalidArgument(
-        "batch op has none of put, get, delete, reserve, append, read_range, stat, unpin set"
+        "batch op has none of put, get, delete, reserve, append, read_range, stat, unpin, touch set"
     )
 
 

@@ -24,10 +24,12 @@ held except the store's cheap ``usage()``, and its ``evict_for_quota``: a put th
 the quota first evicts the tenant's least recently used persistent objects, see
 :mod:`dualbladed.store.capacity`, so that two puts cannot both count the same evicted bytes).
 
-Stat and unpin ops (issue 13): a stat answers whether a key exists, and with ``pin_ms`` pins a
+Stat, unpin and touch ops (issue 13): a stat answers whether a key exists, and with ``pin_ms`` pins a
 hit for the session (:mod:`dualbladed.store.pins`); a miss is the op's NOT_FOUND, a normal
 outcome, recorded in the metrics as a successful ``stat`` on path ``none`` (hits are recorded on
-their path). A successful get by the session ends its pin on the key.
+their path). A successful get by the session ends its pin on the key. A touch marks a key used
+now without reading it (the eviction LRU's young end); its miss is NOT_FOUND and counts as a
+stat miss does.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from dualbladed.paths.abstract import PATH_NAMES
 from dualbladed.sessions.registry import Session
 from dualbladed.store import ObjectStore
 from dualbladed.store.group import PutSpec, StagedPut
+from dualbladed.store.index import ObjectInfo
 
 T = TypeVar("T")
 
@@ -109,6 +112,13 @@ class UnpinRequest:
     key: bytes
 
 
+@dataclass(frozen=True)
+class TouchRequest:
+    """Mark ``key`` as used now without reading it (see ``ObjectStore.touch_many``)."""
+
+    key: bytes
+
+
 Op = (
     PutRequest
     | GetRequest
@@ -118,6 +128,7 @@ Op = (
     | ReadRangeRequest
     | StatRequest
     | UnpinRequest
+    | TouchRequest
 )
 LayerOp = ReserveRequest | AppendRequest | ReadRangeRequest
 
@@ -141,7 +152,7 @@ class OpOutcome:
     size: int = 0
     generation: int = 0
     path: str = ""
-    persistent: bool = False  # stat
+    persistent: bool = False  # stat, touch
     pinned: bool = False  # stat: this op pinned the hit; unpin: a pin was dropped
 
     @property
@@ -189,6 +200,10 @@ def _take_back(table: dict, name: object, length: int) -> None:
         table.pop(name, None)
 
 
+def _touched(info: ObjectInfo) -> OpOutcome:
+    return OpOutcome(None, info.size, info.generation, info.path, persistent=info.persistent)
+
+
 def _distinct_keys(ops: Sequence[Op]) -> bool:
     return len({op.key for op in ops}) == len(ops)
 
@@ -229,6 +244,8 @@ class BatchExecutor:
             )
         if not stop_on_error and len(ops) > 1 and all(isinstance(op, StatRequest) for op in ops):
             return self._stat_all(session, ops)  # type: ignore[arg-type]
+        if not stop_on_error and len(ops) > 1 and all(isinstance(op, TouchRequest) for op in ops):
+            return self._touch_all(session, ops)  # type: ignore[arg-type]
         if self._pool is not None and not stop_on_error and len(ops) > 1 and _distinct_keys(ops):
             return self._execute_grouped(session, ops)
         outcomes: list[OpOutcome] = []
@@ -364,7 +381,7 @@ class BatchExecutor:
         kind = type(op).__name__.removesuffix("Request").lower()
         path, nbytes = "", 0
         try:
-            if isinstance(op, (StatRequest, UnpinRequest)):
+            if isinstance(op, (StatRequest, UnpinRequest, TouchRequest)):
                 outcome = self._lookup_op(session, op)
                 path = outcome.path
             else:
@@ -386,7 +403,7 @@ class BatchExecutor:
             kind,
             nbytes,
             time.perf_counter() - started,
-            outcome.ok or (kind == "stat" and isinstance(outcome.error, NotFound)),
+            outcome.ok or (kind in ("stat", "touch") and isinstance(outcome.error, NotFound)),
         )
         return outcome
 
@@ -416,9 +433,31 @@ class BatchExecutor:
             outcomes.append(outcome)
         return outcomes
 
-    def _lookup_op(self, session: Session, op: StatRequest | UnpinRequest) -> OpOutcome:
+    def _touch_all(self, session: Session, ops: Sequence[TouchRequest]) -> list[OpOutcome]:
+        """A touch batch: one store call; metrics as :meth:`_stat_all` (a miss is no error)."""
+        started = time.perf_counter()
+        results = self._store.touch_many(session.tenant, [op.key for op in ops])
+        share = (time.perf_counter() - started) / len(ops)
+        outcomes = []
+        for r in results:
+            if isinstance(r, DualbladeError):
+                outcomes.append(OpOutcome(_without_frames(r)))
+                self._record(session.tenant, "none", "touch", 0, share, isinstance(r, NotFound))
+            else:
+                outcomes.append(_touched(r))
+                self._record(session.tenant, r.path, "touch", 0, share, True)
+        return outcomes
+
+    def _lookup_op(
+        self, session: Session, op: StatRequest | UnpinRequest | TouchRequest
+    ) -> OpOutcome:
         if isinstance(op, UnpinRequest):
             return OpOutcome(pinned=self._store.unpin(session.tenant, op.key, session.id))
+        if isinstance(op, TouchRequest):
+            r = self._store.touch_many(session.tenant, [op.key])[0]
+            if isinstance(r, DualbladeError):
+                raise r
+            return _touched(r)
         info = self._store.stat(session.tenant, op.key, session=session.id, pin_ms=op.pin_ms)
         return OpOutcome(
             None,

@@ -164,6 +164,38 @@ class EvictionSite:
                         out.append(err)
         return out
 
+    def touch_many(self, tenant: str, keys: Sequence[bytes]) -> list[ObjectInfo | DualbladeError]:
+        """Mark each key's object as used now, without reading it (a KV tier's ``touch``).
+
+        The object moves to the young end of the eviction LRU (:mod:`dualbladed.store.lru`) just
+        as a get would move it: one ``last_access`` per object, shared with the residency
+        arbiter's heat and persisted in the batched access update, so the LRU order after a
+        restart keeps the touch. Each result is the object's info after the touch, or the error
+        (NotFound for a miss, InvalidArgument for a bad key). Pins nothing; locked in rounds of
+        :data:`STAT_CHUNK` keys, as :meth:`stat_many`.
+        """
+        out: list[ObjectInfo | DualbladeError] = []
+        for start in range(0, len(keys), STAT_CHUNK):
+            checked: list[bytes | DualbladeError] = []
+            for key in keys[start : start + STAT_CHUNK]:
+                try:
+                    checked.append(check_key(tenant, key))
+                except DualbladeError as err:
+                    checked.append(err)
+            with self._lock:
+                self._check_open()
+                for item in checked:
+                    if isinstance(item, DualbladeError):
+                        out.append(item)
+                        continue
+                    entry = self._index.lookup(tenant, item)
+                    if entry is None:  # names only the caller's key, as stat does
+                        out.append(NotFound(f"key {item!r} not found"))
+                        continue
+                    self._index.note_access(entry)
+                    out.append(entry.snapshot())
+        return out
+
     def _check_pin(self, session: str | None, pin_ms: int) -> None:
         if not pin_ms:
             return

@@ -58,7 +58,15 @@ def _is_tensor(obj: Any) -> bool:
     return torch is not None and isinstance(obj, torch.Tensor)
 
 
-__all__ = ["DEFAULT_ARENA_BYTES", "ChunkJob", "Connection", "IoPool", "Outcome", "Unpin"]
+__all__ = [
+    "DEFAULT_ARENA_BYTES",
+    "ChunkJob",
+    "Connection",
+    "IoPool",
+    "Outcome",
+    "Touch",
+    "Unpin",
+]
 
 #: Codes after which the session is presumed gone (daemon died, restarted, or closed the lease).
 _CONNECTION_CODES = frozenset(
@@ -166,6 +174,14 @@ class Unpin:
 
 
 @dataclass(frozen=True)
+class Touch:
+    """Mark ``keys`` used now in the daemon's eviction LRU (no outcome; best effort: a missing
+    key, or a daemon without TouchOp, changes nothing a load depends on)."""
+
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What a job did: indices into its keys that moved and that did not, bytes, seconds."""
 
@@ -204,7 +220,7 @@ class IoPool:
         self._pool = _as_tensor(pool)
         self._chunk_bytes = chunk_bytes
         self._path = path
-        self._jobs: queue.SimpleQueue[ChunkJob | Unpin | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[ChunkJob | Unpin | Touch | None] = queue.SimpleQueue()
         self.results: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._cond = threading.Condition()
         self._pending = 0
@@ -226,6 +242,11 @@ class IoPool:
         """Queue an unpin of ``keys``; not a job (drain_jobs does not wait for it)."""
         if keys:
             self._jobs.put(Unpin(tuple(keys)))
+
+    def touch(self, keys: Sequence[bytes]) -> None:
+        """Queue a touch of ``keys``; not a job either."""
+        if keys:
+            self._jobs.put(Touch(tuple(keys)))
 
     @property
     def pending(self) -> int:
@@ -265,8 +286,8 @@ class IoPool:
             job = self._jobs.get()
             if job is None:
                 return
-            if isinstance(job, Unpin):
-                self._unpin(job)
+            if isinstance(job, (Unpin, Touch)):
+                self._lookup_side(job)
                 continue
             start = time.monotonic()
             try:
@@ -286,14 +307,17 @@ class IoPool:
                 self._pending -= 1
                 self._cond.notify_all()
 
-    def _unpin(self, job: Unpin) -> None:
+    def _lookup_side(self, job: Unpin | Touch) -> None:
         try:
             client = self._conn.get()
         except Exception:  # noqa: BLE001 -- daemon away: its session and pins are gone anyway
             return
         try:
-            client.unpin_many(job.keys)
-        except Exception as exc:  # noqa: BLE001 -- best effort, see Unpin
+            if isinstance(job, Unpin):
+                client.unpin_many(job.keys)
+            else:
+                client.touch_many(job.keys)
+        except Exception as exc:  # noqa: BLE001 -- best effort, see Unpin and Touch
             self._conn.lost(client, exc)
 
     @staticmethod

@@ -173,9 +173,11 @@ class DualBladeTier(SecondaryTierManager):
         self._io.unpin(self._pins.finish(req_context.req_id))
 
     def touch(self, keys: Collection[OffloadKey], req_context: ReqContext) -> None:
-        # The daemon's eviction LRU counts gets (a load from this tier is one); the protocol
-        # has no touch op, and a stat is not a use, so there is nothing cheap to send here.
-        return
+        """vLLM marks chunks recently used (in every tier): the daemon's eviction LRU gets a
+        TouchOp per key, sent by a worker (this returns at once); chunks this tier lacks are
+        misses there and change nothing."""
+        if not self._closed:
+            self._io.touch([self.key_prefix + k for k in keys])
 
     # -- jobs ------------------------------------------------------------------------------
 
