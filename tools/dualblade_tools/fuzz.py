@@ -5,7 +5,7 @@ The harness talks raw gRPC to a real daemon (started with :class:`DaemonProcess`
 bytes, arena offsets and lengths anywhere in ``[0, 2**64)`` (misaligned, past the arena, huge),
 unknown residency-path enum values, empty ops, layer-object ops (reserve with random capacities
 and path names, append with and without ``expect_size``, read_range at random offsets), stat ops
-with random hit pins (``pin_ms`` up to the uint32 max) and unpins, durable deletes, random op
+with random hit pins (``pin_ms`` up to the uint32 max), unpins and touches, durable deletes, random op
 mixes of up to 8 ops per batch, and missing, malformed, unknown or stale session tokens.
 
 Pass criteria, checked on every request:
@@ -194,10 +194,13 @@ PIN_MS = _mostly(
 
 @st.composite
 def lookup_ops(draw: st.DrawFn) -> pb.Op:
-    """Issue 13's ops: stat (with or without a hit pin) and unpin."""
-    if draw(st.integers(min_value=0, max_value=3)) < 3:
+    """Issue 13's ops: stat (with or without a hit pin), unpin and touch."""
+    kind = draw(st.integers(min_value=0, max_value=4))
+    if kind < 3:
         return pb.Op(stat=pb.StatOp(key=draw(KEYS), pin_ms=draw(PIN_MS)))
-    return pb.Op(unpin=pb.UnpinOp(key=draw(KEYS)))
+    if kind == 3:
+        return pb.Op(unpin=pb.UnpinOp(key=draw(KEYS)))
+    return pb.Op(touch=pb.TouchOp(key=draw(KEYS)))
 
 
 @st.composite
