@@ -9,16 +9,17 @@ Arena budget: each worker copies at most ``piece_chunks`` chunks through the cli
 time, and ``threads * piece_chunks`` chunk slots fit in the arena, so concurrent jobs never run the
 arena out (all slots have one size, so the free space cannot fragment below one slot).
 
-The load path: a worker reads a piece of a job (``piece_chunks`` chunks, one Batch) into arena
-slots it holds for the whole job, then copies the chunks that loaded on to the pool with torch
-(which releases the GIL). The Batch's per-op outcomes (``Client.try_get_many_into``) make a
-partial load one round trip: a missing chunk, or an object of another size (not a chunk of this
-geometry), fails alone and is never copied into the pool. Measured on the shared 2-vCPU VM
-(same-run A/B, issue 13): pipelining the copy of piece i with the read of piece i+1
-(double-buffered pieces of 8, a copy thread per worker) and one Batch per chunk on 16 chunk
-threads were no faster than this and cost more CPU per GB (0.92 against 0.72 s/GB, client and
-daemon together, for one Batch per chunk); on that box the load is CPU-bound, so CPU per byte
-is what counts.
+The load path: a worker reads a piece of a job (``piece_chunks`` chunks, one Batch) with
+``Client.try_get_many_into`` straight into the pool's slices (the SDK stages each chunk in an
+arena slot and copies it on with torch, which releases the GIL). The Batch's per-op outcomes make
+a partial load one round trip: a missing chunk, or an object of another size (not a chunk of this
+geometry), fails alone and the rest load. A smaller object's bytes do land in its chunk's pool
+slot; that key is reported failed, so vLLM never treats the slot as loaded. Measured on the
+shared 2-vCPU VM (same-run A/Bs, issue 13) against this path: pipelining the copy of piece i
+with the read of piece i+1 (double-buffered pieces of 8, a copy thread per worker), one Batch per
+chunk on 16 chunk threads, and reading into arena tensors held for the whole job with the copy
+done here were no faster and mostly slower, and one Batch per chunk cost ~25 % more CPU per GB
+(client and daemon together); that box is CPU-bound, so CPU per byte is what counts.
 
 A lost daemon: :class:`Connection` drops the client on a connection-type error and makes a new one
 on the next use (no more often than every ``retry_interval`` seconds), so jobs fail fast while the
@@ -28,9 +29,7 @@ daemon is away and work again once it is back. Lock order: ``Connection._lock`` 
 
 from __future__ import annotations
 
-import contextlib
 import queue
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -51,11 +50,6 @@ def _as_tensor(pool: memoryview) -> Any:
     except ImportError:
         return pool
     return torch.frombuffer(pool, dtype=torch.uint8)
-
-
-def _is_tensor(obj: Any) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.Tensor)
 
 
 __all__ = [
@@ -356,48 +350,9 @@ class IoPool:
         )
 
     def _load(self, job: ChunkJob, start: float) -> Outcome:
-        """Read the job's chunks a piece (one Batch) at a time into arena slots, then copy the
-        ones that loaded on to the pool (see the module docstring: "The load path")."""
+        """Read the job a piece (one Batch) at a time straight into the pool's slices; see the
+        module docstring ("The load path")."""
         client = self._conn.get()
-        if not _is_tensor(self._pool):
-            return self._load_in_place(client, job, start)
-        cb = self._chunk_bytes
-        done: list[int] = []
-        failed: list[int] = []
-        error = None
-        pieces = self._pieces(len(job.keys), self.piece_chunks)
-        staged: list[Any] = []  # one arena slot per chunk of a piece, reused by every piece
-        try:
-            for n, piece in enumerate(pieces):
-                while len(staged) < len(piece):
-                    staged.append(client.staging(cb))
-                items = [(job.keys[i], staged[j]) for j, i in enumerate(piece)]
-                try:
-                    results = client.try_get_many_into(items)  # per-op: the rest still loads
-                except Exception as exc:
-                    self._conn.lost(client, exc)
-                    error = repr(exc)
-                    failed.extend(i for p in pieces[n:] for i in p)
-                    break
-                for j, (i, got) in enumerate(zip(piece, results)):
-                    if got == cb:
-                        # torch releases the GIL: the scheduler and other workers go on
-                        self._pool[job.offsets[i] : job.offsets[i] + cb].copy_(staged[j])
-                        done.append(i)
-                    else:  # missing, or an object of another size: not a chunk of this tier
-                        failed.append(i)
-        except Exception as exc:  # staging failed (a lost client's arena is closed, ...)
-            self._conn.lost(client, exc)
-            error = repr(exc)
-            failed = [i for i in range(len(job.keys)) if i not in set(done)]
-        finally:
-            for tensor in staged:
-                with contextlib.suppress(errors.DualbladeError):  # arena closed with the client
-                    client.release_tensor(tensor)
-        return self._load_outcome(job, done, failed, error, start)
-
-    def _load_in_place(self, client: Client, job: ChunkJob, start: float) -> Outcome:
-        """Without torch (not with vLLM): per-op outcomes straight into the pool's views."""
         done: list[int] = []
         failed: list[int] = []
         error = None
