@@ -23,6 +23,8 @@ Not thread-safe: every method runs under ``ObjectStore._lock`` (via ``ObjectInde
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from itertools import chain
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from sortedcontainers import SortedDict
@@ -34,6 +36,7 @@ __all__ = ["LruOrder"]
 
 _SortKey = tuple[float, int]
 _Key = tuple[str, bytes]  # (tenant, key)
+_first = itemgetter(0)
 
 
 class LruOrder:
@@ -69,22 +72,39 @@ class LruOrder:
             order[key] = entry
 
     def load(self, entries: Iterable[IndexEntry]) -> None:
-        """Bulk :meth:`add` (start-up): one sorted update per order, not one insert per entry."""
-        groups: dict[tuple[int, str], tuple[dict[str, SortedDict], str, list]] = {}
+        """Bulk :meth:`add` (start-up): one sorted update per order, not one insert per entry.
+
+        The members are grouped by (tenant, path) with one dict lookup each, sorted once per
+        group, and every order (tenant, path, uid) is then updated from already-sorted items,
+        which ``SortedDict.update`` re-sorts in linear time. A group that is its order's only
+        source (one tenant on one path, the common case) shares its sorted list.
+        """
+        keys, held = self._keys, self.held
+        groups: dict[tuple[str, str], list[tuple[_SortKey, IndexEntry]]] = {}
         for entry in entries:
             info = entry.info
-            if not info.persistent or entry.dead or entry in self._keys:
+            if not info.persistent or entry.dead or entry in keys:
                 continue
-            if (info.tenant, info.key) in self.held:
+            if held and (info.tenant, info.key) in held:
                 continue
             key = (entry.last_access, info.generation)
-            self._keys[entry] = key
-            for table, name in self._tables(info.tenant, info.path):
-                group = groups.get((id(table), name))
-                if group is None:
-                    group = groups[(id(table), name)] = (table, name, [])
-                group[2].append((key, entry))
-        for table, name, items in groups.values():
+            keys[entry] = key
+            items = groups.get((info.tenant, info.path))
+            if items is None:
+                items = groups[(info.tenant, info.path)] = []
+            items.append((key, entry))
+        merged: dict[tuple[int, str], tuple[dict[str, SortedDict], str, list[list]]] = {}
+        for (tenant, path), items in groups.items():
+            items.sort(key=_first)
+            for table, name in self._tables(tenant, path):
+                got = merged.get((id(table), name))
+                if got is None:
+                    merged[(id(table), name)] = (table, name, [items])
+                else:
+                    got[2].append(items)
+        for table, name, parts in merged.values():
+            # sorted runs: timsort merges them in about linear time
+            items = parts[0] if len(parts) == 1 else sorted(chain(*parts), key=_first)
             order = table.get(name)
             if order is None:
                 order = table[name] = SortedDict()
