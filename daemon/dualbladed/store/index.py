@@ -120,6 +120,7 @@ def shared_int(value: int) -> int:
 _info = attrgetter("info")
 _length = attrgetter("length")
 _size = attrgetter("size")
+_key = attrgetter("key")
 _persistent = attrgetter("persistent")
 
 #: ``ObjectInfo``'s slot setters by field name (see :func:`info_from_values`).
@@ -226,42 +227,44 @@ class ObjectIndex:
 
     def load(self, by_path: Mapping[str, list[IndexEntry]]) -> None:
         """Install many entries of distinct keys (``path -> entries``) into an empty index
-        (start-up): one sort per tenant and per path instead of one sorted insert per entry,
-        the running totals added once per (tenant, path) from C-level sums, and the LRU orders
-        loaded once for all paths."""
-        by_tenant: dict[str, list[IndexEntry]] = {}
-        usage, uid_usage = self._usage, self._uid_usage
+        (start-up): grouped by tenant, then :meth:`load_groups`."""
+        groups: dict[tuple[str, str], list[IndexEntry]] = {}
         for path, entries in by_path.items():
-            groups: dict[str, list[IndexEntry]] = {}
             for entry in entries:
-                tenant = entry.info.tenant
-                group = groups.get(tenant)
+                group = groups.get((path, entry.info.tenant))
                 if group is None:
-                    group = groups[tenant] = []
+                    group = groups[(path, entry.info.tenant)] = []
                 group.append(entry)
-            for tenant, group in groups.items():
-                infos = list(map(_info, group))
-                length = sum(map(_length, infos))
-                usage[tenant] = usage.get(tenant, 0) + length
-                uid = tenant.partition("/")[0]
-                uid_usage[uid] = uid_usage.get(uid, 0) + length
-                persistent = sum(map(_persistent, infos))
-                self._totals.add_many(tenant, path, len(infos), sum(map(_size, infos)), persistent)
-                if persistent != len(infos):  # ephemeral entries: their sessions' member sets
-                    for info in infos:
-                        if info.session is not None:
-                            self._sessions.setdefault(info.session, set()).add(
-                                (info.tenant, info.key)
-                            )
-                got = by_tenant.get(tenant)
-                if got is None:
-                    by_tenant[tenant] = group
-                else:
-                    got.extend(group)
-            self._heat.load(path, entries)
-        self.lru.load(chain.from_iterable(by_path.values()))
-        for tenant, entries in by_tenant.items():
-            keys = [entry.info.key for entry in entries]
+        self.load_groups(groups)
+
+    def load_groups(self, groups: Mapping[tuple[str, str], list[IndexEntry]]) -> None:
+        """Install many entries of distinct keys, grouped ``(path, tenant) -> entries``, into
+        an empty index (start-up): one sort per tenant and per path instead of one sorted
+        insert per entry, the running totals added once per group from C-level sums, the LRU
+        orders loaded once for all groups (:meth:`LruOrder.load_groups`)."""
+        by_tenant: dict[str, list[list[IndexEntry]]] = {}
+        by_path: dict[str, list[list[IndexEntry]]] = {}
+        usage, uid_usage = self._usage, self._uid_usage
+        for (path, tenant), group in groups.items():
+            infos = list(map(_info, group))
+            length = sum(map(_length, infos))
+            usage[tenant] = usage.get(tenant, 0) + length
+            uid = tenant.partition("/")[0]
+            uid_usage[uid] = uid_usage.get(uid, 0) + length
+            persistent = sum(map(_persistent, infos))
+            self._totals.add_many(tenant, path, len(infos), sum(map(_size, infos)), persistent)
+            if persistent != len(infos):  # ephemeral entries: their sessions' member sets
+                for info in infos:
+                    if info.session is not None:
+                        self._sessions.setdefault(info.session, set()).add((info.tenant, info.key))
+            by_tenant.setdefault(tenant, []).append(group)
+            by_path.setdefault(path, []).append(group)
+        for path, parts in by_path.items():
+            self._heat.load(path, parts[0] if len(parts) == 1 else list(chain(*parts)))
+        self.lru.load_groups({(tenant, path): group for (path, tenant), group in groups.items()})
+        for tenant, parts in by_tenant.items():
+            entries = parts[0] if len(parts) == 1 else list(chain(*parts))
+            keys = list(map(_key, map(_info, entries)))
             self._tenants.setdefault(tenant, SortedDict()).update(zip(keys, entries))
 
     def lookup(self, tenant: str, key: bytes) -> IndexEntry | None:

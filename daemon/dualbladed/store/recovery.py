@@ -23,6 +23,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import chain
 from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,9 +124,10 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _rebuild(meta: MetaStore, paths: dict[str, ResidencyPath], index: ObjectIndex) -> int:
-    names: dict[str, str] = {}
     ints: dict[int, int] = {}
-    per_path: dict[str, list[ObjectInfo]] = {}
+    # path -> tenant -> (shared tenant name, shared path name, infos): grouped while scanning,
+    # so the index loads each (path, tenant) group with C-level passes
+    per_path: dict[str, dict[str, tuple[str, str, list[ObjectInfo]]]] = {}
     unserved: dict[str, int] = {}
     top = 0
     u64 = 1 << 64
@@ -146,25 +148,28 @@ def _rebuild(meta: MetaStore, paths: dict[str, ResidencyPath], index: ObjectInde
     ) in meta.scan_rows():
         if generation > top:
             top = generation
-        infos = per_path.get(path)
-        if infos is None:
+        tenants = per_path.get(path)
+        if tenants is None:
             if path not in paths:
                 unserved[path] = unserved.get(path, 0) + 1
                 continue
-            infos = per_path[names.setdefault(path, path)] = []
+            tenants = per_path[path] = {}
+        group = tenants.get(tenant)
+        if group is None:
+            group = tenants[tenant] = (tenant, path, [])
         shared = ints.get(size)
         if shared is None:
             shared = ints[size] = shared_int(size)
         shared_length = ints.get(length)
         if shared_length is None:
             shared_length = ints[length] = shared_int(length)
-        infos.append(
+        group[2].append(
             make(
                 (
-                    names.setdefault(tenant, tenant),
+                    group[0],
                     key if type(key) is bytes else bytes(key),
                     shared,
-                    names.setdefault(path, path),
+                    group[1],
                     offset,
                     shared_length,
                     checksum + u64 if checksum < 0 else checksum,  # to_unsigned64, inlined
@@ -180,17 +185,23 @@ def _rebuild(meta: MetaStore, paths: dict[str, ResidencyPath], index: ObjectInde
     for path, count in unserved.items():
         logger.warning("%d objects live on unconfigured path %s; not served", count, path)
     dropped: list[ObjectInfo] = []
-    loaded: dict[str, list[IndexEntry]] = {}
-    for path, infos in per_path.items():
-        infos.sort(key=attrgetter("offset"))
+    loaded: dict[tuple[str, str], list[IndexEntry]] = {}
+    for path, tenants in per_path.items():
+        groups = [infos for _, _, infos in tenants.values()]
+        spans = groups[0] if len(groups) == 1 else list(chain(*groups))
+        spans = sorted(spans, key=attrgetter("offset"))
         try:
-            paths[path].reserve_many(infos)  # ObjectInfo has the offset and length of a span
+            paths[path].reserve_many(spans)  # ObjectInfo has the offset and length of a span
         except InvalidArgument as exc:
             logger.error("extents on %s conflict (%s); reserving row by row", path, exc)
-            infos = _reserve_each(paths[path], infos, dropped)
-        # layer objects get their append state; the rest a plain entry
-        loaded[path] = [new_entry(i) if i.capacity else IndexEntry(i) for i in infos]
-    index.load(loaded)
+            kept = _reserve_each(paths[path], spans, dropped)
+            groups = [[i for i in kept if i.tenant == t] for t in tenants]
+        for infos in groups:
+            if infos:
+                # layer objects get their append state; the rest a plain entry
+                entries = [new_entry(i) if i.capacity else IndexEntry(i) for i in infos]
+                loaded[(path, infos[0].tenant)] = entries
+    index.load_groups(loaded)
     if dropped:
         with meta.txn(durable=True) as t:
             for info in dropped:
