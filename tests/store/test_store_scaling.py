@@ -7,6 +7,7 @@ same store says, after puts, gets, overwrites, deletes, relocations and a restar
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from dualbladed.namespace.file import FileNamespace
 from dualbladed.paths.abstract import DIRECT, PAGECACHE
 from dualbladed.paths.pagecache import PageCachePath
 from dualbladed.store import ObjectStore
+from dualbladed.store.index import ObjectInfo, info_from_values
 
 T1, T2 = "1000/a", "1001/b"
 
@@ -210,3 +212,104 @@ def test_layer_appends_keep_the_running_totals(ns: FileNamespace, tmp_path: Path
         assert _totals(store) == _scan_totals(store)
     finally:
         store.close()
+
+
+def test_info_from_values_builds_the_same_frozen_info() -> None:
+    values = (T1, b"k", 10, DIRECT, 4096, 4096, 2**64 - 1, 7, True, 1.5, None, 0, ())
+    fast = info_from_values(values)
+    assert fast == ObjectInfo(*values)
+    assert type(fast) is ObjectInfo
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.size = 11  # type: ignore[misc]
+
+
+def _orders(store: ObjectStore) -> dict[str, list[tuple[str, bytes]]]:
+    """Every LRU order the capacity work walks, and the arbiter's recency per path."""
+    idx = store._index
+    out: dict[str, list[tuple[str, bytes]]] = {}
+    for tenant in (T1, T2):
+        out[f"tenant {tenant}"] = [
+            (e.info.tenant, e.info.key) for e in idx.lru.oldest(tenant=tenant)
+        ]
+    for uid in (1000, 1001):
+        out[f"uid {uid}"] = [(e.info.tenant, e.info.key) for e in idx.lru.oldest(uid=uid)]
+    for path in (DIRECT, PAGECACHE):
+        out[f"path {path}"] = [(e.info.tenant, e.info.key) for e in idx.lru.oldest(path=path)]
+        out[f"heat {path}"] = [(e.info.tenant, e.info.key) for e in idx.coldest(path, 1000)]
+    return out
+
+
+def test_bulk_load_rebuilds_the_orders_installs_would_give(
+    ns: FileNamespace, tmp_path: Path
+) -> None:
+    """Two tenants share each path and one tenant spans both paths: the bulk LRU load merges
+    the (tenant, path) groups into every order in the same LRU order one-by-one adds give."""
+    store = open_store(ns, tmp_path / "state", extra={PAGECACHE: _pc(tmp_path)})
+    _populate(store)
+    buf = memoryview(bytearray(4096))
+    for i in (7, 3, 11, 0, 20):  # accesses reorder some objects (flushed at close)
+        store.get_into(T1 if i % 3 else T2, b"k%03d" % i, buf)
+        time.sleep(0.002)
+    store.close()
+    store = open_store(ns, tmp_path / "state", extra={PAGECACHE: _pc(tmp_path)})
+    try:
+        bulk = _orders(store)
+        idx = store._index
+        entries = list(idx.entries())
+        for entry in entries:  # rebuild every order one entry at a time, in key order
+            idx.lru.discard(entry)
+        for entry in entries:
+            idx.lru.add(entry)
+        one_by_one = _orders(store)
+        assert bulk == one_by_one
+        assert len(bulk["path direct"]) + len(bulk["path pagecache"]) == 40
+        assert bulk["heat direct"] == bulk["path direct"]  # the same last_access order
+    finally:
+        store.close()
+
+
+def _spread(p: PageCachePath, n: int) -> list[Extent]:
+    got = [p.allocate(8192 if i % 2 else 4096) for i in range(n)]
+    for e in got[::3]:
+        p.release(e)
+    return sorted(got[1::3] + got[2::3], key=lambda e: e.offset)
+
+
+def test_page_cache_bulk_reserve_matches_one_by_one(tmp_path: Path) -> None:
+    p = PageCachePath(tmp_path / "a", max_bytes=8 << 20, slab_bytes=64 << 10)
+    kept = _spread(p, 60)  # spills over several slabs
+    assert len({e.offset // (64 << 10) for e in kept}) > 2
+    p.close()
+    bulk = PageCachePath(tmp_path / "a", max_bytes=8 << 20, slab_bytes=64 << 10)
+    bulk.reserve_many(kept)
+    single = PageCachePath(tmp_path / "a", max_bytes=8 << 20, slab_bytes=64 << 10)
+    for e in kept:
+        single.reserve(e)
+    try:
+        assert bulk.stats() == single.stats()
+        assert [list(s.alloc.free_extents()) for s in bulk._slabs] == [
+            list(s.alloc.free_extents()) for s in single._slabs
+        ]
+    finally:
+        bulk.close()
+        single.close()
+
+
+def test_page_cache_bulk_reserve_is_all_or_nothing(tmp_path: Path) -> None:
+    p = PageCachePath(tmp_path / "a", max_bytes=8 << 20, slab_bytes=64 << 10)
+    kept = _spread(p, 60)
+    p.close()
+    q = PageCachePath(tmp_path / "a", max_bytes=8 << 20, slab_bytes=64 << 10)
+    try:
+        overlap = [*kept, Extent(kept[-1].offset, kept[-1].length)]  # the last slab conflicts
+        with pytest.raises(InvalidArgument):
+            q.reserve_many(overlap)
+        assert q.stats().used == 0  # the earlier slabs were handed back too
+        with pytest.raises(InvalidArgument):  # beyond the slabs: OutOfRange
+            q.reserve_many([Extent(q.slab_count * (64 << 10), 4096)])
+        assert q.stats().used == 0
+        q.reserve(kept[0])  # not wholly free any more: the one-by-one path, same result
+        q.reserve_many(kept[1:])
+        assert q.stats().used == sum(e.length for e in kept)
+    finally:
+        q.close()

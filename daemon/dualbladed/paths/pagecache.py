@@ -69,12 +69,12 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dualbladed.alloc.abstract import AllocStats, Extent
-from dualbladed.alloc.extent import ExtentAllocator
+from dualbladed.alloc.extent import ExtentAllocator, Span
 from dualbladed.errors import (
     DeviceIOError,
     DiskFloorReached,
@@ -349,6 +349,40 @@ class PageCachePath(ResidencyPath):
             self._check_open()
             slab, inner = self._locate(extent)
             slab.alloc.reserve(Extent(inner, extent.length))
+
+    def reserve_many(self, extents: Sequence[Span]) -> None:
+        """Start-up bulk reserve: the extents (sorted by offset) split by slab, and each slab's
+        free map built in one pass (:meth:`ExtentAllocator.reserve_sorted`) instead of one
+        split per extent. All or nothing: on any error every slab gets back the wholly free
+        map it had. A slab that is not wholly free (not a start-up) takes the one-by-one path.
+        """
+        with self._lock:
+            self._check_open()
+            per_slab: dict[int, list[Extent]] = {}
+            slab_bytes, slabs = self.slab_bytes, self._slabs
+            for span in extents:
+                offset, length = span.offset, span.length
+                index, inner = divmod(offset, slab_bytes)
+                if offset < 0 or length <= 0 or index >= len(slabs):
+                    self._locate(Extent(offset, length))  # raises the precise OutOfRange
+                group = per_slab.get(index)
+                if group is None:
+                    group = per_slab[index] = []
+                group.append(Extent(inner, length))
+            if any(slabs[i].alloc.stats().used for i in per_slab):
+                bulk = False
+            else:
+                bulk = True
+                try:
+                    for index, group in per_slab.items():
+                        slabs[index].alloc.reserve_sorted(group)  # checks bounds and overlaps
+                except BaseException:
+                    for index in per_slab:
+                        slab = slabs[index]
+                        slab.alloc = ExtentAllocator(0, slab.capacity, self.alignment)
+                    raise
+        if not bulk:
+            super().reserve_many(extents)
 
     # --------------------------------------------------- disk floor and holes
 

@@ -22,7 +22,9 @@ Not thread-safe: every method runs under ``ObjectStore._lock`` (via ``ObjectInde
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from itertools import chain
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING
 
 from sortedcontainers import SortedDict
@@ -34,6 +36,12 @@ __all__ = ["LruOrder"]
 
 _SortKey = tuple[float, int]
 _Key = tuple[str, bytes]  # (tenant, key)
+_first = itemgetter(0)
+_info = attrgetter("info")
+_persistent = attrgetter("persistent")
+_dead = attrgetter("dead")
+_last_access = attrgetter("last_access")
+_generation = attrgetter("generation")
 
 
 class LruOrder:
@@ -70,21 +78,57 @@ class LruOrder:
 
     def load(self, entries: Iterable[IndexEntry]) -> None:
         """Bulk :meth:`add` (start-up): one sorted update per order, not one insert per entry."""
-        groups: dict[tuple[int, str], tuple[dict[str, SortedDict], str, list]] = {}
+        groups: dict[tuple[str, str], list[IndexEntry]] = {}
         for entry in entries:
             info = entry.info
-            if not info.persistent or entry.dead or entry in self._keys:
-                continue
-            if (info.tenant, info.key) in self.held:
-                continue
-            key = (entry.last_access, info.generation)
-            self._keys[entry] = key
-            for table, name in self._tables(info.tenant, info.path):
-                group = groups.get((id(table), name))
-                if group is None:
-                    group = groups[(id(table), name)] = (table, name, [])
-                group[2].append((key, entry))
-        for table, name, items in groups.values():
+            group = groups.get((info.tenant, info.path))
+            if group is None:
+                group = groups[(info.tenant, info.path)] = []
+            group.append(entry)
+        self.load_groups(groups)
+
+    def load_groups(self, groups: Mapping[tuple[str, str], list[IndexEntry]]) -> None:
+        """Bulk :meth:`add` of entries already grouped by ``(tenant, path)``.
+
+        Per group the sort keys and members are built by C-level ``map``/``zip`` when every
+        entry is evictable by nature and not yet a member (all persistent, live, not held: any
+        start-up without ephemeral objects), else by the per-entry checks of :meth:`add`; each group is sorted
+        once, and every order (tenant, path, uid) is updated from already-sorted items, which
+        ``SortedDict.update`` re-sorts in linear time (timsort on sorted runs).
+        """
+        keys, held = self._keys, self.held
+        merged: dict[tuple[int, str], tuple[dict[str, SortedDict], str, list[list]]] = {}
+        for (tenant, path), entries in groups.items():
+            infos = list(map(_info, entries))
+            if (
+                not held
+                and all(map(_persistent, infos))
+                and not any(map(_dead, entries))
+                and not any(map(keys.__contains__, entries))
+            ):
+                sort_keys = list(zip(map(_last_access, entries), map(_generation, infos)))
+                keys.update(zip(entries, sort_keys))
+                items = list(zip(sort_keys, entries))
+            else:
+                items = []
+                for entry, info in zip(entries, infos):
+                    if not info.persistent or entry.dead or entry in keys:
+                        continue
+                    if (info.tenant, info.key) in held:
+                        continue
+                    key = (entry.last_access, info.generation)
+                    keys[entry] = key
+                    items.append((key, entry))
+            items.sort(key=_first)
+            for table, name in self._tables(tenant, path):
+                got = merged.get((id(table), name))
+                if got is None:
+                    merged[(id(table), name)] = (table, name, [items])
+                else:
+                    got[2].append(items)
+        for table, name, parts in merged.values():
+            # sorted runs: timsort merges them in about linear time
+            items = parts[0] if len(parts) == 1 else sorted(chain(*parts), key=_first)
             order = table.get(name)
             if order is None:
                 order = table[name] = SortedDict()
