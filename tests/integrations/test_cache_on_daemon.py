@@ -85,7 +85,9 @@ def test_generate_on_the_daemon_matches_dynamic_cache(daemon, model, batch) -> N
     expected = greedy(model, ids, DynamicCache(config=model.config))
     with connect(daemon, f"gen-{uuid.uuid4().hex[:8]}") as client:
         before = io_bytes(client)
-        with dbt.DualBladeCache(client, model.config, window=2, block_tokens=BLOCK) as cache:
+        with dbt.DualBladeCache(
+            client, model.config, window=2, block_tokens=BLOCK, resident_bytes=0
+        ) as cache:
             out = greedy(model, ids, cache)
             cache.finish()
             stats = cache.pipeline.stats()
@@ -108,6 +110,29 @@ def test_generate_on_the_daemon_matches_dynamic_cache(daemon, model, batch) -> N
     assert get >= expected_reads
     assert stats.read_bytes >= expected_reads
     assert get >= stats.read_bytes  # the pipeline's reads are exactly what the daemon served
+
+
+def test_resident_kv_on_the_daemon_is_written_behind_and_stored_at_finish(daemon, model) -> None:
+    """The default on a CPU model: the KV stays in memory (nothing is read back) and every token
+    is in the daemon once `finish` returns -- what the cache acknowledges is stored."""
+    ids = torch.randint(0, 128, (1, PROMPT), generator=torch.Generator().manual_seed(3))
+    expected = greedy(model, ids, DynamicCache(config=model.config))
+    with connect(daemon, f"res-{uuid.uuid4().hex[:8]}") as client:
+        before = io_bytes(client)
+        with dbt.DualBladeCache(client, model.config, window=2, block_tokens=BLOCK) as cache:
+            out = greedy(model, ids, cache)
+            cache.finish()
+            stats = cache.pipeline.stats()
+            resident = cache.resident_layers
+            stored = client.list(f"db/seq/{cache.sequence_id}/".encode())
+        after = io_bytes(client)
+    assert torch.equal(out, expected)
+    layers = model.config.num_hidden_layers
+    assert resident == layers
+    assert stats.read_calls == 0 and after["get"] == before["get"]
+    assert stats.writes <= NEW  # one append batch per step
+    total_tokens = PROMPT + NEW - 1
+    assert sum(o.size for o in stored) == layers * total_tokens * kv_token_bytes(model)
 
 
 def test_prefix_reuse_through_the_daemon(daemon, model) -> None:

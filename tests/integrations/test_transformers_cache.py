@@ -54,13 +54,16 @@ def reference(model, ids):
 def test_generate_matches_dynamic_cache_and_kv_goes_through_backend(model, batch) -> None:
     ids = torch.randint(0, 128, (batch, 19), generator=torch.Generator().manual_seed(batch))
     backend = InMemoryBackend()
-    with dbt.DualBladeCache(backend, model.config, window=2, block_tokens=8) as cache:
+    with dbt.DualBladeCache(
+        backend, model.config, window=2, block_tokens=8, resident_bytes=0
+    ) as cache:
         out = greedy(model, ids, cache)
         cache.finish()
         stats = cache.pipeline.stats()
         c = backend.counters()
         # No layer keeps KV between updates: residency is only the pipeline's window.
         assert all(layer.keys is None for layer in cache.layers)
+        assert cache.resident_layers == 0
         assert cache.get_seq_length() == 19 + NEW - 1
     assert torch.equal(out, reference(model, ids))
     assert stats.depth <= 1  # window 2: one layer computing, at most one prefetched
@@ -233,3 +236,71 @@ def test_layer_objects_grow_into_a_new_generation_and_match_dynamic_cache(model)
     ref = model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
     assert torch.equal(out, ref)
     assert backend.counters().objects == 0  # every generation was deleted at close
+
+
+def _layer_kv_bytes(tokens: int, batch: int = 1) -> int:
+    """K plus V bytes of one layer of the test shape (2 KV heads x 16, fp32)."""
+    return 2 * batch * 2 * 16 * 4 * tokens
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_resident_kv_reads_nothing_back_and_still_stores_every_token(model, batch) -> None:
+    """The default on a CPU model: KV that fits stays in memory; the backend still gets every
+    token (write-behind, one append batch per step), stored once `finish` returns."""
+    ids = torch.randint(0, 128, (batch, 19), generator=torch.Generator().manual_seed(batch))
+    backend = InMemoryBackend()
+    with dbt.DualBladeCache(backend, model.config, window=2, block_tokens=8) as cache:
+        out = greedy(model, ids, cache)
+        cache.finish()
+        stats = cache.pipeline.stats()
+        assert cache.resident_layers == 4
+        stored = sum(len(data) for k, data in backend._objects.items() if b"/g" in k)
+    assert torch.equal(out, reference(model, ids))
+    assert stats.read_calls == 0 and backend.counters().get_bytes == 0
+    assert stored == 4 * _layer_kv_bytes(19 + NEW - 1, batch)
+    assert stats.writes <= NEW  # one batched write per step (prefill included), not per layer
+
+
+def test_a_small_resident_budget_evicts_the_top_layers_and_reads_them_back(model) -> None:
+    """Room for about two layers: the others are evicted (or never adopted) and read back from
+    the backend each step; the tokens do not change."""
+    ids = torch.randint(0, 128, (1, 19), generator=torch.Generator().manual_seed(4))
+    budget = 2 * _layer_kv_bytes(64)  # two layers at capacity 64 (>= 2 x 24 tokens, a power of 2)
+    backend = InMemoryBackend()
+    with dbt.DualBladeCache(
+        backend, model.config, block_tokens=8, resident_bytes=budget, layout="layers"
+    ) as cache:
+        out = greedy(model, ids, cache)
+        cache.finish()
+        assert cache.resident.total <= budget
+        resident = cache.resident_layers
+        read_keys = {k.split(b"/")[3] for k in backend.keys_read}
+    assert torch.equal(out, reference(model, ids))
+    assert 1 <= resident < 4
+    assert read_keys == {f"L{i}".encode() for i in range(resident, 4)}  # only the top layers
+
+
+def test_an_evicted_layer_reads_what_the_write_behind_stored() -> None:
+    """Growth past the budget evicts a layer in the middle of a generation: its next read must
+    wait for the queued appends (the backend is slowed so they are still in flight)."""
+    model = build("llama")
+    ids = torch.randint(0, 128, (1, 6), generator=torch.Generator().manual_seed(9))
+    kw = dict(max_new_tokens=30, min_new_tokens=30, do_sample=False, pad_token_id=0)
+    backend = InMemoryBackend(write_latency_s=0.002)
+    budget = 4 * _layer_kv_bytes(32)  # all 4 layers until they outgrow 32 tokens
+    with dbt.DualBladeCache(
+        backend, model.config, block_tokens=4, resident_bytes=budget, layout="layers"
+    ) as cache:
+        with torch.inference_mode():
+            out = model.generate(
+                ids, attention_mask=torch.ones_like(ids), **kw, **dbt.generate_kwargs(model, cache)
+            )
+        cache.finish()
+        assert cache.resident.evictions >= 1
+    assert torch.equal(out, model.generate(ids, attention_mask=torch.ones_like(ids), **kw))
+    assert backend.counters().get_bytes > 0
+
+
+def test_resident_bytes_must_be_a_size_or_auto() -> None:
+    with pytest.raises(ValueError):
+        dbt.DualBladeCache(InMemoryBackend(), LlamaConfig(**TEST_SHAPE), resident_bytes=-1)

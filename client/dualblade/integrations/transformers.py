@@ -2,7 +2,13 @@
 
 Residency. Only a bounded window of layers holds KV in device memory at any time: the layer
 being computed plus at most ``window - 1`` layers prefetched by the `LayerPipeline`. Every other
-layer's KV lives in the backend (the dualblade daemon, or `InMemoryBackend` in tests). Within a
+layer's KV lives in the backend (the dualblade daemon, or `InMemoryBackend` in tests). On a CPU
+model, where device memory is process memory, ``resident_bytes`` (default: a quarter of
+MemAvailable) lets whole layers' KV stay in memory between steps instead (see ``_resident.py``):
+they are never read back, only written behind -- their appends go out as one batch per step,
+off the model's path -- so when the KV fits the cache costs about what DynamicCache does, and
+the daemon still holds every token (`finish` waits for them). Layers beyond the budget are
+evicted, highest first, and read back through the pipeline like any offloaded layer. Within a
 forward pass, ``Cache.update(k, v, l)`` is the only hook the model gives us, so it drives the
 pipeline: it takes layer l's past KV from the pipeline (waiting only for that layer), appends
 the new tokens, queues the write-back of the touched blocks, and the pipeline meanwhile reads the
@@ -55,20 +61,23 @@ the 4.57 and 5.x method signatures; the cache is passed as ``cache=`` (5.24+) or
 
 from __future__ import annotations
 
-import inspect
 import logging
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-import transformers
+import transformers  # noqa: F401  (re-exported: callers and tests reach the version through it)
 import xxhash
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache
 
 from dualblade.pipeline.adaptive import AdaptiveConfig
 from dualblade.pipeline.backend import KVBackend, is_ranged, staging_alignment
 from dualblade.pipeline.pipeline import LayerPipeline, LayerRead, Segment
+
+from ._hf_compat import DualBladeLayer, cache_kwarg_name, generate_kwargs
+from ._hf_compat import _version_tuple as _version_tuple  # re-exported for callers and tests
+from ._resident import ResidentKV, mem_available_bytes
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -82,86 +91,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class DualBladeLayer(DynamicLayer):
-    """One layer's bookkeeping; its KV is materialised only while the pipeline holds it.
-
-    ``keys``/``values`` stay None between updates: the tensors returned by `update` belong to
-    the attention call that asked for them.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.length = 0
-        self.batch = 0
-        self.k_shape: tuple[int, int] = (0, 0)  # (heads, head_dim)
-        self.v_shape: tuple[int, int] = (0, 0)
-        self.dtype: torch.dtype | None = None
-        # layer objects: (prefix hash, tokens) held by a persistent prefix object, and the
-        # sequence object's generation and capacity in tokens
-        self.pfx: tuple[str, int] | None = None
-        self.gen = 0
-        self.seq_capacity = 0
-
-    def lazy_initialization(
-        self, key_states: torch.Tensor, value_states: torch.Tensor | None = None
-    ) -> None:
-        # 4.57 passes key_states only; 5.x passes both.
-        value_states = key_states if value_states is None else value_states
-        self.init_meta(
-            batch=key_states.shape[0],
-            k_shape=(key_states.shape[1], key_states.shape[3]),
-            v_shape=(value_states.shape[1], value_states.shape[3]),
-            dtype=key_states.dtype,
-            device=key_states.device,
-        )
-
-    def init_meta(
-        self,
-        *,
-        batch: int,
-        k_shape: tuple[int, int],
-        v_shape: tuple[int, int],
-        dtype: torch.dtype,
-        device: torch.device,
-    ) -> None:
-        self.batch, self.k_shape, self.v_shape = batch, k_shape, v_shape
-        self.dtype, self.device = dtype, device
-        self.is_initialized = True
-
-    def token_bytes(self, kind: str) -> int:
-        heads, dim = self.k_shape if kind == "k" else self.v_shape
-        # dtype.itemsize, not torch.empty(()).element_size(): this runs per layer per token, and
-        # an allocation there cost more than the layer's bookkeeping (profiled on the demo)
-        return self.batch * heads * dim * self.dtype.itemsize
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        raise RuntimeError("DualBladeLayer is updated through DualBladeCache.update")
-
-    def get_seq_length(self, *args: Any) -> int:
-        return self.length
-
-    def offload(self) -> None:  # the pipeline owns movement
-        return None
-
-    def prefetch(self) -> None:
-        return None
-
-    def reset(self) -> None:
-        raise NotImplementedError("DualBladeCache cannot be reset in place; use a new cache")
-
-    def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("DualBladeCache does not support crop (assisted decoding)")
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise NotImplementedError("DualBladeCache does not support beam search")
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        raise NotImplementedError("DualBladeCache does not support batch expansion")
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        raise NotImplementedError("DualBladeCache does not support batch selection")
 
 
 class DualBladeCache(Cache):
@@ -178,6 +107,10 @@ class DualBladeCache(Cache):
         pipeline_config: staging budget and controller settings.
         layout: "layers" (one appendable object per layer and K/V), "blocks" (one object per
             block), or "auto": layers where the backend has layer objects.
+        resident_bytes: KV bytes kept in process memory between steps (whole layers, lowest
+            first; see `dualblade.integrations._resident`); the rest is read back through the
+            pipeline. "auto": a quarter of MemAvailable on a CPU model, 0 on CUDA (there the
+            window bounds device memory). 0: every layer's past is read back every step.
 
     Use as a context manager, or call `close()`: it waits for the writes and deletes this
     sequence's ephemeral objects (persistent prefix blocks stay).
@@ -194,6 +127,7 @@ class DualBladeCache(Cache):
         model_tag: str | None = None,
         pipeline_config: AdaptiveConfig | None = None,
         layout: Literal["auto", "layers", "blocks"] = "auto",
+        resident_bytes: int | Literal["auto"] = "auto",
     ) -> None:
         num_layers = int(config.num_hidden_layers)
         if window < 2:
@@ -225,6 +159,15 @@ class DualBladeCache(Cache):
         self._prefix_hashes: list[str] = []
         self._ephemeral_keys: set[bytes] = set()
         self.reused_tokens = 0
+        if resident_bytes != "auto" and (not isinstance(resident_bytes, int) or resident_bytes < 0):
+            raise ValueError(f"resident_bytes must be an int >= 0 or 'auto': {resident_bytes!r}")
+        self._resident_arg = resident_bytes
+        self.resident = ResidentKV(0)  # sized when the device is known (first update)
+        # Appends of resident layers, sent as one append batch per step (write-behind): the
+        # model never waits for them; a read of the same key (after an eviction) or `finish` does.
+        self._batch_items: list[tuple[bytes, torch.Tensor]] = []
+        self._batch_reserve: list[tuple[bytes, int, bool]] = []
+        self._batch_bytes = 0
 
     # -- transformers hooks ------------------------------------------------------------------
 
@@ -245,15 +188,23 @@ class DualBladeCache(Cache):
 
         past = pipe.layer(layer_idx)
         old = layer.length
-        if past is None:
-            keys, values = key_states, value_states
+        resident = layer_idx in self.resident
+        if resident:  # planned without a read: the past is here
+            keys, values = self.resident.extend(layer_idx, key_states, value_states)
         else:
-            past_k, past_v = self._unpack(layer_idx, past)
-            keys = torch.cat([past_k, key_states], dim=-2)
-            values = torch.cat([past_v, value_states], dim=-2)
+            if past is None:
+                keys, values = key_states, value_states
+            else:
+                past_k, past_v = self._unpack(layer_idx, past)
+                keys = torch.cat([past_k, key_states], dim=-2)
+                values = torch.cat([past_v, value_states], dim=-2)
+            adopted = self.resident.adopt(layer_idx, keys, values)
+            if adopted is not None:
+                keys, values = adopted
+                resident = True
         layer.length = old + key_states.shape[-2]
         if self.layered:
-            self._write_layer(layer_idx, keys, values, old)
+            self._write_layer(layer_idx, keys, values, old, defer=resident)
         else:
             self._write_blocks(layer_idx, keys, values, old)
 
@@ -360,6 +311,11 @@ class DualBladeCache(Cache):
         if self._pipeline is not None:
             self._pipeline.flush()
 
+    @property
+    def resident_layers(self) -> int:
+        """Layers whose KV is held in process memory now."""
+        return len(self.resident)
+
     def close(self) -> None:
         """`finish`, delete this sequence's ephemeral objects and stop the pipeline threads."""
         if self._pipeline is None:
@@ -370,6 +326,7 @@ class DualBladeCache(Cache):
                 self.backend.delete_many(sorted(self._ephemeral_keys))
                 self._ephemeral_keys.clear()
         finally:
+            self.resident.clear()
             self._pipeline.close()
             self._pipeline = None
 
@@ -388,6 +345,11 @@ class DualBladeCache(Cache):
     def _ensure_pipeline(self, device: torch.device) -> LayerPipeline:
         if self._pipeline is None:
             self._pipeline = LayerPipeline(self.backend, device=device, **self._pipeline_args)
+            budget = self._resident_arg
+            if budget == "auto":
+                cpu = torch.device(device).type == "cpu"
+                budget = (mem_available_bytes() or 0) // 4 if cpu else 0
+            self.resident = ResidentKV(budget)
         return self._pipeline
 
     def _key(self, layer: int, kind: str, block: int, hashes: Sequence[str] | None = None) -> bytes:
@@ -436,7 +398,9 @@ class DualBladeCache(Cache):
         return LayerRead(tuple(segments), align=self._align)
 
     def _open_step(self, lengths: tuple[int, ...]) -> None:
-        reads = [self._read_for(i, n) for i, n in enumerate(lengths)]
+        self.resident.fit()  # evicted layers are read back from this step on
+        resident = self.resident
+        reads = [None if i in resident else self._read_for(i, n) for i, n in enumerate(lengths)]
         self._pipeline.begin_step(reads)
         self._planned = lengths
         self._step_open = True
@@ -447,6 +411,14 @@ class DualBladeCache(Cache):
             self._pipeline.end_step()
         self._step_open = False
         self._planned = None
+        self._send_batch()
+
+    def _send_batch(self) -> None:
+        """Queue this step's deferred reserves and appends as one write (before any read that
+        the next step plans, so such a read waits for them)."""
+        if self._pipeline is not None and (self._batch_items or self._batch_reserve):
+            self._pipeline.append(0, self._batch_items, reserve=self._batch_reserve)
+        self._batch_items, self._batch_reserve, self._batch_bytes = [], [], 0
 
     def _unpack(self, layer_idx: int, buf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         layer: DualBladeLayer = self.layers[layer_idx]
@@ -480,11 +452,15 @@ class DualBladeCache(Cache):
         return f"db/seq/{self.sequence_id}/L{layer}/{kind}/g{gen}".encode()
 
     def _write_layer(
-        self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor, old: int
+        self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor, old: int, *, defer: bool
     ) -> None:
         """Layer objects: append the new tokens; publish the prompt's full blocks as a prefix
-        object; grow the sequence object into a new generation when it is full."""
+        object; grow the sequence object into a new generation when it is full. Reserves go
+        with the appends (write-behind); `defer` joins this step's batch instead of queueing
+        a write for this layer alone (resident layers: nothing reads them back this step)."""
         layer: DualBladeLayer = self.layers[layer_idx]
+        reserve: list[tuple[bytes, int, bool]] = []
+        items: list[tuple[bytes, torch.Tensor]] = []
         new = keys.shape[-2]
         tensors = (("k", keys), ("v", values))
         n_full = len(self._prefix_hashes) * self.block_tokens
@@ -492,32 +468,39 @@ class DualBladeCache(Cache):
         fresh = False
         if n_full and pfx_tokens < n_full <= new:
             digest = self._prefix_hashes[-1]
-            items = []
             for kind, t in tensors:
                 key = self._pfx_key(digest, layer_idx, kind)
-                self.backend.reserve(key, n_full * layer.token_bytes(kind), persistent=True)  # type: ignore[attr-defined]
+                reserve.append((key, n_full * layer.token_bytes(kind), True))
                 items.append((key, t[:, :, :n_full, :].permute(2, 0, 1, 3)))
-            self._pipeline.append(layer_idx, items)
             layer.pfx, pfx_tokens = (digest, n_full), n_full
             fresh = True  # the sequence object restarts after the prefix
         need = new - pfx_tokens
-        if need <= 0:
-            return
         start = old
-        if fresh or need > layer.seq_capacity:
+        if need > 0 and (fresh or need > layer.seq_capacity):
             cap = max(2 * self.block_tokens, 1 << (2 * need - 1).bit_length())
             layer.gen += 1
             layer.seq_capacity = cap
             for kind, _ in tensors:
                 key = self._seq_key(layer_idx, kind, layer.gen)
-                self.backend.reserve(key, cap * layer.token_bytes(kind))  # type: ignore[attr-defined]
+                reserve.append((key, cap * layer.token_bytes(kind), False))
                 self._ephemeral_keys.add(key)
             start = pfx_tokens  # the new generation is filled from what we hold
-        items = [
-            (self._seq_key(layer_idx, kind, layer.gen), t[:, :, start:new, :].permute(2, 0, 1, 3))
-            for kind, t in tensors
-        ]
-        self._pipeline.append(layer_idx, items)
+        if need > 0:
+            items += [
+                (
+                    self._seq_key(layer_idx, kind, layer.gen),
+                    t[:, :, start:new, :].permute(2, 0, 1, 3),
+                )
+                for kind, t in tensors
+            ]
+        if not defer:
+            self._pipeline.append(layer_idx, items, reserve=reserve)
+            return
+        self._batch_items += items
+        self._batch_reserve += reserve
+        self._batch_bytes += sum(t.nbytes for _, t in items)
+        if self._batch_bytes >= self._pipeline.config.staging_bytes // 4:
+            self._send_batch()  # bound the write staging one batch holds
 
     def _write_blocks(
         self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor, old: int
@@ -548,35 +531,6 @@ def _default_model_tag(config: PretrainedConfig) -> str:
         str(getattr(config, "vocab_size", "")),
     ]
     return "/".join(parts)
-
-
-def _version_tuple(version: str) -> tuple[int, int]:
-    major, minor = (version.split(".") + ["0"])[:2]
-    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
-
-
-def cache_kwarg_name(model: Any) -> str:
-    """``"cache"`` on transformers >= 5.24, ``"past_key_values"`` on 4.57 .. 5.23.
-
-    Decided from the signatures (``generate``, then ``forward``), falling back to the version.
-    """
-    for fn in (getattr(model, "generate", None), getattr(model, "forward", None)):
-        if fn is None:
-            continue
-        try:
-            params = inspect.signature(fn).parameters
-        except (TypeError, ValueError):
-            continue
-        if "cache" in params:
-            return "cache"
-        if "past_key_values" in params:
-            return "past_key_values"
-    return "cache" if _version_tuple(transformers.__version__) >= (5, 24) else "past_key_values"
-
-
-def generate_kwargs(model: Any, cache: Cache) -> dict[str, Cache]:
-    """The keyword that passes `cache` to ``model.generate`` on this transformers version."""
-    return {cache_kwarg_name(model): cache}
 
 
 def generate_with_prefix_reuse(

@@ -319,11 +319,20 @@ class LayerPipeline:
         return self._queue_write(index, items, persistent, append=False)
 
     def append(
-        self, index: int, items: Sequence[tuple[bytes, torch.Tensor]], *, durable: bool = False
+        self,
+        index: int,
+        items: Sequence[tuple[bytes, torch.Tensor]],
+        *,
+        durable: bool = False,
+        reserve: Sequence[tuple[bytes, int, bool]] = (),
     ) -> Future:
         """Queue `items` for ``append_many`` to layer objects (same copying and ordering rules
-        as `writeback`: appends to one key land in the order they were queued)."""
-        return self._queue_write(index, items, durable, append=True)
+        as `writeback`: appends to one key land in the order they were queued).
+
+        `reserve`: ``(key, capacity, persistent)`` layer objects to (re)create first, in the
+        same write task, so a new generation costs the model thread no round trip; reads and
+        later writes of those keys wait for it like for any write."""
+        return self._queue_write(index, items, durable, append=True, reserve=reserve)
 
     def _queue_write(
         self,
@@ -332,22 +341,23 @@ class LayerPipeline:
         flag: bool,
         *,
         append: bool,
+        reserve: Sequence[tuple[bytes, int, bool]] = (),
     ) -> Future:
         if self._closed:
             raise RuntimeError("pipeline is closed")
         if not 0 <= index < self.num_layers:
             raise IndexError(f"layer {index} out of range [0, {self.num_layers})")
-        if not items:
+        if not items and not reserve:
             done: Future = Future()
             done.set_result(None)
             return done
         host_items, base, total, event = self._copy_to_host(items)
-        keys = [key for key, _ in items]
+        keys = list(dict.fromkeys([key for key, _, _ in reserve] + [key for key, _ in items]))
         nbytes = sum(t.numel() * t.element_size() for _, t in items)
         with self._lock:
             deps = {self._pending_writes[k] for k in keys if k in self._pending_writes}
             future = self._writers.submit(
-                self._write_task, deps, event, host_items, flag, base, total, append
+                self._write_task, deps, event, host_items, flag, base, total, append, reserve
             )
             for key in keys:
                 self._pending_writes[key] = future
@@ -532,6 +542,8 @@ class LayerPipeline:
     def _copy_to_host(self, items: Sequence[tuple[bytes, torch.Tensor]]):
         """Copy `items` into one write-staging buffer (aligned segments); on CUDA the copy is
         queued on the D2H stream and the returned event marks its end, on the CPU it is done."""
+        if not items:
+            return [], None, 0, None
         sizes = [t.numel() * t.element_size() for _, t in items]
         offsets, off = [], 0
         for n in sizes:
@@ -571,13 +583,18 @@ class LayerPipeline:
         base: torch.Tensor | None,
         total: int,
         append: bool = False,
+        reserve: Sequence[tuple[bytes, int, bool]] = (),
     ) -> None:
         try:
             for dep in deps:
                 dep.result()
             if event is not None:
                 event.synchronize()
-            if append:
+            for key, capacity, persistent in reserve:
+                self.backend.reserve(key, capacity, persistent=persistent)  # type: ignore[attr-defined]
+            if not items:
+                pass
+            elif append:
                 self.backend.append_many(items, durable=flag)  # type: ignore[attr-defined]
             else:
                 self.backend.put_many(items, persistent=flag)
