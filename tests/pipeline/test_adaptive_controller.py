@@ -1,4 +1,4 @@
-"""AdaptiveController with scripted timings: depth = ceil(io / compute) within its caps."""
+"""AdaptiveController with scripted timings: depth = ceil(io / compute) + slack within its caps."""
 
 from __future__ import annotations
 
@@ -25,9 +25,21 @@ def test_initial_depth_before_any_timing() -> None:
     [(3e-3, 1e-3, 3), (2.5e-3, 1e-3, 3), (1e-3, 4e-3, 1), (1e-3, 1e-3, 1), (7.9e-3, 2e-3, 4)],
 )
 def test_depth_is_ceil_of_io_over_compute(io: float, compute: float, depth: int) -> None:
+    ctl = AdaptiveController(AdaptiveConfig(max_depth=8, slack_layers=0))
+    feed(ctl, io, compute)
+    assert ctl.plan(MIB).depth == depth
+
+
+@pytest.mark.parametrize(
+    ("io", "compute", "depth"), [(1e-3, 4e-3, 2), (3e-3, 1e-3, 4), (9e-3, 1e-3, 8)]
+)
+def test_slack_adds_layers_in_flight_within_the_cap(io: float, compute: float, depth: int) -> None:
+    """The default keeps one layer beyond the mean in flight (a late read is absorbed), and the
+    caps still bound it (9 ms / 1 ms + 1 = 10 -> max_depth 8)."""
     ctl = AdaptiveController(AdaptiveConfig(max_depth=8))
     feed(ctl, io, compute)
     assert ctl.plan(MIB).depth == depth
+    assert AdaptiveConfig().slack_layers == 1
 
 
 def test_depth_clamped_to_max_depth() -> None:
@@ -53,7 +65,7 @@ def test_depth_bounded_by_device_window() -> None:
 
 
 def test_depth_follows_a_change_in_timings() -> None:
-    ctl = AdaptiveController(AdaptiveConfig(alpha=0.5))
+    ctl = AdaptiveController(AdaptiveConfig(alpha=0.5, slack_layers=0))
     feed(ctl, 1e-3, 1e-3)
     assert ctl.plan(MIB).depth == 1
     # The disk slows down (memory pressure moved KV to the direct path): depth grows.
@@ -64,7 +76,7 @@ def test_depth_follows_a_change_in_timings() -> None:
 
 
 def test_one_outlier_does_not_swing_depth() -> None:
-    ctl = AdaptiveController(AdaptiveConfig(alpha=0.2))
+    ctl = AdaptiveController(AdaptiveConfig(alpha=0.2, slack_layers=0))
     feed(ctl, 2e-3, 1e-3)
     ctl.observe_io(20e-3, MIB)
     assert ctl.plan(MIB).depth == 6  # 2 + 0.2 * 18 = 5.6 ms -> 6, not 20
@@ -107,7 +119,13 @@ def test_ewma_first_sample_initialises() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_depth": 0}, {"alpha": 0.0}, {"target_call_efficiency": 1.0}, {"staging_bytes": 0}],
+    [
+        {"max_depth": 0},
+        {"alpha": 0.0},
+        {"target_call_efficiency": 1.0},
+        {"staging_bytes": 0},
+        {"slack_layers": -1},
+    ],
 )
 def test_config_validation(kwargs: dict) -> None:
     with pytest.raises(ValueError):

@@ -28,6 +28,8 @@ def test_bench_writes_json_with_documented_keys(tmp_path, capsys, backend) -> No
     assert data["backend"] == backend
     for key in ("pipelined_step_ms", "serial_step_ms", "io_ms", "serial_io_ms", "compute_ms"):
         assert data[key] > 0
+    assert 0 < data["compute_in_pipelined_ms"] < data["pipelined_step_ms"]
+    assert 0 <= data["read_wait_ms"] < data["pipelined_step_ms"]
     assert data["overlap_efficiency"] == pytest.approx(
         max(data["io_ms"], data["compute_ms"]) / data["pipelined_step_ms"]
     )

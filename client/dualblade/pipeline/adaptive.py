@@ -9,8 +9,12 @@ so one slow read or one page fault does not swing the plan:
 * ``compute``: seconds the model spends on one layer between two pipeline hand-offs.
 
 With d reads in flight, a layer's read has d compute periods to finish before it is needed, so
-the smallest depth that hides the I/O is ``d = ceil(io / compute)``, clamped to
-``[1, max_depth]``. ``max_depth`` is the tightest of three bounds: the configured maximum, the
+the smallest depth that hides the *average* I/O is ``ceil(io / compute)``. The plan adds
+``slack_layers`` (default 1) on top, clamped to ``[1, max_depth]``: the EWMA is a mean, and at
+exactly the mean depth every read that runs late (an I/O thread preempted on a shared machine,
+a daemon flush) stalls the model for the whole excess, while one more layer in flight absorbs
+it for one layer of staging. In the pipeline bench on the 2-vCPU VM depth 1 (what the mean
+asked for) left the model waiting on reads; see docs/benchmarks.md. ``max_depth`` is the tightest of three bounds: the configured maximum, the
 number of layers that fit in the host staging budget (every in-flight read holds one layer of
 staging), and the number that fit in the device-memory window (every prefetched layer occupies
 device memory until it is consumed).
@@ -48,6 +52,8 @@ class AdaptiveConfig:
     device_window_bytes: int | None = None
     # Depth used before the first timings arrive.
     initial_depth: int = 2
+    # Layers in flight beyond ceil(io / compute) (absorb reads that run late; 0 = the mean only).
+    slack_layers: int = 1
     # EWMA weight of a new sample (0 < alpha <= 1).
     alpha: float = 0.3
     # Fixed cost of one backend call (seconds).
@@ -63,6 +69,8 @@ class AdaptiveConfig:
             raise ValueError(f"max_depth must be >= 1, got {self.max_depth}")
         if self.initial_depth < 1:
             raise ValueError(f"initial_depth must be >= 1, got {self.initial_depth}")
+        if self.slack_layers < 0:
+            raise ValueError(f"slack_layers must be >= 0, got {self.slack_layers}")
         if not 0.0 < self.alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
         if not 0.0 < self.target_call_efficiency < 1.0:
@@ -167,7 +175,7 @@ class AdaptiveController:
         else:
             # The tolerance keeps an EWMA that converges to an integer ratio from above
             # (1.0000001) from asking for a whole extra layer of staging.
-            wanted = math.ceil(io / compute - _RATIO_TOLERANCE)
+            wanted = math.ceil(io / compute - _RATIO_TOLERANCE) + self.config.slack_layers
         return max(1, min(wanted, cap))
 
     def chunk_bytes(self) -> int:

@@ -61,11 +61,10 @@ at every `begin_step`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
@@ -73,92 +72,13 @@ from typing import Literal
 import torch
 
 from .adaptive import AdaptiveConfig, AdaptiveController, PipelinePlan
-from .backend import MIN_SEGMENT_ALIGN, KVBackend, staging_alignment, staging_capacity
+from .backend import KVBackend, staging_alignment, staging_capacity
+from .layout import LayerRead, PipelineStats, Segment
 from .staging import StagingPool
 
 __all__ = ["LayerPipeline", "LayerRead", "PipelineStats", "Segment"]
 
 log = logging.getLogger(__name__)
-
-# Segment offsets inside a layer buffer are aligned at least this much, so that any dtype view of
-# a segment is legal; a backend's staging_alignment may ask for more.
-_SEG_ALIGN = MIN_SEGMENT_ALIGN
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One backend object of a layer read: its key and exact size in bytes (for a ranged read,
-    the range ``[offset, offset + nbytes)`` of a layer object)."""
-
-    key: bytes
-    nbytes: int
-    offset: int = 0
-
-
-@dataclass(frozen=True)
-class LayerRead:
-    """The objects making up one layer's KV, laid out back to back, each at a multiple of
-    `align` (use `staging_alignment(backend)` for copy-free arena reads)."""
-
-    segments: tuple[Segment, ...]
-    align: int = _SEG_ALIGN
-    #: the segments are ranges of layer objects: one ``read_ranges_into`` call for the layer
-    ranged: bool = False
-
-    def __post_init__(self) -> None:
-        if self.align < _SEG_ALIGN or self.align & (self.align - 1):
-            raise ValueError(f"align must be a power of two >= {_SEG_ALIGN}, got {self.align}")
-
-    @functools.cached_property
-    def offsets(self) -> tuple[int, ...]:  # cached: asked per layer per step
-        out, off = [], 0
-        for seg in self.segments:
-            out.append(off)
-            off += -(-seg.nbytes // self.align) * self.align
-        return tuple(out)
-
-    @property
-    def payload_bytes(self) -> int:
-        """The objects' bytes, without alignment padding."""
-        return sum(seg.nbytes for seg in self.segments)
-
-    @property
-    def nbytes(self) -> int:
-        """The staging buffer's size: payload plus alignment padding."""
-        if not self.segments:
-            return 0
-        return self.offsets[-1] + self.segments[-1].nbytes
-
-    def chunks(self, chunk_bytes: int) -> Iterator[list[tuple[Segment, int]]]:
-        """Group consecutive segments into calls of at most `chunk_bytes` (at least one each)."""
-        group: list[tuple[Segment, int]] = []
-        size = 0
-        for seg, off in zip(self.segments, self.offsets):
-            if group and size + seg.nbytes > chunk_bytes:
-                yield group
-                group, size = [], 0
-            group.append((seg, off))
-            size += seg.nbytes
-        if group:
-            yield group
-
-
-@dataclass(frozen=True)
-class PipelineStats:
-    steps: int
-    reads: int
-    read_bytes: int  # payload bytes read (alignment padding not counted)
-    read_calls: int
-    writes: int
-    write_bytes: int
-    # Seconds the model thread spent blocked in layer() waiting for reads.
-    wait_s: float
-    # Staging requests the backend could not serve (plain host memory was used instead).
-    staging_fallbacks: int
-    depth: int
-    chunk_bytes: int
-    io_ewma_s: float | None
-    compute_ewma_s: float | None
 
 
 @dataclass
@@ -211,7 +131,15 @@ class LayerPipeline:
         self._arena_ptrs: set[int] = set()
         alloc, free = self._staging_functions(backend)
         self._read_staging = StagingPool(
-            cfg.staging_bytes, alloc, reuse=self._cuda, ordered=True, free=free
+            # Reused on the CPU too: a layer() result is only valid until the next layer() or
+            # end_step() (documented above), which is exactly when its buffer comes back, and
+            # recycling spares the model thread an arena free and the reader an arena
+            # allocation per layer (a visible share of the step in the pipeline bench).
+            cfg.staging_bytes,
+            alloc,
+            reuse=True,
+            ordered=True,
+            free=free,
         )
         self._write_staging = StagingPool(
             cfg.staging_bytes, alloc, reuse=True, ordered=False, free=free
