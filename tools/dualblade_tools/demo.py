@@ -1,6 +1,6 @@
 """The dualblade demo: a real daemon, a KV block round trip and restore, and generation through it.
 
-What it does, in about half a minute on a laptop-class CPU, with no root and no network:
+What it does, in under a minute on a laptop-class CPU, with no root and no network:
 
 1. starts ``dualbladed`` on the embedded default -- a file-backed namespace in a temporary
    state directory -- as a child process, and waits for its ``READY=1`` (as systemd would);
@@ -200,15 +200,19 @@ def run_generation(args: argparse.Namespace, connect: Any) -> bool:
                 seconds[name].append(db_s)
                 same = same and torch.equal(out, ref)
         rate = {k: args.new_tokens / statistics.median(v) for k, v in seconds.items()}
+        spread = {
+            k: f"{args.new_tokens / max(v):.1f}-{args.new_tokens / min(v):.1f}"
+            for k, v in seconds.items()
+        }
         res, win = stats["resident"], stats["window"]
         _say(
             f"  tokens/s, median of {args.rounds} interleaved rounds:\n"
-            f"  DynamicCache (all KV in memory):         {rate['dynamic']:8.1f}\n"
-            f"  DualBladeCache (KV resident, daemon):    {rate['resident']:8.1f} "
-            f"({rate['resident'] / rate['dynamic']:.2f}x; {res.write_bytes / 2**20:.1f} MiB "
+            f"  DynamicCache (all KV in memory):         {rate['dynamic']:8.1f} (range {spread['dynamic']})\n"
+            f"  DualBladeCache (KV resident, daemon):    {rate['resident']:8.1f} (range {spread['resident']}, "
+            f"{rate['resident'] / rate['dynamic']:.2f}x; {res.write_bytes / 2**20:.1f} MiB "
             f"appended in {res.writes} batches, {res.read_bytes / 2**20:.1f} MiB read back)\n"
-            f"  DualBladeCache (resident_bytes=0):       {rate['window']:8.1f} "
-            f"({rate['window'] / rate['dynamic']:.2f}x; window=2, "
+            f"  DualBladeCache (resident_bytes=0):       {rate['window']:8.1f} (range {spread['window']}, "
+            f"{rate['window'] / rate['dynamic']:.2f}x; window=2, "
             f"{win.read_bytes / 2**20:.1f} MiB read back in {win.read_calls} batched calls)\n"
             f"  tokens identical to DynamicCache: {'yes' if same else 'NO'}"
         )
@@ -224,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--block", type=int, default=64, help="tokens per stored KV block")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="interleaved timing rounds (medians are shown)"
+        "--rounds", type=int, default=5, help="interleaved timing rounds (medians are shown)"
     )
     parser.add_argument("--state-dir", help="keep the daemon's files here (default: a temp dir)")
     args = parser.parse_args(argv)

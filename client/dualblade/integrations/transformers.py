@@ -110,7 +110,8 @@ class DualBladeCache(Cache):
         resident_bytes: KV bytes kept in process memory between steps (whole layers, lowest
             first; see `dualblade.integrations._resident`); the rest is read back through the
             pipeline. "auto": a quarter of MemAvailable on a CPU model, 0 on CUDA (there the
-            window bounds device memory). 0: every layer's past is read back every step.
+            window bounds device memory; an explicit budget keeps layers in device memory).
+            0: every layer's past is read back every step.
 
     Use as a context manager, or call `close()`: it waits for the writes and deletes this
     sequence's ephemeral objects (persistent prefix blocks stay).
