@@ -166,3 +166,29 @@ def test_prefix_reuse_through_the_daemon(daemon, model) -> None:
     assert torch.equal(out2, expected)
     prefix_bytes = reused_blocks * BLOCK * layers * kv_token_bytes(model)
     assert after["get"] - before["get"] >= prefix_bytes
+
+
+def test_a_prefix_object_reserved_but_never_filled_is_not_reused(daemon, model) -> None:
+    """A crash between the write-behind's reserve and its append leaves empty persistent prefix
+    objects: a later request must recompute that prefix, not read past their end."""
+    ids = torch.randint(0, 128, (1, 25), generator=torch.Generator().manual_seed(8))
+    kw = dict(max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_id=0)
+    expected = model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+    tag = f"test-{uuid.uuid4().hex}"
+    with connect(daemon, f"half-{uuid.uuid4().hex[:8]}") as client:
+        probe = dbt.DualBladeCache(client, model.config, block_tokens=BLOCK, model_tag=tag)
+        assert probe.layered
+        digest = probe.prefix_hashes(ids[0].tolist(), model.dtype)[-1]
+        layers = model.config.num_hidden_layers
+        for layer in range(layers):
+            for kind in "kv":  # what a reserve without its append leaves behind
+                client.reserve(probe._pfx_key(digest, layer, kind), 1 << 16, persistent=True)
+        with dbt.DualBladeCache(client, model.config, block_tokens=BLOCK, model_tag=tag) as cache:
+            out = dbt.generate_with_prefix_reuse(model, ids, cache, **kw)
+            assert cache.reused_tokens == 0
+        # ...and that request's own write-behind replaced them with complete prefix objects.
+        with dbt.DualBladeCache(client, model.config, block_tokens=BLOCK, model_tag=tag) as cache:
+            again = dbt.generate_with_prefix_reuse(model, ids, cache, **kw)
+            assert cache.reused_tokens == (ids.shape[1] - 1) // BLOCK * BLOCK
+    assert torch.equal(out, expected)
+    assert torch.equal(again, expected)

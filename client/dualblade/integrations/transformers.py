@@ -247,19 +247,18 @@ class DualBladeCache(Cache):
             raise ValueError("load_prefix needs an empty cache")
         hashes = self.prefix_hashes(token_ids, dtype)
         usable = (len(token_ids) - 1) // self.block_tokens
+        cfg = self.model_config
+        heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
         if self.layered:
-            reused_blocks = self._find_prefix_object(hashes, usable)
+            token_bytes = heads * head_dim * dtype.itemsize  # one of K or V, batch 1
+            reused_blocks = self._find_prefix_object(hashes, usable, token_bytes)
         else:
             reused_blocks = self._find_prefix_blocks(hashes, usable)
         self._prefix_hashes = hashes
         self._read_cache.clear()  # keys changed
         self.reused_tokens = reused_blocks * self.block_tokens
         if self.reused_tokens:
-            cfg = self.model_config
-            heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
-            head_dim = int(
-                getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-            )
             for lay in self.layers:
                 lay.init_meta(
                     batch=1,
@@ -291,16 +290,26 @@ class DualBladeCache(Cache):
             reused_blocks += 1
         return reused_blocks
 
-    def _find_prefix_object(self, hashes: Sequence[str], usable: int) -> int:
-        """The most full blocks held by one stored prefix object per layer (layer objects)."""
+    def _find_prefix_object(self, hashes: Sequence[str], usable: int, token_bytes: int) -> int:
+        """The most full blocks held by one stored prefix object per layer (layer objects).
+
+        Where the backend can stat (the SDK), a prefix object counts only when it holds all its
+        bytes: the write-behind reserves and then appends it, so one reserved but not yet (or,
+        after a crash in between, never) filled is skipped instead of read past its end."""
         if usable == 0:
             return 0
         first = [self._pfx_key(hashes[b - 1], 0, "k") for b in range(1, usable + 1)]
         found = [b for b, ok in zip(range(1, usable + 1), self.backend.contains_many(first)) if ok]
+        stat_many = getattr(self.backend, "stat_many", None)
         for b in sorted(found, reverse=True):
             n = len(self.layers)
             keys = [self._pfx_key(hashes[b - 1], i, k) for i in range(n) for k in "kv"]
-            if all(self.backend.contains_many(keys)):
+            if stat_many is None:
+                complete = all(self.backend.contains_many(keys))
+            else:
+                want = b * self.block_tokens * token_bytes
+                complete = all(i is not None and i.size == want for i in stat_many(keys))
+            if complete:
                 return b
         return 0
 
