@@ -229,11 +229,19 @@ class Client(LayerMethods):
         durable: bool = False,
         path: str | None = None,
     ) -> list[ObjectInfo]:
-        """Store many objects; one RPC per arena-full of data."""
+        """Store many objects; one RPC per arena-full of data.
+
+        Bytes-like payloads go as packed puts when the daemon offers them
+        (``wire.PUT_PACKED``): each chunk is copied back to back into one arena slot and sent
+        as one ``PutPackedOp`` (no sub-message per object), all or nothing per chunk. Tensors
+        (which may already live in the arena) go as one ``PutOp`` each."""
         if path not in _PATHS:
             raise errors.InvalidArgument(f"unknown residency path {path!r}")
+        pairs = [(_key(k), v) for k, v in items]
+        if self._hs.limits.get(wire.PUT_PACKED) and not _any_tensor(pairs):
+            return self._put_packed(pairs, persistent, durable, path)
         out: list[ObjectInfo] = []
-        for chunk in self._chunks([(_key(k), v) for k, v in items]):
+        for chunk in self._chunks(pairs):
             ops, slots = [], []
             try:
                 for key, data, n, offset in chunk:
@@ -261,6 +269,68 @@ class Client(LayerMethods):
                 ObjectInfo(key, r.size, _PATH_NAMES[r.path], r.generation, persistent)
                 for (key, *_), r in zip(chunk, results)
             )
+        return out
+
+    def _put_packed(
+        self, pairs: list[tuple[bytes, Any]], persistent: bool, durable: bool, path: str | None
+    ) -> list[ObjectInfo]:
+        """:meth:`put_many` of bytes-likes as packed puts (see there); chunks fit the op limit
+        and half the arena, as :meth:`_chunks` makes them."""
+        out: list[ObjectInfo] = []
+        budget = self.arena.size // 2
+        max_ops = self._max_ops
+        path_pb = _PATHS[path]
+        path_name = _PATH_NAMES[path_pb]
+        i = 0
+        while i < len(pairs):
+            views: list[memoryview] = []
+            sizes: list[int] = []
+            span = 0
+            j = i
+            while j < len(pairs) and j - i < max_ops:
+                mv = memoryview(pairs[j][1]).cast("B")
+                step = _round_up(mv.nbytes)
+                if j > i and span + step > budget:
+                    break
+                views.append(mv)
+                sizes.append(mv.nbytes)
+                span += step
+                j += 1
+            keys = [k for k, _ in pairs[i:j]]
+            slot = self.arena.alloc(max(span, 1))
+            try:
+                region = self.arena.view(slot)
+                try:
+                    pos = 0
+                    for mv, n in zip(views, sizes):
+                        region[pos : pos + n] = mv
+                        step = _round_up(n)
+                        if step > n:  # no stale arena bytes in the extent's tail
+                            region[pos + n : pos + step] = bytes(step - n)
+                        pos += step
+                finally:
+                    region.release()
+                op = pb.Op(
+                    put_packed=pb.PutPackedOp(
+                        keys=keys,
+                        lengths=sizes,
+                        arena_offset=slot.offset,
+                        persistent=persistent,
+                        durable=durable,
+                        path=path_pb,
+                    )
+                )
+                (result,) = self._batch([op])
+            finally:
+                self.arena.free(slot)
+            with self._sizes_lock:
+                self._sizes.update(zip(keys, sizes))
+            names = [_PATH_NAMES.get(p, path_name) for p in result.paths]
+            out.extend(
+                ObjectInfo(k, n, name, g, persistent)
+                for k, n, name, g in zip(keys, sizes, names, result.generations)
+            )
+            i = j
         return out
 
     def get_many(self, keys: Sequence[bytes | str]) -> list[bytes]:
@@ -551,6 +621,14 @@ def _lease_plane(handshake: Any) -> LeasePlane | None:
     if not max_frame or os.environ.get(DATAPLANE_ENV, "").strip().lower() == "grpc":
         return None
     return LeasePlane(handshake.lease, int(max_frame))
+
+
+def _any_tensor(pairs: list[tuple[bytes, Any]]) -> bool:
+    """Whether any payload is a torch tensor (torch is never imported for the check)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and any(isinstance(v, torch.Tensor) for _, v in pairs)
 
 
 def _round_up(n: int, a: int = wire.ALIGNMENT) -> int:

@@ -19,6 +19,7 @@ from dualblade._leaseplane import LeasePlane
 from dualblade.cuda import HOST_REGISTER_DEFAULT
 from dualblade.v1 import dualblade_pb2 as pb
 from dualblade_tools.daemonproc import DaemonProcess
+from dualbladed.store.input import MAX_KEY_BYTES
 
 TENANT = "sdk"
 
@@ -69,14 +70,68 @@ def test_durable_and_persistent_reach_the_wire(
         kv.put(b"flags/plain", b"y" * 4096)
         kv.put_many([(b"flags/m1", b"1"), (b"flags/m2", b"2")], durable=True, persistent=True)
         assert kv.stat(b"flags/durable").persistent and not kv.stat(b"flags/plain").persistent
-    puts = [op.put for req in sent for op in req.ops if op.WhichOneof("op") == "put"]
-    flags = {p.key: (p.persistent, p.durable) for p in puts}
+    flags = {}
+    for op in (op for req in sent for op in req.ops):
+        if op.WhichOneof("op") == "put":
+            flags[op.put.key] = (op.put.persistent, op.put.durable)
+        elif op.WhichOneof("op") == "put_packed":
+            for key in op.put_packed.keys:
+                flags[key] = (op.put_packed.persistent, op.put_packed.durable)
     assert flags == {
         b"flags/durable": (True, True),
         b"flags/plain": (False, False),
         b"flags/m1": (True, True),
         b"flags/m2": (True, True),
     }
+
+
+def test_put_many_of_bytes_goes_packed_and_reads_back(
+    daemon: DaemonProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes payloads of any size go as one PutPackedOp per chunk (padding between them in the
+    arena never reaches an object); a daemon that does not announce it gets one PutOp each."""
+    sent: list[pb.BatchRequest] = []
+    real_call = LeasePlane.call
+
+    def spy(self: LeasePlane, request: bytes) -> bytes:
+        sent.append(pb.BatchRequest.FromString(request))
+        return real_call(self, request)
+
+    monkeypatch.setattr(LeasePlane, "call", spy)
+    sizes = [1, 4096, 5000, 70000, 3, 8192]
+    items = [(f"packed/{i}".encode(), bytes([i + 1]) * n) for i, n in enumerate(sizes)]
+    with _connect(daemon) as kv:
+        infos = kv.put_many(items, persistent=True)
+        assert [op.WhichOneof("op") for req in sent for op in req.ops] == ["put_packed"]
+        assert [i.size for i in infos] == sizes
+        assert len({i.generation for i in infos}) == len(sizes)
+        assert all(i.path and i.persistent for i in infos)
+        assert kv.get_many([k for k, _ in items]) == [v for _, v in items]
+        for (key, _), info in zip(items, infos):
+            st = kv.stat(key)
+            assert (st.size, st.generation, st.path) == (info.size, info.generation, info.path)
+        sent.clear()
+        monkeypatch.delitem(kv._hs.limits, "put_packed")  # as an older daemon's hello
+        again = [(k, v[::-1] + b"!") for k, v in items]
+        kv.put_many(again, persistent=True)
+        assert {op.WhichOneof("op") for req in sent for op in req.ops} == {"put"}
+        assert kv.get_many([k for k, _ in again]) == [v for _, v in again]
+
+
+def test_a_packed_put_is_all_or_nothing(daemon: DaemonProcess) -> None:
+    """One object the store refuses (a key over the length limit) fails the whole packed put:
+    its neighbours, already written, are not stored, and their space is free again."""
+    long_key = b"k" * (MAX_KEY_BYTES + 1)
+    items = [(b"aon/a", b"a" * 10), (long_key, b"b" * 4096), (b"aon/c", b"c" * 9000)]
+    with _connect(daemon) as kv:
+        before = kv.admin_call("Status", pb.StatusRequest())
+        with pytest.raises(errors.InvalidArgument, match="key length"):
+            kv.put_many(items, persistent=True)
+        for key in (b"aon/a", b"aon/c"):
+            with pytest.raises(errors.NotFound):
+                kv.stat(key)
+        after = kv.admin_call("Status", pb.StatusRequest())
+    assert after.free_bytes == before.free_bytes
 
 
 class _FakeCudart:

@@ -15,7 +15,7 @@ from dualbladed.errors import DualbladeError, InvalidArgument
 from dualbladed.namespace.file import FileNamespace
 from dualbladed.paths.direct import DirectPath
 from dualbladed.sessions.arena import Arena
-from dualbladed.sessions.batch import BatchExecutor, BatchLimits, PutRequest
+from dualbladed.sessions.batch import BatchExecutor, BatchLimits, PutPackedRequest, PutRequest
 from dualbladed.sessions.registry import Session
 from dualbladed.store import ObjectStore
 
@@ -160,6 +160,61 @@ def test_quota_holds_across_a_group_and_reservations_are_returned(rig) -> None:
     stored = [i for i, o in enumerate(outcomes) if o.ok]
     again = [rig.puts(50)[i] for i in stored]  # replacing the same keys fits the quota
     assert all(o.ok for o in rig.executor.execute(rig.session, again))
+
+
+def packed(rig, seed: int, n: int = N, *, durable: bool = False) -> PutPackedRequest:
+    """The ``n`` objects of :meth:`Rig.puts` as one packed put (the same arena layout)."""
+    rig.puts(seed, n=n)
+    keys = [f"k{i}".encode() for i in range(n)]
+    return PutPackedRequest(keys, [BLOCK] * n, 0, persistent=True, durable=durable)
+
+
+def test_a_packed_put_is_one_transaction_one_run_and_survives_a_restart(rig) -> None:
+    (outcome,) = rig.executor.execute(rig.session, [packed(rig, 300, durable=True)])
+    assert outcome.ok and outcome.size == N * BLOCK
+    assert list(outcome.generations) == sorted(set(outcome.generations))
+    assert len(outcome.generations) == len(outcome.paths) == N
+    assert rig.txns == [True] and rig.flushes == 1
+    offsets = sorted(rig.store.stat(rig.session.tenant, f"k{i}".encode()).offset for i in range(N))
+    assert offsets == list(range(offsets[0], offsets[0] + N * BLOCK, BLOCK))  # one allocation
+    rig.close()
+    rig.open()
+    for i in range(N):
+        assert rig.read(f"k{i}".encode()) == payload(300 + i, BLOCK)
+
+
+def test_a_packed_put_fits_a_fragmented_path_one_object_at_a_time(rig) -> None:
+    """No free range holds the whole group: each object is allocated alone, in the holes."""
+    taken = [rig.direct.allocate(BLOCK) for _ in range(rig.direct.stats().free // BLOCK)]
+    for extent in taken[::2]:  # every other block free: no hole holds two
+        rig.direct.release(extent)
+    assert rig.direct.stats().largest_free == BLOCK
+    (outcome,) = rig.executor.execute(rig.session, [packed(rig, 40, n=8)])
+    assert outcome.ok, outcome.error
+    for i in range(8):
+        assert rig.read(f"k{i}".encode()) == payload(40 + i, BLOCK)
+
+
+def test_a_packed_put_over_the_quota_stores_nothing_and_returns_its_reservation(rig) -> None:
+    rig.quota = 10 * BLOCK
+    free = rig.direct.stats().free
+    (outcome,) = rig.executor.execute(rig.session, [packed(rig, 5, n=11)])
+    assert type(outcome.error).__name__ == "QuotaExceeded"
+    assert rig.executor._reserved == {} and rig.executor._uid_reserved == {}
+    assert rig.store.usage(rig.session.tenant) == 0 and rig.direct.stats().free == free
+    (outcome,) = rig.executor.execute(rig.session, [packed(rig, 5, n=10)])
+    assert outcome.ok and rig.store.usage(rig.session.tenant) == 10 * BLOCK
+
+
+def test_packed_keys_count_against_the_op_limit_and_must_be_distinct(rig) -> None:
+    too_many = PutPackedRequest([f"k{i}".encode() for i in range(4 * N + 1)], [1] * (4 * N + 1), 0)
+    with pytest.raises(InvalidArgument, match="ops"):
+        rig.executor.execute(rig.session, [too_many])
+    (twice,) = rig.executor.execute(rig.session, [PutPackedRequest([b"a", b"a"], [1, 1], 0)])
+    assert isinstance(twice.error, InvalidArgument)
+    (short,) = rig.executor.execute(rig.session, [PutPackedRequest([b"a", b"b"], [1], 0)])
+    assert isinstance(short.error, InvalidArgument)
+    assert rig.txns == []
 
 
 class CountingNamespace(FileNamespace):

@@ -32,6 +32,22 @@ class PutOp(_message.Message):
     path: ResidencyPath
     def __init__(self, key: _Optional[bytes] = ..., arena_offset: _Optional[int] = ..., length: _Optional[int] = ..., persistent: _Optional[bool] = ..., durable: _Optional[bool] = ..., path: _Optional[_Union[ResidencyPath, str]] = ...) -> None: ...
 
+class PutPackedOp(_message.Message):
+    __slots__ = ("keys", "lengths", "arena_offset", "persistent", "durable", "path")
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    ARENA_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    PERSISTENT_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[bytes]
+    lengths: _containers.RepeatedScalarFieldContainer[int]
+    arena_offset: int
+    persistent: bool
+    durable: bool
+    path: ResidencyPath
+    def __init__(self, keys: _Optional[_Iterable[bytes]] = ..., lengths: _Optional[_Iterable[int]] = ..., arena_offset: _Optional[int] = ..., persistent: _Optional[bool] = ..., durable: _Optional[bool] = ..., path: _Optional[_Union[ResidencyPath, str]] = ...) -> None: ...
+
 class GetOp(_message.Message):
     __slots__ = ("key", "arena_offset", "length")
     KEY_FIELD_NUMBER: _ClassVar[int]
@@ -109,7 +125,7 @@ class ReadRangeOp(_message.Message):
     def __init__(self, key: _Optional[bytes] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., arena_offset: _Optional[int] = ...) -> None: ...
 
 class Op(_message.Message):
-    __slots__ = ("put", "get", "delete", "reserve", "append", "read_range", "stat", "unpin", "touch")
+    __slots__ = ("put", "get", "delete", "reserve", "append", "read_range", "stat", "unpin", "touch", "put_packed")
     PUT_FIELD_NUMBER: _ClassVar[int]
     GET_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +135,7 @@ class Op(_message.Message):
     STAT_FIELD_NUMBER: _ClassVar[int]
     UNPIN_FIELD_NUMBER: _ClassVar[int]
     TOUCH_FIELD_NUMBER: _ClassVar[int]
+    PUT_PACKED_FIELD_NUMBER: _ClassVar[int]
     put: PutOp
     get: GetOp
     delete: DeleteOp
@@ -128,7 +145,8 @@ class Op(_message.Message):
     stat: StatOp
     unpin: UnpinOp
     touch: TouchOp
-    def __init__(self, put: _Optional[_Union[PutOp, _Mapping]] = ..., get: _Optional[_Union[GetOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., reserve: _Optional[_Union[ReserveOp, _Mapping]] = ..., append: _Optional[_Union[AppendOp, _Mapping]] = ..., read_range: _Optional[_Union[ReadRangeOp, _Mapping]] = ..., stat: _Optional[_Union[StatOp, _Mapping]] = ..., unpin: _Optional[_Union[UnpinOp, _Mapping]] = ..., touch: _Optional[_Union[TouchOp, _Mapping]] = ...) -> None: ...
+    put_packed: PutPackedOp
+    def __init__(self, put: _Optional[_Union[PutOp, _Mapping]] = ..., get: _Optional[_Union[GetOp, _Mapping]] = ..., delete: _Optional[_Union[DeleteOp, _Mapping]] = ..., reserve: _Optional[_Union[ReserveOp, _Mapping]] = ..., append: _Optional[_Union[AppendOp, _Mapping]] = ..., read_range: _Optional[_Union[ReadRangeOp, _Mapping]] = ..., stat: _Optional[_Union[StatOp, _Mapping]] = ..., unpin: _Optional[_Union[UnpinOp, _Mapping]] = ..., touch: _Optional[_Union[TouchOp, _Mapping]] = ..., put_packed: _Optional[_Union[PutPackedOp, _Mapping]] = ...) -> None: ...
 
 class BatchRequest(_message.Message):
     __slots__ = ("ops", "stop_on_error")
@@ -139,7 +157,7 @@ class BatchRequest(_message.Message):
     def __init__(self, ops: _Optional[_Iterable[_Union[Op, _Mapping]]] = ..., stop_on_error: _Optional[bool] = ...) -> None: ...
 
 class OpResult(_message.Message):
-    __slots__ = ("code", "message", "size", "generation", "path", "persistent", "pinned")
+    __slots__ = ("code", "message", "size", "generation", "path", "persistent", "pinned", "generations", "paths")
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +165,8 @@ class OpResult(_message.Message):
     PATH_FIELD_NUMBER: _ClassVar[int]
     PERSISTENT_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
+    GENERATIONS_FIELD_NUMBER: _ClassVar[int]
+    PATHS_FIELD_NUMBER: _ClassVar[int]
     code: int
     message: str
     size: int
@@ -154,7 +174,9 @@ class OpResult(_message.Message):
     path: ResidencyPath
     persistent: bool
     pinned: bool
-    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., size: _Optional[int] = ..., generation: _Optional[int] = ..., path: _Optional[_Union[ResidencyPath, str]] = ..., persistent: _Optional[bool] = ..., pinned: _Optional[bool] = ...) -> None: ...
+    generations: _containers.RepeatedScalarFieldContainer[int]
+    paths: _containers.RepeatedScalarFieldContainer[ResidencyPath]
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., size: _Optional[int] = ..., generation: _Optional[int] = ..., path: _Optional[_Union[ResidencyPath, str]] = ..., persistent: _Optional[bool] = ..., pinned: _Optional[bool] = ..., generations: _Optional[_Iterable[int]] = ..., paths: _Optional[_Iterable[_Union[ResidencyPath, str]]] = ...) -> None: ...
 
 class BatchResponse(_message.Message):
     __slots__ = ("results",)

@@ -51,6 +51,7 @@ __all__ = [
     "HELLO_MAX_BYTES",
     "LAYER_CHUNK_BYTES",
     "LEASE_FRAME_MAX_BYTES",
+    "PUT_PACKED",
     "PROTOCOL_VERSION",
     "REPLY_HEADER",
     "REPLY_MAX_BYTES",
@@ -134,6 +135,9 @@ REPLY_MAX_BYTES = 65536
 ALIGNMENT = 4096
 #: The ``limits`` key that announces the lease data plane and its largest frame.
 LEASE_FRAME_MAX_BYTES = "lease_frame_max_bytes"
+#: The ``limits`` key that announces ``PutPackedOp`` (many puts in one op, issue 14); absent on
+#: older daemons, whose clients send one ``PutOp`` per object.
+PUT_PACKED = "put_packed"
 
 # ------------------------------------------------------------------------------ layer objects
 

@@ -19,6 +19,7 @@ from dualbladed.sessions.batch import (
     GetRequest,
     Op,
     OpOutcome,
+    PutPackedRequest,
     PutRequest,
     ReadRangeRequest,
     ReserveRequest,
@@ -54,6 +55,18 @@ def _op_from_pb(op: pb.Op) -> Op:
             raise InvalidArgument(f"unknown residency path value {p.path}")
         return PutRequest(
             p.key, p.arena_offset, p.length, p.persistent, p.durable, PB_TO_PATH.get(p.path)
+        )
+    if which == "put_packed":
+        pp = op.put_packed
+        if pp.path not in (pb.RESIDENCY_PATH_UNSPECIFIED, *PB_TO_PATH):
+            raise InvalidArgument(f"unknown residency path value {pp.path}")
+        return PutPackedRequest(
+            list(pp.keys),
+            list(pp.lengths),
+            pp.arena_offset,
+            pp.persistent,
+            pp.durable,
+            PB_TO_PATH.get(pp.path),
         )
     if which == "get":
         return GetRequest(op.get.key, op.get.arena_offset, op.get.length)
@@ -93,6 +106,15 @@ def _layer_op_from_pb(which: str, op: pb.Op) -> Op:
 def op_result_pb(outcome: OpOutcome) -> pb.OpResult:
     """An op's outcome on the wire: its domain error becomes a google.rpc code, here only."""
     code, message = op_code(outcome.error)
+    if outcome.generations:  # put_packed
+        return pb.OpResult(
+            code=code,
+            size=outcome.size,
+            generation=outcome.generation,
+            path=PATH_TO_PB.get(outcome.path, pb.RESIDENCY_PATH_UNSPECIFIED),
+            generations=outcome.generations,
+            paths=[PATH_TO_PB.get(p, pb.RESIDENCY_PATH_UNSPECIFIED) for p in outcome.paths],
+        )
     return pb.OpResult(
         code=code,
         message=message,

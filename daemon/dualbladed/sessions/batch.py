@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from dualblade.v1.wire import ALIGNMENT
 from dualbladed.errors import Aborted, DualbladeError, InvalidArgument, NotFound, QuotaExceeded
 from dualbladed.paths.abstract import PATH_NAMES
 from dualbladed.sessions.registry import Session
@@ -56,6 +57,19 @@ class PutRequest:
     key: bytes
     arena_offset: int
     length: int
+    persistent: bool = False
+    durable: bool = False
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class PutPackedRequest:
+    """Many puts in one op (``PutPackedOp``): object ``i`` lies in the arena at ``arena_offset``
+    plus the aligned sizes of the objects before it. All or nothing (see :meth:`_put_packed`)."""
+
+    keys: Sequence[bytes]
+    lengths: Sequence[int]
+    arena_offset: int
     persistent: bool = False
     durable: bool = False
     path: str | None = None
@@ -121,6 +135,7 @@ class TouchRequest:
 
 Op = (
     PutRequest
+    | PutPackedRequest
     | GetRequest
     | DeleteRequest
     | ReserveRequest
@@ -154,6 +169,9 @@ class OpOutcome:
     path: str = ""
     persistent: bool = False  # stat, touch
     pinned: bool = False  # stat: this op pinned the hit; unpin: a pin was dropped
+    #: put_packed: each object's generation and path, in the op's key order
+    generations: tuple[int, ...] = ()
+    paths: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -204,6 +222,15 @@ def _touched(info: ObjectInfo) -> OpOutcome:
     return OpOutcome(None, info.size, info.generation, info.path, persistent=info.persistent)
 
 
+def _op_count(ops: Sequence[Op]) -> int:
+    """Ops as ``max_batch_ops`` counts them: a packed put counts one per key."""
+    return sum(len(op.keys) if isinstance(op, PutPackedRequest) else 1 for op in ops)
+
+
+def _round_up(n: int, a: int = ALIGNMENT) -> int:
+    return (n + a - 1) // a * a
+
+
 def _distinct_keys(ops: Sequence[Op]) -> bool:
     return len({op.key for op in ops}) == len(ops)
 
@@ -238,23 +265,35 @@ class BatchExecutor:
     def execute(
         self, session: Session, ops: Sequence[Op], *, stop_on_error: bool = False
     ) -> list[OpOutcome]:
-        if len(ops) > self._limits.max_batch_ops:
+        packed = any(isinstance(op, PutPackedRequest) for op in ops)
+        count = _op_count(ops) if packed else len(ops)
+        if count > self._limits.max_batch_ops:
             raise InvalidArgument(
-                f"batch has {len(ops)} ops; the limit is {self._limits.max_batch_ops}"
+                f"batch has {count} ops; the limit is {self._limits.max_batch_ops}"
             )
+        if packed:  # a packed op is already one group; the others run in order around it
+            return self._execute_in_order(session, ops, stop_on_error)
         if not stop_on_error and len(ops) > 1 and all(isinstance(op, StatRequest) for op in ops):
             return self._stat_all(session, ops)  # type: ignore[arg-type]
         if not stop_on_error and len(ops) > 1 and all(isinstance(op, TouchRequest) for op in ops):
             return self._touch_all(session, ops)  # type: ignore[arg-type]
         if self._pool is not None and not stop_on_error and len(ops) > 1 and _distinct_keys(ops):
             return self._execute_grouped(session, ops)
+        return self._execute_in_order(session, ops, stop_on_error)
+
+    def _execute_in_order(
+        self, session: Session, ops: Sequence[Op], stop_on_error: bool
+    ) -> list[OpOutcome]:
         outcomes: list[OpOutcome] = []
         failed = False
         for op in ops:
             if failed and stop_on_error:
                 outcomes.append(NOT_RUN)
                 continue
-            outcome = self._run_one(session, op)
+            if isinstance(op, PutPackedRequest):
+                outcome = self._put_packed(session, op)
+            else:
+                outcome = self._run_one(session, op)
             failed = failed or not outcome.ok
             outcomes.append(outcome)
         return outcomes
@@ -497,6 +536,89 @@ class BatchExecutor:
                 self._unreserve(session, held)
         finally:
             src.release()
+
+    def _put_packed(self, session: Session, op: PutPackedRequest) -> OpOutcome:
+        """Many puts, all or nothing: staged together (one allocation pass, neighbouring
+        extents written with one ``pwritev``: see ``ObjectStore.stage_many``) and committed in
+        one metadata transaction (``commit_puts``). If any put fails to stage, the others are
+        abandoned (their fresh extents freed) and the op fails with that error: nothing
+        changed. The metrics get one ``put`` per object, each charged an equal share of the
+        time."""
+        started = time.perf_counter()
+        n = len(op.keys)
+        views: list[memoryview] = []
+        region: memoryview | None = None
+        try:
+            if n == 0 or len(op.lengths) != n:
+                raise InvalidArgument(
+                    f"put_packed needs one length per key, at least one: got {n} keys and "
+                    f"{len(op.lengths)} lengths"
+                )
+            if len(set(op.keys)) != n:
+                raise InvalidArgument("put_packed keys must be distinct")
+            if op.path is not None and op.path not in PATH_NAMES:
+                raise InvalidArgument(f"unknown residency path {op.path!r}")
+            offsets = []
+            span = 0
+            for length in op.lengths:
+                self._check_size(length)
+                offsets.append(span)
+                span += _round_up(length)
+            region = session.arena.view(op.arena_offset, span)
+            views = [region[o : o + n_] for o, n_ in zip(offsets, op.lengths)]
+            held = self._reserve_packed(session, op)
+            try:
+                sid = session.id
+                specs = [
+                    PutSpec(k, v, op.persistent, op.durable, sid, op.path)
+                    for k, v in zip(op.keys, views)
+                ]
+                staged = self._store.stage_many(session.tenant, specs)
+                good = [st for st in staged if not isinstance(st, DualbladeError)]
+                if len(good) != n:
+                    self._store.abandon_puts(good)
+                    raise next(st for st in staged if isinstance(st, DualbladeError))
+                infos = self._store.commit_puts(good)
+            finally:
+                self._unreserve(session, held)
+        except DualbladeError as err:
+            share = (time.perf_counter() - started) / max(n, 1)
+            for _ in range(max(n, 1)):
+                self._record(session.tenant, "none", "put", 0, share, False)
+            return OpOutcome(_without_frames(err))
+        finally:
+            for v in views:
+                v.release()
+            if region is not None:
+                region.release()
+        share = (time.perf_counter() - started) / n
+        for info in infos:
+            self._record(session.tenant, info.path, "put", info.size, share, True)
+        return OpOutcome(
+            None,
+            sum(op.lengths),
+            infos[0].generation,
+            infos[0].path,
+            generations=tuple(info.generation for info in infos),
+            paths=tuple(info.path for info in infos),
+        )
+
+    def _reserve_packed(self, session: Session, op: PutPackedRequest) -> int:
+        """:meth:`_reserve` for a packed put: one reservation of the total when the session
+        has no quota to check (nothing is replaced-counted then), else one per object, so
+        the replaced-version and eviction rules stay exactly those of single puts."""
+        quota = self._quota_for(session)
+        uid_quota = self._uid_quota_for(session) if self._uid_quota_for is not None else 0
+        if not quota and not uid_quota:
+            return self._reserve(session, b"", sum(op.lengths), durable=op.durable)
+        held = 0
+        try:
+            for key, length in zip(op.keys, op.lengths):
+                held += self._reserve(session, key, length, durable=op.durable)
+        except BaseException:
+            self._unreserve(session, held)
+            raise
+        return held
 
     def _get(self, session: Session, op: GetRequest):  # -> ObjectInfo
         self._check_size(op.length)

@@ -75,6 +75,7 @@ from dataclasses import asdict, dataclass, field
 
 from dualblade.v1.wire import (
     LEASE_FRAME_MAX_BYTES,
+    PUT_PACKED,
     size_socket_buffers,
 )
 from dualbladed.config import LimitsConfig
@@ -205,6 +206,7 @@ class HandshakeServer:
         self._log_vanished = Throttled(logger, logging.INFO)
         self._log_silent = Throttled(logger, logging.INFO)
         self._limits: dict[str, int] = asdict(config.limits)
+        self._limits[PUT_PACKED] = 1  # Batch takes PutPackedOp (either transport)
         if on_request is not None:
             self._limits[LEASE_FRAME_MAX_BYTES] = config.max_frame_bytes
         self._frames = FrameWorkers(

@@ -52,6 +52,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_Todo = tuple[int, bytes, memoryview, str, int]
+
+
+def _by_path(todo: list[_Todo]) -> dict[str, list[_Todo]]:
+    groups: dict[str, list[_Todo]] = {}
+    for item in todo:
+        groups.setdefault(item[3], []).append(item)
+    return groups
+
 
 class StoreWrites:
     """The write half of ``ObjectStore`` (a mixin; see the module docstring)."""
@@ -156,13 +165,8 @@ class StoreWrites:
         extents: dict[int, Extent] = {}
         with self._lock:
             self._check_open()
-            for i, _, data, path_name, _ in todo:
-                try:
-                    extents[i] = self._allocate(
-                        self._paths[path_name], path_name, data.nbytes, durable=puts[i].durable
-                    )
-                except DualbladeError as err:
-                    out[i] = err
+            for path_name, group in _by_path(todo).items():
+                self._allocate_group(path_name, group, puts, extents, out)
         writes: dict[str, list[tuple[int, Extent, memoryview]]] = {}
         for i, _, data, path_name, _ in todo:
             if i in extents:
@@ -197,6 +201,39 @@ class StoreWrites:
                     spec.session,
                 )
         return out  # type: ignore[return-value]  # every slot is filled above
+
+    def _allocate_group(
+        self,
+        path_name: str,
+        group: list[tuple[int, bytes, memoryview, str, int]],
+        puts: Sequence[PutSpec],
+        extents: dict[int, Extent],
+        out: list[StagedPut | DualbladeError | None],
+    ) -> None:
+        """Extents for the puts of one path, under the lock. Many puts first try one
+        allocation of their aligned total, cut into one extent each (neighbours: written with
+        one ``pwritev``, and each freed on its own later, since free maps track free space
+        only); if no free range is that large, each put is allocated alone (best fit, evicting
+        as a single put would)."""
+        target = self._paths[path_name]
+        if len(group) > 1:
+            align = target.alignment
+            lengths = [-(-data.nbytes // align) * align for _, _, data, _, _ in group]
+            try:
+                whole = target.allocate(sum(lengths))
+            except DualbladeError:
+                pass  # fragmented or full: one at a time below
+            else:
+                offset = whole.offset
+                for (i, *_), length in zip(group, lengths):
+                    extents[i] = Extent(offset, length)
+                    offset += length
+                return
+        for i, _, data, _, _ in group:
+            try:
+                extents[i] = self._allocate(target, path_name, data.nbytes, durable=puts[i].durable)
+            except DualbladeError as err:
+                out[i] = err
 
     def _release_all(
         self, extents: Mapping[int, Extent], todo: list[tuple[int, bytes, memoryview, str, int]]
