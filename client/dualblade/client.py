@@ -34,9 +34,9 @@ from typing import Any
 import grpc
 
 from dualblade import _buffers, errors
-from dualblade._handshake import open_session
 from dualblade._layers import LayerMethods
 from dualblade._leaseplane import LeasePlane, TooLarge
+from dualblade._session import default_socket, handshake, open_channel, wait_ready
 from dualblade.arena import ClientArena, Slot
 from dualblade.v1 import dualblade_pb2 as pb
 from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
@@ -55,28 +55,6 @@ _PATHS = {
 _PATH_NAMES = {v: (k or "") for k, v in _PATHS.items()}
 #: ``(key, data, nbytes, arena offset)``: one put/get item, sized and located once.
 _Item = tuple[bytes, Any, int, "int | None"]
-
-
-def default_socket() -> str:
-    """Where the daemon listens by default: $DUALBLADE_SOCKET, else the daemon's own default.
-
-    The default comes from the wire contract the daemon's config uses too, so the two can never
-    disagree.
-    """
-    return os.environ.get("DUALBLADE_SOCKET") or wire.default_socket_path()
-
-
-def _open_session(socket_path: str, tenant: str, arena_bytes: int, timeout: float) -> Any:
-    """Handshake on the admin lane where this process can reach it (root, the admin group: a
-    flood on the shared handshake socket does not delay it), else on the shared socket."""
-    admin = wire.admin_handshake_socket_path(socket_path)
-    if os.access(admin, os.W_OK, effective_ids=os.access in os.supports_effective_ids):
-        try:
-            return open_session(admin, tenant, arena_bytes, timeout=timeout)
-        except (errors.Unavailable, errors.PermissionDenied):
-            pass  # an older daemon, or a lane not ours after all: the shared socket
-    hs_path = wire.handshake_socket_path(socket_path)
-    return open_session(hs_path, tenant, arena_bytes, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -139,23 +117,17 @@ class Client(LayerMethods):
         timeout: float = 5.0,
     ) -> Client:
         socket_path = os.fspath(socket) if socket is not None else default_socket()
-        handshake = _open_session(socket_path, tenant, arena_bytes, timeout)
-        grpc_path = handshake.grpc_socket or socket_path
-        target, dir_fd = wire.reachable_path(grpc_path)  # a long path: via /proc/self/fd
-        channel = grpc.insecure_channel(
-            f"unix://{target}",
-            options=[("grpc.max_receive_message_length", 64 << 20)],
-        )
-        try:
-            grpc.channel_ready_future(channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            channel.close()
-            handshake.close()
-            if dir_fd is not None:
-                os.close(dir_fd)
-            raise errors.Unavailable(f"no dualbladed gRPC server on {grpc_path}") from None
-        client = cls(socket_path, handshake, channel)
+        hs = handshake(socket_path, tenant, arena_bytes, timeout)
+        grpc_path = hs.grpc_socket or socket_path
+        channel, dir_fd = open_channel(grpc_path)
+        client = cls(socket_path, hs, channel)
         client._dir_fd = dir_fd
+        try:
+            info = wait_ready(client._store, client._metadata, grpc_path, timeout)
+        except BaseException:
+            client.close()
+            raise
+        client._max_ops_cached = int(info.max_batch_ops)
         return client
 
     def close(self) -> None:

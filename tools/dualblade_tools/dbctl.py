@@ -35,10 +35,11 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from dualblade import Client
+    # Admin calls need a session (identity comes from the handshake), not a data arena: the
+    # light session keeps the client module (and its imports) out of a short dbctl run.
+    from dualblade._session import AdminSession
 
-    # Admin calls need a session (identity comes from the handshake), not a data arena.
-    return Client.connect(args.socket, tenant="dbctl", arena_bytes=4096)
+    return AdminSession(args.socket, tenant="dbctl")
 
 
 def _pb_value(field: FieldDescriptor, value: Any) -> Any:
