@@ -6,7 +6,8 @@ Each cycle (RocksDB's ``db_crashtest`` black-box and white-box modes, ZFS ztest'
    cycle with ``DUALBLADE_KILL_POINT``/``_ODDS``/``_SEED`` set, so it SIGKILLs itself at that
    point (:mod:`dualbladed.killpoints`);
 2. verify the oracle against it (below), and that no two extents overlap (``Admin.Extents``);
-3. run a seeded writer: persistent puts (durable and not), ephemeral puts, gets (checked live),
+3. run a seeded writer: persistent puts (durable and not; single, and groups of up to four
+   keys in one packed op, all committed in one transaction), ephemeral puts, gets (checked live),
    deletes, short-lived extra sessions with ephemeral objects (their end runs
    ``release_session``), and layer objects: reserves and appends (durable and not, guarded by
    ``expect_size``) with live ranged reads; an acknowledged append must survive, an
@@ -133,7 +134,16 @@ class Writer:
             return
         key = f"p/{rng.randrange(KEYS)}".encode()
         roll = rng.random()
-        if roll < 0.40:
+        if roll < 0.10:  # a group of puts in one packed op (one allocation, one commit)
+            keys = sorted({key, *(f"p/{rng.randrange(KEYS)}".encode() for _ in range(3))})
+            items = [(k, payload(rng)) for k in keys]
+            durable = rng.random() < 0.5
+            for k, data in items:
+                self.oracle.begin(k, digest(data), durable)
+            c.put_many(items, persistent=True, durable=durable)
+            for k, data in items:
+                self.oracle.ack_put(k, digest(data), durable)
+        elif roll < 0.40:
             data = payload(rng)
             durable = rng.random() < 0.5
             self.oracle.begin(key, digest(data), durable)

@@ -287,6 +287,37 @@ class ObjectIndex:
             self._sessions.setdefault(info.session, set()).add((info.tenant, info.key))
         self.lru.add(entry)
 
+    def install_many(self, entries: list[IndexEntry]) -> None:
+        """:meth:`install` for the entries of one group commit (distinct keys, old versions
+        retired): usage and running totals added once per (tenant, path), not per entry."""
+        tenants = self._tenants
+        heat_add = self._heat.add
+        lru_add = self.lru.add
+        counts: dict[tuple[str, str], list[int]] = {}
+        for entry in entries:
+            info = entry.info
+            keys = tenants.get(info.tenant)
+            if keys is None:
+                keys = tenants[info.tenant] = SortedDict()
+            keys[info.key] = entry
+            c = counts.get((info.tenant, info.path))
+            if c is None:
+                c = counts[(info.tenant, info.path)] = [0, 0, 0, 0]
+            c[0] += 1
+            c[1] += info.size
+            c[2] += info.length
+            if info.persistent:
+                c[3] += 1
+            heat_add(info.path, entry)
+            if info.session is not None:
+                self._sessions.setdefault(info.session, set()).add((info.tenant, info.key))
+            lru_add(entry)
+        for (tenant, path), (n, size, length, persistent) in counts.items():
+            self._usage[tenant] = self._usage.get(tenant, 0) + length
+            uid = tenant.partition("/")[0]
+            self._uid_usage[uid] = self._uid_usage.get(uid, 0) + length
+            self._totals.add_many(tenant, path, n, size, persistent)
+
     def retire(self, entry: IndexEntry) -> bool:
         """Take ``entry`` out of the index. True: release its extent now (nobody pins it)."""
         if entry.dead:

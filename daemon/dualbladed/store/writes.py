@@ -277,24 +277,27 @@ class StoreWrites:
             try:
                 self._check_open()
                 now = time.time()
+                first = self._next_generation
+                lookup = self._index.lookup
                 pairs = []
                 for i, st in enumerate(staged):
+                    extent = st.extent
                     entry = IndexEntry(
                         ObjectInfo(
-                            tenant=st.tenant,
-                            key=st.key,
-                            size=shared_int(st.size),
-                            path=st.path,
-                            offset=st.extent.offset,
-                            length=shared_int(st.extent.length),
-                            checksum=st.checksum,
-                            generation=self._next_generation + i,
-                            persistent=st.persistent,
-                            last_access=now,
-                            session=None if st.persistent else st.session,
+                            st.tenant,
+                            st.key,
+                            shared_int(st.size),
+                            st.path,
+                            extent.offset,
+                            shared_int(extent.length),
+                            st.checksum,
+                            first + i,
+                            st.persistent,
+                            now,
+                            None if st.persistent else st.session,
                         )
                     )
-                    pairs.append((entry, self._index.lookup(st.tenant, st.key)))
+                    pairs.append((entry, lookup(st.tenant, st.key)))
                 self._commit_group(pairs, durable=any(st.durable for st in staged))
             except BaseException:
                 for st in staged:
@@ -302,10 +305,10 @@ class StoreWrites:
                 raise
             killpoint("put.after_commit")
             self._next_generation += len(staged)
-            for entry, old in pairs:
+            for _, old in pairs:
                 if old is not None:
                     self._retire(old)
-                self._index.install(entry)
+            self._index.install_many([entry for entry, _ in pairs])
             return [entry.info for entry, _ in pairs]
 
     def delete(self, tenant: str, key: bytes, *, durable: bool = False) -> ObjectInfo:

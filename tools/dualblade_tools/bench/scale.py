@@ -4,7 +4,9 @@ One fresh daemon per object count, on a file namespace sized for the objects, in
 For each count N the benchmark puts N persistent objects of ``--object-bytes`` in batches of
 ``--batch`` through the SDK, then measures, in this order:
 
-* ``put_objs_per_s``: N / wall time of all the puts (one client, batches back to back);
+* ``put_objs_per_s``: N / wall time of all the puts (one client, batches back to back; the
+  client's arena holds two batches, as the SDK sends at most half its arena per call, so each
+  batch is one call: one packed put op);
 * ``rss_bytes_per_object``: (daemon VmRSS after the puts - VmRSS of the empty daemon) / N;
 * ``idle_cpu_frac``: the daemon's user+system CPU over ``--idle-s`` seconds with no client
   activity, after a 2 s settle, as a fraction of one core (``/proc/<pid>/stat``);
@@ -122,7 +124,7 @@ def measure(root: Path, objects: int, object_bytes: int, batch: int, idle_s: flo
         assert daemon.proc is not None
         empty_rss = _rss(daemon.proc.pid)
         payload = os.urandom(object_bytes)
-        arena = max(1 << 20, batch * ((object_bytes + 4095) // 4096 * 4096))
+        arena = max(1 << 20, 2 * batch * ((object_bytes + 4095) // 4096 * 4096))
         with Client.connect(str(daemon.socket), tenant=TENANT, arena_bytes=arena) as kv:
             start = time.perf_counter()
             for first in range(0, objects, batch):
