@@ -13,6 +13,9 @@ from dualbladed.errors import InvalidArgument
 __all__ = ["DEFAULT_MAX_OBJECT_BYTES", "MAX_KEY_BYTES", "as_bytes_view", "check_key", "zero"]
 
 MAX_KEY_BYTES = 1024
+#: A tuple built once: ``bytes | bytearray | memoryview`` in the check would build a union
+#: object per call (a put of many small objects checks many keys).
+_KEY_TYPES = (bytes, bytearray, memoryview)
 DEFAULT_MAX_OBJECT_BYTES = 256 << 20
 
 
@@ -45,7 +48,7 @@ def check_key(tenant: str, key: bytes) -> bytes:
     """Validate ``(tenant, key)`` and return the key as immutable ``bytes``."""
     if not isinstance(tenant, str) or not tenant:
         raise InvalidArgument(f"tenant must be a non-empty string, got {tenant!r}")
-    if not isinstance(key, bytes | bytearray | memoryview):
+    if not isinstance(key, _KEY_TYPES):
         raise InvalidArgument(f"key must be bytes, got {type(key).__name__}")
     key = bytes(key)
     if not 1 <= len(key) <= MAX_KEY_BYTES:
