@@ -46,6 +46,7 @@ def test_generated_requests_get_a_status_and_never_leak(daemon: DaemonProcess) -
     # ... with layer-object ops too (issue 12): each kind succeeded at least once
     assert all(counts.ok_kinds[k] > 0 for k in ("reserve", "append", "read_range")), counts.ok_kinds
     assert all(counts.ok_kinds[k] > 0 for k in ("stat", "unpin", "touch")), counts.ok_kinds
+    assert counts.ok_kinds["put_packed"] > 0  # issue 14's
 
 
 def test_hostile_batch_shapes_are_refused_with_precise_codes(daemon: DaemonProcess) -> None:

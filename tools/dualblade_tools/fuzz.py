@@ -120,6 +120,17 @@ PATHS = _mostly(
 @st.composite
 def ops(draw: st.DrawFn) -> pb.Op:
     kind = draw(st.integers(min_value=0, max_value=27))
+    if kind == 7:  # issue 14: many puts in one op (keys and lengths may disagree, repeat, ...)
+        return pb.Op(
+            put_packed=pb.PutPackedOp(
+                keys=draw(st.lists(KEYS, max_size=6)),
+                lengths=draw(st.lists(LENGTHS, max_size=6)),
+                arena_offset=draw(OFFSETS),
+                persistent=draw(st.booleans()),
+                durable=draw(st.booleans()),
+                path=draw(PATHS),
+            )
+        )
     if kind < 8:
         return pb.Op(
             put=pb.PutOp(
@@ -390,7 +401,7 @@ class FuzzHarness:
 
 def primers() -> list[tuple[str, str, Any]]:
     """One well-formed layer-object round trip per tenant (reserve, append, read_range in one
-    Batch), run before the generated cases: random draws reach a *successful* read_range only
+    Batch, with a packed put), run before the generated cases: random draws reach a *successful* read_range only
     when an earlier case happened to leave a non-empty layer object behind, so without these a
     run could pass without ever checking the bytes a read_range places. They go through the
     same per-request checks as every generated case."""
@@ -398,6 +409,12 @@ def primers() -> list[tuple[str, str, Any]]:
         pb.Op(reserve=pb.ReserveOp(key=LAYER_KEYS[0], capacity=64 << 10)),
         pb.Op(append=pb.AppendOp(key=LAYER_KEYS[0], arena_offset=0, length=4096)),
         pb.Op(read_range=pb.ReadRangeOp(key=LAYER_KEYS[0], arena_offset=64 << 10)),
+        # and one packed put (issue 14), so a run shows that op succeeding too
+        pb.Op(
+            put_packed=pb.PutPackedOp(
+                keys=COMMON_KEYS[:2], lengths=[100, 5000], arena_offset=128 << 10
+            )
+        ),
     ]
     return [(tenant, "own", pb.BatchRequest(ops=ops)) for tenant in sorted(MARKERS)]
 

@@ -3,13 +3,19 @@
 A Batch names ranges of the session's shared arena; this module turns each op into a store call
 on a memoryview of that range, so KV bytes move between the namespace and the arena without ever
 entering a gRPC message. It is the domain side of the ``Store.Batch`` RPC: the servicer only
-converts protobuf to the request dataclasses below and back. Outcomes carry the domain error
+converts protobuf to the request dataclasses (:mod:`dualbladed.sessions.requests`) and back. Outcomes carry the domain error
 itself (a :class:`~dualbladed.errors.DualbladeError`, or None), never a wire status code: the
 service layer maps it once (:func:`dualbladed.service.status.op_code`).
 
 Group commit: in that parallel case the batch's puts are staged (written) concurrently and then
 committed in one metadata transaction (:meth:`ObjectStore.commit_puts`), so a batch of many
 small puts pays one SQLite commit, not one each; every put is still acknowledged only after it.
+
+Packed puts (``PutPackedOp``, issue 14): many objects in one op, laid back to back in the arena,
+with no protobuf sub-message and no pool hand-off per object. They are staged in one pass (one
+allocation of the aligned total when a free range holds it, so one ``pwritev`` writes them) and
+committed in one transaction, all or nothing: any refused object fails the op and frees what
+the others had written.
 
 Parallelism: the ops of one batch run concurrently on a shared pool of ``parallelism`` threads
 when that cannot change their meaning -- no ``stop_on_error`` and no key named twice -- so a batch
@@ -42,110 +48,53 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from dualblade.v1.wire import ALIGNMENT
-from dualbladed.errors import Aborted, DualbladeError, InvalidArgument, NotFound, QuotaExceeded
+from dualbladed.errors import DualbladeError, InvalidArgument, NotFound, QuotaExceeded
 from dualbladed.paths.abstract import PATH_NAMES
 from dualbladed.sessions.registry import Session
+from dualbladed.sessions.requests import (
+    NOT_RUN,
+    AppendRequest,
+    BatchLimits,
+    DeleteRequest,
+    GetRequest,
+    LayerOp,
+    Op,
+    OpOutcome,
+    PutPackedRequest,
+    PutRequest,
+    ReadRangeRequest,
+    RecordFn,
+    ReserveRequest,
+    StatRequest,
+    TouchRequest,
+    UnpinRequest,
+)
 from dualbladed.store import ObjectStore
 from dualbladed.store.group import PutSpec, StagedPut
+
+#: The request types are defined in :mod:`dualbladed.sessions.requests` and re-exported here.
+__all__ = [
+    "NOT_RUN",
+    "AppendRequest",
+    "BatchExecutor",
+    "BatchLimits",
+    "DeleteRequest",
+    "GetRequest",
+    "LayerOp",
+    "Op",
+    "OpOutcome",
+    "PutPackedRequest",
+    "PutRequest",
+    "ReadRangeRequest",
+    "RecordFn",
+    "ReserveRequest",
+    "StatRequest",
+    "TouchRequest",
+    "UnpinRequest",
+]
 from dualbladed.store.index import ObjectInfo
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class PutRequest:
-    key: bytes
-    arena_offset: int
-    length: int
-    persistent: bool = False
-    durable: bool = False
-    path: str | None = None
-
-
-@dataclass(frozen=True)
-class PutPackedRequest:
-    """Many puts in one op (``PutPackedOp``): object ``i`` lies in the arena at ``arena_offset``
-    plus the aligned sizes of the objects before it. All or nothing (see :meth:`_put_packed`)."""
-
-    keys: Sequence[bytes]
-    lengths: Sequence[int]
-    arena_offset: int
-    persistent: bool = False
-    durable: bool = False
-    path: str | None = None
-
-
-@dataclass(frozen=True)
-class GetRequest:
-    key: bytes
-    arena_offset: int
-    length: int
-
-
-@dataclass(frozen=True)
-class DeleteRequest:
-    key: bytes
-    durable: bool = False
-
-
-@dataclass(frozen=True)
-class ReserveRequest:
-    """Create an empty layer object of ``capacity`` bytes (see ``dualbladed.store.layers``)."""
-
-    key: bytes
-    capacity: int
-    persistent: bool = False
-    path: str | None = None
-
-
-@dataclass(frozen=True)
-class AppendRequest:
-    key: bytes
-    arena_offset: int
-    length: int
-    durable: bool = False
-    expect_size: int | None = None
-
-
-@dataclass(frozen=True)
-class ReadRangeRequest:
-    key: bytes
-    offset: int
-    length: int  # 0: to the end of the object
-    arena_offset: int
-
-
-@dataclass(frozen=True)
-class StatRequest:
-    key: bytes
-    pin_ms: int = 0
-
-
-@dataclass(frozen=True)
-class UnpinRequest:
-    key: bytes
-
-
-@dataclass(frozen=True)
-class TouchRequest:
-    """Mark ``key`` as used now without reading it (see ``ObjectStore.touch_many``)."""
-
-    key: bytes
-
-
-Op = (
-    PutRequest
-    | PutPackedRequest
-    | GetRequest
-    | DeleteRequest
-    | ReserveRequest
-    | AppendRequest
-    | ReadRangeRequest
-    | StatRequest
-    | UnpinRequest
-    | TouchRequest
-)
-LayerOp = ReserveRequest | AppendRequest | ReadRangeRequest
 
 
 @dataclass(frozen=True)
@@ -156,40 +105,6 @@ class _LayerDone:
     generation: int
     path: str
     moved: int  # bytes moved, for the metrics (OpResult.size is not that for reserve/append)
-
-
-@dataclass(frozen=True)
-class OpOutcome:
-    """One op's result. ``error`` is the domain error (None: the op succeeded); the service
-    layer turns it into a wire status code, so this layer never speaks gRPC."""
-
-    error: DualbladeError | None = None
-    size: int = 0
-    generation: int = 0
-    path: str = ""
-    persistent: bool = False  # stat, touch
-    pinned: bool = False  # stat: this op pinned the hit; unpin: a pin was dropped
-    #: put_packed: each object's generation and path, in the op's key order
-    generations: tuple[int, ...] = ()
-    paths: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-#: the outcome of an op skipped by ``stop_on_error`` after an earlier op failed
-NOT_RUN = OpOutcome(Aborted("not run: an earlier op in the batch failed"))
-
-
-@dataclass(frozen=True)
-class BatchLimits:
-    max_batch_ops: int
-    max_object_bytes: int
-
-
-#: ``(tenant, path, op, nbytes, seconds, ok)`` -- the metrics sink.
-RecordFn = Callable[[str, str, str, int, float, bool], None]
 
 
 def _without_frames(err: DualbladeError) -> DualbladeError:
