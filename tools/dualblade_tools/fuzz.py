@@ -401,20 +401,22 @@ class FuzzHarness:
 
 def primers() -> list[tuple[str, str, Any]]:
     """One well-formed layer-object round trip per tenant (reserve, append, read_range in one
-    Batch, with a packed put), run before the generated cases: random draws reach a *successful* read_range only
-    when an earlier case happened to leave a non-empty layer object behind, so without these a
-    run could pass without ever checking the bytes a read_range places. They go through the
-    same per-request checks as every generated case."""
+    Batch, with a packed put and a touch), run before the generated cases: random draws reach a
+    *successful* read_range only when an earlier case happened to leave a non-empty layer object
+    behind, so without these a run could pass without ever checking the bytes a read_range
+    places. They go through the same per-request checks as every generated case."""
     ops = [
         pb.Op(reserve=pb.ReserveOp(key=LAYER_KEYS[0], capacity=64 << 10)),
         pb.Op(append=pb.AppendOp(key=LAYER_KEYS[0], arena_offset=0, length=4096)),
         pb.Op(read_range=pb.ReadRangeOp(key=LAYER_KEYS[0], arena_offset=64 << 10)),
-        # and one packed put (issue 14), so a run shows that op succeeding too
+        # and one packed put (issue 14) and a touch of what it stored, so a run shows those
+        # ops succeeding too (a random touch succeeds only on a key that happens to exist)
         pb.Op(
             put_packed=pb.PutPackedOp(
                 keys=COMMON_KEYS[:2], lengths=[100, 5000], arena_offset=128 << 10
             )
         ),
+        pb.Op(touch=pb.TouchOp(key=COMMON_KEYS[0])),
     ]
     return [(tenant, "own", pb.BatchRequest(ops=ops)) for tenant in sorted(MARKERS)]
 

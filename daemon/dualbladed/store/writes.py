@@ -42,7 +42,7 @@ from dualbladed.alloc.abstract import Extent
 from dualbladed.errors import DualbladeError, InvalidArgument
 from dualbladed.killpoints import killpoint
 from dualbladed.store.group import PutSpec, StagedPut, write_all
-from dualbladed.store.index import IndexEntry, ObjectInfo, shared_int
+from dualbladed.store.index import IndexEntry, ObjectInfo, info_from_values, shared_int
 from dualbladed.store.input import as_bytes_view, check_key
 
 if TYPE_CHECKING:
@@ -283,18 +283,22 @@ class StoreWrites:
                 for i, st in enumerate(staged):
                     extent = st.extent
                     entry = IndexEntry(
-                        ObjectInfo(
-                            st.tenant,
-                            st.key,
-                            shared_int(st.size),
-                            st.path,
-                            extent.offset,
-                            shared_int(extent.length),
-                            st.checksum,
-                            first + i,
-                            st.persistent,
-                            now,
-                            None if st.persistent else st.session,
+                        info_from_values(  # ObjectInfo(...) at slot-setter speed
+                            (
+                                st.tenant,
+                                st.key,
+                                shared_int(st.size),
+                                st.path,
+                                extent.offset,
+                                shared_int(extent.length),
+                                st.checksum,
+                                first + i,
+                                st.persistent,
+                                now,
+                                None if st.persistent else st.session,
+                                0,
+                                (),
+                            )
                         )
                     )
                     pairs.append((entry, lookup(st.tenant, st.key)))
