@@ -360,11 +360,13 @@ class ResidencyArbiter:
             self._last_tick = now
         if budget.changed:
             log.info(
-                "page-cache budget %d B (effective available %d B, our footprint %d B%s)",
+                "page-cache budget %d B (effective available %d B, room %s B, our footprint %d B%s%s)",
                 budget.total,
                 budget.effective_available,
+                "?" if verdict is None else verdict.room,
                 budget.pagecache_resident,
                 "" if verdict is None or verdict.pressure is None else f", {verdict.pressure}",
+                ", contested" if verdict is not None and verdict.contested else "",
             )
         if verdict is not None and verdict.write_path != self._write_path:
             self._write_path = verdict.write_path
