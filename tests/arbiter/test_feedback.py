@@ -56,16 +56,20 @@ def test_refaults_cut_by_what_was_refaulted_then_hold_until_calm() -> None:
     assert v.pressure is not None and "refaults" in v.pressure
     assert v.cap == 1 * GiB
     # a little refaulting (below the threshold): no cut, but no growth either (not calm yet)
-    v = fb.update(obs(2, sig(4 * GiB, free=3 * GiB, refaults=GiB // PAGE + 10), pc=1 * GiB))
+    v = fb.update(obs(6.25, sig(4 * GiB, free=3 * GiB, refaults=GiB // PAGE + 10), pc=1 * GiB))
     assert v.pressure is None and v.cap == 1 * GiB
-    # 32 MiB refaulted (above 16 MiB/s over 0.25 s): cut by what was refaulted, not a fraction
-    v = fb.update(obs(2.25, sig(4 * GiB, refaults=GiB // PAGE + 8192 + 10), pc=1 * GiB))
+    # 32 MiB refaulted (above 16 MiB/s over 0.25 s), once the cut settled (settle_s 5 s): cut by
+    # what was refaulted, not a fraction
+    v = fb.update(obs(6.5, sig(4 * GiB, refaults=GiB // PAGE + 8192 + 10), pc=1 * GiB))
     assert v.cap == 1 * GiB - 32 * MiB
     # calm for 5 s: after pressure, free memory (what the demotion gave back) is not jumped to,
     # and a cap we do not use (768 MiB held) is not probed upwards: that would test nothing
     v = fb.update(
         obs(
-            8, sig(4 * GiB, free=2 * GiB, refaults=GiB // PAGE + 8202), pc=768 * MiB, demand=2 * GiB
+            12,
+            sig(4 * GiB, free=2 * GiB, refaults=GiB // PAGE + 8202),
+            pc=768 * MiB,
+            demand=2 * GiB,
         )
     )
     assert v.pressure is None and v.contested and v.cap == 1 * GiB - 32 * MiB

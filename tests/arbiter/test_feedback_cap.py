@@ -66,10 +66,17 @@ def test_pressure_while_the_last_cut_is_carried_out_holds_the_cap() -> None:
     v = fb.update(obs(2, sig(4 * GiB, free=None, refaults=2 * r), pc=512 * MiB, demand=GiB))
     assert v.pressure is not None and v.cap == 256 * MiB  # the cut is still being carried out
     v = fb.update(obs(3, sig(4 * GiB, free=None, refaults=3 * r), pc=256 * MiB, demand=GiB))
-    assert v.cap == 128 * MiB  # carried out and still refaulting: cut again, by half at most
-    small = 3 * r + 20 * MiB // PAGE
-    v = fb.update(obs(4, sig(4 * GiB, free=None, refaults=small), pc=128 * MiB, demand=GiB))
+    assert v.pressure is not None and v.cap == 256 * MiB  # carried out, but settling: the echo
+    v = fb.update(obs(7, sig(4 * GiB, free=None, refaults=4 * r), pc=256 * MiB, demand=GiB))
+    assert v.cap == 128 * MiB  # settled (5 s) and still refaulting: cut again, by half at most
+    small = 4 * r + 20 * MiB // PAGE
+    v = fb.update(obs(8, sig(4 * GiB, free=None, refaults=small), pc=128 * MiB, demand=GiB))
+    assert v.pressure is not None and v.cap == 128 * MiB  # weaker than the cut's cause: hold
+    fb.update(obs(12, sig(4 * GiB, free=None, refaults=small), pc=128 * MiB))
+    v = fb.update(obs(13, sig(4 * GiB, free=None, refaults=small + 5120), pc=128 * MiB))
     assert v.cap == 108 * MiB  # 20 MiB refaulted: cut by that, in proportion to the evidence
+    v = fb.update(obs(14, sig(4 * GiB, free=None, refaults=small + 5120 + r), pc=108 * MiB))
+    assert v.cap == 54 * MiB  # within the settle time, but far stronger than the last cause
 
 
 def test_refaults_seen_while_we_hold_nothing_are_not_held_against_us() -> None:

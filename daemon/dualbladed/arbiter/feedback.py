@@ -24,9 +24,12 @@ of observations into three answers the policy acts on:
      applies, at least ``min_cut_bytes`` and at most ``max_cut_fraction * base`` (proportional:
      one burst of refaults caused by an overshoot must not throw away the part that fitted).
    - **Hysteresis.** While we still hold more than the cap (the last cut is being carried out by
-     rate-limited demotions), pressure holds the cap rather than cutting again: those refaults
-     are the excess already given back, and cutting once per tick for them took the cap from
-     ~500 MiB to 0 in two ticks. The level where pressure was seen (``base``) is remembered
+     rate-limited demotions), and for ``settle_s`` after a cut unless refaults grow 1.5x beyond
+     the rate that caused it, pressure holds the cap rather than cutting again: those refaults
+     are the excess already given back, or its echo (pages evicted before the demotion are read
+     back during the next steps). Cutting once per tick for them took the cap from ~500 MiB to
+     0 in two ticks at ratio 4, and after the first fix still from 218 MiB to 25 MiB in three
+     ticks (212, 73, 23 MiB/s of refaults). The level where pressure was seen (``base``) is remembered
      for ``forget_s``: meanwhile the tenant is *contested* (the policy applies the split, 2.),
      the cap no longer follows ``room`` (right after a demotion free memory is what we gave
      back; jumping to it re-created the pressure: cut, jump back, cut at ratio 1), and it grows
@@ -100,6 +103,10 @@ class FeedbackConfig:
     probe_bytes: int = 64 * MiB
     #: how long a level where pressure was seen bounds probing (and keeps the split on)
     forget_s: float = 60.0
+    #: after a cut, pressure no stronger than the one that caused it does not cut again for
+    #: this long: evicted pages are refaulted for a step or two after the demotion that ended
+    #: the eviction (module docstring, 1., hysteresis)
+    settle_s: float = 5.0
     write_burst_bytes_per_s: int = 128 * MiB
     write_burst_min_bytes: int = 64 * MiB
     #: a tenant that placed at least this many bytes within ``burst_window_s`` is bursting:
@@ -165,6 +172,8 @@ class Feedback:
         self._extra = 0  # what probing earned above ``room`` before any pressure
         self._bad: int | None = None  # the level (bytes we held) where pressure was last seen
         self._background = 0.0  # refault bytes/s while we held nothing on the page cache
+        self._last_cut = -math.inf  # when the cap was last cut
+        self._cut_rate = 0.0  # the refault rate (bytes/s) that caused it
         self.verdict: Verdict | None = None
 
     def update(self, obs: Observation) -> Verdict:
@@ -217,11 +226,19 @@ class Feedback:
             self._last_pressure = obs.now
             self._extra = 0
             contested = True
-            # the last cut is still being carried out: hold (module docstring, 1., hysteresis)
-            if obs.pagecache_bytes <= cap + cfg.min_cut_bytes:
+            # hold while the last cut is still being carried out, or is settling and the
+            # pressure is no stronger than what caused it (module docstring, 1., hysteresis)
+            carried_out = obs.pagecache_bytes <= cap + cfg.min_cut_bytes
+            settled = (
+                obs.now - self._last_cut >= cfg.settle_s
+                or (refault_rate or 0.0) > self._cut_rate * 1.5
+            )
+            if carried_out and settled:
                 most = max(cfg.min_cut_bytes, int(cfg.max_cut_fraction * base))
                 cap = max(0, base - min(max(cut, cfg.min_cut_bytes), most))
                 self._bad = base
+                self._last_cut = obs.now
+                self._cut_rate = refault_rate or 0.0
         else:
             if not contested:
                 self._bad = None
