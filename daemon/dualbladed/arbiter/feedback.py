@@ -16,9 +16,9 @@ of observations into three answers the policy acts on:
      390 MiB/s and the cap was cut to 0 within a few seconds of decode. Tracking ``room`` never
      demotes what we already hold: ``room >= resident``.
    - It is **cut** when caching KV evicts pages someone needs, with ``base = min(cap, bytes we
-     hold)``: file refaults above ``refault_bytes_per_s`` plus the background rate (what
-     refaulted while we held nothing on the page cache: the weights' own churn is not ours to
-     fix) cut by the bytes refaulted since the last tick; our own hit ratio (resident / bytes we
+     hold)``: file refaults above ``refault_bytes_per_s`` cut by the bytes refaulted since the
+     last tick (no "background" rate is subtracted: one learned while we hold nothing is learned
+     in a transient, a prefill, and would then hide the refaults our KV causes later); our own hit ratio (resident / bytes we
      hold) below ``min_hit_ratio`` cuts to what stayed resident; PSI ``some avg10`` above
      ``psi_some_pct`` (no size attached) cuts by ``decrease * base``. The largest of these
      applies, at least ``min_cut_bytes`` and at most ``max_cut_fraction * base`` (proportional:
@@ -153,8 +153,6 @@ class Verdict:
     write_path: str = DIRECT  # where a write burst goes now (module docstring, 4.)
     #: pressure was seen within ``forget_s``: the split applies (module docstring, 2.)
     contested: bool = False
-    #: refault rate seen while we held nothing on the page cache (others' own churn)
-    background_refault_bytes_per_s: float = 0.0
 
 
 class Feedback:
@@ -171,7 +169,6 @@ class Feedback:
         self._burst_ticks = 0
         self._extra = 0  # what probing earned above ``room`` before any pressure
         self._bad: int | None = None  # the level (bytes we held) where pressure was last seen
-        self._background = 0.0  # refault bytes/s while we held nothing on the page cache
         self._last_cut = -math.inf  # when the cap was last cut
         self._cut_rate = 0.0  # the refault rate (bytes/s) that caused it
         self.verdict: Verdict | None = None
@@ -199,17 +196,12 @@ class Feedback:
         if obs.pagecache_bytes >= MIN_HIT_BYTES:
             hit = min(1.0, obs.pagecache_resident / obs.pagecache_bytes)
 
-        # others' refault churn (seen while we hold nothing there) is no evidence against us
-        if refault_rate is not None and obs.pagecache_bytes < MIN_HIT_BYTES:
-            a = cfg.speed_alpha
-            self._background = a * refault_rate + (1 - a) * self._background
-
         burst = self._burst(last, obs, dt)
         cap = self._cap
         base = min(cap if cap is not None else ceiling, obs.pagecache_bytes)
         pressure = None
         cut = 0
-        if refault_rate is not None and refault_rate > cfg.refault_bytes_per_s + self._background:
+        if refault_rate is not None and refault_rate > cfg.refault_bytes_per_s:
             pressure = f"refaults {refault_rate / MiB:.0f} MiB/s"
             cut = refaulted  # demote what others had to read back
         if hit is not None and hit < cfg.min_hit_ratio:
@@ -275,7 +267,6 @@ class Feedback:
             dict(self._write_speeds),
             write_path,
             contested,
-            self._background,
         )
         return self.verdict
 
