@@ -18,23 +18,24 @@ of observations into three answers the policy acts on:
    - It is **cut** when caching KV evicts pages someone needs, with ``base = min(cap, bytes we
      hold)``: file refaults above ``refault_bytes_per_s`` cut by the bytes refaulted since the
      last tick (no "background" rate is subtracted: one learned while we hold nothing is learned
-     in a transient, a prefill, and would then hide the refaults our KV causes later); our own hit ratio (resident / bytes we
-     hold) below ``min_hit_ratio`` cuts to what stayed resident; PSI ``some avg10`` above
-     ``psi_some_pct`` (no size attached) cuts by ``decrease * base``. The largest of these
-     applies, at least ``min_cut_bytes`` and at most ``max_cut_fraction * base`` (proportional:
-     one burst of refaults caused by an overshoot must not throw away the part that fitted).
+     in a transient, a prefill, and would then hide the refaults our KV causes later); our own
+     hit ratio (resident / bytes we hold) below ``min_hit_ratio`` cuts to what stayed resident;
+     PSI ``some avg10`` above ``psi_some_pct`` (no size attached) cuts by ``decrease * base``.
+     The largest of these applies, at least ``min_cut_bytes`` and at most ``max_cut_fraction *
+     base`` (proportional: one burst of refaults caused by an overshoot must not throw away the
+     part that fitted).
    - **Hysteresis.** While we still hold more than the cap (the last cut is being carried out by
      rate-limited demotions), and for ``settle_s`` after a cut unless refaults grow 1.5x beyond
      the rate that caused it, pressure holds the cap rather than cutting again: those refaults
      are the excess already given back, or its echo (pages evicted before the demotion are read
      back during the next steps). Cutting once per tick for them took the cap from ~500 MiB to
      0 in two ticks at ratio 4, and after the first fix still from 218 MiB to 25 MiB in three
-     ticks (212, 73, 23 MiB/s of refaults). The level where pressure was seen (``base``) is remembered
-     for ``forget_s``: meanwhile the tenant is *contested* (the policy applies the split, 2.),
-     the cap no longer follows ``room`` (right after a demotion free memory is what we gave
-     back; jumping to it re-created the pressure: cut, jump back, cut at ratio 1), and it grows
-     only by probing, and only to one probe below that level. So the cap converges between the
-     level that hurt and the one that did not, instead of sawing down to 0.
+     ticks (212, 73, 23 MiB/s of refaults). The level where pressure was seen (``base``) is
+     remembered for ``forget_s``: meanwhile the tenant is *contested* (the policy applies the
+     split, 2.), the cap no longer follows ``room`` (right after a demotion free memory is what
+     we gave back; jumping to it re-created the pressure: cut, jump back, cut at ratio 1), and it
+     grows only by probing, and only to one probe below that level. So the cap converges
+     between the level that hurt and the one that did not, instead of sawing down to 0.
    - **Probing**: ``calm_s`` after the last pressure, by ``probe_bytes`` per tick, while demand
      exceeds the cap, we actually use it (hold at least ``cap - probe_bytes``: growing an unused
      cap tests nothing), our hit ratio is perfect and no write burst is on.
