@@ -79,6 +79,22 @@ def test_pressure_while_the_last_cut_is_carried_out_holds_the_cap() -> None:
     assert v.cap == 54 * MiB  # within the settle time, but far stronger than the last cause
 
 
+def test_the_first_cut_does_not_wait_although_we_hold_more_than_the_cap() -> None:
+    """Ratio 1: all KV promoted into ``room``; the kernel then evicted some of it and the weights
+    refaulted at 447 MiB/s. We held more than the cap (room shrank under us), but no cut was
+    pending: the first cut must happen at once, not wait for demotions nobody planned."""
+    fb = Feedback(FeedbackConfig())
+    assert fb.update(obs(0, sig(4 * GiB, free=GiB, refaults=0))).cap == GiB
+
+    def held(now: float, refaults: int) -> Observation:  # 1 GiB held, 950 MiB of it resident
+        return Observation(now, sig(4 * GiB, free=0, refaults=refaults), 950 * MiB, GiB, GiB, {}, 0)
+
+    v = fb.update(held(1, 0))
+    assert v.pressure is None and v.cap == 950 * MiB  # room shrank under what we hold
+    v = fb.update(held(2, 447 * MiB // PAGE))
+    assert v.pressure is not None and v.cap == 950 * MiB - 447 * MiB
+
+
 def test_probing_stops_below_the_level_that_hurt_until_it_is_forgotten() -> None:
     cfg = FeedbackConfig(calm_s=2.0, probe_bytes=64 * MiB, forget_s=30.0)
     fb = Feedback(cfg)

@@ -221,7 +221,9 @@ class Feedback:
             contested = True
             # hold while the last cut is still being carried out, or is settling and the
             # pressure is no stronger than what caused it (module docstring, 1., hysteresis)
-            carried_out = obs.pagecache_bytes <= cap + cfg.min_cut_bytes
+            # (only a cut is "carried out": without one, holding more than the cap is the room
+            # having shrunk under us, and the first cut must not wait for it; seen at ratio 1)
+            carried_out = self._bad is None or obs.pagecache_bytes <= cap + cfg.min_cut_bytes
             settled = (
                 obs.now - self._last_cut >= cfg.settle_s
                 or (refault_rate or 0.0) > self._cut_rate * 1.5
