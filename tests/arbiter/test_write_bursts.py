@@ -164,7 +164,8 @@ def test_a_burst_fills_only_free_memory_on_the_page_cache_even_when_it_writes_fa
     # 16 MiB (not bursting yet) + 16 MiB of free memory, then direct
     assert where == [PAGECACHE, PAGECACHE, DIRECT, DIRECT, DIRECT, DIRECT]
     # the next tick sees more free memory: the burst may use it again
-    p.observe(obs(2, writes=w(3 * 10**9, 1.0, 10**9, 1.0), free=64 * MiB))
+    budget = p.observe(obs(2, writes=w(3 * 10**9, 1.0, 10**9, 1.0), free=64 * MiB))
+    p.shares(budget, {"t": pc})  # the arbiter splits every tick's budget
     assert p.place("t", 16 * MiB, TenantUsage(pc, 0), now=2.0) == PAGECACHE
 
 

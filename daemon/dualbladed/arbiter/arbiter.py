@@ -26,7 +26,12 @@ It joins the pure :class:`~dualbladed.arbiter.policy.ResidencyPolicy` to the liv
   ``migration_bytes_per_s`` with a burst of one tick's worth: before each relocation the thread
   sleeps until the bucket holds the object's bytes (an object larger than the burst waits for
   a full bucket and drives it negative, so the long-run rate still holds). The sleep is on the stop event, so shutdown is
-  prompt, and no lock of the store or of the arbiter is held while sleeping.
+  prompt, and no lock of the store or of the arbiter is held while sleeping. Up to
+  ``migration_workers`` relocations of a tick's plan run at once (demotions all finish before
+  any promotion starts): one relocation is a read, a write, an fdatasync and a durable commit in
+  a row, and serially a 16 MiB layer object took ~230 ms on the loaded 2-vCPU bench VM, i.e.
+  ~70 MB/s, far below the rate cap. Promoting 1 GiB after a prefill then took ~15 s, longer
+  than the decode it was for. The rate cap still bounds the bytes, in submission order.
 
 - **Safety of a migration** is :meth:`ObjectStore.relocate`'s contract: copy, verify, flush,
   commit durably, then free the old extent; readers see the old copy until the commit, and a
@@ -57,6 +62,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from dualbladed.arbiter.feedback import Observation
 from dualbladed.arbiter.policy import (
@@ -91,6 +97,8 @@ log = logging.getLogger(__name__)
 PsiWatcherFactory = Callable[[Callable[[PressureEvent], None]], PsiWatcher]
 
 HISTORY = 256
+#: relocations of one plan in flight at once (module docstring, Bandwidth)
+MIGRATION_WORKERS = 4
 #: objects read per tick as demotion (coldest page-cache) and promotion (hottest direct)
 #: candidates while nothing moves; see ``ResidencyArbiter._adapt_candidates``
 CANDIDATES = 256
@@ -122,7 +130,10 @@ class ResidencyArbiter:
         history: int = HISTORY,
         candidates: int = CANDIDATES,
         meter: ReadMeter | None = None,
+        migration_workers: int = MIGRATION_WORKERS,
     ) -> None:
+        if migration_workers < 1:
+            raise InvalidArgument(f"migration workers {migration_workers} must be positive")
         if tick_s <= 0:
             raise InvalidArgument(f"arbiter tick {tick_s} s must be positive")
         if migration_bytes_per_s <= 0:
@@ -135,6 +146,7 @@ class ResidencyArbiter:
         self._pagecache = pagecache
         self.tick_s = tick_s
         self.migration_bytes_per_s = migration_bytes_per_s
+        self.migration_workers = migration_workers
         self.mode = policy.config.mode
         burst = max(int(migration_bytes_per_s * tick_s), pagecache.alignment)
         self._bucket = TokenBucket(migration_bytes_per_s, burst)
@@ -262,16 +274,32 @@ class ResidencyArbiter:
     def run_once(self) -> list[MigrationRecord]:
         """One tick on the caller's thread: observe, plan, migrate. Returns what it did."""
         plan = self._observe(plan=True)
-        done = []
-        for m in plan:
-            if self._stop.is_set():
-                break
-            if not self._bucket.wait(m.size, self._stop):
-                break
-            rec = self._execute(m)
-            if rec is not None:
-                done.append(rec)
+        done: list[MigrationRecord] = []
+        # demotions first, all of them finished before a promotion starts: they free memory
+        for group in ([m for m in plan if m.dst == DIRECT], [m for m in plan if m.dst != DIRECT]):
+            if group:
+                done.extend(self._execute_all(group))
         return done
+
+    def _execute_all(self, group: list[Migration]) -> list[MigrationRecord]:
+        """Run ``group`` through the token bucket, up to ``migration_workers`` at once."""
+        if self.migration_workers == 1 or len(group) == 1:
+            out = []
+            for m in group:
+                if self._stop.is_set() or not self._bucket.wait(m.size, self._stop):
+                    break
+                rec = self._execute(m)
+                if rec is not None:
+                    out.append(rec)
+            return out
+        futures: list[Future[MigrationRecord | None]] = []
+        workers = min(self.migration_workers, len(group))
+        with ThreadPoolExecutor(workers, thread_name_prefix="residency-move") as pool:
+            for m in group:
+                if self._stop.is_set() or not self._bucket.wait(m.size, self._stop):
+                    break
+                futures.append(pool.submit(self._execute, m))  # _execute logs its failures
+        return [rec for f in futures if (rec := f.result()) is not None]
 
     def _observe(self, *, plan: bool) -> list[Migration]:
         signals = self._signals.read()
@@ -332,11 +360,13 @@ class ResidencyArbiter:
             self._last_tick = now
         if budget.changed:
             log.info(
-                "page-cache budget %d B (effective available %d B, our footprint %d B%s)",
+                "page-cache budget %d B (effective available %d B, room %s B, our footprint %d B%s%s)",
                 budget.total,
                 budget.effective_available,
+                "?" if verdict is None else verdict.room,
                 budget.pagecache_resident,
                 "" if verdict is None or verdict.pressure is None else f", {verdict.pressure}",
+                ", contested" if verdict is not None and verdict.contested else "",
             )
         if verdict is not None and verdict.write_path != self._write_path:
             self._write_path = verdict.write_path

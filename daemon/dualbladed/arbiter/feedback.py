@@ -9,19 +9,36 @@ of observations into three answers the policy acts on:
      always left alone, default 0): what the page cache could hold if every clean page were ours.
    - ``room = free + resident - reserve``: what we can hold without evicting anyone (``free``
      counts no cache at all; ``resident`` is our own cached KV, from mincore).
-   - The cap starts at the ceiling (optimistic: memory that nobody needs is worth using) and is
-     **cut** when caching KV evicts pages someone needs, by as much as the evidence says, with
-     ``base = min(cap, bytes we hold)``: file refaults above ``refault_bytes_per_s`` (the
-     weights, or our own KV, read back soon after eviction) cut by the bytes refaulted since the
-     last tick (demoting more KV than others had to read back would cost more disk reads per
-     step than it saves); our own hit ratio (resident / bytes we hold) below ``min_hit_ratio``
-     cuts to what stayed resident; PSI ``some avg10`` above ``psi_some_pct`` (no size attached)
-     cuts by ``decrease * base``. The largest of these applies, at least ``min_cut_bytes``.
-   - Without pressure the cap may grow: to ``room`` at once while no pressure was ever seen
-     (free memory really is free), and otherwise, ``calm_s`` after the last pressure, by
-     ``probe_bytes`` per tick while demand exceeds the cap and our hit ratio is perfect (after a
-     cut, free memory is mostly what the demotion gave back; probing finds out slowly whether
-     it can be used again).
+   - The cap starts at ``room`` and, until pressure is seen, **tracks** it (up and down, plus
+     what probing earned): free memory is worth using, but others' clean cache (the model's
+     mmapped weights) is not ours until a probe shows nobody misses it. Starting at the ceiling
+     promoted KV over the weights at ratio 4 of the residency bench, the weights refaulted at
+     390 MiB/s and the cap was cut to 0 within a few seconds of decode. Tracking ``room`` never
+     demotes what we already hold: ``room >= resident``.
+   - It is **cut** when caching KV evicts pages someone needs, with ``base = min(cap, bytes we
+     hold)``: file refaults above ``refault_bytes_per_s`` cut by the bytes refaulted since the
+     last tick (no "background" rate is subtracted: one learned while we hold nothing is learned
+     in a transient, a prefill, and would then hide the refaults our KV causes later); our own
+     hit ratio (resident / bytes we hold) below ``min_hit_ratio`` cuts to what stayed resident;
+     PSI ``some avg10`` above ``psi_some_pct`` (no size attached) cuts by ``decrease * base``.
+     The largest of these applies, at least ``min_cut_bytes`` and at most ``max_cut_fraction *
+     base`` (proportional: one burst of refaults caused by an overshoot must not throw away the
+     part that fitted).
+   - **Hysteresis.** While we still hold more than the cap (the last cut is being carried out by
+     rate-limited demotions), and for ``settle_s`` after a cut unless refaults grow 1.5x beyond
+     the rate that caused it, pressure holds the cap rather than cutting again: those refaults
+     are the excess already given back, or its echo (pages evicted before the demotion are read
+     back during the next steps). Cutting once per tick for them took the cap from ~500 MiB to
+     0 in two ticks at ratio 4, and after the first fix still from 218 MiB to 25 MiB in three
+     ticks (212, 73, 23 MiB/s of refaults). The level where pressure was seen (``base``) is
+     remembered for ``forget_s``: meanwhile the tenant is *contested* (the policy applies the
+     split, 2.), the cap no longer follows ``room`` (right after a demotion free memory is what
+     we gave back; jumping to it re-created the pressure: cut, jump back, cut at ratio 1), and it
+     grows only by probing, and only to one probe below that level. So the cap converges
+     between the level that hurt and the one that did not, instead of sawing down to 0.
+   - **Probing**: ``calm_s`` after the last pressure, by ``probe_bytes`` per tick, while demand
+     exceeds the cap, we actually use it (hold at least ``cap - probe_bytes``: growing an unused
+     cap tests nothing), our hit ratio is perfect and no write burst is on.
    - The cap never exceeds the ceiling. Where the host gives no MemFree (tests, odd
      containers), ``room`` is the ceiling and this reduces to the old ``available - reserve``.
 
@@ -29,7 +46,12 @@ of observations into three answers the policy acts on:
    page-cache fraction ``f = r_pc / (r_pc + r_direct)`` at which a step reading its cached part
    from RAM while the direct part streams from disk finishes both at once:
    ``max(f T / r_pc, (1 - f) T / r_direct)`` is smallest there. A tenant's page-cache target
-   is ``min(share, f * demand)``. No split until both paths were measured (a path with nothing
+   is ``min(share, f * demand)``, but only while memory is *contested* (pressure seen within
+   ``forget_s``); otherwise the target is the whole share. Measured on the residency bench with
+   everything fitting (ratios 0.5 and 1): the split held 53-56% of the KV on the page cache
+   and decoded at 969 / 1228 ms against 662 / 677 ms all cached; on a CPU-bound host the direct
+   part's reads and checksums compete with the cached copies and the compute, which the
+   throughput model does not see. No split until both paths were measured (a path with nothing
    on it has no speed), or when ``split`` is off.
 
 3. **Write bursts**: while puts place, or writes other than migrations write, more than
@@ -76,8 +98,16 @@ class FeedbackConfig:
     min_hit_ratio: float = 0.9
     decrease: float = 0.25
     min_cut_bytes: int = 16 * MiB
+    #: one cut takes at most this share of what we hold (module docstring, 1.)
+    max_cut_fraction: float = 0.5
     calm_s: float = 5.0
     probe_bytes: int = 64 * MiB
+    #: how long a level where pressure was seen bounds probing (and keeps the split on)
+    forget_s: float = 60.0
+    #: after a cut, pressure no stronger than the one that caused it does not cut again for
+    #: this long: evicted pages are refaulted for a step or two after the demotion that ended
+    #: the eviction (module docstring, 1., hysteresis)
+    settle_s: float = 5.0
     write_burst_bytes_per_s: int = 128 * MiB
     write_burst_min_bytes: int = 64 * MiB
     #: a tenant that placed at least this many bytes within ``burst_window_s`` is bursting:
@@ -122,6 +152,8 @@ class Verdict:
     write_burst: bool
     write_speeds_gbps: Mapping[str, float] = field(default_factory=dict)  # EWMA per path
     write_path: str = DIRECT  # where a write burst goes now (module docstring, 4.)
+    #: pressure was seen within ``forget_s``: the split applies (module docstring, 2.)
+    contested: bool = False
 
 
 class Feedback:
@@ -136,6 +168,10 @@ class Feedback:
         self._speeds: dict[str, float] = {}
         self._write_speeds: dict[str, float] = {}
         self._burst_ticks = 0
+        self._extra = 0  # what probing earned above ``room`` before any pressure
+        self._bad: int | None = None  # the level (bytes we held) where pressure was last seen
+        self._last_cut = -math.inf  # when the cap was last cut
+        self._cut_rate = 0.0  # the refault rate (bytes/s) that caused it
         self.verdict: Verdict | None = None
 
     def update(self, obs: Observation) -> Verdict:
@@ -161,6 +197,7 @@ class Feedback:
         if obs.pagecache_bytes >= MIN_HIT_BYTES:
             hit = min(1.0, obs.pagecache_resident / obs.pagecache_bytes)
 
+        burst = self._burst(last, obs, dt)
         cap = self._cap
         base = min(cap if cap is not None else ceiling, obs.pagecache_bytes)
         pressure = None
@@ -175,20 +212,40 @@ class Feedback:
             pressure = pressure or f"psi some {sig.psi_some_avg10:.1f}%"
             cut = max(cut, int(cfg.decrease * base))
 
+        contested = obs.now - self._last_pressure < cfg.forget_s
         if cap is None:
-            cap = ceiling
+            cap = room  # free memory; others' clean cache only once a probe shows it unused
         elif pressure is not None:
-            cap = max(0, base - max(cut, cfg.min_cut_bytes))
             self._last_pressure = obs.now
-        elif obs.now - self._last_pressure >= cfg.calm_s:
-            grown = cap
-            if obs.demand_bytes > cap and (hit is None or hit >= 0.99):
-                grown = cap + cfg.probe_bytes
-            # once pressure was seen, free memory is no proof: right after a demotion it is the
-            # memory we just gave back, and jumping to it would re-create the pressure (seen at
-            # ratio 1: cut, jump back, cut). Probe instead, a step per tick.
-            cap = grown if self._last_pressure > -math.inf else max(grown, room)
+            self._extra = 0
+            contested = True
+            # hold while the last cut is still being carried out, or is settling and the
+            # pressure is no stronger than what caused it (module docstring, 1., hysteresis)
+            # (only a cut is "carried out": without one, holding more than the cap is the room
+            # having shrunk under us, and the first cut must not wait for it; seen at ratio 1)
+            carried_out = self._bad is None or obs.pagecache_bytes <= cap + cfg.min_cut_bytes
+            settled = (
+                obs.now - self._last_cut >= cfg.settle_s
+                or (refault_rate or 0.0) > self._cut_rate * 1.5
+            )
+            if carried_out and settled:
+                most = max(cfg.min_cut_bytes, int(cfg.max_cut_fraction * base))
+                cap = max(0, base - min(max(cut, cfg.min_cut_bytes), most))
+                self._bad = base
+                self._last_cut = obs.now
+                self._cut_rate = refault_rate or 0.0
+        else:
+            if not contested:
+                self._bad = None
+                cap = room + self._extra  # tracks free memory, down as well as up
+            if self._probe(obs, cap, hit, burst):
+                if not contested:
+                    self._extra += cfg.probe_bytes
+                    cap += cfg.probe_bytes
+                elif self._bad is not None:
+                    cap = max(cap, min(cap + cfg.probe_bytes, self._bad - cfg.probe_bytes))
         cap = min(cap, ceiling)
+        self._extra = min(self._extra, max(0, ceiling - room))
         self._cap = cap
 
         self._speeds = self._update_speeds(self._speeds, last, obs, "reads")
@@ -198,20 +255,6 @@ class Feedback:
         pc, dr = self._speeds.get(PAGECACHE), self._speeds.get(DIRECT)
         if cfg.split and pc and dr:
             fraction = pc / (pc + dr)
-
-        burst = False
-        if last is not None and dt > 0:
-            placed = obs.placed_bytes - last.placed_bytes
-            written = sum(w.bytes for w in obs.writes.values()) - sum(
-                w.bytes for w in last.writes.values()
-            )
-            written -= obs.migrated_bytes - last.migrated_bytes  # our own moves are no burst
-            for moved in (placed, written):
-                if moved >= cfg.write_burst_min_bytes and moved / dt > cfg.write_burst_bytes_per_s:
-                    self._burst_ticks = 2  # this tick and the next
-        if self._burst_ticks > 0:
-            burst = True
-            self._burst_ticks -= 1
 
         self._last = obs
         self.verdict = Verdict(
@@ -226,8 +269,37 @@ class Feedback:
             burst,
             dict(self._write_speeds),
             write_path,
+            contested,
         )
         return self.verdict
+
+    def _probe(self, obs: Observation, cap: int, hit: float | None, burst: bool) -> bool:
+        """Grow the cap by a probe now? (module docstring, 1., probing)"""
+        cfg = self.config
+        return (
+            obs.now - self._last_pressure >= cfg.calm_s
+            and not burst
+            and obs.demand_bytes > cap
+            and obs.pagecache_bytes >= cap - cfg.probe_bytes  # the cap is in use
+            and (hit is None or hit >= 0.99)
+        )
+
+    def _burst(self, last: Observation | None, obs: Observation, dt: float) -> bool:
+        """A write burst on this tick or the last (module docstring, 3.)."""
+        cfg = self.config
+        if last is not None and dt > 0:
+            placed = obs.placed_bytes - last.placed_bytes
+            written = sum(w.bytes for w in obs.writes.values()) - sum(
+                w.bytes for w in last.writes.values()
+            )
+            written -= obs.migrated_bytes - last.migrated_bytes  # our own moves are no burst
+            for moved in (placed, written):
+                if moved >= cfg.write_burst_min_bytes and moved / dt > cfg.write_burst_bytes_per_s:
+                    self._burst_ticks = 2  # this tick and the next
+        if self._burst_ticks > 0:
+            self._burst_ticks -= 1
+            return True
+        return False
 
     def _update_speeds(
         self, speeds: dict[str, float], last: Observation | None, obs: Observation, kind: str

@@ -36,7 +36,9 @@ oscillation. ``now`` is always passed in, so tests script time as well as signal
    migrations, which wait for the burst. Otherwise, once both paths' read speeds
    were measured, the split comes first: a new object goes direct if the tenant's page-cache
    bytes would exceed ``f * (its bytes + size)`` (``f``, the page-cache fraction at which both
-   paths finish a step's reads together; see feedback). Otherwise it goes to the page
+   paths finish a step's reads together; see feedback), but only while memory is contested
+   (the feedback saw pressure within ``forget_s``): without pressure caching all that fits
+   measured faster than any split. Otherwise it goes to the page
    cache while ``pagecache_bytes + size <= share``; beyond the share it may use the slack, which
    is consumed as it is used, so that placements between two ticks cannot oversubscribe the
    budget. Before the first tick there is no budget and everything goes direct (the safe path).
@@ -44,7 +46,8 @@ oscillation. ``now`` is always passed in, so tests script time as well as signal
 4. Migrations (adaptive mode only), at most ``max_migration_bytes_per_tick`` per tick, demotions
    first (they relieve memory pressure, promotions are only an optimisation):
 
-   A tenant's *target* is its share, or ``min(share, f * demand)`` with a split. No migration
+   A tenant's *target* is its share (without pressure: promote hot objects up to the whole
+   cap), or ``min(share, f * demand)`` with a split while memory is contested. No migration
    is planned during a write burst (the feedback's per-tick one, or any tenant bursting in the
    burst detector's window): prefill's write-back is not slowed by migration traffic, and what
    is still being written is not written twice.
@@ -206,6 +209,7 @@ class ResidencyPolicy:
         self._last_demotion: dict[str, float] = {}
         self._feedback = Feedback(config.learn, config.reserve_bytes)
         self._fraction: float | None = None  # the split's page-cache fraction
+        self._contested = False  # pressure seen lately: the split applies (feedback, 2.)
         self._defer = False  # a write burst: no migrations
         self._pressure = False  # the last observation saw pressure: demote without a band
         self._write_path: PathName = DIRECT  # where a write burst goes (feedback, 4.)
@@ -255,6 +259,7 @@ class ResidencyPolicy:
         if held is None or changed:
             held = self._held = raw
         self._fraction = verdict.pagecache_fraction
+        self._contested = verdict.contested
         self._defer = verdict.write_burst
         self._pressure = verdict.pressure is not None
         self._write_path = verdict.write_path  # type: ignore[assignment]
@@ -287,8 +292,9 @@ class ResidencyPolicy:
         return dict(out)
 
     def targets(self, shares: Mapping[str, int], demand: Mapping[str, int]) -> dict[str, int]:
-        """Per tenant, the page-cache bytes to aim for: the share, or less with a split."""
-        f = self._fraction
+        """Per tenant, the page-cache bytes to aim for: the share, or less with a split (only
+        while memory is contested: without pressure the whole share, feedback 2.)."""
+        f = self._split()
         if f is None:
             return dict(shares)
         return {t: min(s, int(f * demand.get(t, 0))) for t, s in shares.items()}
@@ -313,8 +319,12 @@ class ResidencyPolicy:
             self._free_left = max(0, self._free_left - size)
         return choice
 
+    def _split(self) -> float | None:
+        """The split's page-cache fraction when it applies: measured, and memory contested."""
+        return self._fraction if self._contested else None
+
     def _place_in_budget(self, tenant: str, size: int, usage: TenantUsage) -> PathName:
-        f = self._fraction
+        f = self._split()
         if f is not None and usage.pagecache_bytes + size > f * (usage.total + size):
             return DIRECT  # the split: this share of the tenant's reads streams from disk
         share = self._shares.get(tenant, 0)

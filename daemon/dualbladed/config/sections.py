@@ -211,7 +211,7 @@ class ResidencyConfig:
     hysteresis_bytes: int = setting(256 * MiB, byte_size(), "budget change dead band")
     # Share of the page-cache budget per tenant label (missing labels weigh 1.0).
     weights: Mapping[str, float] = setting(MappingProxyType({}), weight_map, "label = weight")
-    migration_bytes_per_s: int = setting(256 * MiB, byte_size(1), "migration rate cap")
+    migration_bytes_per_s: int = setting(512 * MiB, byte_size(1), "migration rate cap")
     # Cap on the page-cache slabs' size on disk; None: the namespace's size (never "free disk").
     pagecache_max_bytes: int | None = setting(
         None, optional(byte_size()), "page-cache cap; default the namespace size"
