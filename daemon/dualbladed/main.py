@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -21,6 +23,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dualbladed: {err}", file=sys.stderr)
         return 2
     configure_logging(config.log_format, config.log_level)
+    # SIGUSR1 writes every thread's stack to stderr (the journal): the one way to see where a
+    # daemon that does not stop, or does not answer, is stuck, without a debugger on the box.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     daemon = Daemon(config)
     daemon.trap_signals()
     try:

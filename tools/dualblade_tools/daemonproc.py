@@ -39,6 +39,14 @@ def _is_block_device(path: Path) -> bool:
         return False
 
 
+class StopTimeout(subprocess.TimeoutExpired):
+    """SIGTERM did not stop the daemon in time; the message carries its log's tail, which ends
+    with every thread's stack (dumped on SIGUSR1 by the daemon's faulthandler)."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}; the daemon's log ends:\n{self.output}"
+
+
 @dataclass
 class DaemonProcess:
     root: Path
@@ -174,7 +182,14 @@ class DaemonProcess:
             self._close_notify()
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired as exc:
+            # Ask for every thread's stack (the daemon's SIGUSR1 faulthandler) so that the
+            # failure names where the stop is stuck, then let the caller decide (kill or not).
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+            raise StopTimeout(exc.cmd, timeout, self.log_tail(150)) from exc
         self._close_notify()
         return code
 
