@@ -22,7 +22,12 @@ from dualbladed.errors import (
 from dualbladed.namespace.abstract import Namespace
 from dualbladed.namespace.file import FileNamespace
 from dualbladed.oserrors import from_oserror
-from dualbladed.paths.engine import DirectEngine, aligned_buffer, buffer_address
+from dualbladed.paths.engine import (
+    DirectEngine,
+    aligned_buffer,
+    buffer_address,
+    serial_transfers,
+)
 
 BLOCK = 4096
 SIZE = 16 << 20
@@ -282,3 +287,43 @@ def test_run_pieces_raises_the_first_error_after_every_started_piece_ended(
         engine.run_pieces(100, piece)
     assert running[0] == 0  # nothing still running when the error reached the caller
     assert 3 in ended and len(ended) < 100  # later pieces were skipped
+
+
+def test_serial_transfers_keep_a_large_read_on_the_callers_thread(namespace: Namespace) -> None:
+    """Inside ``serial_transfers`` a four-request read runs only on the calling thread (the
+    batch executor's case: the batch is the fan-out); outside it the same read fans out, which
+    the spy proves by holding the first two requests at a barrier that only two distinct
+    threads can pass (no fan-out: BrokenBarrierError after the timeout)."""
+    import threading
+
+    nbytes = 4 * REQUEST
+    src = aligned_buffer(nbytes)
+    src[:] = _random_bytes(nbytes, seed=11)
+    barrier: threading.Barrier | None = None
+    threads: list[str] = []
+    with DirectEngine(namespace, request_bytes=REQUEST, queue_depth=4) as engine:
+        engine.write(0, memoryview(src))
+        real = namespace.preadv
+
+        def spy(buffers: Sequence[memoryview], offset: int) -> int:
+            threads.append(threading.current_thread().name)
+            if barrier is not None and offset < 2 * REQUEST:
+                barrier.wait()
+            return real(buffers, offset)
+
+        namespace.preadv = spy  # type: ignore[method-assign]
+        try:
+            dst = aligned_buffer(nbytes)
+            with serial_transfers(), serial_transfers():  # nesting restores the outer state
+                engine.read(0, memoryview(dst))
+                assert set(threads) == {threading.current_thread().name}
+                assert len(threads) == 4  # still cut into request_bytes pieces
+            assert dst[:] == src[:]
+            threads.clear()
+            barrier = threading.Barrier(2, timeout=30)
+            dst2 = aligned_buffer(nbytes)
+            engine.read(0, memoryview(dst2))  # outside: fans out again
+        finally:
+            del namespace.preadv
+    assert len(set(threads)) >= 2, threads
+    assert dst2[:] == src[:]

@@ -187,3 +187,51 @@ def test_layer_ops_report_sizes_and_record_bytes_moved(tmp_path):
         store.close()
         arena.close()
         ns.close()
+
+
+def test_parallel_gets_do_their_io_on_the_batch_threads(tmp_path):
+    """A parallel batch of large gets issues each object's reads on the batch thread that runs
+    the op (``serial_transfers``), not on the direct engine's helper pool: the batch already
+    keeps ``parallelism`` objects in flight, and a second fan-out per object only cost CPU.
+    Objects are four engine requests each, so without it every get would fan out."""
+    ns = FileNamespace(tmp_path / "ns.img", 64 << 20)
+    store = ObjectStore.open(
+        ns, tmp_path / "state", paths={"direct": DirectPath(ns, request_bytes=BLOCK)}
+    )
+    arena = Arena.create(8 << 20)
+    session = Session(
+        id="s1", token="t", pid=1, uid=0, gid=0, tenant_label="x", arena=arena, created=0.0
+    )
+    executor = BatchExecutor(store, BatchLimits(256, 1 << 20), lambda s: 0, parallelism=4)
+    size, n = 4 * BLOCK, 8
+    names: list[str] = []
+    real = ns.preadv
+    try:
+        for i in range(n):
+            view = arena.view(i * size, size)
+            view[:] = payload(i, size)
+            view.release()
+        puts = [PutRequest(f"k{i}".encode(), i * size, size) for i in range(n)]
+        assert all(o.ok for o in executor.execute(session, puts))
+
+        def spy(buffers, offset):
+            names.append(threading.current_thread().name)
+            return real(buffers, offset)
+
+        ns.preadv = spy
+        base = n * size
+        gets = [GetRequest(f"k{i}".encode(), base + i * size, size) for i in range(n)]
+        outcomes = executor.execute(session, gets)
+        assert [o.size for o in outcomes] == [size] * n
+        for i in range(n):
+            view = arena.view(base + i * size, size)
+            assert bytes(view) == payload(i, size)
+            view.release()
+    finally:
+        ns.preadv = real
+        executor.close()
+        store.close()
+        arena.close()
+        ns.close()
+    assert len(names) == 4 * n
+    assert all(name.startswith("batch") for name in names), sorted(set(names))

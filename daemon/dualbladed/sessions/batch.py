@@ -21,6 +21,8 @@ Parallelism: the ops of one batch run concurrently on a shared pool of ``paralle
 when that cannot change their meaning -- no ``stop_on_error`` and no key named twice -- so a batch
 of many small gets keeps the device's queue full instead of issuing them at queue depth 1 (a
 layer's KV is typically tens of blocks of a few hundred KiB). Outcomes keep the request order.
+Each op then does its I/O inline (:func:`~dualbladed.paths.engine.serial_transfers`): the batch
+is the fan-out, and a second one per large object only cost CPU.
 
 Quotas: a tenant's usage is what the store holds for it plus what in-flight puts have reserved.
 The reservation is taken under ``_quota_lock`` before the data write and released after the
@@ -50,6 +52,7 @@ from typing import TypeVar
 from dualblade.v1.wire import ALIGNMENT
 from dualbladed.errors import DualbladeError, InvalidArgument, NotFound, QuotaExceeded
 from dualbladed.paths.abstract import PATH_NAMES
+from dualbladed.paths.engine import serial_transfers
 from dualbladed.sessions.registry import Session
 from dualbladed.sessions.requests import (
     NOT_RUN,
@@ -259,7 +262,14 @@ class BatchExecutor:
         n = min(self._parallelism, len(items))
         chunks = [items[k::n] for k in range(n)]
         out: list[T] = [None] * len(items)  # type: ignore[list-item]
-        for k, results in enumerate(self._pool.map(lambda ch: [fn(i) for i in ch], chunks)):
+
+        def run(chunk: list[int]) -> list[T]:
+            if n == 1:  # one op (or one thread): let a large transfer fan out on the engine
+                return [fn(i) for i in chunk]
+            with serial_transfers():  # the batch is the fan-out: no second one per op
+                return [fn(i) for i in chunk]
+
+        for k, results in enumerate(self._pool.map(run, chunks)):
             out[k::n] = results
         return out
 
