@@ -19,7 +19,9 @@ released in reverse order -- an ``ExitStack`` holds it all):
    servers share one thread pool. The handshake socket's leases also carry ``Store.Batch``
    frames (:mod:`dualbladed.service.leaseplane`), run on the same executor as the gRPC
    servicer's;
-6. READY=1 to systemd, then the watchdog pings when the unit sets ``WatchdogSec=``.
+6. READY=1 to systemd, then the watchdog pings when the unit sets ``WatchdogSec=``; a background
+   thread builds the recency and eviction orders the start-up load deferred
+   (:meth:`ObjectStore.complete_load`).
 
 Shutdown (SIGTERM/SIGINT): STOPPING=1, stop accepting handshakes, let in-flight RPCs drain
 (``server.stop(grace)`` on the shared and the per-uid servers), end every session (ephemeral objects freed), stop the arbiter (an
@@ -324,6 +326,11 @@ class Daemon:
         )
         sdnotify.ready(f"serving on {cfg.socket}")
         self._start_watchdog()
+        # the start-up load deferred its recency/eviction orders (ObjectIndex.load_groups):
+        # build them now, off the path to READY=1 (a first eviction or plan would build them)
+        threading.Thread(
+            target=store.complete_load, name="dualblade-load-orders", daemon=True
+        ).start()
 
     def _place(self, tenant: str, size: int) -> str:
         """The store's placement callback; the arbiter exists once the store is open."""

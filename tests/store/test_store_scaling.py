@@ -313,3 +313,80 @@ def test_page_cache_bulk_reserve_is_all_or_nothing(tmp_path: Path) -> None:
         assert q.stats().used == sum(e.length for e in kept)
     finally:
         q.close()
+
+
+def _one_by_one(store: ObjectStore) -> dict[str, list[tuple[str, bytes]]]:
+    """The orders rebuilt one entry at a time from the live entries' current state."""
+    idx = store._index
+    entries = list(idx.entries())
+    for entry in entries:
+        idx.lru.discard(entry)
+        idx._heat.discard(entry.info.path, entry)
+    for entry in entries:
+        idx.lru.add(entry)
+        idx._heat.add(entry.info.path, entry)
+    return _orders(store)
+
+
+def _updates_while_deferred(store: ObjectStore) -> None:
+    buf = memoryview(bytearray(4096))
+    for i in (9, 1, 30, 6):  # touches: last_access moves, membership stays
+        store.get_into(T1 if i % 3 else T2, b"k%03d" % i, buf)
+        time.sleep(0.002)
+    store.delete(T1, b"k002")  # a loaded member leaves
+    store.put(T1, b"k004", memoryview(payload(5, 900)), persistent=True)  # replaced
+    store.put(T2, b"new", memoryview(payload(6, 700)), persistent=True)  # a new member
+    store.put(T1, b"eph", memoryview(payload(7, 300)), session="s2")  # never a member
+    store.delete(T1, b"k001")
+    store.put(T1, b"k001", memoryview(payload(8, 100)), persistent=True, path=PAGECACHE)
+
+
+def test_updates_before_the_deferred_orders_are_built_are_reflected(
+    ns: FileNamespace, tmp_path: Path
+) -> None:
+    """A restart only records the LRU and recency orders; gets, puts, overwrites and deletes
+    made before they are built must all show in them, as if the orders had been built eagerly."""
+    store = open_store(ns, tmp_path / "state", extra={PAGECACHE: _pc(tmp_path)})
+    _populate(store)
+    store.close()
+    store = open_store(ns, tmp_path / "state", extra={PAGECACHE: _pc(tmp_path)})
+    try:
+        idx = store._index
+        assert idx.orders_deferred
+        _updates_while_deferred(store)
+        assert idx.orders_deferred  # updates alone do not build them
+        store.complete_load()
+        assert not idx.orders_deferred
+        built = _orders(store)
+        assert built == _one_by_one(store)
+        members = {k for name, ks in built.items() if name.startswith("path") for k in ks}
+        assert (T1, b"k002") not in members and (T1, b"eph") not in members
+        assert {(T2, b"new"), (T1, b"k004"), (T1, b"k001")} <= members
+        assert len(members) == 40 - 1 + 1  # k002 gone, "new" added; replacements stay one each
+        for path in (DIRECT, PAGECACHE):  # the heat order is by last_access
+            heat = list(idx._heat.iter_path(path))
+            assert [e.last_access for e in heat] == sorted(e.last_access for e in heat)
+        assert _totals(store) == _scan_totals(store)
+        check_consistent(store)
+    finally:
+        store.close()
+
+
+def test_first_reader_builds_the_deferred_orders(ns: FileNamespace, tmp_path: Path) -> None:
+    """An eviction walk or arbiter plan before the background build builds the orders itself."""
+    store = open_store(ns, tmp_path / "state", extra={PAGECACHE: _pc(tmp_path)})
+    _populate(store)
+    store.close()
+    store = open_store(ns, tmp_path / "state", extra={PAGECACHE: _pc(tmp_path)})
+    try:
+        _updates_while_deferred(store)
+        coldest = [(i.tenant, i.key) for i in store.coldest(DIRECT, 1000)]
+        assert not store._index._heat.deferred  # each order is built by its own first reader
+        assert store._index.lru.deferred
+        oldest = [(e.info.tenant, e.info.key) for e in store._index.lru.oldest(tenant=T1)]
+        assert not store._index.orders_deferred
+        assert oldest == _one_by_one(store)[f"tenant {T1}"]
+        assert coldest == _orders(store)["heat direct"] == _one_by_one(store)["heat direct"]
+        assert len(coldest) == sum(1 for i in store.list(None) if i.path == DIRECT)
+    finally:
+        store.close()

@@ -17,8 +17,16 @@ It is a reusable LRU: eviction (the ``capacity`` work) can take victims from ``c
 
 :class:`Totals` keeps ``tenant -> path -> [objects, payload bytes]`` and the path sums.
 
+Deferred start-up load (:meth:`HeatIndex.defer`), as for the eviction LRU
+(:mod:`dualbladed.store.lru`): a start-up load records its per-path entries and
+:meth:`HeatIndex.complete` sorts them later, reading each entry's ``last_access`` then. While
+deferred, ``add``/``discard`` record the entry's last requested membership, ``touch`` only sets
+``last_access``; ``complete`` loads the recorded entries never changed and adds the changed ones
+whose last request was ``add``. Every reader calls ``complete`` first.
+
 Neither does I/O nor takes a lock: the caller (``ObjectIndex``, under ``ObjectStore._lock``)
-serializes every call.
+serializes every call, :meth:`HeatIndex.complete` included, so the deferred build and the
+updates it must reflect never run at the same time.
 """
 
 from __future__ import annotations
@@ -44,6 +52,33 @@ class HeatIndex:
 
     def __init__(self) -> None:
         self._by_path: dict[str, SortedKeyList] = {}
+        self._pending: dict[str, list[IndexEntry]] | None = None
+        #: while a load is deferred: entry -> (path, last requested membership: add True)
+        self._changed: dict[IndexEntry, tuple[str, bool]] = {}
+
+    @property
+    def deferred(self) -> bool:
+        return self._pending is not None
+
+    def defer(self, by_path: dict[str, list[IndexEntry]]) -> None:
+        """Record a bulk :meth:`load` of ``path -> entries`` for :meth:`complete`."""
+        self.complete()
+        self._pending = by_path
+
+    def complete(self) -> None:
+        """Build a deferred load now (no-op if none): see the module docstring."""
+        pending = self._pending
+        if pending is None:
+            return
+        changed, self._changed = self._changed, {}
+        self._pending = None
+        for path, entries in pending.items():
+            if changed:
+                entries = [e for e in entries if e not in changed]
+            self.load(path, entries)
+        for entry, (path, member) in changed.items():
+            if member:
+                self._list(path).add(entry)
 
     def _list(self, path: str) -> SortedKeyList:
         lst = self._by_path.get(path)
@@ -56,15 +91,24 @@ class HeatIndex:
         self._list(path).update(entries)
 
     def add(self, path: str, entry: IndexEntry) -> None:
+        if self._pending is not None:
+            self._changed[entry] = (path, True)
+            return
         self._list(path).add(entry)
 
     def discard(self, path: str, entry: IndexEntry) -> None:
+        if self._pending is not None:
+            self._changed[entry] = (path, False)
+            return
         lst = self._by_path.get(path)
         if lst is not None:
             lst.discard(entry)
 
     def touch(self, path: str, entry: IndexEntry, when: float) -> None:
         """Set ``entry.last_access = when`` and move it to its new place in the order."""
+        if self._pending is not None:
+            entry.last_access = when  # a deferred load sorts it by this value
+            return
         lst = self._by_path.get(path)
         if lst is None:
             entry.last_access = when
@@ -75,19 +119,23 @@ class HeatIndex:
 
     def coldest(self, path: str, n: int) -> list[IndexEntry]:
         """Up to ``n`` entries on ``path``, least recently accessed first."""
+        self.complete()
         lst = self._by_path.get(path)
         return list(islice(lst, n)) if lst else []
 
     def hottest(self, path: str, n: int) -> list[IndexEntry]:
         """Up to ``n`` entries on ``path``, most recently accessed first."""
+        self.complete()
         lst = self._by_path.get(path)
         return list(islice(reversed(lst), n)) if lst else []
 
     def __len__(self) -> int:
+        self.complete()
         return sum(len(lst) for lst in self._by_path.values())
 
     def iter_path(self, path: str) -> Iterator[IndexEntry]:
         """Every entry of ``path``, coldest first (tests and offline checks)."""
+        self.complete()
         return iter(self._by_path.get(path, ()))
 
 

@@ -239,9 +239,10 @@ class ObjectIndex:
 
     def load_groups(self, groups: Mapping[tuple[str, str], list[IndexEntry]]) -> None:
         """Install many entries of distinct keys, grouped ``(path, tenant) -> entries``, into
-        an empty index (start-up): one sort per tenant and per path instead of one sorted
-        insert per entry, the running totals added once per group from C-level sums, the LRU
-        orders loaded once for all groups (:meth:`LruOrder.load_groups`)."""
+        an empty index (start-up): one sort per tenant instead of one sorted insert per entry,
+        the running totals added once per group from C-level sums. The recency and eviction
+        orders are only recorded (:meth:`HeatIndex.defer`, :meth:`LruOrder.defer`): they are
+        built by :meth:`complete_orders`, or by their first reader, after the daemon is ready."""
         by_tenant: dict[str, list[list[IndexEntry]]] = {}
         by_path: dict[str, list[list[IndexEntry]]] = {}
         usage, uid_usage = self._usage, self._uid_usage
@@ -259,13 +260,27 @@ class ObjectIndex:
                         self._sessions.setdefault(info.session, set()).add((info.tenant, info.key))
             by_tenant.setdefault(tenant, []).append(group)
             by_path.setdefault(path, []).append(group)
-        for path, parts in by_path.items():
-            self._heat.load(path, parts[0] if len(parts) == 1 else list(chain(*parts)))
-        self.lru.load_groups({(tenant, path): group for (path, tenant), group in groups.items()})
+        self._heat.defer(
+            {
+                path: parts[0] if len(parts) == 1 else list(chain(*parts))
+                for path, parts in by_path.items()
+            }
+        )
+        self.lru.defer({(tenant, path): group for (path, tenant), group in groups.items()})
         for tenant, parts in by_tenant.items():
             entries = parts[0] if len(parts) == 1 else list(chain(*parts))
             keys = list(map(_key, map(_info, entries)))
             self._tenants.setdefault(tenant, SortedDict()).update(zip(keys, entries))
+
+    @property
+    def orders_deferred(self) -> bool:
+        """True while the recency or eviction order of a start-up load is not built yet."""
+        return self._heat.deferred or self.lru.deferred
+
+    def complete_orders(self) -> None:
+        """Build the deferred recency and eviction orders (see :meth:`load_groups`)."""
+        self._heat.complete()
+        self.lru.complete()
 
     def lookup(self, tenant: str, key: bytes) -> IndexEntry | None:
         keys = self._tenants.get(tenant)

@@ -17,7 +17,22 @@ pinned objects.
 Objects pinned by an in-flight *reader* (``IndexEntry.pins``) stay in the order and are stepped
 over by :meth:`LruOrder.oldest`: retiring them would not free their extent until the read ends.
 
-Not thread-safe: every method runs under ``ObjectStore._lock`` (via ``ObjectIndex``).
+Deferred start-up load (:meth:`LruOrder.defer`). Sorting a million members into three
+``SortedDict`` s is about a tenth of a 10^6-object start, and nothing needs the order before
+the first eviction. So a start-up load only *records* its groups; :meth:`complete` builds the
+orders later, from the entries' state at that moment. Until then :meth:`add`, :meth:`discard`
+and :meth:`touch` stay O(1): ``touch`` just sets ``last_access`` (the build reads it), ``add``
+and ``discard`` note the entry's last requested membership in ``_changed``. :meth:`complete`
+loads the recorded entries that were never changed (their state is the load's, apart from
+``last_access``), then replays ``add`` for the changed entries whose last request was ``add``
+(which re-checks persistent / dead / held as any ``add`` does). Every reader of the order
+(:meth:`oldest`, ``len``, ``in``) calls :meth:`complete` first, so nobody sees a partial order.
+The daemon calls it in the background right after READY=1
+(:meth:`dualbladed.store.objects.ObjectStore.complete_load`).
+
+Not thread-safe: every method runs under ``ObjectStore._lock`` (via ``ObjectIndex``), including
+:meth:`complete`, which is how an update racing the background build is never lost: there is
+no lock-free phase, the build and every update are serialized by that one lock.
 """
 
 from __future__ import annotations
@@ -54,15 +69,50 @@ class LruOrder:
         self._keys: dict[IndexEntry, _SortKey] = {}  # member -> its key in both dicts
         #: (tenant, key) -> live hit pins on it, all sessions (kept by HitPins via hold/release)
         self.held: dict[_Key, int] = {}
+        #: a deferred load's groups (None: nothing deferred), see the module docstring
+        self._pending: Mapping[tuple[str, str], list[IndexEntry]] | None = None
+        #: while a load is deferred: entry -> its last requested membership (add True)
+        self._changed: dict[IndexEntry, bool] = {}
 
     def __len__(self) -> int:
+        self.complete()
         return len(self._keys)
 
     def __contains__(self, entry: IndexEntry) -> bool:
+        self.complete()
         return entry in self._keys
+
+    @property
+    def deferred(self) -> bool:
+        """True while a start-up load waits for :meth:`complete`."""
+        return self._pending is not None
+
+    def defer(self, groups: Mapping[tuple[str, str], list[IndexEntry]]) -> None:
+        """Record a bulk load (as :meth:`load_groups`) to be built by :meth:`complete`."""
+        self.complete()
+        self._pending = groups
+
+    def complete(self) -> None:
+        """Build a deferred load now (no-op if none): see the module docstring."""
+        groups = self._pending
+        if groups is None:
+            return
+        changed, self._changed = self._changed, {}
+        self._pending = None
+        if changed:
+            groups = {
+                name: [e for e in entries if e not in changed] for name, entries in groups.items()
+            }
+        self.load_groups(groups)
+        for entry, member in changed.items():
+            if member:
+                self.add(entry)
 
     def add(self, entry: IndexEntry) -> None:
         """Make ``entry`` a member if it is evictable by nature (live and persistent)."""
+        if self._pending is not None:
+            self._changed[entry] = True
+            return
         info = entry.info
         if not info.persistent or entry.dead or entry in self._keys:
             return
@@ -135,6 +185,9 @@ class LruOrder:
             order.update(items)
 
     def discard(self, entry: IndexEntry) -> None:
+        if self._pending is not None:
+            self._changed[entry] = False
+            return
         key = self._keys.pop(entry, None)
         if key is None:
             return
@@ -164,6 +217,9 @@ class LruOrder:
 
     def touch(self, entry: IndexEntry, when: float) -> None:
         """Record an access: ``entry.last_access = when``, moving it to the young end."""
+        if self._pending is not None:
+            entry.last_access = when  # a deferred load files it by this value
+            return
         member = entry in self._keys
         if member:
             self.discard(entry)
@@ -184,6 +240,7 @@ class LruOrder:
         Entries an in-flight reader pins are skipped. The caller may evict each yielded entry
         (removing it from this order) before asking for the next one; the walk stays correct.
         """
+        self.complete()
         if tenant is not None:
             table, name = self._by_tenant, tenant
         elif uid is not None:

@@ -110,6 +110,16 @@ def rebuild(meta: MetaStore, paths: dict[str, ResidencyPath], index: ObjectIndex
         return next_generation
 
 
+def complete_orders(index: ObjectIndex) -> None:
+    """Build the index's deferred recency and eviction orders (caller holds the store lock),
+    with the collector paused as in :func:`rebuild`; after a large build the heap is frozen
+    again, so the orders' new lists and keys are not rescanned by every full collection."""
+    with _collector_paused():
+        index.complete_orders()
+        if len(index) >= FREEZE_MIN_OBJECTS:
+            gc.freeze()
+
+
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     """``gc.disable()`` for the block, restored after. Reference counting still frees every
