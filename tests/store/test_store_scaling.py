@@ -381,12 +381,39 @@ def test_first_reader_builds_the_deferred_orders(ns: FileNamespace, tmp_path: Pa
     try:
         _updates_while_deferred(store)
         coldest = [(i.tenant, i.key) for i in store.coldest(DIRECT, 1000)]
-        assert not store._index._heat.deferred  # each order is built by its own first reader
-        assert store._index.lru.deferred
+        assert not store._index.orders_deferred  # the first reader built both orders
         oldest = [(e.info.tenant, e.info.key) for e in store._index.lru.oldest(tenant=T1)]
-        assert not store._index.orders_deferred
         assert oldest == _one_by_one(store)[f"tenant {T1}"]
         assert coldest == _orders(store)["heat direct"] == _one_by_one(store)["heat direct"]
         assert len(coldest) == sum(1 for i in store.list(None) if i.path == DIRECT)
+    finally:
+        store.close()
+
+
+def test_updates_during_an_unlocked_build_are_reflected_at_the_swap(
+    ns: FileNamespace, tmp_path: Path
+) -> None:
+    """The daemon sorts the deferred orders without the store lock: updates made after the job
+    was taken (and while it was being built) must all show after the swap."""
+    store = open_store(ns, tmp_path / "state", extra={PAGECACHE: _pc(tmp_path)})
+    _populate(store)
+    store.close()
+    store = open_store(ns, tmp_path / "state", extra={PAGECACHE: _pc(tmp_path)})
+    try:
+        idx = store._index
+        with store._lock:
+            job = idx.begin_orders()
+        assert job is not None
+        built = idx.build_orders(job)  # as the background thread, lock released
+        _updates_while_deferred(store)  # after the build read the entries
+        with store._lock:
+            assert idx.finish_orders(job, built)
+        assert not idx.orders_deferred
+        assert _orders(store) == _one_by_one(store)
+        touched = idx.lookup(T1, b"k001")
+        assert touched is not None and touched.snapshot().last_access == touched.last_access
+        with store._lock:  # a second swap of the same job is refused
+            assert not idx.finish_orders(job, built)
+        check_consistent(store)
     finally:
         store.close()

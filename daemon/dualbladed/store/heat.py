@@ -19,19 +19,20 @@ It is a reusable LRU: eviction (the ``capacity`` work) can take victims from ``c
 
 Deferred start-up load (:meth:`HeatIndex.defer`), as for the eviction LRU
 (:mod:`dualbladed.store.lru`): a start-up load records its per-path entries and
-:meth:`HeatIndex.complete` sorts them later, reading each entry's ``last_access`` then. While
-deferred, ``add``/``discard`` record the entry's last requested membership, ``touch`` only sets
-``last_access``; ``complete`` loads the recorded entries never changed and adds the changed ones
-whose last request was ``add``. Every reader calls ``complete`` first.
+:meth:`HeatIndex.build` sorts them later, possibly without the store lock. While deferred,
+``add``/``discard`` record the entry's last requested membership and ``touch`` only notes the
+entry (the index queues its new ``last_access``, so nothing a build sorts by changes under it);
+the swap (``adopt_begin``, queued values applied, ``adopt_end``) takes the changed entries out of
+the built lists and re-adds those whose last request was ``add``. Readers build first.
 
 Neither does I/O nor takes a lock: the caller (``ObjectIndex``, under ``ObjectStore._lock``)
-serializes every call, :meth:`HeatIndex.complete` included, so the deferred build and the
-updates it must reflect never run at the same time.
+serializes every call but :meth:`HeatIndex.build`, which only reads entries no call changes
+while a load is deferred.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from operator import attrgetter
 from typing import TYPE_CHECKING, NamedTuple
@@ -55,27 +56,50 @@ class HeatIndex:
         self._pending: dict[str, list[IndexEntry]] | None = None
         #: while a load is deferred: entry -> (path, last requested membership: add True)
         self._changed: dict[IndexEntry, tuple[str, bool]] = {}
+        self._complete: Callable[[], None] | None = None  # ObjectIndex.complete_orders
 
     @property
     def deferred(self) -> bool:
         return self._pending is not None
 
-    def defer(self, by_path: dict[str, list[IndexEntry]]) -> None:
-        """Record a bulk :meth:`load` of ``path -> entries`` for :meth:`complete`."""
-        self.complete()
+    def defer(self, by_path: dict[str, list[IndexEntry]], complete: Callable[[], None]) -> None:
+        """Record a bulk :meth:`load` of ``path -> entries``; ``complete`` builds it (and the
+        other deferred orders) when a reader needs it first."""
         self._pending = by_path
+        self._complete = complete
 
-    def complete(self) -> None:
-        """Build a deferred load now (no-op if none): see the module docstring."""
-        pending = self._pending
-        if pending is None:
-            return
-        changed, self._changed = self._changed, {}
-        self._pending = None
+    def _require(self) -> None:
+        if self._pending is not None and self._complete is not None:
+            self._complete()
+
+    @staticmethod
+    def build(pending: Mapping[str, list[IndexEntry]]) -> dict[str, SortedKeyList]:
+        """The deferred load's lists (callable without the store lock: it only reads the
+        entries' ``last_access``, which nothing writes while the load is deferred)."""
+        out: dict[str, SortedKeyList] = {}
         for path, entries in pending.items():
-            if changed:
-                entries = [e for e in entries if e not in changed]
-            self.load(path, entries)
+            lst = out[path] = SortedKeyList(key=_last_access)
+            lst.update(entries)
+        return out
+
+    def adopt_begin(self, built: dict[str, SortedKeyList]) -> None:
+        """Take the entries changed while deferred out of ``built`` (before their queued
+        ``last_access`` is applied: the lists find an entry by the value it was sorted by)."""
+        for entry, (path, _member) in self._changed.items():
+            lst = built.get(path)
+            if lst is not None:
+                lst.discard(entry)
+
+    def adopt_end(self, built: dict[str, SortedKeyList]) -> None:
+        """Install ``built`` and re-add the changed entries by their current state."""
+        changed, self._changed = self._changed, {}
+        self._pending = self._complete = None
+        for path, lst in built.items():
+            have = self._by_path.get(path)
+            if have:
+                have.update(lst)
+            else:
+                self._by_path[path] = lst
         for entry, (path, member) in changed.items():
             if member:
                 self._list(path).add(entry)
@@ -105,9 +129,12 @@ class HeatIndex:
             lst.discard(entry)
 
     def touch(self, path: str, entry: IndexEntry, when: float) -> None:
-        """Set ``entry.last_access = when`` and move it to its new place in the order."""
-        if self._pending is not None:
-            entry.last_access = when  # a deferred load sorts it by this value
+        """Set ``entry.last_access = when`` and move it to its new place in the order.
+
+        While a load is deferred it only notes the entry (``last_access`` must not change under
+        a build that may be sorting by it; :class:`ObjectIndex` applies ``when`` at the swap)."""
+        if self._pending is not None:  # ObjectIndex queues ``when`` until the orders are built
+            self._changed.setdefault(entry, (path, True))
             return
         lst = self._by_path.get(path)
         if lst is None:
@@ -119,23 +146,23 @@ class HeatIndex:
 
     def coldest(self, path: str, n: int) -> list[IndexEntry]:
         """Up to ``n`` entries on ``path``, least recently accessed first."""
-        self.complete()
+        self._require()
         lst = self._by_path.get(path)
         return list(islice(lst, n)) if lst else []
 
     def hottest(self, path: str, n: int) -> list[IndexEntry]:
         """Up to ``n`` entries on ``path``, most recently accessed first."""
-        self.complete()
+        self._require()
         lst = self._by_path.get(path)
         return list(islice(reversed(lst), n)) if lst else []
 
     def __len__(self) -> int:
-        self.complete()
+        self._require()
         return sum(len(lst) for lst in self._by_path.values())
 
     def iter_path(self, path: str) -> Iterator[IndexEntry]:
         """Every entry of ``path``, coldest first (tests and offline checks)."""
-        self.complete()
+        self._require()
         return iter(self._by_path.get(path, ()))
 
 

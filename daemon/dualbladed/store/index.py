@@ -216,6 +216,8 @@ class ObjectIndex:
         self._usage: dict[str, int] = {}  # tenant -> allocated bytes (extent lengths)
         self._uid_usage: dict[str, int] = {}  # "uid" (the tenant's head) -> the same, summed
         self._dirty_access: dict[tuple[str, bytes], float] = {}
+        #: last_access values queued while the orders are deferred (see begin_orders)
+        self._access: dict[IndexEntry, float] = {}
         self._heat = HeatIndex()
         self._totals = Totals()
         self.pinned = 0
@@ -260,13 +262,19 @@ class ObjectIndex:
                         self._sessions.setdefault(info.session, set()).add((info.tenant, info.key))
             by_tenant.setdefault(tenant, []).append(group)
             by_path.setdefault(path, []).append(group)
-        self._heat.defer(
-            {
-                path: parts[0] if len(parts) == 1 else list(chain(*parts))
-                for path, parts in by_path.items()
-            }
-        )
-        self.lru.defer({(tenant, path): group for (path, tenant), group in groups.items()})
+        self.complete_orders()  # a second load: build the first one's orders first
+        if groups:  # (an empty load records nothing: no background build needed)
+            self._heat.defer(
+                {
+                    path: parts[0] if len(parts) == 1 else list(chain(*parts))
+                    for path, parts in by_path.items()
+                },
+                self.complete_orders,
+            )
+            self.lru.defer(
+                {(tenant, path): group for (path, tenant), group in groups.items()},
+                self.complete_orders,
+            )
         for tenant, parts in by_tenant.items():
             entries = parts[0] if len(parts) == 1 else list(chain(*parts))
             keys = list(map(_key, map(_info, entries)))
@@ -277,10 +285,55 @@ class ObjectIndex:
         """True while the recency or eviction order of a start-up load is not built yet."""
         return self._heat.deferred or self.lru.deferred
 
+    # Deferred orders. A start-up load records the recency (heat) and eviction (LRU) orders'
+    # entries and READY=1 goes out before they are sorted. Protocol, all steps but the build
+    # under ObjectStore._lock:
+    #   1. begin_orders(): the job (the recorded loads);
+    #   2. build_orders(job): sort them into new structures, the lock released (the daemon's
+    #      background thread) or held (complete_orders, for a reader that comes first);
+    #   3. finish_orders(job, built): if the job is still the pending one, swap: entries
+    #      changed since the load leave the built orders by the key they were filed under,
+    #      the queued last_access values are applied, the built orders installed and the
+    #      changed entries re-added by their current state. A stale job is dropped.
+    # While deferred, every update only records (install/retire/pin/touch) and note_access
+    # queues last_access in _access instead of writing it, so a build reads stable entries;
+    # snapshots show the previous access time until the swap (the persisted one is current).
+
+    def begin_orders(self) -> tuple[object, object] | None:
+        if not self.orders_deferred:
+            return None
+        return (self._heat._pending, self.lru._pending)
+
+    def build_orders(self, job: tuple[object, object]) -> tuple[object, object]:
+        heat, lru = job
+        return (
+            HeatIndex.build(heat) if heat is not None else None,  # type: ignore[arg-type]
+            self.lru.build(lru) if lru is not None else None,  # type: ignore[arg-type]
+        )
+
+    def finish_orders(self, job: tuple[object, object], built: tuple[object, object]) -> bool:
+        """Swap in ``built`` if ``job`` is still pending (True), else drop it."""
+        if self._heat._pending is not job[0] or self.lru._pending is not job[1]:
+            return False
+        heat, lru = built
+        if heat is not None:
+            self._heat.adopt_begin(heat)  # type: ignore[arg-type]
+        if lru is not None:
+            self.lru.adopt_begin(lru)  # type: ignore[arg-type]
+        access, self._access = self._access, {}
+        for entry, when in access.items():
+            entry.last_access = when
+        if heat is not None:
+            self._heat.adopt_end(heat)  # type: ignore[arg-type]
+        if lru is not None:
+            self.lru.adopt_end(lru)  # type: ignore[arg-type]
+        return True
+
     def complete_orders(self) -> None:
-        """Build the deferred recency and eviction orders (see :meth:`load_groups`)."""
-        self._heat.complete()
-        self.lru.complete()
+        """Build the deferred orders now, the caller holding the store lock."""
+        job = self.begin_orders()
+        if job is not None:
+            self.finish_orders(job, self.build_orders(job))
 
     def lookup(self, tenant: str, key: bytes) -> IndexEntry | None:
         keys = self._tenants.get(tenant)
@@ -398,9 +451,11 @@ class ObjectIndex:
         now = time.time()
         if not entry.dead:
             self._heat.touch(entry.info.path, entry, now)
-        else:
+        elif not self.orders_deferred:
             entry.last_access = now
         self.lru.touch(entry, now)  # the same value: re-files it among the evictable
+        if self.orders_deferred:  # the orders only noted it: a build may be sorting by it
+            self._access[entry] = now
         if entry.info.persistent:
             self._dirty_access[(entry.info.tenant, entry.info.key)] = now
 

@@ -18,26 +18,24 @@ Objects pinned by an in-flight *reader* (``IndexEntry.pins``) stay in the order 
 over by :meth:`LruOrder.oldest`: retiring them would not free their extent until the read ends.
 
 Deferred start-up load (:meth:`LruOrder.defer`). Sorting a million members into three
-``SortedDict`` s is about a tenth of a 10^6-object start, and nothing needs the order before
-the first eviction. So a start-up load only *records* its groups; :meth:`complete` builds the
-orders later, from the entries' state at that moment. Until then :meth:`add`, :meth:`discard`
-and :meth:`touch` stay O(1): ``touch`` just sets ``last_access`` (the build reads it), ``add``
-and ``discard`` note the entry's last requested membership in ``_changed``. :meth:`complete`
-loads the recorded entries that were never changed (their state is the load's, apart from
-``last_access``), then replays ``add`` for the changed entries whose last request was ``add``
-(which re-checks persistent / dead / held as any ``add`` does). Every reader of the order
-(:meth:`oldest`, ``len``, ``in``) calls :meth:`complete` first, so nobody sees a partial order.
-The daemon calls it in the background right after READY=1
-(:meth:`dualbladed.store.objects.ObjectStore.complete_load`).
+``SortedDict`` s is a good part of a 10^6-object start, and nothing needs the order before the
+first eviction, so a start-up load only *records* its groups and the orders are built after
+READY=1 (:meth:`dualbladed.store.index.ObjectIndex.complete_orders` for the protocol). While
+deferred, :meth:`add` and :meth:`discard` only note the entry's last requested membership in
+``_changed``, and :meth:`touch` notes the entry without writing ``last_access`` (the index
+queues the new value), so the entries a build reads do not change under it. The swap takes
+every changed entry out of the built orders by the key the build filed it under, applies the
+queued ``last_access`` values, installs the orders and replays :meth:`add` for the changed
+entries whose last request was ``add`` (which re-checks persistent / dead / held as any ``add``
+does). Readers (:meth:`oldest`, ``len``, ``in``) build first if nothing has yet.
 
-Not thread-safe: every method runs under ``ObjectStore._lock`` (via ``ObjectIndex``), including
-:meth:`complete`, which is how an update racing the background build is never lost: there is
-no lock-free phase, the build and every update are serialized by that one lock.
+Not thread-safe: every method runs under ``ObjectStore._lock`` (via ``ObjectIndex``), except
+:meth:`build`, which writes only its new object.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import chain
 from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING
@@ -73,37 +71,56 @@ class LruOrder:
         self._pending: Mapping[tuple[str, str], list[IndexEntry]] | None = None
         #: while a load is deferred: entry -> its last requested membership (add True)
         self._changed: dict[IndexEntry, bool] = {}
+        self._complete: Callable[[], None] | None = None  # ObjectIndex.complete_orders
 
     def __len__(self) -> int:
-        self.complete()
+        self._require()
         return len(self._keys)
 
     def __contains__(self, entry: IndexEntry) -> bool:
-        self.complete()
+        self._require()
         return entry in self._keys
 
     @property
     def deferred(self) -> bool:
-        """True while a start-up load waits for :meth:`complete`."""
+        """True while a start-up load waits to be built."""
         return self._pending is not None
 
-    def defer(self, groups: Mapping[tuple[str, str], list[IndexEntry]]) -> None:
-        """Record a bulk load (as :meth:`load_groups`) to be built by :meth:`complete`."""
-        self.complete()
+    def defer(
+        self, groups: Mapping[tuple[str, str], list[IndexEntry]], complete: Callable[[], None]
+    ) -> None:
+        """Record a bulk load (as :meth:`load_groups`); ``complete`` builds it (and the other
+        deferred orders) when a reader needs it first."""
         self._pending = groups
+        self._complete = complete
 
-    def complete(self) -> None:
-        """Build a deferred load now (no-op if none): see the module docstring."""
-        groups = self._pending
-        if groups is None:
-            return
+    def _require(self) -> None:
+        if self._pending is not None and self._complete is not None:
+            self._complete()
+
+    def build(self, groups: Mapping[tuple[str, str], list[IndexEntry]]) -> LruOrder:
+        """The deferred load's orders, in a new ``LruOrder`` (callable without the store lock:
+        it reads the entries and ``held``, and writes only the new object)."""
+        fresh = LruOrder()
+        fresh.held = self.held  # read only, for the membership checks
+        fresh.load_groups(groups)
+        return fresh
+
+    def adopt_begin(self, built: LruOrder) -> None:
+        """Take the entries changed while deferred out of ``built`` (by the key it filed)."""
+        for entry in self._changed:
+            built.discard(entry)
+
+    def adopt_end(self, built: LruOrder) -> None:
+        """Install ``built``'s orders and re-add the changed entries by their current state."""
         changed, self._changed = self._changed, {}
-        self._pending = None
-        if changed:
-            groups = {
-                name: [e for e in entries if e not in changed] for name, entries in groups.items()
-            }
-        self.load_groups(groups)
+        self._pending = self._complete = None
+        self._by_tenant, self._by_path, self._by_uid = (
+            built._by_tenant,
+            built._by_path,
+            built._by_uid,
+        )
+        self._keys = built._keys
         for entry, member in changed.items():
             if member:
                 self.add(entry)
@@ -217,8 +234,8 @@ class LruOrder:
 
     def touch(self, entry: IndexEntry, when: float) -> None:
         """Record an access: ``entry.last_access = when``, moving it to the young end."""
-        if self._pending is not None:
-            entry.last_access = when  # a deferred load files it by this value
+        if self._pending is not None:  # ObjectIndex queues ``when`` until the orders are built
+            self._changed.setdefault(entry, True)
             return
         member = entry in self._keys
         if member:
@@ -240,7 +257,7 @@ class LruOrder:
         Entries an in-flight reader pins are skipped. The caller may evict each yielded entry
         (removing it from this order) before asking for the next one; the walk stays correct.
         """
-        self.complete()
+        self._require()
         if tenant is not None:
             table, name = self._by_tenant, tenant
         elif uid is not None:

@@ -267,19 +267,19 @@ class ObjectStore(StoreWrites, StoreReads, StoreMoves, StoreLayers, EvictionSite
             self._retire(entry)
 
     def complete_load(self) -> None:
-        """Build the start-up load's recency and eviction orders now, under the store lock.
+        """Build the start-up load's recency and eviction orders (the daemon calls this from a
+        background thread right after READY=1; see :func:`recovery.complete_orders`).
 
-        The start-up load only records them (:meth:`ObjectIndex.load_groups`) so the daemon
-        can report READY=1 without sorting its objects into them; the daemon calls this from a
-        background thread right after READY=1. Whichever comes first, this or the first
-        eviction or arbiter plan (their readers build the orders on demand), builds them;
-        every update made before then is reflected because the build and all updates hold
-        ``self._lock``. Holds the lock for the build (~1 s of CPU at 10^6 objects).
+        The start-up load only records them so READY=1 does not wait for sorting a million
+        objects. The sort runs without ``self._lock``; the job is taken and the result swapped
+        in under it, and every update made meanwhile is recorded under it and replayed at the
+        swap (:meth:`ObjectIndex.finish_orders`). A reader that needs an order first (an
+        eviction walk, an arbiter plan) builds it under the lock instead, and this build's
+        result is then dropped. Lock order: only ``self._lock``, never nested.
         """
-        with self._lock:
-            if self._closed or not self._index.orders_deferred:
-                return
-            complete_orders(self._index)
+        if self._closed:
+            return
+        complete_orders(self._index, self._lock)
 
     def stats(self) -> StoreStats:
         with self._lock:

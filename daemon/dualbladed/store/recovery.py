@@ -22,7 +22,7 @@ import gc
 import logging
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
@@ -110,14 +110,22 @@ def rebuild(meta: MetaStore, paths: dict[str, ResidencyPath], index: ObjectIndex
         return next_generation
 
 
-def complete_orders(index: ObjectIndex) -> None:
-    """Build the index's deferred recency and eviction orders (caller holds the store lock),
-    with the collector paused as in :func:`rebuild`; after a large build the heap is frozen
-    again, so the orders' new lists and keys are not rescanned by every full collection."""
+def complete_orders(index: ObjectIndex, lock: AbstractContextManager[object]) -> None:
+    """Build the index's deferred recency and eviction orders (the start-up load recorded
+    them, :meth:`ObjectIndex.load_groups`) in three steps: take the job under ``lock`` (the
+    store lock), sort it with the lock released, swap it in under ``lock``; the lock is held
+    only to record the job and to swap, so requests go on during the sort (apart from the
+    GIL's share). The collector is paused meanwhile as in :func:`rebuild`; after a large
+    build the heap is frozen again, so later full collections do not walk the new orders."""
+    with lock:
+        job = index.begin_orders()
+    if job is None:
+        return
     with _collector_paused():
-        index.complete_orders()
-        if len(index) >= FREEZE_MIN_OBJECTS:
-            gc.freeze()
+        built = index.build_orders(job)
+        with lock:
+            if index.finish_orders(job, built) and len(index) >= FREEZE_MIN_OBJECTS:
+                gc.freeze()
 
 
 @contextmanager
