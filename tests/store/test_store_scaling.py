@@ -372,18 +372,21 @@ def test_updates_before_the_deferred_orders_are_built_are_reflected(
         store.close()
 
 
-def test_first_reader_builds_the_deferred_orders(ns: FileNamespace, tmp_path: Path) -> None:
-    """An eviction walk or arbiter plan before the background build builds the orders itself."""
+def test_first_eviction_walk_builds_the_deferred_orders(ns: FileNamespace, tmp_path: Path) -> None:
+    """An eviction walk before the background build builds the orders itself; the arbiter's
+    coldest/hottest candidates are empty until then (advisory: they never force the build)."""
     store = open_store(ns, tmp_path / "state", extra={PAGECACHE: _pc(tmp_path)})
     _populate(store)
     store.close()
     store = open_store(ns, tmp_path / "state", extra={PAGECACHE: _pc(tmp_path)})
     try:
         _updates_while_deferred(store)
-        coldest = [(i.tenant, i.key) for i in store.coldest(DIRECT, 1000)]
-        assert not store._index.orders_deferred  # the first reader built both orders
+        assert store.coldest(DIRECT, 1000) == [] and store.hottest(DIRECT, 1000) == []
+        assert store._index.orders_deferred
         oldest = [(e.info.tenant, e.info.key) for e in store._index.lru.oldest(tenant=T1)]
+        assert not store._index.orders_deferred  # the walk built both orders
         assert oldest == _one_by_one(store)[f"tenant {T1}"]
+        coldest = [(i.tenant, i.key) for i in store.coldest(DIRECT, 1000)]
         assert coldest == _orders(store)["heat direct"] == _one_by_one(store)["heat direct"]
         assert len(coldest) == sum(1 for i in store.list(None) if i.path == DIRECT)
     finally:

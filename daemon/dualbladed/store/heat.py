@@ -23,7 +23,8 @@ Deferred start-up load (:meth:`HeatIndex.defer`), as for the eviction LRU
 ``add``/``discard`` record the entry's last requested membership and ``touch`` only notes the
 entry (the index queues its new ``last_access``, so nothing a build sorts by changes under it);
 the swap (``adopt_begin``, queued values applied, ``adopt_end``) takes the changed entries out of
-the built lists and re-adds those whose last request was ``add``. Readers build first.
+the built lists and re-adds those whose last request was ``add``. ``len`` and ``iter_path``
+build first if nothing has yet; ``coldest``/``hottest`` answer nothing until the build.
 
 Neither does I/O nor takes a lock: the caller (``ObjectIndex``, under ``ObjectStore._lock``)
 serializes every call but :meth:`HeatIndex.build`, which only reads entries no call changes
@@ -67,6 +68,14 @@ class HeatIndex:
         other deferred orders) when a reader needs it first."""
         self._pending = by_path
         self._complete = complete
+
+    @property
+    def ranked(self) -> bool:
+        """False while a start-up load is deferred: :meth:`coldest`/:meth:`hottest` answer
+        nothing then rather than build the lists under the store lock (the arbiter's first tick
+        comes right after READY=1 and would otherwise sort a million entries while holding
+        it, twice over with the background build); its plans are advisory and wait a tick."""
+        return self._pending is None
 
     def _require(self) -> None:
         if self._pending is not None and self._complete is not None:
@@ -145,14 +154,18 @@ class HeatIndex:
         lst.add(entry)
 
     def coldest(self, path: str, n: int) -> list[IndexEntry]:
-        """Up to ``n`` entries on ``path``, least recently accessed first."""
-        self._require()
+        """Up to ``n`` entries on ``path``, least recently accessed first. None while a load is deferred
+        (see :meth:`ranked`)."""
+        if self._pending is not None:
+            return []
         lst = self._by_path.get(path)
         return list(islice(lst, n)) if lst else []
 
     def hottest(self, path: str, n: int) -> list[IndexEntry]:
-        """Up to ``n`` entries on ``path``, most recently accessed first."""
-        self._require()
+        """Up to ``n`` entries on ``path``, most recently accessed first. None while a load is deferred
+        (see :meth:`ranked`)."""
+        if self._pending is not None:
+            return []
         lst = self._by_path.get(path)
         return list(islice(reversed(lst), n)) if lst else []
 

@@ -471,11 +471,13 @@ class ObjectIndex:
         return self._uid_usage.get(str(uid), 0)
 
     def coldest(self, path: str, n: int) -> list[IndexEntry]:
-        """Up to ``n`` live entries on ``path``, least recently accessed first: O(log N + n)."""
+        """Up to ``n`` live entries on ``path``, least recently accessed first: O(log N + n).
+        None until a deferred start-up load is built (:attr:`HeatIndex.ranked`)."""
         return self._heat.coldest(path, n)
 
     def hottest(self, path: str, n: int) -> list[IndexEntry]:
-        """Up to ``n`` live entries on ``path``, most recently accessed first: O(log N + n)."""
+        """Up to ``n`` live entries on ``path``, most recently accessed first: O(log N + n).
+        None until a deferred start-up load is built (:attr:`HeatIndex.ranked`)."""
         return self._heat.hottest(path, n)
 
     def totals(self) -> dict[str, dict[str, Usage]]:
