@@ -124,8 +124,12 @@ class FeedbackConfig:
     #: and its page-cache placements take at most ``burst_free_fraction`` of the free memory
     #: seen when the burst began: when everything fits, a burst written direct had
     #: to be promoted back during decode (~1 GiB at 80-100 MB/s on 2 busy vCPUs, the first ~6
-    #: of 16 steps at 1-4 s); 0 turns it off (module docstring, 4.)
-    burst_free_fraction: float = 0.5
+    #: of 16 steps at 1-4 s); 0 turns it off (module docstring, 4.). Why 0.3 and not more: free
+    #: memory when a prefill begins still holds the model weights' pages not yet faulted in (at
+    #: ratio 1 of the residency bench 2.1-2.5 GB looked free, and a 1 GiB burst there filled
+    #: the cgroup with dirty KV; ~630 MiB was what stayed after the cuts), at ratio 0.5 0.3 of
+    #: the ~3.4 GB free still holds the whole 1 GiB burst
+    burst_free_fraction: float = 0.3
     burst_window_s: float = 2.0
     split: bool = True
     speed_alpha: float = 0.5
