@@ -102,19 +102,58 @@ def test_burst_detector_window_per_tenant() -> None:
     assert not any(d.note("c", 8 * MiB, 10.0 + i) for i in range(20))
 
 
-def _policy() -> ResidencyPolicy:
+def _policy(burst_free_fraction: float = 0.5) -> ResidencyPolicy:
     return ResidencyPolicy(
         PolicyConfig(
             mode="adaptive",
             hysteresis_bytes=0,
             min_dwell_s=0.0,
-            learn=FeedbackConfig(speed_alpha=1.0, split=False),
+            learn=FeedbackConfig(
+                speed_alpha=1.0, split=False, burst_free_fraction=burst_free_fraction
+            ),
         )
     )
 
 
-def test_a_prefill_burst_goes_to_the_faster_write_path_then_is_promoted_after_it() -> None:
+def _prefill(p: ResidencyPolicy, objects: int = 64) -> list[str]:
+    """A prefill: 16 MiB objects, 10 per second; where each went."""
+    pc = dr = 0
+    placed = []
+    for layer in range(objects):
+        where = p.place("t", 16 * MiB, TenantUsage(pc, dr), now=layer * 0.1)
+        placed.append(where)
+        pc, dr = (pc + 16 * MiB, dr) if where == PAGECACHE else (pc, dr + 16 * MiB)
+    return placed
+
+
+def test_a_burst_that_free_memory_holds_goes_to_the_page_cache_whatever_the_speeds() -> None:
+    """Everything fits: written once where decode wants it, nothing to promote afterwards."""
     p = _policy()
+    p.shares(p.observe(obs(0)), {"t": 0})  # 8 GiB free, write speeds unmeasured
+    assert set(_prefill(p)) == {PAGECACHE}
+
+
+def test_a_burst_takes_at_most_burst_free_fraction_of_the_free_memory() -> None:
+    p = _policy()
+    p.shares(p.observe(obs(0, free=256 * MiB)), {"t": 0})
+    placed = _prefill(p, 16)
+    # the first object is placed before the tenant bursts (in budget), then 7 x 16 MiB of the
+    # 120 MiB the burst may take (half the 240 MiB free when it began), then direct
+    assert placed[0] == PAGECACHE
+    assert placed.count(PAGECACHE) == 1 + 7
+    assert set(placed[8:]) == {DIRECT}
+    # the share is per burst: a tick does not refill it while the burst goes on
+    p.shares(p.observe(obs(1.6, free=256 * MiB, pc=128 * MiB, demand=256 * MiB)), {"t": 0})
+    assert p.place("t", 16 * MiB, TenantUsage(128 * MiB, 128 * MiB), now=1.6) == DIRECT
+    # off: a burst goes direct until page-cache writes are measured faster
+    p = _policy(burst_free_fraction=0.0)
+    p.shares(p.observe(obs(0)), {"t": 0})
+    assert set(_prefill(p)[2:]) == {DIRECT}
+
+
+def test_a_prefill_burst_goes_to_the_faster_write_path_then_is_promoted_after_it() -> None:
+    # the free-memory rule off: this is the path taken when free memory does not hold a burst
+    p = _policy(burst_free_fraction=0.0)
     budget = p.observe(obs(0))
     p.shares(budget, {"t": 0})
     pc = dr = 0

@@ -131,13 +131,13 @@ class LayerPipeline:
         self._arena_ptrs: set[int] = set()
         alloc, free = self._staging_functions(backend)
         self._read_staging = StagingPool(
-            # Reused on the CPU too: a layer() result is only valid until the next layer() or
-            # end_step() (documented above), which is exactly when its buffer comes back, and
-            # recycling spares the model thread an arena free and the reader an arena
-            # allocation per layer (a visible share of the step in the pipeline bench).
+            # Reused on the GPU only. Reusing on the CPU too (a layer() result lives until the
+            # next layer()) ran the residency bench's arena out of room ("arena full" at decode
+            # step 3 of adaptive at ratio 0.5, twice): the read pool's cached buffers, sized for
+            # last step's (shorter) layers, plus the write pool's fill the arena with fragments.
             cfg.staging_bytes,
             alloc,
-            reuse=True,
+            reuse=self._cuda,
             ordered=True,
             free=free,
         )

@@ -67,7 +67,11 @@ of observations into three answers the policy acts on:
    0.63 once dirty pages piled up, and the prefill that followed them took 4.0 s against 1.6 s
    direct. Under a memory limit a page-cache write pays for reclaim and dirty throttling
    (measured 7.3 s against 2.75 s for the same prefill) and its pages are written back later
-   anyway; a direct write is written once and is the safe guess. Hot objects are promoted
+   anyway; a direct write is written once and is the safe guess. **Unless free memory holds
+   it**: while memory is not contested, a burst goes to the page cache until its placements
+   there take ``burst_free_fraction`` of the free memory seen when it began (MemFree /
+   cgroup headroom, never others' clean cache). When everything fits, the slower prefill costs
+   less than promoting the burst back during decode (policy, 3.). Otherwise hot objects are promoted
    afterwards, off the critical path (rate-limited migrations, none during a burst). Which
    tenant is bursting *now*, at placement time, is :class:`BurstDetector`'s answer.
 """
@@ -116,6 +120,16 @@ class FeedbackConfig:
     #: a write burst goes to the page cache only when its writes were measured at least this
     #: many times faster than direct ones (module docstring, 4.)
     pagecache_write_advantage: float = 2.0
+    #: whatever the write speeds, a burst goes to the page cache while memory is not contested
+    #: and its page-cache placements take at most ``burst_free_fraction`` of the free memory
+    #: seen when the burst began: when everything fits, a burst written direct had
+    #: to be promoted back during decode (~1 GiB at 80-100 MB/s on 2 busy vCPUs, the first ~6
+    #: of 16 steps at 1-4 s); 0 turns it off (module docstring, 4.). Why 0.3 and not more: free
+    #: memory when a prefill begins still holds the model weights' pages not yet faulted in (at
+    #: ratio 1 of the residency bench 2.1-2.5 GB looked free, and a 1 GiB burst there filled
+    #: the cgroup with dirty KV; ~630 MiB was what stayed after the cuts), at ratio 0.5 0.3 of
+    #: the ~3.4 GB free still holds the whole 1 GiB burst
+    burst_free_fraction: float = 0.3
     burst_window_s: float = 2.0
     split: bool = True
     speed_alpha: float = 0.5

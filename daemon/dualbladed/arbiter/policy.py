@@ -31,7 +31,11 @@ oscillation. ``now`` is always passed in, so tests script time as well as signal
    gets the path that is faster for writes now (see feedback, 4.), and the page cache only
    into free memory (``room`` less our resident bytes, consumed by every page-cache placement
    until the next tick): a page-cache write that must evict someone pays reclaim now and refaults later,
-   which its own latency does not show until it is too late. So prefill costs no more than the
+   which its own latency does not show until it is too late. While memory is not contested and
+   free memory holds it with margin (its page-cache placements leave ``1 -
+   burst_free_fraction`` of the free memory seen when it began), a burst goes to the page cache
+   whatever the write speeds: promoting it back during decode cost more than the slower write
+   (feedback, 4.). Otherwise prefill costs no more than the
    better forced mode, each byte is written once, and the hot part is promoted later by
    migrations, which wait for the burst. Otherwise, once both paths' read speeds
    were measured, the split comes first: a new object goes direct if the tenant's page-cache
@@ -214,6 +218,9 @@ class ResidencyPolicy:
         self._pressure = False  # the last observation saw pressure: demote without a band
         self._write_path: PathName = DIRECT  # where a write burst goes (feedback, 4.)
         self._free_left = 0  # free memory not yet taken by page-cache placements since the tick
+        #: per bursting tenant: what is left of the page cache its burst may take whatever the
+        #: write speeds (``burst_free_fraction`` of the free memory when the burst began)
+        self._burst_room: dict[str, int] = {}
         self._bursts = BurstDetector(config.learn.tenant_burst_bytes, config.learn.burst_window_s)
 
     @property
@@ -309,15 +316,37 @@ class ResidencyPolicy:
         if forced is not None:
             return forced  # type: ignore[return-value]  # a forced mode is named after its path
         bursting = now is not None and self._bursts.note(tenant, size, now)
+        if not bursting:
+            self._burst_room.pop(tenant, None)
+        elif tenant not in self._burst_room:  # a burst begins: its share of free memory
+            self._burst_room[tenant] = int(self.config.learn.burst_free_fraction * self._free_left)
         # a write burst goes where writes are fastest (docstring, 3.), and to the page cache
         # only into free memory: evicting others to make room is what makes page-cache writes
         # slow (reclaim in the write, refaults after it)
-        if bursting and (self._write_path == DIRECT or size > self._free_left):
+        if bursting and (size > self._free_left or not self._burst_to_pagecache(tenant, size)):
             return DIRECT
         choice = self._place_in_budget(tenant, size, usage)
         if choice == PAGECACHE:
             self._free_left = max(0, self._free_left - size)
+            if bursting:
+                self._burst_room[tenant] -= size
         return choice
+
+    def _burst_to_pagecache(self, tenant: str, size: int) -> bool:
+        """May a burst's object of ``size`` go to the page cache (module docstring, 3.)?"""
+        if self._write_path == PAGECACHE:
+            return True  # measured faster for writes (feedback, 4.)
+        f = self.config.learn.burst_free_fraction
+        # free memory holds it with margin and nobody is short of memory: writing it there once
+        # beats writing it direct and promoting it back during decode. The share is per burst,
+        # not per tick: refilled every tick, a 1 GiB prefill at ratio 1 of the residency bench
+        # took all the free memory (the cgroup filled with dirty KV and the weights refaulted)
+        return (
+            f > 0
+            and not self._contested
+            and not self._pressure
+            and size <= self._burst_room.get(tenant, 0)
+        )
 
     def _split(self) -> float | None:
         """The split's page-cache fraction when it applies: measured, and memory contested."""
