@@ -122,14 +122,14 @@ class FeedbackConfig:
     pagecache_write_advantage: float = 2.0
     #: whatever the write speeds, a burst goes to the page cache while memory is not contested
     #: and its page-cache placements take at most ``burst_free_fraction`` of the free memory
-    #: seen when the burst began: when everything fits, a burst written direct had
-    #: to be promoted back during decode (~1 GiB at 80-100 MB/s on 2 busy vCPUs, the first ~6
-    #: of 16 steps at 1-4 s); 0 turns it off (module docstring, 4.). Why 0.3 and not more: free
-    #: memory when a prefill begins still holds the model weights' pages not yet faulted in (at
-    #: ratio 1 of the residency bench 2.1-2.5 GB looked free, and a 1 GiB burst there filled
-    #: the cgroup with dirty KV; ~630 MiB was what stayed after the cuts), at ratio 0.5 0.3 of
-    #: the ~3.4 GB free still holds the whole 1 GiB burst
-    burst_free_fraction: float = 0.3
+    #: seen when the burst began; 0 (the default) turns it off (module docstring, 4.). Why it
+    #: is off: when everything fits, a burst written direct is promoted back during decode (~1
+    #: GiB at 80-100 MB/s on 2 busy vCPUs, the first ~6 of 16 steps at 1-4 s), but at 0.3 the
+    #: page-cache writes under the cgroup ran at ~70 MB/s (dirty pages piling up), so prefill at
+    #: budget ratio 1 took 12.9-13.7 s against 4.7-5.3 s direct, far above baseline_file's, and
+    #: decode at 0.5 still missed (docs/residency.md, "Follow-up 2"). Above 0.3 it is worse:
+    #: free memory when a prefill begins still holds the weights' pages not yet faulted in.
+    burst_free_fraction: float = 0.0
     burst_window_s: float = 2.0
     split: bool = True
     speed_alpha: float = 0.5
