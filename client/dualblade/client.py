@@ -37,7 +37,8 @@ from dualblade import _buffers, errors
 from dualblade._layers import LayerMethods
 from dualblade._leaseplane import LeasePlane, TooLarge
 from dualblade._session import default_socket, handshake, open_channel, wait_ready
-from dualblade.arena import ClientArena, Slot
+from dualblade._staging import StagingMethods, _pin_for_cuda, _unpin_for_cuda
+from dualblade.arena import ClientArena
 from dualblade.v1 import dualblade_pb2 as pb
 from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
 from dualblade.v1 import wire
@@ -75,11 +76,12 @@ def _key(key: bytes | str) -> bytes:
     return key.encode() if isinstance(key, str) else bytes(key)
 
 
-class Client(LayerMethods):
+class Client(LayerMethods, StagingMethods):
     """One session with dualbladed. Use :meth:`connect`; close it (or use ``with``).
 
     The ranged API for layer objects (reserve, append, read_range...) comes from
-    :class:`~dualblade._layers.LayerMethods`."""
+    :class:`~dualblade._layers.LayerMethods`; zero-copy arena tensors and staging from
+    :class:`~dualblade._staging.StagingMethods`."""
 
     def __init__(self, socket_path: str, handshake: Any, channel: grpc.Channel) -> None:
         self.socket_path = socket_path
@@ -442,46 +444,6 @@ class Client(LayerMethods):
         """Which keys exist: :meth:`stat_many` without pins, one round trip per batch of keys."""
         return [info is not None for info in self.stat_many(keys)]
 
-    # -- zero-copy tensors ----------------------------------------------------------------
-
-    def arena_tensor(self, shape: Sequence[int], dtype: Any) -> Any:
-        """A CPU tensor that *is* a slice of the shared arena (pinned on CUDA builds).
-
-        put/get_into with such a tensor move bytes between it and storage with no copy in this
-        process. Free it with :meth:`release_tensor` when done.
-        """
-        import torch
-
-        numel = 1
-        for d in shape:
-            numel *= int(d)
-        nbytes = numel * torch.empty((), dtype=dtype).element_size()
-        slot = self.arena.alloc(max(nbytes, 1))
-        view = self.arena.view(slot)
-        t = torch.frombuffer(view, dtype=torch.uint8, count=nbytes).view(dtype).view(*shape)
-        return t
-
-    def staging(self, nbytes: int) -> Any:
-        import torch
-
-        return self.arena_tensor((nbytes,), torch.uint8)
-
-    @property
-    def staging_alignment(self) -> int:
-        """Arena offsets the daemon can address directly (sub-ranges of a staging tensor at
-        multiples of this are read and written in place)."""
-        return self.arena.alignment
-
-    @property
-    def staging_capacity(self) -> int:
-        """The most staging memory :meth:`staging` can hand out at once: the arena size."""
-        return self.arena.size
-
-    def release_tensor(self, tensor: Any) -> None:
-        slot = self.arena.slot_at(tensor.data_ptr() - self.arena.address)
-        if slot is not None:
-            self.arena.free(slot)
-
     # -- internals ------------------------------------------------------------------------
 
     @property
@@ -512,31 +474,6 @@ class Client(LayerMethods):
             used += n
         if chunk:
             yield chunk
-
-    def _arena_offset_of(self, obj: Any, nbytes: int) -> int | None:
-        """Where ``obj`` lies in the arena, if it is a page-aligned arena tensor (zero copy)."""
-        if not _buffers.is_tensor(obj) or obj.device.type != "cpu" or not obj.is_contiguous():
-            return None
-        off = obj.data_ptr() - self.arena.address
-        if off >= 0 and off + nbytes <= self.arena.size and off % wire.ALIGNMENT == 0:
-            return off
-        return None
-
-    def _stage_out(self, data: Any, n: int, offset: int | None) -> tuple[Slot, bool]:
-        if offset is not None:
-            return Slot(offset, n), False
-        slot = self.arena.alloc(max(n, 1))
-        view = self.arena.view(slot)
-        try:
-            _buffers.copy_into(view, data)
-        finally:
-            view.release()
-        return slot, True
-
-    def _stage_in(self, n: int, offset: int | None) -> tuple[Slot, bool]:
-        if offset is not None:
-            return Slot(offset, n), False
-        return self.arena.alloc(max(n, 1)), True
 
     def _remember_sizes(self, chunk: list[_Item], results: list[pb.OpResult]) -> None:
         with self._sizes_lock:
@@ -618,22 +555,3 @@ def _info(o: pb.ObjectInfo) -> ObjectInfo:
         o.checksum,
         o.capacity,
     )
-
-
-def _pin_for_cuda(arena: ClientArena) -> bool:
-    """Page-lock the arena for fast H2D copies when a CUDA build of torch is loaded."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_available():
-        return False
-    from dualblade.cuda import host_register
-
-    return host_register(arena.address, arena.size)
-
-
-def _unpin_for_cuda(arena: ClientArena, pinned: bool) -> None:
-    if pinned:
-        from dualblade.cuda import host_unregister
-
-        host_unregister(arena.address)

@@ -155,7 +155,7 @@ def test_quota_holds_across_a_group_and_reservations_are_returned(rig) -> None:
     outcomes = rig.executor.execute(rig.session, rig.puts(11))
     assert sum(o.ok for o in outcomes) == 10
     assert {type(o.error).__name__ for o in outcomes if not o.ok} == {"QuotaExceeded"}
-    assert rig.executor._reserved == {} and rig.executor._uid_reserved == {}
+    assert rig.executor._quotas._reserved == {} and rig.executor._quotas._uid_reserved == {}
     assert rig.store.usage(rig.session.tenant) == 10 * BLOCK
     stored = [i for i, o in enumerate(outcomes) if o.ok]
     again = [rig.puts(50)[i] for i in stored]  # replacing the same keys fits the quota
@@ -200,7 +200,7 @@ def test_a_packed_put_over_the_quota_stores_nothing_and_returns_its_reservation(
     free = rig.direct.stats().free
     (outcome,) = rig.executor.execute(rig.session, [packed(rig, 5, n=11)])
     assert type(outcome.error).__name__ == "QuotaExceeded"
-    assert rig.executor._reserved == {} and rig.executor._uid_reserved == {}
+    assert rig.executor._quotas._reserved == {} and rig.executor._quotas._uid_reserved == {}
     assert rig.store.usage(rig.session.tenant) == 0 and rig.direct.stats().free == free
     (outcome,) = rig.executor.execute(rig.session, [packed(rig, 5, n=10)])
     assert outcome.ok and rig.store.usage(rig.session.tenant) == 10 * BLOCK

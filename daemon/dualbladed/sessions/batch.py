@@ -24,13 +24,9 @@ layer's KV is typically tens of blocks of a few hundred KiB). Outcomes keep the 
 Each op then does its I/O inline (:func:`~dualbladed.paths.engine.serial_transfers`): the batch
 is the fan-out, and a second one per large object only cost CPU.
 
-Quotas: a tenant's usage is what the store holds for it plus what in-flight puts have reserved.
-The reservation is taken under ``_quota_lock`` before the data write and released after the
-commit, so concurrent puts from one tenant cannot jointly overshoot its quota while still running
-their I/O in parallel. Lock order: ``_quota_lock`` is a leaf lock (nothing is called while it is
-held except the store's cheap ``usage()``, and its ``evict_for_quota``: a put that would pass
-the quota first evicts the tenant's least recently used persistent objects, see
-:mod:`dualbladed.store.capacity`, so that two puts cannot both count the same evicted bytes).
+Quotas: every put holds its bytes against the tenant's and the uid's quotas from before its
+data write until after its commit (:class:`~dualbladed.sessions.quota.QuotaReservations`,
+whose lock is a leaf lock; its docstring states the rules).
 
 Stat, unpin and touch ops (issue 13): a stat answers whether a key exists, and with ``pin_ms`` pins a
 hit for the session (:mod:`dualbladed.store.pins`); a miss is the op's NOT_FOUND, a normal
@@ -42,7 +38,6 @@ stat miss does.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,9 +45,10 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from dualblade.v1.wire import ALIGNMENT
-from dualbladed.errors import DualbladeError, InvalidArgument, NotFound, QuotaExceeded
+from dualbladed.errors import DualbladeError, InvalidArgument, NotFound
 from dualbladed.paths.abstract import PATH_NAMES
 from dualbladed.paths.engine import serial_transfers
+from dualbladed.sessions.quota import QuotaReservations
 from dualbladed.sessions.registry import Session
 from dualbladed.sessions.requests import (
     NOT_RUN,
@@ -127,15 +123,6 @@ def _without_frames(err: DualbladeError) -> DualbladeError:
     return err
 
 
-def _take_back(table: dict, name: object, length: int) -> None:
-    """Lower a reservation, dropping the entry at zero (the tables stay small)."""
-    left = table.get(name, 0) - length
-    if left > 0:
-        table[name] = left
-    else:
-        table.pop(name, None)
-
-
 def _touched(info: ObjectInfo) -> OpOutcome:
     return OpOutcome(None, info.size, info.generation, info.path, persistent=info.persistent)
 
@@ -172,13 +159,10 @@ class BatchExecutor:
             else None
         )
         self._limits = limits
-        self._quota_for = quota_for
         self._record = record or (lambda *a: None)
-        self._quota_lock = threading.Lock()
-        self._reserved: dict[str, int] = {}
-        # Per-uid caps over all of a uid's labels (0 = none); keyed by uid like ``_reserved``.
-        self._uid_quota_for = uid_quota_for
-        self._uid_reserved: dict[int, int] = {}
+        self._quotas = QuotaReservations(store, quota_for, uid_quota_for)
+        self._reserve = self._quotas.reserve
+        self._unreserve = self._quotas.unreserve
 
     def execute(
         self, session: Session, ops: Sequence[Op], *, stop_on_error: bool = False
@@ -491,7 +475,7 @@ class BatchExecutor:
                 span += _round_up(length)
             region = session.arena.view(op.arena_offset, span)
             views = [region[o : o + n_] for o, n_ in zip(offsets, op.lengths)]
-            held = self._reserve_packed(session, op)
+            held = self._quotas.reserve_packed(session, op.keys, op.lengths, durable=op.durable)
             try:
                 sid = session.id
                 specs = [
@@ -527,23 +511,6 @@ class BatchExecutor:
             generations=tuple(info.generation for info in infos),
             paths=tuple(info.path for info in infos),
         )
-
-    def _reserve_packed(self, session: Session, op: PutPackedRequest) -> int:
-        """:meth:`_reserve` for a packed put: one reservation of the total when the session
-        has no quota to check (nothing is replaced-counted then), else one per object, so
-        the replaced-version and eviction rules stay exactly those of single puts."""
-        quota = self._quota_for(session)
-        uid_quota = self._uid_quota_for(session) if self._uid_quota_for is not None else 0
-        if not quota and not uid_quota:
-            return self._reserve(session, b"", sum(op.lengths), durable=op.durable)
-        held = 0
-        try:
-            for key, length in zip(op.keys, op.lengths):
-                held += self._reserve(session, key, length, durable=op.durable)
-        except BaseException:
-            self._unreserve(session, held)
-            raise
-        return held
 
     def _get(self, session: Session, op: GetRequest):  # -> ObjectInfo
         self._check_size(op.length)
@@ -607,61 +574,3 @@ class BatchExecutor:
         finally:
             dst.release()
         return _LayerDone(n, info.generation, info.path, n)
-
-    # -- quotas ---------------------------------------------------------------------------
-
-    def _reserve(self, session: Session, key: bytes, length: int, *, durable: bool = False) -> int:
-        """Check the quotas and hold what the put adds: ``length`` less the size of the
-        version it replaces (which goes when it commits), so a batch that rewrites its own
-        objects at the quota is not refused for holding old and new at once. Returns the bytes
-        held, for :meth:`_unreserve`."""
-        quota = self._quota_for(session)
-        uid_quota = self._uid_quota_for(session) if self._uid_quota_for is not None else 0
-        uid = session.uid
-        with self._quota_lock:
-            reserved = self._reserved.get(session.tenant, 0)
-            uid_reserved = self._uid_reserved.get(uid, 0)
-            replaced = self._replaced_size(session.tenant, key) if quota or uid_quota else 0
-            if quota:
-                used = self._store.usage(session.tenant) + reserved - replaced
-                if used + length > quota:  # make room: LRU eviction (all or nothing)
-                    used -= self._store.evict_for_quota(
-                        session.tenant, used + length - quota, keep=key, durable=durable
-                    )
-                if used + length > quota:
-                    raise QuotaExceeded(
-                        f"quota exceeded for tenant {session.tenant}: {used} bytes used, "
-                        f"{length} requested, quota {quota} bytes"
-                    )
-            if uid_quota:
-                used = self._store.uid_usage(uid) + uid_reserved - replaced
-                if used + length > uid_quota:  # the same, over all of the uid's tenants
-                    used -= self._store.evict_for_quota(
-                        session.tenant,
-                        used + length - uid_quota,
-                        keep=key,
-                        durable=durable,
-                        uid=uid,
-                    )
-                if used + length > uid_quota:
-                    raise QuotaExceeded(
-                        f"quota exceeded for uid {uid}: {used} bytes used over all its tenants, "
-                        f"{length} requested, per-uid quota {uid_quota} bytes"
-                    )
-            held = max(0, length - replaced)
-            self._reserved[session.tenant] = reserved + held
-            self._uid_reserved[uid] = uid_reserved + held
-            return held
-
-    def _unreserve(self, session: Session, length: int) -> None:
-        with self._quota_lock:
-            _take_back(self._reserved, session.tenant, length)
-            _take_back(self._uid_reserved, session.uid, length)
-
-    def _replaced_size(self, tenant: str, key: bytes) -> int:
-        """What replacing ``key`` gives back: its extent (usage counts extents, and a layer
-        object's extent is its whole capacity, whatever its size)."""
-        try:
-            return self._store.stat(tenant, key).length
-        except DualbladeError:
-            return 0

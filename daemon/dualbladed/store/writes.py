@@ -41,7 +41,7 @@ import xxhash
 from dualbladed.alloc.abstract import Extent
 from dualbladed.errors import DualbladeError, InvalidArgument
 from dualbladed.killpoints import killpoint
-from dualbladed.store.group import PutSpec, StagedPut, write_all
+from dualbladed.store.group import PutSpec, StagedPut, note_installed, write_all
 from dualbladed.store.index import IndexEntry, ObjectInfo, info_from_values, shared_int
 from dualbladed.store.input import as_bytes_view, check_key
 
@@ -313,7 +313,8 @@ class StoreWrites:
                 if old is not None:
                     self._retire(old)
             self._index.install_many([entry for entry, _ in pairs])
-            return [entry.info for entry, _ in pairs]
+        note_installed(len(pairs))  # outside the lock: may collect and freeze the heap
+        return [entry.info for entry, _ in pairs]
 
     def delete(self, tenant: str, key: bytes, *, durable: bool = False) -> ObjectInfo:
         """Remove one object and free its space (once no reader pins it).
