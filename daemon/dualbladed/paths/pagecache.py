@@ -42,7 +42,8 @@ Giving space back and the disk floor (hostile-user hardening, issue 15). A relea
 range is punched out of its slab (``fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)``) *before*
 it returns to the allocator, so no new owner's bytes can be punched; :meth:`punch_free` does the
 same for every free range after a restart (space freed by a crash or an older version). Python
-has no ``os.fallocate`` with a mode (``os.posix_fallocate`` only allocates), hence ctypes. Where
+has no ``os.fallocate`` with a mode (``os.posix_fallocate`` only allocates), hence ctypes: both
+libc calls (this and ``mincore``) live in :mod:`dualbladed.paths.libc`. Where
 the filesystem cannot punch (EOPNOTSUPP) it is logged once and the slab keeps its blocks.
 ``free_floor`` bytes must stay available to unprivileged users (``statvfs`` ``f_bavail``, so
 root's reserved blocks are not counted as ours) on the slabs' filesystem: :meth:`allocate` refuses
@@ -59,12 +60,8 @@ filesystem under the slabs (ENOSPC from a write into a sparse slab, or from ``fd
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
 import itertools
 import logging
-import mmap
 import os
 import re
 import threading
@@ -87,13 +84,12 @@ from dualbladed.errors import (
 from dualbladed.oserrors import from_oserror, translated
 from dualbladed.paths.abstract import PAGECACHE, ResidencyPath
 from dualbladed.paths.engine import byte_view
+from dualbladed.paths.libc import HolePuncher, Mincore
 
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 _SLAB_RE = re.compile(r"^slab-(\d{4,})\.dat$")
-#: byte -> 1 if the page is resident (bit 0 of the mincore vector), else 0.
-_RESIDENT_BIT = bytes(b & 1 for b in range(256))
 
 
 def slab_name(index: int) -> str:
@@ -106,79 +102,6 @@ class _Slab:
     fd: int
     capacity: int
     alloc: ExtentAllocator
-
-
-class _Mincore:
-    """``mincore(2)`` over a read-only shared mapping made with libc's own mmap.
-
-    Python's :class:`mmap.mmap` does not expose its address for a read-only map, so the mapping
-    is made through ctypes; it is never dereferenced, so no page is faulted in.
-    """
-
-    def __init__(self) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        self._mmap = libc.mmap
-        self._mmap.restype = ctypes.c_void_p
-        self._mmap.argtypes = [
-            ctypes.c_void_p,
-            ctypes.c_size_t,
-            ctypes.c_int,
-            ctypes.c_int,
-            ctypes.c_int,
-            ctypes.c_long,
-        ]
-        self._munmap = libc.munmap
-        self._munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        self._mincore = libc.mincore
-        self._mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-        self.page = mmap.PAGESIZE
-
-    def resident(self, fd: int, length: int) -> int:
-        """Bytes of ``fd``'s first ``length`` bytes that are in the page cache."""
-        if length <= 0:
-            return 0
-        addr = self._mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        if addr in (None, ctypes.c_void_p(-1).value):
-            err = ctypes.get_errno()
-            raise OSError(err, f"mmap for mincore: {os.strerror(err)}")
-        try:
-            pages = (length + self.page - 1) // self.page
-            vec = ctypes.create_string_buffer(pages)
-            if self._mincore(addr, length, vec) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"mincore: {os.strerror(err)}")
-            return vec.raw[:pages].translate(_RESIDENT_BIT).count(1) * self.page
-        finally:
-            self._munmap(addr, length)
-
-
-_FALLOC_FL_KEEP_SIZE = 0x01
-_FALLOC_FL_PUNCH_HOLE = 0x02
-
-
-class _HolePuncher:
-    """``fallocate(fd, PUNCH_HOLE | KEEP_SIZE, offset, length)`` through libc (see the module
-    docstring for why ctypes); ``supported`` turns False after the first EOPNOTSUPP."""
-
-    def __init__(self) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        self._fallocate = libc.fallocate
-        self._fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-        self.supported = True
-
-    def punch(self, fd: int, offset: int, length: int) -> None:
-        if not self.supported or length <= 0:
-            return
-        if self._fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length):
-            err = ctypes.get_errno()
-            if err in (errno.EOPNOTSUPP, errno.ENOSYS):
-                self.supported = False
-                log.warning(
-                    "page-cache slabs: this filesystem cannot punch holes; freed space "
-                    "stays allocated in the slab files"
-                )
-                return
-            raise OSError(err, f"fallocate(PUNCH_HOLE): {os.strerror(err)}")
 
 
 def free_floor_bytes(directory: Path, min_free_bytes: int, min_free_fraction: float) -> int:
@@ -225,11 +148,11 @@ class PageCachePath(ResidencyPath):
         self._resident_cache: tuple[float, int] | None = None
         self.free_floor = max(0, free_floor)
         try:
-            self._puncher: _HolePuncher | None = _HolePuncher()
+            self._puncher: HolePuncher | None = HolePuncher()
         except (OSError, AttributeError):  # no libc fallocate symbol: slabs keep their blocks
             self._puncher = None
         try:
-            self._mincore: _Mincore | None = _Mincore()
+            self._mincore: Mincore | None = Mincore()
         except (OSError, AttributeError):  # no libc / no mincore symbol: estimate instead
             self._mincore = None
         with translated(f"opening the page-cache directory {self.directory}"):
