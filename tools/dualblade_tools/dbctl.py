@@ -8,7 +8,10 @@ state directory and namespace; non-zero exit on any problem).
 
 Every command prints a human table by default and JSON with ``--json`` (the JSON shape is the
 interface scripts depend on: keep keys stable). Numbers are JSON numbers, 64-bit ones included
-(protobuf's own JSON mapping would print those as strings); an unset message is ``null``.
+(protobuf's own JSON mapping would print those as strings); an unset message is ``null``. That
+conversion, the table-or-JSON switch and the residency tables live in
+:mod:`dualblade_tools.dbctl_render` (``residency_dict`` and ``render_residency`` are still
+importable from here); this module keeps the commands, the parser and the exit codes.
 
 Like other Unix filters, dbctl dies quietly of SIGPIPE when its reader goes away
 (``dbctl status --json | head``).
@@ -23,12 +26,11 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from typing import Any
 
-from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
-
+from dualblade_tools.dbctl_render import RESIDENCY_ROWS as RESIDENCY_ROWS  # re-exported
+from dualblade_tools.dbctl_render import emit, pb_dict, render_residency, residency_dict
 from dualblade_tools.tables import format_bytes, print_table
 
 Command = Callable[[argparse.Namespace], int]
@@ -42,54 +44,6 @@ def _client(args: argparse.Namespace) -> Any:
     return AdminSession(args.socket, tenant="dbctl")
 
 
-def _pb_value(field: FieldDescriptor, value: Any) -> Any:
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return _pb_dict(value)
-    if field.type == FieldDescriptor.TYPE_ENUM:
-        enum = field.enum_type.values_by_number.get(value)
-        return enum.name if enum is not None else value
-    if field.type == FieldDescriptor.TYPE_BYTES:
-        return value.decode("utf-8", "backslashreplace")
-    return value  # int (any width), float, bool, str: already JSON's own types
-
-
-def _pb_dict(msg: Message) -> dict[str, Any]:
-    """A message as JSON-ready data, by field name, every field present.
-
-    Unlike ``MessageToDict`` this keeps 64-bit integers as numbers. An unset message field or
-    ``optional`` scalar is None; deprecated fields are left out (they are no longer filled).
-    """
-    out: dict[str, Any] = {}
-    for field in msg.DESCRIPTOR.fields:
-        if field.GetOptions().deprecated:
-            continue
-        value = getattr(msg, field.name)
-        if field.is_repeated:
-            out[field.name] = [_pb_value(field, v) for v in value]
-        elif field.has_presence and not msg.HasField(field.name):
-            out[field.name] = None
-        else:
-            out[field.name] = _pb_value(field, value)
-    return out
-
-
-def _emit(args: argparse.Namespace, data: Any, render: Callable[[Any], None]) -> int:
-    if args.json:
-        json.dump(data, sys.stdout, indent=2, sort_keys=True, default=_json_default)
-        sys.stdout.write("\n")
-    else:
-        render(data)
-    return 0
-
-
-def _json_default(obj: Any) -> Any:
-    if is_dataclass(obj):
-        return asdict(obj)  # type: ignore[arg-type]
-    if isinstance(obj, bytes):
-        return obj.decode("utf-8", "backslashreplace")
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
 # -- online ---------------------------------------------------------------------------------
 
 
@@ -98,7 +52,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     with _client(args) as c:
         reply = c.admin_call("Status", pb.StatusRequest())
-    data = _pb_dict(reply)
+    data = pb_dict(reply)
     data["residency"] = residency_dict(reply.residency) if reply.HasField("residency") else {}
 
     def render(d: dict[str, Any]) -> None:
@@ -141,14 +95,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                 ],
             )
 
-    return _emit(args, data, render)
+    return emit(args, data, render)
 
 
 def cmd_tenants(args: argparse.Namespace) -> int:
     from dualblade.v1 import dualblade_pb2 as pb
 
     with _client(args) as c:
-        data = _pb_dict(c.admin_call("Tenants", pb.TenantsRequest()))["tenants"]
+        data = pb_dict(c.admin_call("Tenants", pb.TenantsRequest()))["tenants"]
 
     def render(rows: list[dict[str, Any]]) -> None:
         print_table(
@@ -170,7 +124,7 @@ def cmd_tenants(args: argparse.Namespace) -> int:
             ],
         )
 
-    return _emit(args, data, render)
+    return emit(args, data, render)
 
 
 def _extent_pages(args: argparse.Namespace) -> Iterator[list[dict[str, Any]]]:
@@ -276,159 +230,7 @@ def cmd_residency(args: argparse.Namespace) -> int:
     with _client(args) as c:
         reply = c.admin_call("Residency", pb.ResidencyRequest())
     data = residency_dict(reply.status) if reply.HasField("status") else {}
-    return _emit(args, data, render_residency)
-
-
-def residency_dict(msg: Message) -> dict[str, Any]:
-    """A ``ResidencyStatus`` in dbctl's JSON shape: tenants keyed by name, moves ``from``/``to``."""
-    data = _pb_dict(msg)
-    data["tenants"] = {t.pop("tenant"): t for t in data["tenants"]}
-    for m in data["migrations"]:
-        m["from"], m["to"] = m.pop("src"), m.pop("dst")
-    return data
-
-
-#: how many of the arbiter's recent migrations the table shows (--json has them all)
-RESIDENCY_ROWS = 20
-
-
-def _size_or(value: Any, none: str = "-") -> str:
-    return none if value is None else format_bytes(int(value))
-
-
-def _gbps(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f} GB/s"
-
-
-def _feedback_rows(fb: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """What the adaptive arbiter learned on its last tick (``ResidencyStatus.feedback``)."""
-    if fb is None:
-        return [("learned", "nothing yet")]
-    split = fb["pagecache_fraction"]
-    hit = fb["hit_ratio"]
-    refaults = fb["refault_bytes_per_s"]
-    return [
-        (
-            "learned cap",
-            f"{format_bytes(fb['cap'])} (ceiling {format_bytes(fb['ceiling'])}, "
-            f"room {format_bytes(fb['room'])})",
-        ),
-        ("  pressure", fb["pressure"] or "none"),
-        (
-            "  refaults / hit ratio",
-            f"{'-' if refaults is None else format_bytes(int(refaults)) + '/s'} / "
-            f"{'-' if hit is None else f'{hit:.2f}'}",
-        ),
-        (
-            "  read pagecache / direct",
-            f"{_gbps(fb['pagecache_read_gbps'])} / {_gbps(fb['direct_read_gbps'])}",
-        ),
-        (
-            "  write pagecache / direct",
-            f"{_gbps(fb['pagecache_write_gbps'])} / {_gbps(fb['direct_write_gbps'])}",
-        ),
-        ("  split (page-cache share)", "off" if split is None else f"{split:.2f}"),
-        (
-            "  write bursts go to",
-            fb["write_path"] + (" (burst now: migrations wait)" if fb["write_burst"] else ""),
-        ),
-    ]
-
-
-def render_residency(d: dict[str, Any]) -> None:
-    """The arbiter's status as three tables: tenants, budget and signals, migrations.
-
-    ``d`` is :func:`residency_dict`'s output: every key is present; None means "not known yet".
-    """
-    if not d:
-        print("no residency arbiter")
-        return
-    tenants = d["tenants"]
-    print_table(
-        ["tenant", "pagecache", "direct", "share", "weight"],
-        [
-            (
-                t,
-                format_bytes(v["pagecache"]),
-                format_bytes(v["direct"]),
-                format_bytes(v["share"]),
-                f"{v['weight']:g}",
-            )
-            for t, v in sorted(tenants.items())
-        ]
-        or [("(no objects)", "-", "-", "-", "-")],
-    )
-    budget = d["budget"] or dict.fromkeys(
-        ("total", "raw", "effective_available", "reserve", "hysteresis", "pagecache_resident")
-    )
-    sig = d["signals"] or dict.fromkeys(
-        ("mem_available", "mem_total", "cgroup_version", "psi_some_avg10", "psi_full_avg10")
-    )
-    psi, totals = d["psi"], d["totals"]
-    cg = sig["cgroup_version"]
-
-    def pct(value: float | None) -> str:
-        return "-" if value is None else f"{value}"
-
-    rows = [
-        ("mode", d["mode"]),
-        ("page-cache budget", _size_or(budget["total"], "none yet")),
-        ("  from this tick", _size_or(budget["raw"])),
-        ("  effective available", _size_or(budget["effective_available"])),
-        ("  reserve", _size_or(budget["reserve"])),
-        ("  hysteresis", _size_or(budget["hysteresis"])),
-        ("our page-cache footprint", _size_or(budget["pagecache_resident"])),
-        (
-            "MemAvailable / MemTotal",
-            f"{_size_or(sig['mem_available'])} / {_size_or(sig['mem_total'])}",
-        ),
-        (
-            "cgroup" + (f" v{cg}" if cg else ""),
-            "none"
-            if not cg
-            else f"limit {_size_or(sig['cgroup_limit'], 'unlimited')}, "
-            f"usage {_size_or(sig['cgroup_usage'])}, cache {_size_or(sig['cgroup_cache'])}",
-        ),
-        (
-            "PSI some/full avg10",
-            f"{pct(sig['psi_some_avg10'])}% / {pct(sig['psi_full_avg10'])}%"
-            f" (triggers: {psi['mode'] or 'off'}, {psi['events']} events)",
-        ),
-        (
-            "on the paths",
-            f"pagecache {format_bytes(totals['pagecache_bytes'])}, "
-            f"direct {format_bytes(totals['direct_bytes'])}",
-        ),
-        (
-            "migrations",
-            f"{totals['migrations']} ({totals['failed_migrations']} failed), "
-            f"demoted {format_bytes(totals['demoted_bytes'])}, "
-            f"promoted {format_bytes(totals['promoted_bytes'])}, "
-            f"cap {format_bytes(d['migration_bytes_per_s'])}/s",
-        ),
-        ("ticks", f"{d['ticks']} every {d['tick_s']} s"),
-        *_feedback_rows(d.get("feedback")),
-    ]
-    print()
-    print_table(["residency", "value"], rows)
-    moves = d["migrations"][-RESIDENCY_ROWS:]
-    if moves:
-        print()
-        print_table(
-            ["time", "tenant", "key", "move", "bytes", "ms", "result"],
-            [
-                (
-                    time.strftime("%H:%M:%S", time.localtime(m["time"])),
-                    m["tenant"],
-                    m["key"],
-                    f"{m['from']} -> {m['to']}",
-                    format_bytes(m["bytes"]),
-                    f"{m['ms']:.1f}",
-                    "ok" if m["ok"] else f"failed: {m['error'] or '?'}",
-                )
-                for m in moves
-            ],
-        )
+    return emit(args, data, render_residency)
 
 
 # -- offline --------------------------------------------------------------------------------
@@ -459,7 +261,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
             ],
         )
 
-    return _emit(args, data, render)
+    return emit(args, data, render)
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -475,7 +277,7 @@ def cmd_health(args: argparse.Namespace) -> int:
         for problem in d["problems"]:
             print(f"  problem: {problem}")
 
-    _emit(args, data, render)
+    emit(args, data, render)
     return 0 if reply.serving else 1
 
 
@@ -512,7 +314,7 @@ def cmd_fsck(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=_fsck_progress(args.progress or sys.stderr.isatty()),
     )
-    _emit(args, asdict(report), lambda r: print(report.render()))
+    emit(args, asdict(report), lambda r: print(report.render()))
     return 0 if report.ok else 1
 
 
