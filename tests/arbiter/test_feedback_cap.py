@@ -195,3 +195,36 @@ def test_under_pressure_the_split_bounds_the_target_again() -> None:
     plan = p.plan({"t": TenantUsage(GiB, 0)}, heat, now=2.0)
     # demote to the split's 75% of demand (768 MiB here, the same as the cut)
     assert sum(m.size for m in plan if m.dst == DIRECT) == GiB - 768 * MiB
+
+
+def test_promotions_wait_for_reads_of_the_direct_path() -> None:
+    """Measured: an idle daemon spent 76% of a core promoting 10^5 freshly put 4 KiB objects
+    that nobody read. Promotions run only while the direct path is being read (within
+    ``promote_read_window_s`` of a tick whose read counter grew); demotions are not gated."""
+    p = _measured_policy()
+    heat = [ObjectHeat("t", b"L%d" % i, 16 * MiB, DIRECT, float(i), None) for i in range(8)]
+    usage = {"t": TenantUsage(0, 128 * MiB)}
+    unread = {PAGECACHE: PathReads(0, 0, 0.0), DIRECT: PathReads(0, 0, 0.0)}
+    budget = p.observe(obs(1, sig(8 * GiB, free=4 * GiB), demand=128 * MiB, reads=unread))
+    p.shares(budget, {"t": 128 * MiB})
+    assert not p.promotions_pay(1.0)
+    assert p.plan(usage, heat, now=1.0) == []
+    read = {PAGECACHE: PathReads(0, 0, 0.0), DIRECT: PathReads(64 * MiB, 64, 0.1)}
+    p.observe(obs(2, sig(8 * GiB, free=4 * GiB), demand=128 * MiB, reads=read))
+    plan = p.plan(usage, heat, now=2.0)
+    assert sum(m.size for m in plan if m.dst == PAGECACHE) == 128 * MiB
+    window = p.config.promote_read_window_s
+    p.observe(obs(2 + window + 1, sig(8 * GiB, free=4 * GiB), demand=128 * MiB, reads=read))
+    assert not p.promotions_pay(2 + window + 1)  # the counter stopped growing: promotions stop
+
+
+def test_puts_alone_do_not_start_promotions() -> None:
+    """The idle-daemon case itself: the meter has counted writes (the puts) and no read at
+    all, so no read counter exists yet; that must still gate promotions."""
+    p = ResidencyPolicy(_measured_policy().config)  # fresh: no observation yet
+    heat = [ObjectHeat("t", b"k%d" % i, 4096, DIRECT, float(i), None) for i in range(64)]
+    writes = {DIRECT: PathReads(64 * 4096, 64, 0.01)}
+    signals = sig(8 * GiB, free=4 * GiB)
+    budget = p.observe(Observation(1.0, signals, 0, 0, 64 * 4096, {}, 0, writes=writes))
+    p.shares(budget, {"t": 64 * 4096})
+    assert p.plan({"t": TenantUsage(0, 64 * 4096)}, heat, now=1.0) == []

@@ -58,6 +58,7 @@ store calls, so the order is always ``ResidencyArbiter._lock`` released before a
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -413,7 +414,8 @@ class ResidencyArbiter:
                 return None  # moved or replaced since the plan: nothing to do
             if m.dst == PAGECACHE and not self._pagecache_fits(m.size):
                 return None  # no room or at the disk floor: the object stays on direct
-            self._store.relocate(m.tenant, m.key, m.dst)
+            with self.meter.moving() if self.meter is not None else contextlib.nullcontext():
+                self._store.relocate(m.tenant, m.key, m.dst)
         except (NotFound, FailedPrecondition) as e:  # deleted or overwritten meanwhile
             error = str(e)
             log.info("migration of tenant %s key %r skipped: %s", m.tenant, m.key, e)
