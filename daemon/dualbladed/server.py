@@ -452,6 +452,11 @@ class Daemon:
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             self.trap_signals()
         try:
-            self._stop_requested.wait()
+            # A timed wait, looped: seen once at load ~10, a SIGTERM whose handler never ran
+            # while the main thread sat in an untimed Event.wait (py-spy: main in
+            # Condition.wait, every other thread idle, 120 s later). Returning to the
+            # interpreter every second lets a pending signal handler run.
+            while not self._stop_requested.wait(1.0):
+                pass
         finally:
             self.stop()
