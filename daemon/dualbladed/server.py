@@ -66,9 +66,10 @@ from dualbladed.service.tokengate import TokenGate
 from dualbladed.service.uidsockets import UidSockets, let_group_into_socket, prepare_admin_dir
 from dualbladed.sessions.admission import AdmissionLimits
 from dualbladed.sessions.arena import Arena
-from dualbladed.sessions.batch import BatchExecutor, BatchLimits
+from dualbladed.sessions.batch import BatchExecutor
 from dualbladed.sessions.handshake import HandshakeConfig, HandshakeServer
 from dualbladed.sessions.registry import Session, SessionRegistry
+from dualbladed.sessions.requests import BatchLimits
 from dualbladed.sessions.tenancy import is_admin
 from dualbladed.store import ObjectStore
 from dualbladed.store.capacity import CapacityPolicy

@@ -22,7 +22,7 @@ from dualbladed.errors import (
 )
 from dualbladed.service.status import op_code
 from dualbladed.service.store_servicer import op_result_pb
-from dualbladed.sessions.batch import NOT_RUN, OpOutcome
+from dualbladed.sessions.requests import NOT_RUN, OpOutcome
 
 
 @pytest.mark.parametrize(

@@ -13,14 +13,14 @@ from dualbladed.errors import Aborted, NotFound
 from dualbladed.namespace.file import FileNamespace
 from dualbladed.paths.direct import DirectPath
 from dualbladed.sessions.arena import Arena
-from dualbladed.sessions.batch import (
-    BatchExecutor,
+from dualbladed.sessions.batch import BatchExecutor
+from dualbladed.sessions.registry import Session
+from dualbladed.sessions.requests import (
     BatchLimits,
     DeleteRequest,
     GetRequest,
     PutRequest,
 )
-from dualbladed.sessions.registry import Session
 from dualbladed.store import ObjectStore
 
 BLOCK = 64 << 10
@@ -135,7 +135,7 @@ def test_a_failed_op_does_not_pin_the_session_until_the_cyclic_gc(setup):
 def test_layer_ops_report_sizes_and_record_bytes_moved(tmp_path):
     """reserve -> capacity, append -> size after it, read_range -> bytes placed; the metrics
     sink gets the bytes actually moved (none for a reserve)."""
-    from dualbladed.sessions.batch import AppendRequest, ReadRangeRequest, ReserveRequest
+    from dualbladed.sessions.requests import AppendRequest, ReadRangeRequest, ReserveRequest
 
     ns = FileNamespace(tmp_path / "ns.img", 64 << 20)
     store = ObjectStore.open(ns, tmp_path / "state", paths={"direct": DirectPath(ns)})

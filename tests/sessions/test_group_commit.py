@@ -15,8 +15,9 @@ from dualbladed.errors import DualbladeError, InvalidArgument
 from dualbladed.namespace.file import FileNamespace
 from dualbladed.paths.direct import DirectPath
 from dualbladed.sessions.arena import Arena
-from dualbladed.sessions.batch import BatchExecutor, BatchLimits, PutPackedRequest, PutRequest
+from dualbladed.sessions.batch import BatchExecutor
 from dualbladed.sessions.registry import Session
+from dualbladed.sessions.requests import BatchLimits, PutPackedRequest, PutRequest
 from dualbladed.store import ObjectStore
 
 BLOCK = 4096

@@ -248,6 +248,10 @@ class InMemoryBackend:
                         f"destination has {buffer_nbytes(dst)}"
                     )
                 found.append((dst, data))
+        self._deliver(keys, found)
+
+    def _deliver(self, keys: list[bytes], found: list[tuple[BufferOrTensor, bytes]]) -> None:
+        """Spend the modelled read time for ``found``'s bytes, copy them out, count the call."""
         nbytes = sum(len(data) for _, data in found)
         self._spend(self.read_latency_s, self.read_s_per_byte, nbytes)
         for dst, data in found:
@@ -311,15 +315,7 @@ class InMemoryBackend:
                         f"({len(data)} bytes)"
                     )
                 found.append((dst, data[offset : offset + n]))
-        nbytes = sum(len(data) for _, data in found)
-        self._spend(self.read_latency_s, self.read_s_per_byte, nbytes)
-        for dst, data in found:
-            _write_into(dst, data)
-        with self._lock:
-            self._get_calls += 1
-            self._get_objects += len(found)
-            self._get_bytes += nbytes
-            self.keys_read.extend(keys)
+        self._deliver(keys, found)
         return [len(data) for _, data in found]
 
     def contains_many(self, keys: Sequence[bytes]) -> list[bool]:

@@ -11,9 +11,10 @@ from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
 from dualbladed.errors import InvalidArgument
 from dualbladed.service.calls import rpc
 from dualbladed.service.status import op_code
-from dualbladed.sessions.batch import (
+from dualbladed.sessions.batch import BatchExecutor
+from dualbladed.sessions.registry import Session, SessionRegistry
+from dualbladed.sessions.requests import (
     AppendRequest,
-    BatchExecutor,
     BatchLimits,
     DeleteRequest,
     GetRequest,
@@ -27,7 +28,6 @@ from dualbladed.sessions.batch import (
     TouchRequest,
     UnpinRequest,
 )
-from dualbladed.sessions.registry import Session, SessionRegistry
 from dualbladed.store import ObjectInfo, ObjectStore
 
 PATH_TO_PB = {"direct": pb.RESIDENCY_PATH_DIRECT, "pagecache": pb.RESIDENCY_PATH_PAGECACHE}

@@ -54,14 +54,12 @@ from dualbladed.sessions.requests import (
     NOT_RUN,
     AppendRequest,
     BatchLimits,
-    DeleteRequest,
     GetRequest,
     LayerOp,
     Op,
     OpOutcome,
     PutPackedRequest,
     PutRequest,
-    ReadRangeRequest,
     RecordFn,
     ReserveRequest,
     StatRequest,
@@ -70,28 +68,9 @@ from dualbladed.sessions.requests import (
 )
 from dualbladed.store import ObjectStore
 from dualbladed.store.group import PutSpec, StagedPut
-
-#: The request types are defined in :mod:`dualbladed.sessions.requests` and re-exported here.
-__all__ = [
-    "NOT_RUN",
-    "AppendRequest",
-    "BatchExecutor",
-    "BatchLimits",
-    "DeleteRequest",
-    "GetRequest",
-    "LayerOp",
-    "Op",
-    "OpOutcome",
-    "PutPackedRequest",
-    "PutRequest",
-    "ReadRangeRequest",
-    "RecordFn",
-    "ReserveRequest",
-    "StatRequest",
-    "TouchRequest",
-    "UnpinRequest",
-]
 from dualbladed.store.index import ObjectInfo
+
+__all__ = ["BatchExecutor"]
 
 T = TypeVar("T")
 
