@@ -47,7 +47,7 @@ def handshake(socket_path: str, tenant: str, arena_bytes: int, timeout: float) -
 def open_channel(grpc_path: str) -> tuple[grpc.Channel, int | None]:
     """An insecure channel to ``grpc_path``, and the directory fd a path too long for
     sockaddr_un is reached through (the caller closes it after the channel)."""
-    target, dir_fd = wire.reachable_path(grpc_path)  # a long path: via /proc/self/fd
+    target, dir_fd = wire.reachable_path(grpc_path, wire.GRPC_UNIX_PATH_MAX)  # via /proc/self/fd
     channel = grpc.insecure_channel(
         f"unix://{target}",
         options=[("grpc.max_receive_message_length", 64 << 20)],

@@ -44,7 +44,7 @@ from pathlib import Path
 import grpc
 
 from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
-from dualblade.v1.wire import admin_handshake_socket_path
+from dualblade.v1.wire import GRPC_UNIX_PATH_MAX, admin_handshake_socket_path, reachable_path
 from dualbladed import sdnotify
 from dualbladed.arbiter.arbiter import ResidencyArbiter
 from dualbladed.arbiter.policy import DEFAULT_TICK_S, PolicyConfig, ResidencyPolicy
@@ -257,8 +257,11 @@ class Daemon:
 
         server = make_server(None)
         old_umask = os.umask(0o117)  # socket mode 0660: owner and group may connect
+        bind_path, bound_via = reachable_path(cfg.socket, GRPC_UNIX_PATH_MAX)
+        if bound_via is not None:  # a long path, bound through the directory's fd: keep it open
+            self._stack.callback(os.close, bound_via)
         try:
-            if not server.add_insecure_port(f"unix://{cfg.socket}"):
+            if not server.add_insecure_port(f"unix://{bind_path}"):
                 raise OSError(f"could not bind the gRPC socket {cfg.socket}")
         finally:
             os.umask(old_umask)

@@ -12,12 +12,15 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
 from dualblade import Client, errors
+from dualblade.v1 import wire
 from dualblade_tools.daemonproc import DaemonProcess
 from privdrop_utils import NOBODY, open_to_others, run_as, shared_tmpdir
 from wait_utils import SchedulerLag
@@ -31,6 +34,25 @@ def daemon(tmp_path):
 
 def connect(d: DaemonProcess, tenant: str = "default", arena: int = 8 << 20) -> Client:
     return Client.connect(d.socket, tenant=tenant, arena_bytes=arena)
+
+
+@pytest.mark.parametrize("which", ["uid", "main"])
+def test_grpc_socket_paths_grpc_refuses_are_still_served(which: str) -> None:
+    """gRPC refuses ``unix://`` paths of 106 and 107 bytes that ``sockaddr_un`` holds
+    (``wire.GRPC_UNIX_PATH_MAX``): a daemon whose per-uid socket (or main socket) lands at 106
+    bytes must still serve, through ``/proc/self/fd`` (the vllm-tier bench once failed every job
+    when pytest's tmp path put the per-uid socket there)."""
+    want = wire.GRPC_UNIX_PATH_MAX + 1
+    tail = f"run/uid/{os.geteuid()}/grpc.sock" if which == "uid" else "run/grpc.sock"
+    with tempfile.TemporaryDirectory(prefix="dbpath-", dir="/tmp") as base:
+        pad = want - len(base) - 2 - len(tail)  # base/ + pad + / + tail
+        root = Path(base) / ("p" * pad)
+        assert len(str(root / tail)) == want
+        with DaemonProcess(root) as d, connect(d) as c:
+            payload = os.urandom(10_000)
+            c.put(b"k", payload)
+            assert c.get(b"k") == payload
+            assert (root / tail).is_socket()
 
 
 def test_put_get_roundtrip_and_stat(daemon):

@@ -47,6 +47,7 @@ __all__ = [
     "ADMIN_DIR_NAME",
     "ALIGNMENT",
     "GRPC_SOCKET_NAME",
+    "GRPC_UNIX_PATH_MAX",
     "HANDSHAKE_SOCKET_NAME",
     "HELLO_MAX_BYTES",
     "LAYER_CHUNK_BYTES",
@@ -103,16 +104,22 @@ def handshake_socket_path(grpc_socket: str | os.PathLike[str]) -> str:
 
 #: The longest path a ``sockaddr_un`` holds (``sun_path`` is 108 bytes with the NUL).
 UNIX_PATH_MAX = 107
+#: The longest ``unix://`` path gRPC (1.84) binds or connects: measured, it refuses 106 and 107
+#: bytes ("Path name should not have more than 107 characters") that ``socket.bind`` takes.
+GRPC_UNIX_PATH_MAX = 105
 
 
-def reachable_path(path: str | os.PathLike[str]) -> tuple[str, int | None]:
-    """``(path, None)``, or for a path too long for ``sockaddr_un``, ``(/proc/self/fd/<fd>/<name>,
-    fd)`` where ``fd`` is an ``O_PATH`` fd of the socket's directory. Binding or connecting with
-    the short form reaches the same socket; the caller keeps ``fd`` open as long as it uses the
-    short form (a server: until it has stopped) and closes it afterwards.
+def reachable_path(
+    path: str | os.PathLike[str], limit: int = UNIX_PATH_MAX
+) -> tuple[str, int | None]:
+    """``(path, None)``, or for a path longer than ``limit`` bytes (``sockaddr_un``'s, or
+    :data:`GRPC_UNIX_PATH_MAX` for a gRPC address), ``(/proc/self/fd/<fd>/<name>, fd)`` where
+    ``fd`` is an ``O_PATH`` fd of the socket's directory. Binding or connecting with the short
+    form reaches the same socket; the caller keeps ``fd`` open as long as it uses the short form
+    (a server: until it has stopped) and closes it afterwards.
     """
     where = os.fspath(path)
-    if len(os.fsencode(where)) <= UNIX_PATH_MAX:
+    if len(os.fsencode(where)) <= limit:
         return where, None
     fd = os.open(os.path.dirname(where) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     return f"/proc/self/fd/{fd}/{os.path.basename(where)}", fd

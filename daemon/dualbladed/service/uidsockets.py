@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from dualblade.v1.wire import GRPC_SOCKET_NAME, UID_DIR_NAME, reachable_path
+from dualblade.v1.wire import GRPC_SOCKET_NAME, GRPC_UNIX_PATH_MAX, UID_DIR_NAME, reachable_path
 from dualbladed.errors import FailedPrecondition, PermissionDenied, Unavailable
 from dualbladed.service import acl
 
@@ -291,11 +291,17 @@ class UidSockets:
                     "and the daemon does not run as root"
                 )
             server = self._make_server(uid)
-            bind_path, bound_via = reachable_path(path)
-            if not server.add_insecure_port(f"unix://{bind_path}"):
+            bind_path, bound_via = reachable_path(path, GRPC_UNIX_PATH_MAX)
+            try:  # grpc raises RuntimeError where older releases returned 0
+                bound = server.add_insecure_port(f"unix://{bind_path}")
+            except RuntimeError as exc:
+                bound, why = 0, f": {exc}"
+            else:
+                why = ""
+            if not bound:
                 if bound_via is not None:
                     os.close(bound_via)
-                raise Unavailable(f"could not bind the gRPC socket {path} for uid {uid}")
+                raise Unavailable(f"could not bind the gRPC socket {path} for uid {uid}{why}")
             try:
                 os.chmod(path, 0o600)  # the directory is writable by the daemon alone
                 if by_acl:

@@ -384,10 +384,9 @@ def _timed(
 
 def _empty_call_latency(socket_path: Path, transport: str, calls: int) -> tuple[float, float]:
     """p50/p99 (us) of an empty Batch on a session of its own: bare lease plane or gRPC stub."""
-    import grpc
-
     from dualblade._handshake import open_session
     from dualblade._leaseplane import LeasePlane
+    from dualblade._session import open_channel
     from dualblade.v1 import dualblade_pb2 as pb
     from dualblade.v1 import dualblade_pb2_grpc as pb_grpc
     from dualblade.v1.wire import LEASE_FRAME_MAX_BYTES, handshake_socket_path
@@ -403,7 +402,10 @@ def _empty_call_latency(socket_path: Path, transport: str, calls: int) -> tuple[
             batch = lambda: plane.call(empty)  # noqa: E731
         else:
             grpc_path = hs.grpc_socket or socket_path  # the session's own uid's socket
-            channel = stack.enter_context(grpc.insecure_channel(f"unix://{grpc_path}"))
+            channel, dir_fd = open_channel(grpc_path)  # a long path: via /proc/self/fd
+            if dir_fd is not None:
+                stack.callback(os.close, dir_fd)
+            stack.callback(channel.close)
             stub = pb_grpc.StoreStub(channel).Batch
             metadata = (("authorization", f"Bearer {hs.token}"),)
             request = pb.BatchRequest()
