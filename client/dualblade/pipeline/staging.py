@@ -12,10 +12,11 @@ consumer waits for is always the oldest, and every buffer held is older and will
 A single request larger than the whole budget is admitted when nothing else is held.
 
 Buffer reuse: pinned or arena-backed memory is expensive to obtain, so released buffers are kept
-for reuse (``reuse=True``). The pipeline reuses on the GPU (the buffer comes back once its
-host-to-device copy is done) and on the CPU, where the consumer gets a view of the staging
-buffer but only until its next ``layer()``/``end_step()`` call, when the buffer is released.
-With ``reuse=False`` only the byte accounting is returned.
+for reuse (``reuse=True``), within the same byte budget as the buffers in use. The pipeline's
+read pool reuses on the GPU only (the buffer comes back once its host-to-device copy is done);
+on the CPU its buffers go back to the arena at release (see the pipeline's comment: cached
+fragments sized for shorter layers filled the arena). Its write pool reuses everywhere. With
+``reuse=False`` only the byte accounting is returned.
 
 Giving memory back: a buffer the pool stops tracking (released without reuse, trimmed from the
 cache, or cached at `close`) is passed to ``free``. For arena-backed staging that returns the
