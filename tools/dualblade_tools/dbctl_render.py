@@ -66,8 +66,10 @@ def pb_dict(msg: Message) -> dict[str, Any]:
 def emit(args: argparse.Namespace, data: Any, render: Callable[[Any], None]) -> int:
     """``data`` as JSON on stdout with ``--json``, else ``render(data)``; returns exit code 0."""
     if args.json:
-        json.dump(data, sys.stdout, indent=2, sort_keys=True, default=_json_default)
-        sys.stdout.write("\n")
+        # One write: json.dump writes token by token, a system call each on an unbuffered
+        # stdout (PYTHONUNBUFFERED, as under systemd or CI): ~300 of them for a status.
+        text = json.dumps(data, indent=2, sort_keys=True, default=_json_default)
+        sys.stdout.write(text + "\n")
     else:
         render(data)
     return 0
