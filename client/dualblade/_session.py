@@ -94,18 +94,36 @@ class AdminSession:
         self._channel, self._dir_fd = open_channel(grpc_path)
         self._metadata = (("authorization", f"Bearer {self._hs.token}"),)
         self.admin = pb_grpc.AdminStub(self._channel)
-        try:
-            wait_ready(pb_grpc.StoreStub(self._channel), self._metadata, grpc_path, timeout)
-        except BaseException:
-            self.close()
-            raise
+        self._grpc_path = grpc_path
+        #: the first call's wait for the channel (None once a call got through)
+        self._connect_timeout: float | None = timeout
 
     def admin_call(self, rpc: str, request: Any) -> Any:
-        """Call ``dualblade.v1.Admin/<rpc>``; errors come back as :mod:`dualblade.errors`."""
+        """Call ``dualblade.v1.Admin/<rpc>``; errors come back as :mod:`dualblade.errors`.
+
+        No separate readiness round trip (the ``Session`` call :class:`~dualblade.Client` makes):
+        the first call waits for the channel itself (``wait_for_ready``, within the session's
+        ``timeout``), so a ``dbctl status`` is one handshake and one RPC.
+        """
+        first = self._connect_timeout
         try:
-            return getattr(self.admin, rpc)(request, metadata=self._metadata)
+            if first is None:
+                reply = getattr(self.admin, rpc)(request, metadata=self._metadata)
+            else:
+                reply = getattr(self.admin, rpc)(
+                    request, metadata=self._metadata, timeout=first, wait_for_ready=True
+                )
         except grpc.RpcError as err:
+            # wait_for_ready rides out a daemon that is not listening yet, so no server
+            # shows up as the deadline; UNAVAILABLE is then the daemon's own word (stopping).
+            if first is not None and err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise errors.Unavailable(
+                    f"no answer from a dualbladed gRPC server on {self._grpc_path} "
+                    f"within {first:g} s"
+                ) from None
             raise errors.from_code(err.code().name, err.details() or "") from None
+        self._connect_timeout = None
+        return reply
 
     def close(self) -> None:
         channel, self._channel = self._channel, None
