@@ -178,19 +178,23 @@ _EXTENT_COLUMNS = ("tenant", "key", "path", "offset", "length", "size", "persist
 
 def cmd_extents(args: argparse.Namespace) -> int:
     """Streams: ``--json`` writes one JSON array element by element, ``--jsonl`` one object
-    per line, the table one page at a time (columns sized by the first page)."""
+    per line, the table one page at a time (columns sized by the first page). Each page is one
+    write: on an unbuffered stdout (PYTHONUNBUFFERED, systemd, CI) a write per element is a
+    system call per object."""
     out = sys.stdout
     if args.json or args.jsonl:
         first = True
         if not args.jsonl:
             out.write("[")
         for page in _extent_pages(args):
+            parts = []
             for e in page:
                 if args.jsonl:
-                    out.write(json.dumps(e, sort_keys=True) + "\n")
+                    parts.append(json.dumps(e, sort_keys=True) + "\n")
                 else:
-                    out.write(("\n  " if first else ",\n  ") + json.dumps(e, sort_keys=True))
+                    parts.append(("\n  " if first else ",\n  ") + json.dumps(e, sort_keys=True))
                 first = False
+            out.write("".join(parts))
             out.flush()
         if not args.jsonl:
             out.write("\n]\n" if not first else "]\n")
