@@ -38,6 +38,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Sequence
 from concurrent import futures
 from pathlib import Path
 
@@ -175,6 +176,7 @@ class Daemon:
             },
             format=ns_cfg.format,
             placement=self._place,
+            placement_many=self._place_many,
             capacity=CapacityPolicy(
                 evict_persistent=cfg.limits.evict_persistent,
                 max_pins_per_session=cfg.limits.max_pins_per_session,
@@ -340,6 +342,11 @@ class Daemon:
         """The store's placement callback; the arbiter exists once the store is open."""
         arbiter = self.arbiter
         return arbiter.place(tenant, size) if arbiter is not None else DIRECT
+
+    def _place_many(self, tenant: str, sizes: Sequence[int]) -> list[str]:
+        """The store's placement callback for a packed put's objects (one call for all)."""
+        arbiter = self.arbiter
+        return arbiter.place_many(tenant, sizes) if arbiter is not None else [DIRECT] * len(sizes)
 
     def _register_gauges(
         self,

@@ -124,6 +124,7 @@ def make_rig(tmp_path: Path) -> Iterator:
             root / "state",
             paths={DIRECT: direct, PAGECACHE: pc},
             placement=lambda tenant, size: holder[0].place(tenant, size),
+            placement_many=lambda tenant, sizes: holder[0].place_many(tenant, sizes),
             access_flush_interval=0,
         )
         policy = ResidencyPolicy(
@@ -180,6 +181,26 @@ def test_placement_follows_the_budget(make_rig) -> None:
     assert [paths[b"k%02d" % i] for i in range(8)] == [PAGECACHE] * 8  # first come, first served
     assert rig.bytes_on(PAGECACHE) == 8 * MiB
     for key, value in data.items():
+        assert rig.read(key) == value
+
+
+def test_a_packed_put_is_placed_as_its_objects_one_by_one(make_rig) -> None:
+    """``place_many`` (one call for a packed put) decides as ``place`` per object would: the
+    first 8 MiB of the budget to the page cache, first come first served, the rest direct,
+    and the usage estimate and placement totals advance by every object."""
+    rig = make_rig(budget=8 * MiB)
+    rig.arbiter.run_once()
+    keys = [b"k%02d" % i for i in range(14)]
+    datas = [payload(k, 1 * MiB) for k in keys]
+    done = rig.store.put_packed(
+        T, keys, memoryview(b"".join(datas)), [MiB] * 14, align=4096, persistent=True
+    )
+    assert list(done.paths) == [PAGECACHE] * 8 + [DIRECT] * 6
+    assert rig.paths() == dict(zip(keys, done.paths, strict=True))
+    assert rig.arbiter._usage[T] == [8 * MiB, 6 * MiB]
+    assert rig.arbiter._totals["placed_pagecache"] == 8
+    assert rig.arbiter._totals["placed_direct"] == 6
+    for key, value in zip(keys, datas, strict=True):
         assert rig.read(key) == value
 
 

@@ -62,7 +62,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from dualbladed.arbiter.feedback import Observation
@@ -265,6 +265,33 @@ class ResidencyArbiter:
             self._placed_bytes += size
             self._totals[f"placed_{choice}"] += 1
         return choice
+
+    def place_many(self, tenant: str, sizes: Sequence[int]) -> list[str]:
+        """:meth:`place` for each of many new objects of one tenant (a packed put), in order:
+        the same decisions, each seeing the usage the earlier ones added, but one lock
+        acquisition, one clock reading and one page-cache room check per distinct size instead
+        of one each (``has_room`` is a racy hint either way; nothing is allocated while
+        placing, and it is asked before the lock, as :meth:`place` asks it outside)."""
+        fits = {} if self.mode == DIRECT else {s: self._pagecache_fits(s) for s in set(sizes)}
+        choices: list[str] = []
+        with self._lock:
+            row = self._usage.setdefault(tenant, [0, 0])
+            if self.mode == DIRECT:
+                choices = [DIRECT] * len(sizes)
+                row[1] += sum(sizes)
+            else:
+                now = time.monotonic()
+                place = self._policy.place
+                for size in sizes:
+                    choice = place(tenant, size, TenantUsage(row[0], row[1]), now)
+                    if choice == PAGECACHE and not fits[size]:
+                        choice = DIRECT
+                    row[0 if choice == PAGECACHE else 1] += size
+                    choices.append(choice)
+            self._placed_bytes += sum(sizes)
+            for choice in set(choices):
+                self._totals[f"placed_{choice}"] += choices.count(choice)
+        return choices
 
     def _pagecache_fits(self, size: int) -> bool:
         # free extent *and* the state filesystem's free-space floor (has_room is a racy hint)

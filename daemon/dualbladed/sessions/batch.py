@@ -426,47 +426,43 @@ class BatchExecutor:
             src.release()
 
     def _put_packed(self, session: Session, op: PutPackedRequest) -> OpOutcome:
-        """Many puts, all or nothing: staged together (one allocation pass, neighbouring
-        extents written with one ``pwritev``: see ``ObjectStore.stage_many``) and committed in
-        one metadata transaction (``commit_puts``). If any put fails to stage, the others are
-        abandoned (their fresh extents freed) and the op fails with that error: nothing
-        changed. The metrics get one ``put`` per object, each charged an equal share of the
+        """Many puts, all or nothing, in one store call (``ObjectStore.put_packed``: one
+        allocation pass, one write of the packed region when its objects fill their extents,
+        one metadata transaction). If any put is refused, nothing changed and the op fails with
+        that error. The metrics get one ``put`` per object, each charged an equal share of the
         time."""
         started = time.perf_counter()
         n = len(op.keys)
-        views: list[memoryview] = []
+        lengths = op.lengths
         region: memoryview | None = None
         try:
-            if n == 0 or len(op.lengths) != n:
+            if n == 0 or len(lengths) != n:
                 raise InvalidArgument(
                     f"put_packed needs one length per key, at least one: got {n} keys and "
-                    f"{len(op.lengths)} lengths"
+                    f"{len(lengths)} lengths"
                 )
             if len(set(op.keys)) != n:
                 raise InvalidArgument("put_packed keys must be distinct")
             if op.path is not None and op.path not in PATH_NAMES:
                 raise InvalidArgument(f"unknown residency path {op.path!r}")
-            offsets = []
-            span = 0
-            for length in op.lengths:
-                self._check_size(length)
-                offsets.append(span)
-                span += _round_up(length)
+            if min(lengths) <= 0 or max(lengths) > self._limits.max_object_bytes:
+                for length in lengths:
+                    self._check_size(length)  # raises for the first bad one
+            span = sum(map(_round_up, lengths))
             region = session.arena.view(op.arena_offset, span)
-            views = [region[o : o + n_] for o, n_ in zip(offsets, op.lengths)]
-            held = self._quotas.reserve_packed(session, op.keys, op.lengths, durable=op.durable)
+            held = self._quotas.reserve_packed(session, op.keys, lengths, durable=op.durable)
             try:
-                sid = session.id
-                specs = [
-                    PutSpec(k, v, op.persistent, op.durable, sid, op.path)
-                    for k, v in zip(op.keys, views)
-                ]
-                staged = self._store.stage_many(session.tenant, specs)
-                good = [st for st in staged if not isinstance(st, DualbladeError)]
-                if len(good) != n:
-                    self._store.abandon_puts(good)
-                    raise next(st for st in staged if isinstance(st, DualbladeError))
-                infos = self._store.commit_puts(good)
+                done = self._store.put_packed(
+                    session.tenant,
+                    op.keys,
+                    region,
+                    lengths,
+                    align=ALIGNMENT,
+                    persistent=op.persistent,
+                    durable=op.durable,
+                    session=session.id,
+                    path=op.path,
+                )
             finally:
                 self._unreserve(session, held)
         except DualbladeError as err:
@@ -475,20 +471,20 @@ class BatchExecutor:
                 self._record(session.tenant, "none", "put", 0, share, False)
             return OpOutcome(_without_frames(err))
         finally:
-            for v in views:
-                v.release()
             if region is not None:
                 region.release()
         share = (time.perf_counter() - started) / n
-        for info in infos:
-            self._record(session.tenant, info.path, "put", info.size, share, True)
+        record, tenant = self._record, session.tenant
+        for name, length in zip(done.paths, lengths):
+            record(tenant, name, "put", length, share, True)
+        first = done.first_generation
         return OpOutcome(
             None,
-            sum(op.lengths),
-            infos[0].generation,
-            infos[0].path,
-            generations=tuple(info.generation for info in infos),
-            paths=tuple(info.path for info in infos),
+            sum(lengths),
+            first,
+            done.paths[0],
+            generations=tuple(range(first, first + n)),
+            paths=done.paths,
         )
 
     def _get(self, session: Session, op: GetRequest):  # -> ObjectInfo

@@ -20,7 +20,8 @@ the :class:`~dualbladed.store.relocate.MoveSite` protocol) and input checks in
 
 The operations live in mixins of :class:`ObjectStore`, one module per side, all running on
 this class's lock, index, paths and metadata under the rules above: :mod:`.writes` (put,
-group commit, delete, session release; the crash ordering), :mod:`.reads` (get, stat,
+group commit, delete, session release; the crash ordering), :mod:`.packed` (a packed put's
+objects as one group, the same ordering, less Python per object), :mod:`.reads` (get, stat,
 listings; verification in the caller's buffer), :mod:`.moves` (the store's side of the
 ``MoveSite`` protocol) and :mod:`.layersite` (layer objects: the store's side of the
 ``LayerSite`` protocol of :mod:`.layers`). This module keeps the lock, the paths, the metadata
@@ -47,7 +48,8 @@ import os
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -63,6 +65,7 @@ from dualbladed.store.input import DEFAULT_MAX_OBJECT_BYTES, MAX_KEY_BYTES, zero
 from dualbladed.store.layersite import GroupCommit, StoreLayers
 from dualbladed.store.meta import MetaStore, parse_tenant
 from dualbladed.store.moves import StoreMoves
+from dualbladed.store.packed import StorePacked
 from dualbladed.store.pins import HitPins
 from dualbladed.store.reads import StoreReads
 from dualbladed.store.recovery import complete_orders, open_meta, rebuild
@@ -86,9 +89,12 @@ __all__ = [
 
 #: ``placement(tenant, size) -> path name`` for puts without an explicit path hint.
 Placement = Callable[[str, int], str]
+#: ``placement_many(tenant, sizes) -> path names``: the same for each of a packed put's objects
+#: in one call (optional; without it, ``placement`` is asked once per object).
+PlacementMany = Callable[[str, Sequence[int]], list[str]]
 
 
-class ObjectStore(StoreWrites, StoreReads, StoreMoves, StoreLayers, EvictionSite):
+class ObjectStore(StoreWrites, StorePacked, StoreReads, StoreMoves, StoreLayers, EvictionSite):
     """Tenant-scoped, checksummed objects over one or more residency paths.
 
     Build it with :meth:`open`; the constructor takes already-open parts (tests, the daemon's
@@ -104,6 +110,7 @@ class ObjectStore(StoreWrites, StoreReads, StoreMoves, StoreLayers, EvictionSite
         max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
         access_flush_interval: float = 5.0,
         capacity: CapacityPolicy | None = None,
+        placement_many: PlacementMany | None = None,
     ) -> None:
         if not paths:
             raise InvalidArgument("an object store needs at least one residency path")
@@ -112,6 +119,7 @@ class ObjectStore(StoreWrites, StoreReads, StoreMoves, StoreLayers, EvictionSite
         self._meta = meta
         self._paths = dict(paths)
         self._placement = placement
+        self._placement_many = placement_many
         self.max_object_bytes = max_object_bytes
         # Lock order: self._lock -> MetaStore._lock -> (paths' internal locks).
         self._lock = threading.Lock()
@@ -150,6 +158,7 @@ class ObjectStore(StoreWrites, StoreReads, StoreMoves, StoreLayers, EvictionSite
         max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
         access_flush_interval: float = 5.0,
         capacity: CapacityPolicy | None = None,
+        placement_many: PlacementMany | None = None,
     ) -> ObjectStore:
         """Load (or, with ``format``, create) the superblock and open the store on it.
 
@@ -171,6 +180,7 @@ class ObjectStore(StoreWrites, StoreReads, StoreMoves, StoreLayers, EvictionSite
                 max_object_bytes=max_object_bytes,
                 access_flush_interval=access_flush_interval,
                 capacity=capacity,
+                placement_many=placement_many,
             )
         except BaseException:
             meta.close()
@@ -195,42 +205,48 @@ class ObjectStore(StoreWrites, StoreReads, StoreMoves, StoreLayers, EvictionSite
                 gone.append((old.info.tenant, old.info.key))
         if not rows and not gone:
             return  # only ephemeral objects: nothing durable changes
-        try:
-            with self._meta.txn(durable=durable) as t:
-                for name in sorted(tenants):
-                    uid, label = parse_tenant(name)
-                    t.upsert_tenant(name, uid, label)
-                t.put_many(rows)
-                for tenant, key in gone:
-                    t.delete(tenant, key)
-        except DualbladeError:
-            raise
-        except OSError as exc:  # the state directory, classified like every OSError
-            raise from_oserror(exc, context="metadata commit") from exc
-        except Exception as exc:  # sqlite3.Error
-            raise DualbladeError(f"metadata commit failed: {exc}") from exc
+        with _classified(), self._meta.txn(durable=durable) as t:
+            for name in sorted(tenants):
+                uid, label = parse_tenant(name)
+                t.upsert_tenant(name, uid, label)
+            t.put_many(rows)
+            for tenant, key in gone:
+                t.delete(tenant, key)
         self._known_tenants |= tenants
+
+    def _commit_rows(
+        self, tenant: str, rows: list[tuple], gone: list[tuple[str, bytes]], *, durable: bool
+    ) -> None:
+        """:meth:`_commit_group` for a packed put: ``rows`` of ``tenant`` already in the
+        table's column order (:func:`~dualbladed.store.meta.object_rows`), ``gone`` the
+        persistent rows that ephemeral objects replace. Under the lock."""
+        if not rows and not gone:
+            return  # only ephemeral objects: nothing durable changes
+        new_tenant = bool(rows) and tenant not in self._known_tenants
+        with _classified(), self._meta.txn(durable=durable) as t:
+            if new_tenant:
+                uid, label = parse_tenant(tenant)
+                t.upsert_tenant(tenant, uid, label)
+            if rows:
+                t.put_rows(rows)
+            for owner, key in gone:
+                t.delete(owner, key)
+        if new_tenant:
+            self._known_tenants.add(tenant)
 
     def _commit(self, entry: IndexEntry | None, old: IndexEntry | None, *, durable: bool) -> None:
         """Make the metadata say ``entry`` (None: nothing) instead of ``old``. Under the lock."""
         info = entry.info if entry is not None else None
         if not (info is not None and info.persistent) and not (old and old.info.persistent):
             return  # ephemeral -> ephemeral: nothing durable changes
-        try:
-            with self._meta.txn(durable=durable) as t:
-                if info is not None and info.persistent:
-                    if info.tenant not in self._known_tenants:
-                        uid, label = parse_tenant(info.tenant)
-                        t.upsert_tenant(info.tenant, uid, label)
-                    t.put(info.record(entry.last_access))  # type: ignore[union-attr]
-                elif old is not None:
-                    t.delete(old.info.tenant, old.info.key)
-        except DualbladeError:
-            raise
-        except OSError as exc:  # the state directory, classified like every OSError
-            raise from_oserror(exc, context="metadata commit") from exc
-        except Exception as exc:  # sqlite3.Error
-            raise DualbladeError(f"metadata commit failed: {exc}") from exc
+        with _classified(), self._meta.txn(durable=durable) as t:
+            if info is not None and info.persistent:
+                if info.tenant not in self._known_tenants:
+                    uid, label = parse_tenant(info.tenant)
+                    t.upsert_tenant(info.tenant, uid, label)
+                t.put(info.record(entry.last_access))  # type: ignore[union-attr]
+            elif old is not None:
+                t.delete(old.info.tenant, old.info.key)
         if info is not None and info.persistent:
             self._known_tenants.add(info.tenant)
 
@@ -376,6 +392,22 @@ class ObjectStore(StoreWrites, StoreReads, StoreMoves, StoreLayers, EvictionSite
             return DIRECT
         return next(iter(self._paths))
 
+    def _choose_paths(self, tenant: str, sizes: Sequence[int], hint: str | None) -> list[str]:
+        """:meth:`_choose_path` for each of many objects (a packed put), in order; with
+        ``placement_many``, one placement call for all of them."""
+        if hint is not None:
+            return [self._choose_path(tenant, sizes[0], hint)] * len(sizes)
+        if self._placement_many is None:
+            return [self._choose_path(tenant, size, None) for size in sizes]
+        names = self._placement_many(tenant, sizes)
+        unknown = set(names) - self._paths.keys()
+        if unknown or len(names) != len(sizes):
+            default = DIRECT if DIRECT in self._paths else next(iter(self._paths))
+            logger.warning("placement chose unknown paths %r; using %s", unknown, default)
+            names = [n if n in self._paths else default for n in names[: len(sizes)]]
+            names += [default] * (len(sizes) - len(names))
+        return names
+
     def _path_named(self, name: str) -> ResidencyPath:
         if name not in self._paths:
             configured = ", ".join(sorted(self._paths))
@@ -388,6 +420,21 @@ class ObjectStore(StoreWrites, StoreReads, StoreMoves, StoreLayers, EvictionSite
 
     def __iter__(self) -> Iterator[ObjectInfo]:
         return iter(self.list(None))
+
+
+@contextmanager
+def _classified() -> Iterator[None]:
+    """A metadata commit's errors as the store raises them: typed errors pass, an ``OSError``
+    of the state directory is classified like every ``OSError``, anything else (``sqlite3``)
+    becomes a :class:`DualbladeError`."""
+    try:
+        yield
+    except DualbladeError:
+        raise
+    except OSError as exc:  # the state directory, classified like every OSError
+        raise from_oserror(exc, context="metadata commit") from exc
+    except Exception as exc:  # sqlite3.Error
+        raise DualbladeError(f"metadata commit failed: {exc}") from exc
 
 
 def _flush_loop(ref: weakref.ref[ObjectStore], stop: threading.Event, interval: float) -> None:

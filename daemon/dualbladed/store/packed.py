@@ -1,0 +1,337 @@
+"""Packed puts: many objects of one tenant laid back to back in one buffer, stored as one group.
+
+A mixin of :class:`~dualbladed.store.objects.ObjectStore` (the store's side of ``PutPackedOp``,
+issue 14), on the store's lock, index, paths and metadata under the rules stated there.
+
+It is :meth:`~dualbladed.store.writes.StoreWrites.stage_many` followed by
+:meth:`~dualbladed.store.writes.StoreWrites.commit_puts`, all or nothing, with the same crash
+ordering and the same kill points, in the same order (see :mod:`dualbladed.store.writes`)::
+
+    validate -> xxh3-64 of each payload -> allocate fresh extents (lock) -> [put.after_alloc]
+    -> write (no lock) -> [put.after_data_write] -> durable: flush each written path
+    -> [put.after_flush] -> [put.group_before_commit] -> commit every row in one transaction
+    (lock; synchronous=FULL when durable) -> [put.after_commit] -> free the replaced extents
+    -> install -> acknowledge
+
+What differs is only how much Python runs per object, which is what a batch of 1000 small puts
+is made of (the ``dualblade-bench scale`` target is 50,000 puts/s): no ``PutSpec``,
+``StagedPut``, ``ObjectRecord`` or ``Extent`` per object, rows built as tuples in one pass
+(:func:`dualbladed.store.meta.object_rows`), and, when the whole group goes to one path and
+every payload fills its extent exactly (sizes a multiple of the path's alignment, as 4 KiB KV
+chunks are), one write of the caller's whole buffer to one extent instead of one iovec each.
+The bytes on the device are the same either way: each object's extent holds its payload, and
+the alignment padding of a smaller object is written as zeros by the path, as before.
+
+All or nothing: a put refused before the commit (bad key, no room, a failed write) frees every
+extent of the group and raises that error; nothing changed. Objects that the placement sends to
+different paths are grouped by path, as ``stage_many`` does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import xxhash
+
+from dualbladed.alloc.abstract import Extent
+from dualbladed.errors import DualbladeError, InvalidArgument
+from dualbladed.killpoints import killpoint
+from dualbladed.store.group import note_installed, write_all
+from dualbladed.store.index import IndexEntry, info_from_values, shared_int
+from dualbladed.store.input import MAX_KEY_BYTES, as_bytes_view, check_key
+from dualbladed.store.meta import object_rows
+
+if TYPE_CHECKING:
+    from dualbladed.paths.abstract import ResidencyPath
+    from dualbladed.store.index import ObjectIndex
+
+__all__ = ["PackedDone", "StorePacked"]
+
+_xxh3 = xxhash.xxh3_64_intdigest
+
+
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    """A packed put's allocations: object ``i`` starts at byte ``starts[i]`` of its path and
+    its extent is ``ext_lens[i]`` long (the size rounded up to the path's alignment);
+    ``allocs`` are the extents allocated (one per path, or one per object), which is what a
+    failure before the commit releases (the same space)."""
+
+    starts: list[int]
+    ext_lens: list[int]
+    allocs: list[tuple[str, Extent]]
+
+
+@dataclass(frozen=True, slots=True)
+class PackedDone:
+    """A committed packed put: object ``i`` has generation ``first_generation + i`` (one
+    group commit numbers its objects consecutively) and lies on ``paths[i]``."""
+
+    first_generation: int
+    paths: tuple[str, ...]
+
+
+def _packed_offsets(lengths: Sequence[int], align: int) -> tuple[list[int], int]:
+    """Where each object starts in the packed buffer (each rounded up to ``align``) and the
+    span of all of them."""
+    offsets = []
+    span = 0
+    for n in lengths:
+        offsets.append(span)
+        span += -(-n // align) * align
+    return offsets, span
+
+
+class StorePacked:
+    """The packed-put half of ``ObjectStore`` (a mixin; see the module docstring)."""
+
+    _index: ObjectIndex
+    _lock: threading.Lock
+    _next_generation: int
+    _paths: dict[str, ResidencyPath]
+    max_object_bytes: int
+
+    if TYPE_CHECKING:
+
+        def _allocate(
+            self, target: ResidencyPath, path_name: str, size: int, *, durable: bool
+        ) -> Extent: ...
+        def _check_open(self) -> None: ...
+        def _choose_paths(
+            self, tenant: str, sizes: Sequence[int], hint: str | None
+        ) -> list[str]: ...
+        def _commit_rows(
+            self,
+            tenant: str,
+            rows: list[tuple],
+            gone: list[tuple[str, bytes]],
+            *,
+            durable: bool,
+        ) -> None: ...
+        def _retire(self, entry: IndexEntry) -> None: ...
+
+    def put_packed(
+        self,
+        tenant: str,
+        keys: Sequence[bytes],
+        region: memoryview,
+        lengths: Sequence[int],
+        *,
+        align: int,
+        persistent: bool = False,
+        durable: bool = False,
+        session: str | None = None,
+        path: str | None = None,
+    ) -> PackedDone:
+        """Store object ``i`` = ``region[offset_i : offset_i + lengths[i]]`` under ``keys[i]``,
+        where each object starts at the previous one's end rounded up to ``align``; all of them
+        or none (see the module docstring). Acknowledged only after the one metadata commit.
+
+        Raises:
+            InvalidArgument: bad tenant, key, size, path name, repeated key, or a region too
+                short for the lengths.
+            OutOfSpace, DeviceIOError: as :meth:`put`. In every error case nothing changed.
+        """
+        n = len(keys)
+        if n == 0 or len(lengths) != n:
+            raise InvalidArgument(
+                f"a packed put needs one length per key: {n} keys, {len(lengths)}"
+            )
+        keys = self._packed_keys(tenant, keys)
+        if min(lengths) < 1 or max(lengths) > self.max_object_bytes:
+            bad = next(x for x in lengths if not 1 <= x <= self.max_object_bytes)
+            raise InvalidArgument(f"object size {bad} is outside 1..{self.max_object_bytes} bytes")
+        offsets, span = _packed_offsets(lengths, align)
+        region = as_bytes_view(region, writable=False, what="source")
+        views: list[memoryview] = []
+        try:
+            if span > region.nbytes:
+                raise InvalidArgument(
+                    f"packed objects span {span} bytes, the buffer {region.nbytes}"
+                )
+            names = self._choose_paths(tenant, lengths, path)
+            views = [region[o : o + size] for o, size in zip(offsets, lengths)]
+            checksums = list(map(_xxh3, views))
+            staged = self._stage_packed(names, lengths, durable)
+            try:
+                killpoint("put.after_alloc")
+                self._write_packed(names, staged, views, lengths, region, span)
+                killpoint("put.after_data_write")
+                if durable:
+                    for name in set(names):
+                        self._paths[name].flush()
+                    killpoint("put.after_flush")
+                killpoint("put.group_before_commit")
+            except BaseException:
+                self._release_packed(staged)
+                raise
+        finally:
+            for v in views:
+                v.release()
+            region.release()
+        return self._commit_packed(
+            tenant, keys, lengths, names, staged, checksums, persistent, durable, session
+        )
+
+    @staticmethod
+    def _packed_keys(tenant: str, keys: Sequence[bytes]) -> list[bytes]:
+        """The keys as ``bytes``, checked as :func:`check_key` checks one (which it is, for any
+        key that is not plain ``bytes`` of a valid length), and distinct."""
+        check_key(tenant, keys[0])  # the tenant
+        out = [
+            k if type(k) is bytes and 0 < len(k) <= MAX_KEY_BYTES else check_key(tenant, k)
+            for k in keys
+        ]
+        if len(set(out)) != len(out):
+            raise InvalidArgument("a packed put needs distinct keys")
+        return out
+
+    def _stage_packed(self, names: list[str], lengths: Sequence[int], durable: bool) -> _Staged:
+        """Allocate every object's extent under the lock: per path, one extent of the group's
+        aligned total when a free range holds it (neighbours: one write), else one per object
+        (evicting, as a single put would). On failure every allocation made is released."""
+        n = len(lengths)
+        starts = [0] * n
+        ext_lens = [0] * n
+        allocs: list[tuple[str, Extent]] = []
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(names):
+            groups.setdefault(name, []).append(i)
+        with self._lock:
+            self._check_open()
+            try:
+                for name, members in groups.items():
+                    target = self._paths[name]
+                    a = target.alignment
+                    for i in members:
+                        ext_lens[i] = shared_int(-(-lengths[i] // a) * a)
+                    whole = None
+                    if len(members) > 1:  # fragmented or full: one at a time below
+                        with suppress(DualbladeError):
+                            whole = target.allocate(sum(ext_lens[i] for i in members))
+                    if whole is not None:
+                        allocs.append((name, whole))
+                        offset = whole.offset
+                        for i in members:
+                            starts[i] = offset
+                            offset += ext_lens[i]
+                        continue
+                    for i in members:
+                        one = self._allocate(target, name, lengths[i], durable=durable)
+                        allocs.append((name, one))
+                        starts[i] = one.offset
+            except BaseException:
+                for name, extent in allocs:
+                    self._paths[name].release(extent)
+                raise
+        return _Staged(starts, ext_lens, allocs)
+
+    def _write_packed(
+        self,
+        names: list[str],
+        staged: _Staged,
+        views: list[memoryview],
+        lengths: Sequence[int],
+        region: memoryview,
+        span: int,
+    ) -> None:
+        """Write every payload to its extent. One path, one extent, and payloads that fill
+        their extents (so the packed layout *is* the extent's): one write of the region.
+        Otherwise per path through :func:`write_all` (runs of neighbours coalesced there);
+        the first failure is raised (the caller frees everything)."""
+        if len(staged.allocs) == 1 and span == staged.allocs[0][1].length == sum(lengths):
+            name, whole = staged.allocs[0]
+            with region[:span] as view:
+                self._paths[name].write(whole, view)
+            return
+        by_path: dict[str, list[tuple[Extent, memoryview]]] = {}
+        for name, start, length, view in zip(names, staged.starts, staged.ext_lens, views):
+            by_path.setdefault(name, []).append((Extent(start, length), view))
+        for name, items in by_path.items():
+            for err in write_all(self._paths[name], items):
+                if err is not None:
+                    raise err
+
+    def _release_packed(self, staged: _Staged) -> None:
+        with self._lock:
+            for name, extent in staged.allocs:
+                self._paths[name].release(extent)
+
+    def _commit_packed(
+        self,
+        tenant: str,
+        keys: list[bytes],
+        lengths: Sequence[int],
+        names: list[str],
+        staged: _Staged,
+        checksums: list[int],
+        persistent: bool,
+        durable: bool,
+        session: str | None,
+    ) -> PackedDone:
+        """Commit every row in one transaction, then retire the replaced versions and install
+        the new ones (all under the lock, as :meth:`commit_puts`); on a failed commit every
+        staged extent is freed and nothing changed."""
+        n = len(keys)
+        owner = None if persistent else session
+        with self._lock:
+            try:
+                self._check_open()
+                now = time.time()
+                first = self._next_generation
+                lookup = self._index.lookup
+                olds = [lookup(tenant, k) for k in keys]
+                sizes = list(map(shared_int, lengths))
+                gens = range(first, first + n)
+                rows: list[tuple] = []
+                gone: list[tuple[str, bytes]] = []
+                if persistent:
+                    rows = object_rows(
+                        tenant, keys, names, staged.starts, staged.ext_lens, sizes, checksums,
+                        gens, now,
+                    )  # fmt: skip
+                else:  # ephemeral: only a replaced persistent row changes in SQLite
+                    gone = [(tenant, old.info.key) for old in olds if old and old.info.persistent]
+                self._commit_rows(tenant, rows, gone, durable=durable)
+            except BaseException:
+                for name, extent in staged.allocs:  # (the lock is held: not _release_packed)
+                    self._paths[name].release(extent)
+                raise
+            killpoint("put.after_commit")
+            self._next_generation += n
+            for old in olds:
+                if old is not None:
+                    self._retire(old)
+            self._index.install_many(
+                [
+                    IndexEntry(
+                        info_from_values(
+                            (
+                                tenant,
+                                k,
+                                size,
+                                name,
+                                start,
+                                length,
+                                c,
+                                g,
+                                persistent,
+                                now,
+                                owner,
+                                0,
+                                (),
+                            )
+                        )
+                    )
+                    for k, size, name, start, length, c, g in zip(
+                        keys, sizes, names, staged.starts, staged.ext_lens, checksums, gens
+                    )
+                ]
+            )
+        note_installed(n)  # outside the lock: may collect and freeze the heap
+        return PackedDone(first, tuple(names))

@@ -1,0 +1,188 @@
+"""``ObjectStore.put_packed`` (the store's side of ``PutPackedOp``) on real files.
+
+What it must keep from ``stage_many`` + ``commit_puts``: the same rows (recovery, fsck and the
+crash loop read them), the same bytes on the device, all or nothing, and a failed data write
+that never reaches the metadata (a power-failure sweep over packed groups, as
+``test_store_crash`` sweeps single puts).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from objectstore_utils import check_consistent, new_namespace, open_store, payload
+
+from dualbladed.errors import DeviceIOError, InvalidArgument
+from dualbladed.namespace.faulty import FaultyNamespace
+from dualbladed.namespace.file import FileNamespace
+from dualbladed.paths.abstract import DIRECT, PAGECACHE
+from dualbladed.paths.pagecache import PageCachePath
+
+T = "1000/llama"
+A = 4096
+Model = dict[tuple[str, bytes], bytes]
+
+
+def pack(datas: list[bytes]) -> tuple[bytearray, list[int]]:
+    """The packed layout a client sends: each object at the previous one's end rounded up to
+    ``A``, the gaps zero."""
+    buf = bytearray()
+    for d in datas:
+        buf += d + bytes(-len(d) % A)
+    return buf, [len(d) for d in datas]
+
+
+def test_rows_and_bytes_match_single_puts(tmp_path: Path) -> None:
+    """Every column of a packed put's row equals what a single put of the same payload writes
+    (but the extent, the generation and the access time), and it reads back after a restart."""
+    ns = new_namespace(tmp_path)
+    store = open_store(ns, tmp_path / "state")
+    datas = [payload(i, n) for i, n in enumerate([A, 3 * A, 100, A + 1, 2 * A])]
+    buf, lengths = pack(datas)
+    keys = [b"p%d" % i for i in range(len(datas))]
+    done = store.put_packed(T, keys, memoryview(buf), lengths, align=A, persistent=True)
+    assert done.paths == (DIRECT,) * len(keys)
+    for i, data in enumerate(datas):
+        store.put(T, b"s%d" % i, memoryview(data), persistent=True)
+    for i, key in enumerate(keys):
+        packed = store._meta.get(T, key)
+        single = store._meta.get(T, b"s%d" % i)
+        assert packed is not None and single is not None
+        assert packed.generation == done.first_generation + i
+        assert store.stat(T, key).generation == packed.generation
+        same = ("path", "length", "size", "checksum", "persistent", "capacity", "chunk_crcs")
+        assert {f: getattr(packed, f) for f in same} == {f: getattr(single, f) for f in same}
+    store.close()
+    fresh = open_store(ns, tmp_path / "state")
+    contents = check_consistent(fresh)
+    assert {k: contents[(T, k)] for k in keys} == dict(zip(keys, datas, strict=True))
+    fresh.close()
+    ns.close()
+
+
+def test_aligned_objects_go_out_as_one_write_and_replace_old_versions(tmp_path: Path) -> None:
+    inner = new_namespace(tmp_path)
+    open_store(inner, tmp_path / "state").close()
+    ns = FaultyNamespace(inner)
+    store = open_store(ns, tmp_path / "state")
+    store.put(T, b"k3", memoryview(payload(99, 5000)), persistent=True)  # replaced below
+    used = store.stats().paths[DIRECT].alloc.used
+    datas = [payload(i, A) for i in range(16)]
+    buf, lengths = pack(datas)
+    before = ns.stats.writes
+    store.put_packed(T, [b"k%d" % i for i in range(16)], memoryview(buf), lengths, align=A)
+    assert ns.stats.writes - before == 1  # 16 objects, one pwritev
+    assert store.stats().paths[DIRECT].alloc.used == used - 2 * A + 16 * A  # k3's old extent freed
+    contents = check_consistent(store)
+    assert contents == {(T, b"k%d" % i): d for i, d in enumerate(datas)}
+    assert store.stats().ephemeral_objects == 16  # not persistent: no rows
+    assert store._meta.get(T, b"k3") is None  # the persistent version it replaced is gone
+    store.close()
+    inner.close()
+
+
+@pytest.mark.parametrize("bad", ["key", "duplicate", "size", "span"])
+def test_one_bad_object_stores_nothing(tmp_path: Path, bad: str) -> None:
+    ns = new_namespace(tmp_path)
+    store = open_store(ns, tmp_path / "state")
+    keys = [b"a", b"b", b"c"]
+    buf, lengths = pack([payload(i, A) for i in range(3)])
+    view = memoryview(buf)
+    if bad == "key":
+        keys[1] = b"x" * 2000
+    elif bad == "duplicate":
+        keys[2] = b"a"
+    elif bad == "size":
+        lengths[1] = 0
+    else:
+        view = view[: 2 * A]
+    with pytest.raises(InvalidArgument):
+        store.put_packed(T, keys, view, lengths, align=A, persistent=True)
+    assert store.stats().objects == 0
+    assert store.stats().paths[DIRECT].alloc.used == 0
+    store.close()
+    ns.close()
+
+
+def test_placement_many_spreads_a_group_over_paths(tmp_path: Path) -> None:
+    """One placement call for the group; each object lands where it said, an unknown name
+    falls back to direct, and everything reads back."""
+    ns = new_namespace(tmp_path)
+    pc = PageCachePath(tmp_path / "pc", max_bytes=8 << 20, slab_bytes=1 << 20)
+    calls: list[list[int]] = []
+
+    def many(tenant: str, sizes: list[int]) -> list[str]:
+        calls.append(list(sizes))
+        return [(PAGECACHE, DIRECT, "nowhere")[i % 3] for i in range(len(sizes))]
+
+    store = open_store(ns, tmp_path / "state", extra={PAGECACHE: pc}, placement_many=many)
+    datas = [payload(i, A * (1 + i % 2)) for i in range(7)]
+    buf, lengths = pack(datas)
+    keys = [b"m%d" % i for i in range(7)]
+    done = store.put_packed(T, keys, memoryview(buf), lengths, align=A, persistent=True)
+    assert calls == [lengths]
+    assert done.paths == tuple((PAGECACHE, DIRECT, DIRECT)[i % 3] for i in range(7))
+    assert {i.key: i.path for i in store.list(T)} == dict(zip(keys, done.paths, strict=True))
+    assert check_consistent(store) == {(T, k): d for k, d in zip(keys, datas, strict=True)}
+    store.close()
+    ns.close()
+
+
+# -- power-failure sweep over packed groups (as test_store_crash's, for put_packed) ----------
+
+
+def _groups(seed: int = 77) -> list[tuple[list[bytes], list[int], bool]]:
+    """(keys, payload seeds, durable): packed groups over 6 keys, some aligned (one write),
+    some not (a write per object), overwriting each other."""
+    rng = random.Random(seed)
+    out = []
+    for g in range(8):
+        keys = rng.sample([b"g%d" % k for k in range(6)], rng.randint(1, 4))
+        out.append((keys, [g * 10 + i for i in range(len(keys))], rng.random() < 0.5))
+    return out
+
+
+def _size(seed: int) -> int:
+    return A * (1 + seed % 3) if seed % 20 < 10 else 500 + (seed * 7919) % (3 * A)
+
+
+def _run(tmp: Path, fail_after: int | None, *, torn: bool) -> tuple[Model, int]:
+    tmp.mkdir(parents=True)
+    inner = FileNamespace(tmp / "ns.img", 8 << 20)
+    open_store(inner, tmp / "state").close()
+    faulty = FaultyNamespace(inner, fail_after_writes=fail_after, torn=torn)
+    store = open_store(faulty, tmp / "state")
+    model: Model = {}
+    for keys, seeds, durable in _groups():
+        datas = [payload(s, _size(s)) for s in seeds]
+        buf, lengths = pack(datas)
+        try:
+            store.put_packed(
+                T, keys, memoryview(buf), lengths, align=A, persistent=True, durable=durable
+            )
+        except DeviceIOError:
+            continue
+        model.update({(T, k): d for k, d in zip(keys, datas, strict=True)})
+    writes = faulty.stats.writes
+    inner.close()  # crash: the store is abandoned
+    del store
+    return model, writes
+
+
+@pytest.mark.parametrize("torn", [False, True], ids=["eio", "torn"])
+def test_power_failure_sweep_of_packed_groups(tmp_path: Path, torn: bool) -> None:
+    _, total = _run(tmp_path / "count", None, torn=False)
+    assert total >= 8
+    for n in range(total + 1):
+        tmp = tmp_path / f"n{n}"
+        model, _ = _run(tmp, n, torn=torn)
+        ns = FileNamespace(tmp / "ns.img")
+        store = open_store(ns, tmp / "state")
+        try:
+            assert store._meta.integrity_check() == "ok"
+            assert check_consistent(store) == model, f"state differs after failing write {n}"
+        finally:
+            store.close()
+            ns.close()
