@@ -16,14 +16,24 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from dualbladed.alloc.abstract import Extent
 from dualbladed.errors import DualbladeError
+from dualbladed.killpoints import killpoint
 from dualbladed.paths.abstract import ResidencyPath
 
-__all__ = ["FREEZE_EVERY", "PutSpec", "StagedPut", "note_installed", "write_all"]
+__all__ = [
+    "FREEZE_EVERY",
+    "PutSpec",
+    "StagedPut",
+    "committed",
+    "flush_staged",
+    "note_installed",
+    "write_all",
+    "write_staged",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +65,33 @@ def write_all(
         else:
             errors.append(None)
     return errors
+
+
+# The put's kill points, one call site each, on both ways a put goes (stage_many + commit_puts,
+# and a packed put's put_packed): the same points in the same order whichever way it went.
+
+
+def write_staged(write: Callable[[], None]) -> None:
+    """``[put.after_alloc]``, then ``write()`` (the payloads into their fresh extents), then
+    ``[put.after_data_write]``. The caller frees the extents if this raises."""
+    killpoint("put.after_alloc")
+    write()
+    killpoint("put.after_data_write")
+
+
+def flush_staged(targets: Iterable[ResidencyPath], *, durable: bool) -> None:
+    """Before a group's commit: when it is durable, flush every path it wrote (data before
+    the row), ``[put.after_flush]``; then ``[put.group_before_commit]``."""
+    if durable:
+        for target in targets:
+            target.flush()
+        killpoint("put.after_flush")
+    killpoint("put.group_before_commit")
+
+
+def committed() -> None:
+    """``[put.after_commit]``: the group's rows are committed, nothing is acknowledged yet."""
+    killpoint("put.after_commit")
 
 
 @dataclass(frozen=True, slots=True)

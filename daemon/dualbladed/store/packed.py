@@ -40,8 +40,13 @@ import xxhash
 
 from dualbladed.alloc.abstract import Extent
 from dualbladed.errors import DualbladeError, InvalidArgument
-from dualbladed.killpoints import killpoint
-from dualbladed.store.group import note_installed, write_all
+from dualbladed.store.group import (
+    committed,
+    flush_staged,
+    note_installed,
+    write_all,
+    write_staged,
+)
 from dualbladed.store.index import IndexEntry, info_from_values, shared_int
 from dualbladed.store.input import MAX_KEY_BYTES, as_bytes_view, check_key
 from dualbladed.store.meta import object_rows
@@ -159,14 +164,10 @@ class StorePacked:
             checksums = list(map(_xxh3, views))
             staged = self._stage_packed(names, lengths, durable)
             try:
-                killpoint("put.after_alloc")
-                self._write_packed(names, staged, views, lengths, region, span)
-                killpoint("put.after_data_write")
-                if durable:
-                    for name in set(names):
-                        self._paths[name].flush()
-                    killpoint("put.after_flush")
-                killpoint("put.group_before_commit")
+                write_staged(
+                    lambda: self._write_packed(names, staged, views, lengths, region, span)
+                )
+                flush_staged([self._paths[name] for name in set(names)], durable=durable)
             except BaseException:
                 self._release_packed(staged)
                 raise
@@ -302,7 +303,7 @@ class StorePacked:
                 for name, extent in staged.allocs:  # (the lock is held: not _release_packed)
                     self._paths[name].release(extent)
                 raise
-            killpoint("put.after_commit")
+            committed()
             self._next_generation += n
             for old in olds:
                 if old is not None:

@@ -41,7 +41,15 @@ import xxhash
 from dualbladed.alloc.abstract import Extent
 from dualbladed.errors import DualbladeError, InvalidArgument
 from dualbladed.killpoints import killpoint
-from dualbladed.store.group import PutSpec, StagedPut, note_installed, write_all
+from dualbladed.store.group import (
+    PutSpec,
+    StagedPut,
+    committed,
+    flush_staged,
+    note_installed,
+    write_all,
+    write_staged,
+)
 from dualbladed.store.index import IndexEntry, ObjectInfo, info_from_values, shared_int
 from dualbladed.store.input import as_bytes_view, check_key
 
@@ -171,15 +179,17 @@ class StoreWrites:
         for i, _, data, path_name, _ in todo:
             if i in extents:
                 writes.setdefault(path_name, []).append((i, extents[i], data))
-        try:
-            killpoint("put.after_alloc")
+
+        def write() -> None:
             for path_name, items in writes.items():
                 target = self._paths[path_name]
                 errors = write_all(target, [(e, d) for _, e, d in items])
                 for (i, _, _), err in zip(items, errors, strict=True):
                     if err is not None:
                         out[i] = err
-            killpoint("put.after_data_write")
+
+        try:
+            write_staged(write)
         except BaseException:
             self._release_all({i: e for i, e in extents.items()}, todo)
             raise
@@ -265,11 +275,10 @@ class StoreWrites:
             self.abandon_puts(staged)
             raise InvalidArgument("a group commit needs distinct keys")
         try:
-            if any(st.durable for st in staged):
-                for name in {st.path for st in staged}:
-                    self._paths[name].flush()
-                killpoint("put.after_flush")
-            killpoint("put.group_before_commit")
+            flush_staged(
+                [self._paths[name] for name in {st.path for st in staged}],
+                durable=any(st.durable for st in staged),
+            )
         except BaseException:
             self.abandon_puts(staged)
             raise
@@ -307,7 +316,7 @@ class StoreWrites:
                 for st in staged:
                     self._paths[st.path].release(st.extent)
                 raise
-            killpoint("put.after_commit")
+            committed()
             self._next_generation += len(staged)
             for _, old in pairs:
                 if old is not None:
