@@ -186,3 +186,34 @@ def test_power_failure_sweep_of_packed_groups(tmp_path: Path, torn: bool) -> Non
         finally:
             store.close()
             ns.close()
+
+
+def test_groups_appended_to_the_orders_keep_them_sorted_and_complete(tmp_path: Path) -> None:
+    """Packed groups go past the end of the index's sorted structures in one step
+    (``store.sortedappend``); the eviction order, the recency order and the key order still
+    hold every object, in order, with their invariants (``_check``), interleaved with single
+    puts and overwrites that take the item-by-item way."""
+    ns = new_namespace(tmp_path)
+    store = open_store(ns, tmp_path / "state")
+    n = 0
+    for g in range(4):
+        keys = [b"o/%06d" % (n + i) for i in range(1300)]
+        n += 1300
+        buf, lengths = pack([payload(g, A)] * len(keys))
+        store.put_packed(T, keys, memoryview(buf), lengths, align=A, persistent=True)
+        store.put(T, b"o/%06d" % (g * 7), memoryview(payload(g, 10)), persistent=True)
+    index = store._index
+    by_key = index._tenants[T]
+    by_key._list._check()
+    assert list(by_key) == [b"o/%06d" % i for i in range(n)]
+    for table, name in index.lru._tables(T, DIRECT):
+        table[name]._list._check()
+        assert len(table[name]) == n
+    oldest = [e.info.generation for e in index.lru.oldest(path=DIRECT)]
+    assert oldest == sorted(oldest) and len(oldest) == n
+    heat = index._heat._by_path[DIRECT]
+    heat._check()
+    assert len(heat) == n
+    assert [e.info.key for e in index.coldest(DIRECT, n)] == [e.info.key for e in heat]
+    store.close()
+    ns.close()

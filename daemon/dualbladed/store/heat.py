@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from sortedcontainers import SortedKeyList
 
+from dualbladed.store.sortedappend import append_keyed
+
 if TYPE_CHECKING:
     from dualbladed.store.index import IndexEntry
 
@@ -128,6 +130,16 @@ class HeatIndex:
             self._changed[entry] = (path, True)
             return
         self._list(path).add(entry)
+
+    def add_many(self, path: str, entries: list[IndexEntry]) -> None:
+        """:meth:`add` of many entries (a group commit's): appended in one step when they are
+        the newest (:mod:`dualbladed.store.sortedappend`), else one by one."""
+        if self._pending is None:
+            lst = self._list(path)
+            if append_keyed(lst, entries, _last_access):
+                return
+        for entry in entries:
+            self.add(path, entry)
 
     def discard(self, path: str, entry: IndexEntry) -> None:
         if self._pending is not None:

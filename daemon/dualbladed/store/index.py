@@ -28,6 +28,7 @@ from dualbladed.alloc.abstract import AllocStats, Extent
 from dualbladed.store.heat import HeatIndex, Totals, Usage
 from dualbladed.store.lru import LruOrder
 from dualbladed.store.meta import ObjectRecord
+from dualbladed.store.sortedappend import append_items
 
 __all__ = ["IndexEntry", "ObjectIndex", "ObjectInfo", "PathUsage", "StoreStats", "Usage"]
 
@@ -358,28 +359,35 @@ class ObjectIndex:
     def install_many(self, entries: list[IndexEntry]) -> None:
         """:meth:`install` for the entries of one group commit (distinct keys, old versions
         retired): usage and running totals added once per (tenant, path), not per entry."""
-        tenants = self._tenants
-        heat_add = self._heat.add
-        lru_add = self.lru.add
         counts: dict[tuple[str, str], list[int]] = {}
+        by_path: dict[str, list[IndexEntry]] = {}
+        by_tenant: dict[str, list[tuple[bytes, IndexEntry]]] = {}
         for entry in entries:
             info = entry.info
-            keys = tenants.get(info.tenant)
-            if keys is None:
-                keys = tenants[info.tenant] = SortedDict()
-            keys[info.key] = entry
             c = counts.get((info.tenant, info.path))
             if c is None:
                 c = counts[(info.tenant, info.path)] = [0, 0, 0, 0]
+                by_path.setdefault(info.path, [])
+                by_tenant.setdefault(info.tenant, [])
             c[0] += 1
             c[1] += info.size
             c[2] += info.length
             if info.persistent:
                 c[3] += 1
-            heat_add(info.path, entry)
+            by_path[info.path].append(entry)
+            by_tenant[info.tenant].append((info.key, entry))
             if info.session is not None:
                 self._sessions.setdefault(info.session, set()).add((info.tenant, info.key))
-            lru_add(entry)
+        for tenant, items in by_tenant.items():  # sequential keys: appended in one step
+            keys = self._tenants.get(tenant)
+            if keys is None:
+                keys = self._tenants[tenant] = SortedDict()
+            if not append_items(keys, items):
+                for key, entry in items:
+                    keys[key] = entry
+        for path, group in by_path.items():
+            self._heat.add_many(path, group)
+        self.lru.add_many(entries)
         for (tenant, path), (n, size, length, persistent) in counts.items():
             self._usage[tenant] = self._usage.get(tenant, 0) + length
             uid = tenant.partition("/")[0]

@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING
 
 from sortedcontainers import SortedDict
 
+from dualbladed.store.sortedappend import append_items
+
 if TYPE_CHECKING:
     from dualbladed.store.index import IndexEntry
 
@@ -142,6 +144,45 @@ class LruOrder:
             if order is None:
                 order = table[name] = SortedDict()
             order[key] = entry
+
+    def add_many(self, entries: list[IndexEntry]) -> None:
+        """:meth:`add` of many entries (a group commit's): each order's new members appended
+        in one step when they are its newest (:mod:`dualbladed.store.sortedappend`), else
+        added one by one."""
+        if self._pending is not None:
+            for entry in entries:
+                self.add(entry)
+            return
+        keys, held = self._keys, self.held
+        groups: dict[tuple[str, str], list[tuple[_SortKey, IndexEntry]]] = {}
+        for entry in entries:
+            info = entry.info
+            if not info.persistent or entry.dead or entry in keys:
+                continue
+            if held and (info.tenant, info.key) in held:
+                continue
+            key = (entry.last_access, info.generation)
+            keys[entry] = key
+            group = groups.get((info.tenant, info.path))
+            if group is None:
+                group = groups[(info.tenant, info.path)] = []
+            group.append((key, entry))
+        merged: dict[tuple[int, str], tuple[dict[str, SortedDict], str, list]] = {}
+        for (tenant, path), items in groups.items():
+            for table, name in self._tables(tenant, path):
+                got = merged.get((id(table), name))
+                if got is None:
+                    merged[(id(table), name)] = (table, name, items)
+                else:  # one order fed by several groups (a uid's tenants, a path's)
+                    merged[(id(table), name)] = (table, name, got[2] + items)
+        for table, name, items in merged.values():
+            items.sort(key=_first)  # sorted runs: about linear
+            order = table.get(name)
+            if order is None:
+                order = table[name] = SortedDict()
+            if not append_items(order, items):
+                for key, entry in items:
+                    order[key] = entry
 
     def load(self, entries: Iterable[IndexEntry]) -> None:
         """Bulk :meth:`add` (start-up): one sorted update per order, not one insert per entry."""
