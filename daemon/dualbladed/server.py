@@ -224,6 +224,7 @@ class Daemon:
             self.metrics.record,
             parallelism=cfg.io.queue_depth,
             uid_quota_for=self._uid_quota_for,
+            record_many=self.metrics.record_many,
         )
         self._stack.callback(executor.close)
         inventory = Inventory(

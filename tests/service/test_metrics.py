@@ -51,6 +51,18 @@ def test_counts_and_buckets(metrics: Metrics) -> None:
     assert b.counts[0] == 1 and (b.tenant, b.ops, b.bytes) == ("qwen", 1, 100)
 
 
+def test_record_many_counts_as_that_many_records(metrics: Metrics) -> None:
+    """A packed put's objects on one path, in one call: the same series as one record each."""
+    one = Metrics()
+    for _ in range(3):
+        one.record("llama", "direct", "put", 4096, 0.0003)
+    metrics.record_many("llama", "direct", "put", 3 * 4096, 0.0003, 3)
+    (a,) = metrics.snapshot()
+    (b,) = one.snapshot()
+    assert (a.ops, a.bytes, a.errors, a.counts) == (b.ops, b.bytes, b.errors, b.counts)
+    assert a.ops == 3 and a.sum_ms == pytest.approx(b.sum_ms)
+
+
 def test_record_is_thread_safe(metrics: Metrics) -> None:
     def work() -> None:
         for _ in range(2000):

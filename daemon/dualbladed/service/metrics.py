@@ -131,6 +131,23 @@ class Metrics:
             series.counts[bucket] += 1
             series.sum_ms += ms
 
+    def record_many(
+        self, tenant: str, path: str, op: str, nbytes: int, seconds: float, count: int
+    ) -> None:
+        """:meth:`record` of ``count`` successful operations of ``seconds`` each that moved
+        ``nbytes`` in all (a packed put's objects on one path: one lock, not one per object)."""
+        ms = seconds * 1000.0
+        bucket = bisect.bisect_left(self.bounds_ms, ms)
+        key = (tenant, path, op)
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = _Series(len(self.bounds_ms) + 1)
+            series.ops += count
+            series.bytes += nbytes
+            series.counts[bucket] += count
+            series.sum_ms += ms * count
+
     def snapshot(self) -> list[MetricSample]:
         """A consistent copy of every series, sorted by (tenant, path, op)."""
         with self._lock:

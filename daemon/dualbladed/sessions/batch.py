@@ -61,6 +61,7 @@ from dualbladed.sessions.requests import (
     PutPackedRequest,
     PutRequest,
     RecordFn,
+    RecordManyFn,
     ReserveRequest,
     StatRequest,
     TouchRequest,
@@ -129,6 +130,7 @@ class BatchExecutor:
         *,
         parallelism: int = 8,
         uid_quota_for: Callable[[Session], int] | None = None,
+        record_many: RecordManyFn | None = None,
     ) -> None:
         self._store = store
         self._parallelism = parallelism
@@ -139,6 +141,7 @@ class BatchExecutor:
         )
         self._limits = limits
         self._record = record or (lambda *a: None)
+        self._record_many = record_many
         self._quotas = QuotaReservations(store, quota_for, uid_quota_for)
         self._reserve = self._quotas.reserve
         self._unreserve = self._quotas.unreserve
@@ -474,9 +477,14 @@ class BatchExecutor:
             if region is not None:
                 region.release()
         share = (time.perf_counter() - started) / n
-        record, tenant = self._record, session.tenant
-        for name, length in zip(done.paths, lengths):
-            record(tenant, name, "put", length, share, True)
+        tenant = session.tenant
+        if self._record_many is not None:
+            for name in set(done.paths):
+                mine = [n_ for p, n_ in zip(done.paths, lengths) if p == name]
+                self._record_many(tenant, name, "put", sum(mine), share, len(mine))
+        else:
+            for name, length in zip(done.paths, lengths):
+                self._record(tenant, name, "put", length, share, True)
         first = done.first_generation
         return OpOutcome(
             None,

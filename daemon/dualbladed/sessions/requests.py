@@ -26,6 +26,7 @@ __all__ = [
     "PutRequest",
     "ReadRangeRequest",
     "RecordFn",
+    "RecordManyFn",
     "ReserveRequest",
     "StatRequest",
     "TouchRequest",
@@ -161,3 +162,6 @@ class BatchLimits:
 
 #: ``(tenant, path, op, nbytes, seconds, ok)`` -- the metrics sink.
 RecordFn = Callable[[str, str, str, int, float, bool], None]
+#: ``(tenant, path, op, nbytes in all, seconds each, count)`` -- many successful ops at once
+#: (:meth:`dualbladed.service.metrics.Metrics.record_many`).
+RecordManyFn = Callable[[str, str, str, int, float, int], None]
