@@ -226,6 +226,7 @@ class StorePacked:
                         one = self._allocate(target, name, lengths[i], durable=durable)
                         allocs.append((name, one))
                         starts[i] = one.offset
+                        ext_lens[i] = shared_int(one.length)  # as the allocator rounded it
             except BaseException:
                 for name, extent in allocs:
                     self._paths[name].release(extent)
