@@ -160,6 +160,7 @@ class Daemon:
             slab_bytes=res.slab_bytes,
             max_bytes=pagecache_max_bytes(res, namespace.capacity),
             alignment=IO_ALIGNMENT,
+            writeback_bytes=res.pagecache_writeback_bytes,
             free_floor=free_floor_bytes(
                 state_dir, res.pagecache_min_free_bytes, res.pagecache_min_free_fraction
             ),

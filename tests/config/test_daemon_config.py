@@ -285,9 +285,10 @@ def test_each_setting_is_declared_once_and_the_keys_stay() -> None:
         "residency.slab_bytes": None,
         "residency.pagecache_min_free_bytes": None,
         "residency.pagecache_min_free_fraction": None,
+        "residency.pagecache_writeback_bytes": None,
         "metrics.prometheus_address": None,
     }
-    assert len(keys) == 41
+    assert len(keys) == 42
     cfg = load_config(["--socket", "/x/grpc.sock", "--state-dir", "/x/state"])
     for s in _DEFINITIONS:
         if s.default is None:  # derived at load time, or optional

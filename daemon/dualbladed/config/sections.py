@@ -229,6 +229,12 @@ class ResidencyConfig:
         0.10, fraction, "disk floor for the page cache, as a fraction of the filesystem"
     )
     slab_bytes: int = setting(64 * MiB, _SIZE, "slab size")
+    # Page-cache writes of at least this size start their write-back at once
+    # (sync_file_range WRITE, no wait; not a durability step): under a cgroup v1 limit dirty KV
+    # otherwise piles up until reclaim can only evict others' clean pages. 0 turns it off.
+    pagecache_writeback_bytes: int = setting(
+        1 * MiB, byte_size(), "early write-back for page-cache writes this large (0 = off)"
+    )
 
     def __post_init__(self) -> None:
         # A mode given as its string (a test, a tool) becomes the enum, so ``is`` compares work.

@@ -1,5 +1,5 @@
-"""The two kernel calls the page-cache path makes through libc: ``mincore(2)`` and
-``fallocate(2)`` with ``FALLOC_FL_PUNCH_HOLE``.
+"""The kernel calls the page-cache path makes through libc: ``mincore(2)``, ``fallocate(2)``
+with ``FALLOC_FL_PUNCH_HOLE`` and ``sync_file_range(2)`` (not in Python's :mod:`os`).
 
 Why a module of their own: both need ctypes (Python's :class:`mmap.mmap` does not expose the
 address of a read-only mapping, and ``os.posix_fallocate`` cannot pass a mode), both bind libc
@@ -20,7 +20,7 @@ import logging
 import mmap
 import os
 
-__all__ = ["HolePuncher", "Mincore"]
+__all__ = ["HolePuncher", "Mincore", "WritebackStarter"]
 
 log = logging.getLogger("dualbladed.paths.pagecache")  # the messages are the path's own
 
@@ -29,6 +29,7 @@ _RESIDENT_BIT = bytes(b & 1 for b in range(256))
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
+_SYNC_FILE_RANGE_WRITE = 0x02  # <linux/fs.h>: start write-out of dirty pages, do not wait
 
 
 class Mincore:
@@ -98,3 +99,32 @@ class HolePuncher:
                 )
                 return
             raise OSError(err, f"fallocate(PUNCH_HOLE): {os.strerror(err)}")
+
+
+class WritebackStarter:
+    """``sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)`` through libc: start
+    writing the range's dirty pages to the disk and return without waiting for the I/O.
+
+    Not a durability call (no metadata, no drive cache flush, no wait): see "Early write-back"
+    in :mod:`dualbladed.paths.pagecache`. ``calls`` counts the successful calls (tests and
+    stats read it).
+    """
+
+    def __init__(self) -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        self._sync_file_range = libc.sync_file_range
+        self._sync_file_range.argtypes = [
+            ctypes.c_int,
+            ctypes.c_longlong,
+            ctypes.c_longlong,
+            ctypes.c_uint,
+        ]
+        self.calls = 0
+
+    def start(self, fd: int, offset: int, length: int) -> None:
+        if length <= 0:
+            return
+        if self._sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE):
+            err = ctypes.get_errno()
+            raise OSError(err, f"sync_file_range(WRITE): {os.strerror(err)}")
+        self.calls += 1

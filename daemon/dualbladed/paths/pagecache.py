@@ -50,6 +50,20 @@ root's reserved blocks are not counted as ours) on the slabs' filesystem: :meth:
 with :class:`~dualbladed.errors.DiskFloorReached` below it, and :meth:`has_room` lets placement
 choose the direct path instead.
 
+Early write-back. A write of at least ``writeback_bytes`` (0: never) is followed by
+``sync_file_range(SYNC_FILE_RANGE_WRITE)`` over the range it wrote: the kernel starts writing those
+pages to the disk now and the call returns without waiting for the I/O. Why: under a cgroup v1
+memory limit there is no per-group dirty throttling, so a prefill burst fills the group with dirty
+pages (the whole 1 GiB of KV in the residency bench, while the host stayed far below the global
+background threshold); reclaim at the limit can then only evict clean pages -- the weights -- or
+stall on write-back it starts itself. Started early, the KV's pages turn clean in the background
+and stay cached, so reclaim can drop them instead of the weights. It is **not** a durability
+step: it neither waits nor flushes metadata or the drive's cache, so :meth:`flush` still
+``fdatasync``s every slab written since the last flush, and a write is acknowledged exactly as
+before. Small writes (a decode step's one-token appends) are left to the normal flusher. A failure
+to start the write-back is logged and ignored (the bytes are in the page cache either way; an I/O
+error in the write-back itself is reported by the next ``fdatasync``, as for any buffered write).
+
 Locking: one lock guards the allocators, the slab table and the dirty set; data I/O runs
 outside it (``pread``/``pwrite`` on a shared fd are thread-safe and release the GIL).
 
@@ -84,7 +98,7 @@ from dualbladed.errors import (
 from dualbladed.oserrors import from_oserror, translated
 from dualbladed.paths.abstract import PAGECACHE, ResidencyPath
 from dualbladed.paths.engine import byte_view
-from dualbladed.paths.libc import HolePuncher, Mincore
+from dualbladed.paths.libc import HolePuncher, Mincore, WritebackStarter
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +139,7 @@ class PageCachePath(ResidencyPath):
         alignment: int = 4096,
         resident_ttl_s: float = 1.0,
         free_floor: int = 0,
+        writeback_bytes: int = 0,
     ) -> None:
         if alignment <= 0 or alignment & (alignment - 1):
             raise InvalidArgument(f"alignment {alignment} must be a positive power of two")
@@ -147,6 +162,15 @@ class PageCachePath(ResidencyPath):
         self._closed = False
         self._resident_cache: tuple[float, int] | None = None
         self.free_floor = max(0, free_floor)
+        #: writes of at least this many bytes start their write-back at once (0: never)
+        self.writeback_bytes = max(0, writeback_bytes)
+        self._writeback_warned = False
+        self._writeback: WritebackStarter | None = None
+        if self.writeback_bytes:
+            try:
+                self._writeback = WritebackStarter()
+            except (OSError, AttributeError):  # no libc symbol: the kernel's flusher decides
+                self.writeback_bytes = 0
         try:
             self._puncher: HolePuncher | None = HolePuncher()
         except (OSError, AttributeError):  # no libc fallocate symbol: slabs keep their blocks
@@ -374,6 +398,27 @@ class PageCachePath(ResidencyPath):
         with self._lock:
             self._dirty.add(slab.index)
             self._resident_cache = None
+        if self._writeback is not None and n >= self.writeback_bytes:
+            self._start_writeback(self._writeback, slab, inner, n)
+
+    def _start_writeback(
+        self, starter: WritebackStarter, slab: _Slab, inner: int, length: int
+    ) -> None:
+        """Start writing ``[inner, inner + length)`` of ``slab`` to the disk; do not wait (see
+        "Early write-back" in the module docstring). Never fails the write it follows."""
+        try:
+            starter.start(slab.fd, inner, length)
+        except OSError as e:
+            if not self._writeback_warned:
+                self._writeback_warned = True
+                log.warning(
+                    "page-cache path: starting write-back of %s [%d, +%d) failed (%s); "
+                    "further failures are not logged",
+                    slab_name(slab.index),
+                    inner,
+                    length,
+                    e,
+                )
 
     def read(self, extent: Extent, dst: memoryview) -> None:
         view = byte_view(dst)
