@@ -123,12 +123,14 @@ class FeedbackConfig:
     #: whatever the write speeds, a burst goes to the page cache while memory is not contested
     #: and its page-cache placements take at most ``burst_free_fraction`` of the free memory
     #: seen when the burst began; 0 (the default) turns it off (module docstring, 4.). Why it
-    #: is off: when everything fits, a burst written direct is promoted back during decode (~1
-    #: GiB at 80-100 MB/s on 2 busy vCPUs, the first ~6 of 16 steps at 1-4 s), but at 0.3 the
-    #: page-cache writes under the cgroup ran at ~70 MB/s (dirty pages piling up), so prefill at
-    #: budget ratio 1 took 12.9-13.7 s against 4.7-5.3 s direct, far above baseline_file's, and
-    #: decode at 0.5 still missed (docs/residency.md, "Follow-up 2"). Above 0.3 it is worse:
-    #: free memory when a prefill begins still holds the weights' pages not yet faulted in.
+    #: is off (docs/residency.md, "Follow-up 3"): the daemon's page-cache writes cost what any
+    #: buffered write costs here (the kernel's copy into fresh pages, ~2-4 s of CPU per GiB on
+    #: this VM; baseline_file pays the same), so a burst on the page cache makes prefill no
+    #: cheaper than pagecache mode's. With 0.3 and early write-back
+    #: (``residency.pagecache_writeback_bytes``) adaptive lost its promotion window at budget
+    #: ratios 0.5 and 1 (decode 0.87-1.14x the better forced mode, against 1.26-1.46x at 0), but
+    #: at ratio 2 the burst took 0.3 of a free memory that still held the weights' pages not yet
+    #: faulted in: refaults at 749 MiB/s, 22 demotions during decode, 1.44x direct (one run).
     burst_free_fraction: float = 0.0
     burst_window_s: float = 2.0
     split: bool = True

@@ -231,9 +231,13 @@ class ResidencyConfig:
     slab_bytes: int = setting(64 * MiB, _SIZE, "slab size")
     # Page-cache writes of at least this size start their write-back at once
     # (sync_file_range WRITE, no wait; not a durability step): under a cgroup v1 limit dirty KV
-    # otherwise piles up until reclaim can only evict others' clean pages. 0 turns it off.
+    # otherwise piles up (1 GiB of a prefill, measured) until reclaim can only evict others'
+    # clean pages. Off by default: it kept dirty pages under 32 MiB but changed no measured
+    # decode or prefill time on its own, and costs ~0.5 s of daemon CPU per GiB written plus
+    # disk writes for KV that may die before the kernel's own 30 s write-back (docs/residency.md,
+    # "Follow-up 3"). "1MiB" turns it on for writes of 1 MiB and more.
     pagecache_writeback_bytes: int = setting(
-        1 * MiB, byte_size(), "early write-back for page-cache writes this large (0 = off)"
+        0, byte_size(), "early write-back for page-cache writes this large (0 = off)"
     )
 
     def __post_init__(self) -> None:

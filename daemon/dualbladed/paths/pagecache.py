@@ -50,14 +50,17 @@ root's reserved blocks are not counted as ours) on the slabs' filesystem: :meth:
 with :class:`~dualbladed.errors.DiskFloorReached` below it, and :meth:`has_room` lets placement
 choose the direct path instead.
 
-Early write-back. A write of at least ``writeback_bytes`` (0: never) is followed by
+Early write-back (off unless ``writeback_bytes`` is set; the daemon's
+``residency.pagecache_writeback_bytes``). A write of at least ``writeback_bytes`` is followed by
 ``sync_file_range(SYNC_FILE_RANGE_WRITE)`` over the range it wrote: the kernel starts writing those
 pages to the disk now and the call returns without waiting for the I/O. Why: under a cgroup v1
 memory limit there is no per-group dirty throttling, so a prefill burst fills the group with dirty
 pages (the whole 1 GiB of KV in the residency bench, while the host stayed far below the global
 background threshold); reclaim at the limit can then only evict clean pages -- the weights -- or
 stall on write-back it starts itself. Started early, the KV's pages turn clean in the background
-and stay cached, so reclaim can drop them instead of the weights. It is **not** a durability
+and stay cached, so reclaim may drop them too (measured: dirty pages stayed under 32 MiB instead
+of 1 GiB; on its own it changed no decode or prefill time, docs/residency.md "Follow-up 3",
+hence off by default). It is **not** a durability
 step: it neither waits nor flushes metadata or the drive's cache, so :meth:`flush` still
 ``fdatasync``s every slab written since the last flush, and a write is acknowledged exactly as
 before. Small writes (a decode step's one-token appends) are left to the normal flusher. A failure
