@@ -31,6 +31,16 @@ Modes at every budget, one after another, each started cold (``sync`` + ``drop_c
 * ``pagecache`` / ``direct`` / ``adaptive``: dualbladed with ``[residency] mode = ...``, the
   worker using the SDK client.
 
+The caches are dropped after the daemon is up, right before the worker starts, in every mode.
+Why not before the daemon: on this VM (Firecracker, virtio-balloon free page reporting,
+``page_reporting_order=11``) memory freed for more than ~2 s goes back to the host, and the guest
+pays a host fault on the next touch of each page: 1 GiB of buffered writes took 0.25-0.32 s of
+system time right after 2 GiB of page cache was dropped and 0.41-1.16 s ten seconds later. With
+the drop before the daemon's start-up (seconds), ``baseline_file`` (no daemon) could write its
+prefill into the weights' just-freed pages while the daemon modes met returned ones -- a likely
+part of why baseline_file's prefill measured 1.36 s against pagecache's 4.33 s in one run, for
+the same kernel work (docs/residency.md, "Follow-up 3").
+
 SSD utilisation = (storage-layer bytes read + written by the worker and the daemon during the
 measured decode steps, from ``/proc/<pid>/io``) / decode seconds / fio's O_DIRECT sequential read
 bandwidth (1 MiB requests, 4 psync jobs) on the benchmark's fio file, measured right after each
@@ -354,8 +364,6 @@ class _Bench:
         rundir = self.workdir / f"run{self._seq}-{tag}-{mode}"
         name = f"dualblade-bench-{os.getpid()}-{self._seq}"
         daemon: _DaemonInCgroup | None = None
-        if not drop_caches():
-            report.progress("could not drop caches (not root?): this run does not start cold")
         cgroup = MemoryCgroup(name, limit)
         try:
             rundir.mkdir(parents=True)
@@ -378,6 +386,10 @@ class _Bench:
                 daemon = self._start_daemon(rundir, mode, cgroup)
                 pid = daemon.proc.pid if daemon.proc is not None else 0
                 cmd += ["--socket", str(daemon.socket), "--daemon-pid", str(pid)]
+            # after the daemon's start-up, so every mode's prefill meets the same free memory
+            # (module docstring: freed memory goes back to the host within seconds here)
+            if not drop_caches():
+                report.progress("could not drop caches (not root?): this run does not start cold")
             proc = subprocess.run(
                 cgroup.join_command(cmd), stdout=subprocess.PIPE, text=True, timeout=900
             )
