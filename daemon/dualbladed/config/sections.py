@@ -233,7 +233,7 @@ class ResidencyConfig:
     # (sync_file_range WRITE, no wait; not a durability step): under a cgroup v1 limit dirty KV
     # otherwise piles up (1 GiB of a prefill, measured) until reclaim can only evict others'
     # clean pages. Off by default: it kept dirty pages under 32 MiB but changed no measured
-    # decode or prefill time on its own, and costs ~0.5 s of daemon CPU per GiB written plus
+    # decode or prefill time on its own, and costs ~0.7 s of daemon CPU per GiB written plus
     # disk writes for KV that may die before the kernel's own 30 s write-back (docs/residency.md,
     # "Follow-up 3"). "1MiB" turns it on for writes of 1 MiB and more.
     pagecache_writeback_bytes: int = setting(
