@@ -314,11 +314,14 @@ def test_per_uid_quota_table_and_fractions_parse(tmp_path: Path) -> None:
         '[quotas]\nuid_default_fraction = 0.5\n[quotas.per_uid]\n1000 = "1GiB"\n'
         "[residency]\npagecache_min_free_fraction = 0.05\n"
         'pagecache_min_free_bytes = "1GiB"\n'
+        'pagecache_writeback_bytes = "1MiB"\n'
     )
     cfg = load_config(["--config", str(cfg_file)])
     assert dict(cfg.quotas.per_uid) == {1000: GiB} and cfg.quotas.uid_default_fraction == 0.5
     assert cfg.residency.pagecache_min_free_fraction == 0.05
     assert cfg.residency.pagecache_min_free_bytes == GiB
+    assert cfg.residency.pagecache_writeback_bytes == MiB  # early write-back: off by default
+    assert load_config([]).residency.pagecache_writeback_bytes == 0
     for bad, message in (
         ('[quotas.per_uid]\nbob = "1GiB"\n', "is not a numeric uid"),
         ("[quotas]\nuid_default_fraction = 1.5\n", "expected a fraction between 0 and 1"),
