@@ -203,11 +203,11 @@ def test_groups_appended_to_the_orders_keep_them_sorted_and_complete(tmp_path: P
         store.put_packed(T, keys, memoryview(buf), lengths, align=A, persistent=True)
         store.put(T, b"o/%06d" % (g * 7), memoryview(payload(g, 10)), persistent=True)
     index = store._index
-    by_key = index._tenants[T]
-    by_key._list._check()
-    assert list(by_key) == [b"o/%06d" % i for i in range(n)]
+    by_key = index._tenants[T]  # a KeyMap: a SortedKeyList of entries by key
+    by_key._check()
+    assert [e.key for e in by_key] == [b"o/%06d" % i for i in range(n)]
     for table, name in index.lru._tables(T, DIRECT):
-        table[name]._list._check()
+        table[name]._check()
         assert len(table[name]) == n
     oldest = [e.info.generation for e in index.lru.oldest(path=DIRECT)]
     assert oldest == sorted(oldest) and len(oldest) == n

@@ -158,7 +158,7 @@ class EvictionSite:
                     if isinstance(item, DualbladeError):
                         out.append(item)
                         continue
-                    try:  # info as stored: last_access may be older than the last get
+                    try:
                         out.append(self._stat_locked(tenant, item[0], session, item[1]).info)
                     except DualbladeError as err:
                         out.append(err)
@@ -244,10 +244,10 @@ class EvictionSite:
             victims, freed = [], 0
             walk = self._index.lru.oldest(tenant=tenant if uid is None else None, uid=uid)
             for entry in walk:
-                if entry.info.key == keep and entry.info.tenant == tenant:
+                if entry.key == keep and entry.tenant == tenant:
                     continue
                 victims.append(entry)
-                freed += entry.info.length
+                freed += entry.length
                 if freed >= need:
                     break
             if freed < need:

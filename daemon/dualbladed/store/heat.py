@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from sortedcontainers import SortedKeyList
 
 from dualbladed.store.sortedappend import append_keyed
+from dualbladed.store.sortfill import fill, sorted_runs
 
 if TYPE_CHECKING:
     from dualbladed.store.index import IndexEntry
@@ -90,7 +91,7 @@ class HeatIndex:
         out: dict[str, SortedKeyList] = {}
         for path, entries in pending.items():
             lst = out[path] = SortedKeyList(key=_last_access)
-            lst.update(entries)
+            fill(lst, sorted_runs(entries))  # no long GIL hold (see sortfill)
         return out
 
     def adopt_begin(self, built: dict[str, SortedKeyList]) -> None:

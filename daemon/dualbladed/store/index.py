@@ -1,7 +1,7 @@
 """The object store's in-memory index and its public record types.
 
-:class:`ObjectIndex` maps ``tenant -> key -> IndexEntry`` (one ``SortedDict`` per tenant, so a
-prefix listing is a range scan) and keeps the derived tables next to it: each session's
+:class:`ObjectIndex` maps ``tenant -> key -> IndexEntry`` (one sorted :class:`KeyMap` per
+tenant, so a prefix listing is a range scan) and keeps the derived tables next to it: each session's
 ephemeral members, each tenant's allocated bytes, the batched ``last_access`` updates and the
 pin counts that defer freeing an extent while a reader uses it.
 
@@ -17,73 +17,40 @@ must release the extent now, so the index never needs to know the residency path
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter
 
-from sortedcontainers import SortedDict
-
-from dualbladed.alloc.abstract import AllocStats, Extent
+from dualbladed.alloc.abstract import AllocStats
+from dualbladed.store.entry import (
+    IndexEntry,
+    LayerEntry,
+    ObjectInfo,
+    entry_from_values,
+    info_from_values,
+    shared_int,
+)
 from dualbladed.store.heat import HeatIndex, Totals, Usage
+from dualbladed.store.keymap import KeyMap
 from dualbladed.store.lru import LruOrder
-from dualbladed.store.meta import ObjectRecord
-from dualbladed.store.sortedappend import append_items
 
-__all__ = ["IndexEntry", "ObjectIndex", "ObjectInfo", "PathUsage", "StoreStats", "Usage"]
+__all__ = [
+    "IndexEntry",
+    "LayerEntry",
+    "ObjectIndex",
+    "ObjectInfo",
+    "PathUsage",
+    "StoreStats",
+    "Usage",
+    "entry_from_values",
+    "info_from_values",
+    "shared_int",
+]
 
-
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    """What the store knows about one object (never its bytes).
-
-    ``size`` is the payload, ``length`` the extent (rounded up to the path's alignment).
-    ``session`` is set only for ephemeral objects owned by a session.
-
-    Layer objects (:mod:`dualbladed.store.layers`) have ``capacity > 0`` (the reserved bytes;
-    ``length`` is the capacity rounded up), ``checksum`` 0 and one crc32c per chunk of
-    ``[0, size)`` in ``chunk_crcs``; an append replaces the entry's ``info`` with a new snapshot
-    so ``size`` and ``chunk_crcs`` always change together.
-    """
-
-    tenant: str
-    key: bytes
-    size: int
-    path: str
-    offset: int
-    length: int
-    checksum: int
-    generation: int
-    persistent: bool
-    last_access: float
-    session: str | None
-    capacity: int = 0
-    chunk_crcs: tuple[int, ...] = ()
-
-    @property
-    def is_layer(self) -> bool:
-        return self.capacity > 0
-
-    @property
-    def extent(self) -> Extent:
-        return Extent(self.offset, self.length)
-
-    def record(self, last_access: float) -> ObjectRecord:
-        """The committed metadata row of this (persistent) object."""
-        return ObjectRecord(
-            tenant=self.tenant,
-            key=self.key,
-            path=self.path,
-            offset=self.offset,
-            length=self.length,
-            size=self.size,
-            checksum=self.checksum,
-            generation=self.generation,
-            persistent=self.persistent,
-            last_access=last_access,
-            capacity=self.capacity,
-            chunk_crcs=self.chunk_crcs,
-        )
+_length = attrgetter("length")
+_size = attrgetter("size")
+_persistent = attrgetter("persistent")
 
 
 @dataclass(frozen=True)
@@ -104,115 +71,11 @@ class StoreStats:
     pinned: int  # entries currently pinned by readers (including retired ones)
 
 
-_SHARED_INTS: dict[int, int] = {}
-
-
-def shared_int(value: int) -> int:
-    """One int object per distinct size or length (objects tend to share a few), instead of
-    one 32-byte int per entry; bounded, so odd sizes just stay unshared."""
-    got = _SHARED_INTS.get(value)
-    if got is not None:
-        return got
-    if len(_SHARED_INTS) < 4096:
-        _SHARED_INTS[value] = value
-    return value
-
-
-_info = attrgetter("info")
-_length = attrgetter("length")
-_size = attrgetter("size")
-_key = attrgetter("key")
-_persistent = attrgetter("persistent")
-
-#: ``ObjectInfo``'s slot setters by field name (see :func:`info_from_values`).
-_SET = {f.name: vars(ObjectInfo)[f.name].__set__ for f in fields(ObjectInfo)}
-_INFO_FIELDS = [
-    "tenant",
-    "key",
-    "size",
-    "path",
-    "offset",
-    "length",
-    "checksum",
-    "generation",
-    "persistent",
-    "last_access",
-    "session",
-    "capacity",
-    "chunk_crcs",
-]
-if list(_SET) != _INFO_FIELDS:  # a new field must be added to info_from_values too
-    raise ImportError(f"info_from_values is out of date with ObjectInfo's fields {list(_SET)}")
-
-
-def info_from_values(
-    v: tuple,
-    _new: Callable[[type], ObjectInfo] = object.__new__,  # type: ignore[assignment]
-    _cls: type[ObjectInfo] = ObjectInfo,
-    _s0: Callable = _SET["tenant"],
-    _s1: Callable = _SET["key"],
-    _s2: Callable = _SET["size"],
-    _s3: Callable = _SET["path"],
-    _s4: Callable = _SET["offset"],
-    _s5: Callable = _SET["length"],
-    _s6: Callable = _SET["checksum"],
-    _s7: Callable = _SET["generation"],
-    _s8: Callable = _SET["persistent"],
-    _s9: Callable = _SET["last_access"],
-    _s10: Callable = _SET["session"],
-    _s11: Callable = _SET["capacity"],
-    _s12: Callable = _SET["chunk_crcs"],
-) -> ObjectInfo:
-    """``ObjectInfo(*v)`` (all thirteen fields, in field order) for the start-up bulk load.
-
-    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__`` looked up
-    by name; this calls the slots' own descriptors, bound once as default arguments, which
-    measured 45% less per row (1.2 vs 2.1 µs under load). The result is the same object
-    (equal, same type, still immutable through ``setattr``).
-    """
-    info = _new(_cls)
-    _s0(info, v[0])
-    _s1(info, v[1])
-    _s2(info, v[2])
-    _s3(info, v[3])
-    _s4(info, v[4])
-    _s5(info, v[5])
-    _s6(info, v[6])
-    _s7(info, v[7])
-    _s8(info, v[8])
-    _s9(info, v[9])
-    _s10(info, v[10])
-    _s11(info, v[11])
-    _s12(info, v[12])
-    return info
-
-
-class IndexEntry:
-    """One object version. ``info`` is fixed (for a layer object an append swaps in a new
-    snapshot with the same extent); the rest changes under the store lock. ``layer`` is the
-    layer object's append state (:class:`dualbladed.store.layers.LayerState`), else None."""
-
-    __slots__ = ("info", "last_access", "pins", "dead", "layer")
-
-    def __init__(self, info: ObjectInfo) -> None:
-        self.info = info
-        self.layer: object | None = None
-        self.last_access = info.last_access
-        self.pins = 0
-        self.dead = False  # retired from the index; the last unpin frees the extent
-
-    def snapshot(self) -> ObjectInfo:
-        info = self.info
-        if info.last_access == self.last_access:
-            return info  # immutable: share it (no copy per listed object)
-        return replace(info, last_access=self.last_access)
-
-
 class ObjectIndex:
     """In-memory index of live objects. Not thread-safe: the store's lock guards it."""
 
     def __init__(self) -> None:
-        self._tenants: dict[str, SortedDict] = {}  # tenant -> SortedDict[bytes, IndexEntry]
+        self._tenants: dict[str, KeyMap] = {}  # tenant -> its entries by key
         self._sessions: dict[str, set[tuple[str, bytes]]] = {}
         self._usage: dict[str, int] = {}  # tenant -> allocated bytes (extent lengths)
         self._uid_usage: dict[str, int] = {}  # "uid" (the tenant's head) -> the same, summed
@@ -234,9 +97,9 @@ class ObjectIndex:
         groups: dict[tuple[str, str], list[IndexEntry]] = {}
         for path, entries in by_path.items():
             for entry in entries:
-                group = groups.get((path, entry.info.tenant))
+                group = groups.get((path, entry.tenant))
                 if group is None:
-                    group = groups[(path, entry.info.tenant)] = []
+                    group = groups[(path, entry.tenant)] = []
                 group.append(entry)
         self.load_groups(groups)
 
@@ -250,7 +113,7 @@ class ObjectIndex:
         by_path: dict[str, list[list[IndexEntry]]] = {}
         usage, uid_usage = self._usage, self._uid_usage
         for (path, tenant), group in groups.items():
-            infos = list(map(_info, group))
+            infos = group  # entries carry the ObjectInfo fields
             length = sum(map(_length, infos))
             usage[tenant] = usage.get(tenant, 0) + length
             uid = tenant.partition("/")[0]
@@ -278,8 +141,7 @@ class ObjectIndex:
             )
         for tenant, parts in by_tenant.items():
             entries = parts[0] if len(parts) == 1 else list(chain(*parts))
-            keys = list(map(_key, map(_info, entries)))
-            self._tenants.setdefault(tenant, SortedDict()).update(zip(keys, entries))
+            self._tenants.setdefault(tenant, KeyMap()).update(entries)
 
     @property
     def orders_deferred(self) -> bool:
@@ -342,11 +204,11 @@ class ObjectIndex:
 
     def install(self, entry: IndexEntry) -> None:
         """Make ``entry`` the live version of its key (the caller retired the old one)."""
-        info = entry.info
+        info = entry  # (the entry's own fields)
         keys = self._tenants.get(info.tenant)
         if keys is None:
-            keys = self._tenants[info.tenant] = SortedDict()
-        keys[info.key] = entry
+            keys = self._tenants[info.tenant] = KeyMap()
+        keys.put(entry)
         self._usage[info.tenant] = self._usage.get(info.tenant, 0) + info.length
         uid = info.tenant.partition("/")[0]
         self._uid_usage[uid] = self._uid_usage.get(uid, 0) + info.length
@@ -361,9 +223,9 @@ class ObjectIndex:
         retired): usage and running totals added once per (tenant, path), not per entry."""
         counts: dict[tuple[str, str], list[int]] = {}
         by_path: dict[str, list[IndexEntry]] = {}
-        by_tenant: dict[str, list[tuple[bytes, IndexEntry]]] = {}
+        by_tenant: dict[str, list[IndexEntry]] = {}
         for entry in entries:
-            info = entry.info
+            info = entry  # (the entry's own fields)
             c = counts.get((info.tenant, info.path))
             if c is None:
                 c = counts[(info.tenant, info.path)] = [0, 0, 0, 0]
@@ -375,16 +237,16 @@ class ObjectIndex:
             if info.persistent:
                 c[3] += 1
             by_path[info.path].append(entry)
-            by_tenant[info.tenant].append((info.key, entry))
+            by_tenant[info.tenant].append(entry)
             if info.session is not None:
                 self._sessions.setdefault(info.session, set()).add((info.tenant, info.key))
         for tenant, items in by_tenant.items():  # sequential keys: appended in one step
             keys = self._tenants.get(tenant)
             if keys is None:
-                keys = self._tenants[tenant] = SortedDict()
-            if not append_items(keys, items):
-                for key, entry in items:
-                    keys[key] = entry
+                keys = self._tenants[tenant] = KeyMap()
+            if not keys.append_new(items):
+                for entry in items:
+                    keys.put(entry)
         for path, group in by_path.items():
             self._heat.add_many(path, group)
         self.lru.add_many(entries)
@@ -398,10 +260,10 @@ class ObjectIndex:
         """Take ``entry`` out of the index. True: release its extent now (nobody pins it)."""
         if entry.dead:
             return False
-        info = entry.info
+        info = entry  # (the entry's own fields)
         keys = self._tenants.get(info.tenant)
         if keys is not None and keys.get(info.key) is entry:
-            del keys[info.key]
+            keys.remove(entry)
             if not keys:
                 del self._tenants[info.tenant]
         self._heat.discard(info.path, entry)
@@ -425,13 +287,14 @@ class ObjectIndex:
         return entry.pins == 0
 
     def replace_info(self, entry: IndexEntry, info: ObjectInfo) -> None:
-        """Swap a live entry's ``info`` for a snapshot of the same object and extent (a layer
+        """Swap a live layer entry's snapshot for one of the same object and extent (an
         append: a new ``size``), keeping the running totals in step."""
-        old = entry.info
-        if old.size != info.size:
-            self._totals.add(old.tenant, old.path, old.size, old.persistent, -1)
+        if not isinstance(entry, LayerEntry):
+            raise TypeError("only a layer object's info changes in place")
+        if entry.size != info.size:
+            self._totals.add(entry.tenant, entry.path, entry.size, entry.persistent, -1)
             self._totals.add(info.tenant, info.path, info.size, info.persistent)
-        entry.info = info
+        entry.set_info(info)
 
     def pin(self, entry: IndexEntry) -> None:
         if entry.pins == 0:
@@ -451,21 +314,29 @@ class ObjectIndex:
         out = []
         for tenant, key in self._sessions.get(session, ()):
             entry = self.lookup(tenant, key)
-            if entry is not None and entry.info.session == session:
+            if entry is not None and entry.session == session:
                 out.append(entry)
         return out
 
     def note_access(self, entry: IndexEntry) -> None:
         now = time.time()
-        if not entry.dead:
-            self._heat.touch(entry.info.path, entry, now)
-        elif not self.orders_deferred:
-            entry.last_access = now
-        self.lru.touch(entry, now)  # the same value: re-files it among the evictable
-        if self.orders_deferred:  # the orders only noted it: a build may be sorting by it
+        if self.orders_deferred:  # the orders only note it: a build may be sorting by it
+            if not entry.dead:
+                self._heat.touch(entry.path, entry, now)
+            self.lru.touch(entry, now)
             self._access[entry] = now
-        if entry.info.persistent:
-            self._dirty_access[(entry.info.tenant, entry.info.key)] = now
+        else:
+            # Both orders file the entry under its own last_access: out of the LRU by the old
+            # value, moved in the recency order (which writes the new one), back into the LRU.
+            member = self.lru.leave(entry)
+            if not entry.dead:
+                self._heat.touch(entry.path, entry, now)
+            else:
+                entry.last_access = now
+            if member:
+                self.lru.add(entry)
+        if entry.persistent:
+            self._dirty_access[(entry.tenant, entry.key)] = now
 
     def take_dirty_access(self) -> dict[tuple[str, bytes], float]:
         batch, self._dirty_access = self._dirty_access, {}
@@ -503,10 +374,10 @@ class ObjectIndex:
             keys = self._tenants.get(name)
             if keys is None:
                 continue
-            for k in keys.irange(minimum=prefix):
-                if not k.startswith(prefix):
+            for entry in keys.starting_at(prefix):
+                if not entry.key.startswith(prefix):
                     break
-                yield keys[k]
+                yield entry
                 count += 1
                 if limit and count >= limit:
                     return
@@ -525,11 +396,11 @@ class ObjectIndex:
             if keys is None:
                 continue
             if after is not None and name == after[0]:
-                it = keys.irange(minimum=after[1], inclusive=(False, True))
+                it = keys.starting_at(after[1], inclusive=False)
             else:
                 it = iter(keys)
-            for k in it:
-                out.append(keys[k])
+            for entry in it:
+                out.append(entry)
                 if len(out) >= limit:
                     return out
         return out
@@ -558,4 +429,4 @@ class ObjectIndex:
 
     def entries(self) -> Iterator[IndexEntry]:
         for keys in self._tenants.values():
-            yield from keys.values()
+            yield from keys

@@ -77,7 +77,7 @@ from dualbladed.errors import (
 from dualbladed.killpoints import killpoint
 from dualbladed.paths.abstract import DIRECT, ResidencyPath
 from dualbladed.paths.engine import DirectEngine
-from dualbladed.store.index import IndexEntry, ObjectInfo
+from dualbladed.store.index import IndexEntry, LayerEntry, ObjectInfo
 from dualbladed.store.input import as_bytes_view, check_key, zero
 
 logger = logging.getLogger(__name__)
@@ -118,10 +118,12 @@ class LayerState:
 
 
 def new_entry(info: ObjectInfo) -> IndexEntry:
-    """An index entry for ``info``, with append state when it is a layer object."""
-    entry = IndexEntry(info)
-    if info.is_layer:
-        entry.layer = LayerState(b"" if info.size == 0 else None)
+    """An index entry for ``info``: a :class:`LayerEntry` with append state when it is a layer
+    object, else a plain one."""
+    if not info.is_layer:
+        return IndexEntry(info)
+    entry = LayerEntry(info)
+    entry.layer = LayerState(b"" if info.size == 0 else None)
     return entry
 
 

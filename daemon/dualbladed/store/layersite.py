@@ -161,7 +161,7 @@ class StoreLayers:
         with self._lock:
             if not entry.dead:
                 return entry
-            live = self._index.lookup(entry.info.tenant, entry.info.key)
+            live = self._index.lookup(entry.tenant, entry.key)
             if live is None or live.layer is not state:
                 return entry  # replaced or deleted: the caller's liveness check reports it
             self._index.pin(live)

@@ -69,6 +69,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import repeat
 
 from dualbladed.errors import FailedPrecondition, SuperblockError
 from dualbladed.oserrors import from_sqlite_error
@@ -215,16 +216,19 @@ def object_rows(
     sizes: Sequence[int],
     checksums: Sequence[int],
     generations: Iterable[int],
-    last_access: float,
+    last_access: float | Sequence[float],
 ) -> list[tuple]:
     """The rows of many ordinary persistent objects of one tenant, as :func:`_row` builds each
     from an :class:`ObjectRecord` (same columns, same values: ``checksum`` unsigned in,
     signed out; ``persistent`` 1, ``capacity`` 0, no ``chunk_crcs``), in one pass and with no
-    record per object: a packed put's group commit (:mod:`dualbladed.store.packed`)."""
+    record per object: a packed put's group commit (:mod:`dualbladed.store.packed`).
+    ``last_access``: one stamp for all, or one per object."""
+    stamps = repeat(last_access) if isinstance(last_access, float) else last_access
     return [
-        (tenant, k, p, o, n, s, c - _U64 if c > _I64_MAX else c, g, 1, last_access, 0, b"")
-        for k, p, o, n, s, c, g in zip(
-            keys, paths, offsets, lengths, sizes, checksums, generations, strict=True
+        (tenant, k, p, o, n, s, c - _U64 if c > _I64_MAX else c, g, 1, a, 0, b"")
+        for (k, p, o, n, s, c, g), a in zip(
+            zip(keys, paths, offsets, lengths, sizes, checksums, generations, strict=True),
+            stamps,
         )
     ]
 

@@ -80,7 +80,7 @@ class StoreMoves:
         with self._lock:
             self._check_open()
             entry = self._require(tenant, key)
-            if entry.info.path == new_path:
+            if entry.path == new_path:
                 return entry.snapshot()
             if entry.layer is not None and entry.layer is not getattr(self._moving, "layer", None):
                 raise FailedPrecondition(
@@ -90,7 +90,7 @@ class StoreMoves:
             self._index.pin(entry)
             try:
                 # a layer object moves its whole reserved capacity, not only the bytes written
-                extent = dest.allocate(entry.info.capacity or entry.info.size)
+                extent = dest.allocate(entry.capacity or entry.size)
             except BaseException:
                 self._unpin(entry)
                 raise

@@ -196,13 +196,12 @@ class ObjectStore(StoreWrites, StorePacked, StoreReads, StoreMoves, StoreLayers,
         gone = []
         tenants = set()
         for entry, old in pairs:
-            info = entry.info
-            if info.persistent:
-                rows.append(info.record(entry.last_access))
-                if info.tenant not in self._known_tenants:
-                    tenants.add(info.tenant)
-            elif old is not None and old.info.persistent:
-                gone.append((old.info.tenant, old.info.key))
+            if entry.persistent:
+                rows.append(entry.record())
+                if entry.tenant not in self._known_tenants:
+                    tenants.add(entry.tenant)
+            elif old is not None and old.persistent:
+                gone.append((old.tenant, old.key))
         if not rows and not gone:
             return  # only ephemeral objects: nothing durable changes
         with _classified(), self._meta.txn(durable=durable) as t:
@@ -236,17 +235,17 @@ class ObjectStore(StoreWrites, StorePacked, StoreReads, StoreMoves, StoreLayers,
 
     def _commit(self, entry: IndexEntry | None, old: IndexEntry | None, *, durable: bool) -> None:
         """Make the metadata say ``entry`` (None: nothing) instead of ``old``. Under the lock."""
-        info = entry.info if entry is not None else None
-        if not (info is not None and info.persistent) and not (old and old.info.persistent):
+        info = entry  # (an entry has the ObjectInfo fields)
+        if not (info is not None and info.persistent) and not (old and old.persistent):
             return  # ephemeral -> ephemeral: nothing durable changes
         with _classified(), self._meta.txn(durable=durable) as t:
             if info is not None and info.persistent:
                 if info.tenant not in self._known_tenants:
                     uid, label = parse_tenant(info.tenant)
                     t.upsert_tenant(info.tenant, uid, label)
-                t.put(info.record(entry.last_access))  # type: ignore[union-attr]
+                t.put(info.record())
             elif old is not None:
-                t.delete(old.info.tenant, old.info.key)
+                t.delete(old.tenant, old.key)
         if info is not None and info.persistent:
             self._known_tenants.add(info.tenant)
 
@@ -254,12 +253,12 @@ class ObjectStore(StoreWrites, StorePacked, StoreReads, StoreMoves, StoreLayers,
 
     def _read_verified(self, entry: IndexEntry, view: memoryview) -> int | None:
         """Read ``entry`` into ``view``; return None when it verifies, else the bad checksum."""
-        info = entry.info
-        if info.is_layer:  # per-chunk crc32c, see dualbladed.store.layers
+        if entry.is_layer:  # per-chunk crc32c, see dualbladed.store.layers
+            info = entry.info  # one snapshot: size and chunk crcs of the same append
             return layers.read_verified(self._paths[info.path], info, view)
-        self._paths[info.path].read(info.extent, view)
+        self._paths[entry.path].read(entry.extent, view)
         actual = xxhash.xxh3_64_intdigest(view)
-        if actual == info.checksum:
+        if actual == entry.checksum:
             return None
         zero(view)
         return actual
@@ -371,11 +370,11 @@ class ObjectStore(StoreWrites, StorePacked, StoreReads, StoreMoves, StoreLayers,
 
     def _retire(self, entry: IndexEntry) -> None:
         if self._index.retire(entry):
-            self._paths[entry.info.path].release(entry.info.extent)
+            self._paths[entry.path].release(entry.extent)
 
     def _unpin(self, entry: IndexEntry) -> None:
         if self._index.unpin(entry):
-            self._paths[entry.info.path].release(entry.info.extent)
+            self._paths[entry.path].release(entry.extent)
 
     # -- validation ------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ different paths are grouped by path, as ``stage_many`` does.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -47,7 +48,7 @@ from dualbladed.store.group import (
     write_all,
     write_staged,
 )
-from dualbladed.store.index import IndexEntry, info_from_values, shared_int
+from dualbladed.store.index import IndexEntry, entry_from_values, shared_int
 from dualbladed.store.input import MAX_KEY_BYTES, as_bytes_view, check_key
 from dualbladed.store.meta import object_rows
 
@@ -285,6 +286,8 @@ class StorePacked:
             try:
                 self._check_open()
                 now = time.time()
+                tick = math.ulp(now)  # distinct stamps, as StoreWrites.commit_puts explains
+                stamps = [now + i * tick for i in range(n)]
                 first = self._next_generation
                 lookup = self._index.lookup
                 olds = [lookup(tenant, k) for k in keys]
@@ -295,10 +298,10 @@ class StorePacked:
                 if persistent:
                     rows = object_rows(
                         tenant, keys, names, staged.starts, staged.ext_lens, sizes, checksums,
-                        gens, now,
+                        gens, stamps,
                     )  # fmt: skip
                 else:  # ephemeral: only a replaced persistent row changes in SQLite
-                    gone = [(tenant, old.info.key) for old in olds if old and old.info.persistent]
+                    gone = [(tenant, old.key) for old in olds if old and old.persistent]
                 self._commit_rows(tenant, rows, gone, durable=durable)
             except BaseException:
                 for name, extent in staged.allocs:  # (the lock is held: not _release_packed)
@@ -311,27 +314,11 @@ class StorePacked:
                     self._retire(old)
             self._index.install_many(
                 [
-                    IndexEntry(
-                        info_from_values(
-                            (
-                                tenant,
-                                k,
-                                size,
-                                name,
-                                start,
-                                length,
-                                c,
-                                g,
-                                persistent,
-                                now,
-                                owner,
-                                0,
-                                (),
-                            )
-                        )
+                    entry_from_values(
+                        (tenant, k, size, name, start, length, c, g, persistent, when, owner)
                     )
-                    for k, size, name, start, length, c, g in zip(
-                        keys, sizes, names, staged.starts, staged.ext_lens, checksums, gens
+                    for k, size, name, start, length, c, g, when in zip(
+                        keys, sizes, names, staged.starts, staged.ext_lens, checksums, gens, stamps
                     )
                 ]
             )

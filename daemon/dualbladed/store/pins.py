@@ -94,7 +94,7 @@ class HitPins:
         now = time.monotonic() if now is None else now
         self.expire(now)
         pins = self._sessions.setdefault(session, {})
-        key = (entry.info.tenant, entry.info.key)
+        key = (entry.tenant, entry.key)
         old = pins.get(key)
         if old is None and len(pins) >= self.max_per_session:
             if not pins:

@@ -62,7 +62,7 @@ class StoreReads:
         with self._lock:
             self._check_open()
             entry = self._require(tenant, key)
-            size = entry.info.size
+            size = entry.size
             if out.nbytes < size:
                 raise InvalidArgument(
                     f"destination buffer holds {out.nbytes} bytes, key {key!r} needs {size}"
@@ -82,7 +82,7 @@ class StoreReads:
             elif session is not None:
                 self._pins.unpin(session, tenant, key)
         if actual is not None:
-            raise ChecksumMismatch(key, entry.info.checksum, actual)
+            raise ChecksumMismatch(key, entry.checksum, actual)
         return entry.snapshot()
 
     def stat(
