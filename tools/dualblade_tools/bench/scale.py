@@ -6,7 +6,9 @@ For each count N the benchmark puts N persistent objects of ``--object-bytes`` i
 
 * ``put_objs_per_s``: N / wall time of all the puts (one client, batches back to back; the
   client's arena holds two batches, as the SDK sends at most half its arena per call, so each
-  batch is one call: one packed put op);
+  batch is one call: one packed put op). ``--inflight N`` (default 1) keeps N batches in
+  flight from N threads sharing the client (the arena then holds 2N batches): the client
+  builds its next batch while the daemon commits the last. ``put_inflight`` records N;
 * ``rss_bytes_per_object``: (daemon VmRSS after the puts - VmRSS of the empty daemon) / N;
 * ``idle_cpu_frac``: the daemon's user+system CPU over ``--idle-s`` seconds with no client
   activity, after a 2 s settle, as a fraction of one core (``/proc/<pid>/stat``);
@@ -26,14 +28,17 @@ all), so "grows with what is stored" reads straight off one run on a noisy machi
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dualblade_tools.bench import report
 from dualblade_tools.daemonproc import DaemonProcess
@@ -56,6 +61,7 @@ class ScaleRecord:
     restart_s: float
     sigkill_recovery_s: float
     fsck_s: float
+    put_inflight: int = 1
 
 
 def _count(text: str) -> int:
@@ -77,6 +83,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--object-bytes", type=report.parse_bytes, default=4096)
     parser.add_argument("--batch", type=int, default=1000, help="objects per put_many call")
+    parser.add_argument(
+        "--inflight", type=int, default=1, help="put_many calls in flight (threads; default 1)"
+    )
     parser.add_argument("--idle-s", type=float, default=10.0, help="idle CPU window (seconds)")
     parser.add_argument("--dir", default=None, help="where the namespaces go (default: a temp dir)")
     parser.add_argument("--json", default=None, help="write the records here")
@@ -120,7 +129,28 @@ def _dbctl(daemon: DaemonProcess, *args: str) -> float:
     return elapsed
 
 
-def measure(root: Path, objects: int, object_bytes: int, batch: int, idle_s: float) -> ScaleRecord:
+def _put_all(kv: Any, objects: int, payload: bytes, batch: int, inflight: int) -> None:
+    """Put ``objects`` persistent objects in batches, ``inflight`` calls at a time."""
+
+    def put(first: int) -> None:
+        n = min(batch, objects - first)
+        kv.put_many([(f"o/{i:09d}", payload) for i in range(first, first + n)], persistent=True)
+
+    with ThreadPoolExecutor(inflight, thread_name_prefix="scale-put") as pool:
+        pending: collections.deque[Future[None]] = collections.deque()
+        for first in range(0, objects, batch):
+            if len(pending) >= inflight:
+                pending.popleft().result()
+            pending.append(pool.submit(put, first))
+            if first % (batch * 50) == 0:
+                report.progress(f"{objects}: {first + min(batch, objects - first)} objects sent")
+        for f in pending:
+            f.result()
+
+
+def measure(
+    root: Path, objects: int, object_bytes: int, batch: int, idle_s: float, inflight: int = 1
+) -> ScaleRecord:
     from dualblade import Client
     from dualblade.v1 import dualblade_pb2 as pb
 
@@ -131,16 +161,10 @@ def measure(root: Path, objects: int, object_bytes: int, batch: int, idle_s: flo
         assert daemon.proc is not None
         empty_rss = _rss(daemon.proc.pid)
         payload = os.urandom(object_bytes)
-        arena = max(1 << 20, 2 * batch * ((object_bytes + 4095) // 4096 * 4096))
+        arena = max(1 << 20, 2 * inflight * batch * ((object_bytes + 4095) // 4096 * 4096))
         with Client.connect(str(daemon.socket), tenant=TENANT, arena_bytes=arena) as kv:
             start = time.perf_counter()
-            for first in range(0, objects, batch):
-                n = min(batch, objects - first)
-                kv.put_many(
-                    [(f"o/{i:09d}", payload) for i in range(first, first + n)], persistent=True
-                )
-                if first % (batch * 50) == 0:
-                    report.progress(f"{objects}: {first + n} objects stored")
+            _put_all(kv, objects, payload, batch, inflight)
             put_rate = objects / (time.perf_counter() - start)
             status = []
             for _ in range(5):
@@ -185,19 +209,30 @@ def measure(root: Path, objects: int, object_bytes: int, batch: int, idle_s: flo
         restart,
         recovery,
         fsck,
+        inflight,
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch < 1 or args.idle_s <= 0:
-        print("dualblade-bench scale: --batch must be >= 1 and --idle-s > 0", file=sys.stderr)
+    if args.batch < 1 or args.idle_s <= 0 or args.inflight < 1:
+        print(
+            "dualblade-bench scale: --batch and --inflight must be >= 1 and --idle-s > 0",
+            file=sys.stderr,
+        )
         return 2
     records: list[ScaleRecord] = []
     with tempfile.TemporaryDirectory(prefix="dbscale-", dir=args.dir) as tmp:
         for n in args.objects:
             report.progress(f"{n} objects of {report.format_bytes(args.object_bytes)}")
             records.append(
-                measure(Path(tmp) / f"n{n}", n, args.object_bytes, args.batch, args.idle_s)
+                measure(
+                    Path(tmp) / f"n{n}",
+                    n,
+                    args.object_bytes,
+                    args.batch,
+                    args.idle_s,
+                    args.inflight,
+                )
             )
     report.print_table(records)
     if args.json:
