@@ -116,37 +116,29 @@ class Metrics:
         self, tenant: str, path: str, op: str, nbytes: int, seconds: float, ok: bool = True
     ) -> None:
         """Count one operation that moved ``nbytes`` in ``seconds`` (``ok=False``: it failed)."""
-        ms = seconds * 1000.0
-        bucket = bisect.bisect_left(self.bounds_ms, ms)
-        key = (tenant, path, op)
-        with self._lock:
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = _Series(len(self.bounds_ms) + 1)
-            series.ops += 1
-            if ok:
-                series.bytes += nbytes
-            else:
-                series.errors += 1
-            series.counts[bucket] += 1
-            series.sum_ms += ms
+        self._add((tenant, path, op), seconds, 1, nbytes if ok else 0, 0 if ok else 1)
 
     def record_many(
         self, tenant: str, path: str, op: str, nbytes: int, seconds: float, count: int
     ) -> None:
         """:meth:`record` of ``count`` successful operations of ``seconds`` each that moved
         ``nbytes`` in all (a packed put's objects on one path: one lock, not one per object)."""
+        self._add((tenant, path, op), seconds, count, nbytes, 0)
+
+    def _add(
+        self, key: tuple[str, str, str], seconds: float, ops: int, nbytes: int, errors: int
+    ) -> None:
         ms = seconds * 1000.0
         bucket = bisect.bisect_left(self.bounds_ms, ms)
-        key = (tenant, path, op)
         with self._lock:
             series = self._series.get(key)
             if series is None:
                 series = self._series[key] = _Series(len(self.bounds_ms) + 1)
-            series.ops += count
+            series.ops += ops
             series.bytes += nbytes
-            series.counts[bucket] += count
-            series.sum_ms += ms * count
+            series.errors += errors
+            series.counts[bucket] += ops
+            series.sum_ms += ms * ops
 
     def snapshot(self) -> list[MetricSample]:
         """A consistent copy of every series, sorted by (tenant, path, op)."""
