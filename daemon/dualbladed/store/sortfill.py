@@ -13,9 +13,9 @@ is also their ``last_access`` order) or else merged by ``heapq.merge`` (a Python
 so the interpreter can switch threads between elements), and :func:`fill` installs the sorted
 list into an empty ``SortedKeyList`` sublist by sublist instead of sorting it again.
 
-:func:`fill` writes ``SortedKeyList``'s sublists (``_lists``, ``_keys``, ``_maxes``, ``_len``,
-``_index``) directly, the layout :mod:`.keymap` reads too (sortedcontainers >= 2.0); tests
-compare the result with ``update``.
+:func:`fill` writes ``SortedKeyList``'s sublists through :mod:`.sortedappend` (the one module
+that writes sortedcontainers' private layout; :mod:`.keymap` reads it); tests compare the
+result with ``update``.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from operator import attrgetter
 from typing import Any
 
 from sortedcontainers import SortedKeyList
+
+from dualbladed.store.sortedappend import append_keyed
 
 __all__ = ["RUN", "fill", "sorted_runs"]
 
@@ -49,19 +51,8 @@ def sorted_runs(values: list[Any], key: Callable[[Any], Any] = _last_access) -> 
 
 
 def fill(order: SortedKeyList, values: list[Any]) -> None:
-    """Install ``values`` (already sorted by ``order``'s key) into ``order``; if it is not
-    empty, fall back to ``update`` (one sort of both)."""
-    if order or not values:
+    """Install ``values`` (already sorted by ``order``'s key) into ``order`` sublist by sublist
+    (:func:`.sortedappend.append_keyed`); if they do not go past its end, fall back to
+    ``update`` (one sort of both)."""
+    if not append_keyed(order, values, order._key):
         order.update(values)
-        return
-    load = order._load
-    lists = order._lists
-    keys = order._keys
-    key = order._key
-    for i in range(0, len(values), load):
-        sub = values[i : i + load]
-        lists.append(sub)
-        keys.append(list(map(key, sub)))
-    order._maxes.extend(k[-1] for k in keys)
-    order._len = len(values)
-    del order._index[:]
