@@ -226,6 +226,7 @@ class Daemon:
             parallelism=cfg.io.queue_depth,
             uid_quota_for=self._uid_quota_for,
             record_many=self.metrics.record_many,
+            session_live=lambda s: registry.get(s.id) is s,
         )
         self._stack.callback(executor.close)
         inventory = Inventory(

@@ -235,3 +235,42 @@ def test_parallel_gets_do_their_io_on_the_batch_threads(tmp_path):
         ns.close()
     assert len(names) == 4 * n
     assert all(name.startswith("batch") for name in names), sorted(set(names))
+
+
+def test_a_batch_that_outlives_its_session_leaves_no_ephemeral_object(tmp_path):
+    """The client is SIGKILLed while its batch runs: the registry ends the session and the
+    store releases its ephemeral objects *before* the batch's put commits. The executor sees
+    the session dead after the batch and releases it again, so nothing is orphaned (CI once
+    saw a killed tenant's bytes stay > 0); a live session's objects are left alone."""
+    ns = FileNamespace(tmp_path / "ns.img", 64 << 20)
+    store = ObjectStore.open(ns, tmp_path / "state", paths={"direct": DirectPath(ns)})
+    arena = Arena.create(1 << 20)
+    live: set[str] = {"alive"}
+    executor = BatchExecutor(
+        store,
+        BatchLimits(256, 1 << 20),
+        lambda s: 0,
+        parallelism=1,
+        session_live=lambda s: s.id in live,
+    )
+    try:
+        sessions = {
+            sid: Session(
+                id=sid, token=sid, pid=1, uid=0, gid=0, tenant_label="x", arena=arena, created=0.0
+            )
+            for sid in ("dead", "alive")
+        }
+        store.release_session("dead")  # the registry's release ran first
+        for sid, session in sessions.items():
+            view = arena.view(0, BLOCK)
+            view[:] = payload(1, BLOCK)
+            view.release()
+            (outcome,) = executor.execute(session, [PutRequest(f"{sid}/k".encode(), 0, BLOCK)])
+            assert outcome.ok
+        assert store.release_session("dead") == 0  # already freed by the executor
+        assert store.release_session("alive") == 1  # the live session's object was kept
+    finally:
+        executor.close()
+        store.close()
+        arena.close()
+        ns.close()

@@ -38,6 +38,7 @@ stat miss does.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -112,6 +113,10 @@ def _op_count(ops: Sequence[Op]) -> int:
     return sum(len(op.keys) if isinstance(op, PutPackedRequest) else 1 for op in ops)
 
 
+#: the requests that create objects, ephemeral unless ``persistent``
+_EPHEMERAL_KINDS = (PutRequest, PutPackedRequest, ReserveRequest)
+
+
 def _round_up(n: int, a: int = ALIGNMENT) -> int:
     return (n + a - 1) // a * a
 
@@ -131,8 +136,10 @@ class BatchExecutor:
         parallelism: int = 8,
         uid_quota_for: Callable[[Session], int] | None = None,
         record_many: RecordManyFn | None = None,
+        session_live: Callable[[Session], bool] | None = None,
     ) -> None:
         self._store = store
+        self._session_live = session_live
         self._parallelism = parallelism
         self._pool = (
             ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="batch")
@@ -148,6 +155,29 @@ class BatchExecutor:
 
     def execute(
         self, session: Session, ops: Sequence[Op], *, stop_on_error: bool = False
+    ) -> list[OpOutcome]:
+        """Run ``ops`` for ``session``; one outcome per op.
+
+        A session can end (its client SIGKILLed) while its batch runs: the frame's liveness was
+        checked when it arrived, and ``release_session`` may already have freed the session's
+        ephemeral objects when this batch installs one more. So after a batch that may create
+        ephemeral objects the session's liveness is checked again, and a dead session is
+        released once more (idempotent). The order makes it exact: the registry drops the
+        session before it releases it, and the check comes after this batch's commits, so
+        either the check sees it dead or the registry's release comes after the commits.
+        """
+        outcomes = self._dispatch(session, ops, stop_on_error)
+        if (
+            self._session_live is not None
+            and any(isinstance(op, _EPHEMERAL_KINDS) and not op.persistent for op in ops)
+            and not self._session_live(session)
+        ):
+            with contextlib.suppress(DualbladeError):  # a closed store drops them at restart
+                self._store.release_session(session.id)
+        return outcomes
+
+    def _dispatch(
+        self, session: Session, ops: Sequence[Op], stop_on_error: bool
     ) -> list[OpOutcome]:
         packed = any(isinstance(op, PutPackedRequest) for op in ops)
         count = _op_count(ops) if packed else len(ops)
