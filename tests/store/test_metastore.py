@@ -5,6 +5,7 @@ Everything runs on a real SQLite file in ``tmp_path`` (WAL mode, real fsyncs).
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import uuid
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from dualbladed.errors import FailedPrecondition, ResourceExhausted, SuperblockError
 from dualbladed.service.status import to_status
 from dualbladed.store import MetaStore, ObjectRecord, parse_tenant, tenant_name
+from dualbladed.store.meta import object_rows
 from loopdev_utils import LoopDevices, SmallExt4, small_fs_skip_reason
 
 NS = uuid.UUID("11111111-2222-3333-4444-555555555555")
@@ -54,6 +56,26 @@ def test_checksum_above_int64_round_trips(meta: MetaStore) -> None:
     big = (1 << 64) - 3
     meta.put(rec(b"k", 1, checksum=big), durable=True)
     assert meta.get("1000/a", b"k").checksum == big
+
+
+def test_object_rows_read_back_as_records_and_reset_a_layer_rows_capacity(
+    meta: MetaStore,
+) -> None:
+    """A packed put's rows bind only the columns before ``capacity``: replacing a layer
+    object's row still leaves an ordinary object (capacity 0, no chunk crcs), as a record-built
+    row would, and every bound column reads back (the checksum above int64 too)."""
+    layer = dataclasses.replace(rec(b"k1", 1), capacity=1 << 20, chunk_crcs=(5, 6))
+    meta.put(layer)
+    assert meta.get("1000/a", b"k1").capacity == 1 << 20
+    big = (1 << 64) - 3
+    rows = object_rows(
+        "1000/a", [b"k1", b"k2"], ["direct"] * 2, [8192, 12288], [4096] * 2, [100] * 2,
+        [7, big], range(2, 4), [1.5, 1.5],
+    )  # fmt: skip
+    with meta.txn() as t:
+        t.put_rows(rows)
+    assert meta.get("1000/a", b"k1") == rec(b"k1", 2)
+    assert meta.get("1000/a", b"k2") == rec(b"k2", 3, checksum=big)
 
 
 def test_txn_rolls_back_on_exception(meta: MetaStore) -> None:

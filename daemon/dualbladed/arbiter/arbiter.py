@@ -274,21 +274,20 @@ class ResidencyArbiter:
         placing, and it is asked before the lock, as :meth:`place` asks it outside)."""
         fits = {} if self.mode == DIRECT else {s: self._pagecache_fits(s) for s in set(sizes)}
         choices: list[str] = []
+        total = sum(sizes)
         with self._lock:
             row = self._usage.setdefault(tenant, [0, 0])
             if self.mode == DIRECT:
                 choices = [DIRECT] * len(sizes)
-                row[1] += sum(sizes)
+                cached = 0
             else:
-                now = time.monotonic()
-                place = self._policy.place
-                for size in sizes:
-                    choice = place(tenant, size, TenantUsage(row[0], row[1]), now)
-                    if choice == PAGECACHE and not fits[size]:
-                        choice = DIRECT
-                    row[0 if choice == PAGECACHE else 1] += size
-                    choices.append(choice)
-            self._placed_bytes += sum(sizes)
+                choices = self._policy.place_many(
+                    tenant, sizes, TenantUsage(row[0], row[1]), time.monotonic(), fits
+                )
+                cached = sum(s for c, s in zip(choices, sizes) if c == PAGECACHE)
+            row[0] += cached
+            row[1] += total - cached
+            self._placed_bytes += total
             for choice in set(choices):
                 self._totals[f"placed_{choice}"] += choices.count(choice)
         return choices

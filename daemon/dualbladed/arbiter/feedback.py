@@ -80,8 +80,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from dualbladed.arbiter.signals import MemorySignals, PathReads
 from dualbladed.paths.abstract import DIRECT, PAGECACHE
@@ -370,6 +371,20 @@ class BurstDetector:
         self._bytes[tenant] = self._bytes.get(tenant, 0) + size
         self._expire(tenant, now)
         return self._bytes.get(tenant, 0) >= self.threshold
+
+    def note_many(self, tenant: str, sizes: Sequence[int], now: float) -> int:
+        """:meth:`note` of each of ``sizes`` in order, at one ``now``; the index of the first
+        with which the tenant is bursting (``len(sizes)``: none). The group is one record: its
+        objects would expire together anyway, and its bytes only grow along it, so bursting,
+        once reached, holds to its end."""
+        total = sum(sizes)
+        self._recent.setdefault(tenant, deque()).append((now, total))
+        self._bytes[tenant] = self._bytes.get(tenant, 0) + total
+        self._expire(tenant, now)
+        before = self._bytes[tenant] - total
+        if before + total < self.threshold:
+            return len(sizes)
+        return next(i for i, n in enumerate(accumulate(sizes)) if before + n >= self.threshold)
 
     def bursting(self, now: float) -> bool:
         """Any tenant bursting within the window (migrations wait for it)."""

@@ -187,6 +187,15 @@ def parse_tenant(name: str) -> tuple[int, str]:
 
 _UPSERT = f"INSERT OR REPLACE INTO objects ({_COLUMNS}) VALUES ({', '.join('?' * len(_COLUMNS.split(',')))})"
 
+# An ordinary object's row binds the ten columns before ``capacity`` and leaves those two to
+# their declared defaults (0, x''): the same row, and ~0.5 us less per row at 10^6 rows (the
+# packed put's whole metadata cost is ~4.5 us per object; measured with this schema in WAL).
+_ORDINARY_COLUMNS = _COLUMNS.rsplit(", capacity", 1)[0]
+_UPSERT_ORDINARY = (
+    f"INSERT OR REPLACE INTO objects ({_ORDINARY_COLUMNS}) "
+    f"VALUES ({', '.join('?' * len(_ORDINARY_COLUMNS.split(',')))})"
+)
+
 
 def _row(rec: ObjectRecord) -> tuple:
     """``rec`` as the row :data:`_UPSERT` binds, in ``_COLUMNS`` order (the inverse of
@@ -219,13 +228,14 @@ def object_rows(
     last_access: float | Sequence[float],
 ) -> list[tuple]:
     """The rows of many ordinary persistent objects of one tenant, as :func:`_row` builds each
-    from an :class:`ObjectRecord` (same columns, same values: ``checksum`` unsigned in,
-    signed out; ``persistent`` 1, ``capacity`` 0, no ``chunk_crcs``), in one pass and with no
-    record per object: a packed put's group commit (:mod:`dualbladed.store.packed`).
+    from an :class:`ObjectRecord` (same values: ``checksum`` unsigned in, signed out;
+    ``persistent`` 1), in one pass and with no record per object: a packed put's group commit
+    (:mod:`dualbladed.store.packed`). The rows stop before ``capacity``: :meth:`Txn.put_rows`
+    leaves it and ``chunk_crcs`` to their defaults (0, x''), an ordinary object's values.
     ``last_access``: one stamp for all, or one per object."""
     stamps = repeat(last_access) if isinstance(last_access, float) else last_access
     return [
-        (tenant, k, p, o, n, s, c - _U64 if c > _I64_MAX else c, g, 1, a, 0, b"")
+        (tenant, k, p, o, n, s, c - _U64 if c > _I64_MAX else c, g, 1, a)
         for (k, p, o, n, s, c, g), a in zip(
             zip(keys, paths, offsets, lengths, sizes, checksums, generations, strict=True),
             stamps,
@@ -307,8 +317,9 @@ class Txn:
         self._conn.executemany(_UPSERT, (_row(rec) for rec in recs))
 
     def put_rows(self, rows: list[tuple]) -> None:
-        """:meth:`put_many` of rows already in ``_COLUMNS`` order (:func:`object_rows`)."""
-        self._conn.executemany(_UPSERT, rows)
+        """:meth:`put_many` of ordinary objects' rows from :func:`object_rows` (the columns
+        before ``capacity``, in ``_COLUMNS`` order)."""
+        self._conn.executemany(_UPSERT_ORDINARY, rows)
 
     def delete(self, tenant: str, key: bytes) -> ObjectRecord | None:
         """Delete one row; return it, or None when there was none."""
