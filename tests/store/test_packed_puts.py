@@ -9,6 +9,8 @@ that never reaches the metadata (a power-failure sweep over packed groups, as
 from __future__ import annotations
 
 import random
+import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,11 @@ from dualbladed.errors import DeviceIOError, InvalidArgument
 from dualbladed.namespace.faulty import FaultyNamespace
 from dualbladed.namespace.file import FileNamespace
 from dualbladed.paths.abstract import DIRECT, PAGECACHE
+from dualbladed.paths.direct import DirectPath
 from dualbladed.paths.pagecache import PageCachePath
+from dualbladed.store import ObjectStore
+from dualbladed.store.meta import Txn
+from dualbladed.store.packed import OVERLAP_MAX_BYTES
 
 T = "1000/llama"
 A = 4096
@@ -217,3 +223,84 @@ def test_groups_appended_to_the_orders_keep_them_sorted_and_complete(tmp_path: P
     assert [e.info.key for e in index.coldest(DIRECT, n)] == [e.info.key for e in heat]
     store.close()
     ns.close()
+
+
+# -- the overlapped write: rows go in while the data is written, COMMIT waits for it ----------
+
+
+class _GatedDirect(DirectPath):
+    """A direct path whose writes first wait (bounded) for the group's rows to be inserted,
+    then record whether they were and whether they were already visible (committed) to
+    another connection; ``fail`` makes the write fail after that, ``gate=False`` records
+    without waiting."""
+
+    def __init__(self, ns: FileNamespace, inserted: threading.Event, db: Path) -> None:
+        super().__init__(ns)
+        self.inserted, self.db = inserted, db
+        self.seen: list[tuple[bool, int]] = []
+        self.fail = False
+        self.gate = True
+
+    def write(self, extent, src) -> None:  # noqa: ANN001
+        waited = self.inserted.wait(10.0) if self.gate else self.inserted.is_set()
+        with sqlite3.connect(self.db) as other:  # sees committed rows only (WAL)
+            (visible,) = other.execute("SELECT count(*) FROM objects").fetchone()
+        self.seen.append((waited, visible))
+        if self.fail:
+            raise DeviceIOError("injected write failure")
+        super().write(extent, src)
+
+
+@pytest.fixture
+def gated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    inserted = threading.Event()
+    real = Txn.put_rows
+
+    def put_rows(self: Txn, rows: list[tuple]) -> None:
+        real(self, rows)
+        inserted.set()
+
+    monkeypatch.setattr(Txn, "put_rows", put_rows)
+    ns = new_namespace(tmp_path)
+    open_store(ns, tmp_path / "state").close()
+    path = _GatedDirect(ns, inserted, tmp_path / "state" / "meta.sqlite3")
+    store = ObjectStore.open(ns, tmp_path / "state", paths={DIRECT: path}, access_flush_interval=0)
+    yield store, path, inserted
+    store.close()
+    ns.close()
+
+
+def test_a_small_group_is_written_while_its_rows_go_in_and_committed_after(gated) -> None:
+    store, path, _ = gated
+    datas = [payload(i, A) for i in range(64)]
+    buf, lengths = pack(datas)
+    keys = [b"o%d" % i for i in range(64)]
+    store.put_packed(T, keys, memoryview(buf), lengths, align=A, persistent=True)
+    assert path.seen == [(True, 0)]  # the rows were in, not yet committed, during the write
+    assert check_consistent(store) == {(T, k): d for k, d in zip(keys, datas, strict=True)}
+
+
+def test_a_failed_overlapped_write_rolls_its_rows_back(gated) -> None:
+    store, path, _ = gated
+    free = path.stats().free
+    buf, lengths = pack([payload(i, A) for i in range(8)])
+    keys = [b"f%d" % i for i in range(8)]
+    path.fail = True
+    with pytest.raises(DeviceIOError, match="injected"):
+        store.put_packed(T, keys, memoryview(buf), lengths, align=A, persistent=True)
+    assert path.seen == [(True, 0)]
+    assert store.list(T) == [] and store._meta.get(T, b"f0") is None
+    assert path.stats().free == free  # every extent back
+
+
+@pytest.mark.parametrize("durable", [True, False], ids=["durable", "large"])
+def test_durable_or_large_groups_write_before_any_row(gated, durable: bool) -> None:
+    """Not overlapped: a durable group's flush must not run under the store lock, and a group
+    over OVERLAP_MAX_BYTES would hold the lock while a long write finishes."""
+    store, path, _ = gated
+    path.gate = False  # the rows follow the write: it must not wait for them
+    size = A if durable else OVERLAP_MAX_BYTES + A
+    buf, lengths = pack([payload(1, size)])
+    store.put_packed(T, [b"d"], memoryview(buf), lengths, align=A, persistent=True, durable=durable)
+    assert path.seen == [(False, 0)]
+    assert check_consistent(store) == {(T, b"d"): payload(1, size)}

@@ -49,6 +49,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -136,6 +137,7 @@ class ObjectStore(StoreWrites, StorePacked, StoreReads, StoreMoves, StoreLayers,
             self._index.lru, self._index.lookup, self.capacity.max_pins_per_session
         )
         self._stop = threading.Event()
+        self._packed_writer: ThreadPoolExecutor | None = None  # StorePacked._put_writer
         self._flusher: threading.Thread | None = None
         if access_flush_interval > 0:
             self._flusher = threading.Thread(
@@ -214,12 +216,21 @@ class ObjectStore(StoreWrites, StorePacked, StoreReads, StoreMoves, StoreLayers,
         self._known_tenants |= tenants
 
     def _commit_rows(
-        self, tenant: str, rows: list[tuple], gone: list[tuple[str, bytes]], *, durable: bool
+        self,
+        tenant: str,
+        rows: list[tuple],
+        gone: list[tuple[str, bytes]],
+        *,
+        durable: bool,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
         """:meth:`_commit_group` for a packed put: ``rows`` of ``tenant`` already in the
         table's column order (:func:`~dualbladed.store.meta.object_rows`), ``gone`` the
-        persistent rows that ephemeral objects replace. Under the lock."""
+        persistent rows that ephemeral objects replace; ``before_commit`` runs inside the
+        transaction after them, and its error rolls it back. Under the lock."""
         if not rows and not gone:
+            if before_commit is not None:
+                before_commit()
             return  # only ephemeral objects: nothing durable changes
         new_tenant = bool(rows) and tenant not in self._known_tenants
         with _classified(), self._meta.txn(durable=durable) as t:
@@ -230,6 +241,8 @@ class ObjectStore(StoreWrites, StorePacked, StoreReads, StoreMoves, StoreLayers,
                 t.put_rows(rows)
             for owner, key in gone:
                 t.delete(owner, key)
+            if before_commit is not None:
+                before_commit()
         if new_tenant:
             self._known_tenants.add(tenant)
 
@@ -349,6 +362,9 @@ class ObjectStore(StoreWrites, StorePacked, StoreReads, StoreMoves, StoreLayers,
         finally:
             with self._lock:
                 self._closed = True
+                writer, self._packed_writer = self._packed_writer, None
+            if writer is not None:
+                writer.shutdown(wait=True)  # (a put in flight holds its own reference)
             for p in self._paths.values():
                 p.close()
             self._meta.close()

@@ -22,6 +22,16 @@ chunks are), one write of the caller's whole buffer to one extent instead of one
 The bytes on the device are the same either way: each object's extent holds its payload, and
 the alignment padding of a smaller object is written as zeros by the path, as before.
 
+Overlapped (a non-durable group of at most :data:`OVERLAP_MAX_BYTES`): the write goes to a
+writer thread right after the allocation, and meanwhile the request's thread checksums the
+payloads and, under the lock, inserts the rows into an open transaction; ``COMMIT`` waits for
+the write (a failed write rolls the transaction back). The kill points and the crash states
+are the same (uncommitted rows are no state), and so is the order the paths see: data, then
+the commit. What changes is the time: a 4 MiB group's write (~4 ms on a 1 GB/s disk) and its
+1000 row inserts (~4 ms) no longer add up. The price: the store lock is held while the write
+finishes, so the bound keeps that to about what the inserts hold it anyway; a durable group
+keeps the plain order (its flush must not run under the lock).
+
 All or nothing: a put refused before the commit (bad key, no room, a failed write) frees every
 extent of the group and raises that error; nothing changed. Objects that the placement sends to
 different paths are grouped by path, as ``stage_many`` does.
@@ -32,7 +42,9 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -56,9 +68,15 @@ if TYPE_CHECKING:
     from dualbladed.paths.abstract import ResidencyPath
     from dualbladed.store.index import ObjectIndex
 
-__all__ = ["PackedDone", "StorePacked"]
+__all__ = ["OVERLAP_MAX_BYTES", "PUT_WRITERS", "PackedDone", "StorePacked"]
 
 _xxh3 = xxhash.xxh3_64_intdigest
+
+#: A non-durable packed group of at most this many bytes is written while its rows go in.
+OVERLAP_MAX_BYTES = 4 << 20
+
+#: Threads that write overlapped groups (store-wide; a put waits for its own write).
+PUT_WRITERS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +116,7 @@ class StorePacked:
 
     _index: ObjectIndex
     _lock: threading.Lock
+    _packed_writer: ThreadPoolExecutor | None
     _next_generation: int
     _paths: dict[str, ResidencyPath]
     max_object_bytes: int
@@ -118,6 +137,7 @@ class StorePacked:
             gone: list[tuple[str, bytes]],
             *,
             durable: bool,
+            before_commit: Callable[[], None] | None = None,
         ) -> None: ...
         def _retire(self, entry: IndexEntry) -> None: ...
 
@@ -155,6 +175,7 @@ class StorePacked:
         offsets, span = _packed_offsets(lengths, align)
         region = as_bytes_view(region, writable=False, what="source")
         views: list[memoryview] = []
+        pending: Future[None] | None = None
         try:
             if span > region.nbytes:
                 raise InvalidArgument(
@@ -162,23 +183,51 @@ class StorePacked:
                 )
             names = self._choose_paths(tenant, lengths, path)
             views = [region[o : o + size] for o, size in zip(offsets, lengths)]
-            checksums = list(map(_xxh3, views))
+            overlap = not durable and span <= OVERLAP_MAX_BYTES
+            checksums = [] if overlap else list(map(_xxh3, views))
             staged = self._stage_packed(names, lengths, durable)
-            try:
+
+            def write() -> None:
                 write_staged(
                     lambda: self._write_packed(names, staged, views, lengths, region, span)
                 )
-                flush_staged([self._paths[name] for name in set(names)], durable=durable)
+
+            try:
+                if overlap:
+                    pending = self._put_writer().submit(write)
+                    checksums = list(map(_xxh3, views))
+                else:
+                    write()
+                    flush_staged([self._paths[name] for name in set(names)], durable=durable)
             except BaseException:
+                if pending is not None:
+                    futures_wait([pending])
                 self._release_packed(staged)
                 raise
+            if pending is not None:
+                return self._commit_packed(
+                    tenant, keys, lengths, names, staged, checksums, persistent, durable,
+                    session, pending,
+                )  # fmt: skip
         finally:
+            if pending is not None:  # never give the source back while a write reads it
+                futures_wait([pending])
             for v in views:
                 v.release()
             region.release()
         return self._commit_packed(
             tenant, keys, lengths, names, staged, checksums, persistent, durable, session
         )
+
+    def _put_writer(self) -> ThreadPoolExecutor:
+        """The threads that write overlapped packed groups (module docstring), made once."""
+        with self._lock:
+            self._check_open()
+            if self._packed_writer is None:
+                self._packed_writer = ThreadPoolExecutor(
+                    PUT_WRITERS, thread_name_prefix="dualblade-put-write"
+                )
+            return self._packed_writer
 
     @staticmethod
     def _packed_keys(tenant: str, keys: Sequence[bytes]) -> list[bytes]:
@@ -276,10 +325,19 @@ class StorePacked:
         persistent: bool,
         durable: bool,
         session: str | None,
+        pending: Future[None] | None = None,
     ) -> PackedDone:
         """Commit every row in one transaction, then retire the replaced versions and install
         the new ones (all under the lock, as :meth:`commit_puts`); on a failed commit every
-        staged extent is freed and nothing changed."""
+        staged extent is freed and nothing changed. ``pending``: the group's write, still in
+        flight (overlapped): the rows go in first, the commit waits for it and fails with its
+        error."""
+
+        def before_commit() -> None:
+            if pending is not None:
+                pending.result()  # the data is written before its rows commit
+                flush_staged((), durable=False)  # [put.group_before_commit]
+
         n = len(keys)
         owner = None if persistent else session
         with self._lock:
@@ -302,8 +360,10 @@ class StorePacked:
                     )  # fmt: skip
                 else:  # ephemeral: only a replaced persistent row changes in SQLite
                     gone = [(tenant, old.key) for old in olds if old and old.persistent]
-                self._commit_rows(tenant, rows, gone, durable=durable)
+                self._commit_rows(tenant, rows, gone, durable=durable, before_commit=before_commit)
             except BaseException:
+                if pending is not None:
+                    futures_wait([pending])  # the extents are free again only once unwritten to
                 for name, extent in staged.allocs:  # (the lock is held: not _release_packed)
                     self._paths[name].release(extent)
                 raise
