@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from objectstore_utils import check_consistent, new_namespace, open_store, payload
 
-from dualbladed.errors import DeviceIOError, InvalidArgument
+from dualbladed.errors import DeviceIOError, FailedPrecondition, InvalidArgument
 from dualbladed.namespace.faulty import FaultyNamespace
 from dualbladed.namespace.file import FileNamespace
 from dualbladed.paths.abstract import DIRECT, PAGECACHE
@@ -304,3 +304,18 @@ def test_durable_or_large_groups_write_before_any_row(gated, durable: bool) -> N
     store.put_packed(T, [b"d"], memoryview(buf), lengths, align=A, persistent=True, durable=durable)
     assert path.seen == [(False, 0)]
     assert check_consistent(store) == {(T, b"d"): payload(1, size)}
+
+
+def test_a_put_racing_close_is_refused_as_closed_and_frees_its_extents(tmp_path: Path) -> None:
+    """close() shuts the writer down; a put that got it just before fails typed, not with
+    the executor's RuntimeError (which would reach the client as INTERNAL)."""
+    ns = new_namespace(tmp_path)
+    store = open_store(ns, tmp_path / "state")
+    free = store.paths[DIRECT].stats().free
+    store._put_writer().shutdown()  # close()'s first step, as seen by a put in flight
+    buf, lengths = pack([payload(i, A) for i in range(4)])
+    with pytest.raises(FailedPrecondition, match="closed"):
+        store.put_packed(T, [b"c%d" % i for i in range(4)], memoryview(buf), lengths, align=A)
+    assert store.paths[DIRECT].stats().free == free
+    store.close()
+    ns.close()

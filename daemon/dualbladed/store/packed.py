@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING
 import xxhash
 
 from dualbladed.alloc.abstract import Extent
-from dualbladed.errors import DualbladeError, InvalidArgument
+from dualbladed.errors import DualbladeError, FailedPrecondition, InvalidArgument
 from dualbladed.store.group import (
     committed,
     flush_staged,
@@ -194,7 +194,10 @@ class StorePacked:
 
             try:
                 if overlap:
-                    pending = self._put_writer().submit(write)
+                    try:
+                        pending = self._put_writer().submit(write)
+                    except RuntimeError as exc:  # close() shut the writer down since
+                        raise FailedPrecondition("object store is closed") from exc
                     checksums = list(map(_xxh3, views))
                 else:
                     write()
