@@ -47,6 +47,7 @@ from dualblade.integrations.vllm import VLLM_VERSION
 from dualblade.integrations.vllm._namespace import default_tenant, key_prefix, namespace_fields
 from dualblade.v1 import dualblade_pb2 as pb
 from dualblade_tools.daemonproc import DaemonProcess
+from dualblade_tools.vllmspec import offloading_config, standalone_spec
 
 try:
     from vllm.v1.kv_offload.base import (
@@ -57,13 +58,7 @@ try:
         ScheduleEndContext,
         make_offload_key,
     )
-    from vllm.v1.kv_offload.config import (
-        OffloadingCacheConfig,
-        OffloadingConfig,
-        OffloadingGroupConfig,
-        OffloadingModelConfig,
-        OffloadingParallelConfig,
-    )
+    from vllm.v1.kv_offload.config import OffloadingConfig
     from vllm.v1.kv_offload.tiering.base import JobResult, SecondaryTierManager, TransferJob
     from vllm.v1.kv_offload.tiering.factory import SecondaryTierFactory
 
@@ -89,17 +84,6 @@ _job_ids = itertools.count(1)
 
 # -- vLLM objects -----------------------------------------------------------------------------
 
-if not VLLM_MISSING:
-
-    class _Spec(OffloadingSpec):
-        """A real OffloadingSpec; the scheduler manager and GPU worker are not used here."""
-
-        def get_manager(self) -> Any:
-            raise NotImplementedError("the tier is made directly through SecondaryTierFactory")
-
-        def get_worker(self, kv_caches: Any) -> Any:
-            raise NotImplementedError("no GPU worker on this machine")
-
 
 def make_config(
     *,
@@ -112,31 +96,23 @@ def make_config(
     events: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> OffloadingConfig:
-    return OffloadingConfig(
-        groups=(OffloadingGroupConfig(tokens_per_block=16, layer_names=("l0", "l1"), group_id=0),),
-        worker_kv_bytes_per_block=BLOCK_BYTES,
-        enable_kv_cache_events=events,
-        extra_config=extra or {},
+    return offloading_config(
+        layer_names=("l0", "l1"),
+        kv_bytes_per_block=BLOCK_BYTES,
+        blocks_per_chunk=blocks_per_chunk,
         engine_id=f"dualblade-test-{uuid.uuid4().hex[:8]}",
-        model=OffloadingModelConfig(name=model, dtype=dtype),
-        cache=OffloadingCacheConfig(tokens_per_hash=16, blocks_per_chunk=blocks_per_chunk),
-        parallel=OffloadingParallelConfig(
-            rank=rank,
-            world_size=tp_size,
-            tp_size=tp_size,
-            pp_size=1,
-            pcp_size=1,
-            dcp_size=1,
-            data_parallel_index=0,
-            data_parallel_size=1,
-            data_parallel_rank_local=None,
-            is_parallelism_agnostic=agnostic,
-        ),
+        model=model,
+        dtype=dtype,
+        tp_size=tp_size,
+        rank=rank,
+        agnostic=agnostic,
+        events=events,
+        extra=extra,
     )
 
 
 def make_spec(**kw: Any) -> OffloadingSpec:
-    return _Spec(make_config(**kw))
+    return standalone_spec(make_config(**kw))
 
 
 def make_pool(chunks: int = POOL_CHUNKS) -> np.ndarray:

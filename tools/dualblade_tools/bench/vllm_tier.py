@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from dualblade_tools.bench import report
+from dualblade_tools.vllmspec import offloading_config, standalone_spec
 
 __all__ = ["TierRecord", "configure", "run"]
 
@@ -116,45 +117,14 @@ def _vllm_missing() -> str:
 
 
 def _spec(chunk_bytes: int) -> Any:
-    from vllm.v1.kv_offload.base import OffloadingSpec
-    from vllm.v1.kv_offload.config import (
-        OffloadingCacheConfig,
-        OffloadingConfig,
-        OffloadingGroupConfig,
-        OffloadingModelConfig,
-        OffloadingParallelConfig,
-    )
-
-    class BenchSpec(OffloadingSpec):
-        """A real OffloadingSpec; no scheduler manager or GPU worker is made from it."""
-
-        def get_manager(self) -> Any:
-            raise NotImplementedError
-
-        def get_worker(self, kv_caches: Any) -> Any:
-            raise NotImplementedError
-
-    return BenchSpec(
-        OffloadingConfig(
-            groups=(OffloadingGroupConfig(tokens_per_block=16, layer_names=("l0",), group_id=0),),
-            worker_kv_bytes_per_block=chunk_bytes // BLOCKS_PER_CHUNK,
-            enable_kv_cache_events=False,
-            extra_config={},
+    return standalone_spec(
+        offloading_config(
+            layer_names=("l0",),
+            kv_bytes_per_block=chunk_bytes // BLOCKS_PER_CHUNK,
+            blocks_per_chunk=BLOCKS_PER_CHUNK,
             engine_id="dualblade-bench",
-            model=OffloadingModelConfig(name="bench/vllm-tier", dtype="bfloat16"),
-            cache=OffloadingCacheConfig(tokens_per_hash=16, blocks_per_chunk=BLOCKS_PER_CHUNK),
-            parallel=OffloadingParallelConfig(
-                rank=0,
-                world_size=1,
-                tp_size=1,
-                pp_size=1,
-                pcp_size=1,
-                dcp_size=1,
-                data_parallel_index=0,
-                data_parallel_size=1,
-                data_parallel_rank_local=None,
-                is_parallelism_agnostic=False,
-            ),
+            model="bench/vllm-tier",
+            dtype="bfloat16",
         )
     )
 
