@@ -412,10 +412,16 @@ class ResidencyArbiter:
             )
         self._adapt_candidates(migrations)
         if migrations:
+            down = [m.size for m in migrations if m.dst == DIRECT]
+            up = [m.size for m in migrations if m.dst != DIRECT]
             log.info(
-                "residency plan: %d migrations, %d bytes",
+                "residency plan: %d migrations, %d bytes (%d demotions %d B, %d promotions %d B)",
                 len(migrations),
-                sum(m.size for m in migrations),
+                sum(down) + sum(up),
+                len(down),
+                sum(down),
+                len(up),
+                sum(up),
             )
         return migrations
 
