@@ -119,6 +119,8 @@ class ResidencyRecord:
     depth: int | None
     error: str | None = None
     repeat: int = 0
+    #: every measured decode step, in order (a promotion window shows as the first steps)
+    decode_steps_ms: tuple[float, ...] | None = None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -356,6 +358,7 @@ class _Bench:
             cgroup_shmem_mib=(result["cgroup_shmem_bytes"] or 0) / MiB,
             cgroup_peak_mib=result["cgroup_peak_bytes"] / MiB,
             depth=result["depth"],
+            decode_steps_ms=tuple(round(ms, 1) for ms in result.get("decode_ms", ())),
         )
 
     def _trace(self, tag: str, mode: str, limit: int | None, spec: TraceSpec) -> dict[str, Any]:
