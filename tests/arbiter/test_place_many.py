@@ -88,6 +88,11 @@ def no_observation_yet() -> ResidencyPolicy:
     return _policy()
 
 
+def forced_pagecache() -> ResidencyPolicy:
+    """Forced page-cache mode: everything there, but an object it has no room for."""
+    return ResidencyPolicy(PolicyConfig(mode="pagecache"))
+
+
 SCENARIOS: dict[str, Callable[[], ResidencyPolicy]] = {
     f.__name__: f
     for f in (
@@ -96,6 +101,7 @@ SCENARIOS: dict[str, Callable[[], ResidencyPolicy]] = {
         contested_split,
         share_then_slack,
         no_observation_yet,
+        forced_pagecache,
     )
 }
 
@@ -136,7 +142,11 @@ def test_the_scenarios_reach_both_paths() -> None:
     equivalence above compares real decisions, not two lists of one path)."""
     for name, make in SCENARIOS.items():
         paths = set(make().place_many(T, SIZES, TenantUsage(0, 0), 5.0))
-        assert paths == ({DIRECT} if name == "no_observation_yet" else {DIRECT, PAGECACHE}), name
+        expected = {
+            "no_observation_yet": {DIRECT},
+            "forced_pagecache": {PAGECACHE},
+        }.get(name, {DIRECT, PAGECACHE})
+        assert paths == expected, name
 
 
 def test_burst_detector_note_many_is_note_of_each() -> None:

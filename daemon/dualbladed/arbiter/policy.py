@@ -363,8 +363,10 @@ class ResidencyPolicy:
         past its first refusal.
         """
         forced = self.config.mode.forced_path
-        if forced is not None:
-            return [forced] * len(sizes)  # type: ignore[list-item]  # named after its path
+        if forced is not None:  # a forced mode is named after its path
+            if forced == PAGECACHE and fits is not None:
+                return [PAGECACHE if fits[size] else DIRECT for size in sizes]
+            return [forced] * len(sizes)  # type: ignore[list-item]
         first_burst = len(sizes) if now is None else self._bursts.note_many(tenant, sizes, now)
         pc, total = usage.pagecache_bytes, usage.total
         refused = math.inf  # smallest bursting size refused the page cache so far
