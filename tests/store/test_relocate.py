@@ -130,3 +130,24 @@ def test_key_overwritten_during_the_copy_keeps_the_newer_version(store: ObjectSt
     assert bytes(buf) == payload(5, 4096)
     assert _used(store) == {"direct": newer.length, "pagecache": 0}
     assert store.stats().pinned == 0
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent", "ephemeral"])
+def test_only_a_persistent_objects_copy_is_flushed_before_its_commit(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch, persistent: bool
+) -> None:
+    """A persistent object's new row must follow durable bytes; an ephemeral object has no row
+    and is gone after a restart, so flushing its copy (fdatasync of a page-cache slab) would
+    only push its bytes to the disk while decode reads need it."""
+    pc = store.paths["pagecache"]
+    flushes: list[int] = []
+    real = type(pc).flush
+    monkeypatch.setattr(type(pc), "flush", lambda self: (flushes.append(1), real(self))[1])
+    data = payload(7, 8192)
+    store.put(T, b"k", memoryview(data), persistent=persistent, session=None if persistent else "s")
+    moved = store.relocate(T, b"k", "pagecache")
+    assert moved.path == "pagecache" and moved.persistent is persistent
+    assert len(flushes) == (1 if persistent else 0)
+    buf = bytearray(8192)
+    store.get_into(T, b"k", memoryview(buf))
+    assert bytes(buf) == data

@@ -10,7 +10,7 @@ Crash ordering::
 
     begin_move: pin the source + allocate on the destination (site lock)
         -> read_source: read + verify the source into a bounce buffer (no lock)
-        -> write the destination -> flush it (no lock)
+        -> write the destination -> flush it, for a persistent object (no lock)
         -> [kill point relocate.after_copy]
         -> commit_move: commit the row naming the destination, durably (site lock)
            -> [kill point relocate.after_commit]
@@ -20,6 +20,9 @@ A crash before the commit leaves the row naming the source, whose bytes were nev
 destination extent is free after restart because free maps come from committed rows. A crash
 after the commit leaves the row naming a destination that was flushed before the commit; the
 source extent is free after restart for the same reason. Either way exactly one valid copy.
+An ephemeral object has no row and does not survive a restart, so its copy is not flushed: a
+promotion to the page cache would otherwise force its bytes to the disk (fdatasync of the
+slab) while decode reads compete for the same disk, and buys nothing.
 Any failure before the commit calls ``abandon_move``: the destination extent is freed and the
 source unpinned, so nothing changed.
 
@@ -107,7 +110,8 @@ def relocate(site: MoveSite, tenant: str, key: bytes, new_path: str) -> ObjectIn
             actual = site.read_source(move, view)
             if actual is None:
                 move.dest.write(move.extent, view)
-                move.dest.flush()
+                if info.persistent:  # (an ephemeral object has no row to order it before)
+                    move.dest.flush()
         finally:
             view.release()
             close_mapping(bounce)  # deferred if a failed write's traceback holds views
