@@ -62,3 +62,15 @@ def copy_out(dst: Any, src: memoryview) -> Any:
     out = memoryview(dst).cast("B")
     out[: src.nbytes] = src
     return None
+
+
+def tail(obj: Any, start: int) -> Any:
+    """``obj`` from byte ``start`` on, without a copy: a uint8 view of a contiguous tensor, or a
+    memoryview of a bytes-like (what :func:`copy_out` then copies into)."""
+    if is_tensor(obj):
+        import torch
+
+        if not obj.is_contiguous():
+            raise ValueError("get_into needs a contiguous tensor")
+        return obj.view(-1).view(torch.uint8)[start:]
+    return memoryview(obj).cast("B")[start:]

@@ -27,6 +27,11 @@ __all__ = ["LayerMethods"]
 
 _PATH_NAMES = ("direct", "pagecache")
 
+#: A range whose bounce slot does not fit the arena is read in pieces of at most this size,
+#: halved down to _MIN_PIECE while the arena has no room for one (:meth:`_read_in_pieces`).
+_BOUNCE_PIECE = 4 << 20
+_MIN_PIECE = 64 << 10
+
 
 def _length(dst: Any, length: int | None) -> int:
     """Bytes a range reads: ``length``, or by default as many as ``dst`` holds."""
@@ -143,27 +148,68 @@ class LayerMethods:
     def _read_nonempty(self, items: list[tuple[bytes, int, Any, int | None]]) -> list[int]:
         sizes: list[int] = []
         for chunk in self._range_chunks(items):
-            ops, staged, pending = [], [], []
+            got = [0] * len(chunk)
+            ops, staged, pending, later = [], [], [], []
             try:
-                for key, offset, dst, n, arena_offset in chunk:
-                    slot, owned = self._stage_in(n, arena_offset)  # type: ignore[attr-defined]
-                    staged.append((slot, owned, dst))
+                for i, (key, offset, dst, n, arena_offset) in enumerate(chunk):
+                    try:
+                        slot, owned = self._stage_in(n, arena_offset)  # type: ignore[attr-defined]
+                    except errors.ResourceExhausted:  # no room to bounce it at once
+                        later.append(i)
+                        continue
+                    staged.append((i, slot, owned, dst))
                     rr = pb.ReadRangeOp(key=key, offset=offset, length=n, arena_offset=slot.offset)
                     ops.append(pb.Op(read_range=rr))
-                results = self._batch(ops)  # type: ignore[attr-defined]
-                for (slot, owned, dst), r in zip(staged, results):
+                results = self._batch(ops) if ops else []  # type: ignore[attr-defined]
+                for (i, slot, owned, dst), r in zip(staged, results):
                     if owned:
                         copying = self._copy_out(slot, dst, r.size)
                         if copying is not None:
                             pending.append(copying)
-                    sizes.append(r.size)
+                    got[i] = r.size
+                for i in later:
+                    key, offset, dst, n, _ = chunk[i]
+                    got[i] = self._read_in_pieces(key, offset, dst, n)
             finally:
                 for copying in pending:  # a GPU copy may still read the slot: let it finish
                     copying.synchronize()
-                for slot, owned, _ in staged:
+                for _, slot, owned, _ in staged:
                     if owned:
                         self.arena.free(slot)  # type: ignore[attr-defined]
+            sizes.extend(got)
         return sizes
+
+    def _read_in_pieces(self, key: bytes, offset: int, dst: Any, n: int) -> int:
+        """A range the arena cannot bounce in one slot right now (its free space fragmented, or
+        held by other calls in flight): read it through smaller slots, one Batch per piece,
+        halving the piece down to :data:`_MIN_PIECE` while even that does not fit. A range is
+        exact (one past the object's end is OutOfRange), so the pieces read what one op would;
+        only an error may leave earlier pieces copied into ``dst``."""
+        done, piece = 0, _BOUNCE_PIECE
+        while done < n:
+            want = min(piece, n - done)
+            try:
+                slot = self.arena.alloc(want)  # type: ignore[attr-defined]
+            except errors.ResourceExhausted:
+                if piece <= _MIN_PIECE:
+                    raise
+                piece //= 2
+                continue
+            copying = None
+            try:
+                op = pb.ReadRangeOp(
+                    key=key, offset=offset + done, length=want, arena_offset=slot.offset
+                )
+                (r,) = self._batch([pb.Op(read_range=op)])  # type: ignore[attr-defined]
+                copying = self._copy_out(slot, _buffers.tail(dst, done), r.size)
+            finally:
+                if copying is not None:
+                    copying.synchronize()
+                self.arena.free(slot)  # type: ignore[attr-defined]
+            done += r.size
+            if r.size < want:  # (never for an exact range; no endless loop if it were)
+                break
+        return done
 
     def _copy_out(self, slot: Slot, dst: Any, n: int) -> Any:
         view = self.arena.view(slot)  # type: ignore[attr-defined]

@@ -126,6 +126,42 @@ def test_tensors_append_many_and_one_batch_per_step(
             kv.delete(key)
 
 
+def test_a_range_the_arena_cannot_bounce_at_once_is_read_in_pieces(
+    daemon: DaemonProcess, transport: str
+) -> None:
+    """The arena's free space is fragmented (every other 1 MiB held): a 6 MiB range read into
+    memory outside the arena, and a tensor, must still arrive whole and in order (pieces of at
+    most the largest free range), and a range past the end is still OutOfRange."""
+    key = f"frag/{transport}".encode()
+    with _connect(daemon) as kv:
+        kv.reserve(key, 8 * MiB)
+        whole = os.urandom(6 * MiB + 123)
+        kv.append(key, whole)
+        held = []
+        while True:  # take all of the arena, then give back every other 1 MiB slot
+            try:
+                held.append(kv.arena.alloc(MiB))
+            except errors.ResourceExhausted:
+                break
+        for slot in held[::2]:
+            kv.arena.free(slot)
+        with pytest.raises(errors.ResourceExhausted):
+            kv.arena.alloc(2 * MiB)  # no range of 6 MiB, nor of 2, is free at once
+        buf = bytearray(len(whole))
+        assert kv.read_range_into(key, 0, buf) == len(whole)
+        assert bytes(buf) == whole
+        tensor = torch.empty(3 * MiB, dtype=torch.uint8)
+        got = kv.read_ranges_into([(key, 5, tensor), (key, 0, bytearray(10))])
+        assert got == [3 * MiB, 10]
+        assert bytes(tensor.numpy()) == whole[5 : 5 + 3 * MiB]
+        with pytest.raises(errors.OutOfRange):
+            kv.read_range_into(key, 4 * MiB, bytearray(3 * MiB))
+        assert kv.arena.free_bytes == len(held[::2]) * MiB  # every piece's slot came back
+        for slot in held[1::2]:
+            kv.arena.free(slot)
+        kv.delete(key)
+
+
 def test_typed_errors_reach_the_sdk(daemon: DaemonProcess, transport: str) -> None:
     key = f"err/{transport}".encode()
     with _connect(daemon) as kv:
