@@ -77,20 +77,26 @@ class ObjectInfo:
 
     def record(self, last_access: float) -> ObjectRecord:
         """The committed metadata row of this (persistent) object."""
-        return ObjectRecord(
-            tenant=self.tenant,
-            key=self.key,
-            path=self.path,
-            offset=self.offset,
-            length=self.length,
-            size=self.size,
-            checksum=self.checksum,
-            generation=self.generation,
-            persistent=self.persistent,
-            last_access=last_access,
-            capacity=self.capacity,
-            chunk_crcs=self.chunk_crcs,
-        )
+        return _record(self, last_access)
+
+
+def _record(obj: ObjectInfo | IndexEntry, last_access: float) -> ObjectRecord:
+    """The metadata row of a persistent object from its ``ObjectInfo`` fields (an
+    :class:`IndexEntry` has them too, under the same names)."""
+    return ObjectRecord(
+        tenant=obj.tenant,
+        key=obj.key,
+        path=obj.path,
+        offset=obj.offset,
+        length=obj.length,
+        size=obj.size,
+        checksum=obj.checksum,
+        generation=obj.generation,
+        persistent=obj.persistent,
+        last_access=last_access,
+        capacity=obj.capacity,
+        chunk_crcs=obj.chunk_crcs,
+    )
 
 
 _SHARED_INTS: dict[int, int] = {}
@@ -179,22 +185,8 @@ class IndexEntry:
     ``IndexEntry(info)`` copies a plain object's fields; layer objects are
     :class:`LayerEntry` (:func:`dualbladed.store.layers.new_entry`)."""
 
-    __slots__ = (
-        "tenant",
-        "key",
-        "size",
-        "path",
-        "offset",
-        "length",
-        "checksum",
-        "generation",
-        "persistent",
-        "last_access",
-        "session",
-        "pins",
-        "dead",
-        "layer",
-    )
+    # ObjectInfo's fields but capacity and chunk_crcs (class attributes here), then our state
+    __slots__ = (*_INFO_FIELDS[: _INFO_FIELDS.index("capacity")], "pins", "dead", "layer")
 
     #: a plain object's; :class:`LayerEntry` overrides both
     capacity = 0
@@ -267,20 +259,7 @@ class IndexEntry:
 
     def record(self) -> ObjectRecord:
         """The committed metadata row of this (persistent) object, at its ``last_access``."""
-        return ObjectRecord(
-            tenant=self.tenant,
-            key=self.key,
-            path=self.path,
-            offset=self.offset,
-            length=self.length,
-            size=self.size,
-            checksum=self.checksum,
-            generation=self.generation,
-            persistent=self.persistent,
-            last_access=self.last_access,
-            capacity=self.capacity,
-            chunk_crcs=self.chunk_crcs,
-        )
+        return _record(self, self.last_access)
 
 
 class LayerEntry(IndexEntry):
