@@ -193,9 +193,12 @@ def test_tiny_residency_run(tmp_path: Path) -> None:
     for rec in doc["records"]:
         for key in ("budget_ratio", "mode", "prefill_s", "decode_p50_ms", "decode_p99_ms"):
             assert key in rec
-        for key in ("kv_read_gbps", "daemon_cpu_ms_per_step", "client_cpu_ms_per_step"):
-            assert rec[key] is None or rec[key] > 0, key
+        # The client's CPU comes from process_time() and always advances; the daemon's from
+        # /proc's 10 ms ticks, which a two-step run may not cross.
         assert rec["kv_read_gbps"] > 0 and rec["client_cpu_ms_per_step"] > 0
+        daemon_cpu = rec["daemon_cpu_ms_per_step"]
+        assert (daemon_cpu is None) == (rec["mode"] == "baseline_file"), daemon_cpu
+        assert daemon_cpu is None or daemon_cpu >= 0
         assert "fio_gbps" in rec
         assert rec["error"] is None
         assert rec["prefill_s"] > 0 and rec["decode_p99_ms"] >= rec["decode_p50_ms"] > 0

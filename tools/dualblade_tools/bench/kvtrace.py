@@ -286,7 +286,9 @@ def run_trace(
         )
 
     timed = TimedReads(backend)
-    cpu_pids = [os.getpid()] + ([daemon_pid] if daemon_pid else [])
+    # The worker's own CPU comes from process_time() (ns resolution, every thread); /proc's
+    # clock ticks (10 ms) read 0 for a short run. The daemon has only /proc.
+    cpu_pids = [daemon_pid] if daemon_pid else []
     with LayerPipeline(timed, num_layers=spec.layers, depth="auto", config=cfg) as pipe:
         # -- prefill: compute each layer, write its K and V back while the next layer computes.
         t0 = time.perf_counter()
@@ -316,12 +318,12 @@ def run_trace(
         reads = [layer_read(layer, length) for layer in range(spec.layers)]
         pipe.begin_step(reads)
         io0 = [_proc_io(p) for p in io_pids]
-        cpu0 = [_proc_cpu_s(p) for p in cpu_pids]
+        cpu0 = [time.process_time()] + [_proc_cpu_s(p) for p in cpu_pids]
         t_decode = time.perf_counter()
         for step in range(total):
             if step == spec.warmup_steps:
                 io0 = [_proc_io(p) for p in io_pids]
-                cpu0 = [_proc_cpu_s(p) for p in cpu_pids]
+                cpu0 = [time.process_time()] + [_proc_cpu_s(p) for p in cpu_pids]
                 timed.reset()
                 t_decode = time.perf_counter()
             t0 = time.perf_counter()
@@ -363,7 +365,7 @@ def run_trace(
         pipe.flush()
         decode_s = time.perf_counter() - t_decode
         io1 = [_proc_io(p) for p in io_pids]
-        cpu1 = [_proc_cpu_s(p) for p in cpu_pids]
+        cpu1 = [time.process_time()] + [_proc_cpu_s(p) for p in cpu_pids]
         kv_read_bytes, kv_read_s = timed.bytes, timed.busy_s
         depth = pipe.stats().depth
         cache, anon, shmem = _cgroup_memory(cgroup_stat)  # still inside: buffers are live
@@ -392,7 +394,7 @@ def run_trace(
         kv_read_s=kv_read_s,
         compute_p50_ms=statistics.median(compute[spec.warmup_steps :]) * 1e3,
         client_cpu_s=_cpu_delta(cpu0[0], cpu1[0]) or 0.0,
-        daemon_cpu_s=_cpu_delta(cpu0[1], cpu1[1]) if len(cpu_pids) > 1 else None,
+        daemon_cpu_s=_cpu_delta(cpu0[1], cpu1[1]) if cpu_pids else None,
         pagecache_fraction=placed,
     )
 
