@@ -298,6 +298,31 @@ def test_migration_bandwidth_is_bounded(make_rig) -> None:
     assert time.monotonic() - t0 >= (6 * MiB - burst) / rate * 0.95
 
 
+def test_a_tick_that_ran_long_is_followed_at_once(make_rig) -> None:
+    """Ticks are due ``tick_s`` after the last one began: a tick busy with its moves for longer
+    than that is not followed by an idle ``tick_s`` (the token bucket bounds the rate)."""
+    rig = make_rig(budget=16 * MiB, tick_s=2.0)
+    starts: list[float] = []
+    ends: list[float] = []
+    two = threading.Event()
+
+    def tick() -> list:
+        starts.append(time.monotonic())
+        if len(starts) == 1:
+            time.sleep(2.2)  # a tick promoting a prefill's KV for longer than a tick
+        ends.append(time.monotonic())
+        if len(starts) == 2:
+            two.set()
+        return []
+
+    rig.arbiter.run_once = tick  # type: ignore[method-assign]
+    rig.arbiter.start()
+    rig.arbiter.wake()  # the first tick now
+    assert two.wait(30), "no second tick"
+    gap = starts[1] - ends[0]
+    assert gap < 1.0, f"the second tick waited {gap:.2f} s (an idle tick would be 2 s)"
+
+
 @pytest.mark.parametrize("workers", [1, 4])
 def test_a_ticks_relocations_run_up_to_the_worker_count_at_once(make_rig, workers) -> None:
     """Serially one 16 MiB layer object took ~230 ms to promote on the loaded bench VM (read,

@@ -139,12 +139,16 @@ def test_a_speed_sample_needs_enough_bytes() -> None:
     assert v.speeds_gbps == {}
 
 
-def test_write_burst_lasts_one_tick_beyond_the_burst() -> None:
+def test_write_burst_holds_only_the_tick_that_saw_it() -> None:
+    """A burst still going on is seen again by the next interval; an ended one must not keep
+    the promotions decode is waiting for (module docstring, 3.)."""
     fb = Feedback(FeedbackConfig())
     fb.update(obs(0, sig(4 * GiB)))
     assert fb.update(obs(1, sig(4 * GiB), placed=512 * MiB)).write_burst
-    assert fb.update(obs(2, sig(4 * GiB), placed=512 * MiB)).write_burst  # the tick after
-    assert not fb.update(obs(3, sig(4 * GiB), placed=520 * MiB)).write_burst  # 8 MiB: no burst
+    assert fb.update(obs(2, sig(4 * GiB), placed=1 * GiB)).write_burst  # it went on
+    assert not fb.update(obs(3, sig(4 * GiB), placed=1 * GiB + 8 * MiB)).write_burst  # 8 MiB
+    # a slow trickle of 100 MiB over 2 s is below the rate: no burst
+    assert not fb.update(obs(5, sig(4 * GiB), placed=1 * GiB + 108 * MiB)).write_burst
 
 
 def _policy(**learn: object) -> ResidencyPolicy:
@@ -190,9 +194,9 @@ def test_policy_plans_nothing_during_a_write_burst() -> None:
     heat = [ObjectHeat("t", f"k{i}".encode(), MiB, PAGECACHE, float(i), None) for i in range(500)]
     usage = {"t": TenantUsage(500 * MiB, 0)}
     assert p.plan(usage, heat, now=1.0) == []
-    p.observe(obs(2, sig(100 * MiB), placed=1 * GiB))  # the tick after: still deferred
+    p.observe(obs(2, sig(100 * MiB), placed=2 * GiB))  # the burst went on: still deferred
     assert p.plan(usage, heat, now=2.0) == []
-    p.observe(obs(3, sig(100 * MiB), placed=1 * GiB))
+    p.observe(obs(3, sig(100 * MiB), placed=2 * GiB))  # nothing written since
     # 400 MiB over the 100 MiB budget, up to the tick bound (512 MiB by default)
     bound = p.config.max_migration_bytes_per_tick
     assert sum(m.size for m in p.plan(usage, heat, now=3.0)) == min(400 * MiB, bound)

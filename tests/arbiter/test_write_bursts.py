@@ -82,9 +82,7 @@ def test_appends_are_a_burst_but_the_arbiters_own_migrations_are_not() -> None:
     v = fb.update(obs(1, writes=w(0, 0.0, 512 * MiB, 0.5)))
     assert v.write_burst
     v = fb.update(obs(2, writes=w(0, 0.0, 512 * MiB, 0.5)))
-    assert v.write_burst  # and for one tick after
-    v = fb.update(obs(3, writes=w(0, 0.0, 512 * MiB, 0.5)))
-    assert not v.write_burst
+    assert not v.write_burst  # nothing written since: over
     # 256 MiB written by promotions: migrations must not stop themselves
     v = fb.update(obs(4, writes=w(256 * MiB, 0.1, 512 * MiB, 0.5), migrated=256 * MiB))
     assert not v.write_burst
@@ -100,6 +98,43 @@ def test_burst_detector_window_per_tenant() -> None:
     assert not d.bursting(5.1)
     # paced placements never burst, however many
     assert not any(d.note("c", 8 * MiB, 10.0 + i) for i in range(20))
+
+
+def test_a_burst_ends_for_migrations_once_its_tenant_goes_quiet() -> None:
+    """The window still holds the bytes, but decode must not wait for it to drain."""
+    d = BurstDetector(threshold=32 * MiB, window_s=2.0, quiet_s=0.5)
+    for i in range(8):  # a prefill: 16 MiB every 0.1 s
+        d.note("a", 16 * MiB, i * 0.1)
+    assert d.bursting(0.9)  # 0.2 s after its last placement
+    assert not d.bursting(1.3)  # 0.6 s quiet, though 128 MiB are still in the window
+    assert d.note("a", 16 * MiB, 1.4)  # placing again within the window: bursting again
+
+
+def test_a_slow_bursts_quiet_is_twice_its_gap() -> None:
+    """Layers computed 0.4 s apart: a gap of 0.6 s is not yet the end of that burst."""
+    d = BurstDetector(threshold=32 * MiB, window_s=2.0, quiet_s=0.5)
+    for i in range(4):
+        d.note("a", 16 * MiB, i * 0.4)  # last at 1.2, gap 0.4
+    assert d.bursting(1.2 + 0.7)  # < 2 x 0.4
+    assert not d.bursting(1.2 + 0.85)
+
+
+def test_policy_promotes_once_the_burst_is_quiet_not_when_its_window_drains() -> None:
+    p = _policy(burst_free_fraction=0.0)
+    p.shares(p.observe(obs(0)), {"t": 0})
+    pc = dr = 0
+    for layer in range(64):  # a prefill: 16 MiB objects, 10 per second, until 6.3
+        where = p.place("t", 16 * MiB, TenantUsage(pc, dr), now=layer * 0.1)
+        pc, dr = (pc + 16 * MiB, dr) if where == PAGECACHE else (pc, dr + 16 * MiB)
+    assert dr >= 62 * 16 * MiB
+    heat = [ObjectHeat("t", b"L%d" % i, 16 * MiB, DIRECT, 6.3, None) for i in range(64)]
+    usage = {"t": TenantUsage(pc, dr)}
+    p.observe(obs(6.4, placed=64 * 16 * MiB, pc=pc, demand=pc + dr))
+    assert p.plan(usage, heat, now=6.4) == []  # the tick that saw the burst
+    # 0.7 s after the last placement: quiet, though the 2 s window still holds 13 of them
+    p.observe(obs(7.0, placed=64 * 16 * MiB, pc=pc, demand=pc + dr))
+    plan = p.plan(usage, heat, now=7.0)
+    assert plan and {m.dst for m in plan} == {PAGECACHE}
 
 
 def _policy(burst_free_fraction: float = 0.5) -> ResidencyPolicy:
@@ -169,7 +204,7 @@ def test_a_prefill_burst_goes_to_the_faster_write_path_then_is_promoted_after_it
     # during the burst no migration, though the tenant is far under its share
     p.observe(obs(6.4, placed=64 * 16 * MiB, pc=pc, demand=pc + dr))
     assert p.plan(usage, heat, now=6.4) == []
-    # the burst is over (2 s window, one calm tick): hot objects are promoted, bounded per tick
+    # the burst is over (quiet, and a tick without one): hot objects are promoted, bounded per tick
     p.observe(obs(8.5, placed=64 * 16 * MiB, pc=pc, demand=pc + dr))
     p.observe(obs(9.5, placed=64 * 16 * MiB, pc=pc, demand=pc + dr))
     plan = p.plan(usage, heat, now=9.5)

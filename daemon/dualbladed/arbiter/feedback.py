@@ -54,10 +54,13 @@ of observations into three answers the policy acts on:
    throughput model does not see. No split until both paths were measured (a path with nothing
    on it has no speed), or when ``split`` is off.
 
-3. **Write bursts**: while puts place, or writes other than migrations write, more than
-   ``write_burst_bytes_per_s`` (at least ``write_burst_min_bytes`` since the last tick), and
-   for one tick after, migrations wait: prefill's write-back must not compete with migration
-   traffic, and moving what is still being written would write it twice.
+3. **Write bursts**: on a tick whose interval saw puts place, or writes other than migrations
+   write, more than ``write_burst_bytes_per_s`` (at least ``write_burst_min_bytes``),
+   migrations wait: prefill's write-back must not compete with migration traffic, and moving
+   what is still being written would write it twice. Only that tick: a burst that goes on is
+   seen by the next tick's interval, and a placing tenant's burst by :class:`BurstDetector` at
+   once. Holding one more tick cost decode at budget ratio 0.5 of the residency bench a
+   second of its promotion window (two decode steps on direct reads).
 
 4. **The write path**: measured write throughput per path (same EWMA as reads) names the path
    a write burst goes to (``Verdict.write_path``): the page cache once both were measured and
@@ -134,6 +137,9 @@ class FeedbackConfig:
     #: faulted in: refaults at 749 MiB/s, 22 demotions during decode, 1.44x direct (one run).
     burst_free_fraction: float = 0.0
     burst_window_s: float = 2.0
+    #: a burst is over for migrations once its tenant placed nothing for this long (or twice
+    #: its last gap between placements, if longer): :class:`BurstDetector`
+    burst_quiet_s: float = 0.5
     split: bool = True
     speed_alpha: float = 0.5
 
@@ -184,7 +190,6 @@ class Feedback:
         self._last_pressure = -math.inf
         self._speeds: dict[str, float] = {}
         self._write_speeds: dict[str, float] = {}
-        self._burst_ticks = 0
         self._extra = 0  # what probing earned above ``room`` before any pressure
         self._bad: int | None = None  # the level (bytes we held) where pressure was last seen
         self._last_cut = -math.inf  # when the cap was last cut
@@ -302,21 +307,19 @@ class Feedback:
         )
 
     def _burst(self, last: Observation | None, obs: Observation, dt: float) -> bool:
-        """A write burst on this tick or the last (module docstring, 3.)."""
+        """A write burst in this tick's interval (module docstring, 3.)."""
         cfg = self.config
-        if last is not None and dt > 0:
-            placed = obs.placed_bytes - last.placed_bytes
-            written = sum(w.bytes for w in obs.writes.values()) - sum(
-                w.bytes for w in last.writes.values()
-            )
-            written -= obs.migrated_bytes - last.migrated_bytes  # our own moves are no burst
-            for moved in (placed, written):
-                if moved >= cfg.write_burst_min_bytes and moved / dt > cfg.write_burst_bytes_per_s:
-                    self._burst_ticks = 2  # this tick and the next
-        if self._burst_ticks > 0:
-            self._burst_ticks -= 1
-            return True
-        return False
+        if last is None or dt <= 0:
+            return False
+        placed = obs.placed_bytes - last.placed_bytes
+        written = sum(w.bytes for w in obs.writes.values()) - sum(
+            w.bytes for w in last.writes.values()
+        )
+        written -= obs.migrated_bytes - last.migrated_bytes  # our own moves are no burst
+        return any(
+            moved >= cfg.write_burst_min_bytes and moved / dt > cfg.write_burst_bytes_per_s
+            for moved in (placed, written)
+        )
 
     def _update_speeds(
         self, speeds: dict[str, float], last: Observation | None, obs: Observation, kind: str
@@ -356,21 +359,27 @@ class BurstDetector:
     the last ``window_s`` seconds is bursting, and so its next objects go to the faster write
     path. The per-tick detector in :class:`Feedback` sees a burst only after a tick; prefill
     reserves its layers one by one while it computes, so placement must know at once.
+
+    Migrations wait for a burst only while it goes on (:meth:`bursting`): a tenant whose
+    placements stopped for ``max(quiet_s, 2 x its last gap between them)`` has ended its burst,
+    though its bytes stay in the window. The window is what classifies a write rate; the end
+    is what decode waits for: a prefill's last layer is followed by decode at once, and in the
+    residency bench each second of waiting for the window to drain was two decode steps
+    reading direct what a promotion would have cached.
     """
 
-    def __init__(self, threshold: int, window_s: float) -> None:
+    def __init__(self, threshold: int, window_s: float, quiet_s: float = 0.5) -> None:
         self.threshold = threshold
         self.window_s = window_s
+        self.quiet_s = quiet_s
         self._recent: dict[str, deque[tuple[float, int]]] = {}
         self._bytes: dict[str, int] = {}
+        #: per tenant: the last gap between two instants it placed at (none yet: 0)
+        self._gap: dict[str, float] = {}
 
     def note(self, tenant: str, size: int, now: float) -> bool:
         """Record a placement of ``size`` bytes; True if the tenant is bursting with it."""
-        q = self._recent.setdefault(tenant, deque())
-        q.append((now, size))
-        self._bytes[tenant] = self._bytes.get(tenant, 0) + size
-        self._expire(tenant, now)
-        return self._bytes.get(tenant, 0) >= self.threshold
+        return self.note_many(tenant, (size,), now) == 0
 
     def note_many(self, tenant: str, sizes: Sequence[int], now: float) -> int:
         """:meth:`note` of each of ``sizes`` in order, at one ``now``; the index of the first
@@ -378,7 +387,10 @@ class BurstDetector:
         objects would expire together anyway, and its bytes only grow along it, so bursting,
         once reached, holds to its end."""
         total = sum(sizes)
-        self._recent.setdefault(tenant, deque()).append((now, total))
+        q = self._recent.setdefault(tenant, deque())
+        if q and now > q[-1][0]:  # placements at one instant are one (note_many is note of each)
+            self._gap[tenant] = now - q[-1][0]
+        q.append((now, total))
         self._bytes[tenant] = self._bytes.get(tenant, 0) + total
         self._expire(tenant, now)
         before = self._bytes[tenant] - total
@@ -387,10 +399,14 @@ class BurstDetector:
         return next(i for i, n in enumerate(accumulate(sizes)) if before + n >= self.threshold)
 
     def bursting(self, now: float) -> bool:
-        """Any tenant bursting within the window (migrations wait for it)."""
+        """Any tenant bursting within the window and not yet quiet (migrations wait for it)."""
         for tenant in list(self._recent):
             self._expire(tenant, now)
-        return any(b >= self.threshold for b in self._bytes.values())
+        return any(
+            b >= self.threshold
+            and now - self._recent[t][-1][0] < max(self.quiet_s, 2.0 * self._gap.get(t, 0.0))
+            for t, b in self._bytes.items()
+        )
 
     def _expire(self, tenant: str, now: float) -> None:
         q = self._recent[tenant]
@@ -400,3 +416,4 @@ class BurstDetector:
         if not q:
             del self._recent[tenant]
             self._bytes.pop(tenant, None)
+            self._gap.pop(tenant, None)

@@ -229,7 +229,9 @@ class ResidencyPolicy:
         #: per bursting tenant: what is left of the page cache its burst may take whatever the
         #: write speeds (``burst_free_fraction`` of the free memory when the burst began)
         self._burst_room: dict[str, int] = {}
-        self._bursts = BurstDetector(config.learn.tenant_burst_bytes, config.learn.burst_window_s)
+        self._bursts = BurstDetector(
+            config.learn.tenant_burst_bytes, config.learn.burst_window_s, config.learn.burst_quiet_s
+        )
 
     @property
     def verdict(self) -> Verdict | None:
