@@ -93,6 +93,29 @@ def test_probing_beyond_free_memory_only_while_demand_exceeds_the_cap() -> None:
     assert v.cap == GiB + 64 * MiB
 
 
+def test_a_probe_moves_the_held_budget_at_once_but_noise_in_the_band_does_not() -> None:
+    """Ratio 1 of the residency bench: the room sat 70 MiB below the KV, and the 256 MiB band
+    held four probes back, longer than the decode lasted."""
+    p = ResidencyPolicy(
+        PolicyConfig(
+            mode="adaptive",
+            hysteresis_bytes=256 * MiB,
+            learn=FeedbackConfig(calm_s=0.0, probe_bytes=64 * MiB),
+        )
+    )
+    held = p.observe(obs(0, sig(4 * GiB, free=GiB), pc=0)).total
+    assert held == GiB
+    # free memory wobbles by 100 MiB while we hold nothing: within the band, the budget holds
+    assert p.observe(obs(1, sig(4 * GiB, free=GiB - 100 * MiB), pc=0)).total == held
+    # we fill the cap, want more and all of it stays resident: each probe is taken at once
+    filled = GiB
+    for i in range(2, 4):
+        b = p.observe(obs(i, sig(4 * GiB, free=0), pc=filled, demand=2 * GiB))
+        assert p.verdict is not None and p.verdict.probed
+        assert b.total == b.raw > filled  # taken, though within the band
+        filled = b.total  # promotions fill it before the next tick
+
+
 def test_psi_cuts_a_quarter_and_a_falling_hit_ratio_cuts_to_what_stayed() -> None:
     fb = Feedback(FeedbackConfig())
     fb.update(obs(0, sig(4 * GiB), pc=GiB))

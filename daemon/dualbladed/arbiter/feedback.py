@@ -38,7 +38,10 @@ of observations into three answers the policy acts on:
      between the level that hurt and the one that did not, instead of sawing down to 0.
    - **Probing**: ``calm_s`` after the last pressure, by ``probe_bytes`` per tick, while demand
      exceeds the cap, we actually use it (hold at least ``cap - probe_bytes``: growing an unused
-     cap tests nothing), our hit ratio is perfect and no write burst is on.
+     cap tests nothing), our hit ratio is perfect and no write burst is on. A probe's step is
+     taken by the policy at once (``Verdict.probed``): its hysteresis band (256 MiB) is for
+     noise in the signals, and held probes back for four ticks, longer than the decode at
+     ratio 1 of the residency bench, which kept 9 of its 64 layer objects on direct.
    - The cap never exceeds the ceiling. Where the host gives no MemFree (tests, odd
      containers), ``room`` is the ceiling and this reduces to the old ``available - reserve``.
 
@@ -177,6 +180,9 @@ class Verdict:
     write_path: str = DIRECT  # where a write burst goes now (module docstring, 4.)
     #: pressure was seen within ``forget_s``: the split applies (module docstring, 2.)
     contested: bool = False
+    #: this tick's cap grew by a probe: a deliberate step the policy takes at once, not noise
+    #: for its hysteresis band to hold back (module docstring, 1., probing)
+    probed: bool = False
 
 
 class Feedback:
@@ -220,7 +226,7 @@ class Feedback:
             hit = min(1.0, obs.pagecache_resident / obs.pagecache_bytes)
 
         burst = self._burst(last, obs, dt)
-        cap = self._cap
+        cap = before = self._cap
         base = min(cap if cap is not None else ceiling, obs.pagecache_bytes)
         pressure = None
         cut = 0
@@ -235,6 +241,7 @@ class Feedback:
             cut = max(cut, int(cfg.decrease * base))
 
         contested = obs.now - self._last_pressure < cfg.forget_s
+        probed = False
         if cap is None:
             cap = room  # free memory; others' clean cache only once a probe shows it unused
         elif pressure is not None:
@@ -260,7 +267,8 @@ class Feedback:
             if not contested:
                 self._bad = None
                 cap = room + self._extra  # tracks free memory, down as well as up
-            if self._probe(obs, cap, hit, burst):
+            probed = self._probe(obs, cap, hit, burst)
+            if probed:
                 if not contested:
                     self._extra += cfg.probe_bytes
                     cap += cfg.probe_bytes
@@ -292,6 +300,7 @@ class Feedback:
             dict(self._write_speeds),
             write_path,
             contested,
+            probed and before is not None and cap > before,
         )
         return self.verdict
 

@@ -18,7 +18,8 @@ oscillation. ``now`` is always passed in, so tests script time as well as signal
    ``pagecache_resident`` would count it twice and the budget could never fall below our
    footprint -- the arbiter would never demote. The *held* budget only moves when
    ``|raw - held|`` exceeds the hysteresis band, ``max(hysteresis_bytes, hysteresis_fraction *
-   held)``, or at once when the feedback saw pressure (a cut must not wait for the band).
+   held)``, or at once when the feedback saw pressure (a cut must not wait for the band) or
+   probed (a probe is one deliberate step up, not noise).
    :meth:`ResidencyPolicy.budget` is the same from signals alone (no history).
 
 2. Shares. The budget is split among tenants with demand (their page-cache + direct bytes) by
@@ -272,6 +273,7 @@ class ResidencyPolicy:
             held is None
             or abs(raw - held) > cfg.band(held)
             or (verdict.pressure is not None and raw < held)
+            or (verdict.probed and raw > held)
         )
         if held is None or changed:
             held = self._held = raw
