@@ -116,6 +116,19 @@ def test_a_probe_moves_the_held_budget_at_once_but_noise_in_the_band_does_not() 
         filled = b.total  # promotions fill it before the next tick
 
 
+def test_pressure_while_we_hold_nothing_neither_cuts_nor_contests() -> None:
+    """Host-wide PSI left over from someone else: the cap follows free memory, no probing."""
+    fb = Feedback(FeedbackConfig(calm_s=0.0))
+    fb.update(obs(0, sig(4 * GiB, free=2 * GiB), pc=0))
+    v = fb.update(obs(1, sig(4 * GiB, free=2 * GiB, psi=30.0), pc=0, demand=3 * GiB))
+    assert v.pressure is not None  # still reported (dbctl shows it)
+    assert v.cap == 2 * GiB and not v.contested and not v.probed
+    # once we hold KV, the same pressure is ours: cut, and contested
+    fb.update(obs(2, sig(4 * GiB, free=GiB), pc=GiB, demand=3 * GiB))
+    v = fb.update(obs(3, sig(4 * GiB, free=GiB, psi=30.0), pc=GiB, demand=3 * GiB))
+    assert v.cap < GiB and v.contested
+
+
 def test_psi_cuts_a_quarter_and_a_falling_hit_ratio_cuts_to_what_stayed() -> None:
     fb = Feedback(FeedbackConfig())
     fb.update(obs(0, sig(4 * GiB), pc=GiB))

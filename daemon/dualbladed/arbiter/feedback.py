@@ -242,9 +242,14 @@ class Feedback:
 
         contested = obs.now - self._last_pressure < cfg.forget_s
         probed = False
+        # pressure while we hold (next to) nothing is not ours to answer: nothing to give back,
+        # and learning from it would keep the cap at 0 and the tenant contested for forget_s.
+        # Seen at ratio 2 of the residency bench: the host-wide PSI avg10 of the run before
+        # (cgroup v1 has no PSI of its own) cut an empty cap to 0 for the whole decode.
+        ours = obs.pagecache_bytes >= MIN_HIT_BYTES
         if cap is None:
             cap = room  # free memory; others' clean cache only once a probe shows it unused
-        elif pressure is not None:
+        elif pressure is not None and ours:
             self._last_pressure = obs.now
             self._extra = 0
             contested = True
@@ -267,7 +272,7 @@ class Feedback:
             if not contested:
                 self._bad = None
                 cap = room + self._extra  # tracks free memory, down as well as up
-            probed = self._probe(obs, cap, hit, burst)
+            probed = pressure is None and self._probe(obs, cap, hit, burst)
             if probed:
                 if not contested:
                     self._extra += cfg.probe_bytes
