@@ -129,6 +129,35 @@ def test_pressure_while_we_hold_nothing_neither_cuts_nor_contests() -> None:
     assert v.cap < GiB and v.contested
 
 
+def test_pressure_demotes_just_promoted_objects_then_bars_promotions_for_the_dwell() -> None:
+    """The promotion made others refault: undone at once, not after the dwell, and then no
+    promotion for the dwell (one round trip per dwell)."""
+    from dualbladed.arbiter.policy import ObjectHeat
+
+    p = ResidencyPolicy(
+        PolicyConfig(mode="adaptive", hysteresis_bytes=0, min_dwell_s=30.0, learn=FeedbackConfig())
+    )
+    p.observe(obs(0, sig(4 * GiB, free=GiB), pc=GiB, demand=GiB))
+    # everything was promoted 2 s ago; now the weights refault at 512 MiB/s
+    heat = [
+        ObjectHeat("t", b"L%d" % i, 16 * MiB, PAGECACHE, float(i), 98.0) for i in range(64)
+    ]
+    usage = {"t": TenantUsage(GiB, 0)}
+    p.observe(obs(1, sig(4 * GiB, free=0, refaults=0), pc=GiB, demand=GiB))
+    p.observe(obs(2, sig(4 * GiB, free=0, refaults=512 * MiB // PAGE), pc=GiB, demand=GiB))
+    plan = p.plan(usage, heat, now=100.0)
+    assert plan and {m.dst for m in plan} == {DIRECT}
+    assert [m.key for m in plan][:2] == [b"L0", b"L1"]  # coldest first
+    # the next tick, calm: the tenant's demotion bars promotions for the dwell
+    demoted = sum(m.size for m in plan)
+    heat = [
+        dataclasses.replace(o, path=DIRECT) if i < len(plan) else o for i, o in enumerate(heat)
+    ]
+    p.observe(obs(3, sig(4 * GiB, free=2 * GiB, refaults=512 * MiB // PAGE), pc=GiB - demoted))
+    later = {"t": TenantUsage(GiB - demoted, demoted)}
+    assert [m for m in p.plan(later, heat, now=101.0) if m.dst == PAGECACHE] == []
+
+
 def test_psi_cuts_a_quarter_and_a_falling_hit_ratio_cuts_to_what_stayed() -> None:
     fb = Feedback(FeedbackConfig())
     fb.update(obs(0, sig(4 * GiB), pc=GiB))
