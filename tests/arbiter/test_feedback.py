@@ -139,9 +139,7 @@ def test_pressure_demotes_just_promoted_objects_then_bars_promotions_for_the_dwe
     )
     p.observe(obs(0, sig(4 * GiB, free=GiB), pc=GiB, demand=GiB))
     # everything was promoted 2 s ago; now the weights refault at 512 MiB/s
-    heat = [
-        ObjectHeat("t", b"L%d" % i, 16 * MiB, PAGECACHE, float(i), 98.0) for i in range(64)
-    ]
+    heat = [ObjectHeat("t", b"L%d" % i, 16 * MiB, PAGECACHE, float(i), 98.0) for i in range(64)]
     usage = {"t": TenantUsage(GiB, 0)}
     p.observe(obs(1, sig(4 * GiB, free=0, refaults=0), pc=GiB, demand=GiB))
     p.observe(obs(2, sig(4 * GiB, free=0, refaults=512 * MiB // PAGE), pc=GiB, demand=GiB))
@@ -150,9 +148,7 @@ def test_pressure_demotes_just_promoted_objects_then_bars_promotions_for_the_dwe
     assert [m.key for m in plan][:2] == [b"L0", b"L1"]  # coldest first
     # the next tick, calm: the tenant's demotion bars promotions for the dwell
     demoted = sum(m.size for m in plan)
-    heat = [
-        dataclasses.replace(o, path=DIRECT) if i < len(plan) else o for i, o in enumerate(heat)
-    ]
+    heat = [dataclasses.replace(o, path=DIRECT) if i < len(plan) else o for i, o in enumerate(heat)]
     p.observe(obs(3, sig(4 * GiB, free=2 * GiB, refaults=512 * MiB // PAGE), pc=GiB - demoted))
     later = {"t": TenantUsage(GiB - demoted, demoted)}
     assert [m for m in p.plan(later, heat, now=101.0) if m.dst == PAGECACHE] == []

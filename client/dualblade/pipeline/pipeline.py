@@ -18,9 +18,12 @@ Usage (one step; every call is made from the thread that runs the model)::
     pipe.flush()                     # only where the writes must be durable (end of request)
 
 `layer(l)` blocks only until layer l's own bytes are ready. Its result is valid until the next
-`layer()` / `end_step()` call (on the CPU it is the staging buffer itself); copy what must live
+`layer()` call or `close()` (on the CPU it is the staging buffer itself); copy what must live
 longer. `begin_step` may be called for step s+1 right after `end_step` of step s, before the model
-finishes its last layer, so that layer 0 of the next step is read during the tail of this one.
+finishes its last layer, so that layer 0 of the next step is read during the tail of this one:
+`end_step` does not take back the last layer's buffer, which that tail is still computing on (it
+did once, and a prefetch could land in it: a stale token read in tests/pipeline/
+test_arena_staging.py).
 
 Ordering guarantees:
 
@@ -74,7 +77,7 @@ import torch
 from .adaptive import AdaptiveConfig, AdaptiveController, PipelinePlan
 from .backend import KVBackend, staging_alignment, staging_capacity
 from .layout import LayerRead, PipelineStats, Segment
-from .staging import StagingPool
+from .staging import StagingPool, staging_size_class
 
 __all__ = ["LayerPipeline", "LayerRead", "PipelineStats", "Segment"]
 
@@ -299,7 +302,8 @@ class LayerPipeline:
         """Finish the step; reads issued but never consumed are cancelled or drained."""
         if not self._active:
             return
-        self._release_held()
+        # the last layer's buffer stays held: the model may still be computing on it (module
+        # docstring); the next layer() or close() gives it back
         for issued in self._issued.values():
             if issued.future.cancel():
                 self._read_staging.skip(issued.ticket)
@@ -327,6 +331,7 @@ class LayerPipeline:
             return
         try:
             self.end_step()
+            self._release_held()
             self.flush()
         finally:
             self._closed = True
@@ -374,7 +379,9 @@ class LayerPipeline:
 
         def alloc(nbytes: int) -> torch.Tensor:
             try:
-                buf = staging(nbytes)
+                # a size class, so the hole a freed buffer leaves fits the next, slightly
+                # longer layer (staging_size_class); the caller sees exactly nbytes
+                buf = staging(staging_size_class(nbytes))[:nbytes]
             except Exception as err:  # e.g. the SDK arena is full: host memory still works
                 with self._lock:
                     self._staging_fallbacks += 1

@@ -154,6 +154,9 @@ class TraceResult:
     daemon_cpu_s: float | None = None  # the same for the daemon (None: no daemon)
     #: KV bytes on the page-cache path at the end / all KV bytes (None: no daemon)
     pagecache_fraction: float | None = None
+    #: staging requests the arena could not serve (the pipeline used host memory, and each
+    #: read then costs the client a bounce copy): a fragmented arena shows here
+    staging_fallbacks: int = 0
 
 
 def create_weights(path: Path, spec: TraceSpec) -> None:
@@ -367,7 +370,7 @@ def run_trace(
         io1 = [_proc_io(p) for p in io_pids]
         cpu1 = [time.process_time()] + [_proc_cpu_s(p) for p in cpu_pids]
         kv_read_bytes, kv_read_s = timed.bytes, timed.busy_s
-        depth = pipe.stats().depth
+        depth, fallbacks = pipe.stats().depth, pipe.stats().staging_fallbacks
         cache, anon, shmem = _cgroup_memory(cgroup_stat)  # still inside: buffers are live
         placed = _placement(backend)
     measured = sorted(times[spec.warmup_steps :])
@@ -396,6 +399,7 @@ def run_trace(
         client_cpu_s=_cpu_delta(cpu0[0], cpu1[0]) or 0.0,
         daemon_cpu_s=_cpu_delta(cpu0[1], cpu1[1]) if cpu_pids else None,
         pagecache_fraction=placed,
+        staging_fallbacks=fallbacks,
     )
 
 

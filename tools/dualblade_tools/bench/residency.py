@@ -121,6 +121,8 @@ class ResidencyRecord:
     repeat: int = 0
     #: every measured decode step, in order (a promotion window shows as the first steps)
     decode_steps_ms: tuple[float, ...] | None = None
+    #: staging requests the client's arena could not serve (kvtrace's diagnostic)
+    staging_fallbacks: int | None = None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -359,6 +361,7 @@ class _Bench:
             cgroup_peak_mib=result["cgroup_peak_bytes"] / MiB,
             depth=result["depth"],
             decode_steps_ms=tuple(round(ms, 1) for ms in result.get("decode_ms", ())),
+            staging_fallbacks=result.get("staging_fallbacks"),
         )
 
     def _trace(self, tag: str, mode: str, limit: int | None, spec: TraceSpec) -> dict[str, Any]:
