@@ -380,7 +380,10 @@ class LayerPipeline:
         def alloc(nbytes: int) -> torch.Tensor:
             try:
                 # a size class, so the hole a freed buffer leaves fits the next, slightly
-                # longer layer (staging_size_class); the caller sees exactly nbytes
+                # longer layer (staging_size_class); the caller sees exactly nbytes. The pool
+                # budgets nbytes, so the arena may hold up to 1/16 more than the budget: the
+                # arena's slack beyond the pools covers it, and a miss only falls back
+                # to host memory
                 buf = staging(staging_size_class(nbytes))[:nbytes]
             except Exception as err:  # e.g. the SDK arena is full: host memory still works
                 with self._lock:

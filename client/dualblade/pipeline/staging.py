@@ -168,6 +168,9 @@ def staging_size_class(nbytes: int) -> int:
     of 33570816 bytes requested, 77520896 free, largest free range 33562624") and the pipeline
     fell back to host memory, paying a bounce copy per read (client CPU 263 -> 487 ms a step).
     With classes a layer changes class once per ~512 steps, and freed holes fit the next step.
+    A class is always strictly larger than a whole number of granules' worth of request: a
+    context of 2^k tokens sits exactly on a boundary, and its first decode step would otherwise
+    cross it (17 fallbacks in six runs, all in the first two steps, before this rule).
     """
     granule = max(_ALIGN, 1 << max(0, nbytes.bit_length() - 5))
-    return -(-max(nbytes, 1) // granule) * granule
+    return (max(nbytes, 1) // granule + 1) * granule
