@@ -48,6 +48,7 @@ def _rec(
     fio: float = 1.0,
     repeat: int = 0,
     error: str | None = None,
+    prefill_compute: float | None = None,
 ) -> ResidencyRecord:
     return ResidencyRecord(
         budget_ratio=ratio,
@@ -71,6 +72,7 @@ def _rec(
         depth=2,
         error=error,
         repeat=repeat,
+        prefill_compute_s=prefill_compute,
     )
 
 
@@ -106,6 +108,27 @@ def test_floor_is_the_unfit_kv_at_fio_speed_plus_the_least_compute() -> None:
     ]
     rows = summarize(records, kv_bytes=GiB)
     assert [r.floor_ms for r in rows] == pytest.approx([750.0 + 90.0] * 2)
+
+
+def test_prefill_floor_is_the_least_prefill_compute_and_bounds_the_cut() -> None:
+    records = [
+        _rec(8.0, "baseline_file", 1000.0, 2.0, 1.0, prefill_compute=1.6),
+        _rec(8.0, "direct", 600.0, 1.5, 1.5, kv_gbps=1.8, prefill_compute=1.5),
+        _rec(8.0, "adaptive", 550.0, 1.6, 1.6, prefill_compute=1.7),
+        _rec(8.0, "adaptive", 560.0, 1.4, 1.6, prefill_compute=None, repeat=1),  # old worker
+        _rec(8.0, "direct", 1.0, 0.1, 1.0, prefill_compute=0.1, repeat=1, error="killed"),
+    ]
+    rows = summarize(records, kv_bytes=GiB)
+    # the failed run's 0.1 s is not a floor; the run without the field is skipped
+    assert [r.prefill_floor_s for r in rows] == pytest.approx([1.5] * 3)
+    by = _by(verdicts(rows))
+    prefill = by[(8.0, "prefill cut vs baseline_file")]
+    assert not prefill.met  # 1.5 s median against 2.0 s: a 25% cut
+    assert "the floor (1500 ms) allows at most a 25.0% cut" in prefill.note
+    ssd = by[(8.0, "SSD utilisation x baseline_file")]
+    assert ssd.measured == pytest.approx(1.6) and not ssd.met
+    # the fastest rate at the budget is direct's 1.8 GB/s kv read: 1.8 / 1.0 fio / 1.0 util
+    assert "(1.80 GB/s) allows at most 1.80x" in ssd.note
 
 
 def test_verdicts_check_each_target_on_medians() -> None:
@@ -202,10 +225,12 @@ def test_tiny_residency_run(tmp_path: Path) -> None:
         assert "fio_gbps" in rec
         assert rec["error"] is None
         assert rec["prefill_s"] > 0 and rec["decode_p99_ms"] >= rec["decode_p50_ms"] > 0
+        assert 0 < rec["prefill_compute_s"] <= rec["prefill_s"]  # the floor's input
         assert rec["limit_mib"] == 1024 + 8  # 1 GiB overhead + 16 MiB KV / ratio 2
     assert doc["verdicts"], "the verdicts are part of the JSON"
     assert {s["mode"] for s in doc["summary"]} == {"baseline_file", "adaptive"}
     assert all(s["floor_ms"] is not None for s in doc["summary"])
+    assert all(s["prefill_floor_s"] > 0 for s in doc["summary"])
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| budget_ratio |" in out_md.read_text()
     assert "[bench]" in proc.stderr  # progress is shown

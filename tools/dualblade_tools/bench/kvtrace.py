@@ -157,6 +157,9 @@ class TraceResult:
     #: staging requests the arena could not serve (the pipeline used host memory, and each
     #: read then costs the client a bounce copy): a fragmented arena shows here
     staging_fallbacks: int = 0
+    #: prefill's matmuls on the model thread, weights' page faults included: what no KV
+    #: placement can take off the prefill (the benchmark's prefill floor)
+    prefill_compute_s: float = 0.0
 
 
 def create_weights(path: Path, spec: TraceSpec) -> None:
@@ -295,8 +298,11 @@ def run_trace(
     with LayerPipeline(timed, num_layers=spec.layers, depth="auto", config=cfg) as pipe:
         # -- prefill: compute each layer, write its K and V back while the next layer computes.
         t0 = time.perf_counter()
+        prefill_compute = 0.0
         for layer in range(spec.layers):
+            c0 = time.perf_counter()
             sink += float((xp @ weights[layer])[0, 0])
+            prefill_compute += time.perf_counter() - c0
             if ranged:
                 for kind in ("k", "v"):
                     backend.reserve(layer_key(layer, kind), spec.max_tokens * spec.token_bytes)
@@ -380,6 +386,7 @@ def run_trace(
     _ = sink
     return TraceResult(
         prefill_s=prefill_s,
+        prefill_compute_s=prefill_compute,
         decode_ms=tuple(t * 1e3 for t in times[spec.warmup_steps :]),
         decode_p50_ms=statistics.median(measured) * 1e3,
         decode_p99_ms=_percentile(measured, 0.99) * 1e3,

@@ -123,6 +123,8 @@ class ResidencyRecord:
     decode_steps_ms: tuple[float, ...] | None = None
     #: staging requests the client's arena could not serve (kvtrace's diagnostic)
     staging_fallbacks: int | None = None
+    #: prefill's matmuls on the model thread (weights' faults included); the prefill floor
+    prefill_compute_s: float | None = None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -247,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
         "elapsed_s": round(elapsed, 1),
         "repeat": repeat,
         "floor_formula": "max(0, kv_bytes * (1 - 1/ratio)) / fio_gbps + compute_ms",
+        "prefill_floor_formula": "min over the budget's runs of prefill_compute_s",
         "summary": summary_mod.as_dicts(summary),
         "verdicts": summary_mod.as_dicts(checks),
     }
@@ -343,6 +346,7 @@ class _Bench:
             mode=mode,
             limit_mib=limit // MiB,
             prefill_s=result["prefill_s"],
+            prefill_compute_s=result.get("prefill_compute_s"),
             decode_p50_ms=result["decode_p50_ms"],
             decode_p99_ms=result["decode_p99_ms"],
             kv_read_gbps=result["kv_read_bytes"] / result["kv_read_s"] / 1e9

@@ -15,6 +15,19 @@ fit in the page-cache room (``kv_bytes - kv_bytes / ratio``; the limit is built 
 with the median fio of the cell's runs at that budget and the smallest compute time measured
 at that budget (compute slowed by page faults is not compute). Every result can then also be
 read against the physical limit of this machine.
+
+Prefill floor. Prefill's matmuls run on the model thread and fault the (cold) weights in from
+the same disk; the KV write-back overlaps them. No KV placement can take that time off the
+prefill, so the prefill floor at a budget is the smallest ``prefill_compute_s`` any run there
+measured (the worker times its matmuls, faults included). It is a lower bound: a prefill whose
+write-back outlasts its compute cannot reach it.
+
+SSD-utilisation ceiling. Utilisation is storage bytes per decode second over fio's bandwidth, so
+a mode's utilisation can grow only as far as the disk goes faster than fio measured it. The
+tightest budget's verdict is read against the fastest storage rate any run at that budget
+measured (the highest median ``ssd_gbps`` or ``kv_read_gbps`` of its cells): ``ceiling / fio`` is the most
+utilisation seen on this disk, and over baseline_file's utilisation it is the largest ratio the
+disk allowed in this run.
 """
 
 from __future__ import annotations
@@ -68,6 +81,7 @@ class Summary:
     prefill_max: float | None
     decode_p99_ms: float | None
     floor_ms: float | None
+    prefill_floor_s: float | None
     kv_read_gbps: float | None
     fio_gbps: float | None
     ssd_util: float | None
@@ -118,6 +132,12 @@ def summarize(records: Sequence[Any], kv_bytes: int) -> list[Summary]:
             compute_by_ratio[r.budget_ratio] = (
                 r.compute_ms if old is None else min(old, r.compute_ms)
             )
+    prefill_floor_by_ratio: dict[float, float] = {}
+    for r in records:
+        pc = getattr(r, "prefill_compute_s", None)
+        if r.error is None and pc:
+            old = prefill_floor_by_ratio.get(r.budget_ratio)
+            prefill_floor_by_ratio[r.budget_ratio] = pc if old is None else min(old, pc)
     fio_by_ratio = {
         ratio: median([r.fio_gbps for r in records if r.budget_ratio == ratio])
         for ratio in {r.budget_ratio for r in records}
@@ -145,6 +165,7 @@ def summarize(records: Sequence[Any], kv_bytes: int) -> list[Summary]:
                 floor_ms=floor_ms(
                     kv_bytes, ratio, fio_by_ratio.get(ratio), compute_by_ratio.get(ratio)
                 ),
+                prefill_floor_s=prefill_floor_by_ratio.get(ratio),
                 kv_read_gbps=med["kv_read_gbps"],
                 fio_gbps=med["fio_gbps"],
                 ssd_util=med["ssd_util"],
@@ -233,18 +254,32 @@ def verdicts(summary: Sequence[Summary]) -> list[Verdict]:
         a, b = get(tight, "adaptive", field), get(tight, "baseline_file", field)
         cut = None if a is None or not b else 1.0 - a / b
         note = ""
-        if field == "decode_p50_ms" and base is not None and base.decode_p50_ms:
-            fl = base.floor_ms
-            if fl is not None:
-                note = f"the floor ({fl:.0f} ms) allows at most a {1.0 - fl / base.decode_p50_ms:.1%} cut"
+        fl = None if base is None else base.floor_ms if field == "decode_p50_ms" else None
+        if base is not None and field == "prefill_s":
+            fl = None if base.prefill_floor_s is None else base.prefill_floor_s * 1e3
+        if fl is not None and b:
+            b_ms = b if field == "decode_p50_ms" else b * 1e3
+            note = f"the floor ({fl:.0f} ms) allows at most a {1.0 - fl / b_ms:.1%} cut"
         out.append(
             Verdict(
                 name, tight, cut, f">= {target:.1%}", cut is not None and cut >= target, "%", note
             )
         )
     x = None
+    note = ""
     if ada_s is not None and base is not None and ada_s.ssd_util is not None and base.ssd_util:
         x = ada_s.ssd_util / base.ssd_util
+        rates = [
+            v
+            for c in summary
+            if c.budget_ratio == tight and c.runs
+            for v in (c.ssd_gbps, c.kv_read_gbps)
+            if v is not None
+        ]
+        ceiling = max(rates, default=None)
+        if ceiling and base.fio_gbps:
+            most = ceiling / base.fio_gbps / base.ssd_util
+            note = f"the fastest rate measured here ({ceiling:.2f} GB/s) allows at most {most:.2f}x"
     out.append(
         Verdict(
             "SSD utilisation x baseline_file",
@@ -252,6 +287,7 @@ def verdicts(summary: Sequence[Summary]) -> list[Verdict]:
             x,
             f">= {TARGET_SSD_UTIL_X}x",
             x is not None and x >= TARGET_SSD_UTIL_X,
+            note=note,
         )
     )
     return out
@@ -298,6 +334,7 @@ TABLE_COLUMNS: tuple[tuple[str, Callable[[Summary], str]], ...] = (
     ),
     ("floor_ms", lambda s: _opt(".0f")(s.floor_ms)),
     ("prefill_s", lambda s: _spread(s.prefill_s, s.prefill_min, s.prefill_max, ".2f")),
+    ("prefill_floor_s", lambda s: _opt(".2f")(s.prefill_floor_s)),
     ("decode_p99_ms", lambda s: _opt(".0f")(s.decode_p99_ms)),
     ("kv_read_gbps", lambda s: _opt(".2f")(s.kv_read_gbps)),
     ("fio_gbps", lambda s: _opt(".2f")(s.fio_gbps)),
@@ -369,6 +406,11 @@ def plot(summary: Sequence[Summary], modes: Sequence[str], path: str) -> None:
     floors = sorted({s.budget_ratio: s.floor_ms for s in summary if s.floor_ms is not None}.items())
     if floors:
         ax1.plot([r for r, _ in floors], [f for _, f in floors], "k--", label="floor")
+    pfloors = sorted(
+        {s.budget_ratio: s.prefill_floor_s for s in summary if s.prefill_floor_s}.items()
+    )
+    if pfloors:
+        ax2.plot([r for r, _ in pfloors], [f for _, f in pfloors], "k--", label="floor")
     for ax, title, unit in ((ax1, "decode step p50", "ms"), (ax2, "prefill", "s")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("KV working set / page-cache room (tighter ->)")
