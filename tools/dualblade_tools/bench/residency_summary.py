@@ -24,10 +24,10 @@ write-back outlasts its compute cannot reach it.
 
 SSD-utilisation ceiling. Utilisation is storage bytes per decode second over fio's bandwidth, so
 a mode's utilisation can grow only as far as the disk goes faster than fio measured it. The
-tightest budget's verdict is read against the fastest storage rate any run at that budget
-measured (the highest median ``ssd_gbps`` or ``kv_read_gbps`` of its cells): ``ceiling / fio`` is the most
-utilisation seen on this disk, and over baseline_file's utilisation it is the largest ratio the
-disk allowed in this run.
+tightest budget's verdict is read against the highest utilisation any cell at that budget
+measured: its median ``ssd_util``, or its KV read rate over its fio (``kv_read_gbps /
+fio_gbps``: the direct path streaming alone), whichever is higher. Over baseline_file's
+utilisation that is the largest ratio this disk showed in the run.
 """
 
 from __future__ import annotations
@@ -269,17 +269,22 @@ def verdicts(summary: Sequence[Summary]) -> list[Verdict]:
     note = ""
     if ada_s is not None and base is not None and ada_s.ssd_util is not None and base.ssd_util:
         x = ada_s.ssd_util / base.ssd_util
-        rates = [
-            v
+        utils = [
+            u
             for c in summary
             if c.budget_ratio == tight and c.runs
-            for v in (c.ssd_gbps, c.kv_read_gbps)
-            if v is not None
+            for u in (
+                c.ssd_util,
+                c.kv_read_gbps / c.fio_gbps if c.kv_read_gbps and c.fio_gbps else None,
+            )
+            if u is not None
         ]
-        ceiling = max(rates, default=None)
-        if ceiling and base.fio_gbps:
-            most = ceiling / base.fio_gbps / base.ssd_util
-            note = f"the fastest rate measured here ({ceiling:.2f} GB/s) allows at most {most:.2f}x"
+        if utils:
+            most = max(utils)
+            note = (
+                f"the highest utilisation measured at this budget ({most:.2f}) allows at most "
+                f"{most / base.ssd_util:.2f}x"
+            )
     out.append(
         Verdict(
             "SSD utilisation x baseline_file",
