@@ -366,6 +366,7 @@ class ResidencyArbiter:
                         info.path,  # type: ignore[arg-type]
                         now - max(0.0, wall - info.last_access),
                         moved.get((info.tenant, info.key)),
+                        info.is_layer,
                     )
                 )
         horizon = 2.0 * max(self._policy.config.min_dwell_s, self.tick_s)

@@ -57,11 +57,17 @@ oscillation. ``now`` is always passed in, so tests script time as well as signal
    burst detector's window): prefill's write-back is not slowed by migration traffic, and what
    is still being written is not written twice.
 
-   - Demote (page cache -> direct, coldest ``last_access`` first, across tenants) when a tenant
+   Which objects move: a decode step's layer objects (one tenant's, read within
+   ``scan_window_s`` of its newest read) are equally hot, so they move spread along the step,
+   each path's part evenly interleaved with the other's (:mod:`dualbladed.arbiter.scan`);
+   coldest-first would leave a run of consecutive layers direct, whose reads the step waits
+   for. Other objects move by recency: the coldest demoted first, the hottest promoted first.
+
+   - Demote (page cache -> direct, cold objects before a scan's, across tenants) when a tenant
      holds more than ``target + band`` (``target`` alone on a tick that saw pressure: a cut
      the feedback measured is not noise); it is brought down to its share, not to the band edge,
      so the next small wobble does not trigger again.
-   - Promote (direct -> page cache, hottest first) when a tenant holds less than
+   - Promote (direct -> page cache, a scan's objects first) when a tenant holds less than
      ``target - min(band, target / 4)``, filling up to its target. The band alone (256 MiB by
      default) would never promote into a target smaller than it: at ratio 4 of the residency
      bench the target was 147 MiB of free memory and adaptive decoded all-direct.
@@ -90,6 +96,7 @@ from dualbladed.arbiter.feedback import (
     Observation,
     Verdict,
 )
+from dualbladed.arbiter.scan import SCAN_WINDOW_S, demotion_order, promotion_order
 from dualbladed.arbiter.signals import MemorySignals
 from dualbladed.config import ResidencyConfig, ResidencyMode
 from dualbladed.errors import InvalidArgument
@@ -129,6 +136,9 @@ class PolicyConfig:
     #: core promoting 10^5 freshly put 4 KiB objects, ~550 moves/s, for minutes)
     promote_read_window_s: float = 10.0
     max_migration_bytes_per_tick: int = int(_SETTINGS.migration_bytes_per_s * DEFAULT_TICK_S)
+    #: a tenant's objects read within this many seconds of its newest read are one decode
+    #: step's scan: they move spread along it, not coldest or hottest first (``arbiter.scan``)
+    scan_window_s: float = SCAN_WINDOW_S
     #: what the budget learns from (thresholds, split, write bursts): see feedback
     learn: FeedbackConfig = field(default_factory=FeedbackConfig)
 
@@ -199,6 +209,8 @@ class ObjectHeat:
     path: PathName
     last_access: float  # same clock as ``now``
     last_moved: float | None  # None: never migrated since it was placed
+    #: a layer object (read by range every decode step): it moves in scan order (``arbiter.scan``)
+    layer: bool = False
 
 
 @dataclass(frozen=True)
@@ -498,10 +510,9 @@ class ResidencyPolicy:
         # promoted, the weights refaulted at 214 MiB/s, and the dwell let one object of 62 go
         # back). Still one round trip per dwell: the demotion bars the tenant's promotions.
         demotable = objects if self._pressure else movable
-        for o in sorted(
-            (o for o in demotable if o.tenant in usage and o.path == PAGECACHE),
-            key=lambda o: o.last_access,
-        ):
+        ok = {id(o) for o in demotable if o.tenant in usage}
+        window = cfg.scan_window_s
+        for o in (o for o in demotion_order(objects, window) if id(o) in ok):
             if left <= 0 and plan:
                 break
             if demote_need.get(o.tenant, 0) > 0:
@@ -516,9 +527,8 @@ class ResidencyPolicy:
             if u.pagecache_bytes < shares[t] - min(cfg.band(shares[t]), shares[t] // 4)
             and now - self._last_demotion.get(t, -math.inf) >= cfg.min_dwell_s
         }
-        for o in sorted(
-            (o for o in movable if o.path == DIRECT), key=lambda o: o.last_access, reverse=True
-        ):
+        ok = {id(o) for o in movable}
+        for o in (o for o in promotion_order(objects, window) if id(o) in ok):
             if left <= 0:
                 break
             take(o, under, PAGECACHE, "under share")
