@@ -76,7 +76,32 @@ def test_pressure_while_the_last_cut_is_carried_out_holds_the_cap() -> None:
     v = fb.update(obs(13, sig(4 * GiB, free=None, refaults=small + 5120), pc=128 * MiB))
     assert v.cap == 108 * MiB  # 20 MiB refaulted: cut by that, in proportion to the evidence
     v = fb.update(obs(14, sig(4 * GiB, free=None, refaults=small + 5120 + r), pc=108 * MiB))
+    assert v.cap == 108 * MiB  # far stronger, but the tick began above the cap: its echo
+    v = fb.update(obs(15, sig(4 * GiB, free=None, refaults=small + 5120 + 2 * r), pc=108 * MiB))
     assert v.cap == 54 * MiB  # within the settle time, but far stronger than the last cause
+
+
+def test_the_echo_of_an_overshoot_does_not_cut_twice() -> None:
+    """Ratio 4 of the residency bench (daemon log, 3ffb861): 287 MB held, refaults at 34 MiB/s
+    measured over a 0.2 s tick cut the cap to 270 MB; over the next second, while two objects
+    were demoted, the weights refaulted at 141 MiB/s, and the 1.5x rule cut again to 134 MB,
+    half of what fitted. Refaults measured over a tick that began above the cap are the echo."""
+    fb = Feedback(FeedbackConfig())
+    held = 287 * MiB
+    fb.update(obs(9.8, sig(2 * GiB, free=300 * MiB), pc=held, demand=GiB))
+    r0 = int(34 * MiB * 0.2) // PAGE
+    v = fb.update(obs(10.0, sig(2 * GiB, free=0, refaults=r0), pc=held, demand=GiB))
+    assert v.pressure is not None and v.cap == held - 16 * MiB  # the minimum cut
+    r1 = r0 + 141 * MiB // PAGE
+    v = fb.update(obs(11.0, sig(2 * GiB, free=0, refaults=r1), pc=held - 32 * MiB, demand=GiB))
+    assert v.pressure is not None and v.cap == held - 16 * MiB  # echo: hold
+    # quiet from here: the level holds (no cut, no jump back to the room)
+    v = fb.update(obs(12.0, sig(2 * GiB, free=0, refaults=r1), pc=held - 32 * MiB, demand=GiB))
+    assert v.pressure is None and v.cap == held - 16 * MiB
+    # but the same strength again, over a tick that began with the cut carried out: cut
+    r2 = r1 + 141 * MiB // PAGE
+    v = fb.update(obs(13.0, sig(2 * GiB, free=0, refaults=r2), pc=held - 32 * MiB, demand=GiB))
+    assert v.cap < held - 16 * MiB - 100 * MiB
 
 
 def test_the_first_cut_does_not_wait_although_we_hold_more_than_the_cap() -> None:

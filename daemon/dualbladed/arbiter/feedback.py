@@ -26,7 +26,8 @@ of observations into three answers the policy acts on:
      part that fitted).
    - **Hysteresis.** While we still hold more than the cap (the last cut is being carried out by
      rate-limited demotions), and for ``settle_s`` after a cut unless refaults grow 1.5x beyond
-     the rate that caused it, pressure holds the cap rather than cutting again: those refaults
+     the rate that caused it over a tick that began with the cut carried out, pressure holds
+     the cap rather than cutting again: those refaults
      are the excess already given back, or its echo (pages evicted before the demotion are read
      back during the next steps). Cutting once per tick for them took the cap from ~500 MiB to
      0 in two ticks at ratio 4, and after the first fix still from 218 MiB to 25 MiB in three
@@ -200,6 +201,8 @@ class Feedback:
         self._bad: int | None = None  # the level (bytes we held) where pressure was last seen
         self._last_cut = -math.inf  # when the cap was last cut
         self._cut_rate = 0.0  # the refault rate (bytes/s) that caused it
+        #: when we first held no more than the cut cap after the last cut (None: not yet)
+        self._carried_at: float | None = None
         self.verdict: Verdict | None = None
 
     def update(self, obs: Observation) -> Verdict:
@@ -258,9 +261,14 @@ class Feedback:
             # (only a cut is "carried out": without one, holding more than the cap is the room
             # having shrunk under us, and the first cut must not wait for it; seen at ratio 1)
             carried_out = self._bad is None or obs.pagecache_bytes <= cap + cfg.min_cut_bytes
-            settled = (
-                obs.now - self._last_cut >= cfg.settle_s
-                or (refault_rate or 0.0) > self._cut_rate * 1.5
+            # refaults far stronger than the cut's cause cut again before settle_s, but only
+            # when measured over a tick that began with the cut carried out: until then they
+            # are the echo of what we held above the cap (ratio 4: a cut from 287 to 270 MB on
+            # 34 MiB/s measured over 0.2 s, then 141 MiB/s over the next second while the two
+            # demotions ran, and a second cut to 134 MB, half of what fitted)
+            echo = self._carried_at is None or last is None or last.now < self._carried_at
+            settled = obs.now - self._last_cut >= cfg.settle_s or (
+                not echo and (refault_rate or 0.0) > self._cut_rate * 1.5
             )
             if carried_out and settled:
                 most = max(cfg.min_cut_bytes, int(cfg.max_cut_fraction * base))
@@ -268,6 +276,7 @@ class Feedback:
                 self._bad = base
                 self._last_cut = obs.now
                 self._cut_rate = refault_rate or 0.0
+                self._carried_at = None
         else:
             if not contested:
                 self._bad = None
@@ -282,6 +291,8 @@ class Feedback:
         cap = min(cap, ceiling)
         self._extra = min(self._extra, max(0, ceiling - room))
         self._cap = cap
+        if self._carried_at is None and obs.pagecache_bytes <= cap:
+            self._carried_at = obs.now
 
         self._speeds = self._update_speeds(self._speeds, last, obs, "reads")
         self._write_speeds = self._update_speeds(self._write_speeds, last, obs, "writes")
