@@ -160,6 +160,11 @@ class TraceResult:
     #: prefill's matmuls on the model thread, weights' page faults included: what no KV
     #: placement can take off the prefill (the benchmark's prefill floor)
     prefill_compute_s: float = 0.0
+    #: CPU seconds of the worker and of the daemon during prefill, and the worker's major
+    #: page faults (the weights read in): where a prefill's time went
+    prefill_client_cpu_s: float = 0.0
+    prefill_daemon_cpu_s: float | None = None
+    prefill_major_faults: int = 0
 
 
 def create_weights(path: Path, spec: TraceSpec) -> None:
@@ -205,6 +210,12 @@ def _proc_cpu_s(pid: int) -> float | None:
         return None
     fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _major_faults() -> int:
+    """This process's major page faults so far (/proc/self/stat field 12)."""
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[9])
 
 
 def _rss() -> tuple[int, int]:
@@ -299,6 +310,8 @@ def run_trace(
         # -- prefill: compute each layer, write its K and V back while the next layer computes.
         t0 = time.perf_counter()
         prefill_compute = 0.0
+        pre_cpu0 = [time.process_time()] + [_proc_cpu_s(p) for p in cpu_pids]
+        pre_faults0 = _major_faults()
         for layer in range(spec.layers):
             c0 = time.perf_counter()
             sink += float((xp @ weights[layer])[0, 0])
@@ -317,6 +330,8 @@ def run_trace(
             pipe.writeback(layer, items)
         pipe.flush()
         prefill_s = time.perf_counter() - t0
+        pre_cpu1 = [time.process_time()] + [_proc_cpu_s(p) for p in cpu_pids]
+        prefill_faults = _major_faults() - pre_faults0
         say(f"prefill {prefill_s:.2f} s ({spec.kv_bytes / 2**30:.2f} GiB KV)")
 
         # -- decode: every step reads each layer's whole KV and appends one token.
@@ -387,6 +402,9 @@ def run_trace(
     return TraceResult(
         prefill_s=prefill_s,
         prefill_compute_s=prefill_compute,
+        prefill_client_cpu_s=_cpu_delta(pre_cpu0[0], pre_cpu1[0]) or 0.0,
+        prefill_daemon_cpu_s=_cpu_delta(pre_cpu0[1], pre_cpu1[1]) if cpu_pids else None,
+        prefill_major_faults=prefill_faults,
         decode_ms=tuple(t * 1e3 for t in times[spec.warmup_steps :]),
         decode_p50_ms=statistics.median(measured) * 1e3,
         decode_p99_ms=_percentile(measured, 0.99) * 1e3,

@@ -125,6 +125,10 @@ class ResidencyRecord:
     staging_fallbacks: int | None = None
     #: prefill's matmuls on the model thread (weights' faults included); the prefill floor
     prefill_compute_s: float | None = None
+    #: where prefill's time went: CPU of the worker and the daemon, the worker's major faults
+    prefill_client_cpu_s: float | None = None
+    prefill_daemon_cpu_s: float | None = None
+    prefill_major_faults: int | None = None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -347,6 +351,9 @@ class _Bench:
             limit_mib=limit // MiB,
             prefill_s=result["prefill_s"],
             prefill_compute_s=result.get("prefill_compute_s"),
+            prefill_client_cpu_s=result.get("prefill_client_cpu_s"),
+            prefill_daemon_cpu_s=result.get("prefill_daemon_cpu_s"),
+            prefill_major_faults=result.get("prefill_major_faults"),
             decode_p50_ms=result["decode_p50_ms"],
             decode_p99_ms=result["decode_p99_ms"],
             kv_read_gbps=result["kv_read_bytes"] / result["kv_read_s"] / 1e9
