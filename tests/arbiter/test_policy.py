@@ -274,6 +274,20 @@ def test_a_target_smaller_than_the_band_is_still_filled() -> None:
     assert p.plan(held, sim.objs.values(), now=1.0) == []
 
 
+def test_a_probe_sized_deficit_is_filled() -> None:
+    """Ratio 1 of the residency bench: 53 of 64 layer objects promoted, 99 MB below a 1005 MB
+    target. A quarter of the target (251 MB) as the band left it there, and the cap, which
+    only probes while in use, never grew: the band is at most one probe (64 MiB)."""
+    p = ResidencyPolicy(PolicyConfig(reserve_bytes=0, hysteresis_bytes=256 * MiB))
+    objs = _objects("a", 64, 16 * MiB, "direct")
+    p.budget(sig(1005 * MiB), 0)
+    usage = {"a": TenantUsage(906 * MiB, 118 * MiB)}
+    plan = p.plan(usage, objs, now=100.0)
+    assert {m.dst for m in plan} == {"pagecache"} and sum(m.size for m in plan) == 96 * MiB
+    # a deficit smaller than a probe is a wobble: no promotion
+    assert p.plan({"a": TenantUsage(950 * MiB, 74 * MiB)}, objs, now=101.0) == []
+
+
 def test_promotion_waits_out_the_dwell_after_a_demotion() -> None:
     cfg = PolicyConfig(reserve_bytes=1 * GiB, hysteresis_bytes=8 * MiB, min_dwell_s=30.0)
     p = ResidencyPolicy(cfg)
