@@ -253,3 +253,31 @@ def test_puts_alone_do_not_start_promotions() -> None:
     budget = p.observe(Observation(1.0, signals, 0, 0, 64 * 4096, {}, 0, writes=writes))
     p.shares(budget, {"t": 64 * 4096})
     assert p.plan({"t": TenantUsage(0, 64 * 4096)}, heat, now=1.0) == []
+
+
+def test_the_first_cut_after_growth_goes_back_to_the_last_calm_level() -> None:
+    """Ratio 1 of the residency bench: calm at 1007 MB held, a probe's promotions took it to
+    1076 MB, and the weights refaulted 271 MiB in the next second (the promotions' pages were
+    still dirty). Cutting by the refaults demoted 17 objects where 4 had been added: the first
+    cut goes back to the calm level, and refaults that outlast the settle time cut from there."""
+    fb = Feedback(FeedbackConfig())
+    fb.update(obs(0, sig(4 * GiB, free=GiB)))
+    v = fb.update(obs(1, sig(4 * GiB, free=80 * MiB), pc=1007 * MiB, demand=1100 * MiB))
+    assert v.pressure is None
+    r = 271 * MiB // PAGE  # the next tick: 69 MB more held, and the weights refault
+    v = fb.update(obs(2, sig(4 * GiB, free=0, refaults=r), pc=1076 * MiB, demand=1100 * MiB))
+    assert v.pressure is not None and v.cap == 1076 * MiB - 69 * MiB  # the calm level, 1007
+    # still refaulting once settled: now the cut is by what was refaulted
+    v = fb.update(obs(8, sig(4 * GiB, free=0, refaults=2 * r), pc=1007 * MiB, demand=1100 * MiB))
+    assert v.cap == 1007 * MiB - 271 * MiB
+
+
+def test_pressure_without_growth_cuts_by_what_it_measures() -> None:
+    """Someone else took the memory: we added nothing since the last calm tick, so the calm
+    level bounds nothing and the cut is the refaulted bytes."""
+    fb = Feedback(FeedbackConfig())
+    fb.update(obs(0, sig(4 * GiB, free=GiB)))
+    fb.update(obs(1, sig(4 * GiB, free=0), pc=800 * MiB, demand=GiB))
+    r = 200 * MiB // PAGE
+    v = fb.update(obs(2, sig(4 * GiB, free=0, refaults=r), pc=800 * MiB, demand=GiB))
+    assert v.cap == 600 * MiB

@@ -23,7 +23,9 @@ of observations into three answers the policy acts on:
      PSI ``some avg10`` above ``psi_some_pct`` (no size attached) cuts by ``decrease * base``.
      The largest of these applies, at least ``min_cut_bytes`` and at most ``max_cut_fraction *
      base`` (proportional: one burst of refaults caused by an overshoot must not throw away the
-     part that fitted).
+     part that fitted). If we held more than at the last tick without pressure, the first cut
+     goes no lower than that calm level: what we just added is the likeliest cause, and
+     refaults (a page evicted is read back every step) overstate the overshoot several-fold.
    - **Hysteresis.** While we still hold more than the cap (the last cut is being carried out by
      rate-limited demotions), and for ``settle_s`` after a cut unless refaults grow 1.5x beyond
      the rate that caused it over a tick that began with the cut carried out, pressure holds
@@ -201,6 +203,8 @@ class Feedback:
         self._bad: int | None = None  # the level (bytes we held) where pressure was last seen
         self._last_cut = -math.inf  # when the cap was last cut
         self._cut_rate = 0.0  # the refault rate (bytes/s) that caused it
+        #: bytes we held at the last tick without pressure (None: none since the last cut)
+        self._calm_held: int | None = None
         #: when we first held no more than the cut cap after the last cut (None: not yet)
         self._carried_at: float | None = None
         self.verdict: Verdict | None = None
@@ -273,6 +277,15 @@ class Feedback:
             if carried_out and settled:
                 most = max(cfg.min_cut_bytes, int(cfg.max_cut_fraction * base))
                 cap = max(0, base - min(max(cut, cfg.min_cut_bytes), most))
+                # what we added since the last calm tick is what the pressure answers first:
+                # the first cut goes no lower than that level (ratio 1 of the residency bench:
+                # a probe took 1007 MB to 1076 MB, the weights refaulted 271 MiB in the next
+                # second while the promotions' pages were still dirty, and a cut by that much
+                # demoted 17 objects where 4 had been added). Refaults that go on past the
+                # settle time cut again from there, by what they measure.
+                if self._calm_held is not None and self._calm_held < base:
+                    cap = max(cap, min(self._calm_held, base - cfg.min_cut_bytes))
+                self._calm_held = None  # spent: the next cut measures from here
                 self._bad = base
                 self._last_cut = obs.now
                 self._cut_rate = refault_rate or 0.0
@@ -302,6 +315,8 @@ class Feedback:
         if cfg.split and pc and dr:
             fraction = pc / (pc + dr)
 
+        if pressure is None:
+            self._calm_held = obs.pagecache_bytes
         self._last = obs
         self.verdict = Verdict(
             cap,
