@@ -49,14 +49,18 @@ def w(pc_bytes: int, pc_s: float, dr_bytes: int, dr_s: float) -> dict[str, PathR
 
 
 def test_write_path_is_direct_until_both_are_measured_then_the_faster() -> None:
-    assert choose_write_path({}) == DIRECT
-    assert choose_write_path({PAGECACHE: 5.0}) == DIRECT  # direct unmeasured: the safe guess
-    assert choose_write_path({DIRECT: 1.0}) == DIRECT
-    assert choose_write_path({PAGECACHE: 0.3, DIRECT: 1.0}) == DIRECT  # reclaim under a limit
-    assert choose_write_path({PAGECACHE: 3.0, DIRECT: 1.0}) == PAGECACHE  # memory is free
+    x = FeedbackConfig().pagecache_write_advantage
+    assert x == 4.0
+    assert choose_write_path({}, x) == DIRECT
+    assert choose_write_path({PAGECACHE: 5.0}, x) == DIRECT  # direct unmeasured: the safe guess
+    assert choose_write_path({DIRECT: 1.0}, x) == DIRECT
+    assert choose_write_path({PAGECACHE: 0.3, DIRECT: 1.0}, x) == DIRECT  # reclaim under a limit
+    assert choose_write_path({PAGECACHE: 5.0, DIRECT: 1.0}, x) == PAGECACHE  # memcpy, slow disk
     # faster, but not by the margin: the latency of a page-cache write hides its write-back
-    assert choose_write_path({PAGECACHE: 1.57, DIRECT: 1.03}) == DIRECT
-    assert choose_write_path({PAGECACHE: 1.57, DIRECT: 1.03}, advantage=1.5) == PAGECACHE
+    assert choose_write_path({PAGECACHE: 1.57, DIRECT: 1.03}, x) == DIRECT
+    # the sweep that moved the margin from 2x: 2.2x, and a ratio-2 prefill thrashed the weights
+    assert choose_write_path({PAGECACHE: 1.65, DIRECT: 0.75}, x) == DIRECT
+    assert choose_write_path({PAGECACHE: 1.57, DIRECT: 1.03}, 1.5) == PAGECACHE
 
 
 def test_feedback_learns_write_speeds_and_names_the_write_path() -> None:
@@ -66,13 +70,13 @@ def test_feedback_learns_write_speeds_and_names_the_write_path() -> None:
     v = fb.update(obs(1, writes=w(10**9, 4.0, 10**9, 1.0)))
     assert v.write_speeds_gbps == {PAGECACHE: 0.25, DIRECT: 1.0}
     assert v.write_path == DIRECT
-    # later memory is free: page-cache writes are memcpy speed
-    v = fb.update(obs(2, writes=w(4 * 10**9, 5.0, 2 * 10**9, 2.0)))
-    assert v.write_speeds_gbps[PAGECACHE] == pytest.approx(3.0)
+    # later memory is free: page-cache writes are memcpy speed, 5x the disk's
+    v = fb.update(obs(2, writes=w(6 * 10**9, 5.0, 2 * 10**9, 2.0)))
+    assert v.write_speeds_gbps[PAGECACHE] == pytest.approx(5.0)
     assert v.write_path == PAGECACHE
     # a trickle is no sample: the speeds stay
-    v = fb.update(obs(3, writes=w(4 * 10**9 + MiB, 6.0, 2 * 10**9, 2.0)))
-    assert v.write_speeds_gbps[PAGECACHE] == pytest.approx(3.0)
+    v = fb.update(obs(3, writes=w(6 * 10**9 + MiB, 6.0, 2 * 10**9, 2.0)))
+    assert v.write_speeds_gbps[PAGECACHE] == pytest.approx(5.0)
 
 
 def test_appends_are_a_burst_but_the_arbiters_own_migrations_are_not() -> None:
@@ -215,7 +219,7 @@ def test_a_prefill_burst_goes_to_the_faster_write_path_then_is_promoted_after_it
 def test_a_burst_uses_the_page_cache_when_it_is_faster_for_writes_and_in_budget() -> None:
     p = _policy()
     p.observe(obs(0, writes=w(0, 0.0, 0, 0.0)))
-    budget = p.observe(obs(1, writes=w(3 * 10**9, 1.0, 10**9, 1.0)))
+    budget = p.observe(obs(1, writes=w(5 * 10**9, 1.0, 10**9, 1.0)))
     p.shares(budget, {"t": 0})
     where = [
         p.place("t", 16 * MiB, TenantUsage(i * 16 * MiB, 0), now=1 + i * 0.01) for i in range(8)
@@ -228,7 +232,7 @@ def test_a_burst_fills_only_free_memory_on_the_page_cache_even_when_it_writes_fa
     would evict the weights goes direct (8 GiB effective available counts their clean cache)."""
     p = _policy()
     p.observe(obs(0, writes=w(0, 0.0, 0, 0.0), free=40 * MiB))
-    budget = p.observe(obs(1, writes=w(3 * 10**9, 1.0, 10**9, 1.0), free=40 * MiB))
+    budget = p.observe(obs(1, writes=w(5 * 10**9, 1.0, 10**9, 1.0), free=40 * MiB))
     p.shares(budget, {"t": 0})
     pc = 0
     where = []
@@ -238,7 +242,7 @@ def test_a_burst_fills_only_free_memory_on_the_page_cache_even_when_it_writes_fa
     # 16 MiB (not bursting yet) + 16 MiB of free memory, then direct
     assert where == [PAGECACHE, PAGECACHE, DIRECT, DIRECT, DIRECT, DIRECT]
     # the next tick sees more free memory: the burst may use it again
-    budget = p.observe(obs(2, writes=w(3 * 10**9, 1.0, 10**9, 1.0), free=64 * MiB))
+    budget = p.observe(obs(2, writes=w(5 * 10**9, 1.0, 10**9, 1.0), free=64 * MiB))
     p.shares(budget, {"t": pc})  # the arbiter splits every tick's budget
     assert p.place("t", 16 * MiB, TenantUsage(pc, 0), now=2.0) == PAGECACHE
 

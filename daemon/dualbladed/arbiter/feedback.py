@@ -70,13 +70,19 @@ of observations into three answers the policy acts on:
 
 4. **The write path**: measured write throughput per path (same EWMA as reads) names the path
    a write burst goes to (``Verdict.write_path``): the page cache once both were measured and
-   its writes are ``pagecache_write_advantage`` (2x) faster, else ``direct``. The margin is
+   its writes are ``pagecache_write_advantage`` (4x) faster, else ``direct``. The margin is
    there because a page-cache write's latency hides its cost: measured in the residency bench,
    page-cache writes sampled 1.57 GB/s against direct's 1.03 early in a prefill, then fell to
    0.63 once dirty pages piled up, and the prefill that followed them took 4.0 s against 1.6 s
    direct. Under a memory limit a page-cache write pays for reclaim and dirty throttling
    (measured 7.3 s against 2.75 s for the same prefill) and its pages are written back later
-   anyway; a direct write is written once and is the safe guess. **Unless free memory holds
+   anyway; a direct write is written once and is the safe guess. The margin was 2x until a
+   sweep measured page-cache writes at 1.65 GB/s against direct's 0.75 (2.2x) at the start of
+   a ratio-2 prefill: 620 MB of it went into free memory the weights were about to fault into,
+   the weights then refaulted at 0.6-1.0 GB/s and decode ran at 767 ms against 389-460 in the
+   other runs. In every sweep on this VM pagecache mode's prefill was slower than direct's
+   (1.6-2.4 s against 1.1-1.4 s), so a 2x latency advantage is not a real one; 4x is the
+   memcpy-fast page cache beside a slow disk, where absorbing a burst can pay. **Unless free memory holds
    it**: while memory is not contested, a burst goes to the page cache until its placements
    there take ``burst_free_fraction`` of the free memory seen when it began (MemFree /
    cgroup headroom, never others' clean cache). When everything fits, the slower prefill costs
@@ -129,7 +135,7 @@ class FeedbackConfig:
     tenant_burst_bytes: int = 32 * MiB
     #: a write burst goes to the page cache only when its writes were measured at least this
     #: many times faster than direct ones (module docstring, 4.)
-    pagecache_write_advantage: float = 2.0
+    pagecache_write_advantage: float = 4.0
     #: whatever the write speeds, a burst goes to the page cache while memory is not contested
     #: and its page-cache placements take at most ``burst_free_fraction`` of the free memory
     #: seen when the burst began; 0 (the default) turns it off (module docstring, 4.). Why it
@@ -380,7 +386,7 @@ class Feedback:
         return out
 
 
-def choose_write_path(write_speeds: Mapping[str, float], advantage: float = 2.0) -> str:
+def choose_write_path(write_speeds: Mapping[str, float], advantage: float) -> str:
     """The path a write burst goes to: the page cache once both were measured and its writes
     are ``advantage`` times faster, else ``direct`` (written once, no reclaim or dirty
     throttling; and writing there measures it). A page-cache write's latency is not its cost:
