@@ -227,6 +227,33 @@ def test_relocate_between_paths_keeps_bytes_and_frees_old(
     s2.close()
 
 
+def test_promoting_an_ephemeral_object_starts_its_write_back_at_once(
+    store: ObjectStore, ns: FileNamespace, tmp_path: Path
+) -> None:
+    """A promotion's pages are dirty and cannot be reclaimed until written back: at ratio 1 of
+    the residency bench the weights refaulted instead. An ephemeral object's promotion starts
+    its write-back (real ``sync_file_range``, counted by the starter); a persistent one's is
+    fdatasynced by ``flush`` as before, and early write-back stays off for plain writes."""
+    store.close()
+    pc = PageCachePath(tmp_path / "slabs", slab_bytes=4 << 20, max_bytes=16 << 20)
+    s = open_store(ns, tmp_path / "state", extra={"pagecache": pc})
+    try:
+        kept = payload(3, 200_000)
+        s.put(T, b"p", memoryview(kept), persistent=True)
+        s.relocate(T, b"p", "pagecache")
+        assert pc.writeback_bytes == 0 and pc._writeback is None  # flushed, not started
+        data = payload(4, 300_000)
+        s.put(T, b"e", memoryview(data), persistent=False)
+        moved = s.relocate(T, b"e", "pagecache")
+        assert moved.path == "pagecache"
+        assert pc._writeback is not None and pc._writeback.calls == 1
+        assert read(s, T, b"e") == data and read(s, T, b"p") == kept
+        s.relocate(T, b"e", "direct")  # a demotion starts nothing
+        assert pc._writeback.calls == 1
+    finally:
+        s.close()
+
+
 def test_concurrent_get_vs_delete_and_overwrite_never_returns_wrong_bytes(
     store: ObjectStore,
 ) -> None:

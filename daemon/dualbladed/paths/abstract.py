@@ -107,6 +107,10 @@ class ResidencyPath(abc.ABC):
     def prefetch(self, extent: Extent) -> None:  # noqa: B027 - optional hook
         """Hint that ``extent`` will be read soon. Default: nothing."""
 
+    def start_writeback(self, extent: Extent) -> None:  # noqa: B027 - optional hook
+        """Start writing ``extent``'s cached pages to the disk now, without waiting and without
+        any durability promise (``flush`` is that). Default: nothing (no cache of its own)."""
+
     def resident_bytes(self) -> int:
         return 0
 

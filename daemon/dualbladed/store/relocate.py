@@ -112,6 +112,8 @@ def relocate(site: MoveSite, tenant: str, key: bytes, new_path: str) -> ObjectIn
                 move.dest.write(move.extent, view)
                 if info.persistent:  # (an ephemeral object has no row to order it before)
                     move.dest.flush()
+                else:  # dirty pages cannot be reclaimed: others' clean ones go instead
+                    move.dest.start_writeback(move.extent)
         finally:
             view.release()
             close_mapping(bounce)  # deferred if a failed write's traceback holds views
