@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from dualbladed.arbiter import scan
 from dualbladed.arbiter.policy import ObjectHeat, PolicyConfig, ResidencyPolicy, TenantUsage
-from dualbladed.arbiter.scan import demotion_order, leaving_order, promotion_order
+from dualbladed.arbiter.scan import leaving_order
 from dualbladed.arbiter.signals import MemorySignals
 
 MiB = 1 << 20
@@ -20,6 +21,14 @@ def step(n: int, path: str = "direct", *, rotate: int = 0, t0: float = 100.0) ->
         ObjectHeat("a", b"L%02d" % i, 16 * MiB, path, t0 + ((i - rotate) % n) * STEP_S, None, True)  # type: ignore[arg-type]
         for i in range(n)
     ]
+
+
+def promotion_order(objs: list[ObjectHeat]) -> list[ObjectHeat]:
+    return scan.promotion_order(scan.scans(objs))
+
+
+def demotion_order(objs: list[ObjectHeat]) -> list[ObjectHeat]:
+    return scan.demotion_order(scan.scans(objs))
 
 
 def positions(objs: list[ObjectHeat]) -> list[int]:

@@ -248,6 +248,9 @@ def test_promoting_an_ephemeral_object_starts_its_write_back_at_once(
         assert moved.path == "pagecache"
         assert pc._writeback is not None and pc._writeback.calls == 1
         assert read(s, T, b"e") == data and read(s, T, b"p") == kept
+        # plain writes to the page cache still start nothing (early write-back is off)
+        w = s.put(T, b"w", memoryview(payload(5, 100_000)), persistent=False, path="pagecache")
+        assert w.path == "pagecache" and pc._writeback.calls == 1
         s.relocate(T, b"e", "direct")  # a demotion starts nothing
         assert pc._writeback.calls == 1
     finally:

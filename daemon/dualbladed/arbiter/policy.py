@@ -97,7 +97,7 @@ from dualbladed.arbiter.feedback import (
     Observation,
     Verdict,
 )
-from dualbladed.arbiter.scan import SCAN_WINDOW_S, demotion_order, promotion_order
+from dualbladed.arbiter.scan import SCAN_WINDOW_S, demotion_order, promotion_order, scans
 from dualbladed.arbiter.signals import MemorySignals
 from dualbladed.config import ResidencyConfig, ResidencyMode
 from dualbladed.errors import InvalidArgument
@@ -511,14 +511,15 @@ class ResidencyPolicy:
         # promoted, the weights refaulted at 214 MiB/s, and the dwell let one object of 62 go
         # back). Still one round trip per dwell: the demotion bars the tenant's promotions.
         demotable = objects if self._pressure else movable
-        ok = {id(o) for o in demotable if o.tenant in usage}
-        window = cfg.scan_window_s
-        for o in (o for o in demotion_order(objects, window) if id(o) in ok):
-            if left <= 0 and plan:
-                break
-            if demote_need.get(o.tenant, 0) > 0:
-                demote_need[o.tenant] = max(demote_need[o.tenant], o.size)
-                take(o, demote_need, DIRECT, "over share")
+        split = scans(objects, cfg.scan_window_s)  # once, for both orders
+        if demote_need:
+            ok = {id(o) for o in demotable if o.tenant in usage}
+            for o in demotion_order(split):
+                if left <= 0 and plan:
+                    break
+                if id(o) in ok and demote_need.get(o.tenant, 0) > 0:
+                    demote_need[o.tenant] = max(demote_need[o.tenant], o.size)
+                    take(o, demote_need, DIRECT, "over share")
 
         if not self.promotions_pay(now):
             return plan  # nobody reads the direct path: promoting would only cost
@@ -528,11 +529,13 @@ class ResidencyPolicy:
             if u.pagecache_bytes < shares[t] - self._promotion_band(shares[t])
             and now - self._last_demotion.get(t, -math.inf) >= cfg.min_dwell_s
         }
-        ok = {id(o) for o in movable}
-        for o in (o for o in promotion_order(objects, window) if id(o) in ok):
-            if left <= 0:
-                break
-            take(o, under, PAGECACHE, "under share")
+        if under:
+            ok = {id(o) for o in movable}
+            for o in promotion_order(split):
+                if left <= 0:
+                    break
+                if id(o) in ok:
+                    take(o, under, PAGECACHE, "under share")
         return plan
 
     def _promotion_band(self, target: int) -> int:

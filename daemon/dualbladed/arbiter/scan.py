@@ -12,13 +12,14 @@ hides behind the compute of the cached layers around it; and where the disk is t
 (ratio 4, a few cached layers among many direct ones), it never idles through a run of cached
 layers at a step's end.
 
-The scan. A tenant's layer objects read within ``window_s`` of its newest read (one decode step fits
-well inside it). In last-access order they form a cycle: the step's order, rotated. Each path's
+The scan. A tenant's layer objects read within ``window_s`` of its newest read (one decode step
+fits well inside it). In last-access order they form a cycle: the step's order, rotated. Each path's
 objects form runs along the cycle.
 
 The order. Objects leave a path from the middle of its longest run first (equal runs in the
-bit-reversed order of where they start, so the last single objects are spread too). Splitting the longest run first is bisection, so whatever the split,
-each path's objects end up evenly spread, and the other path's as well. The runs depend only on
+bit-reversed order of where they start, so the last single objects are spread too). Splitting
+the longest run first is bisection, so whatever the split, each path's objects end up evenly
+spread, and the other path's as well. The runs depend only on
 the cycle and the placement, not on where the cycle starts, so two ticks that saw the step at
 different points choose alike (only the first split of a cycle held wholly by one path depends
 on the rotation). Objects outside every scan (read longer ago) keep recency order: the coldest
@@ -33,7 +34,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Iterable, Sequence
-from typing import Protocol, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 
 class Scanned(Protocol):
@@ -60,9 +61,16 @@ S = TypeVar("S", bound=Scanned)
 SCAN_WINDOW_S = 2.0
 
 
-def scans(objects: Iterable[S], window_s: float) -> tuple[dict[str, list[S]], list[S]]:
-    """``(tenant -> its scan in last-access order, objects outside every scan)``; only layer
-    objects are scanned (blocks are put and got one by one: recency is their heat)."""
+class Scans(NamedTuple, Generic[S]):
+    """The candidates split once per plan, for both orders."""
+
+    inside: dict[str, list[S]]  # tenant -> its scan, in last-access order
+    outside: list[S]  # everything else, coldest first
+
+
+def scans(objects: Iterable[S], window_s: float = SCAN_WINDOW_S) -> Scans[S]:
+    """Split the candidates into tenants' scans and the rest; only layer objects are scanned
+    (blocks are put and got one by one: recency is their heat)."""
     by_tenant: dict[str, list[S]] = {}
     outside: list[S] = []
     for o in objects:
@@ -78,7 +86,7 @@ def scans(objects: Iterable[S], window_s: float) -> tuple[dict[str, list[S]], li
         outside += objs[:cut]
         inside[tenant] = objs[cut:]
     outside.sort(key=lambda o: o.last_access)
-    return inside, outside
+    return Scans(inside, outside)
 
 
 def leaving_order(cycle: Sequence[S], path: str) -> list[S]:
@@ -125,17 +133,15 @@ def interleave(orders: Iterable[Sequence[T]]) -> list[T]:
     return [o for group in itertools.zip_longest(*orders) for o in group if o is not None]
 
 
-def demotion_order(objects: Iterable[S], window_s: float = SCAN_WINDOW_S) -> list[S]:
+def demotion_order(split: Scans[S]) -> list[S]:
     """Page-cache objects to demote, best first: outside the scans coldest first, then each
     scan's page-cache objects from the middle of their longest run."""
-    inside, outside = scans(objects, window_s)
-    cold = [o for o in outside if o.path == "pagecache"]  # coldest first
-    return cold + interleave(leaving_order(c, "pagecache") for c in inside.values())
+    cold = [o for o in split.outside if o.path == "pagecache"]  # coldest first
+    return cold + interleave(leaving_order(c, "pagecache") for c in split.inside.values())
 
 
-def promotion_order(objects: Iterable[S], window_s: float = SCAN_WINDOW_S) -> list[S]:
+def promotion_order(split: Scans[S]) -> list[S]:
     """Direct objects to promote, best first: each scan's direct objects from the middle of
     their longest run, then those outside the scans hottest first."""
-    inside, outside = scans(objects, window_s)
-    warm = interleave(leaving_order(c, "direct") for c in inside.values())
-    return warm + [o for o in reversed(outside) if o.path == "direct"]
+    warm = interleave(leaving_order(c, "direct") for c in split.inside.values())
+    return warm + [o for o in reversed(split.outside) if o.path == "direct"]

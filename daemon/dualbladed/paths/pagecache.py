@@ -172,12 +172,10 @@ class PageCachePath(ResidencyPath):
         #: writes of at least this many bytes start their write-back at once (0: never)
         self.writeback_bytes = max(0, writeback_bytes)
         self._writeback_warned = False
-        self._writeback: WritebackStarter | None = None
-        if self.writeback_bytes:
-            try:
-                self._writeback = WritebackStarter()
-            except (OSError, AttributeError):  # no libc symbol: the kernel's flusher decides
-                self.writeback_bytes = 0
+        self._writeback: WritebackStarter | None = None  # built on first use (_starter)
+        self._no_starter = False  # libc has no sync_file_range: the kernel's flusher decides
+        if self.writeback_bytes and self._starter() is None:
+            self.writeback_bytes = 0
         try:
             self._puncher: HolePuncher | None = HolePuncher()
         except (OSError, AttributeError):  # no libc fallocate symbol: slabs keep their blocks
@@ -405,23 +403,26 @@ class PageCachePath(ResidencyPath):
         with self._lock:
             self._dirty.add(slab.index)
             self._resident_cache = None
-        if self._writeback is not None and n >= self.writeback_bytes:
+        if self.writeback_bytes and self._writeback is not None and n >= self.writeback_bytes:
             self._start_writeback(self._writeback, slab, inner, n)
 
     def start_writeback(self, extent: Extent) -> None:
         """Start ``extent``'s write-back whatever ``writeback_bytes`` says (the arbiter's
         promotions: see "Early write-back" in the module docstring)."""
-        starter = self._writeback
+        starter = self._starter()
         if starter is None:
-            if self._writeback_warned:
-                return  # no libc symbol: the kernel's flusher decides
-            try:
-                starter = self._writeback = WritebackStarter()
-            except (OSError, AttributeError):
-                self._writeback_warned = True
-                return
+            return
         slab, inner = self._io_target(extent, extent.length)
         self._start_writeback(starter, slab, inner, extent.length)
+
+    def _starter(self) -> WritebackStarter | None:
+        """The write-back starter, built once (None where libc lacks ``sync_file_range``)."""
+        if self._writeback is None and not self._no_starter:
+            try:
+                self._writeback = WritebackStarter()
+            except (OSError, AttributeError):
+                self._no_starter = True
+        return self._writeback
 
     def _start_writeback(
         self, starter: WritebackStarter, slab: _Slab, inner: int, length: int

@@ -202,20 +202,27 @@ def _proc_io(pid: int) -> tuple[int, int]:
     return int(fields["read_bytes"]), int(fields["write_bytes"])
 
 
-def _proc_cpu_s(pid: int) -> float | None:
-    """utime + stime of ``pid`` in seconds (/proc/<pid>/stat fields 14 and 15)."""
+def _proc_stat(pid: int | str) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (field 3 is index 0), or None."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces
+    return text.rsplit(")", 1)[1].split()  # the command name may hold spaces
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    """utime + stime of ``pid`` in seconds (/proc/<pid>/stat fields 14 and 15)."""
+    fields = _proc_stat(pid)
+    if fields is None:
+        return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _major_faults() -> int:
     """This process's major page faults so far (/proc/self/stat field 12)."""
-    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[9])
+    fields = _proc_stat("self")
+    return 0 if fields is None else int(fields[9])
 
 
 def _rss() -> tuple[int, int]:
@@ -306,11 +313,16 @@ def run_trace(
     # The worker's own CPU comes from process_time() (ns resolution, every thread); /proc's
     # clock ticks (10 ms) read 0 for a short run. The daemon has only /proc.
     cpu_pids = [daemon_pid] if daemon_pid else []
+
+    def cpu_now() -> list[float | None]:
+        """CPU seconds so far: the worker's, then the daemon's (if any)."""
+        return [time.process_time()] + [_proc_cpu_s(p) for p in cpu_pids]
+
     with LayerPipeline(timed, num_layers=spec.layers, depth="auto", config=cfg) as pipe:
         # -- prefill: compute each layer, write its K and V back while the next layer computes.
         t0 = time.perf_counter()
         prefill_compute = 0.0
-        pre_cpu0 = [time.process_time()] + [_proc_cpu_s(p) for p in cpu_pids]
+        pre_cpu0 = cpu_now()
         pre_faults0 = _major_faults()
         for layer in range(spec.layers):
             c0 = time.perf_counter()
@@ -330,7 +342,7 @@ def run_trace(
             pipe.writeback(layer, items)
         pipe.flush()
         prefill_s = time.perf_counter() - t0
-        pre_cpu1 = [time.process_time()] + [_proc_cpu_s(p) for p in cpu_pids]
+        pre_cpu1 = cpu_now()
         prefill_faults = _major_faults() - pre_faults0
         say(f"prefill {prefill_s:.2f} s ({spec.kv_bytes / 2**30:.2f} GiB KV)")
 
@@ -342,12 +354,12 @@ def run_trace(
         reads = [layer_read(layer, length) for layer in range(spec.layers)]
         pipe.begin_step(reads)
         io0 = [_proc_io(p) for p in io_pids]
-        cpu0 = [time.process_time()] + [_proc_cpu_s(p) for p in cpu_pids]
+        cpu0 = cpu_now()
         t_decode = time.perf_counter()
         for step in range(total):
             if step == spec.warmup_steps:
                 io0 = [_proc_io(p) for p in io_pids]
-                cpu0 = [time.process_time()] + [_proc_cpu_s(p) for p in cpu_pids]
+                cpu0 = cpu_now()
                 timed.reset()
                 t_decode = time.perf_counter()
             t0 = time.perf_counter()
@@ -389,7 +401,7 @@ def run_trace(
         pipe.flush()
         decode_s = time.perf_counter() - t_decode
         io1 = [_proc_io(p) for p in io_pids]
-        cpu1 = [time.process_time()] + [_proc_cpu_s(p) for p in cpu_pids]
+        cpu1 = cpu_now()
         kv_read_bytes, kv_read_s = timed.bytes, timed.busy_s
         depth, fallbacks = pipe.stats().depth, pipe.stats().staging_fallbacks
         cache, anon, shmem = _cgroup_memory(cgroup_stat)  # still inside: buffers are live
