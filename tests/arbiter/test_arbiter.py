@@ -333,15 +333,16 @@ def test_a_ticks_relocations_run_up_to_the_worker_count_at_once(make_rig, worker
     data = {b"w%02d" % i: rig.put(b"w%02d" % i, 2 * MiB) for i in range(8)}
     assert set(rig.paths().values()) == {DIRECT}
     lock, flight, peak = threading.Lock(), [0], [0]
-    relocate = rig.store.relocate
+    relocate, bounces = rig.store.relocate, []
 
-    def slow_relocate(tenant, key, path):  # noqa: ANN001, ANN202 - the real move, held open
+    def slow_relocate(tenant, key, path, *, bounce):  # noqa: ANN001, ANN202 - the real move
         with lock:
             flight[0] += 1
             peak[0] = max(peak[0], flight[0])
+            bounces.append(bounce)
         try:
             time.sleep(0.05)  # long enough that moves submitted together overlap
-            return relocate(tenant, key, path)
+            return relocate(tenant, key, path, bounce=bounce)
         finally:
             with lock:
                 flight[0] -= 1
@@ -355,6 +356,9 @@ def test_a_ticks_relocations_run_up_to_the_worker_count_at_once(make_rig, worker
     assert rig.arbiter.totals()["promoted_bytes"] == 16 * MiB
     for key, value in data.items():
         assert rig.read(key) == value
+    # each thread copied through one bounce buffer for the whole plan, unmapped after it
+    assert len({id(b) for b in bounces}) <= workers < len(bounces)
+    assert all(b is not None and b.capacity == 0 for b in bounces)
 
 
 def test_a_stop_skips_the_queued_relocations_of_a_plan(make_rig) -> None:
@@ -366,9 +370,9 @@ def test_a_stop_skips_the_queued_relocations_of_a_plan(make_rig) -> None:
         rig.put(b"s%02d" % i, 2 * MiB)
     relocate, queued = rig.store.relocate, threading.Event()
 
-    def slow_relocate(tenant, key, path):  # noqa: ANN001, ANN202 - the real move, held open
+    def slow_relocate(tenant, key, path, **kw):  # noqa: ANN001, ANN003, ANN202 - held open
         time.sleep(0.3)
-        return relocate(tenant, key, path)
+        return relocate(tenant, key, path, **kw)
 
     class Open:  # admits every move at once and says when the last one is queued
         calls = 0

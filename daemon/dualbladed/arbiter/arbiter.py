@@ -90,7 +90,7 @@ from dualbladed.errors import DualbladeError, FailedPrecondition, InvalidArgumen
 from dualbladed.paths.abstract import DIRECT, PAGECACHE
 from dualbladed.paths.pagecache import PageCachePath
 from dualbladed.ratelimit import TokenBucket
-from dualbladed.store import ObjectStore, Usage
+from dualbladed.store import Bounce, ObjectStore, Usage
 
 log = logging.getLogger(__name__)
 
@@ -315,30 +315,51 @@ class ResidencyArbiter:
         return done
 
     def _execute_all(self, group: list[Migration]) -> list[MigrationRecord]:
-        """Run ``group`` through the token bucket, up to ``migration_workers`` at once."""
+        """Run ``group`` through the token bucket, up to ``migration_workers`` at once.
+
+        Each thread copies through one bounce buffer for the whole group, unmapped when the
+        group is done (:class:`~dualbladed.store.relocate.Bounce`: a fresh buffer per move
+        spent a third of a promotion's CPU faulting pages in)."""
         if self.migration_workers == 1 or len(group) == 1:
             out = []
-            for m in group:
-                if self._stop.is_set() or not self._bucket.wait(m.size, self._stop):
-                    break
-                rec = self._execute(m)
-                if rec is not None:
-                    out.append(rec)
+            bounce = Bounce()
+            try:
+                for m in group:
+                    if self._stop.is_set() or not self._bucket.wait(m.size, self._stop):
+                        break
+                    rec = self._execute(m, bounce)
+                    if rec is not None:
+                        out.append(rec)
+            finally:
+                bounce.close()
             return out
         futures: list[Future[MigrationRecord | None]] = []
         workers = min(self.migration_workers, len(group))
-        with ThreadPoolExecutor(workers, thread_name_prefix="residency-move") as pool:
-            for m in group:
-                if self._stop.is_set() or not self._bucket.wait(m.size, self._stop):
-                    break
-                # _execute logs its failures. The bucket admits a burst of small moves at once,
-                # so many can be queued: each checks for a stop first, or a SIGTERM would wait
-                # for the whole queue (seen: 18 s to stop behind a 2048-move plan).
-                futures.append(pool.submit(self._execute_unless_stopped, m))
-        return [rec for f in futures if (rec := f.result()) is not None]
+        local = threading.local()
+        bounces: list[Bounce] = []  # one per worker thread of this group
 
-    def _execute_unless_stopped(self, m: Migration) -> MigrationRecord | None:
-        return None if self._stop.is_set() else self._execute(m)
+        def run(m: Migration) -> MigrationRecord | None:
+            if self._stop.is_set():
+                return None
+            bounce = getattr(local, "bounce", None)
+            if bounce is None:
+                bounce = local.bounce = Bounce()
+                bounces.append(bounce)
+            return self._execute(m, bounce)
+
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="residency-move") as pool:
+                for m in group:
+                    if self._stop.is_set() or not self._bucket.wait(m.size, self._stop):
+                        break
+                    # _execute logs its failures. The bucket admits a burst of small moves at
+                    # once, so many can be queued: each checks for a stop first, or a SIGTERM
+                    # would wait for the whole queue (seen: 18 s to stop behind a 2048-move plan).
+                    futures.append(pool.submit(run, m))
+            return [rec for f in futures if (rec := f.result()) is not None]
+        finally:
+            for bounce in bounces:  # the pool's threads are done with them
+                bounce.close()
 
     def _observe(self, *, plan: bool) -> list[Migration]:
         signals = self._signals.read()
@@ -444,7 +465,7 @@ class ResidencyArbiter:
             else:
                 self._want[path] = self._base_candidates
 
-    def _execute(self, m: Migration) -> MigrationRecord | None:
+    def _execute(self, m: Migration, bounce: Bounce | None = None) -> MigrationRecord | None:
         t0 = time.perf_counter()
         error: str | None = None
         try:
@@ -454,7 +475,7 @@ class ResidencyArbiter:
             if m.dst == PAGECACHE and not self._pagecache_fits(m.size):
                 return None  # no room or at the disk floor: the object stays on direct
             with self.meter.moving() if self.meter is not None else contextlib.nullcontext():
-                self._store.relocate(m.tenant, m.key, m.dst)
+                self._store.relocate(m.tenant, m.key, m.dst, bounce=bounce)
         except (NotFound, FailedPrecondition) as e:  # deleted or overwritten meanwhile
             error = str(e)
             log.info("migration of tenant %s key %r skipped: %s", m.tenant, m.key, e)

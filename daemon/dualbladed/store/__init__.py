@@ -14,9 +14,11 @@ from dualbladed.store.index import ObjectInfo, PathUsage, StoreStats, Usage
 from dualbladed.store.input import MAX_KEY_BYTES
 from dualbladed.store.meta import MetaStore, ObjectRecord, parse_tenant, tenant_name
 from dualbladed.store.objects import ObjectStore
+from dualbladed.store.relocate import Bounce
 
 __all__ = [
     "MAX_KEY_BYTES",
+    "Bounce",
     "MetaStore",
     "ObjectInfo",
     "ObjectRecord",

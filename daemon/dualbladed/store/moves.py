@@ -18,7 +18,7 @@ from dualbladed.errors import FailedPrecondition
 from dualbladed.store import layers
 from dualbladed.store.index import IndexEntry, ObjectInfo
 from dualbladed.store.input import check_key
-from dualbladed.store.relocate import Move, relocate
+from dualbladed.store.relocate import Bounce, Move, relocate
 
 if TYPE_CHECKING:
     from dualbladed.paths.abstract import ResidencyPath
@@ -45,7 +45,9 @@ class StoreMoves:
         def _retire(self, entry: IndexEntry) -> None: ...
         def _unpin(self, entry: IndexEntry) -> None: ...
 
-    def relocate(self, tenant: str, key: bytes, new_path: str) -> ObjectInfo:
+    def relocate(
+        self, tenant: str, key: bytes, new_path: str, *, bounce: Bounce | None = None
+    ) -> ObjectInfo:
         """Move one object to ``new_path`` (the residency arbiter's migration hook).
 
         Copy, verify, flush the destination, commit durably, then free the old extent: a failure
@@ -59,17 +61,20 @@ class StoreMoves:
         A layer object moves whole (capacity extent, size, chunk crcs) while this thread holds
         its append lock, so no append lands in the source during the copy; the moved entry
         keeps the lock, and an append that was waiting for it continues on the moved object.
+
+        ``bounce``: a buffer to copy through, reused across this thread's moves
+        (:class:`~dualbladed.store.relocate.Bounce`); None maps one for this move.
         """
         key = check_key(tenant, key)
         with self._lock:
             self._check_open()
             state = self._require(tenant, key).layer
         if state is None:
-            return relocate(self, tenant, key, new_path)
+            return relocate(self, tenant, key, new_path, bounce=bounce)
         with state.lock:
             self._moving.layer = state  # begin_move checks that it moves what is locked
             try:
-                return relocate(self, tenant, key, new_path)
+                return relocate(self, tenant, key, new_path, bounce=bounce)
             finally:
                 self._moving.layer = None
 

@@ -26,6 +26,14 @@ slab) while decode reads compete for the same disk, and buys nothing.
 Any failure before the commit calls ``abandon_move``: the destination extent is freed and the
 source unpinned, so nothing changed.
 
+The bounce buffer is the caller's to reuse (:class:`Bounce`): the arbiter gives each thread that
+runs a plan's moves one buffer for the whole plan and unmaps it when the plan ends. A fresh
+mapping per move is faulted in and zeroed page by page on first touch. On the bench VM, where
+freed guest pages go back to the host (virtio-balloon free page reporting,
+``page_reporting_order=9``), reading 64 objects of 16 MiB O_DIRECT into a fresh mapping each
+cost 1.15 s of CPU and 2.3-3.0 s, against 0.08 s and 0.9 s into one reused buffer: a third of a
+1 GiB promotion's CPU went to faulting in bounce buffers, while decode ran beside it.
+
 Layer objects (``dualbladed.store.layers``) follow the same protocol: ``begin_move`` allocates
 their whole capacity, ``read_source`` verifies every chunk crc, and the moved row keeps size,
 capacity and crcs. ``ObjectStore.relocate`` holds the object's append lock around all of it.
@@ -48,7 +56,10 @@ from dualbladed.store.index import IndexEntry, ObjectInfo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Move", "MoveSite", "relocate"]
+__all__ = ["Bounce", "Move", "MoveSite", "relocate"]
+
+#: a bounce grows in steps of this much, so objects a few KiB apart share one mapping
+BOUNCE_STEP = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -97,15 +108,53 @@ class MoveSite(Protocol):
         ...
 
 
-def relocate(site: MoveSite, tenant: str, key: bytes, new_path: str) -> ObjectInfo:
-    """Move ``(tenant, key)`` to ``new_path``; see :meth:`ObjectStore.relocate`."""
+class Bounce:
+    """A page-aligned buffer (as O_DIRECT wants) reused by the moves of one thread.
+
+    It grows to the largest object moved (in ``BOUNCE_STEP`` steps) and is unmapped by
+    :meth:`close` (or when dropped), so it costs memory only while its owner runs moves: the
+    arbiter keeps one per migrating thread for the length of a plan. Not thread-safe. Its bytes
+    are never exposed: a move writes exactly the ``size`` bytes its verified read filled.
+    """
+
+    def __init__(self) -> None:
+        #: the buffer now (None: unmapped)
+        self.mapping: mmap.mmap | None = None
+
+    def view(self, nbytes: int) -> memoryview:
+        """The first ``nbytes`` bytes, mapping a larger buffer first if needed."""
+        if self.mapping is None or len(self.mapping) < nbytes:
+            self.close()
+            self.mapping = mmap.mmap(-1, max(BOUNCE_STEP, -(-nbytes // BOUNCE_STEP) * BOUNCE_STEP))
+        return memoryview(self.mapping)[:nbytes]
+
+    @property
+    def capacity(self) -> int:
+        """Bytes mapped now (0: none)."""
+        return 0 if self.mapping is None else len(self.mapping)
+
+    def close(self) -> None:
+        """Unmap now, or once the last view is released (``close_mapping``)."""
+        if self.mapping is not None:
+            close_mapping(self.mapping)  # deferred if a failed write's traceback holds views
+            self.mapping = None
+
+
+def relocate(
+    site: MoveSite, tenant: str, key: bytes, new_path: str, *, bounce: Bounce | None = None
+) -> ObjectInfo:
+    """Move ``(tenant, key)`` to ``new_path``; see :meth:`ObjectStore.relocate`.
+
+    ``bounce``: the caller's buffer to copy through (module docstring); None maps one for this
+    move only."""
     move = site.begin_move(tenant, key, new_path)
     if isinstance(move, ObjectInfo):
         return move  # already there
     info = move.source.info
+    own = bounce is None
+    buffer = Bounce() if bounce is None else bounce
     try:
-        bounce = mmap.mmap(-1, info.length)  # page-aligned, as O_DIRECT wants
-        view = memoryview(bounce)[: info.size]
+        view = buffer.view(info.length)[: info.size]
         try:
             actual = site.read_source(move, view)
             if actual is None:
@@ -116,7 +165,8 @@ def relocate(site: MoveSite, tenant: str, key: bytes, new_path: str) -> ObjectIn
                     move.dest.start_writeback(move.extent)
         finally:
             view.release()
-            close_mapping(bounce)  # deferred if a failed write's traceback holds views
+            if own:
+                buffer.close()
     except BaseException:
         site.abandon_move(move)
         raise
