@@ -36,6 +36,7 @@ import functools
 import grp
 import logging
 import os
+import select
 import signal
 import threading
 from collections.abc import Sequence
@@ -116,7 +117,8 @@ class Daemon:
         self.config = config
         self._stack = contextlib.ExitStack()
         self._stopped = threading.Event()
-        self._stop_requested = threading.Event()  # set by a trapped signal
+        self._signal: int | None = None  # the trapped signal that asked us to stop
+        self._wakeup: int | None = None  # read end of the signal wake-up pipe (trap_signals)
         self.store: ObjectStore | None = None
         self.registry: SessionRegistry | None = None
         self.arbiter: ResidencyArbiter | None = None
@@ -450,12 +452,24 @@ class Daemon:
         logger.info("dualbladed stopped cleanly")
 
     def trap_signals(self) -> None:
-        """Make SIGTERM/SIGINT request a clean stop. Call before :meth:`start`: READY=1 goes out
-        inside it, and a SIGTERM that follows at once must drain, not kill the process."""
+        """Make SIGTERM/SIGINT request a clean stop. Call on the main thread, before
+        :meth:`start`: READY=1 goes out inside it, and a SIGTERM that follows at once must
+        drain, not kill the process.
+
+        The handler only stores the signal number. It runs on the main thread between two
+        bytecodes, possibly inside a critical section of a non-reentrant lock the main thread
+        holds: it used to call ``Event.set`` while the main loop sat in ``Event.wait``, whose
+        condition lock is such a lock, and a SIGTERM 1 ms after READY=1 hung the daemon for
+        good (its log: "signal SIGTERM received", nothing after). The interpreter's C-level
+        handler writes the signal to a wake-up pipe (``signal.set_wakeup_fd``), which makes
+        :meth:`serve_forever`'s ``select`` return at once; the main loop logs and stops."""
+        if self._wakeup is None:
+            rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+            self._wakeup = rfd
 
         def on_signal(signum: int, _frame: object) -> None:
-            logger.info("signal %s received", signal.Signals(signum).name)
-            self._stop_requested.set()
+            self._signal = signum  # nothing else: see the docstring
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
@@ -463,14 +477,16 @@ class Daemon:
     def serve_forever(self) -> None:
         """Serve until a trapped signal arrives (traps them now if :meth:`trap_signals` was not
         called), then stop."""
-        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        if self._wakeup is None:
             self.trap_signals()
+        assert self._wakeup is not None
         try:
-            # A timed wait, looped: seen once at load ~10, a SIGTERM whose handler never ran
-            # while the main thread sat in an untimed Event.wait (py-spy: main in
-            # Condition.wait, every other thread idle, 120 s later). Returning to the
-            # interpreter every second lets a pending signal handler run.
-            while not self._stop_requested.wait(1.0):
-                pass
+            # The timeout is a second line of defence: the wake-up pipe ends the wait at once.
+            while self._signal is None:
+                select.select([self._wakeup], [], [], 1.0)
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._wakeup, 512):
+                        pass
+            logger.info("signal %s received", signal.Signals(self._signal).name)
         finally:
             self.stop()
