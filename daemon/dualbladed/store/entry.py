@@ -192,6 +192,8 @@ class IndexEntry:
     capacity = 0
     chunk_crcs: tuple[int, ...] = ()
 
+    # The slots' types, for type checkers only (they cannot read a computed ``__slots__``);
+    # annotations without values create no class attributes, so the slots stay the only storage.
     tenant: str
     key: bytes
     size: int
