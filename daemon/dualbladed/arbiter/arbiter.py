@@ -318,8 +318,8 @@ class ResidencyArbiter:
         """Run ``group`` through the token bucket, up to ``migration_workers`` at once.
 
         Each thread copies through one bounce buffer for the whole group, unmapped when the
-        group is done (:class:`~dualbladed.store.relocate.Bounce`: a fresh buffer per move
-        spent a third of a promotion's CPU faulting pages in)."""
+        group is done (:class:`~dualbladed.store.relocate.Bounce`: with a fresh buffer per
+        move, faulting its pages in took up to two thirds of a promotion's CPU)."""
         if self.migration_workers == 1 or len(group) == 1:
             out = []
             bounce = Bounce()

@@ -31,8 +31,9 @@ runs a plan's moves one buffer for the whole plan and unmaps it when the plan en
 mapping per move is faulted in and zeroed page by page on first touch. On the bench VM, where
 freed guest pages go back to the host (virtio-balloon free page reporting,
 ``page_reporting_order=9``), reading 64 objects of 16 MiB O_DIRECT into a fresh mapping each
-cost 1.15 s of CPU and 2.3-3.0 s, against 0.08 s and 0.9 s into one reused buffer: a third of a
-1 GiB promotion's CPU went to faulting in bounce buffers, while decode ran beside it.
+cost 1.15 s of CPU and 2.3-3.0 s, against 0.08 s and 0.9 s into one reused buffer; promoting 32
+layer objects of 16 MiB took 1.07-2.69 s of CPU with a fresh bounce each and 0.39-0.74 s through
+one (in-process, file namespace), CPU that decode running beside it needs.
 
 Layer objects (``dualbladed.store.layers``) follow the same protocol: ``begin_move`` allocates
 their whole capacity, ``read_source`` verifies every chunk crc, and the moved row keeps size,
