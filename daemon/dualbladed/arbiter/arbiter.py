@@ -319,7 +319,7 @@ class ResidencyArbiter:
 
         Each thread copies through one bounce buffer for the whole group, unmapped when the
         group is done (:class:`~dualbladed.store.relocate.Bounce`: with a fresh buffer per
-        move, faulting its pages in took up to two thirds of a promotion's CPU)."""
+        move, faulting its pages in took half to three quarters of a promotion's CPU)."""
         if self.migration_workers == 1 or len(group) == 1:
             out = []
             bounce = Bounce()
