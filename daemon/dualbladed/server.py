@@ -118,7 +118,7 @@ class Daemon:
         self._stack = contextlib.ExitStack()
         self._stopped = threading.Event()
         self._signal: int | None = None  # the trapped signal that asked us to stop
-        self._wakeup: int | None = None  # read end of the signal wake-up pipe (trap_signals)
+        self._wakeup: tuple[int, int] | None = None  # the signal wake-up pipe (trap_signals)
         self.store: ObjectStore | None = None
         self.registry: SessionRegistry | None = None
         self.arbiter: ResidencyArbiter | None = None
@@ -464,9 +464,8 @@ class Daemon:
         handler writes the signal to a wake-up pipe (``signal.set_wakeup_fd``), which makes
         :meth:`serve_forever`'s ``select`` return at once; the main loop logs and stops."""
         if self._wakeup is None:
-            rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-            signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
-            self._wakeup = rfd
+            self._wakeup = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            signal.set_wakeup_fd(self._wakeup[1], warn_on_full_buffer=False)
 
         def on_signal(signum: int, _frame: object) -> None:
             self._signal = signum  # nothing else: see the docstring
@@ -480,13 +479,23 @@ class Daemon:
         if self._wakeup is None:
             self.trap_signals()
         assert self._wakeup is not None
+        wake = self._wakeup[0]
         try:
             # The timeout is a second line of defence: the wake-up pipe ends the wait at once.
             while self._signal is None:
-                select.select([self._wakeup], [], [], 1.0)
+                select.select([wake], [], [], 1.0)
                 with contextlib.suppress(BlockingIOError):
-                    while os.read(self._wakeup, 512):
+                    while os.read(wake, 512):
                         pass
             logger.info("signal %s received", signal.Signals(self._signal).name)
         finally:
             self.stop()
+            # Unhook the pipe before closing it (we are on the main thread, as set_wakeup_fd
+            # wants): a signal must never write into a reused descriptor number. A wake-up fd
+            # someone set after ours stays theirs.
+            current = signal.set_wakeup_fd(-1)
+            if current != self._wakeup[1]:
+                signal.set_wakeup_fd(current)
+            for fd in self._wakeup:
+                os.close(fd)
+            self._wakeup = None

@@ -66,11 +66,15 @@ def test_the_handler_only_stores_the_signal(tmp_path: Path, restore_signals: Non
     with lock:  # what the main thread may hold when the signal lands
         handler(signal.SIGTERM, None)
     assert daemon._signal == signal.SIGTERM
+    assert daemon._wakeup is not None and signal.set_wakeup_fd(-1) == daemon._wakeup[1]
+    for fd in daemon._wakeup:  # serve_forever never ran to close them
+        os.close(fd)
 
 
 def test_a_sigterm_ends_the_main_loop_at_once(tmp_path: Path, restore_signals: None) -> None:
     daemon = _daemon(tmp_path)
     daemon.trap_signals()
+    ends = [daemon._wakeup]
     sent: list[float] = []
 
     def kill() -> None:
@@ -84,6 +88,11 @@ def test_a_sigterm_ends_the_main_loop_at_once(tmp_path: Path, restore_signals: N
         ended = time.monotonic()
         timer.join()
     assert sent and daemon._stopped.is_set()
+    pipe = ends[0]
+    assert daemon._wakeup is None and signal.set_wakeup_fd(-1) == -1, "the pipe is unhooked"
+    for fd in pipe:  # and closed: a later signal cannot write into a reused descriptor
+        with pytest.raises(OSError):
+            os.fstat(fd)
     # Without the wake-up pipe the loop would end at its 1 s select timeout, 0.8 s after the
     # signal; with it, at once (plus whatever the machine's scheduler added meanwhile).
     assert ended - sent[0] < 0.5 + lag.worst, f"stopped {ended - sent[0]:.2f} s after SIGTERM"
