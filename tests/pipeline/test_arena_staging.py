@@ -124,3 +124,34 @@ def test_a_layer_growing_a_token_a_step_changes_class_rarely() -> None:
     assert staging_size_class(32 * MiB) == staging_size_class(32 * MiB + 8 * KiB)
     classes = {staging_size_class(33_570_816 + step * 4 * KiB) for step in range(256)}
     assert len(classes) <= 2
+
+
+def test_a_fallback_to_host_staging_says_why_and_reads_stay_correct() -> None:
+    """An arena too small for one layer's staging: every read falls back to host memory (a
+    bounce copy), the bytes are still right, and the stats keep the arena's reason."""
+    fd = os.memfd_create("arena-small")
+    os.ftruncate(fd, 64 * KiB)
+    small = ClientArena(fd, 64 * KiB)
+    try:
+        backend = ArenaBackend(small)
+        pattern = torch.randint(0, 256, (CONTEXT * TOKEN,), dtype=torch.uint8)
+        cfg = AdaptiveConfig(staging_bytes=(DEPTH + 1) * 2 * CONTEXT * TOKEN, max_depth=DEPTH)
+        with LayerPipeline(backend, num_layers=2, depth="auto", config=cfg) as pipe:
+            for layer in range(2):
+                keys = [b"L%d/%s" % (layer, kind) for kind in (b"k", b"v")]
+                for key in keys:
+                    backend.reserve(key, CONTEXT * TOKEN)
+                pipe.append(layer, [(key, pattern) for key in keys])
+            pipe.flush()
+            reads = [layer_read(layer, CONTEXT) for layer in range(2)]
+            pipe.begin_step(reads)
+            for layer in range(2):
+                buf = pipe.layer(layer)
+                k_off = reads[layer].offsets[0]
+                assert torch.equal(buf[k_off : k_off + CONTEXT * TOKEN], pattern)
+            pipe.end_step()
+            stats = pipe.stats()
+        assert stats.staging_fallbacks >= 2
+        assert stats.staging_error is not None and "arena full" in stats.staging_error
+    finally:
+        small.close()

@@ -97,3 +97,6 @@ class PipelineStats:
     chunk_bytes: int
     io_ewma_s: float | None
     compute_ewma_s: float | None
+    # Why the first staging fallback happened (the backend's error, e.g. "arena full: slot of
+    # N bytes requested, ..."), None without one: what a fallback count alone cannot say.
+    staging_error: str | None = None

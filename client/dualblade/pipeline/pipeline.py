@@ -131,6 +131,7 @@ class LayerPipeline:
         self.segment_align = staging_alignment(backend)
         self.controller = AdaptiveController(cfg, fixed_depth=None if depth == "auto" else depth)
         self._staging_fallbacks = 0
+        self._staging_error: str | None = None  # the first fallback's reason
         self._arena_ptrs: set[int] = set()
         alloc, free = self._staging_functions(backend)
         self._read_staging = StagingPool(
@@ -361,6 +362,7 @@ class LayerPipeline:
             chunk_bytes=self._plan.chunk_bytes,
             io_ewma_s=self.controller.io_s,
             compute_ewma_s=self.controller.compute_s,
+            staging_error=self._staging_error,
         )
 
     # -- internals ---------------------------------------------------------------------------
@@ -388,6 +390,8 @@ class LayerPipeline:
             except Exception as err:  # e.g. the SDK arena is full: host memory still works
                 with self._lock:
                     self._staging_fallbacks += 1
+                    if self._staging_error is None:
+                        self._staging_error = f"{type(err).__name__}: {err}"
                 log.debug("backend staging of %d bytes failed (%s); using host memory", nbytes, err)
                 return self._alloc_host(nbytes)
             with self._lock:

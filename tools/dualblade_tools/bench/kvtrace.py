@@ -157,6 +157,8 @@ class TraceResult:
     #: staging requests the arena could not serve (the pipeline used host memory, and each
     #: read then costs the client a bounce copy): a fragmented arena shows here
     staging_fallbacks: int = 0
+    #: why the first of them happened (the arena's error), None without any
+    staging_error: str | None = None
     #: prefill's matmuls on the model thread, weights' page faults included: what no KV
     #: placement can take off the prefill (the benchmark's prefill floor)
     prefill_compute_s: float = 0.0
@@ -403,7 +405,8 @@ def run_trace(
         io1 = [_proc_io(p) for p in io_pids]
         cpu1 = cpu_now()
         kv_read_bytes, kv_read_s = timed.bytes, timed.busy_s
-        depth, fallbacks = pipe.stats().depth, pipe.stats().staging_fallbacks
+        stats = pipe.stats()
+        depth, fallbacks, staging_error = stats.depth, stats.staging_fallbacks, stats.staging_error
         cache, anon, shmem = _cgroup_memory(cgroup_stat)  # still inside: buffers are live
         placed = _placement(backend)
     measured = sorted(times[spec.warmup_steps :])
@@ -437,6 +440,7 @@ def run_trace(
         daemon_cpu_s=_cpu_delta(cpu0[1], cpu1[1]) if cpu_pids else None,
         pagecache_fraction=placed,
         staging_fallbacks=fallbacks,
+        staging_error=staging_error,
     )
 
 

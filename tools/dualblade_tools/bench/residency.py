@@ -123,6 +123,8 @@ class ResidencyRecord:
     decode_steps_ms: tuple[float, ...] | None = None
     #: staging requests the client's arena could not serve (kvtrace's diagnostic)
     staging_fallbacks: int | None = None
+    #: why the first of them happened (the arena's error message)
+    staging_error: str | None = None
     #: prefill's matmuls on the model thread (weights' faults included); the prefill floor
     prefill_compute_s: float | None = None
     #: where prefill's time went: CPU of the worker and the daemon, the worker's major faults
@@ -373,6 +375,7 @@ class _Bench:
             depth=result["depth"],
             decode_steps_ms=tuple(round(ms, 1) for ms in result.get("decode_ms", ())),
             staging_fallbacks=result.get("staging_fallbacks"),
+            staging_error=result.get("staging_error"),
         )
 
     def _trace(self, tag: str, mode: str, limit: int | None, spec: TraceSpec) -> dict[str, Any]:
