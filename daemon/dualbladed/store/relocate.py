@@ -152,7 +152,6 @@ def relocate(
     if isinstance(move, ObjectInfo):
         return move  # already there
     info = move.source.info
-    own = bounce is None
     buffer = Bounce() if bounce is None else bounce
     try:
         view = buffer.view(info.length)[: info.size]
@@ -166,7 +165,7 @@ def relocate(
                     move.dest.start_writeback(move.extent)
         finally:
             view.release()
-            if own:
+            if bounce is None:  # ours, for this move only
                 buffer.close()
     except BaseException:
         site.abandon_move(move)
