@@ -75,12 +75,48 @@ def test_refaults_cut_by_what_was_refaulted_then_hold_until_calm() -> None:
     assert v.pressure is None and v.contested and v.cap == 1 * GiB - 32 * MiB
 
 
-def test_free_memory_is_taken_at_once_while_no_pressure_was_ever_seen() -> None:
-    fb = Feedback(FeedbackConfig())
+def test_free_memory_is_taken_at_once_when_fill_fraction_is_one() -> None:
+    fb = Feedback(FeedbackConfig(fill_fraction=1.0))
     fb.update(obs(0, sig(4 * GiB, free=GiB)))
     fb._cap = 512 * MiB  # others' memory use had lowered the ceiling; it has risen again
     v = fb.update(obs(1, sig(4 * GiB, free=2 * GiB), pc=256 * MiB))
     assert v.cap == 2 * GiB + 256 * MiB  # room = free + our resident bytes
+
+
+def test_free_memory_is_filled_two_thirds_per_calm_tick_up_to_the_room() -> None:
+    """A jump in free memory (the end of a prefill) is taken in steps, each one deliberate."""
+    fb = Feedback(FeedbackConfig())
+    free, held = 3 * GiB, 0
+    fb.update(obs(0, sig(4 * GiB, free=free)))
+    caps = []
+    for tick in range(1, 12):
+        v = fb.update(obs(tick, sig(4 * GiB, free=free), pc=held))
+        assert v.room == free + held and v.pressure is None
+        assert held <= v.cap <= v.room
+        if v.cap > held:
+            assert v.cap >= held + 64 * MiB or v.cap == v.room  # at least one probe a step
+        caps.append(v.cap)
+        free, held = free - (v.cap - held), v.cap  # the plan promotes up to the cap
+    assert caps[0] == 2 * GiB  # two thirds of 3 GiB free
+    assert caps[1] == 2 * GiB + (GiB * 2) // 3  # two thirds of what was left
+    assert caps[-1] == 3 * GiB  # then all of it, within a few ticks
+    assert caps.index(3 * GiB) <= 5
+
+
+def test_a_fill_step_is_a_deliberate_step_the_policy_takes_inside_its_band() -> None:
+    fb = Feedback(FeedbackConfig())
+    fb.update(obs(0, sig(4 * GiB, free=GiB)))
+    fb.update(obs(1, sig(4 * GiB, free=GiB), pc=0))
+    v = fb.update(obs(2, sig(4 * GiB, free=GiB // 3), pc=(GiB * 2) // 3))
+    assert v.cap > (GiB * 2) // 3 and v.probed  # grew by less than the 256 MiB band
+    v = fb.update(obs(3, sig(4 * GiB, free=GiB // 3), pc=v.cap))
+    assert not v.probed or v.cap > (GiB * 2) // 3
+
+
+def test_without_memfree_there_is_no_fill_step() -> None:
+    fb = Feedback(FeedbackConfig())
+    fb.update(obs(0, sig(4 * GiB)))
+    assert fb.update(obs(1, sig(4 * GiB), pc=0)).cap == 4 * GiB  # room is the ceiling
 
 
 def test_probing_beyond_free_memory_only_while_demand_exceeds_the_cap() -> None:
@@ -100,7 +136,7 @@ def test_a_probe_moves_the_held_budget_at_once_but_noise_in_the_band_does_not() 
         PolicyConfig(
             mode="adaptive",
             hysteresis_bytes=256 * MiB,
-            learn=FeedbackConfig(calm_s=0.0, probe_bytes=64 * MiB),
+            learn=FeedbackConfig(fill_fraction=1.0, calm_s=0.0, probe_bytes=64 * MiB),
         )
     )
     held = p.observe(obs(0, sig(4 * GiB, free=GiB), pc=0)).total
@@ -118,7 +154,7 @@ def test_a_probe_moves_the_held_budget_at_once_but_noise_in_the_band_does_not() 
 
 def test_pressure_while_we_hold_nothing_neither_cuts_nor_contests() -> None:
     """Host-wide PSI left over from someone else: the cap follows free memory, no probing."""
-    fb = Feedback(FeedbackConfig(calm_s=0.0))
+    fb = Feedback(FeedbackConfig(fill_fraction=1.0, calm_s=0.0))
     fb.update(obs(0, sig(4 * GiB, free=2 * GiB), pc=0))
     v = fb.update(obs(1, sig(4 * GiB, free=2 * GiB, psi=30.0), pc=0, demand=3 * GiB))
     assert v.pressure is not None  # still reported (dbctl shows it)

@@ -39,7 +39,7 @@ def obs(
 def test_the_cap_tracks_free_memory_not_others_clean_cache_until_pressure() -> None:
     """2 GiB effective available, of which the weights' clean cache is most: the cap is what is
     free (plus what we hold), and follows it down and up while no pressure was seen."""
-    fb = Feedback(FeedbackConfig())
+    fb = Feedback(FeedbackConfig(fill_fraction=1.0))
     assert fb.update(obs(0, sig(2 * GiB, free=300 * MiB))).cap == 300 * MiB
     v = fb.update(obs(1, sig(2 * GiB, free=100 * MiB), pc=200 * MiB, demand=200 * MiB))
     assert v.cap == 300 * MiB and not v.contested  # room = free + ours
@@ -108,7 +108,7 @@ def test_the_first_cut_does_not_wait_although_we_hold_more_than_the_cap() -> Non
     """Ratio 1: all KV promoted into ``room``; the kernel then evicted some of it and the weights
     refaulted at 447 MiB/s. We held more than the cap (room shrank under us), but no cut was
     pending: the first cut must happen at once, not wait for demotions nobody planned."""
-    fb = Feedback(FeedbackConfig())
+    fb = Feedback(FeedbackConfig(fill_fraction=1.0))
     assert fb.update(obs(0, sig(4 * GiB, free=GiB, refaults=0))).cap == GiB
 
     def held(now: float, refaults: int) -> Observation:  # 1 GiB held, 950 MiB of it resident
@@ -121,7 +121,7 @@ def test_the_first_cut_does_not_wait_although_we_hold_more_than_the_cap() -> Non
 
 
 def test_probing_stops_below_the_level_that_hurt_until_it_is_forgotten() -> None:
-    cfg = FeedbackConfig(calm_s=2.0, probe_bytes=64 * MiB, forget_s=30.0)
+    cfg = FeedbackConfig(fill_fraction=1.0, calm_s=2.0, probe_bytes=64 * MiB, forget_s=30.0)
     fb = Feedback(cfg)
     fb.update(obs(0, sig(4 * GiB, free=0), pc=512 * MiB, demand=GiB))
     v = fb.update(obs(1, sig(4 * GiB, free=0, refaults=GiB // PAGE), pc=512 * MiB, demand=GiB))
@@ -138,17 +138,24 @@ def test_probing_stops_below_the_level_that_hurt_until_it_is_forgotten() -> None
 
 
 def _box(
-    fb_or_policy: Feedback | ResidencyPolicy, ticks: int, room_for_kv: int, amplify: int
+    fb_or_policy: Feedback | ResidencyPolicy,
+    ticks: int,
+    room_for_kv: int,
+    amplify: int,
+    *,
+    hidden: int = 0,
+    held: list[int] | None = None,
 ) -> list[int]:
     """A box with ``room_for_kv`` of memory left beside the weights; KV cached beyond it evicts
     weights, which refault ``amplify`` times the overshoot per tick (a sequential scan over an
-    LRU refaults more than the overshoot). Demotions and promotions move at most 256 MiB per
-    tick, towards the cap. Returns the caps."""
+    LRU refaults more than the overshoot). MemFree shows ``hidden`` bytes more than that (memory
+    others are about to use). Demotions and promotions move at most 256 MiB per tick, towards
+    the cap. Returns the caps; ``held`` collects the KV cached after each tick."""
     demand, pc, refaults, caps = GiB, 0, 0, []
     for tick in range(ticks):
         overshoot = max(0, pc - room_for_kv)
         refaults += amplify * overshoot // PAGE
-        free = max(0, room_for_kv - pc)
+        free = max(0, room_for_kv + hidden - pc)
         o = obs(float(tick), sig(3 * GiB, free=free, refaults=refaults), pc=pc, demand=demand)
         if isinstance(fb_or_policy, Feedback):
             cap = fb_or_policy.update(o).cap
@@ -157,6 +164,8 @@ def _box(
         target = min(demand, cap)
         pc += max(-256 * MiB, min(256 * MiB, target - pc))
         caps.append(cap)
+        if held is not None:
+            held.append(pc)
     return caps
 
 
@@ -167,7 +176,23 @@ def test_a_ratio_4_box_converges_to_a_useful_cap_not_to_zero() -> None:
     tail = caps[-30:]
     assert min(caps[1:]) >= 64 * MiB
     assert 128 * MiB <= min(tail) and max(tail) <= 256 * MiB + 64 * MiB
-    assert caps[0] == 256 * MiB  # starts at what is free, not at the weights' clean cache
+    # starts at two thirds of what is free (a fill step), not at the weights' clean cache
+    assert caps[0] == int(2 / 3 * 256 * MiB)
+
+
+def test_fill_steps_keep_more_kv_cached_when_free_memory_over_reports_the_room() -> None:
+    """Ratio 4 of the residency bench: MemFree said 365 MB at the end of the prefill, ~250 MB
+    of it held KV without refaults. Filling it at once overshot by the whole hidden part; steps
+    of two thirds overshoot by less, and the first cut goes back to the calm step."""
+    ours: list[int] = []
+    at_once: list[int] = []
+    for fill, held in ((2 / 3, ours), (1.0, at_once)):
+        policy = ResidencyPolicy(
+            PolicyConfig(min_dwell_s=0.0, learn=FeedbackConfig(fill_fraction=fill))
+        )
+        _box(policy, 10, 256 * MiB, amplify=4, hidden=128 * MiB, held=held)
+    assert max(ours) < max(at_once)  # a smaller overshoot
+    assert min(ours[1:]) >= 192 * MiB  # and a useful level held after it
 
 
 def test_the_policy_with_the_default_band_keeps_a_useful_cap_on_the_same_box() -> None:

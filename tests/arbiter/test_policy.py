@@ -274,6 +274,23 @@ def test_a_target_smaller_than_the_band_is_still_filled() -> None:
     assert p.plan(held, sim.objs.values(), now=1.0) == []
 
 
+def test_promotions_stop_at_the_raw_budget_when_the_band_holds_a_higher_one() -> None:
+    """Ratio 4 of the residency bench: a budget held at 412 MB from a tick with 611 MB of room,
+    while the room had fallen under 300 MB by the end of the prefill. The band keeps noise
+    from demoting; it must not promote into memory the signals no longer offer."""
+    p = ResidencyPolicy(PolicyConfig(reserve_bytes=0, hysteresis_bytes=256 * MiB))
+    sim = Sim(_objects("a", 64, 16 * MiB, "direct"))
+    p.budget(sig(400 * MiB), 0)
+    held = p.budget(sig(250 * MiB), 0)
+    assert held.total == 400 * MiB and held.raw == 250 * MiB  # inside the band: held
+    plan = p.plan(sim.usage(), sim.objs.values(), now=0.0)
+    assert {m.dst for m in plan} == {"pagecache"}
+    assert 192 * MiB <= sum(m.size for m in plan) <= 250 * MiB
+    # what is already cached above the raw budget but inside the band stays (no demotion)
+    usage = {"a": TenantUsage(320 * MiB, 704 * MiB)}
+    assert p.plan(usage, sim.objs.values(), now=1.0) == []
+
+
 def test_a_probe_sized_deficit_is_filled() -> None:
     """Ratio 1 of the residency bench: 53 of 64 layer objects promoted, 99 MB below a 1005 MB
     target. A quarter of the target (251 MB) as the band left it there, and the cap, which

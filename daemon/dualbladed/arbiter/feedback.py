@@ -45,6 +45,18 @@ of observations into three answers the policy acts on:
      taken by the policy at once (``Verdict.probed``): its hysteresis band (256 MiB) is for
      noise in the signals, and held probes back for four ticks, longer than the decode at
      ratio 1 of the residency bench, which kept 9 of its 64 layer objects on direct.
+   - **Filling** free memory goes in steps: while uncontested, a tick's cap is at most what we
+     hold plus ``fill_fraction`` (2/3) of the free room left (at least one probe), so a cap
+     that jumps (the end of a prefill) fills two thirds of the free memory, and the rest on the
+     next calm tick. Free memory at the end of a prefill is not all free for KV: at ratio 4 of
+     the residency bench ``room`` said 365 MB, the first plan promoted 335-453 MB at once, the
+     weights refaulted at 31-145 MiB/s and the cuts that followed landed anywhere from 59 to
+     250 MB (5-22% of the KV on the page cache, decode 1010 to 696 ms). A step that stays calm
+     becomes the calm level the first cut returns to, so an overshoot of the last third is
+     undone to two thirds, not to wherever the refaults' echo points. Where everything fits the
+     steps cost no time: migrations run at their rate cap (512 MiB/s) anyway, and the second
+     plan starts when the first is done. Without MemFree (``room`` is the ceiling) there is no
+     free memory to measure and no step.
    - The cap never exceeds the ceiling. Where the host gives no MemFree (tests, odd
      containers), ``room`` is the ceiling and this reduces to the old ``available - reserve``.
 
@@ -122,6 +134,9 @@ class FeedbackConfig:
     max_cut_fraction: float = 0.5
     calm_s: float = 5.0
     probe_bytes: int = 64 * MiB
+    #: an uncontested cap grows by at most this share of the free room per tick (module
+    #: docstring, 1., filling); 1.0 takes all free memory at once
+    fill_fraction: float = 2 / 3
     #: how long a level where pressure was seen bounds probing (and keeps the split on)
     forget_s: float = 60.0
     #: after a cut, pressure no stronger than the one that caused it does not cut again for
@@ -189,8 +204,8 @@ class Verdict:
     write_path: str = DIRECT  # where a write burst goes now (module docstring, 4.)
     #: pressure was seen within ``forget_s``: the split applies (module docstring, 2.)
     contested: bool = False
-    #: this tick's cap grew by a probe: a deliberate step the policy takes at once, not noise
-    #: for its hysteresis band to hold back (module docstring, 1., probing)
+    #: this tick's cap grew by a probe or a fill step: a deliberate step the policy takes at
+    #: once, not noise for its hysteresis band to hold back (module docstring, 1.)
     probed: bool = False
 
 
@@ -254,7 +269,8 @@ class Feedback:
             cut = max(cut, int(cfg.decrease * base))
 
         contested = obs.now - self._last_pressure < cfg.forget_s
-        probed = False
+        probed = filling = False
+        held = obs.pagecache_bytes
         # pressure while we hold (next to) nothing is not ours to answer: nothing to give back,
         # and learning from it would keep the cap at 0 and the tenant contested for forget_s.
         # Seen at ratio 2 of the residency bench: the host-wide PSI avg10 of the run before
@@ -262,6 +278,8 @@ class Feedback:
         ours = obs.pagecache_bytes >= MIN_HIT_BYTES
         if cap is None:
             cap = room  # free memory; others' clean cache only once a probe shows it unused
+            if free is not None:
+                cap = min(cap, self._fill_limit(held, room))
         elif pressure is not None and ours:
             self._last_pressure = obs.now
             self._extra = 0
@@ -299,7 +317,11 @@ class Feedback:
         else:
             if not contested:
                 self._bad = None
-                cap = room + self._extra  # tracks free memory, down as well as up
+                cap = room  # tracks free memory, down as well as up
+                if free is not None:
+                    filling = self._fill_limit(held, room) < cap
+                    cap = min(cap, self._fill_limit(held, room))
+                cap += self._extra  # plus what probing earned (not a fill step's to bound)
             probed = pressure is None and self._probe(obs, cap, hit, burst)
             if probed:
                 if not contested:
@@ -337,9 +359,14 @@ class Feedback:
             dict(self._write_speeds),
             write_path,
             contested,
-            probed and before is not None and cap > before,
+            (probed or filling) and before is not None and cap > before,
         )
         return self.verdict
+
+    def _fill_limit(self, held: int, room: int) -> int:
+        """What we may hold after this tick's fill step (module docstring, 1., filling)."""
+        cfg = self.config
+        return held + max(cfg.probe_bytes, int(cfg.fill_fraction * (room - held)))
 
     def _probe(self, obs: Observation, cap: int, hit: float | None, burst: bool) -> bool:
         """Grow the cap by a probe now? (module docstring, 1., probing)"""
