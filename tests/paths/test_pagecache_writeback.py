@@ -43,7 +43,7 @@ def test_a_large_write_starts_write_back_but_still_owes_the_flush(tmp_path: Path
         data = os.urandom(1 * MiB)
         ext = p.allocate(len(data))
         p.write(ext, memoryview(data))
-        assert p._writeback is not None and p._writeback.calls == 1
+        assert p.writeback.starter is not None and p.writeback.starter.calls == 1
         # not a durability step: the slab still waits for flush()'s fdatasync
         assert p._dirty == {0}
         p.flush()
@@ -88,12 +88,12 @@ def test_small_writes_and_a_disabled_path_leave_write_back_to_the_kernel(
     try:
         ext = p.allocate(64 * KiB)
         p.write(ext, memoryview(os.urandom(64 * KiB)))  # a decode step's append: below the bar
-        assert p._writeback is not None and p._writeback.calls == 0
+        assert p.writeback.starter is not None and p.writeback.starter.calls == 0
     finally:
         p.close()
     off = _path(tmp_path / "b", writeback_bytes=0)
     try:
-        assert off._writeback is None
+        assert off.writeback.starter is None
         ext = off.allocate(1 * MiB)
         data = os.urandom(1 * MiB)
         off.write(ext, memoryview(data))
@@ -115,7 +115,7 @@ def test_a_failed_write_back_start_never_fails_the_write(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     p = _path(tmp_path, writeback_bytes=256 * KiB)
-    p._writeback = _FailingStarter()
+    p.writeback.starter = _FailingStarter()
     try:
         with caplog.at_level(logging.WARNING, logger="dualbladed.paths.pagecache"):
             for _ in range(2):
@@ -128,5 +128,30 @@ def test_a_failed_write_back_start_never_fails_the_write(
         warnings = [r for r in caplog.records if "starting write-back" in r.getMessage()]
         assert len(warnings) == 1  # logged once, not per write
         assert p._dirty == {0}  # flush() still owes the fdatasync
+    finally:
+        p.close()
+
+
+def test_without_sync_file_range_the_kernel_flusher_decides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A libc without the symbol (AttributeError from ctypes): no threshold, no call, no error."""
+    from dualbladed.paths import writeback
+
+    def missing() -> WritebackStarter:
+        raise AttributeError("sync_file_range")
+
+    monkeypatch.setattr(writeback, "WritebackStarter", missing)
+    p = _path(tmp_path, writeback_bytes=256 * KiB)
+    try:
+        assert p.writeback_bytes == 0 and p.writeback.starter is None
+        data = os.urandom(1 * MiB)
+        ext = p.allocate(len(data))
+        p.write(ext, memoryview(data))
+        p.start_writeback(ext)  # a promotion's request: ignored, not raised
+        assert p.writeback.starter is None and p._dirty == {0}
+        out = bytearray(len(data))
+        p.read(ext, memoryview(out))
+        assert out == data
     finally:
         p.close()

@@ -52,7 +52,7 @@ def test_ephemeral_and_non_durable_appends_never_fdatasync(
             store.append(T, key, memoryview(payload(i, 1 * MiB + 4 * KiB)))
     assert pc.flushes == 0
     # the large appends started their write-back; nothing else asked for the disk
-    assert pc._writeback is not None and pc._writeback.calls == 8
+    assert pc.writeback.starter is not None and pc.writeback.starter.calls == 8
     assert store.stat(T, b"per").size == 4 * (1 * MiB + 4 * KiB)
 
 

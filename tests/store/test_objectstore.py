@@ -241,18 +241,18 @@ def test_promoting_an_ephemeral_object_starts_its_write_back_at_once(
         kept = payload(3, 200_000)
         s.put(T, b"p", memoryview(kept), persistent=True)
         s.relocate(T, b"p", "pagecache")
-        assert pc.writeback_bytes == 0 and pc._writeback is None  # flushed, not started
+        assert pc.writeback_bytes == 0 and pc.writeback.starter is None  # flushed, not started
         data = payload(4, 300_000)
         s.put(T, b"e", memoryview(data), persistent=False)
         moved = s.relocate(T, b"e", "pagecache")
         assert moved.path == "pagecache"
-        assert pc._writeback is not None and pc._writeback.calls == 1
+        assert pc.writeback.starter is not None and pc.writeback.starter.calls == 1
         assert read(s, T, b"e") == data and read(s, T, b"p") == kept
         # plain writes to the page cache still start nothing (early write-back is off)
         w = s.put(T, b"w", memoryview(payload(5, 100_000)), persistent=False, path="pagecache")
-        assert w.path == "pagecache" and pc._writeback.calls == 1
+        assert w.path == "pagecache" and pc.writeback.starter.calls == 1
         s.relocate(T, b"e", "direct")  # a demotion starts nothing
-        assert pc._writeback.calls == 1
+        assert pc.writeback.starter.calls == 1
     finally:
         s.close()
 

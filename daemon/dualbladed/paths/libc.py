@@ -105,8 +105,8 @@ class WritebackStarter:
     """``sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)`` through libc: start
     writing the range's dirty pages to the disk and return without waiting for the I/O.
 
-    Not a durability call (no metadata, no drive cache flush, no wait): see "Early write-back"
-    in :mod:`dualbladed.paths.pagecache`. ``calls`` counts the successful calls (tests and
+    Not a durability call (no metadata, no drive cache flush, no wait): see
+    :mod:`dualbladed.paths.writeback`. ``calls`` counts the successful calls (tests and
     stats read it).
     """
 

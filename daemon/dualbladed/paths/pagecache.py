@@ -50,26 +50,9 @@ root's reserved blocks are not counted as ours) on the slabs' filesystem: :meth:
 with :class:`~dualbladed.errors.DiskFloorReached` below it, and :meth:`has_room` lets placement
 choose the direct path instead.
 
-Early write-back (off for writes unless ``writeback_bytes`` is set; the daemon's
-``residency.pagecache_writeback_bytes``; always on for the arbiter's promotions, which call
-:meth:`start_writeback`: a promotion plan writes up to 512 MiB a second into the page cache, and
-at ratio 1 of the residency bench the weights refaulted at 515-662 MiB/s in the second after two
-of them, the feedback cut the cap by half and decode ran at 450-511 ms against 317-325 with the
-promoted pages' write-back started at once). A write of at least ``writeback_bytes`` is followed by
-``sync_file_range(SYNC_FILE_RANGE_WRITE)`` over the range it wrote: the kernel starts writing those
-pages to the disk now and the call returns without waiting for the I/O. Why: under a cgroup v1
-memory limit there is no per-group dirty throttling, so a prefill burst fills the group with dirty
-pages (the whole 1 GiB of KV in the residency bench, while the host stayed far below the global
-background threshold); reclaim at the limit can then only evict clean pages -- the weights -- or
-stall on write-back it starts itself. Started early, the KV's pages turn clean in the background
-and stay cached, so reclaim may drop them too (measured: dirty pages stayed under 32 MiB instead
-of 1 GiB; on its own it changed no decode or prefill time, docs/residency.md "Follow-up 3",
-hence off by default). It is **not** a durability
-step: it neither waits nor flushes metadata or the drive's cache, so :meth:`flush` still
-``fdatasync``s every slab written since the last flush, and a write is acknowledged exactly as
-before. Small writes (a decode step's one-token appends) are left to the normal flusher. A failure
-to start the write-back is logged and ignored (the bytes are in the page cache either way; an I/O
-error in the write-back itself is reported by the next ``fdatasync``, as for any buffered write).
+Early write-back: a write of at least ``writeback_bytes`` (and every promotion, through
+:meth:`PageCachePath.start_writeback`) starts its range's write-back at once; why, and why it is
+no durability step, in :mod:`dualbladed.paths.writeback`.
 
 Locking: one lock guards the allocators, the slab table and the dirty set; data I/O runs
 outside it (``pread``/``pwrite`` on a shared fd are thread-safe and release the GIL).
@@ -105,7 +88,8 @@ from dualbladed.errors import (
 from dualbladed.oserrors import from_oserror, translated
 from dualbladed.paths.abstract import PAGECACHE, ResidencyPath
 from dualbladed.paths.engine import byte_view
-from dualbladed.paths.libc import HolePuncher, Mincore, WritebackStarter
+from dualbladed.paths.libc import HolePuncher, Mincore
+from dualbladed.paths.writeback import EarlyWriteback
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +153,8 @@ class PageCachePath(ResidencyPath):
         self._closed = False
         self._resident_cache: tuple[float, int] | None = None
         self.free_floor = max(0, free_floor)
-        #: writes of at least this many bytes start their write-back at once (0: never)
-        self.writeback_bytes = max(0, writeback_bytes)
-        self._writeback_warned = False
-        self._writeback: WritebackStarter | None = None  # built on first use (_starter)
-        self._no_starter = False  # libc has no sync_file_range: the kernel's flusher decides
-        if self.writeback_bytes and self._starter() is None:
-            self.writeback_bytes = 0
+        #: starts the write-back of large writes and of promotions (module docstring)
+        self.writeback = EarlyWriteback(writeback_bytes)
         try:
             self._puncher: HolePuncher | None = HolePuncher()
         except (OSError, AttributeError):  # no libc fallocate symbol: slabs keep their blocks
@@ -403,45 +382,18 @@ class PageCachePath(ResidencyPath):
         with self._lock:
             self._dirty.add(slab.index)
             self._resident_cache = None
-        if self.writeback_bytes and self._writeback is not None and n >= self.writeback_bytes:
-            self._start_writeback(self._writeback, slab, inner, n)
+        self.writeback.after_write(slab.fd, slab_name(slab.index), inner, n)
+
+    @property
+    def writeback_bytes(self) -> int:
+        """Writes of at least this many bytes start their write-back at once (0: never)."""
+        return self.writeback.threshold
 
     def start_writeback(self, extent: Extent) -> None:
         """Start ``extent``'s write-back whatever ``writeback_bytes`` says (the arbiter's
-        promotions: see "Early write-back" in the module docstring)."""
-        starter = self._starter()
-        if starter is None:
-            return
+        promotions: :mod:`dualbladed.paths.writeback`)."""
         slab, inner = self._io_target(extent, extent.length)
-        self._start_writeback(starter, slab, inner, extent.length)
-
-    def _starter(self) -> WritebackStarter | None:
-        """The write-back starter, built once (None where libc lacks ``sync_file_range``)."""
-        if self._writeback is None and not self._no_starter:
-            try:
-                self._writeback = WritebackStarter()
-            except (OSError, AttributeError):
-                self._no_starter = True
-        return self._writeback
-
-    def _start_writeback(
-        self, starter: WritebackStarter, slab: _Slab, inner: int, length: int
-    ) -> None:
-        """Start writing ``[inner, inner + length)`` of ``slab`` to the disk; do not wait (see
-        "Early write-back" in the module docstring). Never fails the write it follows."""
-        try:
-            starter.start(slab.fd, inner, length)
-        except OSError as e:
-            if not self._writeback_warned:
-                self._writeback_warned = True
-                log.warning(
-                    "page-cache path: starting write-back of %s [%d, +%d) failed (%s); "
-                    "further failures are not logged",
-                    slab_name(slab.index),
-                    inner,
-                    length,
-                    e,
-                )
+        self.writeback.start(slab.fd, slab_name(slab.index), inner, extent.length)
 
     def read(self, extent: Extent, dst: memoryview) -> None:
         view = byte_view(dst)
