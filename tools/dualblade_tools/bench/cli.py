@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "pipeline": "dualblade_tools.bench.pipeline",
     "scale": "dualblade_tools.bench.scale",
     "vllm-tier": "dualblade_tools.bench.vllm_tier",
+    "readcost": "dualblade_tools.bench.readcost",
 }
 
 _HELP = {
@@ -30,6 +31,7 @@ _HELP = {
     "pipeline": "layer-wise prefetch pipeline vs compute",
     "scale": "daemon costs (puts, RSS, idle CPU, status, restart, fsck) as objects pile up",
     "vllm-tier": "DualBladeTier vs vLLM's fs tier: store/load GB/s, lookup p50",
+    "readcost": "CPU per GiB of layer-object reads on each path, beside raw preadv + crc32c",
 }
 
 
