@@ -89,18 +89,39 @@ def test_free_memory_is_filled_two_thirds_per_calm_tick_up_to_the_room() -> None
     free, held = 3 * GiB, 0
     fb.update(obs(0, sig(4 * GiB, free=free)))
     caps = []
-    for tick in range(1, 12):
-        v = fb.update(obs(tick, sig(4 * GiB, free=free), pc=held))
+    for tick in range(1, 12):  # demand beyond the room: probes follow once it is full
+        v = fb.update(obs(tick, sig(4 * GiB, free=free), pc=held, demand=8 * GiB))
         assert v.room == free + held and v.pressure is None
-        assert held <= v.cap <= v.room
-        if v.cap > held:
-            assert v.cap >= held + 64 * MiB or v.cap == v.room  # at least one probe a step
         caps.append(v.cap)
-        free, held = free - (v.cap - held), v.cap  # the plan promotes up to the cap
+        free, held = max(0, free - (v.cap - held)), v.cap  # the plan promotes up to the cap
     assert caps[0] == 2 * GiB  # two thirds of 3 GiB free
     assert caps[1] == 2 * GiB + (GiB * 2) // 3  # two thirds of what was left
-    assert caps[-1] == 3 * GiB  # then all of it, within a few ticks
-    assert caps.index(3 * GiB) <= 5
+    full = next(i for i, cap in enumerate(caps) if cap >= 3 * GiB)  # all of it, in a few ticks
+    steps = [b - a for a, b in zip(caps[:full], caps[1 : full + 1])]
+    assert full <= 5 and min(steps[:-1]) >= 64 * MiB  # at least a probe's worth, but the last
+    # no probe into others' cache while free memory was still being filled, then one per tick
+    assert max(caps[:full]) < 3 * GiB and caps[full] == 3 * GiB
+    assert caps[full + 1] == 3 * GiB + 64 * MiB
+
+
+def test_no_probe_rides_on_a_fill_step() -> None:
+    """80 MiB free beside 1 GiB we hold: the step is one probe's worth, and so "in use" at
+    once. A probe on top of it would put the cap above the free memory, into others' cache."""
+    fb = Feedback(FeedbackConfig())
+    fb.update(obs(0, sig(4 * GiB, free=80 * MiB), pc=GiB, demand=8 * GiB))
+    v = fb.update(obs(1, sig(4 * GiB, free=80 * MiB), pc=GiB, demand=8 * GiB))
+    assert v.cap == GiB + 64 * MiB <= v.room
+
+
+def test_no_probe_while_free_memory_is_left() -> None:
+    """Ratio 4 of the residency bench: the fill reached the room (151 MB) holding 100 MB, and a
+    probe on that tick made a 218 MB cap. Probing waits until the free memory is used."""
+    fb = Feedback(FeedbackConfig())
+    fb.update(obs(0, sig(4 * GiB, free=151 * MiB), pc=0, demand=GiB))
+    v = fb.update(obs(1, sig(4 * GiB, free=51 * MiB), pc=100 * MiB, demand=GiB))
+    assert v.cap == 151 * MiB and not v.probed  # the room, and nothing on top
+    v = fb.update(obs(2, sig(4 * GiB, free=10 * MiB), pc=141 * MiB, demand=GiB))
+    assert v.probed and v.cap == 151 * MiB + 64 * MiB  # used up: now a probe
 
 
 def test_a_fill_step_is_a_deliberate_step_the_policy_takes_inside_its_band() -> None:
@@ -227,6 +248,30 @@ def test_split_fraction_from_measured_speeds_needs_both_paths() -> None:
     off.update(obs(0, sig(4 * GiB)))
     both = {PAGECACHE: PathReads(10**9, 1, 1.0), DIRECT: PathReads(10**9, 1, 1.0)}
     assert off.update(obs(1, sig(4 * GiB), reads=both)).pagecache_fraction is None
+
+
+def test_a_page_cache_sample_taken_while_our_pages_were_evicted_is_dropped() -> None:
+    """Those reads measured the disk behind evicted pages; the hit-ratio cut answers them."""
+    fb = Feedback(FeedbackConfig(speed_alpha=1.0))
+    reads = {PAGECACHE: PathReads(0, 0, 0.0), DIRECT: PathReads(0, 0, 0.0)}
+    fb.update(obs(0, sig(4 * GiB), pc=GiB, reads=reads))
+    reads = {PAGECACHE: PathReads(3 * 10**9, 10, 1.0), DIRECT: PathReads(10**9, 8, 1.0)}
+    assert fb.update(obs(1, sig(4 * GiB), pc=GiB, reads=reads)).pagecache_fraction == 0.75
+    # half our pages gone, and the page-cache reads crawled: no page-cache sample
+    reads = {
+        PAGECACHE: PathReads(3 * 10**9 + 50 * 10**6, 11, 2.0),
+        DIRECT: PathReads(2 * 10**9, 16, 2.0),
+    }
+    v = fb.update(obs(2, sig(4 * GiB), pc=GiB, resident=GiB // 2, reads=reads))
+    assert v.hit_ratio == 0.5 and v.speeds_gbps[PAGECACHE] == 3.0
+    assert v.pagecache_fraction == 0.75
+    # resident again: the same slow sample counts
+    reads = {
+        PAGECACHE: PathReads(3 * 10**9 + 100 * 10**6, 12, 3.0),
+        DIRECT: PathReads(3 * 10**9, 24, 3.0),
+    }
+    v = fb.update(obs(3, sig(4 * GiB), pc=GiB, reads=reads))
+    assert v.speeds_gbps[PAGECACHE] == 0.05 and v.pagecache_fraction < 0.1
 
 
 def test_a_speed_sample_needs_enough_bytes() -> None:

@@ -41,7 +41,9 @@ of observations into three answers the policy acts on:
      between the level that hurt and the one that did not, instead of sawing down to 0.
    - **Probing**: ``calm_s`` after the last pressure, by ``probe_bytes`` per tick, while demand
      exceeds the cap, we actually use it (hold at least ``cap - probe_bytes``: growing an unused
-     cap tests nothing), our hit ratio is perfect and no write burst is on. A probe's step is
+     cap tests nothing), our hit ratio is perfect and no write burst is on; uncontested, also
+     only once free memory is used up (we hold within half a probe of ``room``): a probe is
+     for others' clean cache, and free memory left over is the fill's to take. A probe's step is
      taken by the policy at once (``Verdict.probed``): its hysteresis band (256 MiB) is for
      noise in the signals, and held probes back for four ticks, longer than the decode at
      ratio 1 of the residency bench, which kept 9 of its 64 layer objects on direct.
@@ -70,7 +72,11 @@ of observations into three answers the policy acts on:
    and decoded at 969 / 1228 ms against 662 / 677 ms all cached; on a CPU-bound host the direct
    part's reads and checksums compete with the cached copies and the compute, which the
    throughput model does not see. No split until both paths were measured (a path with nothing
-   on it has no speed), or when ``split`` is off.
+   on it has no speed), or when ``split`` is off. A page-cache sample from a tick whose hit
+   ratio is below ``min_hit_ratio`` is dropped: its reads went to the disk behind evicted
+   pages, which the hit-ratio cut (1.) already answers. Taken as the page cache's speed, it
+   set the split's target far below the share: at ratio 4 of the residency bench (hit ratio
+   0.56) the split demoted 7 of 8 page-cache objects while the budget, 140 MB, held them all.
 
 3. **Write bursts**: on a tick whose interval saw puts place, or writes other than migrations
    write, more than ``write_burst_bytes_per_s`` (at least ``write_burst_min_bytes``),
@@ -322,7 +328,12 @@ class Feedback:
                     filling = self._fill_limit(held, room) < cap
                     cap = min(cap, self._fill_limit(held, room))
                 cap += self._extra  # plus what probing earned (not a fill step's to bound)
-            probed = pressure is None and self._probe(obs, cap, hit, burst)
+            # uncontested, a probe takes others' cache: only once the free memory is used up
+            # (a fill step that binds leaves more than a probe of it). At ratio 4 of the
+            # residency bench a probe came on the tick the fill reached the room, holding
+            # 100 MB of a 151 MB room: a 218 MB cap, 7 promotions, refaults at 44 MiB/s.
+            used_up = contested or held >= room - cfg.probe_bytes // 2
+            probed = pressure is None and used_up and self._probe(obs, cap, hit, burst)
             if probed:
                 if not contested:
                     self._extra += cfg.probe_bytes
@@ -335,7 +346,10 @@ class Feedback:
         if self._carried_at is None and obs.pagecache_bytes <= cap:
             self._carried_at = obs.now
 
-        self._speeds = self._update_speeds(self._speeds, last, obs, "reads")
+        # a page-cache read sample taken while our pages were being evicted measured the disk
+        # behind them: the hit-ratio cut answers that, the split must not answer it again
+        evicted = (PAGECACHE,) if hit is not None and hit < cfg.min_hit_ratio else ()
+        self._speeds = self._update_speeds(self._speeds, last, obs, "reads", skip=evicted)
         self._write_speeds = self._update_speeds(self._write_speeds, last, obs, "writes")
         write_path = choose_write_path(self._write_speeds, cfg.pagecache_write_advantage)
         fraction = None
@@ -395,15 +409,23 @@ class Feedback:
         )
 
     def _update_speeds(
-        self, speeds: dict[str, float], last: Observation | None, obs: Observation, kind: str
+        self,
+        speeds: dict[str, float],
+        last: Observation | None,
+        obs: Observation,
+        kind: str,
+        skip: tuple[str, ...] = (),
     ) -> dict[str, float]:
-        """``speeds`` advanced by this interval's samples of ``obs.reads`` or ``obs.writes``."""
+        """``speeds`` advanced by this interval's samples of ``obs.reads`` or ``obs.writes``
+        (none for the paths in ``skip``)."""
         if last is None:
             return speeds
         a = self.config.speed_alpha
         out = dict(speeds)
         before: Mapping[str, PathReads] = getattr(last, kind)
         for path, now in getattr(obs, kind).items():
+            if path in skip:
+                continue
             d = now.minus(before.get(path, PathReads()))
             if d.bytes < MIN_SAMPLE_BYTES or d.busy_s < MIN_SAMPLE_BUSY_S:
                 continue
