@@ -283,9 +283,8 @@ class Feedback:
         # (cgroup v1 has no PSI of its own) cut an empty cap to 0 for the whole decode.
         ours = obs.pagecache_bytes >= MIN_HIT_BYTES
         if cap is None:
-            cap = room  # free memory; others' clean cache only once a probe shows it unused
-            if free is not None:
-                cap = min(cap, self._fill_limit(held, room))
+            # free memory; others' clean cache only once a probe shows it unused
+            cap, _ = self._fill(held, room, measured=free is not None)
         elif pressure is not None and ours:
             self._last_pressure = obs.now
             self._extra = 0
@@ -323,10 +322,8 @@ class Feedback:
         else:
             if not contested:
                 self._bad = None
-                cap = room  # tracks free memory, down as well as up
-                if free is not None:
-                    filling = self._fill_limit(held, room) < cap
-                    cap = min(cap, self._fill_limit(held, room))
+                # tracks free memory, down as well as up, in fill steps
+                cap, filling = self._fill(held, room, measured=free is not None)
                 cap += self._extra  # plus what probing earned (not a fill step's to bound)
             # uncontested, a probe takes others' cache: only once the free memory is used up
             # (a fill step that binds leaves more than a probe of it). At ratio 4 of the
@@ -377,10 +374,14 @@ class Feedback:
         )
         return self.verdict
 
-    def _fill_limit(self, held: int, room: int) -> int:
-        """What we may hold after this tick's fill step (module docstring, 1., filling)."""
+    def _fill(self, held: int, room: int, *, measured: bool) -> tuple[int, bool]:
+        """The cap free memory gives this tick, and whether the fill step bounded it (module
+        docstring, 1., filling): ``room``, or less by the step where free memory was measured."""
+        if not measured:
+            return room, False
         cfg = self.config
-        return held + max(cfg.probe_bytes, int(cfg.fill_fraction * (room - held)))
+        limit = held + max(cfg.probe_bytes, int(cfg.fill_fraction * (room - held)))
+        return min(room, limit), limit < room
 
     def _probe(self, obs: Observation, cap: int, hit: float | None, burst: bool) -> bool:
         """Grow the cap by a probe now? (module docstring, 1., probing)"""

@@ -29,7 +29,6 @@ best case, the one a split competes with at ratio 1.
 from __future__ import annotations
 
 import argparse
-import mmap
 import os
 import resource
 import shutil
@@ -46,6 +45,7 @@ from dualblade_tools.bench import report
 from dualbladed.namespace.file import FileNamespace
 from dualbladed.paths.abstract import DIRECT, PAGECACHE
 from dualbladed.paths.direct import DirectPath
+from dualbladed.paths.engine import aligned_buffer
 from dualbladed.paths.pagecache import PageCachePath, slab_name
 from dualbladed.store import ObjectStore
 
@@ -108,7 +108,7 @@ def measure(work: Path, objects: int, object_bytes: int, repeat: int) -> list[Re
         access_flush_interval=0,
         max_object_bytes=capacity,
     )
-    dst = memoryview(mmap.mmap(-1, capacity))
+    dst = memoryview(aligned_buffer(capacity))
     try:
         data = memoryview(os.urandom(object_bytes))
         extents = {}
