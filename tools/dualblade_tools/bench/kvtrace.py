@@ -330,10 +330,14 @@ def run_trace(
             c0 = time.perf_counter()
             sink += float((xp @ weights[layer])[0, 0])
             prefill_compute += time.perf_counter() - c0
-            if ranged:
-                for kind in ("k", "v"):
-                    backend.reserve(layer_key(layer, kind), spec.max_tokens * spec.token_bytes)
-                pipe.append(layer, [(layer_key(layer, kind), pattern) for kind in ("k", "v")])
+            if ranged:  # reserved in the write task, as `DualBladeCache` does: no round trip here
+                keys = [layer_key(layer, kind) for kind in ("k", "v")]
+                capacity = spec.max_tokens * spec.token_bytes
+                pipe.append(
+                    layer,
+                    [(key, pattern) for key in keys],
+                    reserve=[(key, capacity, False) for key in keys],
+                )
                 continue
             items = []
             for kind in ("k", "v"):
