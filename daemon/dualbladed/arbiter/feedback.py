@@ -159,17 +159,21 @@ class FeedbackConfig:
     pagecache_write_advantage: float = 4.0
     #: whatever the write speeds, a burst goes to the page cache while memory is not contested
     #: and its page-cache placements take at most ``burst_free_fraction`` of the free memory
-    #: seen when the burst began; 0 turns it off (module docstring, 4.). History
-    #: (docs/residency.md): off from the third session, when at budget ratio 2 a burst took 0.3
-    #: of a free memory that still held the weights' pages not yet faulted in (refaults at
-    #: 749 MiB/s, 22 demotions, 1.44x direct in one run). On again since the ninth: the
-    #: fill-stepped cap and the raw-budget rule now answer such a squeeze, and each placement
-    #: must also fit the free memory of the last tick, which the weights' faults shrink first
-    #: (at ratio 2 one 16 MiB object got in). In an A/B at ratios 0.5/1/2 (pagecache and adaptive,
-    #: two runs each) it removed the promotion window where the KV fits: adaptive's decode p99
-    #: 723 against 1711 ms at 0.5 (no disk reads at all) and 951 against 1903 ms at 1, with
-    #: p50 and prefill within the runs' spread.
-    burst_free_fraction: float = 0.3
+    #: seen when the burst began; 0 (the default) turns it off (module docstring, 4.). Why it
+    #: is off (docs/residency.md, "Follow-up 3"): the daemon's page-cache writes cost what any
+    #: buffered write costs here (the kernel's copy into fresh pages, ~2-4 s of CPU per GiB on
+    #: this VM; baseline_file pays the same), so a burst on the page cache makes prefill no
+    #: cheaper than pagecache mode's. With 0.3 and early write-back
+    #: (``residency.pagecache_writeback_bytes``) adaptive lost its promotion window at budget
+    #: ratios 0.5 and 1 (decode 0.87-1.14x the better forced mode, against 1.26-1.46x at 0), but
+    #: at ratio 2 the burst took 0.3 of a free memory that still held the weights' pages not yet
+    #: faulted in: refaults at 749 MiB/s, 22 demotions during decode, 1.44x direct (one run).
+    #: Retried at 0.3 in the ninth session, on the fill-stepped arbiter: at ratios 0.5 and 1 it
+    #: removed the promotion window (decode p99 723 against 1711 ms, 951 against 1903) but moved
+    #: no median; at ratio 4 the prefill met 1.6 GB of free memory, placed 470 MB in a room the
+    #: weights then took back to 256 MB, and the refaults (411-704 MiB/s) cost 17 demotions and
+    #: a decode 1.16x direct's. Free memory before the weights fault in cannot tell the two apart.
+    burst_free_fraction: float = 0.0
     burst_window_s: float = 2.0
     #: a burst is over for migrations once its tenant placed nothing for this long (or twice
     #: its last gap between placements, if longer): :class:`BurstDetector`
