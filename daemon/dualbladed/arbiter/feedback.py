@@ -169,10 +169,11 @@ class FeedbackConfig:
     #: at ratio 2 the burst took 0.3 of a free memory that still held the weights' pages not yet
     #: faulted in: refaults at 749 MiB/s, 22 demotions during decode, 1.44x direct (one run).
     #: Retried at 0.3 in the ninth session, on the fill-stepped arbiter: at ratios 0.5 and 1 it
-    #: removed the promotion window (decode p99 723 against 1711 ms, 951 against 1903) but moved
-    #: no median; at ratio 4 the prefill met 1.6 GB of free memory, placed 470 MB in a room the
-    #: weights then took back to 256 MB, and the refaults (411-704 MiB/s) cost 17 demotions and
-    #: a decode 1.16x direct's. Free memory before the weights fault in cannot tell the two apart.
+    #: removed the promotion window (decode p99 722-723 against 1612-1810 ms at 0.5, 933-969
+    #: against 1766-2040 at 1) but moved no median; at ratio 4 the prefill met 1.6 GB of free
+    #: memory, placed 470 MB in a room the weights then shrank to 240-300 MB, and the refaults
+    #: (411-704 MiB/s) cost 17 demotions and a decode 1.16x direct's (docs/residency.md). Free
+    #: memory before the weights fault in cannot tell the two apart.
     burst_free_fraction: float = 0.0
     burst_window_s: float = 2.0
     #: a burst is over for migrations once its tenant placed nothing for this long (or twice
