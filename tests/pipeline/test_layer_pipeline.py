@@ -130,9 +130,9 @@ def test_writeback_overlaps_next_layer_compute_and_flush_waits() -> None:
         pipe.layer(0)
         kv = torch.arange(16, dtype=torch.float32)
         fut = pipe.writeback(0, [(b"w0", kv)])
-        kv.zero_()  # the pipeline copied it; mutating ours must not change what is stored
         # writeback returned while put_many is still blocked: layer 1 "computes" meanwhile.
         assert entered.wait(timeout=10)
+        kv.zero_()  # the write task copied it before the backend call: the store keeps ours
         assert not fut.done()
         pipe.layer(1)
         release.set()
@@ -142,6 +142,40 @@ def test_writeback_overlaps_next_layer_compute_and_flush_waits() -> None:
     out = torch.empty(16)
     backend.get_many_into([(b"w0", out)])
     assert torch.equal(out, torch.arange(16, dtype=torch.float32))
+
+
+class _CopyWitness(torch.Tensor):
+    """Records the thread every ``copy_`` that reads this tensor runs on."""
+
+    threads: list[str] = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.copy_:
+            cls.threads.append(threading.current_thread().name)
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_cpu_writeback_copies_in_the_write_task_not_on_the_model_thread() -> None:
+    """The CPU's stand-in for the D2H stream: the model thread queues, a writer copies (on the
+    model thread the copy serialised with compute), and the bytes stored are the tensor's."""
+    _CopyWitness.threads = []
+    backend = InMemoryBackend()
+    kv = torch.arange(32, dtype=torch.float32).as_subclass(_CopyWitness)
+    with LayerPipeline(backend, num_layers=L, depth=1) as pipe:
+        pipe.writeback(0, [(b"w0", kv)])
+        pipe.append(1, [(b"a1", kv[:8])], reserve=[(b"a1", 4096, False)])
+        pipe.flush()
+    assert len(_CopyWitness.threads) == 2, _CopyWitness.threads
+    assert all(name.startswith("dualblade-write") for name in _CopyWitness.threads), (
+        _CopyWitness.threads
+    )
+    out = torch.empty(32)
+    backend.get_many_into([(b"w0", out)])
+    assert torch.equal(out, torch.arange(32, dtype=torch.float32))
+    head = torch.empty(8)
+    assert backend.read_ranges_into([(b"a1", 0, head)]) == [32]
+    assert torch.equal(head, torch.arange(8, dtype=torch.float32))
 
 
 def test_read_waits_for_pending_write_of_same_key() -> None:

@@ -39,7 +39,14 @@ wait for the compute stream, copies device-to-host into pinned staging and recor
 writer thread waits on before calling ``put_many``.
 
 CPU path: identical structure. The "device copy" is the staging buffer itself and the write-back
-copy goes into write staging, so the I/O threads still overlap real CPU compute.
+copy goes into write staging, so the I/O threads still overlap real CPU compute. That copy runs
+in the write task, not on the model thread: it is the CPU's stand-in for the D2H stream, and on
+the model thread it serialised with compute (a py-spy profile of the residency bench's prefill
+put 54 of the model thread's 174 non-idle samples in it).
+
+Write-back sources (both paths): the tensors given to `writeback`/`append` are read after the
+call returns (by the D2H stream on CUDA, by the write task on the CPU); they are kept alive until
+then, and must not be modified in place until the returned future is done.
 
 Staging memory: when the backend offers ``staging()`` (the SDK client: slices of its shared
 arena, cudaHostRegister-pinned on CUDA builds) both read and write staging come from it, so the
@@ -245,8 +252,9 @@ class LayerPipeline:
     ) -> Future:
         """Queue `items` (device tensors) for ``put_many``; returns the write's future.
 
-        The tensors are copied (device-to-host on a side stream, or a CPU clone) before this
-        returns or before the copy stream proceeds, so the caller may keep computing.
+        The tensors are copied into write staging after this returns (device-to-host on a side
+        stream, or by the write task on the CPU), so the caller keeps computing meanwhile; it
+        must not modify them in place until the future is done (module docstring).
         """
         return self._queue_write(index, items, persistent, append=False)
 
@@ -283,13 +291,22 @@ class LayerPipeline:
             done: Future = Future()
             done.set_result(None)
             return done
-        host_items, base, total, event = self._copy_to_host(items)
+        host_items, sources, base, total, event = self._copy_to_host(items)
         keys = list(dict.fromkeys([key for key, _, _ in reserve] + [key for key, _ in items]))
         nbytes = sum(t.numel() * t.element_size() for _, t in items)
         with self._lock:
             deps = {self._pending_writes[k] for k in keys if k in self._pending_writes}
             future = self._writers.submit(
-                self._write_task, deps, event, host_items, flag, base, total, append, reserve
+                self._write_task,
+                deps,
+                event,
+                host_items,
+                sources,
+                flag,
+                base,
+                total,
+                append,
+                reserve,
             )
             for key in keys:
                 self._pending_writes[key] = future
@@ -482,10 +499,12 @@ class LayerPipeline:
         pool.release(base, n)
 
     def _copy_to_host(self, items: Sequence[tuple[bytes, torch.Tensor]]):
-        """Copy `items` into one write-staging buffer (aligned segments); on CUDA the copy is
-        queued on the D2H stream and the returned event marks its end, on the CPU it is done."""
+        """Lay `items` out in one write-staging buffer (aligned segments): ``(host_items,
+        sources, base, total, event)``. On CUDA the copy is queued on the D2H stream and
+        ``event`` marks its end; on the CPU ``sources`` pairs each staging view with its tensor
+        for the write task to copy (module docstring: not on the model thread)."""
         if not items:
-            return [], None, 0, None
+            return [], [], None, 0, None
         sizes = [t.numel() * t.element_size() for _, t in items]
         offsets, off = [], 0
         for n in sizes:
@@ -496,14 +515,15 @@ class LayerPipeline:
         host_items = []
         if not self._cuda:
             try:
+                sources = []
                 for (key, t), o, n in zip(items, offsets, sizes):
                     dst = host[o : o + n]
-                    dst.view(t.dtype).view(t.shape).copy_(t.detach())
+                    sources.append((dst.view(t.dtype).view(t.shape), t))
                     host_items.append((key, dst))
             except BaseException:
                 self._write_staging.release(base, total)
                 raise
-            return host_items, base, total, None
+            return host_items, sources, base, total, None
         compute = torch.cuda.current_stream(self.device)
         self._d2h.wait_stream(compute)
         with torch.cuda.stream(self._d2h):
@@ -514,13 +534,14 @@ class LayerPipeline:
                 host_items.append((key, dst))
             event = torch.cuda.Event()
             event.record(self._d2h)
-        return host_items, base, total, event
+        return host_items, [], base, total, event
 
     def _write_task(
         self,
         deps: set[Future],
         event: torch.cuda.Event | None,
         items: list[tuple[bytes, torch.Tensor]],
+        sources: list[tuple[torch.Tensor, torch.Tensor]],
         flag: bool,
         base: torch.Tensor | None,
         total: int,
@@ -528,6 +549,14 @@ class LayerPipeline:
         reserve: Sequence[tuple[bytes, int, bool]] = (),
     ) -> None:
         try:
+            # the CPU's write-back copy, before waiting for earlier writes of the same keys:
+            # it fills our own staging, which nobody else reads (module docstring). Inference
+            # mode, because the views into staging may have been made under the caller's (an
+            # in-place update of such a view outside it raises), and staging needs no autograd.
+            with torch.inference_mode():
+                for dst, src in sources:
+                    dst.copy_(src.detach())
+            sources.clear()  # let the caller's tensors go as soon as they are copied
             for dep in deps:
                 dep.result()
             if event is not None:
