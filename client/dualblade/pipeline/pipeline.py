@@ -296,18 +296,8 @@ class LayerPipeline:
         nbytes = sum(t.numel() * t.element_size() for _, t in items)
         with self._lock:
             deps = {self._pending_writes[k] for k in keys if k in self._pending_writes}
-            future = self._writers.submit(
-                self._write_task,
-                deps,
-                event,
-                host_items,
-                sources,
-                flag,
-                base,
-                total,
-                append,
-                reserve,
-            )
+            task = (deps, event, host_items, sources, flag, base, total, append, reserve)
+            future = self._writers.submit(self._write_task, *task)
             for key in keys:
                 self._pending_writes[key] = future
             self._writes_inflight.add(future)
