@@ -403,7 +403,10 @@ def run_trace(
             length += 1
             reads = next_reads
             label = "warm-up" if step < spec.warmup_steps else f"{step - spec.warmup_steps + 1}"
-            say(f"  decode step {label}/{spec.steps}: {times[-1] * 1e3:.0f} ms")
+            say(
+                f"  decode step {label}/{spec.steps}: {times[-1] * 1e3:.0f} ms"
+                f" (compute {busy * 1e3:.0f} ms)"
+            )
         pipe.flush()
         decode_s = time.perf_counter() - t_decode
         io1 = [_proc_io(p) for p in io_pids]
