@@ -71,6 +71,7 @@ at every `begin_step`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -95,6 +96,16 @@ log = logging.getLogger(__name__)
 class _Issued:
     future: Future
     ticket: int
+
+
+def _copy_sources(sources: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """The CPU's write-back copy into staging, run by the write task (module docstring).
+    Inference mode, because the views into staging may have been made under the caller's (an
+    in-place update of such a view outside it raises), and staging needs no autograd."""
+    with torch.inference_mode():
+        for dst, src in sources:
+            dst.copy_(src.detach())
+    sources.clear()  # let the caller's tensors go as soon as they are copied
 
 
 class LayerPipeline:
@@ -291,13 +302,14 @@ class LayerPipeline:
             done: Future = Future()
             done.set_result(None)
             return done
-        host_items, sources, base, total, event = self._copy_to_host(items)
+        host_items, fill, base, total = self._stage(items)
         keys = list(dict.fromkeys([key for key, _, _ in reserve] + [key for key, _ in items]))
         nbytes = sum(t.numel() * t.element_size() for _, t in items)
         with self._lock:
             deps = {self._pending_writes[k] for k in keys if k in self._pending_writes}
-            task = (deps, event, host_items, sources, flag, base, total, append, reserve)
-            future = self._writers.submit(self._write_task, *task)
+            future = self._writers.submit(
+                self._write_task, deps, fill, host_items, flag, base, total, append, reserve
+            )
             for key in keys:
                 self._pending_writes[key] = future
             self._writes_inflight.add(future)
@@ -488,13 +500,14 @@ class LayerPipeline:
         event.synchronize()  # host wait in the reaper thread, never in the model thread
         pool.release(base, n)
 
-    def _copy_to_host(self, items: Sequence[tuple[bytes, torch.Tensor]]):
-        """Lay `items` out in one write-staging buffer (aligned segments): ``(host_items,
-        sources, base, total, event)``. On CUDA the copy is queued on the D2H stream and
-        ``event`` marks its end; on the CPU ``sources`` pairs each staging view with its tensor
-        for the write task to copy (module docstring: not on the model thread)."""
+    def _stage(self, items: Sequence[tuple[bytes, torch.Tensor]]):
+        """Lay `items` out in one write-staging buffer (aligned segments): ``(host_items, fill,
+        base, total)``. The bytes are in staging once ``fill()`` returns, which the write task
+        calls first: on CUDA the copy is queued on the D2H stream here and ``fill`` waits for
+        its event; on the CPU ``fill`` is the copy itself (module docstring: not on the model
+        thread)."""
         if not items:
-            return [], [], None, 0, None
+            return [], lambda: None, None, 0
         sizes = [t.numel() * t.element_size() for _, t in items]
         offsets, off = [], 0
         for n in sizes:
@@ -513,7 +526,7 @@ class LayerPipeline:
             except BaseException:
                 self._write_staging.release(base, total)
                 raise
-            return host_items, sources, base, total, None
+            return host_items, functools.partial(_copy_sources, sources), base, total
         compute = torch.cuda.current_stream(self.device)
         self._d2h.wait_stream(compute)
         with torch.cuda.stream(self._d2h):
@@ -524,14 +537,13 @@ class LayerPipeline:
                 host_items.append((key, dst))
             event = torch.cuda.Event()
             event.record(self._d2h)
-        return host_items, [], base, total, event
+        return host_items, event.synchronize, base, total
 
     def _write_task(
         self,
         deps: set[Future],
-        event: torch.cuda.Event | None,
+        fill: Callable[[], None],
         items: list[tuple[bytes, torch.Tensor]],
-        sources: list[tuple[torch.Tensor, torch.Tensor]],
         flag: bool,
         base: torch.Tensor | None,
         total: int,
@@ -539,18 +551,11 @@ class LayerPipeline:
         reserve: Sequence[tuple[bytes, int, bool]] = (),
     ) -> None:
         try:
-            # the CPU's write-back copy, before waiting for earlier writes of the same keys:
-            # it fills our own staging, which nobody else reads (module docstring). Inference
-            # mode, because the views into staging may have been made under the caller's (an
-            # in-place update of such a view outside it raises), and staging needs no autograd.
-            with torch.inference_mode():
-                for dst, src in sources:
-                    dst.copy_(src.detach())
-            sources.clear()  # let the caller's tensors go as soon as they are copied
+            # before waiting for earlier writes of the same keys: it fills our own staging,
+            # which nobody else reads
+            fill()
             for dep in deps:
                 dep.result()
-            if event is not None:
-                event.synchronize()
             for key, capacity, persistent in reserve:
                 self.backend.reserve(key, capacity, persistent=persistent)  # type: ignore[attr-defined]
             if not items:
