@@ -20,6 +20,7 @@ import xxhash
 
 from dualbladed.arbiter.arbiter import ResidencyArbiter
 from dualbladed.arbiter.policy import PolicyConfig, ResidencyPolicy
+from dualbladed.arbiter.room import PageCacheRoom
 from dualbladed.arbiter.signals import MemorySignals
 from dualbladed.errors import DeviceIOError
 from dualbladed.namespace.file import FileNamespace
@@ -272,6 +273,37 @@ def test_higher_memory_promotes_the_hottest(make_rig) -> None:
     rig.signals.set_budget(1 * GiB)
     settle(rig)
     assert set(rig.paths().values()) == {PAGECACHE}
+    for key, value in data.items():
+        assert rig.read(key) == value
+
+
+def test_promotions_stop_loudly_at_the_disk_floor(make_rig, caplog) -> None:
+    """At the state filesystem's free-space floor (issue 15) the page cache refuses every
+    object: promotions are left out of the plan (the plan log says what will happen), one
+    warning names the floor, and when the floor clears they run and one line says so. A
+    benchmark once sat below the floor with "31 promotions" logged every tick and none done."""
+    rig = make_rig(budget=0)
+    rig.arbiter.run_once()
+    data = {b"f%d" % i: rig.put(b"f%d" % i, 1 * MiB) for i in range(4)}
+    assert set(rig.paths().values()) == {DIRECT}
+    rig.pagecache.free_floor = rig.pagecache.disk_available() + 1 * GiB  # always below it
+    rig.signals.set_budget(1 * GiB)
+    caplog.set_level("INFO", logger="dualbladed.arbiter")
+    for _ in range(3):
+        assert rig.arbiter.run_once() == []
+    assert set(rig.paths().values()) == {DIRECT}
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "free-space floor reached" in warnings[0].getMessage()
+    assert "promotions wait" in warnings[0].getMessage()
+    assert not [r for r in caplog.records if "residency plan" in r.getMessage()]
+    assert rig.arbiter.totals()["pagecache_refusals"] >= 3
+    caplog.clear()
+    rig.pagecache.free_floor = 0
+    assert settle(rig) == 4
+    assert set(rig.paths().values()) == {PAGECACHE}
+    again = [r for r in caplog.records if "takes objects again" in r.getMessage()]
+    assert len(again) == 1 and "free-space floor" in again[0].getMessage()
     for key, value in data.items():
         assert rig.read(key) == value
 
@@ -536,3 +568,25 @@ def test_snapshot_is_typed_and_shows_tenants_budget_signals_and_moves(make_rig) 
     assert snap.migrations[0].dst == DIRECT and snap.migrations[0].ok is True
     assert snap.totals.demoted_bytes == 3 * MiB
     assert snap.totals.placed_pagecache + snap.totals.placed_direct >= 2
+
+
+def test_page_cache_refusals_log_at_most_one_pair_per_quiet_period(caplog) -> None:
+    """Objects of mixed sizes alternate between fitting and not (a slab-sized cap): one warning
+    and one clearing line per ``quiet_s``, not a pair per placement."""
+
+    class Capped:
+        def room_refusal(self, length: int) -> str | None:
+            return None if length <= 4 * MiB else f"no free range of {length} bytes"
+
+    now = [0.0]
+    room = PageCacheRoom(Capped(), clock=lambda: now[0])
+    caplog.set_level("INFO", logger="dualbladed.arbiter.room")
+    for _ in range(5):
+        assert not room.fits(8 * MiB)
+        assert room.fits(1 * MiB)
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"]
+    assert room.refusals == 5 and room.refusing is None
+    now[0] = room.quiet_s + 1  # the next refusal is news again
+    assert not room.fits(16 * MiB)
+    assert room.refusing == f"no free range of {16 * MiB} bytes"
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO", "WARNING"]

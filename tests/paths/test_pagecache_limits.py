@@ -141,6 +141,9 @@ def test_floor_refuses_allocations_that_would_cross_it(tmp_path: Path) -> None:
     assert p.has_room(64 * KiB)
     p.allocate(64 * KiB)
     assert not p.has_room(64 * MiB)
+    assert p.room_refusal(64 * KiB) is None
+    reason = p.room_refusal(64 * MiB)  # what the arbiter logs when it starts refusing
+    assert reason is not None and f"floor {available - 32 * MiB} bytes" in reason
     before = p.stats()
     with pytest.raises(DiskFloorReached) as err:
         p.allocate(64 * MiB)
@@ -148,6 +151,16 @@ def test_floor_refuses_allocations_that_would_cross_it(tmp_path: Path) -> None:
     assert f"floor {available - 32 * MiB} bytes" in str(err.value)
     assert str(p.directory) in str(err.value)
     assert p.stats() == before  # nothing allocated, no slab created
+    p.close()
+
+
+def test_room_refusal_names_the_cap(tmp_path: Path) -> None:
+    p = _path(tmp_path, slab_bytes=4 * MiB, max_bytes=8 * MiB)
+    assert p.room_refusal(4 * MiB) is None
+    reason = p.room_refusal(6 * MiB)  # larger than a slab: no range can ever hold it
+    assert reason is not None
+    assert "page-cache cap of 8388608 bytes" in reason and "largest 4194304" in reason
+    assert not p.has_room(6 * MiB)
     p.close()
 
 

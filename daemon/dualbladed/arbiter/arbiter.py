@@ -75,6 +75,7 @@ from dualbladed.arbiter.policy import (
     TenantUsage,
 )
 from dualbladed.arbiter.psi import TRIGGER, PressureEvent, PsiWatcher
+from dualbladed.arbiter.room import PageCacheRoom
 from dualbladed.arbiter.signals import MemorySignals, ReadMeter, SignalReader
 from dualbladed.arbiter.snapshot import (
     BudgetStatus,
@@ -146,6 +147,7 @@ class ResidencyArbiter:
         self._policy = policy
         self._signals = signals
         self._pagecache = pagecache
+        self._room = PageCacheRoom(pagecache)  # its refusals are logged (room.py)
         self.tick_s = tick_s
         self.migration_bytes_per_s = migration_bytes_per_s
         self.migration_workers = migration_workers
@@ -299,8 +301,8 @@ class ResidencyArbiter:
         return choices
 
     def _pagecache_fits(self, size: int) -> bool:
-        # free extent *and* the state filesystem's free-space floor (has_room is a racy hint)
-        return self._pagecache.has_room(size)
+        # free extent *and* the state filesystem's free-space floor (a racy hint; refusals logged)
+        return self._room.fits(size)
 
     # ------------------------------------------------------------------------ a tick
 
@@ -438,6 +440,10 @@ class ResidencyArbiter:
                 or "not measured",
                 max(0, verdict.room - obs.pagecache_resident),
             )
+        promotions = [m.size for m in migrations if m.dst != DIRECT]
+        if promotions and not self._pagecache_fits(min(promotions)):
+            # none would land (each is asked again when it runs): plan and log what can happen
+            migrations = [m for m in migrations if m.dst == DIRECT]
         self._adapt_candidates(migrations)
         if migrations:
             down = [m.size for m in migrations if m.dst == DIRECT]
@@ -521,8 +527,9 @@ class ResidencyArbiter:
             return self._policy.current_budget
 
     def totals(self) -> dict[str, int]:
+        refusals = self._room.refusals
         with self._lock:
-            return dict(self._totals)
+            return {**self._totals, "pagecache_refusals": refusals}
 
     def snapshot(self) -> ResidencySnapshot:
         """The state ``dbctl residency`` and the Status RPC show (converted by the service)."""

@@ -334,14 +334,24 @@ class PageCachePath(ResidencyPath):
 
     def has_room(self, length: int) -> bool:
         """Whether :meth:`allocate` of ``length`` would succeed now (racy: a hint for placement)."""
+        return self.room_refusal(length) is None
+
+    def room_refusal(self, length: int) -> str | None:
+        """Why :meth:`allocate` of ``length`` would fail now, or None if it would succeed (racy,
+        as :meth:`has_room`): the reason an operator needs when placements and promotions stop
+        going to the page cache (the arbiter logs it)."""
         rounded = -(-length // self.alignment) * self.alignment
         try:
-            if self.largest_free() < rounded:
-                return False
-            self._check_floor(length)
-        except (DualbladeError, OSError):  # at the floor, or closed while shutting down
-            return False
-        return True
+            self._check_floor(length)  # first, as in allocate: its error is the same text
+            largest = self.largest_free()
+        except (DualbladeError, OSError) as e:  # at the floor, or closed while shutting down
+            return str(e)
+        if largest < rounded:
+            return (
+                f"no free range of {rounded} bytes within the page-cache cap of "
+                f"{self.max_bytes} bytes (largest {largest}; residency.pagecache_max_bytes)"
+            )
+        return None
 
     def _punch(self, slab: _Slab, inner: int, length: int) -> None:
         if self._puncher is None:

@@ -249,3 +249,24 @@ def test_run_order_varies_each_modes_predecessor():
     for mode in MODES:
         before = {o[o.index(mode) - 1] if o.index(mode) else None for o in orders}
         assert len(before) > 1, f"{mode} always runs after {before}"
+
+
+def test_a_disk_near_the_page_cache_floor_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below the daemon's free-space floor the page cache refuses every object, and pagecache
+    and adaptive would measure the direct path: the benchmark must not start there."""
+    from dualblade_tools.bench import residency
+    from dualblade_tools.bench.kvtrace import TraceSpec
+
+    spec = dataclasses.replace(TraceSpec(), layers=4, context=1024, hidden=128, ffn=256)
+    bench = residency._Bench(spec, tmp_path, fio_seconds=0.5)
+    st = os.statvfs(tmp_path)
+    available = st.f_bavail * st.f_frsize
+    monkeypatch.setattr(residency, "free_floor_bytes", lambda *a: available)  # any write crosses
+    with pytest.raises(SystemExit, match="free-space floor") as err:
+        bench.prepare()
+    assert str(tmp_path) in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # refused before the weights and fio file
+    monkeypatch.setattr(residency, "free_floor_bytes", lambda *a: 0)
+    bench.check_disk()  # a tiny spec fits wherever the suite runs

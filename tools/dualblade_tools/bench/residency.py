@@ -72,6 +72,8 @@ from dualblade_tools.bench.cgroup import MemoryCgroup, drop_caches
 from dualblade_tools.bench.kvtrace import TraceSpec, create_weights
 from dualblade_tools.bench.residency_summary import Summary, Verdict, format_verdicts, verdicts
 from dualblade_tools.daemonproc import DaemonProcess
+from dualbladed.config import ResidencyConfig
+from dualbladed.paths.pagecache import free_floor_bytes
 
 __all__ = [
     "ResidencyRecord",
@@ -304,7 +306,37 @@ class _Bench:
         self.namespace_bytes = -(-(spec.kv_bytes * 3 // 2 + 256 * MiB) // MiB) * MiB
         self._seq = 0
 
+    def check_disk(self) -> None:
+        """Refuse to start where a run would take the work directory's filesystem below the
+        daemon's page-cache free-space floor (``residency.pagecache_min_free_*``, defaults):
+        below it the page cache refuses every object, so pagecache and adaptive would measure
+        the direct path under their names. An eleventh-session A/B lost two invocations that way
+        (the kept weights and fio files of earlier ``--dir`` invocations had filled the disk)."""
+        cfg = ResidencyConfig()
+        floor = free_floor_bytes(
+            self.workdir, cfg.pagecache_min_free_bytes, cfg.pagecache_min_free_fraction
+        )
+        written = sum(f.stat().st_size if f.exists() else 0 for f in (self.weights, self.fio_file))
+        # weights and fio file, then one run's namespace and page-cache slabs (each <= the KV)
+        need = (
+            self.spec.weight_bytes
+            + self.fio_size
+            - written
+            + self.namespace_bytes
+            + self.spec.kv_bytes
+        )
+        st = os.statvfs(self.workdir)
+        available = st.f_bavail * st.f_frsize
+        if available - need < floor:
+            raise SystemExit(
+                f"residency: {self.workdir} has {available / MiB:.0f} MiB free; a run writes up "
+                f"to {need / MiB:.0f} MiB there and the daemon's page cache stops at a free-space "
+                f"floor of {floor / MiB:.0f} MiB, below which pagecache and adaptive would "
+                "measure the direct path. Free space there or pass --dir on a larger filesystem."
+            )
+
     def prepare(self) -> None:
+        self.check_disk()
         report.progress(f"writing weights ({self.spec.weight_bytes / MiB:.0f} MiB) and fio file")
         create_weights(self.weights, self.spec)
         if not (self.fio_file.exists() and self.fio_file.stat().st_size == self.fio_size):
