@@ -298,10 +298,14 @@ def test_promotions_stop_loudly_at_the_disk_floor(make_rig, caplog) -> None:
     assert "promotions wait" in warnings[0].getMessage()
     assert not [r for r in caplog.records if "residency plan" in r.getMessage()]
     assert rig.arbiter.totals()["pagecache_refusals"] >= 3
+    snap = rig.arbiter.snapshot()  # what dbctl residency shows
+    assert snap.pagecache is not None and "free-space floor reached" in snap.pagecache.refusing
+    assert snap.totals.pagecache_refusals >= 3
     caplog.clear()
     rig.pagecache.free_floor = 0
     assert settle(rig) == 4
     assert set(rig.paths().values()) == {PAGECACHE}
+    assert rig.arbiter.snapshot().pagecache.refusing == ""
     again = [r for r in caplog.records if "takes objects again" in r.getMessage()]
     assert len(again) == 1 and "free-space floor" in again[0].getMessage()
     for key, value in data.items():

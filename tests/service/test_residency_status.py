@@ -48,7 +48,7 @@ def full() -> ResidencySnapshot:
             psi_full_avg10=0.5,
         ),
         psi=PsiStatus(mode="trigger", events=3, last_event_age_s=2.0),
-        pagecache=PageCacheStatus(TB + 20, TB + 21, TB + 22, 7),
+        pagecache=PageCacheStatus(TB + 20, TB + 21, TB + 22, 7, "free-space floor reached"),
         tenants=(
             TenantResidency("0/a", TB + 30, TB + 31, TB + 32, 2.0),
             TenantResidency("1000/b", 1, 2, 3, 0.5),
@@ -70,7 +70,7 @@ def full() -> ResidencySnapshot:
                 "NotFound: gone",
             ),
         ),
-        totals=ResidencyTotals(1, 2, 3, 4, TB + 40, TB + 41, TB + 42, TB + 43),
+        totals=ResidencyTotals(1, 2, 3, 4, TB + 40, TB + 41, TB + 42, TB + 43, 5),
         feedback=Verdict(
             cap=TB + 50,
             ceiling=TB + 51,
@@ -112,7 +112,13 @@ def test_every_field_crosses_the_wire_and_lands_in_dbctls_shape() -> None:
         "effective_available": TB + 11,  # min(MemAvailable, limit - usage + cache)
     }
     assert d["psi"] == {"mode": "trigger", "events": 3, "last_event_age_s": 2.0}
-    assert d["pagecache"] == {"max_bytes": TB + 20, "used": TB + 21, "free": TB + 22, "slabs": 7}
+    assert d["pagecache"] == {
+        "max_bytes": TB + 20,
+        "used": TB + 21,
+        "free": TB + 22,
+        "slabs": 7,
+        "refusing": "free-space floor reached",
+    }
     assert d["tenants"] == {
         "0/a": {"pagecache": TB + 30, "direct": TB + 31, "share": TB + 32, "weight": 2.0},
         "1000/b": {"pagecache": 1, "direct": 2, "share": 3, "weight": 0.5},
@@ -141,6 +147,7 @@ def test_every_field_crosses_the_wire_and_lands_in_dbctls_shape() -> None:
         "promoted_bytes": TB + 41,
         "pagecache_bytes": TB + 42,
         "direct_bytes": TB + 43,
+        "pagecache_refusals": 5,
     }
     assert d["feedback"] == {
         "cap": TB + 50,
@@ -199,6 +206,7 @@ def test_dbctl_renders_the_tables_from_the_typed_status(capsys) -> None:
     assert "3 (4 failed)" in out and "triggers: trigger, 3 events" in out
     assert "refaults 40 MiB/s" in out and "6.50 GB/s / 1.25 GB/s" in out
     assert "0.25 GB/s / 1.50 GB/s" in out and "direct (burst now: migrations wait)" in out
+    assert "5, now: free-space floor reached" in out
     snap = dataclasses.replace(full(), budget=None, signals=None, tenants=(), migrations=())
     render_residency(residency_dict(residency_pb(snap)))
     out = capsys.readouterr().out

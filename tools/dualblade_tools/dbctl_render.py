@@ -200,7 +200,7 @@ def render_residency(d: dict[str, Any]) -> None:
     sig = d["signals"] or dict.fromkeys(
         ("mem_available", "mem_total", "cgroup_version", "psi_some_avg10", "psi_full_avg10")
     )
-    psi, totals = d["psi"], d["totals"]
+    psi, totals, pc = d["psi"], d["totals"], d["pagecache"]
     cg = sig["cgroup_version"]
 
     def pct(value: float | None) -> str:
@@ -241,6 +241,11 @@ def render_residency(d: dict[str, Any]) -> None:
             f"demoted {format_bytes(totals['demoted_bytes'])}, "
             f"promoted {format_bytes(totals['promoted_bytes'])}, "
             f"cap {format_bytes(d['migration_bytes_per_s'])}/s",
+        ),
+        (
+            "page-cache refusals",  # its cap or the disk floor (the daemon logs each onset)
+            f"{totals['pagecache_refusals']}"
+            + (f", now: {pc['refusing']}" if pc and pc["refusing"] else ""),
         ),
         ("ticks", f"{d['ticks']} every {d['tick_s']} s"),
         *_feedback_rows(d.get("feedback")),

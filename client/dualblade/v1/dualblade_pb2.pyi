@@ -481,16 +481,18 @@ class PsiStatus(_message.Message):
     def __init__(self, mode: _Optional[str] = ..., events: _Optional[int] = ..., last_event_age_s: _Optional[float] = ...) -> None: ...
 
 class PageCacheStatus(_message.Message):
-    __slots__ = ("max_bytes", "used", "free", "slabs")
+    __slots__ = ("max_bytes", "used", "free", "slabs", "refusing")
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
     USED_FIELD_NUMBER: _ClassVar[int]
     FREE_FIELD_NUMBER: _ClassVar[int]
     SLABS_FIELD_NUMBER: _ClassVar[int]
+    REFUSING_FIELD_NUMBER: _ClassVar[int]
     max_bytes: int
     used: int
     free: int
     slabs: int
-    def __init__(self, max_bytes: _Optional[int] = ..., used: _Optional[int] = ..., free: _Optional[int] = ..., slabs: _Optional[int] = ...) -> None: ...
+    refusing: str
+    def __init__(self, max_bytes: _Optional[int] = ..., used: _Optional[int] = ..., free: _Optional[int] = ..., slabs: _Optional[int] = ..., refusing: _Optional[str] = ...) -> None: ...
 
 class TenantResidency(_message.Message):
     __slots__ = ("tenant", "pagecache", "direct", "share", "weight")
@@ -531,7 +533,7 @@ class Migration(_message.Message):
     def __init__(self, time: _Optional[float] = ..., tenant: _Optional[str] = ..., key: _Optional[bytes] = ..., src: _Optional[str] = ..., dst: _Optional[str] = ..., bytes: _Optional[int] = ..., ms: _Optional[float] = ..., ok: _Optional[bool] = ..., reason: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class ResidencyTotals(_message.Message):
-    __slots__ = ("placed_pagecache", "placed_direct", "migrations", "failed_migrations", "demoted_bytes", "promoted_bytes", "pagecache_bytes", "direct_bytes")
+    __slots__ = ("placed_pagecache", "placed_direct", "migrations", "failed_migrations", "demoted_bytes", "promoted_bytes", "pagecache_bytes", "direct_bytes", "pagecache_refusals")
     PLACED_PAGECACHE_FIELD_NUMBER: _ClassVar[int]
     PLACED_DIRECT_FIELD_NUMBER: _ClassVar[int]
     MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -540,6 +542,7 @@ class ResidencyTotals(_message.Message):
     PROMOTED_BYTES_FIELD_NUMBER: _ClassVar[int]
     PAGECACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
     DIRECT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PAGECACHE_REFUSALS_FIELD_NUMBER: _ClassVar[int]
     placed_pagecache: int
     placed_direct: int
     migrations: int
@@ -548,7 +551,8 @@ class ResidencyTotals(_message.Message):
     promoted_bytes: int
     pagecache_bytes: int
     direct_bytes: int
-    def __init__(self, placed_pagecache: _Optional[int] = ..., placed_direct: _Optional[int] = ..., migrations: _Optional[int] = ..., failed_migrations: _Optional[int] = ..., demoted_bytes: _Optional[int] = ..., promoted_bytes: _Optional[int] = ..., pagecache_bytes: _Optional[int] = ..., direct_bytes: _Optional[int] = ...) -> None: ...
+    pagecache_refusals: int
+    def __init__(self, placed_pagecache: _Optional[int] = ..., placed_direct: _Optional[int] = ..., migrations: _Optional[int] = ..., failed_migrations: _Optional[int] = ..., demoted_bytes: _Optional[int] = ..., promoted_bytes: _Optional[int] = ..., pagecache_bytes: _Optional[int] = ..., direct_bytes: _Optional[int] = ..., pagecache_refusals: _Optional[int] = ...) -> None: ...
 
 class ResidencyStatus(_message.Message):
     __slots__ = ("mode", "tick_s", "ticks", "last_tick_age_s", "migration_bytes_per_s", "budget", "signals", "psi", "pagecache", "tenants", "migrations", "totals", "feedback")

@@ -587,6 +587,7 @@ class ResidencyArbiter:
                 used=pc_stats.used,
                 free=pc_stats.free,
                 slabs=self._pagecache.slab_count,
+                refusing=self._room.refusing or "",
             ),
             tenants=tenants,
             migrations=history,
@@ -600,5 +601,6 @@ class ResidencyArbiter:
                 promoted_bytes=counts.get("promoted_bytes", 0),
                 pagecache_bytes=sum(t.pagecache for t in tenants),
                 direct_bytes=sum(t.direct for t in tenants),
+                pagecache_refusals=self._room.refusals,
             ),
         )

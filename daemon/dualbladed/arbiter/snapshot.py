@@ -70,6 +70,7 @@ class PageCacheStatus:
     used: int
     free: int
     slabs: int
+    refusing: str = ""  # why it refuses objects now (arbiter/room.py); empty: it takes them
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ class ResidencyTotals:
     promoted_bytes: int = 0
     pagecache_bytes: int = 0
     direct_bytes: int = 0
+    pagecache_refusals: int = 0  # objects the page-cache path refused (its cap, the disk floor)
 
 
 @dataclass(frozen=True)
