@@ -578,12 +578,16 @@ def test_page_cache_refusals_log_at_most_one_pair_per_quiet_period(caplog) -> No
     """Objects of mixed sizes alternate between fitting and not (a slab-sized cap): one warning
     and one clearing line per ``quiet_s``, not a pair per placement."""
 
-    class Capped:
+    class Fragmented:
+        slab_bytes = 64 * MiB
+
         def room_refusal(self, length: int) -> str | None:
+            if length > self.slab_bytes:
+                return f"an object of {length} bytes is larger than a page-cache slab"
             return None if length <= 4 * MiB else f"no free range of {length} bytes"
 
     now = [0.0]
-    room = PageCacheRoom(Capped(), clock=lambda: now[0])
+    room = PageCacheRoom(Fragmented(), clock=lambda: now[0])
     caplog.set_level("INFO", logger="dualbladed.arbiter.room")
     for _ in range(5):
         assert not room.fits(8 * MiB)
@@ -594,3 +598,9 @@ def test_page_cache_refusals_log_at_most_one_pair_per_quiet_period(caplog) -> No
     assert not room.fits(16 * MiB)
     assert room.refusing == f"no free range of {16 * MiB} bytes"
     assert [r.levelname for r in caplog.records] == ["WARNING", "INFO", "WARNING"]
+    # larger than a slab: a property of the size, said once, and the refusal in force stays
+    for _ in range(3):
+        assert not room.fits(100 * MiB)
+    assert room.refusing == f"no free range of {16 * MiB} bytes" and room.refusals == 9
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO", "WARNING", "WARNING"]
+    assert "larger than a slab stay on the direct path" in caplog.records[-1].getMessage()

@@ -154,13 +154,20 @@ def test_floor_refuses_allocations_that_would_cross_it(tmp_path: Path) -> None:
     p.close()
 
 
-def test_room_refusal_names_the_cap(tmp_path: Path) -> None:
+def test_room_refusal_names_the_cap_or_the_slab_size(tmp_path: Path) -> None:
     p = _path(tmp_path, slab_bytes=4 * MiB, max_bytes=8 * MiB)
     assert p.room_refusal(4 * MiB) is None
     reason = p.room_refusal(6 * MiB)  # larger than a slab: no range can ever hold it
-    assert reason is not None
-    assert "page-cache cap of 8388608 bytes" in reason and "largest 4194304" in reason
+    assert reason == (
+        f"an object of {6 * MiB} bytes is larger than a page-cache slab "
+        f"({4 * MiB} bytes; residency.slab_bytes)"
+    )
     assert not p.has_room(6 * MiB)
+    p.allocate(4 * MiB)
+    p.allocate(3 * MiB)
+    reason = p.room_refusal(2 * MiB)  # both slabs made, 1 MiB left in the second
+    assert reason is not None
+    assert f"page-cache cap of {8 * MiB} bytes (largest {1 * MiB}" in reason
     p.close()
 
 

@@ -9,7 +9,9 @@ below its 2 GiB floor, every tick logged "31 promotions" that never happened, an
 decoded everything from the disk at a budget where all of it fits, with nothing in the log to
 say why. :class:`PageCacheRoom` asks the path and logs the *transitions*: a warning with the
 path's reason when it starts refusing, an info line when it takes objects again, at most one
-such pair per ``quiet_s`` (placements ask on every put, and mixed sizes can alternate).
+such pair per ``quiet_s`` (placements ask on every put, and mixed sizes can alternate). An
+object larger than a slab is refused by its size, not by the page cache's state: that is said
+once per daemon and does not count as a transition.
 
 Thread safety: called from the servicer threads (placements) and the tick thread (plans and
 migrations). Its lock guards only the refusal state and counter and is a leaf lock: nothing is
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 
 class _RoomSource(Protocol):
+    slab_bytes: int
+
     def room_refusal(self, length: int) -> str | None: ...
 
 
@@ -36,8 +40,8 @@ class PageCacheRoom:
     """``fits(size)``: the page-cache path's answer, with its refusals logged and counted."""
 
     #: at most one warning (and one line when it clears) per this many seconds: placements of
-    #: mixed sizes can alternate between fitting and not (a fragmented cap, objects larger than
-    #: a slab), and must not log a pair of lines per put
+    #: mixed sizes can alternate between fitting and not (a fragmented cap), and must not log
+    #: a pair of lines per put
     quiet_s = 60.0
 
     def __init__(self, pagecache: _RoomSource, clock: Callable[[], float] = time.monotonic) -> None:
@@ -48,9 +52,19 @@ class PageCacheRoom:
         self._announced: str | None = None  # the refusal warned about, until its clearing line
         self._warned_at = -math.inf
         self._refusals = 0
+        self._oversize_told = False
 
     def fits(self, size: int) -> bool:
         reason = self._pagecache.room_refusal(size)
+        if reason is not None and size > self._pagecache.slab_bytes:
+            # not a state of the page cache but a property of this size (long contexts: a
+            # layer's K past the slab size): said once, and it does not hide a refusal in force
+            with self._lock:
+                self._refusals += 1
+                told, self._oversize_told = self._oversize_told, True
+            if not told:
+                log.warning("objects larger than a slab stay on the direct path: %s", reason)
+            return False
         warn = cleared = None
         with self._lock:
             self._refusing = reason

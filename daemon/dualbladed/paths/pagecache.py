@@ -346,6 +346,11 @@ class PageCachePath(ResidencyPath):
             largest = self.largest_free()
         except (DualbladeError, OSError) as e:  # at the floor, or closed while shutting down
             return str(e)
+        if rounded > self.slab_bytes:  # no slab can ever hold it, however empty
+            return (
+                f"an object of {rounded} bytes is larger than a page-cache slab "
+                f"({self.slab_bytes} bytes; residency.slab_bytes)"
+            )
         if largest < rounded:
             return (
                 f"no free range of {rounded} bytes within the page-cache cap of "
