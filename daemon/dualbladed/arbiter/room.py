@@ -56,7 +56,7 @@ class PageCacheRoom:
 
     def fits(self, size: int) -> bool:
         reason = self._pagecache.room_refusal(size)
-        if reason is not None and size > self._pagecache.slab_bytes:
+        if reason is not None and size > self._pagecache.slab_bytes:  # room_refusal's first test
             # not a state of the page cache but a property of this size (long contexts: a
             # layer's K past the slab size): said once, and it does not hide a refusal in force
             with self._lock:

@@ -341,16 +341,16 @@ class PageCachePath(ResidencyPath):
         as :meth:`has_room`): the reason an operator needs when placements and promotions stop
         going to the page cache (the arbiter logs it)."""
         rounded = -(-length // self.alignment) * self.alignment
-        try:
-            self._check_floor(length)  # first, as in allocate: its error is the same text
-            largest = self.largest_free()
-        except (DualbladeError, OSError) as e:  # at the floor, or closed while shutting down
-            return str(e)
-        if rounded > self.slab_bytes:  # no slab can ever hold it, however empty
+        if rounded > self.slab_bytes:  # a property of the size: no slab can ever hold it
             return (
                 f"an object of {rounded} bytes is larger than a page-cache slab "
                 f"({self.slab_bytes} bytes; residency.slab_bytes)"
             )
+        try:
+            self._check_floor(length)  # allocate's own check: the same error text
+            largest = self.largest_free()
+        except (DualbladeError, OSError) as e:  # at the floor, or closed while shutting down
+            return str(e)
         if largest < rounded:
             return (
                 f"no free range of {rounded} bytes within the page-cache cap of "
