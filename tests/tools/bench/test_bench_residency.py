@@ -228,6 +228,7 @@ def test_tiny_residency_run(tmp_path: Path) -> None:
         assert rec["prefill_s"] > 0 and rec["decode_p99_ms"] >= rec["decode_p50_ms"] > 0
         assert 0 < rec["prefill_compute_s"] <= rec["prefill_s"]  # the floor's input
         assert rec["prefill_client_cpu_s"] > 0 and rec["prefill_major_faults"] >= 0
+        assert rec["client_disk_read_mib_per_step"] >= 0
         assert (rec["prefill_daemon_cpu_s"] is None) == (rec["mode"] == "baseline_file")
         assert rec["limit_mib"] == 1024 + 8  # 1 GiB overhead + 16 MiB KV / ratio 2
     assert doc["verdicts"], "the verdicts are part of the JSON"

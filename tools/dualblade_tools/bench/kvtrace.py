@@ -167,6 +167,10 @@ class TraceResult:
     prefill_client_cpu_s: float = 0.0
     prefill_daemon_cpu_s: float | None = None
     prefill_major_faults: int = 0
+    #: the first of ``io_pids``' own storage reads over the measured steps (the worker's:
+    #: the mmapped weights read back from the disk in daemon modes; baseline_file's KV reads
+    #: too): what caching KV costs the weights
+    client_io_read_bytes: int = 0
 
 
 def create_weights(path: Path, spec: TraceSpec) -> None:
@@ -433,6 +437,7 @@ def run_trace(
         decode_s=decode_s,
         io_read_bytes=sum(b[0] - a[0] for a, b in zip(io0, io1)),
         io_write_bytes=sum(b[1] - a[1] for a, b in zip(io0, io1)),
+        client_io_read_bytes=io1[0][0] - io0[0][0] if io_pids else 0,
         client_rss_bytes=rss,
         client_peak_rss_bytes=hwm,
         cgroup_cache_bytes=cache,

@@ -133,6 +133,9 @@ class ResidencyRecord:
     prefill_client_cpu_s: float | None = None
     prefill_daemon_cpu_s: float | None = None
     prefill_major_faults: int | None = None
+    #: the worker's own storage reads per measured decode step (/proc/self/io): the weights
+    #: read back from the disk in the daemon modes, plus the KV's reads in baseline_file
+    client_disk_read_mib_per_step: float | None = None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -388,6 +391,7 @@ class _Bench:
             prefill_client_cpu_s=result.get("prefill_client_cpu_s"),
             prefill_daemon_cpu_s=result.get("prefill_daemon_cpu_s"),
             prefill_major_faults=result.get("prefill_major_faults"),
+            client_disk_read_mib_per_step=result.get("client_io_read_bytes", 0) / MiB / steps,
             decode_p50_ms=result["decode_p50_ms"],
             decode_p99_ms=result["decode_p99_ms"],
             kv_read_gbps=result["kv_read_bytes"] / result["kv_read_s"] / 1e9
