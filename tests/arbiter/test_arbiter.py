@@ -579,10 +579,11 @@ def test_page_cache_refusals_log_at_most_one_pair_per_quiet_period(caplog) -> No
     and one clearing line per ``quiet_s``, not a pair per placement."""
 
     class Fragmented:
-        slab_bytes = 64 * MiB
+        def larger_than_a_slab(self, length: int) -> bool:
+            return length > 64 * MiB
 
         def room_refusal(self, length: int) -> str | None:
-            if length > self.slab_bytes:
+            if self.larger_than_a_slab(length):
                 return f"an object of {length} bytes is larger than a page-cache slab"
             return None if length <= 4 * MiB else f"no free range of {length} bytes"
 

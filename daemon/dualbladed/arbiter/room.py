@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 class _RoomSource(Protocol):
-    slab_bytes: int
+    def larger_than_a_slab(self, length: int) -> bool: ...
 
     def room_refusal(self, length: int) -> str | None: ...
 
@@ -56,7 +56,7 @@ class PageCacheRoom:
 
     def fits(self, size: int) -> bool:
         reason = self._pagecache.room_refusal(size)
-        if reason is not None and size > self._pagecache.slab_bytes:  # room_refusal's first test
+        if reason is not None and self._pagecache.larger_than_a_slab(size):
             # not a state of the page cache but a property of this size (long contexts: a
             # layer's K past the slab size): said once, and it does not hide a refusal in force
             with self._lock:
@@ -91,6 +91,7 @@ class PageCacheRoom:
 
     @property
     def refusals(self) -> int:
-        """Objects refused so far (placements and promotions)."""
+        """Refusals so far: placements, promotions, and ticks whose promotions were all
+        refused (the plan asks once for its smallest)."""
         with self._lock:
             return self._refusals

@@ -94,7 +94,7 @@ class ResidencyTotals:
     promoted_bytes: int = 0
     pagecache_bytes: int = 0
     direct_bytes: int = 0
-    pagecache_refusals: int = 0  # objects the page-cache path refused (its cap, the disk floor)
+    pagecache_refusals: int = 0  # page-cache refusals: placements, promotions, plans (room.py)
 
 
 @dataclass(frozen=True)

@@ -336,12 +336,16 @@ class PageCachePath(ResidencyPath):
         """Whether :meth:`allocate` of ``length`` would succeed now (racy: a hint for placement)."""
         return self.room_refusal(length) is None
 
+    def larger_than_a_slab(self, length: int) -> bool:
+        """No slab can ever hold ``length`` bytes, however empty the page cache is."""
+        return length > self.slab_bytes  # slab_bytes is a multiple of the alignment
+
     def room_refusal(self, length: int) -> str | None:
         """Why :meth:`allocate` of ``length`` would fail now, or None if it would succeed (racy,
         as :meth:`has_room`): the reason an operator needs when placements and promotions stop
         going to the page cache (the arbiter logs it)."""
         rounded = -(-length // self.alignment) * self.alignment
-        if rounded > self.slab_bytes:  # a property of the size: no slab can ever hold it
+        if self.larger_than_a_slab(length):  # a property of the size, tested first
             return (
                 f"an object of {rounded} bytes is larger than a page-cache slab "
                 f"({self.slab_bytes} bytes; residency.slab_bytes)"
