@@ -161,6 +161,12 @@ class Client(LayerMethods, StagingMethods):
         return client
 
     def close(self) -> None:
+        """End the session. Idempotent.
+
+        The daemon ends the session (and frees its ephemeral objects) when it sees the lease
+        socket close, moments after this returns, not before: a session count read right after
+        may still include this one.
+        """
         if self._closed:
             return
         self._closed = True

@@ -101,6 +101,18 @@ def _sessions_open(keeper: Client) -> int:
     return keeper.admin_call("Status", pb.StatusRequest()).sessions
 
 
+def _sessions_settle_at(keeper: Client, n: int, seconds: float = 5.0) -> int:
+    """The session count once it reaches ``n``, or after ``seconds``.
+
+    A client's close returns before the daemon has dropped the session, so a count taken right
+    after a close may still include it; wait for the count rather than read it once.
+    """
+    deadline = time.monotonic() + seconds
+    while (open_now := _sessions_open(keeper)) != n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return open_now
+
+
 # ---- finding 1: arenas -------------------------------------------------------------------------
 
 
@@ -157,6 +169,7 @@ def test_session_flood_leaves_the_reserve_to_root_and_dbctl(make_daemon) -> None
     )
     keeper = _root_session(d)
     unloaded = _connect_times(d, 5)
+    assert _sessions_settle_at(keeper, 1) == 1  # a probe still closing would take a slot
     attacker = hostile.spawn(d.socket, ["sessions"])
     try:
         flood = attacker.ready["sessions"]
@@ -184,7 +197,7 @@ def test_hello_and_hang_up_flood_finishes_no_session(make_daemon) -> None:
     d = make_daemon("[limits]\nmax_sessions = 64\n")
     keeper = _root_session(d)
     unloaded = _connect_times(d, 10)
-    before = _sessions_open(keeper)
+    assert _sessions_settle_at(keeper, 1) == 1  # the keeper alone: every probe has closed
     attacker = hostile.spawn(
         d.socket, ["hangup"], extra=["--seconds", "3", "--hangup-arena-bytes", str(MiB)]
     )
@@ -194,10 +207,7 @@ def test_hello_and_hang_up_flood_finishes_no_session(make_daemon) -> None:
         attacker.finish()
     # Meanwhile (the flood runs in the attacker's own thread while spawn waits) and after:
     _assert_root_unhurt(d, keeper, unloaded)
-    deadline = time.monotonic() + 5
-    while _sessions_open(keeper) != before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _sessions_open(keeper) == before
+    assert _sessions_settle_at(keeper, 1) == 1  # no hello-and-hang-up left a session behind
     log = d.log_path.read_text() if d.log_path else ""
     assert "vanished" in log  # hang-ups were noticed before any allocation or reply
     assert log.count("\n") < 2000, "a flood of hellos must not become a flood of log lines"
