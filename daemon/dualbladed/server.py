@@ -219,6 +219,10 @@ class Daemon:
         logger.info("session admission: %s", admission)
         registry.on_end(self._session_ended)
         self.registry = registry
+        # a burst's free memory less what its tenant's processes mapped and have yet to read
+        arbiter.mapped.tenant_pids = lambda tenant: [
+            s.pid for s in registry.sessions() if s.tenant == tenant
+        ]
         limits = BatchLimits(cfg.limits.max_batch_ops, cfg.limits.max_object_bytes)
         executor = BatchExecutor(
             store,

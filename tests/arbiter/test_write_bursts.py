@@ -190,6 +190,36 @@ def test_a_burst_takes_at_most_burst_free_fraction_of_the_free_memory() -> None:
     assert set(_prefill(p)[2:]) == {DIRECT}
 
 
+def test_a_burst_leaves_out_the_mapped_pages_its_tenant_has_yet_to_read() -> None:
+    """Free memory that the tenant's mmapped weights will fault into is not the burst's."""
+    p = _policy()
+    p.shares(p.observe(obs(0, free=1024 * MiB)), {"t": 0})  # 1008 MiB free less the reserve
+    assert p.wants_pending("t")
+
+    def prefill(pending: int) -> list[str]:
+        pc = dr = 0
+        out = []
+        for layer in range(16):
+            where = p.place("t", 16 * MiB, TenantUsage(pc, dr), layer * 0.1, pending)
+            out.append(where)
+            pc, dr = (pc + 16 * MiB, dr) if where == PAGECACHE else (pc, dr + 16 * MiB)
+        return out
+
+    # 768 MiB of weights mapped and not yet read: the burst may take half of the ~240 MiB left
+    placed = prefill(768 * MiB)
+    assert not p.wants_pending("t")  # asked once, when the burst began
+    assert placed.count(PAGECACHE) == 1 + 7 and set(placed[8:]) == {DIRECT}
+    # the same free memory with nothing pending: half of it, ~500 MiB, holds every object
+    p = _policy()
+    p.shares(p.observe(obs(0, free=1024 * MiB)), {"t": 0})
+    placed = prefill(0)
+    assert set(placed) == {PAGECACHE}
+    # everything pending: the burst goes direct from its start
+    p = _policy()
+    p.shares(p.observe(obs(0, free=1024 * MiB)), {"t": 0})
+    assert set(prefill(4096 * MiB)[2:]) == {DIRECT}
+
+
 def test_a_prefill_burst_goes_to_the_faster_write_path_then_is_promoted_after_it() -> None:
     # the free-memory rule off: this is the path taken when free memory does not hold a burst
     p = _policy(burst_free_fraction=0.0)

@@ -67,6 +67,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from dualbladed.arbiter.feedback import Observation
+from dualbladed.arbiter.mapped import MappedPending
 from dualbladed.arbiter.policy import (
     Budget,
     Migration,
@@ -148,6 +149,8 @@ class ResidencyArbiter:
         self._signals = signals
         self._pagecache = pagecache
         self._room = PageCacheRoom(pagecache)  # its refusals are logged (room.py)
+        #: the tenants' mapped-but-not-resident file pages; the server sets ``tenant_pids``
+        self.mapped = MappedPending()
         self.tick_s = tick_s
         self.migration_bytes_per_s = migration_bytes_per_s
         self.migration_workers = migration_workers
@@ -262,9 +265,11 @@ class ResidencyArbiter:
         if self.mode == DIRECT:
             choice = DIRECT
         else:
+            pending = self._pending(tenant)
             with self._lock:
                 pc, dr = self._usage.get(tenant, (0, 0))
-                choice = self._policy.place(tenant, size, TenantUsage(pc, dr), time.monotonic())
+                usage = TenantUsage(pc, dr)
+                choice = self._policy.place(tenant, size, usage, time.monotonic(), pending)
             if choice == PAGECACHE and not self._pagecache_fits(size):
                 choice = DIRECT
         with self._lock:
@@ -281,6 +286,7 @@ class ResidencyArbiter:
         of one each (``has_room`` is a racy hint either way; nothing is allocated while
         placing, and it is asked before the lock, as :meth:`place` asks it outside)."""
         fits = {} if self.mode == DIRECT else {s: self._pagecache_fits(s) for s in set(sizes)}
+        pending = 0 if self.mode == DIRECT else self._pending(tenant)
         choices: list[str] = []
         total = sum(sizes)
         with self._lock:
@@ -289,8 +295,9 @@ class ResidencyArbiter:
                 choices = [DIRECT] * len(sizes)
                 cached = 0
             else:
+                usage = TenantUsage(row[0], row[1])
                 choices = self._policy.place_many(
-                    tenant, sizes, TenantUsage(row[0], row[1]), time.monotonic(), fits
+                    tenant, sizes, usage, time.monotonic(), fits, pending_bytes=pending
                 )
                 cached = sum(s for c, s in zip(choices, sizes) if c == PAGECACHE)
             row[0] += cached
@@ -299,6 +306,13 @@ class ResidencyArbiter:
             for choice in set(choices):
                 self._totals[f"placed_{choice}"] += choices.count(choice)
         return choices
+
+    def _pending(self, tenant: str) -> int:
+        """The tenant's mapped file pages not yet resident, where a burst may begin (read
+        outside ``_lock``: they are /proc reads; see :mod:`dualbladed.arbiter.mapped`)."""
+        with self._lock:
+            wanted = self._policy.wants_pending(tenant)
+        return self.mapped.bytes_for(tenant) if wanted else 0
 
     def _pagecache_fits(self, size: int) -> bool:
         # free extent *and* the state filesystem's free-space floor (a racy hint; refusals logged)

@@ -174,7 +174,7 @@ class FeedbackConfig:
     #: memory, placed 470 MB in a room the weights then shrank to 240-300 MB, and the refaults
     #: (411-704 MiB/s) cost 17 demotions and a decode 1.16x direct's (docs/residency.md). Free
     #: memory before the weights fault in cannot tell the two apart.
-    burst_free_fraction: float = 0.0
+    burst_free_fraction: float = 0.6
     burst_window_s: float = 2.0
     #: a burst is over for migrations once its tenant placed nothing for this long (or twice
     #: its last gap between placements, if longer): :class:`BurstDetector`

@@ -362,10 +362,21 @@ class ResidencyPolicy:
     # --------------------------------------------------------------- placement
 
     def place(
-        self, tenant: str, size: int, usage: TenantUsage, now: float | None = None
+        self,
+        tenant: str,
+        size: int,
+        usage: TenantUsage,
+        now: float | None = None,
+        pending_bytes: int = 0,
     ) -> PathName:
         """The path of a new object; ``now`` (the policy's clock) enables burst placement."""
-        return self.place_many(tenant, (size,), usage, now)[0]
+        return self.place_many(tenant, (size,), usage, now, pending_bytes=pending_bytes)[0]
+
+    def wants_pending(self, tenant: str) -> bool:
+        """Whether the tenant's next placement may begin a burst that takes free memory, and
+        so needs ``pending_bytes``: its processes' mapped file pages not yet faulted in
+        (:mod:`dualbladed.arbiter.mapped`), which free memory still counts but will lose."""
+        return self.config.learn.burst_free_fraction > 0 and tenant not in self._burst_room
 
     def place_many(
         self,
@@ -374,12 +385,15 @@ class ResidencyPolicy:
         usage: TenantUsage,
         now: float | None = None,
         fits: Mapping[int, bool] | None = None,
+        pending_bytes: int = 0,
     ) -> list[PathName]:
         """The paths of new objects of one tenant, in order: :meth:`place` of each, every one
         seeing the usage the earlier ones added (``usage`` is the tenant's before the first).
         ``fits[size]``: whether the page-cache path has room for an object of that size (the
         caller asks it; a page-cache choice without room goes direct and counts as direct in
-        the usage the next object sees); None: room for all.
+        the usage the next object sees); None: room for all. ``pending_bytes``: the tenant's
+        mapped file pages not yet resident (:meth:`wants_pending`); a burst that begins here
+        takes its share of free memory less them.
 
         Why one call for many: a packed put places 1000 objects, and per object this is the
         hot loop of ``dualblade-bench scale``. The burst detector is fed the group at once
@@ -402,7 +416,8 @@ class ResidencyPolicy:
             if not bursting:
                 self._burst_room.pop(tenant, None)
             elif tenant not in self._burst_room:  # a burst begins: its share of free memory
-                room = int(self.config.learn.burst_free_fraction * self._free_left)
+                free = max(0, self._free_left - pending_bytes)
+                room = int(self.config.learn.burst_free_fraction * free)
                 self._burst_room[tenant] = room
             # a write burst goes where writes are fastest (docstring, 3.), and to the page cache
             # only into free memory: evicting others to make room is what makes page-cache

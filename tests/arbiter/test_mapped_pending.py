@@ -1,0 +1,127 @@
+"""dualbladed.arbiter.mapped: file pages a tenant's processes mapped but have not read yet.
+
+Real mappings of a real file in this process and in a child, read through the real /proc; only
+the TTL cache's clock and reader are scripted.
+"""
+
+from __future__ import annotations
+
+import mmap
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from dualbladed.arbiter.mapped import MappedPending, pending_mapped_bytes
+
+MiB = 1 << 20
+SIZE = 64 * MiB
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    path = tmp_path / "weights.bin"
+    with path.open("wb") as f:
+        f.truncate(SIZE)  # sparse: reading it costs no disk
+    return path
+
+
+def _map(path: Path, length: int = SIZE) -> mmap.mmap:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return mmap.mmap(fd, length, access=mmap.ACCESS_COPY)  # as the residency bench maps
+    finally:
+        os.close(fd)
+
+
+def _touch(m: mmap.mmap, upto: int) -> None:
+    for off in range(0, upto, mmap.PAGESIZE):
+        m[off]
+
+
+def test_a_mapping_is_pending_until_its_pages_are_read(weights: Path) -> None:
+    before = pending_mapped_bytes([os.getpid()])  # whatever else this process maps
+    m = _map(weights)
+    try:
+        assert pending_mapped_bytes([os.getpid()]) - before == SIZE
+        _touch(m, SIZE // 2)
+        assert pending_mapped_bytes([os.getpid()]) - before == SIZE // 2
+        _touch(m, SIZE)
+        assert pending_mapped_bytes([os.getpid()]) - before == 0
+    finally:
+        m.close()
+
+
+def test_small_and_executable_mappings_do_not_count(weights: Path) -> None:
+    before = pending_mapped_bytes([os.getpid()])
+    small = _map(weights, 4 * MiB)  # below MIN_MAPPING_BYTES: a library's data, not weights
+    try:
+        assert pending_mapped_bytes([os.getpid()]) == before
+        assert pending_mapped_bytes([os.getpid()], min_bytes=MiB) - before >= 4 * MiB
+    finally:
+        small.close()
+    fd = os.open(weights, os.O_RDONLY)
+    try:  # code: faulted in as it runs, never all of it
+        code = mmap.mmap(fd, SIZE, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_EXEC)
+    except PermissionError:
+        pytest.skip("the temp directory's filesystem is mounted noexec")
+    finally:
+        os.close(fd)
+    try:
+        assert pending_mapped_bytes([os.getpid()]) == before
+    finally:
+        code.close()
+
+
+def _child(path: str, ready, done) -> None:  # type: ignore[no-untyped-def]
+    m = _map(Path(path))
+    ready.set()
+    done.wait(30)
+    m.close()
+
+
+def test_a_file_mapped_by_two_processes_counts_once_and_a_gone_pid_counts_nothing(
+    weights: Path,
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    ready, done = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_child, args=(str(weights), ready, done))
+    child.start()
+    m = _map(weights)
+    try:
+        assert ready.wait(60)
+        alone = pending_mapped_bytes([child.pid])
+        assert alone >= SIZE
+        both = pending_mapped_bytes([os.getpid(), child.pid])
+        mine = pending_mapped_bytes([os.getpid()])
+        # the weights once, plus whatever else each process maps that is not shared
+        assert both <= alone + mine - SIZE
+        _touch(m, SIZE)  # read in one process: resident for the file, in both
+        assert pending_mapped_bytes([os.getpid(), child.pid]) <= both - SIZE
+    finally:
+        done.set()
+        child.join(30)
+        m.close()
+    assert pending_mapped_bytes([child.pid]) == 0  # exited: nothing, no error
+
+
+def test_the_cache_reads_once_per_ttl_and_names_the_tenants_pids() -> None:
+    calls: list[list[int]] = []
+    now = [100.0]
+
+    def reader(pids):  # type: ignore[no-untyped-def]
+        calls.append(list(pids))
+        return 7 * MiB * len(calls)
+
+    pending = MappedPending(
+        lambda tenant: [1, 2] if tenant == "0/a" else [3], reader=reader, clock=lambda: now[0]
+    )
+    assert pending.bytes_for("0/a") == 7 * MiB
+    now[0] += 0.2
+    assert pending.bytes_for("0/a") == 7 * MiB  # within the TTL: no second reading
+    assert pending.bytes_for("0/b") == 14 * MiB
+    now[0] += 0.4
+    assert pending.bytes_for("0/a") == 21 * MiB
+    assert calls == [[1, 2], [3], [1, 2]]
+    assert MappedPending().bytes_for("0/a") == 0  # not wired to sessions: no pids, nothing
