@@ -12,8 +12,11 @@ import os
 from pathlib import Path
 
 import pytest
+from dualblade import Client
 
 from dualbladed.arbiter.mapped import MappedPending, pending_mapped_bytes
+from dualbladed.config.load import load_config
+from dualbladed.server import Daemon
 
 MiB = 1 << 20
 SIZE = 64 * MiB
@@ -125,3 +128,31 @@ def test_the_cache_reads_once_per_ttl_and_names_the_tenants_pids() -> None:
     assert pending.bytes_for("0/a") == 21 * MiB
     assert calls == [[1, 2], [3], [1, 2]]
     assert MappedPending().bytes_for("0/a") == 0  # not wired to sessions: no pids, nothing
+
+
+def test_the_daemon_reads_the_mappings_of_a_tenants_sessions(tmp_path: Path, weights: Path) -> None:
+    """The server wires the session registry in: a tenant's pids are its live sessions'."""
+    sock = tmp_path / "grpc.sock"
+    daemon = Daemon(
+        load_config(
+            [
+                *("--namespace", str(tmp_path / "ns.img"), "--namespace-size", "64MiB"),
+                *("--state-dir", str(tmp_path / "state"), "--socket", str(sock)),
+            ]
+        )
+    )
+    daemon.start()
+    try:
+        assert daemon.arbiter is not None
+        mapped = daemon.arbiter.mapped
+        tenant = f"{os.getuid()}/weights"
+        with Client.connect(str(sock), tenant="weights", arena_bytes=1 << 20):
+            assert list(mapped.tenant_pids(tenant)) == [os.getpid()]  # SO_PEERCRED's pid
+            assert list(mapped.tenant_pids(f"{os.getuid()}/other")) == []
+            m = _map(weights)
+            try:
+                assert mapped.bytes_for(tenant) >= SIZE
+            finally:
+                m.close()
+    finally:
+        daemon.stop()

@@ -103,7 +103,9 @@ of observations into three answers the policy acts on:
    memcpy-fast page cache beside a slow disk, where absorbing a burst can pay. **Unless free memory holds
    it**: while memory is not contested, a burst goes to the page cache until its placements
    there take ``burst_free_fraction`` of the free memory seen when it began (MemFree /
-   cgroup headroom, never others' clean cache). When everything fits, the slower prefill costs
+   cgroup headroom, never others' clean cache), less the file pages its tenant's processes
+   have mapped and not yet read (:mod:`dualbladed.arbiter.mapped`): the weights a prefill
+   faults in while it writes its KV. When everything fits, the slower prefill costs
    less than promoting the burst back during decode (policy, 3.). Otherwise hot objects are promoted
    afterwards, off the critical path (rate-limited migrations, none during a burst). Which
    tenant is bursting *now*, at placement time, is :class:`BurstDetector`'s answer.
@@ -159,21 +161,18 @@ class FeedbackConfig:
     pagecache_write_advantage: float = 4.0
     #: whatever the write speeds, a burst goes to the page cache while memory is not contested
     #: and its page-cache placements take at most ``burst_free_fraction`` of the free memory
-    #: seen when the burst began; 0 (the default) turns it off (module docstring, 4.). Why it
-    #: is off (docs/residency.md, "Follow-up 3"): the daemon's page-cache writes cost what any
-    #: buffered write costs here (the kernel's copy into fresh pages, ~2-4 s of CPU per GiB on
-    #: this VM; baseline_file pays the same), so a burst on the page cache makes prefill no
-    #: cheaper than pagecache mode's. With 0.3 and early write-back
-    #: (``residency.pagecache_writeback_bytes``) adaptive lost its promotion window at budget
-    #: ratios 0.5 and 1 (decode 0.87-1.14x the better forced mode, against 1.26-1.46x at 0), but
-    #: at ratio 2 the burst took 0.3 of a free memory that still held the weights' pages not yet
-    #: faulted in: refaults at 749 MiB/s, 22 demotions during decode, 1.44x direct (one run).
-    #: Retried at 0.3 in the ninth session, on the fill-stepped arbiter: at ratios 0.5 and 1 it
-    #: removed the promotion window (decode p99 722-723 against 1612-1810 ms at 0.5, 933-969
-    #: against 1766-2040 at 1) but moved no median; at ratio 4 the prefill met 1.6 GB of free
-    #: memory, placed 470 MB in a room the weights then shrank to 240-300 MB, and the refaults
-    #: (411-704 MiB/s) cost 17 demotions and a decode 1.16x direct's (docs/residency.md). Free
-    #: memory before the weights fault in cannot tell the two apart.
+    #: seen when the burst began, less what the tenant's processes have mapped and not yet
+    #: read (:mod:`dualbladed.arbiter.mapped`: a model's weights, faulted in by the very prefill
+    #: that bursts); 0 turns it off (module docstring, 4.). History (docs/residency.md): off
+    #: until the twelfth session, because free memory alone could not tell itself from the
+    #: weights' future pages: at 0.3, ratio 2 of the residency bench met refaults at 749 MiB/s
+    #: and ratio 4 placed 470 MB into a room the weights shrank to 240-300 MB. With the mapped
+    #: pages left out, 0.6 put the whole KV of budget ratio 0.5 on the page cache during the
+    #: burst (no promotion window: decode p99 578 / 858 ms against 2360 / 2735 ms at 0), the
+    #: decode's wait beyond compute fell at ratios 0.5 and 1, and the bursts of ratios 2, 4
+    #: and 8 took 272-320, 64-176 and 16-64 MiB, inside their rooms of 512, 256 and 128 MiB.
+    #: The margin (0.4 of free memory) is for what this cannot see: the client's anonymous
+    #: memory still to grow (activations) and the kernel's own slack.
     burst_free_fraction: float = 0.6
     burst_window_s: float = 2.0
     #: a burst is over for migrations once its tenant placed nothing for this long (or twice

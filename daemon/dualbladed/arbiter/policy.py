@@ -34,7 +34,8 @@ oscillation. ``now`` is always passed in, so tests script time as well as signal
    until the next tick): a page-cache write that must evict someone pays reclaim now and refaults later,
    which its own latency does not show until it is too late. While memory is not contested and
    free memory holds it with margin (its page-cache placements leave ``1 -
-   burst_free_fraction`` of the free memory seen when it began), a burst goes to the page cache
+   burst_free_fraction`` of the free memory seen when it began, less its processes' mapped
+   file pages not yet read: ``pending_bytes``), a burst goes to the page cache
    whatever the write speeds: promoting it back during decode cost more than the slower write
    (feedback, 4.). Otherwise prefill costs no more than the
    better forced mode, each byte is written once, and the hot part is promoted later by
