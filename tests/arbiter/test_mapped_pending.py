@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 import pytest
-from dualblade import Client
 
+from dualblade import Client
 from dualbladed.arbiter.mapped import MappedPending, pending_mapped_bytes
 from dualbladed.config.load import load_config
 from dualbladed.server import Daemon
