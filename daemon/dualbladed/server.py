@@ -220,9 +220,7 @@ class Daemon:
         registry.on_end(self._session_ended)
         self.registry = registry
         # a burst's free memory less what its tenant's processes mapped and have yet to read
-        arbiter.mapped.tenant_pids = lambda tenant: [
-            s.pid for s in registry.sessions() if s.tenant == tenant
-        ]
+        arbiter.mapped.session_pids = lambda: [(s.tenant, s.pid) for s in registry.sessions()]
         limits = BatchLimits(cfg.limits.max_batch_ops, cfg.limits.max_object_bytes)
         executor = BatchExecutor(
             store,

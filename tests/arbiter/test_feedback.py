@@ -104,6 +104,27 @@ def test_free_memory_is_filled_two_thirds_per_calm_tick_up_to_the_room() -> None
     assert caps[full + 1] == 3 * GiB + 64 * MiB
 
 
+def test_mapped_pages_not_yet_read_are_not_room_but_never_demote_what_we_hold() -> None:
+    """Weights evicted during a prefill are faulted back in by the next decode step: free
+    memory they will take is not the fill's. What we already hold stays."""
+    fb = Feedback(FeedbackConfig())
+
+    def room(free: int, held: int, pending: int) -> int:
+        o = obs(0, sig(4 * GiB, free=free), pc=held, demand=2 * GiB)
+        return fb.update(dataclasses.replace(o, mapped_pending=pending)).room
+
+    assert room(512 * MiB, 0, 0) == 512 * MiB
+    assert room(512 * MiB, 0, 384 * MiB) == 128 * MiB
+    assert room(512 * MiB, 256 * MiB, 384 * MiB) == 384 * MiB  # held + what is left free
+    assert room(512 * MiB, 256 * MiB, 2 * GiB) == 256 * MiB  # all free memory is spoken for
+    fb = Feedback(FeedbackConfig())
+    fb.update(dataclasses.replace(obs(0, sig(4 * GiB, free=GiB)), mapped_pending=GiB))
+    v = fb.update(
+        dataclasses.replace(obs(1, sig(4 * GiB, free=GiB), demand=GiB), mapped_pending=GiB)
+    )
+    assert v.cap == 0  # nothing to fill: every free page is a weight's about to come back
+
+
 def test_no_probe_rides_on_a_fill_step() -> None:
     """80 MiB free beside 1 GiB we hold: the step is one probe's worth, and so "in use" at
     once. A probe on top of it would put the cap above the free memory, into others' cache."""

@@ -118,7 +118,7 @@ def test_the_cache_reads_once_per_ttl_and_names_the_tenants_pids() -> None:
         return 7 * MiB * len(calls)
 
     pending = MappedPending(
-        lambda tenant: [1, 2] if tenant == "0/a" else [3], reader=reader, clock=lambda: now[0]
+        lambda: [("0/a", 1), ("0/b", 3), ("0/a", 2)], reader=reader, clock=lambda: now[0]
     )
     assert pending.bytes_for("0/a") == 7 * MiB
     now[0] += 0.2
@@ -127,6 +127,7 @@ def test_the_cache_reads_once_per_ttl_and_names_the_tenants_pids() -> None:
     now[0] += 0.4
     assert pending.bytes_for("0/a") == 21 * MiB
     assert calls == [[1, 2], [3], [1, 2]]
+    assert pending.bytes_for_all() == 28 * MiB and calls[-1] == [1, 3, 2]  # every session's
     assert MappedPending().bytes_for("0/a") == 0  # not wired to sessions: no pids, nothing
 
 

@@ -149,7 +149,7 @@ class ResidencyArbiter:
         self._signals = signals
         self._pagecache = pagecache
         self._room = PageCacheRoom(pagecache)  # its refusals are logged (room.py)
-        #: the tenants' mapped-but-not-resident file pages; the server sets ``tenant_pids``
+        #: the tenants' mapped-but-not-resident file pages; the server sets ``session_pids``
         self.mapped = MappedPending()
         self.tick_s = tick_s
         self.migration_bytes_per_s = migration_bytes_per_s
@@ -384,13 +384,15 @@ class ResidencyArbiter:
         except DualbladeError:
             resident = 0
         usage = _path_bytes(self._store.totals())
+        adaptive = self.mode is ResidencyMode.ADAPTIVE
+        pending = self.mapped.bytes_for_all() if adaptive else 0  # /proc reads: forced modes skip
         now, wall = time.monotonic(), time.time()
         with self._lock:
             moved = self._moved
         # Candidates only: the store keeps each path in recency order, so a tick reads the
         # coldest page-cache and hottest direct objects, never the whole index (issue 14).
         heat: list[ObjectHeat] = []
-        if plan and self.mode is ResidencyMode.ADAPTIVE:
+        if plan and adaptive:
             for info in [
                 *self._store.coldest(PAGECACHE, self._want[PAGECACHE]),
                 *self._store.hottest(DIRECT, self._want[DIRECT]),
@@ -422,6 +424,7 @@ class ResidencyArbiter:
                 placed_bytes=self._placed_bytes,
                 writes=writes,
                 migrated_bytes=self._totals["demoted_bytes"] + self._totals["promoted_bytes"],
+                mapped_pending=pending,
             )
             budget = self._policy.observe(obs)
             verdict = self._policy.verdict
@@ -437,11 +440,13 @@ class ResidencyArbiter:
             self._last_tick = now
         if budget.changed:
             log.info(
-                "page-cache budget %d B (effective available %d B, room %s B, our footprint %d B%s%s)",
+                "page-cache budget %d B (effective available %d B, room %s B, our footprint %d B,"
+                " mapped not resident %d B%s%s)",
                 budget.total,
                 budget.effective_available,
                 "?" if verdict is None else verdict.room,
                 budget.pagecache_resident,
+                pending,
                 "" if verdict is None or verdict.pressure is None else f", {verdict.pressure}",
                 ", contested" if verdict is not None and verdict.contested else "",
             )

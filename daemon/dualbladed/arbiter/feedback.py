@@ -8,7 +8,11 @@ of observations into three answers the policy acts on:
    - ``ceiling = effective_available - reserve`` (the reserve is an optional floor of memory
      always left alone, default 0): what the page cache could hold if every clean page were ours.
    - ``room = free + resident - reserve``: what we can hold without evicting anyone (``free``
-     counts no cache at all; ``resident`` is our own cached KV, from mincore).
+     counts no cache at all; ``resident`` is our own cached KV, from mincore), less the pages
+     the sessions' processes have mapped and not yet read (:mod:`dualbladed.arbiter.mapped`),
+     which they will fault back in: weights evicted during a prefill are read again by the
+     next decode step. That never takes ``room`` below ``resident``, and while such pages
+     wait nothing probes (below): the memory a probe would test is known to be wanted.
    - The cap starts at ``room`` and, until pressure is seen, **tracks** it (up and down, plus
      what probing earned): free memory is worth using, but others' clean cache (the model's
      mmapped weights) is not ours until a probe shows nobody misses it. Starting at the ceiling
@@ -196,6 +200,8 @@ class Observation:
     #: ReadMeter's cumulative write counters per path (appends, puts and migrations)
     writes: Mapping[str, PathReads] = field(default_factory=dict)
     migrated_bytes: int = 0  # cumulative bytes the arbiter moved (their writes are no burst)
+    #: the sessions' mapped file pages not yet resident (:mod:`dualbladed.arbiter.mapped`)
+    mapped_pending: int = 0
 
 
 @dataclass(frozen=True)
@@ -248,8 +254,11 @@ class Feedback:
         ceiling = max(0, sig.effective_available - reserve)
         free = sig.free
         room = ceiling
-        if free is not None:
-            room = min(ceiling, max(0, free + obs.pagecache_resident - reserve))
+        if free is not None:  # less what mapped weights will fault back into (never below
+            spare = free - reserve  # what we hold: this alone must not demote)
+            if spare > 0:
+                spare = max(0, spare - obs.mapped_pending)
+            room = min(ceiling, max(0, spare + obs.pagecache_resident))
         last = self._last
         dt = obs.now - last.now if last is not None else 0.0
 
@@ -335,7 +344,13 @@ class Feedback:
             # residency bench a probe came on the tick the fill reached the room, holding
             # 100 MB of a 151 MB room: a 218 MB cap, 7 promotions, refaults at 44 MiB/s.
             used_up = contested or held >= room - cfg.probe_bytes // 2
-            probed = pressure is None and used_up and self._probe(obs, cap, hit, burst)
+            # and no probe while mapped pages wait to be read: others' cache is theirs for sure
+            probed = (
+                pressure is None
+                and used_up
+                and obs.mapped_pending == 0
+                and self._probe(obs, cap, hit, burst)
+            )
             if probed:
                 if not contested:
                     self._extra += cfg.probe_bytes

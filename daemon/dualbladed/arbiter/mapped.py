@@ -98,38 +98,51 @@ def pending_mapped_bytes(
 
 
 class MappedPending:
-    """:func:`pending_mapped_bytes` of one tenant's processes, read at most once per ``ttl_s``.
+    """:func:`pending_mapped_bytes` of one tenant's processes, or of every session's, read at
+    most once per ``ttl_s``.
 
-    ``tenant_pids`` names the pids of a tenant's live sessions (the session registry's, wired
-    in by the server; none until then). Called on the put threads, never under the arbiter's
+    ``session_pids`` names the live sessions as ``(tenant, pid)`` pairs (the session registry's,
+    wired in by the server; none until then). Called on the put threads (one tenant's, where a
+    burst may begin) and on the arbiter's (everyone's, each tick), never under the arbiter's
     lock: the readings are file reads. The cache's own lock is a leaf, not held while reading
     (two threads may read at once; the later reading wins, both are fresh).
     """
 
     def __init__(
         self,
-        tenant_pids: Callable[[str], Iterable[int]] | None = None,
+        session_pids: Callable[[], Iterable[tuple[str, int]]] | None = None,
         *,
         ttl_s: float = TTL_S,
         reader: Callable[[Iterable[int]], int] = pending_mapped_bytes,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.tenant_pids: Callable[[str], Iterable[int]] = tenant_pids or (lambda tenant: ())
+        self.session_pids: Callable[[], Iterable[tuple[str, int]]] = session_pids or tuple
         self._ttl_s = ttl_s
         self._reader = reader
         self._clock = clock
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[float, int]] = {}
+        self._cache: dict[str | None, tuple[float, int]] = {}
+
+    def tenant_pids(self, tenant: str) -> list[int]:
+        return [pid for t, pid in self.session_pids() if t == tenant]
 
     def bytes_for(self, tenant: str) -> int:
+        """The tenant's processes' pending bytes."""
+        return self._cached(tenant, lambda: self.tenant_pids(tenant))
+
+    def bytes_for_all(self) -> int:
+        """Every session's processes' pending bytes (a file mapped by two tenants once)."""
+        return self._cached(None, lambda: [pid for _, pid in self.session_pids()])
+
+    def _cached(self, key: str | None, pids: Callable[[], Iterable[int]]) -> int:
         now = self._clock()
         with self._lock:
-            hit = self._cache.get(tenant)
+            hit = self._cache.get(key)
         if hit is not None and now - hit[0] < self._ttl_s:
             return hit[1]
-        value = self._reader(self.tenant_pids(tenant))
+        value = self._reader(pids())
         with self._lock:
-            self._cache[tenant] = (now, value)
+            self._cache[key] = (now, value)
             for stale in [t for t, (at, _) in self._cache.items() if now - at > 60 * self._ttl_s]:
                 del self._cache[stale]
         return value
