@@ -157,3 +157,21 @@ def test_the_daemon_reads_the_mappings_of_a_tenants_sessions(tmp_path: Path, wei
                 m.close()
     finally:
         daemon.stop()
+
+
+def test_shared_memory_mapped_and_untouched_counts() -> None:
+    """A session's arena is a memfd: its untouched pages become memory as the client stages
+    through it, so they are spoken for like a file's (the A/B and sweep ran with this)."""
+    before = pending_mapped_bytes([os.getpid()])
+    fd = os.memfd_create("arena-like")
+    try:
+        os.ftruncate(fd, SIZE)
+        m = mmap.mmap(fd, SIZE)
+        try:
+            assert pending_mapped_bytes([os.getpid()]) - before == SIZE
+            m[: SIZE // 4] = b"\1" * (SIZE // 4)
+            assert pending_mapped_bytes([os.getpid()]) - before == SIZE - SIZE // 4
+        finally:
+            m.close()
+    finally:
+        os.close(fd)

@@ -13,6 +13,9 @@ daemon knows its sessions' pids (SO_PEERCRED), so it looks at what they have map
 What counts. A file-backed, non-executable mapping of at least ``min_bytes`` (a model's
 weights are far larger; shared libraries' data segments are smaller): its size less its
 resident set is *pending*. Executable mappings are code, faulted in as it runs, never all.
+Shared memory counts too (a session's arena is a memfd, 362 MiB in the residency bench): its
+untouched pages become memory as the client stages through them, so free memory they will
+take is not free either.
 
 How it is read. ``/proc/<pid>/maps`` (~0.5 ms for a torch process's ~350 mappings) names the
 candidates; only where one exists is ``/proc/<pid>/smaps`` read (~5 ms) for their ``Rss``.
