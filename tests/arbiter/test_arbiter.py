@@ -19,6 +19,7 @@ import pytest
 import xxhash
 
 from dualbladed.arbiter.arbiter import ResidencyArbiter
+from dualbladed.arbiter.mapped import MappedPending
 from dualbladed.arbiter.policy import PolicyConfig, ResidencyPolicy
 from dualbladed.arbiter.room import PageCacheRoom
 from dualbladed.arbiter.signals import MemorySignals
@@ -44,6 +45,7 @@ class ScriptedSignals:
     def __init__(self, budget: int) -> None:
         self.set_budget(budget)
         self.reads = 0
+        self.free: int | None = None  # MemFree: None, the room is the ceiling
 
     def set_budget(self, budget: int) -> None:
         self.available = RESERVE + budget  # the policy's budget is available - reserve
@@ -51,7 +53,16 @@ class ScriptedSignals:
     def read(self) -> MemorySignals:
         self.reads += 1
         return MemorySignals(
-            time.monotonic(), 64 * GiB, self.available, None, None, None, None, None, None
+            time.monotonic(),
+            64 * GiB,
+            self.available,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            mem_free=None if self.free is None else RESERVE + self.free,
         )
 
 
@@ -605,3 +616,36 @@ def test_page_cache_refusals_log_at_most_one_pair_per_quiet_period(caplog) -> No
     assert room.refusing == f"no free range of {16 * MiB} bytes" and room.refusals == 9
     assert [r.levelname for r in caplog.records] == ["WARNING", "INFO", "WARNING", "WARNING"]
     assert "larger than a slab stay on the direct path" in caplog.records[-1].getMessage()
+
+
+def test_mapped_pages_hold_back_the_fill_only_up_to_what_their_tenant_stores(make_rig) -> None:
+    """A tenant's unread mapped pages leave the fill's room (they will fault back in), but no
+    more of them than it stores: mapping a huge file it never reads cannot starve the others.
+    The signal alone never demotes. (The pids and their pages are scripted; the free memory is
+    too, and stays 8 MiB whatever we cache.)"""
+    rig = make_rig(budget=1 * GiB)
+    rig.signals.free = 0  # no room while the objects are put: all direct
+    hostile = "1001/huge-map"
+    pages = {1: 64 * GiB, 2: 64 * GiB}  # pid -> mapped and not resident
+    rig.arbiter.mapped = MappedPending(
+        lambda: [(T, 1), (hostile, 2)], reader=lambda pids: sum(pages[p] for p in pids), ttl_s=0
+    )
+    rig.arbiter.run_once()
+    rig.put(b"x", 1 * MiB, tenant=hostile)  # it stores 1 MiB: that much room is its to hold
+    data = {b"m%d" % i: rig.put(b"m%d" % i, 1 * MiB) for i in range(8)}
+    for key in data:
+        rig.read(key)
+    assert set(rig.paths().values()) == {DIRECT}
+    rig.signals.free = 8 * MiB
+    settle(rig)
+    # T's own unread weights (counted up to the 8 MiB it stores) and the hostile 1 MiB take
+    # all 8 MiB of free memory: nothing to fill
+    assert rig.bytes_on(PAGECACHE) == 0
+    pages[1] = 0  # T's weights are read: the hostile mapping holds back only its 1 MiB
+    settle(rig)
+    assert set(rig.paths().values()) == {PAGECACHE}
+    pages[1] = 64 * GiB  # T's weights evicted again: no more growth, and no demotion either
+    settle(rig)
+    assert set(rig.paths().values()) == {PAGECACHE}
+    for key, value in data.items():
+        assert rig.read(key) == value

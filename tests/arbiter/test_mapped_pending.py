@@ -127,7 +127,10 @@ def test_the_cache_reads_once_per_ttl_and_names_the_tenants_pids() -> None:
     now[0] += 0.4
     assert pending.bytes_for("0/a") == 21 * MiB
     assert calls == [[1, 2], [3], [1, 2]]
-    assert pending.bytes_for_all() == 28 * MiB and calls[-1] == [1, 3, 2]  # every session's
+    now[0] += 1.0
+    every = pending.by_tenant()  # every live tenant's, each read afresh (the TTL passed)
+    assert set(every) == {"0/a", "0/b"} and sorted(every.values()) == [28 * MiB, 35 * MiB]
+    assert sorted(calls[-2:]) == [[1, 2], [3]]
     assert MappedPending().bytes_for("0/a") == 0  # not wired to sessions: no pids, nothing
 
 

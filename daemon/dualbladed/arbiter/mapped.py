@@ -124,7 +124,7 @@ class MappedPending:
         self._reader = reader
         self._clock = clock
         self._lock = threading.Lock()
-        self._cache: dict[str | None, tuple[float, int]] = {}
+        self._cache: dict[str, tuple[float, int]] = {}
 
     def tenant_pids(self, tenant: str) -> list[int]:
         return [pid for t, pid in self.session_pids() if t == tenant]
@@ -133,11 +133,13 @@ class MappedPending:
         """The tenant's processes' pending bytes."""
         return self._cached(tenant, lambda: self.tenant_pids(tenant))
 
-    def bytes_for_all(self) -> int:
-        """Every session's processes' pending bytes (a file mapped by two tenants once)."""
-        return self._cached(None, lambda: [pid for _, pid in self.session_pids()])
+    def by_tenant(self) -> dict[str, int]:
+        """:meth:`bytes_for` of every tenant with a live session (a file two tenants map counts
+        for each: what each may take from the room is capped by the caller, see
+        ``ResidencyArbiter._observe``)."""
+        return {t: self.bytes_for(t) for t in {t for t, _ in self.session_pids()}}
 
-    def _cached(self, key: str | None, pids: Callable[[], Iterable[int]]) -> int:
+    def _cached(self, key: str, pids: Callable[[], Iterable[int]]) -> int:
         now = self._clock()
         with self._lock:
             hit = self._cache.get(key)
