@@ -131,6 +131,9 @@ def test_the_cache_reads_once_per_ttl_and_names_the_tenants_pids() -> None:
     every = pending.by_tenant()  # every live tenant's, each read afresh (the TTL passed)
     assert set(every) == {"0/a", "0/b"} and sorted(every.values()) == [28 * MiB, 35 * MiB]
     assert sorted(calls[-2:]) == [[1, 2], [3]]
+    # what they take from the shared room: each at most what it stores (0/c has no session)
+    stored = {"0/a": 10 * MiB, "0/b": 100 * MiB, "0/c": 5 * MiB}
+    assert pending.claimed(stored) == 10 * MiB + every["0/b"]  # 0/a capped, 0/b whole
     assert MappedPending().bytes_for("0/a") == 0  # not wired to sessions: no pids, nothing
 
 

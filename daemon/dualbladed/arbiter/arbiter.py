@@ -385,15 +385,9 @@ class ResidencyArbiter:
             resident = 0
         usage = _path_bytes(self._store.totals())
         adaptive = self.mode is ResidencyMode.ADAPTIVE
-        # What the sessions mapped and have yet to read leaves the fill's room (feedback, 1.);
-        # each tenant's counts at most what it stores here, so mapping a huge file it never
-        # reads cannot take the page cache from the others: to hold back X bytes of room a
-        # tenant must store X bytes of KV within its quotas, which would compete for the room
-        # anyway. /proc reads: forced modes skip them.
-        pending = 0
-        if adaptive:
-            for tenant, pages in self.mapped.by_tenant().items():
-                pending += min(pages, sum(usage.get(tenant, (0, 0))))
+        # what the sessions mapped and have yet to read leaves the fill's room (feedback, 1.);
+        # /proc reads: forced modes skip them
+        pending = self.mapped.claimed({t: sum(b) for t, b in usage.items()}) if adaptive else 0
         now, wall = time.monotonic(), time.time()
         with self._lock:
             moved = self._moved

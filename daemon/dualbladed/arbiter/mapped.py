@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 MiB = 1 << 20
@@ -132,6 +132,14 @@ class MappedPending:
     def bytes_for(self, tenant: str) -> int:
         """The tenant's processes' pending bytes."""
         return self._cached(tenant, lambda: self.tenant_pids(tenant))
+
+    def claimed(self, stored: Mapping[str, int]) -> int:
+        """What the live tenants' pending pages take from the room every tenant's page cache
+        grows into: each tenant's at most the bytes it ``stored`` with the daemon. So mapping a
+        huge file it never reads cannot take the others' cache: to hold back X bytes of room
+        a tenant must store X bytes within its quotas, which would compete for the room anyway.
+        """
+        return sum(min(p, stored.get(t, 0)) for t, p in self.by_tenant().items())
 
     def by_tenant(self) -> dict[str, int]:
         """:meth:`bytes_for` of every tenant with a live session (a file two tenants map counts
