@@ -219,7 +219,8 @@ class Daemon:
         logger.info("session admission: %s", admission)
         registry.on_end(self._session_ended)
         self.registry = registry
-        # a burst's free memory less what its tenant's processes mapped and have yet to read
+        # what each tenant's processes mapped and have yet to read: out of its burst's share of
+        # free memory, and out of the room the fill grows into (arbiter/mapped.py)
         arbiter.mapped.session_pids = lambda: [(s.tenant, s.pid) for s in registry.sessions()]
         limits = BatchLimits(cfg.limits.max_batch_ops, cfg.limits.max_object_bytes)
         executor = BatchExecutor(

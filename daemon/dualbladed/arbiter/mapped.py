@@ -33,6 +33,7 @@ way to skip a process that has no candidate, and the placement path pays for it.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -142,10 +143,12 @@ class MappedPending:
         return sum(min(p, stored.get(t, 0)) for t, p in self.by_tenant().items())
 
     def by_tenant(self) -> dict[str, int]:
-        """:meth:`bytes_for` of every tenant with a live session (a file two tenants map counts
-        for each: what each may take from the room is capped by the caller, see
-        ``ResidencyArbiter._observe``)."""
-        return {t: self.bytes_for(t) for t in {t for t, _ in self.session_pids()}}
+        """:meth:`bytes_for` of every tenant with a live session, from one listing of the
+        sessions (a file two tenants map counts for each: :meth:`claimed` caps each)."""
+        pids: dict[str, list[int]] = {}
+        for tenant, pid in self.session_pids():
+            pids.setdefault(tenant, []).append(pid)
+        return {t: self._cached(t, functools.partial(tuple, p)) for t, p in pids.items()}
 
     def _cached(self, key: str, pids: Callable[[], Iterable[int]]) -> int:
         now = self._clock()
