@@ -232,6 +232,8 @@ class Daemon:
             uid_quota_for=self._uid_quota_for,
             record_many=self.metrics.record_many,
             session_live=lambda s: registry.get(s.id) is s,
+            bulk_nice=cfg.io.bulk_write_nice,
+            bulk_min_bytes=cfg.io.bulk_write_bytes,
         )
         self._stack.callback(executor.close)
         inventory = Inventory(

@@ -151,6 +151,10 @@ def test_example_config_examples_load(as_user: Path, tmp_path: Path) -> None:
         ("[io]\nqueue_depth = 0", "io.queue_depth: expected an integer >= 1"),
         ("[io]\nrequest_bytes = 1000", "io.request_bytes: expected at least 4096"),
         ("[io]\nrequest_bytes = 6000", "io.request_bytes: 6000 is not a multiple of 4096"),
+        (
+            "[io]\nbulk_write_nice = 20",
+            "io.bulk_write_nice: expected an integer >= 0 and <= 19, got 20",
+        ),
         ("[namespace]\nforce = 1", "namespace.force: expected true or false"),
         ('[limits]\nmax_object_bytes = "2GB"', "limits.max_object_bytes: unit 'GB' is ambiguous"),
         ("io = 3", "io: expected a table"),
@@ -276,6 +280,8 @@ def test_each_setting_is_declared_once_and_the_keys_stay() -> None:
         "quotas.per_uid": None,
         "io.request_bytes": None,
         "io.queue_depth": None,
+        "io.bulk_write_nice": None,
+        "io.bulk_write_bytes": None,
         "residency.mode": None,
         "residency.reserve_bytes": None,
         "residency.hysteresis_bytes": None,
@@ -288,7 +294,7 @@ def test_each_setting_is_declared_once_and_the_keys_stay() -> None:
         "residency.pagecache_writeback_bytes": None,
         "metrics.prometheus_address": None,
     }
-    assert len(keys) == 42
+    assert len(keys) == 44
     cfg = load_config(["--socket", "/x/grpc.sock", "--state-dir", "/x/state"])
     for s in _DEFINITIONS:
         if s.default is None:  # derived at load time, or optional

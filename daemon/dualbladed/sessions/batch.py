@@ -24,6 +24,10 @@ layer's KV is typically tens of blocks of a few hundred KiB). Outcomes keep the 
 Each op then does its I/O inline (:func:`~dualbladed.paths.engine.serial_transfers`): the batch
 is the fan-out, and a second one per large object only cost CPU.
 
+Bulk writes (a batch of writes of at least ``io.bulk_write_bytes``) run on a second pool whose
+threads run ``io.bulk_write_nice`` below the daemon, behind the tenants' compute
+(:mod:`dualbladed.sessions.bulk` says why and what counts).
+
 Quotas: every put holds its bytes against the tenant's and the uid's quotas from before its
 data write until after its commit (:class:`~dualbladed.sessions.quota.QuotaReservations`,
 whose lock is a leaf lock; its docstring states the rules).
@@ -49,6 +53,7 @@ from dualblade.v1.wire import ALIGNMENT
 from dualbladed.errors import DualbladeError, InvalidArgument, NotFound
 from dualbladed.paths.abstract import PATH_NAMES
 from dualbladed.paths.engine import serial_transfers
+from dualbladed.sessions.bulk import bulk_bytes, bulk_pool
 from dualbladed.sessions.quota import QuotaReservations
 from dualbladed.sessions.registry import Session
 from dualbladed.sessions.requests import (
@@ -137,6 +142,8 @@ class BatchExecutor:
         uid_quota_for: Callable[[Session], int] | None = None,
         record_many: RecordManyFn | None = None,
         session_live: Callable[[Session], bool] | None = None,
+        bulk_nice: int = 0,
+        bulk_min_bytes: int = 1 << 20,
     ) -> None:
         self._store = store
         self._session_live = session_live
@@ -146,6 +153,9 @@ class BatchExecutor:
             if parallelism > 1
             else None
         )
+        # bulk writes run niced, off the tenants' critical path (dualbladed.sessions.bulk)
+        self._bulk_pool = bulk_pool(parallelism, bulk_nice)
+        self._bulk_min_bytes = max(1, bulk_min_bytes)
         self._limits = limits
         self._record = record or (lambda *a: None)
         self._record_many = record_many
@@ -185,14 +195,21 @@ class BatchExecutor:
             raise InvalidArgument(
                 f"batch has {count} ops; the limit is {self._limits.max_batch_ops}"
             )
+        pool = self._pool
+        if self._bulk_pool is not None and bulk_bytes(ops) >= self._bulk_min_bytes:
+            pool = self._bulk_pool
+            if packed or stop_on_error or len(ops) == 1 or not _distinct_keys(ops):
+                # one task on the bulk pool; it never submits there itself (bulk.py)
+                task = self._bulk_pool.submit(self._execute_in_order, session, ops, stop_on_error)
+                return task.result()
         if packed:  # a packed op is already one group; the others run in order around it
             return self._execute_in_order(session, ops, stop_on_error)
         if not stop_on_error and len(ops) > 1 and all(isinstance(op, StatRequest) for op in ops):
             return self._stat_all(session, ops)  # type: ignore[arg-type]
         if not stop_on_error and len(ops) > 1 and all(isinstance(op, TouchRequest) for op in ops):
             return self._touch_all(session, ops)  # type: ignore[arg-type]
-        if self._pool is not None and not stop_on_error and len(ops) > 1 and _distinct_keys(ops):
-            return self._execute_grouped(session, ops)
+        if pool is not None and not stop_on_error and len(ops) > 1 and _distinct_keys(ops):
+            return self._execute_grouped(session, ops, pool)
         return self._execute_in_order(session, ops, stop_on_error)
 
     def _execute_in_order(
@@ -212,17 +229,18 @@ class BatchExecutor:
             outcomes.append(outcome)
         return outcomes
 
-    def _execute_grouped(self, session: Session, ops: Sequence[Op]) -> list[OpOutcome]:
-        """Independent ops (distinct keys): gets and deletes run on the pool; puts are staged
-        (written) on the pool and then committed together, one metadata transaction for all
+    def _execute_grouped(
+        self, session: Session, ops: Sequence[Op], pool: ThreadPoolExecutor
+    ) -> list[OpOutcome]:
+        """Independent ops (distinct keys): gets and deletes run on ``pool``; puts are staged
+        (written) on it and then committed together, one metadata transaction for all
         (group commit, :mod:`dualbladed.store.group`). Outcomes keep the request order."""
-        assert self._pool is not None
         started = time.perf_counter()
         puts = [i for i, op in enumerate(ops) if isinstance(op, PutRequest)]
         others = [i for i, op in enumerate(ops) if not isinstance(op, PutRequest)]
         outcomes: list[OpOutcome | None] = [None] * len(ops)
-        other_results = self._on_pool(others, lambda i: self._run_one(session, ops[i]))
-        staged_or_err = self._stage_on_pool(session, [ops[i] for i in puts])
+        other_results = self._on_pool(pool, others, lambda i: self._run_one(session, ops[i]))
+        staged_or_err = self._stage_on_pool(pool, session, [ops[i] for i in puts])
         ok = [(i, st) for i, st in zip(puts, staged_or_err) if not isinstance(st, OpOutcome)]
         for i, st in zip(puts, staged_or_err):
             if isinstance(st, OpOutcome):
@@ -248,11 +266,12 @@ class BatchExecutor:
             outcomes[i] = out
         return outcomes  # type: ignore[return-value]  # every slot is filled above
 
-    def _on_pool(self, items: list[int], fn: Callable[[int], T]) -> list[T]:
-        """``[fn(i) for i in items]`` on the pool, in ``parallelism`` interleaved chunks: as
+    def _on_pool(
+        self, pool: ThreadPoolExecutor, items: list[int], fn: Callable[[int], T]
+    ) -> list[T]:
+        """``[fn(i) for i in items]`` on ``pool``, in ``parallelism`` interleaved chunks: as
         many ops in flight as one future per op would give, without a future (and its lock and
         condition) per op, which dominated batches of many small objects."""
-        assert self._pool is not None
         if not items:
             return []
         n = min(self._parallelism, len(items))
@@ -265,23 +284,22 @@ class BatchExecutor:
             with serial_transfers():  # the batch is the fan-out: no second one per op
                 return [fn(i) for i in chunk]
 
-        for k, results in enumerate(self._pool.map(run, chunks)):
+        for k, results in enumerate(pool.map(run, chunks)):
             out[k::n] = results
         return out
 
     def _stage_on_pool(
-        self, session: Session, puts: list[PutRequest]
+        self, pool: ThreadPoolExecutor, session: Session, puts: list[PutRequest]
     ) -> list[tuple[StagedPut, int] | OpOutcome]:
         """Stage the puts in ``parallelism`` *contiguous* chunks (each chunk's extents tend to
         be neighbours, which the direct path writes with one request), chunks in parallel."""
-        assert self._pool is not None
         if not puts:
             return []
         n = min(self._parallelism, len(puts))
         step = -(-len(puts) // n)
         chunks = [puts[k : k + step] for k in range(0, len(puts), step)]
         out: list[tuple[StagedPut, int] | OpOutcome] = []
-        for results in self._pool.map(lambda ch: self._stage_chunk(session, ch), chunks):
+        for results in pool.map(lambda ch: self._stage_chunk(session, ch), chunks):
             out.extend(results)
         return out
 
@@ -331,8 +349,9 @@ class BatchExecutor:
         return out  # type: ignore[return-value]  # every slot is filled above
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        for pool in (self._pool, self._bulk_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     # -- one op ---------------------------------------------------------------------------
 
