@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import json
 import os
+import select
 import socket
 import time
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ from typing import Any
 
 from dualblade import errors
 from dualblade.v1.wire import PROTOCOL_VERSION, REPLY_MAX_BYTES, reachable_path
+
+#: how long :meth:`HandshakeResult.close` waits for the daemon to end the session (it takes
+#: milliseconds; the bound only matters when the daemon is stopped or hung)
+CLOSE_WAIT_S = 2.0
 
 __all__ = ["HandshakeResult", "open_session"]
 
@@ -50,13 +55,25 @@ class HandshakeResult:
     #: The gRPC socket this session's token is accepted on; None: the daemon's shared one.
     grpc_socket: str | None = None
 
-    def close(self) -> None:
-        """End the session: close the lease (the daemon reclaims the session) and the arena fd.
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """End the session: shut the lease down, wait (at most ``wait_s``) for the daemon to
+        close its end, then close the lease and the arena fd. Idempotent.
 
-        Mappings of the arena made earlier stay valid until they are unmapped. Idempotent.
+        The daemon closes its end once the session has ended (its admission slot and ephemeral
+        objects released: ``dualbladed.sessions.handshake``, ``_lease_lost``), so when this
+        returns a session count no longer includes this one and a process at its per-uid
+        session limit can open another at once. A daemon that does not close in ``wait_s``
+        (stopped, hung) costs that long once; it ends the session when it next runs. Mappings
+        of the arena made earlier stay valid until they are unmapped.
         """
-        if self.lease.fileno() >= 0:
-            self.lease.close()
+        sock = self.lease
+        if sock.fileno() >= 0:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)  # the daemon's readers see EOF
+                await_eof(sock, wait_s)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a caller still in recv
+            sock.close()
         with contextlib.suppress(OSError):
             os.close(self.arena_fd)
 
@@ -65,6 +82,23 @@ class HandshakeResult:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def await_eof(sock: socket.socket, wait_s: float) -> None:
+    """Until the peer closes ``sock`` or ``wait_s`` passes. Frames still arriving (replies to
+    calls the lease plane has failed already) are dropped; reads never block, since another
+    thread may take a frame between the poll and the read."""
+    deadline = time.monotonic() + wait_s
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    while (left := deadline - time.monotonic()) > 0:
+        if not poller.poll(left * 1000):
+            return
+        try:
+            if not sock.recv(1, socket.MSG_DONTWAIT):  # EOF (SEQPACKET: rest of a frame is cut)
+                return
+        except BlockingIOError:
+            continue
 
 
 def open_session(

@@ -23,6 +23,7 @@ import socket
 import threading
 
 from dualblade import errors
+from dualblade._handshake import CLOSE_WAIT_S, await_eof
 from dualblade.v1.wire import REPLY_HEADER, REQUEST_HEADER, Code, code_name, size_socket_buffers
 
 __all__ = ["LeasePlane", "TooLarge"]
@@ -97,9 +98,16 @@ class LeasePlane:
         message = waiter.body.decode("utf-8", "replace")
         raise errors.from_code(code_name(waiter.code), message)
 
-    def close(self) -> None:
-        """Wake a caller blocked in recv (EOF) and fail every waiting call. The socket stays
-        open: its owner closes it."""
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Shut the lease down, wake a caller blocked in recv (EOF) and fail every waiting
+        call. The socket stays open: its owner closes it.
+
+        Writing is shut first and the daemon's EOF awaited (at most ``wait_s``): the daemon
+        closes its end once it has ended the session, so the owner's close that follows
+        returns with the session gone (:meth:`dualblade._handshake.HandshakeResult.close`)."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+            await_eof(self._sock, wait_s)
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._fail_all("the dualblade client was closed")

@@ -163,9 +163,10 @@ class Client(LayerMethods, StagingMethods):
     def close(self) -> None:
         """End the session. Idempotent.
 
-        The daemon ends the session (and frees its ephemeral objects) when it sees the lease
-        socket close, moments after this returns, not before: a session count read right after
-        may still include this one.
+        Returns once the daemon has ended the session and freed its ephemeral objects (it
+        closes the lease after that; a daemon that does not answer within
+        ``_handshake.CLOSE_WAIT_S`` delays this that long), so a session count read after it
+        no longer includes this one, and a process at its session limit may reconnect at once.
         """
         if self._closed:
             return

@@ -530,11 +530,27 @@ class HandshakeServer:
             logger.debug("could not send the error reply to pid %d: %s", conn.pid, err)
         self._drop(conn)
 
-    def _lease_lost(self, conn: _Conn, reason: str) -> None:
+    def _lease_lost(self, conn: _Conn, reason: str, *, readers_left: bool = False) -> None:
+        """End ``conn``'s session and close its lease.
+
+        ``readers_left``: the lease's readers met EOF (the client shut its side down) and are
+        gone. Then the client sees the lease close only once the session has ended: a dup holds
+        the socket open across ``registry.end`` and no shutdown wakes anyone, so a client that
+        waits for that EOF (``Client.close``) finds its session, its admission slot and its
+        ephemeral objects released, and a close-then-reopen at a session limit is not refused.
+        """
         session_id = conn.session_id
-        self._drop(conn)
-        if session_id is not None and self._registry.end(session_id):
-            logger.info("session %s ended (pid %d): %s", session_id, conn.pid, reason)
+        hold = None
+        if readers_left:
+            with contextlib.suppress(OSError):
+                hold = conn.sock.dup()
+        try:
+            self._drop(conn, wake_readers=hold is None)
+            if session_id is not None and self._registry.end(session_id):
+                logger.info("session %s ended (pid %d): %s", session_id, conn.pid, reason)
+        finally:
+            if hold is not None:
+                hold.close()
 
     def _expire_pending(self) -> None:
         now = time.monotonic()
@@ -554,7 +570,7 @@ class HandshakeServer:
             session_id, reason = self._lost.popleft()
             conn = self._leases.get(session_id)
             if conn is not None:
-                self._lease_lost(conn, reason)
+                self._lease_lost(conn, reason, readers_left=True)
 
     def _drain_ended(self) -> None:
         while self._ended:
@@ -563,8 +579,11 @@ class HandshakeServer:
                 logger.info("session %s ended elsewhere; closing its lease", conn.session_id)
                 self._drop(conn)
 
-    def _drop(self, conn: _Conn) -> None:
-        """Forget a connection and close its fds. Idempotent. Handshake thread (or stop()) only."""
+    def _drop(self, conn: _Conn, *, wake_readers: bool = True) -> None:
+        """Forget a connection and close its fds. Idempotent. Handshake thread (or stop()) only.
+
+        ``wake_readers``: shut the lease down so its readers see EOF (False only when they have
+        left already: the shutdown would also show the client EOF, see ``_lease_lost``)."""
         assert self._selector is not None
         self._pending.pop(conn, None)
         if conn.session_id is not None and self._leases.get(conn.session_id) is conn:
@@ -573,8 +592,9 @@ class HandshakeServer:
             with contextlib.suppress(KeyError, ValueError):
                 self._selector.unregister(conn.sock)
             if conn.writer is not None:
-                with contextlib.suppress(OSError):  # wakes the lease's reader with EOF
-                    conn.sock.shutdown(socket.SHUT_RDWR)
+                if wake_readers:
+                    with contextlib.suppress(OSError):  # wakes the lease's reader with EOF
+                        conn.sock.shutdown(socket.SHUT_RDWR)
                 conn.writer.close()  # waits for a worker's reply in progress
             else:
                 conn.sock.close()
