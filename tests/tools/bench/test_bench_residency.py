@@ -271,3 +271,52 @@ def test_a_disk_near_the_page_cache_floor_is_refused_before_anything_is_written(
     assert list(tmp_path.iterdir()) == []  # refused before the weights and fio file
     monkeypatch.setattr(residency, "free_floor_bytes", lambda *a: 0)
     bench.check_disk()  # a tiny spec fits wherever the suite runs
+
+
+def _run_doc(path: Path, records: list[ResidencyRecord], overhead: int = GiB) -> None:
+    from dualblade_tools.bench import report
+    from dualblade_tools.bench.kvtrace import TraceSpec
+
+    spec = TraceSpec()
+    report.write_json(
+        path,
+        records,
+        spec=dataclasses.asdict(spec),
+        fixed_overhead_bytes=overhead,
+        elapsed_s=10.0,
+    )
+
+
+def test_merge_pools_earlier_runs_as_more_repeats(tmp_path: Path) -> None:
+    a, b, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "out.json"
+    # two invocations of one commit: a cell's median comes from all five runs
+    _run_doc(a, [_rec(2, "adaptive", p, 1.0, 0.5, repeat=i) for i, p in enumerate((100, 900))])
+    _run_doc(b, [_rec(2, "adaptive", p, 1.0, 0.5, repeat=i) for i, p in enumerate((200, 300, 400))])
+    argv = ["residency", "--merge", str(a), str(b), "--json", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "dualblade_tools.bench.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert sorted(r["repeat"] for r in doc["records"]) == [0, 1, 2, 3, 4]
+    assert doc["repeat"] == 5 and doc["merged_from"] == [str(a), str(b)]
+    (cell,) = [s for s in doc["summary"] if s["mode"] == "adaptive"]
+    assert cell["runs"] == 5 and cell["decode_p50_ms"] == 300  # median of all five
+    assert "| budget_ratio |" not in proc.stdout and "budget_ratio" in proc.stdout
+
+
+def test_merge_refuses_runs_of_another_overhead(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    _run_doc(a, [_rec(2, "adaptive", 100, 1.0, 0.5)])
+    _run_doc(b, [_rec(2, "adaptive", 100, 1.0, 0.5)], overhead=2 * GiB)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dualblade_tools.bench.cli", "residency", "--merge", str(a), str(b)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "another trace or overhead" in proc.stderr and str(b) in proc.stderr

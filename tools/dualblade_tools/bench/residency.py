@@ -198,6 +198,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="copy each run's daemon log into --dir (the arbiter's budget and pressure lines)",
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="RUN.json",
+        help="run nothing: summarize the records of earlier runs' --json together (same trace "
+        "and overhead), e.g. two sweeps of one commit as one with more repeats",
+    )
     parser.add_argument("--json", metavar="FILE", help="write records + verdicts as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="decode p50 and prefill vs ratio")
     parser.add_argument("--markdown", metavar="FILE", help="write the table and verdicts (md)")
@@ -212,6 +219,13 @@ def main_args(**options: object) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.merge:
+        try:
+            spec, overhead, records, elapsed = merged(args.merge)
+        except ValueError as err:
+            print(f"cannot merge: {err}", file=sys.stderr)
+            return 2
+        return _publish(args, spec, overhead, records, elapsed)
     unknown = set(args.modes) - set(MODES)
     if unknown:
         print(f"unknown modes: {', '.join(sorted(unknown))}", file=sys.stderr)
@@ -248,7 +262,44 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)
-    elapsed = time.monotonic() - started
+    return _publish(args, spec, overhead, records, time.monotonic() - started)
+
+
+def merged(paths: Sequence[str]) -> tuple[TraceSpec, int, list[ResidencyRecord], float]:
+    """The records of several ``--json`` outputs as one run: ``(spec, overhead, records,
+    elapsed_s)``. Each file's repeats are renumbered after the previous file's, so a cell's
+    runs stay distinct. Raises ValueError when the files disagree on the trace or the overhead
+    (their limits, and so their cells, would differ)."""
+    spec: TraceSpec | None = None
+    overhead: int | None = None
+    records: list[ResidencyRecord] = []
+    elapsed = 0.0
+    names = {f.name for f in dataclasses.fields(ResidencyRecord)}
+    for path in paths:
+        doc = json.loads(Path(path).read_text())
+        this = TraceSpec(**doc["spec"])
+        if spec is None:
+            spec, overhead = this, int(doc["fixed_overhead_bytes"])
+        elif this != spec or int(doc["fixed_overhead_bytes"]) != overhead:
+            raise ValueError(f"{path} ran another trace or overhead than {paths[0]}")
+        base = 1 + max((r.repeat for r in records), default=-1)
+        for row in doc["records"]:
+            rec = ResidencyRecord(**{k: v for k, v in row.items() if k in names})
+            records.append(dataclasses.replace(rec, repeat=base + rec.repeat))
+        elapsed += float(doc.get("elapsed_s", 0.0))
+    assert spec is not None and overhead is not None  # argparse: at least one path
+    return spec, overhead, records, elapsed
+
+
+def _publish(
+    args: argparse.Namespace,
+    spec: TraceSpec,
+    overhead: int,
+    records: list[ResidencyRecord],
+    elapsed: float,
+) -> int:
+    """Print the table and the verdicts of ``records``; write --json, --markdown, --plot."""
+    repeat = 1 + max((r.repeat for r in records), default=0)
     summary = summary_mod.summarize(records, spec.kv_bytes)
     checks = verdicts(summary)
     meta = {
@@ -264,6 +315,8 @@ def run(args: argparse.Namespace) -> int:
         "summary": summary_mod.as_dicts(summary),
         "verdicts": summary_mod.as_dicts(checks),
     }
+    if args.merge:
+        meta["merged_from"] = [str(p) for p in args.merge]
     print(_header(spec, overhead))
     print(summary_mod.format_table(summary))
     print()
