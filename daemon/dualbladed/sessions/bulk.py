@@ -3,9 +3,10 @@
 Why. A prefill hands the daemon a layer's KV (tens of MiB) while the model computes the next
 layer, and nobody waits for that write until the prefill ends. On a small box the write's CPU
 (the copy into the page cache, the checksums) competes with the model's thread for the same
-cores: on the 2-vCPU residency bench the model thread's matmuls took 1.7-2.0 s with the daemon's
-writes beside them at nice 0 against 1.3-1.6 s beside the baseline's in-process writes, and the
-prefill was 14-23% slower than the baseline's (docs/residency.md, "The thirteenth session"). At
+cores: in one sweep of the 2-vCPU residency bench at budget ratio 0.5 the model thread's matmuls
+took 1.67-1.89 s with the daemon's writes beside them at nice 0 against 1.29-1.55 s beside the
+baseline's in-process writes, and the prefill was 14-19% slower than the baseline's at ratios
+0.5-2 (docs/residency.md, "The thirteenth session"). At
 nice 10 the kernel gives the model thread ~90% of a contended core and the writes take what is
 left, which on an edge box running one model is most of a core: the same work, off the
 critical path. A storage daemon's flusher running below its applications is the usual order
