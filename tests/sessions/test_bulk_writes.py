@@ -8,8 +8,10 @@ Raising a thread's nice needs no privilege, so these hold for root and for a pla
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -62,8 +64,9 @@ class NiceRecordingStore:
         return getattr(self._store, name)
 
 
-@pytest.fixture
-def setup(tmp_path: Path):
+@contextlib.contextmanager
+def _executor(tmp_path: Path, **kw) -> Iterator[tuple]:
+    """A BatchExecutor over a real store (direct path on a file namespace) and a real arena."""
     ns = FileNamespace(tmp_path / "ns.img", 96 * MiB)
     store = ObjectStore.open(ns, tmp_path / "state", paths={"direct": DirectPath(ns)})
     arena = Arena.create(16 * MiB)
@@ -71,14 +74,20 @@ def setup(tmp_path: Path):
         id="s1", token="t", pid=1, uid=0, gid=0, tenant_label="x", arena=arena, created=0.0
     )
     rec = NiceRecordingStore(store)
-    executor = BatchExecutor(
-        rec, BatchLimits(256, 8 * MiB), lambda s: 0, parallelism=4, bulk_nice=NICE
-    )
-    yield executor, rec, session, arena
-    executor.close()
-    store.close()
-    arena.close()
-    ns.close()
+    executor = BatchExecutor(rec, BatchLimits(256, 8 * MiB), lambda s: 0, **kw)
+    try:
+        yield executor, rec, session, arena
+    finally:
+        executor.close()
+        store.close()
+        arena.close()
+        ns.close()
+
+
+@pytest.fixture
+def setup(tmp_path: Path):
+    with _executor(tmp_path, parallelism=4, bulk_nice=NICE) as parts:
+        yield parts
 
 
 def _fill(arena: Arena, offset: int, n: int, seed: int) -> bytes:
@@ -142,20 +151,7 @@ def test_bulk_appends_run_niced(setup) -> None:
 
 
 def test_bulk_nice_zero_keeps_one_pool(tmp_path: Path) -> None:
-    ns = FileNamespace(tmp_path / "ns.img", 32 * MiB)
-    store = ObjectStore.open(ns, tmp_path / "state", paths={"direct": DirectPath(ns)})
-    arena = Arena.create(4 * MiB)
-    session = Session(
-        id="s1", token="t", pid=1, uid=0, gid=0, tenant_label="x", arena=arena, created=0.0
-    )
-    rec = NiceRecordingStore(store)
-    executor = BatchExecutor(rec, BatchLimits(256, 8 * MiB), lambda s: 0, parallelism=2)
-    try:
+    with _executor(tmp_path, parallelism=2) as (executor, rec, session, arena):
         _fill(arena, 0, 2 * MiB, 1)
         assert executor.execute(session, [PutRequest(b"big", 0, 2 * MiB)])[0].ok
         assert rec.nices == [_nice_here()]
-    finally:
-        executor.close()
-        store.close()
-        arena.close()
-        ns.close()

@@ -195,21 +195,19 @@ class BatchExecutor:
             raise InvalidArgument(
                 f"batch has {count} ops; the limit is {self._limits.max_batch_ops}"
             )
-        pool = self._pool
-        if self._bulk_pool is not None and bulk_bytes(ops) >= self._bulk_min_bytes:
-            pool = self._bulk_pool
-            if packed or stop_on_error or len(ops) == 1 or not _distinct_keys(ops):
-                # one task on the bulk pool; it never submits there itself (bulk.py)
-                task = self._bulk_pool.submit(self._execute_in_order, session, ops, stop_on_error)
-                return task.result()
+        independent = not stop_on_error and len(ops) > 1
         if packed:  # a packed op is already one group; the others run in order around it
-            return self._execute_in_order(session, ops, stop_on_error)
-        if not stop_on_error and len(ops) > 1 and all(isinstance(op, StatRequest) for op in ops):
+            independent = False
+        elif independent and all(isinstance(op, StatRequest) for op in ops):
             return self._stat_all(session, ops)  # type: ignore[arg-type]
-        if not stop_on_error and len(ops) > 1 and all(isinstance(op, TouchRequest) for op in ops):
+        elif independent and all(isinstance(op, TouchRequest) for op in ops):
             return self._touch_all(session, ops)  # type: ignore[arg-type]
-        if pool is not None and not stop_on_error and len(ops) > 1 and _distinct_keys(ops):
+        bulk = self._bulk_pool is not None and bulk_bytes(ops) >= self._bulk_min_bytes
+        pool = self._bulk_pool if bulk else self._pool
+        if pool is not None and independent and _distinct_keys(ops):
             return self._execute_grouped(session, ops, pool)
+        if bulk and pool is not None:  # one task on the bulk pool, which never submits there
+            return pool.submit(self._execute_in_order, session, ops, stop_on_error).result()
         return self._execute_in_order(session, ops, stop_on_error)
 
     def _execute_in_order(

@@ -6,12 +6,11 @@ layer, and nobody waits for that write until the prefill ends. On a small box th
 cores: in one sweep of the 2-vCPU residency bench at budget ratio 0.5 the model thread's matmuls
 took 1.67-1.89 s with the daemon's writes beside them at nice 0 against 1.29-1.55 s beside the
 baseline's in-process writes, and the prefill was 14-19% slower than the baseline's at ratios
-0.5-2 (docs/residency.md, "The thirteenth session"). At
-nice 10 the kernel gives the model thread ~90% of a contended core and the writes take what is
-left, which on an edge box running one model is most of a core: the same work, off the
-critical path. A storage daemon's flusher running below its applications is the usual order
-(the kernel's own write-back threads, ionice's idle class); reads stay at the daemon's priority,
-because a decode step waits on them.
+0.5-2 (docs/residency.md, "The thirteenth session"). At nice 10 the kernel gives the model thread
+~90% of a contended core and the writes take what is left, which on an edge box running one
+model is most of a core: the same work, off the critical path. A storage daemon's flusher
+running below its applications is the usual order (the kernel's own write-back threads,
+ionice's idle class); reads stay at the daemon's priority, because a decode step waits on them.
 
 What counts as bulk: a batch whose every op writes or reserves (put, packed put, append,
 reserve) and that carries at least ``min_bytes`` (default 1 MiB) in all. A decode step's

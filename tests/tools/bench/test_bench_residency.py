@@ -76,6 +76,16 @@ def _rec(
     )
 
 
+def _bench(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``dualblade-bench ARGV`` in a subprocess, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "dualblade_tools.bench.cli", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def _by(checks: list[Verdict]) -> dict[tuple[float, str], Verdict]:
     return {(v.budget_ratio, v.target): v for v in checks}
 
@@ -204,12 +214,7 @@ def test_tiny_residency_run(tmp_path: Path) -> None:
         plot=out_png,
         markdown=out_md,
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "dualblade_tools.bench.cli", *argv],
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
+    proc = _bench(argv, timeout=110)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out_json.read_text())
     modes = {r["mode"] for r in doc["records"]}
@@ -293,12 +298,7 @@ def test_merge_pools_earlier_runs_as_more_repeats(tmp_path: Path) -> None:
     _run_doc(a, [_rec(2, "adaptive", p, 1.0, 0.5, repeat=i) for i, p in enumerate((100, 900))])
     _run_doc(b, [_rec(2, "adaptive", p, 1.0, 0.5, repeat=i) for i, p in enumerate((200, 300, 400))])
     argv = ["residency", "--merge", str(a), str(b), "--json", str(out)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "dualblade_tools.bench.cli", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _bench(argv)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
     assert sorted(r["repeat"] for r in doc["records"]) == [0, 1, 2, 3, 4]
@@ -312,11 +312,6 @@ def test_merge_refuses_runs_of_another_overhead(tmp_path: Path) -> None:
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     _run_doc(a, [_rec(2, "adaptive", 100, 1.0, 0.5)])
     _run_doc(b, [_rec(2, "adaptive", 100, 1.0, 0.5)], overhead=2 * GiB)
-    proc = subprocess.run(
-        [sys.executable, "-m", "dualblade_tools.bench.cli", "residency", "--merge", str(a), str(b)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _bench(["residency", "--merge", str(a), str(b)])
     assert proc.returncode == 2
     assert "another trace or overhead" in proc.stderr and str(b) in proc.stderr
