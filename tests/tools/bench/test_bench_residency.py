@@ -315,3 +315,13 @@ def test_merge_refuses_runs_of_another_overhead(tmp_path: Path) -> None:
     proc = _bench(["residency", "--merge", str(a), str(b)])
     assert proc.returncode == 2
     assert "another trace or overhead" in proc.stderr and str(b) in proc.stderr
+
+
+def test_the_worker_runs_at_the_path_issue_12_names() -> None:
+    """``tools/bench/kvtrace.py`` (the issue's name) is the worker itself, not a copy."""
+    script = Path(__file__).resolve().parents[3] / "tools" / "bench" / "kvtrace.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--spec" in proc.stdout and "--weights" in proc.stdout
