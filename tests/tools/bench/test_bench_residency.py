@@ -107,6 +107,17 @@ def test_summary_keeps_medians_and_the_spread_and_skips_failed_runs() -> None:
     assert cells["decode_p50_ms"] == "550 (500-700)" and cells["runs"] == "3 (1 failed)"
 
 
+def test_a_failed_run_keeps_its_cell_and_the_disk_and_measures_nothing_else() -> None:
+    rec = ResidencyRecord.failed(4.0, "adaptive", 1860, 0.7, "worker exited -9")
+    assert (rec.budget_ratio, rec.mode, rec.limit_mib, rec.fio_gbps) == (4.0, "adaptive", 1860, 0.7)
+    assert rec.error == "worker exited -9" and rec.repeat == 0
+    kept = {"budget_ratio", "mode", "limit_mib", "fio_gbps", "error", "repeat"}
+    rest = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec) if f.name not in kept}
+    assert rest and all(value is None for value in rest.values()), rest
+    (row,) = summarize([rec], kv_bytes=GiB)
+    assert (row.runs, row.failed) == (0, 1)
+
+
 def test_floor_is_the_unfit_kv_at_fio_speed_plus_the_least_compute() -> None:
     # ratio 4: three quarters of 1 GiB do not fit; at 1.0737 GB/s that is 750 ms
     assert floor_ms(GiB, 4.0, GiB / 1e9, 100.0) == pytest.approx(750.0 + 100.0)

@@ -137,6 +137,15 @@ class ResidencyRecord:
     #: read back from the disk in the daemon modes, plus the KV's reads in baseline_file
     client_disk_read_mib_per_step: float | None = None
 
+    @classmethod
+    def failed(
+        cls, ratio: float, mode: str, limit_mib: int, fio: float | None, error: str
+    ) -> ResidencyRecord:
+        """A run that measured nothing but the disk: every measurement None, `error` set."""
+        unset = {f.name: None for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        given = {"budget_ratio": ratio, "mode": mode, "limit_mib": limit_mib, "fio_gbps": fio}
+        return cls(**{**unset, **given}, error=error)
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     d = TraceSpec()
@@ -431,7 +440,7 @@ class _Bench:
             seconds=self.fio_seconds,
         )
         if "error" in result:
-            return _failed(ratio, mode, limit, fio, result)
+            return ResidencyRecord.failed(ratio, mode, limit // MiB, fio, str(result.get("error")))
         ssd = (result["io_read_bytes"] + result["io_write_bytes"]) / result["decode_s"] / 1e9
         steps = max(1, self.spec.steps)
         daemon_cpu = result.get("daemon_cpu_s")
@@ -540,33 +549,6 @@ class _Bench:
         )
         daemon.cgroup = cgroup
         return daemon.start(timeout=60)
-
-
-def _failed(
-    ratio: float, mode: str, limit: int, fio: float | None, result: dict[str, Any]
-) -> ResidencyRecord:
-    return ResidencyRecord(
-        budget_ratio=ratio,
-        mode=mode,
-        limit_mib=limit // MiB,
-        prefill_s=None,
-        decode_p50_ms=None,
-        decode_p99_ms=None,
-        kv_read_gbps=None,
-        compute_ms=None,
-        daemon_cpu_ms_per_step=None,
-        client_cpu_ms_per_step=None,
-        pagecache_fraction=None,
-        ssd_util=None,
-        ssd_gbps=None,
-        fio_gbps=fio,
-        client_rss_mib=None,
-        cgroup_cache_mib=None,
-        cgroup_shmem_mib=None,
-        cgroup_peak_mib=None,
-        depth=None,
-        error=str(result.get("error")),
-    )
 
 
 # --------------------------------------------------------------------------- output
