@@ -20,28 +20,16 @@ It joins the pure :class:`~dualbladed.arbiter.policy.ResidencyPolicy` to the liv
   bounded set of candidates (the coldest page-cache and hottest direct objects, from the
   store's recency order: O(candidates), never O(objects)), hands the policy one frozen :class:`~dualbladed.arbiter.feedback.Observation` (it learns its
   budget and split from it) and asks it for
-  shares and a bounded migration plan, and executes the plan with :meth:`ObjectStore.relocate`. Forced modes (``pagecache`` /
-  ``direct``, for benchmarks) still observe, so dbctl shows the signals, but never migrate.
+  shares and a bounded migration plan, and executes the plan with :meth:`ObjectStore.relocate`
+  (all demotions finished before any promotion starts: they free memory). Forced modes
+  (``pagecache`` / ``direct``, for benchmarks) still observe, so dbctl shows the signals, but
+  never migrate.
 
-- **Bandwidth**. Migrations pass through a token bucket (:mod:`dualbladed.ratelimit`) of
-  ``migration_bytes_per_s`` with a burst of one tick's worth: before each relocation the thread
-  sleeps until the bucket holds the object's bytes (an object larger than the burst waits for
-  a full bucket and drives it negative, so the long-run rate still holds). The sleep is on the stop event, so shutdown is
-  prompt, and no lock of the store or of the arbiter is held while sleeping. Up to
-  ``migration_workers`` relocations of a tick's plan run at once (demotions all finish before
-  any promotion starts): one relocation is a read, a write, an fdatasync and a durable commit in
-  a row, and serially a 16 MiB layer object took ~230 ms on the loaded 2-vCPU bench VM, i.e.
-  ~70 MB/s, far below the rate cap. Promoting 1 GiB after a prefill then took ~15 s, longer
-  than the decode it was for. The rate cap still bounds the bytes, in submission order.
-
-- **Safety of a migration** is :meth:`ObjectStore.relocate`'s contract: copy, verify, flush,
-  commit durably, then free the old extent; readers see the old copy until the commit, and a
-  failure at any step leaves exactly one valid copy. A failed or raced migration (the key was
-  overwritten or deleted meanwhile) is logged, recorded in the history with ``ok=False``, and the
-  loop goes on. After a demotion the old extent's pages are dropped with
-  :meth:`PageCachePath.drop_cache` (``release`` already did DONTNEED, but DONTNEED skips dirty
-  pages; drop_cache writes the slab back first). If the extent was reused by a new put in the
-  meantime, that put's pages are evicted too: a cost in speed, never in correctness.
+- **Migrations** run in :mod:`dualbladed.arbiter.migrate`, whose docstring says how they are
+  paced (a token bucket of ``migration_bytes_per_s``, burst one tick's worth), how many run at
+  once (``migration_workers``, each thread with one bounce buffer per group) and why a failed or
+  raced move leaves exactly one valid copy. That module keeps no state: the arbiter books each
+  move's record here (history, totals, usage estimate, ``last_moved``).
 
 Clocks. The policy wants one clock for ``now``, ``last_access`` and ``last_moved``; the store's
 ``last_access`` is wall time, so it is converted to ``time.monotonic()`` at each tick
@@ -51,23 +39,24 @@ longer hold an object back).
 
 Locking. ``_lock`` guards the policy (not thread-safe: ``place`` runs on gRPC threads, the plan
 on the arbiter thread) and the published state (usage estimate, last signals, history, totals).
-It is never held across store calls, path I/O or sleeps; the policy's planning is the only
-non-trivial work under it (a sort of the candidates). The store's lock is only taken inside
-store calls, so the order is always ``ResidencyArbiter._lock`` released before any store lock.
+It is never held across store calls, path I/O or sleeps (a move takes it only to book its
+record, after :func:`~dualbladed.arbiter.migrate.move_one` returned); the policy's planning is
+the only non-trivial work under it (a sort of the candidates). The store's lock is only taken
+inside store calls, so the order is always ``ResidencyArbiter._lock`` released before any
+store lock.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from dualbladed.arbiter.feedback import Observation
 from dualbladed.arbiter.mapped import MappedPending
+from dualbladed.arbiter.migrate import move_one, run_group
 from dualbladed.arbiter.policy import (
     Budget,
     Migration,
@@ -88,7 +77,7 @@ from dualbladed.arbiter.snapshot import (
     TenantResidency,
 )
 from dualbladed.config import ResidencyMode
-from dualbladed.errors import DualbladeError, FailedPrecondition, InvalidArgument, NotFound
+from dualbladed.errors import DualbladeError, FailedPrecondition, InvalidArgument
 from dualbladed.paths.abstract import DIRECT, PAGECACHE
 from dualbladed.paths.pagecache import PageCachePath
 from dualbladed.ratelimit import TokenBucket
@@ -101,7 +90,7 @@ log = logging.getLogger(__name__)
 PsiWatcherFactory = Callable[[Callable[[PressureEvent], None]], PsiWatcher]
 
 HISTORY = 256
-#: relocations of one plan in flight at once (module docstring, Bandwidth)
+#: relocations of one plan in flight at once (:mod:`dualbladed.arbiter.migrate`, Bandwidth)
 MIGRATION_WORKERS = 4
 #: objects read per tick as demotion (coldest page-cache) and promotion (hottest direct)
 #: candidates while nothing moves; see ``ResidencyArbiter._adapt_candidates``
@@ -331,51 +320,10 @@ class ResidencyArbiter:
         return done
 
     def _execute_all(self, group: list[Migration]) -> list[MigrationRecord]:
-        """Run ``group`` through the token bucket, up to ``migration_workers`` at once.
-
-        Each thread copies through one bounce buffer for the whole group, unmapped when the
-        group is done (:class:`~dualbladed.store.relocate.Bounce`: with a fresh buffer per
-        move, faulting its pages in took half to three quarters of a promotion's CPU)."""
-        if self.migration_workers == 1 or len(group) == 1:
-            out = []
-            bounce = Bounce()
-            try:
-                for m in group:
-                    if self._stop.is_set() or not self._bucket.wait(m.size, self._stop):
-                        break
-                    rec = self._execute(m, bounce)
-                    if rec is not None:
-                        out.append(rec)
-            finally:
-                bounce.close()
-            return out
-        futures: list[Future[MigrationRecord | None]] = []
-        workers = min(self.migration_workers, len(group))
-        local = threading.local()
-        bounces: list[Bounce] = []  # one per worker thread of this group
-
-        def run(m: Migration) -> MigrationRecord | None:
-            if self._stop.is_set():
-                return None
-            bounce = getattr(local, "bounce", None)
-            if bounce is None:
-                bounce = local.bounce = Bounce()
-                bounces.append(bounce)
-            return self._execute(m, bounce)
-
-        try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="residency-move") as pool:
-                for m in group:
-                    if self._stop.is_set() or not self._bucket.wait(m.size, self._stop):
-                        break
-                    # _execute logs its failures. The bucket admits a burst of small moves at
-                    # once, so many can be queued: each checks for a stop first, or a SIGTERM
-                    # would wait for the whole queue (seen: 18 s to stop behind a 2048-move plan).
-                    futures.append(pool.submit(run, m))
-            return [rec for f in futures if (rec := f.result()) is not None]
-        finally:
-            for bounce in bounces:  # the pool's threads are done with them
-                bounce.close()
+        """Run ``group`` paced by the token bucket, up to ``migration_workers`` at once
+        (:func:`~dualbladed.arbiter.migrate.run_group`), each move booked by :meth:`_execute`."""
+        stop, workers = self._stop, self.migration_workers
+        return run_group(group, self._execute, bucket=self._bucket, stop=stop, workers=workers)
 
     def _observe(self, *, plan: bool) -> list[Migration]:
         signals = self._signals.read()
@@ -493,38 +441,15 @@ class ResidencyArbiter:
                 self._want[path] = self._base_candidates
 
     def _execute(self, m: Migration, bounce: Bounce | None = None) -> MigrationRecord | None:
-        t0 = time.perf_counter()
-        error: str | None = None
-        try:
-            before = self._store.stat(m.tenant, m.key)
-            if before.path != m.src:
-                return None  # moved or replaced since the plan: nothing to do
-            if m.dst == PAGECACHE and not self._pagecache_fits(m.size):
-                return None  # no room or at the disk floor: the object stays on direct
-            with self.meter.moving() if self.meter is not None else contextlib.nullcontext():
-                self._store.relocate(m.tenant, m.key, m.dst, bounce=bounce)
-        except (NotFound, FailedPrecondition) as e:  # deleted or overwritten meanwhile
-            error = str(e)
-            log.info("migration of tenant %s key %r skipped: %s", m.tenant, m.key, e)
-        except DualbladeError as e:  # relocate left exactly one valid copy
-            error = f"{type(e).__name__}: {e}"
-            log.warning("migration of tenant %s key %r failed: %s", m.tenant, m.key, e)
-        except Exception as e:  # not a typed error: a bug below us; keep the loop alive
-            error = f"{type(e).__name__}: {e}"
-            log.exception("migration of tenant %s key %r failed unexpectedly", m.tenant, m.key)
-        if error is None and m.src == PAGECACHE:
-            try:
-                self._pagecache.drop_cache(before.extent)
-            except DualbladeError as e:
-                log.warning("dropping the cached pages of demoted key %r failed: %s", m.key, e)
-        ms = (time.perf_counter() - t0) * 1000.0
-        rec = MigrationRecord(
-            time.time(), m.tenant, m.key, m.src, m.dst, m.size, ms, error is None, m.reason, error
-        )
+        """Move ``m`` (:func:`~dualbladed.arbiter.migrate.move_one`) and book its record."""
+        fits, meter = self._pagecache_fits, self.meter
+        rec = move_one(self._store, self._pagecache, m, bounce=bounce, fits=fits, meter=meter)
+        if rec is None:
+            return None
         with self._lock:
             self._history.append(rec)
             self._totals["migrations"] += 1
-            if error is not None:
+            if not rec.ok:
                 self._totals["failed_migrations"] += 1
             else:
                 self._moved[(m.tenant, m.key)] = time.monotonic()

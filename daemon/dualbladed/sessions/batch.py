@@ -38,6 +38,9 @@ outcome, recorded in the metrics as a successful ``stat`` on path ``none`` (hits
 their path). A successful get by the session ends its pin on the key. A touch marks a key used
 now without reading it (the eviction LRU's young end); its miss is NOT_FOUND and counts as a
 stat miss does.
+
+Results: this module makes the store calls; :mod:`dualbladed.sessions.outcomes` turns what
+they return (and the errors they raise) into outcomes and metric records, statelessly.
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TypeVar
 
 from dualblade.v1.wire import ALIGNMENT
@@ -54,6 +56,15 @@ from dualbladed.errors import DualbladeError, InvalidArgument, NotFound
 from dualbladed.paths.abstract import PATH_NAMES
 from dualbladed.paths.engine import serial_transfers
 from dualbladed.sessions.bulk import bulk_bytes, bulk_pool
+from dualbladed.sessions.outcomes import (
+    LayerDone,
+    found,
+    packed_outcome,
+    stat_outcomes,
+    touch_outcomes,
+    touched,
+    without_frames,
+)
 from dualbladed.sessions.quota import QuotaReservations
 from dualbladed.sessions.registry import Session
 from dualbladed.sessions.requests import (
@@ -75,42 +86,10 @@ from dualbladed.sessions.requests import (
 )
 from dualbladed.store import ObjectStore
 from dualbladed.store.group import PutSpec, StagedPut
-from dualbladed.store.index import ObjectInfo
 
 __all__ = ["BatchExecutor"]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class _LayerDone:
-    """A layer op's result as ``_run_one`` reads it (``size``: see the OpResult docs)."""
-
-    size: int
-    generation: int
-    path: str
-    moved: int  # bytes moved, for the metrics (OpResult.size is not that for reserve/append)
-
-
-def _without_frames(err: DualbladeError) -> DualbladeError:
-    """``err`` with the tracebacks of it and its chained causes dropped.
-
-    An outcome outlives the call that failed. A traceback would keep that call's frames alive,
-    the arena views in them included, and this frame too (its ``outcome`` refers back to
-    ``err``): a reference cycle that only the cyclic GC would break, holding the session's
-    mappings meanwhile. The type and the message are all an outcome needs.
-    """
-    seen: set[int] = set()
-    e: BaseException | None = err
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        e.__traceback__ = None
-        e = e.__cause__ or e.__context__
-    return err
-
-
-def _touched(info: ObjectInfo) -> OpOutcome:
-    return OpOutcome(None, info.size, info.generation, info.path, persistent=info.persistent)
 
 
 def _op_count(ops: Sequence[Op]) -> int:
@@ -249,7 +228,7 @@ class BatchExecutor:
                 for (i, _), info in zip(ok, infos):
                     outcomes[i] = OpOutcome(None, info.size, info.generation, info.path)
             except DualbladeError as err:
-                failed = OpOutcome(_without_frames(err))
+                failed = OpOutcome(without_frames(err))
                 for i, _ in ok:
                     outcomes[i] = failed
             finally:
@@ -321,7 +300,7 @@ class BatchExecutor:
                     views.append(src)
                     held = self._reserve(session, op.key, op.length, durable=op.durable)
                 except DualbladeError as err:
-                    out[i] = OpOutcome(_without_frames(err))
+                    out[i] = OpOutcome(without_frames(err))
                     continue
                 specs.append(PutSpec(op.key, src, op.persistent, op.durable, session.id, op.path))
                 slots.append((i, held))
@@ -334,7 +313,7 @@ class BatchExecutor:
             for (i, held), st in zip(slots, staged, strict=True):
                 if isinstance(st, DualbladeError):
                     self._unreserve(session, held)
-                    out[i] = OpOutcome(_without_frames(st))
+                    out[i] = OpOutcome(without_frames(st))
                 else:
                     out[i] = (st, held)
         finally:
@@ -373,7 +352,7 @@ class BatchExecutor:
                 path, nbytes = info.path, getattr(info, "moved", info.size)
                 outcome = OpOutcome(None, info.size, info.generation, info.path)
         except DualbladeError as err:
-            outcome = OpOutcome(_without_frames(err))
+            outcome = OpOutcome(without_frames(err))
         self._record(
             session.tenant,
             path or "none",
@@ -392,38 +371,14 @@ class BatchExecutor:
             session.tenant, [(op.key, op.pin_ms) for op in ops], session=session.id
         )
         share = (time.perf_counter() - started) / len(ops)
-        outcomes = []
-        for op, r in zip(ops, results):
-            if isinstance(r, DualbladeError):
-                outcome = OpOutcome(_without_frames(r))
-                self._record(session.tenant, "none", "stat", 0, share, isinstance(r, NotFound))
-            else:
-                outcome = OpOutcome(
-                    None,
-                    r.size,
-                    r.generation,
-                    r.path,
-                    persistent=r.persistent,
-                    pinned=op.pin_ms > 0,
-                )
-                self._record(session.tenant, r.path, "stat", 0, share, True)
-            outcomes.append(outcome)
-        return outcomes
+        return stat_outcomes(session.tenant, ops, results, share, self._record)
 
     def _touch_all(self, session: Session, ops: Sequence[TouchRequest]) -> list[OpOutcome]:
         """A touch batch: one store call; metrics as :meth:`_stat_all` (a miss is no error)."""
         started = time.perf_counter()
         results = self._store.touch_many(session.tenant, [op.key for op in ops])
         share = (time.perf_counter() - started) / len(ops)
-        outcomes = []
-        for r in results:
-            if isinstance(r, DualbladeError):
-                outcomes.append(OpOutcome(_without_frames(r)))
-                self._record(session.tenant, "none", "touch", 0, share, isinstance(r, NotFound))
-            else:
-                outcomes.append(_touched(r))
-                self._record(session.tenant, r.path, "touch", 0, share, True)
-        return outcomes
+        return touch_outcomes(session.tenant, results, share, self._record)
 
     def _lookup_op(
         self, session: Session, op: StatRequest | UnpinRequest | TouchRequest
@@ -434,16 +389,9 @@ class BatchExecutor:
             r = self._store.touch_many(session.tenant, [op.key])[0]
             if isinstance(r, DualbladeError):
                 raise r
-            return _touched(r)
+            return touched(r)
         info = self._store.stat(session.tenant, op.key, session=session.id, pin_ms=op.pin_ms)
-        return OpOutcome(
-            None,
-            info.size,
-            info.generation,
-            info.path,
-            persistent=info.persistent,
-            pinned=op.pin_ms > 0,
-        )
+        return found(info, pinned=op.pin_ms > 0)
 
     def _check_size(self, length: int) -> None:
         if length <= 0:
@@ -519,28 +467,12 @@ class BatchExecutor:
             share = (time.perf_counter() - started) / max(n, 1)
             for _ in range(max(n, 1)):
                 self._record(session.tenant, "none", "put", 0, share, False)
-            return OpOutcome(_without_frames(err))
+            return OpOutcome(without_frames(err))
         finally:
             if region is not None:
                 region.release()
         share = (time.perf_counter() - started) / n
-        tenant = session.tenant
-        if self._record_many is not None:
-            for name in set(done.paths):
-                mine = [n_ for p, n_ in zip(done.paths, lengths) if p == name]
-                self._record_many(tenant, name, "put", sum(mine), share, len(mine))
-        else:
-            for name, length in zip(done.paths, lengths):
-                self._record(tenant, name, "put", length, share, True)
-        first = done.first_generation
-        return OpOutcome(
-            None,
-            sum(lengths),
-            first,
-            done.paths[0],
-            generations=tuple(range(first, first + n)),
-            paths=done.paths,
-        )
+        return packed_outcome(session.tenant, done, lengths, share, self._record, self._record_many)
 
     def _get(self, session: Session, op: GetRequest):  # -> ObjectInfo
         self._check_size(op.length)
@@ -552,7 +484,7 @@ class BatchExecutor:
 
     # -- layer objects (issue 12) ------------------------------------------------------------
 
-    def _layer_op(self, session: Session, op: LayerOp) -> _LayerDone:
+    def _layer_op(self, session: Session, op: LayerOp) -> LayerDone:
         if isinstance(op, ReserveRequest):
             if not 0 < op.capacity <= self._limits.max_object_bytes:
                 raise InvalidArgument(
@@ -573,7 +505,7 @@ class BatchExecutor:
                 )
             finally:
                 self._unreserve(session, op.capacity)
-            return _LayerDone(info.capacity, info.generation, info.path, 0)
+            return LayerDone(info.capacity, info.generation, info.path, 0)
         if isinstance(op, AppendRequest):
             self._check_size(op.length)
             src = session.arena.view(op.arena_offset, op.length)
@@ -587,7 +519,7 @@ class BatchExecutor:
                 )
             finally:
                 src.release()
-            return _LayerDone(info.size, info.generation, info.path, op.length)
+            return LayerDone(info.size, info.generation, info.path, op.length)
         if op.length < 0 or op.offset < 0:
             raise InvalidArgument(f"range offset {op.offset} and length {op.length} must be >= 0")
         room = op.length
@@ -603,4 +535,4 @@ class BatchExecutor:
             n, info = self._store.read_range(session.tenant, op.key, op.offset, room, dst)
         finally:
             dst.release()
-        return _LayerDone(n, info.generation, info.path, n)
+        return LayerDone(n, info.generation, info.path, n)
