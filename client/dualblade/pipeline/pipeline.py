@@ -46,7 +46,8 @@ put 54 of the model thread's 174 non-idle samples in it).
 
 Write-back sources (both paths): the tensors given to `writeback`/`append` are read after the
 call returns (by the D2H stream on CUDA, by the write task on the CPU); they are kept alive until
-then, and must not be modified in place until the returned future is done.
+then, and must not be modified in place until the returned future is done. One write's staging,
+copy and task are in :mod:`dualblade.pipeline.writeback`; this module orders the writes.
 
 Staging memory: when the backend offers ``staging()`` (the SDK client: slices of its shared
 arena, cudaHostRegister-pinned on CUDA builds) both read and write staging come from it, so the
@@ -71,7 +72,6 @@ at every `begin_step`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import threading
 import time
@@ -86,6 +86,7 @@ from .adaptive import AdaptiveConfig, AdaptiveController, PipelinePlan
 from .backend import KVBackend, staging_alignment, staging_capacity
 from .layout import LayerRead, PipelineStats, Segment
 from .staging import StagingPool, staging_size_class
+from .writeback import stage_writes, write_task
 
 __all__ = ["LayerPipeline", "LayerRead", "PipelineStats", "Segment"]
 
@@ -96,16 +97,6 @@ log = logging.getLogger(__name__)
 class _Issued:
     future: Future
     ticket: int
-
-
-def _copy_sources(sources: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """The CPU's write-back copy into staging, run by the write task (module docstring).
-    Inference mode, because the views into staging may have been made under the caller's (an
-    in-place update of such a view outside it raises), and staging needs no autograd."""
-    with torch.inference_mode():
-        for dst, src in sources:
-            dst.copy_(src.detach())
-    sources.clear()  # let the caller's tensors go as soon as they are copied
 
 
 class LayerPipeline:
@@ -302,13 +293,29 @@ class LayerPipeline:
             done: Future = Future()
             done.set_result(None)
             return done
-        host_items, fill, base, total = self._stage(items)
+        host_items, fill, base, total = stage_writes(
+            items,
+            self._write_staging,
+            self.segment_align,
+            d2h=self._d2h if self._cuda else None,
+            device=self.device,
+        )
         keys = list(dict.fromkeys([key for key, _, _ in reserve] + [key for key, _ in items]))
         nbytes = sum(t.numel() * t.element_size() for _, t in items)
         with self._lock:
             deps = {self._pending_writes[k] for k in keys if k in self._pending_writes}
             future = self._writers.submit(
-                self._write_task, deps, fill, host_items, flag, base, total, append, reserve
+                write_task,
+                self.backend,
+                self._write_staging,
+                deps,
+                fill,
+                host_items,
+                flag,
+                base,
+                total,
+                append,
+                reserve,
             )
             for key in keys:
                 self._pending_writes[key] = future
@@ -499,74 +506,6 @@ class LayerPipeline:
     def _release_after(event: torch.cuda.Event, pool: StagingPool, base: torch.Tensor, n: int):
         event.synchronize()  # host wait in the reaper thread, never in the model thread
         pool.release(base, n)
-
-    def _stage(self, items: Sequence[tuple[bytes, torch.Tensor]]):
-        """Lay `items` out in one write-staging buffer (aligned segments): ``(host_items, fill,
-        base, total)``. The bytes are in staging once ``fill()`` returns, which the write task
-        calls first: on CUDA the copy is queued on the D2H stream here and ``fill`` waits for
-        its event; on the CPU ``fill`` is the copy itself (module docstring: not on the model
-        thread)."""
-        if not items:
-            return [], lambda: None, None, 0
-        sizes = [t.numel() * t.element_size() for _, t in items]
-        offsets, off = [], 0
-        for n in sizes:
-            offsets.append(off)
-            off += -(-n // self.segment_align) * self.segment_align
-        total = off
-        base, host = self._write_staging.acquire(total)
-        host_items = []
-        if not self._cuda:
-            try:
-                sources = []
-                for (key, t), o, n in zip(items, offsets, sizes):
-                    dst = host[o : o + n]
-                    sources.append((dst.view(t.dtype).view(t.shape), t))
-                    host_items.append((key, dst))
-            except BaseException:
-                self._write_staging.release(base, total)
-                raise
-            return host_items, functools.partial(_copy_sources, sources), base, total
-        compute = torch.cuda.current_stream(self.device)
-        self._d2h.wait_stream(compute)
-        with torch.cuda.stream(self._d2h):
-            for (key, t), o, n in zip(items, offsets, sizes):
-                dst = host[o : o + n]
-                dst.view(t.dtype).view(t.shape).copy_(t, non_blocking=True)
-                t.record_stream(self._d2h)
-                host_items.append((key, dst))
-            event = torch.cuda.Event()
-            event.record(self._d2h)
-        return host_items, event.synchronize, base, total
-
-    def _write_task(
-        self,
-        deps: set[Future],
-        fill: Callable[[], None],
-        items: list[tuple[bytes, torch.Tensor]],
-        flag: bool,
-        base: torch.Tensor | None,
-        total: int,
-        append: bool = False,
-        reserve: Sequence[tuple[bytes, int, bool]] = (),
-    ) -> None:
-        try:
-            # before waiting for earlier writes of the same keys: it fills our own staging,
-            # which nobody else reads
-            fill()
-            for dep in deps:
-                dep.result()
-            for key, capacity, persistent in reserve:
-                self.backend.reserve(key, capacity, persistent=persistent)  # type: ignore[attr-defined]
-            if not items:
-                pass
-            elif append:
-                self.backend.append_many(items, durable=flag)  # type: ignore[attr-defined]
-            else:
-                self.backend.put_many(items, persistent=flag)
-        finally:
-            if base is not None:
-                self._write_staging.release(base, total)
 
     def _write_done(self, future: Future, keys: list[bytes]) -> None:
         err = future.exception()

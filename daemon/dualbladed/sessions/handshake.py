@@ -29,14 +29,15 @@ from elsewhere (admin, shutdown), the lease connection is closed, so the client 
 
 Threading and fd ownership. One thread runs a selector over the listener, a wake-up pipe, the
 pending handshakes and the leases' pidfds; only that thread opens or closes those fds (or
-``stop()``, after joining it), so an fd number is never closed while another thread may still
-use it: the kernel reuses a closed number at once, and a late read or write would hit whatever
-file got it. The same rule is why the other threads never touch these fds and instead talk to
-the handshake thread through queues plus the pipe:
+``stop()``, after joining it; the connection table and how a connection is closed are in
+:mod:`dualbladed.sessions.conns`), so an fd number is never closed while another thread may
+still use it: the kernel reuses a closed number at once, and a late read or write would hit
+whatever file got it. The same rule is why the other threads never touch these fds and instead
+talk to the handshake thread through queues plus the pipe:
 
 * a lease's frames are read on a *dup* of its fd by its readers, which report EOF back
   (``_lost``) instead of closing anything;
-* while an opener thread works on a connection (``_Conn.opening``) it owns it, and the
+* while an opener thread works on a connection (``Conn.opening``) it owns it, and the
   handshake thread neither reads nor closes it until the outcome comes back through ``_opened``;
 * sessions ended elsewhere arrive through ``_ended``;
 * ``_wake_lock`` makes the pipe write atomic with ``stop()``'s close of the pipe, so a late
@@ -88,6 +89,7 @@ from dualbladed.sessions.accept import (
     unlink_if_ours,
 )
 from dualbladed.sessions.arena import Arena
+from dualbladed.sessions.conns import Conn, Connections
 from dualbladed.sessions.hello import error_reply, grant_reply, receive_hello
 from dualbladed.sessions.leaseframes import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -152,24 +154,6 @@ class HandshakeConfig:
             raise InvalidArgument(f"open_workers must be at least 1, got {self.open_workers!r}")
 
 
-@dataclass(eq=False)
-class _Conn:
-    """A connection owned by the handshake thread: pending until its hello, then a lease."""
-
-    sock: socket.socket
-    pid: int
-    uid: int
-    gid: int
-    pidfd: int | None
-    deadline: float
-    session_id: str | None = None
-    session: Session | None = None
-    writer: LeaseWriter | None = None
-    pidfd_registered: bool = field(default=False)
-    #: an opener thread owns the work on it (the handshake thread must not close it meanwhile)
-    opening: bool = field(default=False)
-
-
 class HandshakeServer:
     """The handshake listener and lease watcher (see the module docstring)."""
 
@@ -199,7 +183,7 @@ class HandshakeServer:
             grpc_sockets=grpc_sockets,
             privileged_only=privileged_only,
         )
-        self._turns: OpeningTurns[_Conn] = OpeningTurns(config.max_opening_per_uid)
+        self._turns: OpeningTurns[Conn] = OpeningTurns(config.max_opening_per_uid)
         self._opened: collections.deque[Opened] = collections.deque()
         self._log_evicted = Throttled(logger, logging.WARNING)
         self._log_refused = Throttled(logger, logging.INFO)
@@ -220,9 +204,7 @@ class HandshakeServer:
         self._listener_ino: int | None = None
         self._selector: selectors.BaseSelector | None = None
         self._wake_r = self._wake_w = -1
-        # Insertion order = deadline order (one constant timeout), so the oldest is first.
-        self._pending: collections.OrderedDict[_Conn, None] = collections.OrderedDict()
-        self._leases: dict[str, _Conn] = {}
+        self._conns = Connections()  # pending handshakes and leases
         self._acceptor: Acceptor | None = None
         # Shared with other threads. The wake lock keeps a late _wake() from writing to a pipe fd
         # that stop() closed (and the kernel may have handed out again).
@@ -249,6 +231,7 @@ class HandshakeServer:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._selector = selectors.DefaultSelector()
         self._acceptor = Acceptor(listener, self._selector, self._config.max_accepts_per_s)
+        self._conns.attach(self._selector)
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._registry.on_end(self._on_session_end)
         self._thread = threading.Thread(target=self._run, name="dualbladed-handshake", daemon=True)
@@ -269,16 +252,16 @@ class HandshakeServer:
             opened.conn.opening = False
             if opened.session is not None:
                 self._registry.end(opened.session.id)
-            self._drop(opened.conn)
-        for conn in self._leases.values():  # the readers see EOF and leave
+            self._conns.drop(opened.conn)
+        for conn in self._conns.leases.values():  # the readers see EOF and leave
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_RD)
         self._frames.close()  # requests already read still get their replies
         self._registry.remove_on_end(self._on_session_end)
-        for conn in list(self._pending):
-            self._drop(conn)
-        for conn in list(self._leases.values()):
-            self._drop(conn)
+        for conn in list(self._conns.pending):
+            self._conns.drop(conn)
+        for conn in list(self._conns.leases.values()):
+            self._conns.drop(conn)
             if conn.session_id is not None:
                 self._registry.end(conn.session_id)
         assert self._selector is not None and self._listener is not None
@@ -331,8 +314,8 @@ class HandshakeServer:
     def _next_timeout(self) -> float | None:
         now = time.monotonic()
         deadlines = []
-        if self._pending:
-            deadlines.append(next(iter(self._pending)).deadline)
+        if self._conns.pending:
+            deadlines.append(next(iter(self._conns.pending)).deadline)
         if self._acceptor is not None and self._acceptor.paused_until:
             deadlines.append(self._acceptor.paused_until)
         if not deadlines:
@@ -354,7 +337,7 @@ class HandshakeServer:
             kind, conn = data
             self._guarded(conn, kind)
 
-    def _guarded(self, conn: _Conn, kind: str) -> None:
+    def _guarded(self, conn: Conn, kind: str) -> None:
         """Handle one event on one connection; a failure costs that connection only."""
         try:
             if kind == "pidfd":
@@ -364,7 +347,7 @@ class HandshakeServer:
         except Exception:
             logger.exception("handshake connection from pid %d failed; closing it", conn.pid)
             if conn.session_id is None:
-                self._drop(conn)
+                self._conns.drop(conn)
             else:
                 self._lease_lost(conn, "internal error")
 
@@ -382,27 +365,27 @@ class HandshakeServer:
             logger.debug("handshake peer pid %d exited before accept; closing", pid)
             sock.close()
             return
-        conn = _Conn(sock, pid, uid, gid, pidfd, time.monotonic() + self._config.hello_timeout_s)
-        while len(self._pending) >= self._config.max_pending:
-            victim = eviction_victim(self._pending, conn.uid)
+        conn = Conn(sock, pid, uid, gid, pidfd, time.monotonic() + self._config.hello_timeout_s)
+        while len(self._conns.pending) >= self._config.max_pending:
+            victim = eviction_victim(self._conns.pending, conn.uid)
             self._log_evicted(
                 "too many pending handshakes (%d); closing the oldest of uid %d (pid %d)",
                 self._config.max_pending,
                 victim.uid,
                 victim.pid,
             )
-            self._drop(victim)
+            self._conns.drop(victim)
         assert self._selector is not None
         try:
             self._selector.register(sock, selectors.EVENT_READ, ("conn", conn))
         except BaseException:
-            self._drop(conn)
+            self._conns.drop(conn)
             raise
-        self._pending[conn] = None
+        self._conns.pending[conn] = None
         # A well-behaved client has usually queued its hello already: serve it now.
         self._guarded(conn, "conn")
 
-    def _on_hello(self, conn: _Conn) -> None:
+    def _on_hello(self, conn: Conn) -> None:
         if self._turns.park_if_busy(conn):
             # Parked unread until one of this uid's openers finishes (see _drain_opened).
             assert self._selector is not None
@@ -418,7 +401,7 @@ class HandshakeServer:
             return
         except OSError as err:
             logger.debug("handshake peer pid %d vanished: %s", conn.pid, err)
-            self._drop(conn)
+            self._conns.drop(conn)
             return
         except DualbladeError as err:
             self._log_refused(
@@ -432,11 +415,11 @@ class HandshakeServer:
             return
         if hello is None:
             logger.debug("handshake peer pid %d closed before its hello", conn.pid)
-            self._drop(conn)
+            self._conns.drop(conn)
             return
         # The opener owns the connection until it hands it back through _opened.
         self._turns.begin(conn)
-        del self._pending[conn]
+        del self._conns.pending[conn]
         assert self._selector is not None
         self._selector.unregister(conn.sock)
         conn.opening = True
@@ -445,7 +428,7 @@ class HandshakeServer:
         except RuntimeError:  # shutting down
             self._turns.end(conn)
             conn.opening = False
-            self._drop(conn)
+            self._conns.drop(conn)
 
     def _on_opened(self, opened: Opened) -> None:
         # Opener thread: hand the outcome to the handshake thread.
@@ -466,17 +449,17 @@ class HandshakeServer:
             elif opened.error is not None:
                 self._reply_error(conn, *opened.error)
             else:
-                self._drop(conn)
+                self._conns.drop(conn)
 
     def _resume_parked(self, uid: int) -> None:
         """Read the hello of the oldest parked connection of ``uid`` still pending."""
-        conn = self._turns.next_parked(uid, self._pending.__contains__)
+        conn = self._turns.next_parked(uid, self._conns.pending.__contains__)
         if conn is not None:
             assert self._selector is not None
             self._selector.register(conn.sock, selectors.EVENT_READ, ("conn", conn))
             self._guarded(conn, "conn")
 
-    def _grant(self, conn: _Conn, session: Session, grpc_socket: str | None = None) -> None:
+    def _grant(self, conn: Conn, session: Session, grpc_socket: str | None = None) -> None:
         reply = grant_reply(
             session_id=session.id,
             token=session.token,
@@ -487,14 +470,14 @@ class HandshakeServer:
         )
         if peer_gone(conn):
             self._log_vanished("handshake peer pid %d vanished before the reply", conn.pid)
-            self._drop(conn)
+            self._conns.drop(conn)
             self._registry.end(session.id)
             return
         try:
             socket.send_fds(conn.sock, [reply], [session.arena.fd])
         except OSError as err:
             logger.info("handshake peer pid %d vanished before the reply: %s", conn.pid, err)
-            self._drop(conn)
+            self._conns.drop(conn)
             self._registry.end(session.id)
             return
         conn.session_id = session.id
@@ -502,7 +485,7 @@ class HandshakeServer:
         conn.writer = LeaseWriter(conn.sock)
         if self._frames.enabled:
             size_socket_buffers(conn.sock, self._frames.max_frame_bytes)
-        self._leases[session.id] = conn
+        self._conns.leases[session.id] = conn
         self._frames.serve(  # from now on its readers read it
             conn.sock.dup(),
             session,
@@ -523,39 +506,31 @@ class HandshakeServer:
             session.arena.size,
         )
 
-    def _reply_error(self, conn: _Conn, code: str, message: str) -> None:
+    def _reply_error(self, conn: Conn, code: str, message: str) -> None:
         try:
             conn.sock.send(error_reply(code, message))
         except OSError as err:
             logger.debug("could not send the error reply to pid %d: %s", conn.pid, err)
-        self._drop(conn)
+        self._conns.drop(conn)
 
-    def _lease_lost(self, conn: _Conn, reason: str, *, readers_left: bool = False) -> None:
+    def _lease_lost(self, conn: Conn, reason: str, *, readers_left: bool = False) -> None:
         """End ``conn``'s session and close its lease.
 
         ``readers_left``: the lease's readers met EOF (the client shut its side down) and are
-        gone. Then the client sees the lease close only once the session has ended: a dup holds
-        the socket open across ``registry.end`` and no shutdown wakes anyone, so a client that
-        waits for that EOF (``Client.close``) finds its session, its admission slot and its
-        ephemeral objects released, and a close-then-reopen at a session limit is not refused.
+        gone. Then the client sees the lease close only once the session has ended (a dup holds
+        it open across ``registry.end``: :meth:`Connections.dropping`), so a client that waits
+        for that EOF (``Client.close``) finds its session, its admission slot and its ephemeral
+        objects released, and a close-then-reopen at a session limit is not refused.
         """
         session_id = conn.session_id
-        hold = None
-        if readers_left:
-            with contextlib.suppress(OSError):
-                hold = conn.sock.dup()
-        try:
-            self._drop(conn, wake_readers=hold is None)
+        with self._conns.dropping(conn, readers_left=readers_left):
             if session_id is not None and self._registry.end(session_id):
                 logger.info("session %s ended (pid %d): %s", session_id, conn.pid, reason)
-        finally:
-            if hold is not None:
-                hold.close()
 
     def _expire_pending(self) -> None:
         now = time.monotonic()
-        while self._pending:
-            conn = next(iter(self._pending))
+        while self._conns.pending:
+            conn = next(iter(self._conns.pending))
             if conn.deadline > now:
                 return
             self._log_silent(
@@ -563,44 +538,18 @@ class HandshakeServer:
                 conn.pid,
                 self._config.hello_timeout_s,
             )
-            self._drop(conn)
+            self._conns.drop(conn)
 
     def _drain_lost(self) -> None:
         while self._lost:
             session_id, reason = self._lost.popleft()
-            conn = self._leases.get(session_id)
+            conn = self._conns.leases.get(session_id)
             if conn is not None:
                 self._lease_lost(conn, reason, readers_left=True)
 
     def _drain_ended(self) -> None:
         while self._ended:
-            conn = self._leases.get(self._ended.popleft())
+            conn = self._conns.leases.get(self._ended.popleft())
             if conn is not None:
                 logger.info("session %s ended elsewhere; closing its lease", conn.session_id)
-                self._drop(conn)
-
-    def _drop(self, conn: _Conn, *, wake_readers: bool = True) -> None:
-        """Forget a connection and close its fds. Idempotent. Handshake thread (or stop()) only.
-
-        ``wake_readers``: shut the lease down so its readers see EOF (False only when they have
-        left already: the shutdown would also show the client EOF, see ``_lease_lost``)."""
-        assert self._selector is not None
-        self._pending.pop(conn, None)
-        if conn.session_id is not None and self._leases.get(conn.session_id) is conn:
-            del self._leases[conn.session_id]
-        if conn.sock.fileno() >= 0:
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(conn.sock)
-            if conn.writer is not None:
-                if wake_readers:
-                    with contextlib.suppress(OSError):  # wakes the lease's reader with EOF
-                        conn.sock.shutdown(socket.SHUT_RDWR)
-                conn.writer.close()  # waits for a worker's reply in progress
-            else:
-                conn.sock.close()
-        if conn.pidfd is not None:
-            if conn.pidfd_registered:
-                self._selector.unregister(conn.pidfd)
-                conn.pidfd_registered = False
-            os.close(conn.pidfd)
-            conn.pidfd = None
+                self._conns.drop(conn)
