@@ -34,7 +34,7 @@ def _task_nices(pid: int) -> list[int]:
 @pytest.mark.parametrize("nice", [10, 0])
 def test_daemon_runs_bulk_writes_niced(tmp_path: Path, nice: int) -> None:
     cfg = tmp_path / "d.toml"
-    cfg.write_text(f"[io]\nbulk_write_nice = {nice}\n")
+    cfg.write_text(f'[io]\nbulk_write_nice = {nice}\nbulk_write_bytes = "1MiB"\n')
     base = os.getpriority(os.PRIO_PROCESS, 0)
     with DaemonProcess(tmp_path / "d", namespace_size="64MiB", config=cfg) as d:
         assert d.proc is not None

@@ -74,6 +74,7 @@ def _executor(tmp_path: Path, **kw) -> Iterator[tuple]:
         id="s1", token="t", pid=1, uid=0, gid=0, tenant_label="x", arena=arena, created=0.0
     )
     rec = NiceRecordingStore(store)
+    kw.setdefault("bulk_min_bytes", MiB)  # the tests' puts are 1-2 MiB
     executor = BatchExecutor(rec, BatchLimits(256, 8 * MiB), lambda s: 0, **kw)
     try:
         yield executor, rec, session, arena

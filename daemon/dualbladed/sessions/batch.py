@@ -122,7 +122,7 @@ class BatchExecutor:
         record_many: RecordManyFn | None = None,
         session_live: Callable[[Session], bool] | None = None,
         bulk_nice: int = 0,
-        bulk_min_bytes: int = 1 << 20,
+        bulk_min_bytes: int = 8 << 20,
     ) -> None:
         self._store = store
         self._session_live = session_live

@@ -13,9 +13,13 @@ running below its applications is the usual order (the kernel's own write-back t
 ionice's idle class); reads stay at the daemon's priority, because a decode step waits on them.
 
 What counts as bulk: a batch whose every op writes or reserves (put, packed put, append,
-reserve) and that carries at least ``min_bytes`` (default 1 MiB) in all. A decode step's
+reserve) and that carries at least ``io.bulk_write_bytes`` (8 MiB) in all. A decode step's
 one-token appends stay on the normal pool: they are small, and a reader of the same layer object
 waits for them (the object's append lock), so running them niced could only invert priorities.
+Nor do single puts of a few MiB: one waits for its hand-off to the pool and for a niced thread,
+and at 1 MiB the threshold cost ``dualblade-bench daemon``'s depth-1 puts ~20% (the config's
+comment has the numbers). A prefill's layer batch, a layer's K and V, is 32 MiB in the
+residency bench.
 
 Why a pool and not ``setpriority`` around each op: a thread may always raise its own nice, but
 lowering it back needs ``CAP_SYS_NICE``, which a daemon run unprivileged (the tests, a user's
