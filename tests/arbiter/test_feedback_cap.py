@@ -311,30 +311,25 @@ def test_pressure_without_growth_cuts_by_what_it_measures() -> None:
 
 
 def test_no_gap_between_the_last_fill_step_and_the_first_probe() -> None:
-    """Ratio 1 of the residency bench (every adaptive run of the thirteenth session's second
-    sweep): 44-47 of 64 layer objects of 16.03 MiB cached, 20-110 MB of free memory left, no
+    """Ratio 1 of the residency bench (all four adaptive runs of the thirteenth session's second
+    sweep): 44-46 of 64 layer objects of 16.03 MiB cached, 68-110 MB of free memory left, no
     pressure, and nothing moved for the rest of the decode, while forced pagecache mode cached
-    all of them without one refault. Three rules each stopped it (feedback module docstring,
-    1., filling): a fill step of one probe, which the policy's promotion band (one probe)
-    never promoted into; probes that waited for us to hold within half a probe of the room;
-    and a room that grew after the prefill (the weights' pages read back) inside the policy's
-    256 MiB band. And 44 MB of mapped pages that nobody read stopped every probe.
+    all of them without one refault. The fill step made the cap one probe above what we held;
+    the policy promotes only below its target less one probe (its promotion band); and a probe
+    waited until we held within half a probe of the free memory. Neither could move first.
 
-    Simulated with real layer objects and the daemon's defaults: the room grows for five ticks
-    as 293 MB of mapped pages are read back, 44 MB stay unread, and 256 MiB of others' clean
-    cache is unused (probes find it; beyond it, refaults)."""
+    Simulated here with real layer objects: free memory for 46 of them plus 69 MB, and 256 MiB
+    of others' clean cache that nobody reads (a probe finds it; beyond it, refaults)."""
     size = 16 * MiB + 32 * 1024
     room = 46 * size + 69 * 10**6
     spare = 256 * MiB
-    p = ResidencyPolicy(PolicyConfig())
-    cached, moved, refaults = set(range(40)), {}, 0
+    p = ResidencyPolicy(PolicyConfig())  # the daemon's defaults
+    cached, moved, refaults = set(range(46)), {}, 0
     for tick in range(60):
         pc = len(cached) * size
         refaults += 4 * max(0, pc - room - spare) // PAGE
-        pending = max(44 * 10**6, 337 * 10**6 - 60 * 10**6 * tick)
-        free = max(0, room - pc + 44 * 10**6)
-        o = obs(float(tick), sig(3 * GiB, free=free, refaults=refaults), pc=pc)
-        budget = p.observe(dataclasses.replace(o, demand_bytes=64 * size, mapped_pending=pending))
+        o = obs(float(tick), sig(3 * GiB, free=max(0, room - pc), refaults=refaults), pc=pc)
+        budget = p.observe(dataclasses.replace(o, demand_bytes=64 * size))
         heat = [
             ObjectHeat(
                 "t",

@@ -12,12 +12,7 @@ of observations into three answers the policy acts on:
      the sessions' processes have mapped and not yet read (:mod:`dualbladed.arbiter.mapped`),
      which they will fault back in: weights evicted during a prefill are read again by the
      next decode step. That never takes ``room`` below ``resident``, and while such pages
-     are being read (their bytes moved within ``calm_s``) nothing probes (below): the memory a
-     probe would test is known to be wanted. Pages that stay unread that long wait for nothing
-     (an arena's part the client never stages through, weights a decode never touches): at
-     ratio 1 of the residency bench 44 MB stayed pending through every decode, and while
-     they stopped probes adaptive cached 72% of a KV that forced pagecache mode cached all of
-     without a refault.
+     wait nothing probes (below): the memory a probe would test is known to be wanted.
    - The cap starts at ``room`` and, until pressure is seen, **tracks** it (up and down, plus
      what probing earned): free memory is worth using, but others' clean cache (the model's
      mmapped weights) is not ours until a probe shows nobody misses it. Starting at the ceiling
@@ -58,7 +53,7 @@ of observations into three answers the policy acts on:
      noise in the signals, and held probes back for four ticks, longer than the decode at
      ratio 1 of the residency bench, which kept 9 of its 64 layer objects on direct.
    - **Filling** free memory goes in steps: while uncontested, a tick's cap is at most what we
-     hold plus ``fill_fraction`` (2/3) of the free room left (at least 1.5 probes), so a cap
+     hold plus ``fill_fraction`` (2/3) of the free room left (at least two probes), so a cap
      that jumps (the end of a prefill) fills two thirds of the free memory, and the rest on the
      next calm tick. Free memory at the end of a prefill is not all free for KV: at ratio 4 of
      the residency bench ``room`` said 365 MB, the first plan promoted 335-453 MB at once, the
@@ -68,18 +63,13 @@ of observations into three answers the policy acts on:
      undone to two thirds, not to wherever the refaults' echo points. Where everything fits the
      steps cost no time: migrations run at their rate cap (512 MiB/s) anyway, and the second
      plan starts when the first is done. Without MemFree (``room`` is the ceiling) there is no
-     free memory to measure and no step. The fill and the probes leave no gap between them:
-     a step is at least 1.5 probes (more than the policy's promotion band, at most one probe,
-     so every step can be promoted into: objects up to one probe large); every growth of the
-     cap that tracks free memory, the last step to ``room`` included, is deliberate
-     (``Verdict.probed``), so the policy's band does not hold it back; and probing starts
-     where promotions stop, once we hold the cap less the promotion band. Each of the three
-     stopped adaptive short of its free memory at ratio 1 of the residency bench: a step of one
-     probe promoted nothing; probes waited for us to hold within half a probe of ``room``; and
-     a room that grew by 68 MB after the prefill (the weights' pages read back) stayed inside
-     the 256 MiB band. In every adaptive run at ratio 1 of the thirteenth session's second
-     sweep 44-47 of 64 layer objects stayed cached for the whole decode, 20-110 MB short of the
-     free memory, where forced pagecache mode cached all 64 without a refault.
+     free memory to measure and no step. The step is at least two probes, and probing starts
+     where the policy's promotions stop, so the fill and the probes leave no gap between them:
+     with a step of one probe (the policy promotes only below its target less one probe) and
+     probes waiting for us to hold within half a probe of ``room``, every adaptive run at
+     ratio 1 of the thirteenth session's second sweep stopped 68-110 MB short of the free
+     memory, 44-46 of 64 layer objects cached, for the whole decode, where forced pagecache
+     mode cached all 64 without a refault.
    - The cap never exceeds the ceiling. Where the host gives no MemFree (tests, odd
      containers), ``room`` is the ceiling and this reduces to the old ``available - reserve``.
 
@@ -150,10 +140,6 @@ MIN_SAMPLE_BYTES = 8 * MiB
 MIN_SAMPLE_BUSY_S = 0.01
 #: below this many bytes on the page-cache path the hit ratio says nothing
 MIN_HIT_BYTES = 32 * MiB
-
-
-#: a move of ``mapped_pending`` smaller than this is its noise, not pages being read (1.)
-PENDING_NOISE_BYTES = 4 * MiB
 
 
 @dataclass(frozen=True)
@@ -242,8 +228,7 @@ class Verdict:
     write_path: str = DIRECT  # where a write burst goes now (module docstring, 4.)
     #: pressure was seen within ``forget_s``: the split applies (module docstring, 2.)
     contested: bool = False
-    #: this tick's cap grew by a probe or by tracking free memory (a fill step, or the room
-    #: itself while uncontested): a deliberate step the policy takes at
+    #: this tick's cap grew by a probe or a fill step: a deliberate step the policy takes at
     #: once, not noise for its hysteresis band to hold back (module docstring, 1.)
     probed: bool = False
 
@@ -260,7 +245,6 @@ class Feedback:
         self._speeds: dict[str, float] = {}
         self._write_speeds: dict[str, float] = {}
         self._extra = 0  # what probing earned above ``room`` before any pressure
-        self._pending_moved_at = -math.inf  # when ``mapped_pending`` last moved (1., probing)
         self._bad: int | None = None  # the level (bytes we held) where pressure was last seen
         self._last_cut = -math.inf  # when the cap was last cut
         self._cut_rate = 0.0  # the refault rate (bytes/s) that caused it
@@ -284,9 +268,6 @@ class Feedback:
             room = min(ceiling, max(0, spare + obs.pagecache_resident))
         last = self._last
         dt = obs.now - last.now if last is not None else 0.0
-        pending_was = obs.mapped_pending if last is None else last.mapped_pending
-        if last is None or abs(obs.mapped_pending - pending_was) > PENDING_NOISE_BYTES:
-            self._pending_moved_at = obs.now
 
         refault_rate = None
         refaulted = 0
@@ -315,7 +296,7 @@ class Feedback:
             cut = max(cut, int(cfg.decrease * base))
 
         contested = obs.now - self._last_pressure < cfg.forget_s
-        probed = tracking = False
+        probed = filling = False
         held = obs.pagecache_bytes
         # pressure while we hold (next to) nothing is not ours to answer: nothing to give back,
         # and learning from it would keep the cap at 0 and the tenant contested for forget_s.
@@ -324,7 +305,7 @@ class Feedback:
         ours = obs.pagecache_bytes >= MIN_HIT_BYTES
         if cap is None:
             # free memory; others' clean cache only once a probe shows it unused
-            cap = self._fill(held, room, measured=free is not None)
+            cap, _ = self._fill(held, room, measured=free is not None)
         elif pressure is not None and ours:
             self._last_pressure = obs.now
             self._extra = 0
@@ -362,12 +343,8 @@ class Feedback:
         else:
             if not contested:
                 self._bad = None
-                # tracks free memory, down as well as up, in fill steps; growth is deliberate,
-                # the last step to the room too: the policy's band held that one back, and at
-                # ratio 1 the budget then sat 68 MB below a room that grew as the weights'
-                # pages were read back after the prefill (module docstring, 1., filling)
-                cap = self._fill(held, room, measured=free is not None)
-                tracking = free is not None  # without MemFree the cap is the noisy ceiling
+                # tracks free memory, down as well as up, in fill steps
+                cap, filling = self._fill(held, room, measured=free is not None)
                 cap += self._extra  # plus what probing earned (not a fill step's to bound)
             # uncontested, a probe takes others' cache: only once the free memory is used up
             # (a fill step that binds leaves more than a probe of it). At ratio 4 of the
@@ -378,10 +355,12 @@ class Feedback:
             # from there only a probe moves anything. Half a probe below the room, as this was,
             # left a gap at ratio 1 (module docstring, 1., filling).
             used_up = contested or held >= cap - min(cfg.probe_bytes, cap // 4)
-            # and no probe while mapped pages are being read: others' cache is theirs for sure
-            reading = obs.mapped_pending > 0 and obs.now - self._pending_moved_at < cfg.calm_s
+            # and no probe while mapped pages wait to be read: others' cache is theirs for sure
             probed = (
-                pressure is None and used_up and not reading and self._probe(obs, cap, hit, burst)
+                pressure is None
+                and used_up
+                and obs.mapped_pending == 0
+                and self._probe(obs, cap, hit, burst)
             )
             if probed:
                 if not contested:
@@ -422,20 +401,20 @@ class Feedback:
             dict(self._write_speeds),
             write_path,
             contested,
-            (probed or tracking) and before is not None and cap > before,
+            (probed or filling) and before is not None and cap > before,
         )
         return self.verdict
 
-    def _fill(self, held: int, room: int, *, measured: bool) -> int:
-        """The cap free memory gives this tick (module docstring, 1., filling): ``room``, or
-        less by the step where free memory was measured."""
+    def _fill(self, held: int, room: int, *, measured: bool) -> tuple[int, bool]:
+        """The cap free memory gives this tick, and whether the fill step bounded it (module
+        docstring, 1., filling): ``room``, or less by the step where free memory was measured."""
         if not measured:
-            return room
+            return room, False
         cfg = self.config
-        # at least one and a half probes: the policy's promotion band is up to one, so a step
-        # of one probe promoted nothing (module docstring, 1., filling)
-        limit = held + max(cfg.probe_bytes * 3 // 2, int(cfg.fill_fraction * (room - held)))
-        return min(room, limit)
+        # at least two probes: the policy's promotion band is up to one, so a step of one probe
+        # promoted nothing (module docstring, 1., filling)
+        limit = held + max(2 * cfg.probe_bytes, int(cfg.fill_fraction * (room - held)))
+        return min(room, limit), limit < room
 
     def _probe(self, obs: Observation, cap: int, hit: float | None, burst: bool) -> bool:
         """Grow the cap by a probe now? (module docstring, 1., probing)"""
