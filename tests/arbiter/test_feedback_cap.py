@@ -9,8 +9,6 @@ the numbers are whatever the test says, not measurements.
 
 from __future__ import annotations
 
-import dataclasses
-
 from dualbladed.arbiter.feedback import Feedback, FeedbackConfig, Observation
 from dualbladed.arbiter.policy import ObjectHeat, PolicyConfig, ResidencyPolicy, TenantUsage
 from dualbladed.arbiter.signals import MemorySignals, PathReads
@@ -308,45 +306,3 @@ def test_pressure_without_growth_cuts_by_what_it_measures() -> None:
     r = 200 * MiB // PAGE
     v = fb.update(obs(2, sig(4 * GiB, free=0, refaults=r), pc=800 * MiB, demand=GiB))
     assert v.cap == 600 * MiB
-
-
-def test_no_gap_between_the_last_fill_step_and_the_first_probe() -> None:
-    """Ratio 1 of the residency bench (all four adaptive runs of the thirteenth session's second
-    sweep): 44-46 of 64 layer objects of 16.03 MiB cached, 68-110 MB of free memory left, no
-    pressure, and nothing moved for the rest of the decode, while forced pagecache mode cached
-    all of them without one refault. The fill step made the cap one probe above what we held;
-    the policy promotes only below its target less one probe (its promotion band); and a probe
-    waited until we held within half a probe of the free memory. Neither could move first.
-
-    Simulated here with real layer objects: free memory for 46 of them plus 69 MB, and 256 MiB
-    of others' clean cache that nobody reads (a probe finds it; beyond it, refaults)."""
-    size = 16 * MiB + 32 * 1024
-    room = 46 * size + 69 * 10**6
-    spare = 256 * MiB
-    p = ResidencyPolicy(PolicyConfig())  # the daemon's defaults
-    cached, moved, refaults = set(range(46)), {}, 0
-    for tick in range(60):
-        pc = len(cached) * size
-        refaults += 4 * max(0, pc - room - spare) // PAGE
-        o = obs(float(tick), sig(3 * GiB, free=max(0, room - pc), refaults=refaults), pc=pc)
-        budget = p.observe(dataclasses.replace(o, demand_bytes=64 * size))
-        heat = [
-            ObjectHeat(
-                "t",
-                b"L%d" % i,
-                size,
-                PAGECACHE if i in cached else DIRECT,
-                tick - 0.5,
-                moved.get(i),
-                layer=True,
-            )
-            for i in range(64)
-        ]
-        usage = {"t": TenantUsage(pc, (64 - len(cached)) * size)}
-        for m in p.plan(usage, heat, float(tick), budget=budget):
-            i = int(m.key[1:])
-            (cached.add if m.dst == PAGECACHE else cached.discard)(i)
-            moved[i] = float(tick)
-    held = len(cached) * size
-    assert held >= room, f"stalled at {len(cached)} objects, {(room - held) / 1e6:.0f} MB free"
-    assert held <= room + spare + 64 * MiB  # probes stop near what fits

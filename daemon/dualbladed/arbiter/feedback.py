@@ -46,14 +46,13 @@ of observations into three answers the policy acts on:
    - **Probing**: ``calm_s`` after the last pressure, by ``probe_bytes`` per tick, while demand
      exceeds the cap, we actually use it (hold at least ``cap - probe_bytes``: growing an unused
      cap tests nothing), our hit ratio is perfect and no write burst is on; uncontested, also
-     only once free memory is used up (we hold so much of the cap that the policy promotes
-     nothing more: within its promotion band, one probe or a quarter of the cap): a probe is
+     only once free memory is used up (we hold within half a probe of ``room``): a probe is
      for others' clean cache, and free memory left over is the fill's to take. A probe's step is
      taken by the policy at once (``Verdict.probed``): its hysteresis band (256 MiB) is for
      noise in the signals, and held probes back for four ticks, longer than the decode at
      ratio 1 of the residency bench, which kept 9 of its 64 layer objects on direct.
    - **Filling** free memory goes in steps: while uncontested, a tick's cap is at most what we
-     hold plus ``fill_fraction`` (2/3) of the free room left (at least two probes), so a cap
+     hold plus ``fill_fraction`` (2/3) of the free room left (at least one probe), so a cap
      that jumps (the end of a prefill) fills two thirds of the free memory, and the rest on the
      next calm tick. Free memory at the end of a prefill is not all free for KV: at ratio 4 of
      the residency bench ``room`` said 365 MB, the first plan promoted 335-453 MB at once, the
@@ -63,13 +62,7 @@ of observations into three answers the policy acts on:
      undone to two thirds, not to wherever the refaults' echo points. Where everything fits the
      steps cost no time: migrations run at their rate cap (512 MiB/s) anyway, and the second
      plan starts when the first is done. Without MemFree (``room`` is the ceiling) there is no
-     free memory to measure and no step. The step is at least two probes, and probing starts
-     where the policy's promotions stop, so the fill and the probes leave no gap between them:
-     with a step of one probe (the policy promotes only below its target less one probe) and
-     probes waiting for us to hold within half a probe of ``room``, every adaptive run at
-     ratio 1 of the thirteenth session's second sweep stopped 68-110 MB short of the free
-     memory, 44-46 of 64 layer objects cached, for the whole decode, where forced pagecache
-     mode cached all 64 without a refault.
+     free memory to measure and no step.
    - The cap never exceeds the ceiling. Where the host gives no MemFree (tests, odd
      containers), ``room`` is the ceiling and this reduces to the old ``available - reserve``.
 
@@ -350,11 +343,7 @@ class Feedback:
             # (a fill step that binds leaves more than a probe of it). At ratio 4 of the
             # residency bench a probe came on the tick the fill reached the room, holding
             # 100 MB of a 151 MB room: a 218 MB cap, 7 promotions, refaults at 44 MiB/s.
-            # "Used up" is as far as the policy's promotions go: it promotes only below its
-            # target less its promotion band (min(probe, target / 4), policy._promotion_band), so
-            # from there only a probe moves anything. Half a probe below the room, as this was,
-            # left a gap at ratio 1 (module docstring, 1., filling).
-            used_up = contested or held >= cap - min(cfg.probe_bytes, cap // 4)
+            used_up = contested or held >= room - cfg.probe_bytes // 2
             # and no probe while mapped pages wait to be read: others' cache is theirs for sure
             probed = (
                 pressure is None
@@ -411,9 +400,7 @@ class Feedback:
         if not measured:
             return room, False
         cfg = self.config
-        # at least two probes: the policy's promotion band is up to one, so a step of one probe
-        # promoted nothing (module docstring, 1., filling)
-        limit = held + max(2 * cfg.probe_bytes, int(cfg.fill_fraction * (room - held)))
+        limit = held + max(cfg.probe_bytes, int(cfg.fill_fraction * (room - held)))
         return min(room, limit), limit < room
 
     def _probe(self, obs: Observation, cap: int, hit: float | None, burst: bool) -> bool:
