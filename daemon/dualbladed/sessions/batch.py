@@ -59,10 +59,8 @@ from dualbladed.sessions.bulk import bulk_bytes, bulk_pool
 from dualbladed.sessions.outcomes import (
     LayerDone,
     found,
+    lookup_outcomes,
     packed_outcome,
-    stat_outcomes,
-    touch_outcomes,
-    touched,
     without_frames,
 )
 from dualbladed.sessions.quota import QuotaReservations
@@ -371,14 +369,15 @@ class BatchExecutor:
             session.tenant, [(op.key, op.pin_ms) for op in ops], session=session.id
         )
         share = (time.perf_counter() - started) / len(ops)
-        return stat_outcomes(session.tenant, ops, results, share, self._record)
+        pins = [op.pin_ms > 0 for op in ops]
+        return lookup_outcomes(session.tenant, "stat", results, share, self._record, pins)
 
     def _touch_all(self, session: Session, ops: Sequence[TouchRequest]) -> list[OpOutcome]:
         """A touch batch: one store call; metrics as :meth:`_stat_all` (a miss is no error)."""
         started = time.perf_counter()
         results = self._store.touch_many(session.tenant, [op.key for op in ops])
         share = (time.perf_counter() - started) / len(ops)
-        return touch_outcomes(session.tenant, results, share, self._record)
+        return lookup_outcomes(session.tenant, "touch", results, share, self._record)
 
     def _lookup_op(
         self, session: Session, op: StatRequest | UnpinRequest | TouchRequest
@@ -389,7 +388,7 @@ class BatchExecutor:
             r = self._store.touch_many(session.tenant, [op.key])[0]
             if isinstance(r, DualbladeError):
                 raise r
-            return touched(r)
+            return found(r)
         info = self._store.stat(session.tenant, op.key, session=session.id, pin_ms=op.pin_ms)
         return found(info, pinned=op.pin_ms > 0)
 

@@ -16,17 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dualbladed.errors import DualbladeError, NotFound
-from dualbladed.sessions.requests import OpOutcome, RecordFn, RecordManyFn, StatRequest
+from dualbladed.sessions.requests import OpOutcome, RecordFn, RecordManyFn
 from dualbladed.store.index import ObjectInfo
 from dualbladed.store.packed import PackedDone
 
 __all__ = [
     "LayerDone",
     "found",
+    "lookup_outcomes",
     "packed_outcome",
-    "stat_outcomes",
-    "touch_outcomes",
-    "touched",
     "without_frames",
 ]
 
@@ -59,13 +57,8 @@ def without_frames(err: DualbladeError) -> DualbladeError:
     return err
 
 
-def touched(info: ObjectInfo) -> OpOutcome:
-    """A touch's hit."""
-    return OpOutcome(None, info.size, info.generation, info.path, persistent=info.persistent)
-
-
-def found(info: ObjectInfo, *, pinned: bool) -> OpOutcome:
-    """A stat's hit (``pinned``: the stat asked for a pin, which the store took)."""
+def found(info: ObjectInfo, *, pinned: bool = False) -> OpOutcome:
+    """A stat's or a touch's hit (``pinned``: the stat asked for a pin, which the store took)."""
     return OpOutcome(
         None,
         info.size,
@@ -76,40 +69,25 @@ def found(info: ObjectInfo, *, pinned: bool) -> OpOutcome:
     )
 
 
-def stat_outcomes(
+def lookup_outcomes(
     tenant: str,
-    ops: Sequence[StatRequest],
+    op: str,
     results: Sequence[ObjectInfo | DualbladeError],
     share: float,
     record: RecordFn,
+    pins: Sequence[bool] | None = None,
 ) -> list[OpOutcome]:
-    """A lookup batch's outcomes from ``ObjectStore.stat_many``'s results, one ``stat`` record
-    each, charged ``share`` seconds (a miss is no error)."""
+    """A stat or touch batch's outcomes from ``ObjectStore.stat_many``'s or ``touch_many``'s
+    results, one ``op`` record each, charged ``share`` seconds (a miss is no error);
+    ``pins[i]``: op i asked for a pin."""
     outcomes = []
-    for op, r in zip(ops, results):
-        if isinstance(r, DualbladeError):
-            outcome = OpOutcome(without_frames(r))
-            record(tenant, "none", "stat", 0, share, isinstance(r, NotFound))
-        else:
-            outcome = found(r, pinned=op.pin_ms > 0)
-            record(tenant, r.path, "stat", 0, share, True)
-        outcomes.append(outcome)
-    return outcomes
-
-
-def touch_outcomes(
-    tenant: str, results: Sequence[ObjectInfo | DualbladeError], share: float, record: RecordFn
-) -> list[OpOutcome]:
-    """A touch batch's outcomes from ``ObjectStore.touch_many``'s results; records as
-    :func:`stat_outcomes`."""
-    outcomes = []
-    for r in results:
+    for i, r in enumerate(results):
         if isinstance(r, DualbladeError):
             outcomes.append(OpOutcome(without_frames(r)))
-            record(tenant, "none", "touch", 0, share, isinstance(r, NotFound))
+            record(tenant, "none", op, 0, share, isinstance(r, NotFound))
         else:
-            outcomes.append(touched(r))
-            record(tenant, r.path, "touch", 0, share, True)
+            outcomes.append(found(r, pinned=pins is not None and pins[i]))
+            record(tenant, r.path, op, 0, share, True)
     return outcomes
 
 
