@@ -327,3 +327,42 @@ def test_serial_transfers_keep_a_large_read_on_the_callers_thread(namespace: Nam
             del namespace.preadv
     assert len(set(threads)) >= 2, threads
     assert dst2[:] == src[:]
+
+
+def test_run_pieces_fan_out_overrides_serial_transfers_but_never_nests(
+    namespace: Namespace,
+) -> None:
+    """``run_pieces(fan_out=True)`` (a layer object's ranged read, whose chunks are separate
+    requests) keeps up to ``queue_depth`` pieces in flight inside ``serial_transfers``: two
+    pieces meet at a barrier only two distinct threads can pass (inline: BrokenBarrierError).
+    Without ``fan_out`` the same call stays inline there, and inside an engine worker it is
+    always inline (a nested fan-out onto the same pool could deadlock it)."""
+    import threading
+
+    with DirectEngine(namespace, request_bytes=REQUEST, queue_depth=4) as engine:
+        barrier = threading.Barrier(2, timeout=30)
+        names: list[str] = []
+
+        def meet(index: int) -> None:
+            names.append(threading.current_thread().name)
+            if index < 2:
+                barrier.wait()
+
+        with serial_transfers():
+            engine.run_pieces(4, meet, fan_out=True)
+        assert len(set(names)) >= 2, names
+
+        order: list[int] = []
+        with serial_transfers():
+            engine.run_pieces(4, order.append)
+        assert order == [0, 1, 2, 3]  # inline, in order
+
+        nested: list[set[str]] = []
+
+        def outer(index: int) -> None:
+            inner: set[str] = set()
+            engine.run_pieces(3, lambda i: inner.add(threading.current_thread().name), fan_out=True)
+            nested.append(inner)
+
+        engine.run_pieces(4, outer)
+    assert len(nested) == 4 and all(len(s) == 1 for s in nested), nested

@@ -10,6 +10,7 @@ metadata migration, and ranged reads fanned out in 1 MiB requests over several I
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -31,6 +32,7 @@ from dualbladed.errors import (
     ResourceExhausted,
 )
 from dualbladed.namespace.file import FileNamespace
+from dualbladed.paths.engine import serial_transfers
 from dualbladed.paths.pagecache import PageCachePath
 from dualbladed.store import MetaStore, ObjectStore
 from dualbladed.store.layers import LAYER_CHUNK_BYTES
@@ -233,9 +235,12 @@ def test_ephemeral_layer_objects_are_freed_with_their_session(store: ObjectStore
     assert store.usage(T) == 2 * (64 << 10)
 
 
+@pytest.mark.parametrize("in_batch", [False, True], ids=["alone", "in-a-batch"])
 def test_reads_fan_out_in_1mib_requests_over_several_threads(
-    store: ObjectStore, ns: FileNamespace
+    store: ObjectStore, ns: FileNamespace, in_batch: bool
 ) -> None:
+    """Also inside ``serial_transfers`` (a Batch's ops, where gets run inline): a layer
+    object's chunks are separate requests, so an op read inline would sit at queue depth 1."""
     data = payload(4, 8 * MiB)
     store.reserve(T, b"big", 8 * MiB, path="direct")
     store.append(T, b"big", memoryview(data))
@@ -260,7 +265,8 @@ def test_reads_fan_out_in_1mib_requests_over_several_threads(
 
     ns.preadv = slow_device  # type: ignore[method-assign]
     try:
-        assert read_range(store, b"big") == data
+        with serial_transfers() if in_batch else contextlib.nullcontext():
+            assert read_range(store, b"big") == data
     finally:
         del ns.preadv
     assert [n for _, n in seen] == [MiB] * 8

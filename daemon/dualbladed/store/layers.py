@@ -527,7 +527,7 @@ def _read_chunks(
     engine = getattr(target, "engine", None)
     try:
         if isinstance(engine, DirectEngine):
-            engine.run_pieces(last - first + 1, piece)
+            engine.run_pieces(last - first + 1, piece, fan_out=True)
         else:
             for index in range(last - first + 1):
                 piece(index)
