@@ -245,6 +245,8 @@ def test_tiny_residency_run(tmp_path: Path) -> None:
         assert 0 < rec["prefill_compute_s"] <= rec["prefill_s"]  # the floor's input
         assert rec["prefill_client_cpu_s"] > 0 and rec["prefill_major_faults"] >= 0
         assert rec["client_disk_read_mib_per_step"] >= 0
+        for key in ("steal_pct", "prefill_steal_pct"):  # None only on a host without /proc/stat
+            assert rec[key] is None or 0 <= rec[key] <= 100, (key, rec[key])
         assert (rec["prefill_daemon_cpu_s"] is None) == (rec["mode"] == "baseline_file")
         assert rec["limit_mib"] == 1024 + 8  # 1 GiB overhead + 16 MiB KV / ratio 2
     assert doc["verdicts"], "the verdicts are part of the JSON"
@@ -336,3 +338,13 @@ def test_the_worker_runs_at_the_path_issue_12_names() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--spec" in proc.stdout and "--weights" in proc.stdout
+
+
+def test_steal_is_the_stolen_share_of_all_cpu_ticks_between_two_readings() -> None:
+    """The noise column: /proc/stat's steal ticks over all ticks (user .. steal), percent."""
+    from dualblade_tools.bench.kvtrace import _host_cpu, _steal_pct
+
+    assert _steal_pct((10, 1000), (40, 1300)) == pytest.approx(10.0)
+    assert _steal_pct((10, 1000), (10, 1000)) is None  # no time passed: no share to give
+    steal, total = _host_cpu()
+    assert 0 <= steal <= total and total > 0  # this host's own counters, steal among them

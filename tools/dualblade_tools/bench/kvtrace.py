@@ -171,6 +171,10 @@ class TraceResult:
     #: the mmapped weights read back from the disk in daemon modes; baseline_file's KV reads
     #: too): what caching KV costs the weights
     client_io_read_bytes: int = 0
+    #: the host's CPU time stolen by the hypervisor over the measured steps (and over the
+    #: prefill), percent of all CPU time (/proc/stat): what makes this VM's timings noisy
+    steal_pct: float | None = None
+    prefill_steal_pct: float | None = None
 
 
 def create_weights(path: Path, spec: TraceSpec) -> None:
@@ -223,6 +227,23 @@ def _proc_cpu_s(pid: int) -> float | None:
     if fields is None:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _host_cpu() -> tuple[int, int]:
+    """The host's ``(steal, total)`` CPU ticks so far, from /proc/stat's first line (user nice
+    system idle iowait irq softirq steal; guest time is already inside user)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    except OSError:
+        return 0, 0
+    ticks = [int(f) for f in fields]
+    return (ticks[7] if len(ticks) == 8 else 0), sum(ticks)
+
+
+def _steal_pct(a: tuple[int, int], b: tuple[int, int]) -> float | None:
+    """Stolen share of the CPU time between two :func:`_host_cpu` readings, percent."""
+    total = b[1] - a[1]
+    return None if total <= 0 else 100.0 * (b[0] - a[0]) / total
 
 
 def _major_faults() -> int:
@@ -328,7 +349,7 @@ def run_trace(
         # -- prefill: compute each layer, write its K and V back while the next layer computes.
         t0 = time.perf_counter()
         prefill_compute = 0.0
-        pre_cpu0 = cpu_now()
+        pre_cpu0, pre_host0 = cpu_now(), _host_cpu()
         pre_faults0 = _major_faults()
         for layer in range(spec.layers):
             c0 = time.perf_counter()
@@ -352,7 +373,7 @@ def run_trace(
             pipe.writeback(layer, items)
         pipe.flush()
         prefill_s = time.perf_counter() - t0
-        pre_cpu1 = cpu_now()
+        pre_cpu1, pre_host1 = cpu_now(), _host_cpu()
         prefill_faults = _major_faults() - pre_faults0
         say(f"prefill {prefill_s:.2f} s ({spec.kv_bytes / 2**30:.2f} GiB KV)")
 
@@ -364,12 +385,12 @@ def run_trace(
         reads = [layer_read(layer, length) for layer in range(spec.layers)]
         pipe.begin_step(reads)
         io0 = [_proc_io(p) for p in io_pids]
-        cpu0 = cpu_now()
+        cpu0, host0 = cpu_now(), _host_cpu()
         t_decode = time.perf_counter()
         for step in range(total):
             if step == spec.warmup_steps:
                 io0 = [_proc_io(p) for p in io_pids]
-                cpu0 = cpu_now()
+                cpu0, host0 = cpu_now(), _host_cpu()
                 timed.reset()
                 t_decode = time.perf_counter()
             t0 = time.perf_counter()
@@ -414,7 +435,7 @@ def run_trace(
         pipe.flush()
         decode_s = time.perf_counter() - t_decode
         io1 = [_proc_io(p) for p in io_pids]
-        cpu1 = cpu_now()
+        cpu1, host1 = cpu_now(), _host_cpu()
         kv_read_bytes, kv_read_s = timed.bytes, timed.busy_s
         stats = pipe.stats()
         depth, fallbacks, staging_error = stats.depth, stats.staging_fallbacks, stats.staging_error
@@ -453,6 +474,8 @@ def run_trace(
         pagecache_fraction=placed,
         staging_fallbacks=fallbacks,
         staging_error=staging_error,
+        steal_pct=_steal_pct(host0, host1),
+        prefill_steal_pct=_steal_pct(pre_host0, pre_host1),
     )
 
 

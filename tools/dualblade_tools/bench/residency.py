@@ -136,6 +136,10 @@ class ResidencyRecord:
     #: the worker's own storage reads per measured decode step (/proc/self/io): the weights
     #: read back from the disk in the daemon modes, plus the KV's reads in baseline_file
     client_disk_read_mib_per_step: float | None = None
+    #: CPU time the hypervisor stole from this VM during the measured steps / the prefill,
+    #: percent (/proc/stat): read a cell's spread against it
+    steal_pct: float | None = None
+    prefill_steal_pct: float | None = None
 
     @classmethod
     def failed(
@@ -454,6 +458,8 @@ class _Bench:
             prefill_daemon_cpu_s=result.get("prefill_daemon_cpu_s"),
             prefill_major_faults=result.get("prefill_major_faults"),
             client_disk_read_mib_per_step=result.get("client_io_read_bytes", 0) / MiB / steps,
+            steal_pct=result.get("steal_pct"),
+            prefill_steal_pct=result.get("prefill_steal_pct"),
             decode_p50_ms=result["decode_p50_ms"],
             decode_p99_ms=result["decode_p99_ms"],
             kv_read_gbps=result["kv_read_bytes"] / result["kv_read_s"] / 1e9
@@ -576,6 +582,7 @@ def _summary(r: ResidencyRecord) -> str:
         f"p99 {r.decode_p99_ms:.0f} ms, ssd {r.ssd_gbps:.2f} GB/s "
         f"(util {'-' if r.ssd_util is None else format(r.ssd_util, '.3f')}), kv read "
         f"{'-' if r.kv_read_gbps is None else format(r.kv_read_gbps, '.2f')} GB/s, cache {r.cgroup_cache_mib:.0f} MiB"
+        + ("" if r.steal_pct is None else f", steal {r.steal_pct:.0f}%")
     )
 
 
