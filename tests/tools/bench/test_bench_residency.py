@@ -245,6 +245,8 @@ def test_tiny_residency_run(tmp_path: Path) -> None:
         assert 0 < rec["prefill_compute_s"] <= rec["prefill_s"]  # the floor's input
         assert rec["prefill_client_cpu_s"] > 0 and rec["prefill_major_faults"] >= 0
         assert rec["client_disk_read_mib_per_step"] >= 0
+        # the model thread's wait for reads: part of a step, never more than the whole decode
+        assert 0 <= rec["read_wait_ms_per_step"] <= rec["decode_p99_ms"] * 2
         for key in ("steal_pct", "prefill_steal_pct"):  # None only on a host without /proc/stat
             assert rec[key] is None or 0 <= rec[key] <= 100, (key, rec[key])
         assert (rec["prefill_daemon_cpu_s"] is None) == (rec["mode"] == "baseline_file")

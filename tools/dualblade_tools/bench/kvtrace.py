@@ -150,6 +150,9 @@ class TraceResult:
     kv_read_bytes: int = 0  # KV bytes read by the backend during the measured steps
     kv_read_s: float = 0.0  # wall seconds with at least one of those reads in flight
     compute_p50_ms: float = 0.0  # per-step compute (matmul + KV pass), median
+    #: the model thread's wait for KV reads per measured step, mean: a step is compute, this
+    #: wait, and the rest (appends, the loop); which of them moved is what a change needs
+    read_wait_ms_per_step: float = 0.0
     client_cpu_s: float = 0.0  # utime + stime of the worker over the measured steps
     daemon_cpu_s: float | None = None  # the same for the daemon (None: no daemon)
     #: KV bytes on the page-cache path at the end / all KV bytes (None: no daemon)
@@ -386,12 +389,14 @@ def run_trace(
         pipe.begin_step(reads)
         io0 = [_proc_io(p) for p in io_pids]
         cpu0, host0 = cpu_now(), _host_cpu()
+        wait0 = pipe.stats().wait_s
         t_decode = time.perf_counter()
         for step in range(total):
             if step == spec.warmup_steps:
                 io0 = [_proc_io(p) for p in io_pids]
                 cpu0, host0 = cpu_now(), _host_cpu()
                 timed.reset()
+                wait0 = pipe.stats().wait_s
                 t_decode = time.perf_counter()
             t0 = time.perf_counter()
             busy = 0.0
@@ -438,6 +443,7 @@ def run_trace(
         cpu1, host1 = cpu_now(), _host_cpu()
         kv_read_bytes, kv_read_s = timed.bytes, timed.busy_s
         stats = pipe.stats()
+        read_wait_s = stats.wait_s - wait0
         depth, fallbacks, staging_error = stats.depth, stats.staging_fallbacks, stats.staging_error
         cache, anon, shmem = _cgroup_memory(cgroup_stat)  # still inside: buffers are live
         placed = _placement(backend)
@@ -469,6 +475,7 @@ def run_trace(
         kv_read_bytes=kv_read_bytes,
         kv_read_s=kv_read_s,
         compute_p50_ms=statistics.median(compute[spec.warmup_steps :]) * 1e3,
+        read_wait_ms_per_step=read_wait_s * 1e3 / max(1, len(measured)),
         client_cpu_s=_cpu_delta(cpu0[0], cpu1[0]) or 0.0,
         daemon_cpu_s=_cpu_delta(cpu0[1], cpu1[1]) if cpu_pids else None,
         pagecache_fraction=placed,

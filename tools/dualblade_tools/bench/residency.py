@@ -140,6 +140,9 @@ class ResidencyRecord:
     #: percent (/proc/stat): read a cell's spread against it
     steal_pct: float | None = None
     prefill_steal_pct: float | None = None
+    #: the model thread's wait for KV reads per measured step (mean): decode p50 is compute,
+    #: this wait and the rest
+    read_wait_ms_per_step: float | None = None
 
     @classmethod
     def failed(
@@ -459,6 +462,7 @@ class _Bench:
             prefill_major_faults=result.get("prefill_major_faults"),
             client_disk_read_mib_per_step=result.get("client_io_read_bytes", 0) / MiB / steps,
             steal_pct=result.get("steal_pct"),
+            read_wait_ms_per_step=result.get("read_wait_ms_per_step"),
             prefill_steal_pct=result.get("prefill_steal_pct"),
             decode_p50_ms=result["decode_p50_ms"],
             decode_p99_ms=result["decode_p99_ms"],
