@@ -343,7 +343,7 @@ def test_the_worker_runs_at_the_path_issue_12_names() -> None:
 
 
 def test_steal_is_the_stolen_share_of_all_cpu_ticks_between_two_readings() -> None:
-    """The noise column: /proc/stat's steal ticks over all ticks (user .. steal), percent."""
+    """The noise column: steal time over all CPU time (user .. steal), percent."""
     from dualblade_tools.bench.kvtrace import _host_cpu, _steal_pct
 
     assert _steal_pct((10, 1000), (40, 1300)) == pytest.approx(10.0)

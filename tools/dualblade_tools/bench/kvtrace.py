@@ -54,6 +54,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 # the backends live in their own module; re-exported here, where the benchmark looks for them
 from dualblade_tools.bench.kvbackends import ClientBackend, FileBackend, TimedReads
 
@@ -232,18 +234,14 @@ def _proc_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _host_cpu() -> tuple[int, int]:
-    """The host's ``(steal, total)`` CPU ticks so far, from /proc/stat's first line (user nice
-    system idle iowait irq softirq steal; guest time is already inside user)."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
-    except OSError:
-        return 0, 0
-    ticks = [int(f) for f in fields]
-    return (ticks[7] if len(ticks) == 8 else 0), sum(ticks)
+def _host_cpu() -> tuple[float, float]:
+    """The host's ``(steal, total)`` CPU seconds so far (psutil's /proc/stat reading; guest
+    time is already inside user, so it is not added again)."""
+    t = psutil.cpu_times()
+    return t.steal, t.user + t.nice + t.system + t.idle + t.iowait + t.irq + t.softirq + t.steal
 
 
-def _steal_pct(a: tuple[int, int], b: tuple[int, int]) -> float | None:
+def _steal_pct(a: tuple[float, float], b: tuple[float, float]) -> float | None:
     """Stolen share of the CPU time between two :func:`_host_cpu` readings, percent."""
     total = b[1] - a[1]
     return None if total <= 0 else 100.0 * (b[0] - a[0]) / total

@@ -462,8 +462,8 @@ class _Bench:
             prefill_major_faults=result.get("prefill_major_faults"),
             client_disk_read_mib_per_step=result.get("client_io_read_bytes", 0) / MiB / steps,
             steal_pct=result.get("steal_pct"),
-            read_wait_ms_per_step=result.get("read_wait_ms_per_step"),
             prefill_steal_pct=result.get("prefill_steal_pct"),
+            read_wait_ms_per_step=result.get("read_wait_ms_per_step"),
             decode_p50_ms=result["decode_p50_ms"],
             decode_p99_ms=result["decode_p99_ms"],
             kv_read_gbps=result["kv_read_bytes"] / result["kv_read_s"] / 1e9
