@@ -104,8 +104,12 @@ of observations into three answers the policy acts on:
    the weights then refaulted at 0.6-1.0 GB/s and decode ran at 767 ms against 389-460 in the
    other runs. In every sweep on this VM pagecache mode's prefill was slower than direct's
    (1.6-2.4 s against 1.1-1.4 s), so a 2x latency advantage is not a real one; 4x is the
-   memcpy-fast page cache beside a slow disk, where absorbing a burst can pay. **Unless free memory holds
-   it**: while memory is not contested, a burst goes to the page cache until its placements
+   memcpy-fast page cache beside a slow disk, where absorbing a burst can pay, and then even
+   while memory is contested; but a faster write never takes more than the burst's share of
+   free memory (below): at ratio 8 of the residency bench a 2.38 GB/s page cache beside a
+   0.55 GB/s disk put 380 MB into a room of ~300 MB (hit ratio 0.67, refaults at 859 MiB/s,
+   570 MB demoted in the first decode steps). **Whatever the write speeds, when free memory
+   holds it**: while memory is not contested, a burst goes to the page cache until its placements
    there take ``burst_free_fraction`` of the free memory seen when it began (MemFree /
    cgroup headroom, never others' clean cache), less the file pages its tenant's processes
    have mapped and not yet read (:mod:`dualbladed.arbiter.mapped`): the weights a prefill

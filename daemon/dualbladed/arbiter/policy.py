@@ -30,9 +30,12 @@ oscillation. ``now`` is always passed in, so tests script time as well as signal
 3. Placement. Forced modes return their path. In adaptive mode, a tenant writing in a burst
    (``now`` given and :class:`~dualbladed.arbiter.feedback.BurstDetector` says so: prefill)
    gets the path that is faster for writes now (see feedback, 4.), and the page cache only
-   into free memory (``room`` less our resident bytes, consumed by every page-cache placement
-   until the next tick): a page-cache write that must evict someone pays reclaim now and refaults later,
-   which its own latency does not show until it is too late. While memory is not contested and
+   into free memory: at most ``burst_free_fraction`` of the free memory seen when the burst
+   began (less its processes' mapped file pages not yet read, ``pending_bytes``), and never
+   more than ``room`` less our resident bytes (consumed by every page-cache placement until the
+   next tick), however much faster its writes were measured: a page-cache write that must evict
+   someone pays reclaim now and refaults later, which its own latency does not show until it
+   is too late. While memory is not contested and
    free memory holds it with margin (its page-cache placements leave ``1 -
    burst_free_fraction`` of the free memory seen when it began, less its processes' mapped
    file pages not yet read: ``pending_bytes``), a burst goes to the page cache
@@ -446,19 +449,19 @@ class ResidencyPolicy:
 
     def _burst_to_pagecache(self, tenant: str, size: int) -> bool:
         """May a burst's object of ``size`` go to the page cache (module docstring, 3.)?"""
+        # Only into its share of the free memory seen when it began, whatever the write speeds:
+        # a write measured 4x faster into the page cache still evicts someone once free memory
+        # is used up (at ratio 8 of the residency bench it put 380 MB into a room of ~300 MB:
+        # hit ratio 0.67, refaults at 859 MiB/s). The share is per burst, not per tick:
+        # refilled every tick, a 1 GiB prefill at ratio 1 took all the free memory (the cgroup
+        # filled with dirty KV and the weights refaulted).
+        if size > self._burst_room.get(tenant, 0):
+            return False
         if self._write_path == PAGECACHE:
-            return True  # measured faster for writes (feedback, 4.)
-        f = self.config.learn.burst_free_fraction
+            return True  # measured faster for writes (feedback, 4.): even while contested
         # free memory holds it with margin and nobody is short of memory: writing it there once
-        # beats writing it direct and promoting it back during decode. The share is per burst,
-        # not per tick: refilled every tick, a 1 GiB prefill at ratio 1 of the residency bench
-        # took all the free memory (the cgroup filled with dirty KV and the weights refaulted)
-        return (
-            f > 0
-            and not self._contested
-            and not self._pressure
-            and size <= self._burst_room.get(tenant, 0)
-        )
+        # beats writing it direct and promoting it back during decode
+        return not self._contested and not self._pressure
 
     def _split(self) -> float | None:
         """The split's page-cache fraction when it applies: measured, and memory contested."""
