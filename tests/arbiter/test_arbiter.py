@@ -146,6 +146,9 @@ def make_rig(tmp_path: Path) -> Iterator:
                 hysteresis_bytes=band,
                 min_dwell_s=dwell,
                 max_migration_bytes_per_tick=int(rate * tick_s),
+                # the rigs place within a budget, then move: the default (every placement
+                # direct, policy 3.) is tested in test_policy
+                place_on_pagecache=True,
             )
         )
         signals = ScriptedSignals(budget)

@@ -320,6 +320,7 @@ def _policy(**learn: object) -> ResidencyPolicy:
             hysteresis_bytes=0,
             min_dwell_s=0.0,
             learn=FeedbackConfig(**learn),  # type: ignore[arg-type]
+            place_on_pagecache=True,  # placements by the split (policy 3.)
         )
     )
 

@@ -209,6 +209,7 @@ def _measured_policy() -> ResidencyPolicy:
             min_dwell_s=0.0,
             max_migration_bytes_per_tick=GiB,
             learn=FeedbackConfig(speed_alpha=1.0),
+            place_on_pagecache=True,  # placements within the cap (policy 3.)
         )
     )
     zero = {PAGECACHE: PathReads(0, 0, 0.0), DIRECT: PathReads(0, 0, 0.0)}

@@ -49,7 +49,9 @@ def _speeds(pc_gbps: float, dr_gbps: float) -> dict[str, PathReads]:
 
 def _policy(**learn: object) -> ResidencyPolicy:
     config = FeedbackConfig(speed_alpha=1.0, **learn)  # type: ignore[arg-type]
-    return ResidencyPolicy(PolicyConfig(hysteresis_bytes=0, min_dwell_s=0.0, learn=config))
+    return ResidencyPolicy(
+        PolicyConfig(hysteresis_bytes=0, min_dwell_s=0.0, learn=config, place_on_pagecache=True)
+    )
 
 
 def burst_into_little_free_memory() -> ResidencyPolicy:

@@ -177,8 +177,26 @@ def test_forced_modes_always_return_their_path() -> None:
     assert ResidencyPolicy(PolicyConfig(mode="direct")).place("a", 1, TenantUsage(0, 0)) == "direct"
 
 
+def test_adaptive_places_every_new_object_direct_and_promotes_what_is_read() -> None:
+    """The default (docstring, 3.): a prefill's burst is written direct, even with a budget that
+    holds it, its burst still holds migrations back, and once it is over the page cache fills
+    by promotion of the objects being read."""
+    p = ResidencyPolicy(PolicyConfig(hysteresis_bytes=0, min_dwell_s=0.0))
+    assert PolicyConfig().place_on_pagecache is False
+    budget = p.budget(sig(8 * GiB), 0)
+    p.shares(budget, {"a": 0})
+    placed = [p.place("a", 16 * MiB, TenantUsage(0, i * 16 * MiB), now=i * 0.01) for i in range(8)]
+    assert placed == ["direct"] * 8
+    assert not p.wants_pending("a")  # no burst room to size: no /proc reads on the put path
+    objs = [ObjectHeat("a", b"%d" % i, 16 * MiB, "direct", 0.05, None) for i in range(8)]
+    usage = {"a": TenantUsage(0, 128 * MiB)}
+    assert p.plan(usage, objs, now=0.1) == []  # the burst is still on
+    plan = p.plan(usage, objs, now=5.0)
+    assert {m.dst for m in plan} == {"pagecache"} and len(plan) == 8
+
+
 def test_adaptive_placement_follows_share_then_slack() -> None:
-    p = ResidencyPolicy(PolicyConfig())
+    p = ResidencyPolicy(PolicyConfig(place_on_pagecache=True))
     assert p.place("a", 1 * MiB, TenantUsage(0, 0)) == "direct"  # no budget yet: safe path
     p.shares(budget_of(100 * MiB), {"a": 1000 * MiB, "b": 10 * MiB})  # a: 90, b: 10
     assert p.place("a", 40 * MiB, TenantUsage(50 * MiB, 0)) == "pagecache"  # 90 fits

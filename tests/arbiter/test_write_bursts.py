@@ -150,6 +150,7 @@ def _policy(burst_free_fraction: float = 0.5) -> ResidencyPolicy:
             learn=FeedbackConfig(
                 speed_alpha=1.0, split=False, burst_free_fraction=burst_free_fraction
             ),
+            place_on_pagecache=True,  # the burst rules (policy 3.); off, every burst is direct
         )
     )
 

@@ -90,7 +90,9 @@ of observations into three answers the policy acts on:
    once. Holding one more tick cost decode at budget ratio 0.5 of the residency bench a
    second of its promotion window (two decode steps on direct reads).
 
-4. **The write path**: measured write throughput per path (same EWMA as reads) names the path
+4. **The write path** (used only with the policy's ``place_on_pagecache``; by default every
+   new object is written direct and promoted if read, policy 3.): measured write throughput
+   per path (same EWMA as reads) names the path
    a write burst goes to (``Verdict.write_path``): the page cache once both were measured and
    its writes are ``pagecache_write_advantage`` (4x) faster, else ``direct``. The margin is
    there because a page-cache write's latency hides its cost: measured in the residency bench,

@@ -27,7 +27,22 @@ oscillation. ``now`` is always passed in, so tests script time as well as signal
    tenant whose demand is below its offer gets its demand and leaves the race, and the rest is
    offered again. Shares never exceed demand; what is left over is *slack*.
 
-3. Placement. Forced modes return their path. In adaptive mode, a tenant writing in a burst
+3. Placement. Forced modes return their path. In adaptive mode every new object is written
+   to the direct path, and the page cache fills only by promoting objects that are read (4.):
+   the write goes once to the path that never evicts anyone, and what is cached is chosen
+   from the decode's reads, spread along its steps. The sixteenth session measured it
+   (docs/residency.md): at budget ratios 4 and 8 of the residency bench a prefill that wrote
+   any of its KV to the page cache decoded 12-20% slower than forced direct, in every sweep
+   since the thirteenth session, even when the arbiter had demoted all of it within the first
+   second of the decode; with placements direct and promotions alone, adaptive decoded at
+   0.87x / 0.94x of forced direct (medians of three alternating pairs) against main's
+   1.34x / 1.07x in the same pairs. The price is where everything fits (ratios 0.5 and 1):
+   the KV is promoted after the prefill instead of written once to the page cache, and two
+   pairs decoded at 632 / 970 ms against 625 / 589 at ratio 0.5 and 675 / 690 against
+   607 / 636 at ratio 1. ``place_on_pagecache`` restores the placement rules below (kept for
+   tests and for hosts where they measure better).
+
+   With ``place_on_pagecache``: a tenant writing in a burst
    (``now`` given and :class:`~dualbladed.arbiter.feedback.BurstDetector` says so: prefill)
    gets the path that is faster for writes now (see feedback, 4.), and the page cache only
    into free memory: at most ``burst_free_fraction`` of the free memory seen when the burst
@@ -146,6 +161,10 @@ class PolicyConfig:
     scan_window_s: float = SCAN_WINDOW_S
     #: what the budget learns from (thresholds, split, write bursts): see feedback
     learn: FeedbackConfig = field(default_factory=FeedbackConfig)
+    #: adaptive placements may choose the page cache (bursts into free memory, then the
+    #: budget); off, every new object is written direct and the page cache fills by promotion
+    #: only (module docstring, 3.: measured better at budget ratios 4 and 8)
+    place_on_pagecache: bool = False
 
     @classmethod
     def from_residency(cls, res: ResidencyConfig, tick_s: float = DEFAULT_TICK_S) -> PolicyConfig:
@@ -380,7 +399,11 @@ class ResidencyPolicy:
         """Whether the tenant's next placement may begin a burst that takes free memory, and
         so needs ``pending_bytes``: its processes' mapped file pages not yet faulted in
         (:mod:`dualbladed.arbiter.mapped`), which free memory still counts but will lose."""
-        return self.config.learn.burst_free_fraction > 0 and tenant not in self._burst_room
+        return (
+            self.config.place_on_pagecache
+            and self.config.learn.burst_free_fraction > 0
+            and tenant not in self._burst_room
+        )
 
     def place_many(
         self,
@@ -411,6 +434,10 @@ class ResidencyPolicy:
             if forced == PAGECACHE and fits is not None:
                 return [PAGECACHE if fits[size] else DIRECT for size in sizes]
             return [forced] * len(sizes)  # type: ignore[list-item]
+        if not self.config.place_on_pagecache:  # written direct, promoted if read (docstring, 3.)
+            if now is not None:
+                self._bursts.note_many(tenant, sizes, now)  # a burst still holds migrations back
+            return [DIRECT] * len(sizes)
         first_burst = len(sizes) if now is None else self._bursts.note_many(tenant, sizes, now)
         pc, total = usage.pagecache_bytes, usage.total
         refused = math.inf  # smallest bursting size refused the page cache so far
