@@ -188,6 +188,10 @@ def test_adaptive_places_every_new_object_direct_and_promotes_what_is_read() -> 
     placed = [p.place("a", 16 * MiB, TenantUsage(0, i * 16 * MiB), now=i * 0.01) for i in range(8)]
     assert placed == ["direct"] * 8
     assert not p.wants_pending("a")  # no burst room to size: no /proc reads on the put path
+    assert not p.may_place_on_pagecache  # nor room checks (the arbiter asks only if this says)
+    assert ResidencyPolicy(PolicyConfig(place_on_pagecache=True)).may_place_on_pagecache
+    assert ResidencyPolicy(PolicyConfig(mode="pagecache")).may_place_on_pagecache
+    assert not ResidencyPolicy(PolicyConfig(mode="direct")).may_place_on_pagecache
     objs = [ObjectHeat("a", b"%d" % i, 16 * MiB, "direct", 0.05, None) for i in range(8)]
     usage = {"a": TenantUsage(0, 128 * MiB)}
     assert p.plan(usage, objs, now=0.1) == []  # the burst is still on

@@ -274,7 +274,9 @@ class ResidencyArbiter:
         acquisition, one clock reading and one page-cache room check per distinct size instead
         of one each (``has_room`` is a racy hint either way; nothing is allocated while
         placing, and it is asked before the lock, as :meth:`place` asks it outside)."""
-        fits = {} if self.mode == DIRECT else {s: self._pagecache_fits(s) for s in set(sizes)}
+        # the room is asked (statvfs, the allocator's lock) only where a placement can use it
+        may_cache = self._policy.may_place_on_pagecache
+        fits = {s: self._pagecache_fits(s) for s in set(sizes)} if may_cache else None
         pending = 0 if self.mode == DIRECT else self._pending(tenant)
         choices: list[str] = []
         total = sum(sizes)

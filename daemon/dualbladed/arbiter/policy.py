@@ -395,6 +395,15 @@ class ResidencyPolicy:
         """The path of a new object; ``now`` (the policy's clock) enables burst placement."""
         return self.place_many(tenant, (size,), usage, now, pending_bytes=pending_bytes)[0]
 
+    @property
+    def may_place_on_pagecache(self) -> bool:
+        """Whether a placement can choose the page cache at all (forced pagecache mode, or
+        adaptive with ``place_on_pagecache``): only then is the path's room worth asking."""
+        mode = self.config.mode
+        return mode is ResidencyMode.PAGECACHE or (
+            mode is ResidencyMode.ADAPTIVE and self.config.place_on_pagecache
+        )
+
     def wants_pending(self, tenant: str) -> bool:
         """Whether the tenant's next placement may begin a burst that takes free memory, and
         so needs ``pending_bytes``: its processes' mapped file pages not yet faulted in
@@ -434,11 +443,10 @@ class ResidencyPolicy:
             if forced == PAGECACHE and fits is not None:
                 return [PAGECACHE if fits[size] else DIRECT for size in sizes]
             return [forced] * len(sizes)  # type: ignore[list-item]
-        if not self.config.place_on_pagecache:  # written direct, promoted if read (docstring, 3.)
-            if now is not None:
-                self._bursts.note_many(tenant, sizes, now)  # a burst still holds migrations back
-            return [DIRECT] * len(sizes)
+        # noted in either case: a burst holds migrations back (docstring, 4.)
         first_burst = len(sizes) if now is None else self._bursts.note_many(tenant, sizes, now)
+        if not self.config.place_on_pagecache:  # written direct, promoted if read (docstring, 3.)
+            return [DIRECT] * len(sizes)
         pc, total = usage.pagecache_bytes, usage.total
         refused = math.inf  # smallest bursting size refused the page cache so far
         out: list[PathName] = []
