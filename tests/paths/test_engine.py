@@ -26,6 +26,7 @@ from dualbladed.paths.engine import (
     DirectEngine,
     aligned_buffer,
     buffer_address,
+    fanned_transfers,
     serial_transfers,
 )
 
@@ -366,3 +367,28 @@ def test_run_pieces_fan_out_overrides_serial_transfers_but_never_nests(
 
         engine.run_pieces(4, outer)
     assert len(nested) == 4 and all(len(s) == 1 for s in nested), nested
+
+
+def test_fanned_transfers_fan_out_again_inside_serial_transfers_and_restore_it(
+    namespace: Namespace,
+) -> None:
+    """A layer append (one op of many 1 MiB requests) inside a Batch's ``serial_transfers``:
+    its write fans out; on leaving, the batch's serial rule holds again."""
+    import threading
+
+    with DirectEngine(namespace, request_bytes=REQUEST, queue_depth=4) as engine:
+        barrier = threading.Barrier(2, timeout=30)
+        names: list[str] = []
+
+        def meet(index: int) -> None:
+            names.append(threading.current_thread().name)
+            if index < 2:
+                barrier.wait()
+
+        with serial_transfers():
+            with fanned_transfers():
+                engine.run_pieces(4, meet)
+            order: list[int] = []
+            engine.run_pieces(4, order.append)
+        assert len(set(names)) >= 2, names
+        assert order == [0, 1, 2, 3]  # serial again: inline, in order

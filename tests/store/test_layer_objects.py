@@ -32,7 +32,7 @@ from dualbladed.errors import (
     ResourceExhausted,
 )
 from dualbladed.namespace.file import FileNamespace
-from dualbladed.paths.engine import serial_transfers
+from dualbladed.paths.engine import aligned_buffer, serial_transfers
 from dualbladed.paths.pagecache import PageCachePath
 from dualbladed.store import MetaStore, ObjectStore
 from dualbladed.store.layers import LAYER_CHUNK_BYTES
@@ -272,6 +272,47 @@ def test_reads_fan_out_in_1mib_requests_over_several_threads(
     assert [n for _, n in seen] == [MiB] * 8
     assert in_flight[1] >= 2  # requests overlapped: queue depth > 1, not one by one
     assert len({name for name, _ in seen}) >= 2
+
+
+@pytest.mark.parametrize("in_batch", [False, True], ids=["alone", "in-a-batch"])
+def test_appends_fan_out_in_1mib_requests_over_several_threads(
+    store: ObjectStore, ns: FileNamespace, in_batch: bool
+) -> None:
+    """A prefill's append is one op of many 1 MiB writes; inside ``serial_transfers`` (a
+    Batch's ops) they ran one after another, at queue depth 1 per op. The source is aligned,
+    as a session arena is (an unaligned one is bounced a request at a time)."""
+    data = payload(5, 8 * MiB)
+    src = aligned_buffer(8 * MiB)
+    src[:] = data
+    store.reserve(T, b"big", 8 * MiB, path="direct")
+    seen: list[tuple[str, int]] = []
+    in_flight = [0, 0]  # now, most at once
+    lock = threading.Lock()
+    real = ns.pwritev
+
+    def slow_device(buffers: list[memoryview], offset: int) -> int:
+        """The file, made to take 20 ms per request like a busy device."""
+        with lock:
+            seen.append((threading.current_thread().name, sum(b.nbytes for b in buffers)))
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight)
+        try:
+            time.sleep(0.02)
+            return real(buffers, offset)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    ns.pwritev = slow_device  # type: ignore[method-assign]
+    try:
+        with serial_transfers() if in_batch else contextlib.nullcontext():
+            store.append(T, b"big", memoryview(src))
+    finally:
+        del ns.pwritev
+    assert [n for _, n in seen] == [MiB] * 8
+    assert in_flight[1] >= 2  # requests overlapped: queue depth > 1, not one by one
+    assert len({name for name, _ in seen}) >= 2
+    assert read_range(store, b"big") == data
 
 
 def test_v1_metadata_is_migrated_and_its_rows_stay_ordinary(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ How a transfer runs:
 - It is cut into ``request_bytes`` pieces. One piece (or ``queue_depth == 1``) runs inline on the
   caller's thread: no pool hop for the common small request. So does every transfer issued inside
   :func:`serial_transfers` (a batch of gets already runs its ops concurrently; see there), except
-  a :meth:`DirectEngine.run_pieces` that asks to fan out (a layer object's chunks; see there).
+  a :meth:`DirectEngine.run_pieces` that asks to fan out (a layer object's chunks; see there)
+  and a transfer inside :func:`fanned_transfers` (a layer object's append; see there).
 - Otherwise ``queue_depth`` workers (the caller's thread plus ``queue_depth - 1`` pool threads)
   each take the next piece index from a shared counter until none is left, so up to
   ``queue_depth`` requests are in flight for this call and the per-call overhead is
@@ -66,7 +67,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DirectEngine", "aligned_buffer", "buffer_address", "byte_view", "serial_transfers"]
+__all__ = [
+    "DirectEngine",
+    "aligned_buffer",
+    "buffer_address",
+    "byte_view",
+    "fanned_transfers",
+    "serial_transfers",
+]
 
 Op = Literal["read", "write"]
 
@@ -94,8 +102,28 @@ def serial_transfers() -> Iterator[None]:
     on the 2-vCPU box measured ~0.1 daemon CPU-seconds per GB of 2 MiB gets (a third of the
     daemon's cost on the direct path). Nesting is allowed; the previous state is restored.
     """
+    with _serial(True):
+        yield
+
+
+@contextlib.contextmanager
+def fanned_transfers() -> Iterator[None]:
+    """Let the transfers this thread issues fan out again inside :func:`serial_transfers`.
+
+    For one op whose transfer is many requests of its own: a prefill's layer append writes
+    16 MiB, and inline that is sixteen 1 MiB writes one after another, so a prefill's two ops
+    per layer kept the device at queue depth ~2 (fio on the residency bench's disk: 1 MiB
+    O_DIRECT requests at 0.67 GB/s at depth 1 against 1.06 at depth 8). A transfer issued on
+    an engine worker still runs inline (a nested fan-out could deadlock the pool).
+    """
+    with _serial(False):
+        yield
+
+
+@contextlib.contextmanager
+def _serial(value: bool) -> Iterator[None]:
     previous = getattr(_worker, "serial", False)
-    _worker.serial = True
+    _worker.serial = value
     try:
         yield
     finally:

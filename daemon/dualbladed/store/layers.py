@@ -28,7 +28,8 @@ object and raises :class:`~dualbladed.errors.ChecksumMismatch` naming the chunk 
 
 I/O. Direct path: a read of ``k`` chunks is ``k`` pieces of :meth:`DirectEngine.run_pieces`
 (1 MiB requests at the engine's queue depth, 8 by default), each read straight into the
-destination (the session arena) when its address is block aligned. Appends at a block-aligned
+destination (the session arena) when its address is block aligned. An append's write fans out
+the same way, also inside a Batch (:func:`~dualbladed.paths.engine.fanned_transfers`). Appends at a block-aligned
 end write whole blocks straight from the arena and bounce only the ragged last block
 (zero-padded, inside the extent). At an unaligned end the object's partial tail block (< one
 block; cached in :class:`LayerState`, read back once after a restart or a failed write) is
@@ -76,7 +77,7 @@ from dualbladed.errors import (
 )
 from dualbladed.killpoints import killpoint
 from dualbladed.paths.abstract import DIRECT, ResidencyPath
-from dualbladed.paths.engine import DirectEngine
+from dualbladed.paths.engine import DirectEngine, fanned_transfers
 from dualbladed.store.index import IndexEntry, LayerEntry, ObjectInfo
 from dualbladed.store.input import as_bytes_view, check_key, zero
 
@@ -368,11 +369,18 @@ def _write_at(
     target: ResidencyPath, info: ObjectInfo, state: LayerState, data: memoryview
 ) -> bytes | None:
     """Write ``data`` at ``info.size``; return the new partial tail block (direct path)."""
+    if target.name != DIRECT:
+        target.write(Extent(info.offset + info.size, info.length - info.size), data)
+        return None
+    with fanned_transfers():  # its 1 MiB requests in flight together, also inside a Batch
+        return _write_direct(target, info, state, data)
+
+
+def _write_direct(
+    target: ResidencyPath, info: ObjectInfo, state: LayerState, data: memoryview
+) -> bytes:
     size, n = info.size, data.nbytes
     base, length = info.offset, info.length
-    if target.name != DIRECT:
-        target.write(Extent(base + size, length - size), data)
-        return None
     block = target.alignment
     head_len = size % block
     tail = b""

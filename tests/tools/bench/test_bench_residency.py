@@ -184,6 +184,21 @@ def test_verdicts_check_each_target_on_medians() -> None:
     assert "MISSED" in text and "MET" in text
 
 
+def test_split_verdict_is_read_against_the_floor() -> None:
+    """Where everything fits the floor is the compute, and a forced page cache already reads
+    at it: a 0.9x split is then impossible, and the note says how close any split could come."""
+    records = [
+        _rec(1.0, "pagecache", 700.0, 2.0, 0.0, compute=650.0),
+        _rec(1.0, "direct", 1000.0, 2.0, 0.5, compute=660.0, kv_gbps=1.0),
+        _rec(1.0, "adaptive", 710.0, 2.0, 0.1, compute=680.0),
+    ]
+    split = _by(verdicts(summarize(records, kv_bytes=GiB)))[
+        (1.0, "adaptive decode p50 / better forced mode")
+    ]
+    assert not split.met and split.measured == pytest.approx(710 / 700)
+    assert "the floor (650 ms) allows at best 0.93x" in split.note
+
+
 def test_verdicts_missing_run_is_a_miss() -> None:
     records = [_rec(4.0, "baseline_file", 1000.0, 10.0, 0.1)]
     assert all(not v.met and v.measured is None for v in verdicts(summarize(records, GiB)))

@@ -204,6 +204,8 @@ def verdicts(summary: Sequence[Summary]) -> list[Verdict]:
         forced = [v for m in FORCED if (v := get(ratio, m, "decode_p50_ms")) is not None]
         x = over(ada, min(forced)) if forced else None
         limit = TARGET_SPLIT_PAYS if 1.0 <= ratio <= 4.0 else 1.0
+        fl = get(ratio, "adaptive", "floor_ms")
+        best = over(fl, min(forced)) if forced else None
         out.append(
             Verdict(
                 "adaptive decode p50 / better forced mode",
@@ -211,6 +213,7 @@ def verdicts(summary: Sequence[Summary]) -> list[Verdict]:
                 x,
                 f"<= {limit:.2f}x",
                 x is not None and x <= limit,
+                note="" if best is None else f"the floor ({fl:.0f} ms) allows at best {best:.2f}x",
             )
         )
         for field, name in (("decode_p50_ms", "decode p50"), ("prefill_s", "prefill")):
