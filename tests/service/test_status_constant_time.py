@@ -11,6 +11,7 @@ any per-object Python step would add thousands of lines.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -40,7 +41,11 @@ SMALL, LARGE = 30, 600
 
 
 def lines_run(fn: Callable[[], Any]) -> int:
-    """How many Python lines ``fn()`` executes on this thread (``sys.settrace`` line events)."""
+    """How many Python lines ``fn()`` executes on this thread (``sys.settrace`` line events).
+
+    The collector is run first and held off during the call: a finalizer of an earlier test's
+    garbage, run by a collection that happens to fall inside ``fn()``, would count its lines as
+    ``fn``'s (seen once in a full-suite run, never alone)."""
     count = 0
 
     def tracer(frame: FrameType, event: str, arg: Any) -> Any:
@@ -49,12 +54,15 @@ def lines_run(fn: Callable[[], Any]) -> int:
             count += 1
         return tracer
 
+    gc.collect()
+    gc.disable()
     old = sys.gettrace()
     sys.settrace(tracer)
     try:
         fn()
     finally:
         sys.settrace(old)
+        gc.enable()
     return count
 
 
