@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from dualblade_tools.bench.cgroup import CgroupUnavailable, MemoryCgroup, find_memory_root
-from dualblade_tools.bench.residency import ResidencyRecord, main_args
+from dualblade_tools.bench.residency import ResidencyRecord, fixed_overhead, main_args
 from dualblade_tools.bench.residency_summary import (
     Verdict,
     floor_ms,
@@ -116,6 +116,17 @@ def test_a_failed_run_keeps_its_cell_and_the_disk_and_measures_nothing_else() ->
     assert rest and all(value is None for value in rest.values()), rest
     (row,) = summarize([rec], kv_bytes=GiB)
     assert (row.runs, row.failed) == (0, 1)
+
+
+def test_fixed_overhead_counts_every_file_page_the_run_touched() -> None:
+    """The libraries both processes fault in are page cache too: counted as the weights alone,
+    a direct run outgrew the limit at ratio 8 (seventeenth session)."""
+    MiB = 1 << 20
+    # the direct run on the residency bench's VM: anon 254, shmem 344, file pages 1207 MiB
+    got = fixed_overhead(254 * MiB, 344 * MiB, (1207 + 344) * MiB, 1024 * MiB)
+    assert got == int(598 * MiB * 1.1) + 1207 * MiB
+    # the weights are the least: a run that has not touched all of them still leaves them room
+    assert fixed_overhead(100 * MiB, 0, 300 * MiB, 1024 * MiB) == int(110 * MiB) + 1024 * MiB
 
 
 def test_floor_is_the_unfit_kv_at_fio_speed_plus_the_least_compute() -> None:

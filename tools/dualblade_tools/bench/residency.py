@@ -9,14 +9,18 @@ ever touch is charged there), and removes the cgroup and the run's files in ``fi
 Budgets. ``ratio`` is the KV working set over the memory left for the page cache::
 
     limit(ratio) = fixed_overhead + working_set / ratio
-    fixed_overhead = 1.1 * (anon + shmem of the cgroup at the end of a calibration run) + weights
+    fixed_overhead = 1.1 * (anon + shmem) + max(weights, file pages)   (calibration run's cgroup)
 
 The calibration run is the ``direct`` daemon mode with no limit (the largest resident set: daemon
-+ client + arena, with no KV in the page cache); ``anon`` and ``shmem`` come from the cgroup's
-``memory.stat`` read by the worker at the end of decode, 10% is added for transient buffers, and
-the whole weights file is added so that weights fit with room to spare at every ratio. So at
-ratio 0.5 the page cache can hold the KV twice over; at 4 it holds a quarter of it (plus what
-the baseline saves by running no daemon: the baseline gets the same limit, never a smaller one).
++ client + arena, with no KV in the page cache); ``anon``, ``shmem`` and the file pages (page
+cache less shmem: the weights, and the libraries and state files both processes touched) come
+from the cgroup's ``memory.stat`` read by the worker at the end of decode; 10% is added to the
+resident part for transient buffers. So at ratio 0.5 the page cache can hold the KV twice over;
+at 4 it holds a quarter of it (plus what the baseline saves by running no daemon: the baseline
+gets the same limit, never a smaller one). Until the seventeenth session the file pages were
+counted as the weights alone: the ~180 MiB of torch's and Python's libraries the processes fault
+in were missing, and a direct run peaked at 1,805 MiB beside a 1,604 MiB overhead, so ratio 4
+left ~55 MiB for the KV instead of 256 and ratio 8 left none (docs/residency.md).
 
 Every (budget, mode) cell runs ``--repeat`` times (default 3); the mode order rotates from
 budget to budget and from repeat to repeat. The table shows medians with the min-max spread and
@@ -424,18 +428,19 @@ class _Bench:
                 os.fsync(fh.fileno())
 
     def calibrate(self) -> int:
-        """Fixed overhead: 1.1 x (anon + shmem) of an unlimited direct run, plus the weights."""
+        """Fixed overhead of an unlimited direct run (module docstring, :func:`fixed_overhead`)."""
         report.progress("calibrating the fixed overhead (direct mode, no limit, 2 steps)")
         spec = dataclasses.replace(self.spec, steps=2, warmup_steps=0)
         result = self._trace("calibrate", "direct", None, spec)
         if "error" in result:
             raise RuntimeError(f"calibration run failed: {result['error']}")
-        resident = result["cgroup_anon_bytes"] + result["cgroup_shmem_bytes"]
-        overhead = int(resident * 1.1) + self.spec.weight_bytes
+        anon, shmem = result["cgroup_anon_bytes"], result["cgroup_shmem_bytes"]
+        cache = result["cgroup_cache_bytes"]
+        overhead = fixed_overhead(anon, shmem, cache, self.spec.weight_bytes)
         report.progress(
-            f"resident {resident / MiB:.0f} MiB (anon {result['cgroup_anon_bytes'] / MiB:.0f}, "
-            f"shmem {result['cgroup_shmem_bytes'] / MiB:.0f}) -> fixed overhead "
-            f"{overhead / MiB:.0f} MiB"
+            f"anon {anon / MiB:.0f} MiB, shmem {shmem / MiB:.0f}, file pages "
+            f"{(cache - shmem) / MiB:.0f} (weights {self.spec.weight_bytes / MiB:.0f}) -> "
+            f"fixed overhead {overhead / MiB:.0f} MiB"
         )
         return overhead
 
@@ -566,6 +571,13 @@ class _Bench:
 
 
 # --------------------------------------------------------------------------- output
+
+
+def fixed_overhead(anon: int, shmem: int, cache: int, weight_bytes: int) -> int:
+    """The memory a run needs besides the KV's page cache: its resident set (anon + shmem) with
+    10% for transient buffers, and its file pages (``cache`` counts shmem too: v1 ``cache``, v2
+    ``file``), at least the whole weights file."""
+    return int((anon + shmem) * 1.1) + max(weight_bytes, cache - shmem)
 
 
 def run_order(modes: Sequence[str], budget_index: int) -> list[str]:
