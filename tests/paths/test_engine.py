@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -330,6 +330,21 @@ def test_serial_transfers_keep_a_large_read_on_the_callers_thread(namespace: Nam
     assert dst2[:] == src[:]
 
 
+def _meeting(names: list[str]) -> Callable[[int], None]:
+    """A piece function whose first two pieces meet at a barrier only two distinct threads can
+    pass (run inline, the first waits alone: BrokenBarrierError); each piece names its thread."""
+    import threading
+
+    barrier = threading.Barrier(2, timeout=30)
+
+    def meet(index: int) -> None:
+        names.append(threading.current_thread().name)
+        if index < 2:
+            barrier.wait()
+
+    return meet
+
+
 def test_run_pieces_fan_out_overrides_serial_transfers_but_never_nests(
     namespace: Namespace,
 ) -> None:
@@ -341,16 +356,9 @@ def test_run_pieces_fan_out_overrides_serial_transfers_but_never_nests(
     import threading
 
     with DirectEngine(namespace, request_bytes=REQUEST, queue_depth=4) as engine:
-        barrier = threading.Barrier(2, timeout=30)
         names: list[str] = []
-
-        def meet(index: int) -> None:
-            names.append(threading.current_thread().name)
-            if index < 2:
-                barrier.wait()
-
         with serial_transfers():
-            engine.run_pieces(4, meet, fan_out=True)
+            engine.run_pieces(4, _meeting(names), fan_out=True)
         assert len(set(names)) >= 2, names
 
         order: list[int] = []
@@ -374,20 +382,11 @@ def test_fanned_transfers_fan_out_again_inside_serial_transfers_and_restore_it(
 ) -> None:
     """A layer append (one op of many 1 MiB requests) inside a Batch's ``serial_transfers``:
     its write fans out; on leaving, the batch's serial rule holds again."""
-    import threading
-
     with DirectEngine(namespace, request_bytes=REQUEST, queue_depth=4) as engine:
-        barrier = threading.Barrier(2, timeout=30)
         names: list[str] = []
-
-        def meet(index: int) -> None:
-            names.append(threading.current_thread().name)
-            if index < 2:
-                barrier.wait()
-
         with serial_transfers():
             with fanned_transfers():
-                engine.run_pieces(4, meet)
+                engine.run_pieces(4, _meeting(names))
             order: list[int] = []
             engine.run_pieces(4, order.append)
         assert len(set(names)) >= 2, names

@@ -235,6 +235,44 @@ def test_ephemeral_layer_objects_are_freed_with_their_session(store: ObjectStore
     assert store.usage(T) == 2 * (64 << 10)
 
 
+class SlowDevice:
+    """One of the namespace's syscalls (``preadv`` or ``pwritev``), made to take 20 ms per
+    request like a busy device, so that whether requests overlap does not depend on how the
+    scheduler happens to run threads. Records each request's thread and size, and the most
+    requests in flight at once."""
+
+    def __init__(self, ns: FileNamespace, name: str) -> None:
+        self.ns, self.name = ns, name
+        self.real = getattr(ns, name)
+        self.seen: list[tuple[str, int]] = []
+        self.now = self.most = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, buffers: list[memoryview], offset: int) -> int:
+        with self.lock:
+            self.seen.append((threading.current_thread().name, sum(b.nbytes for b in buffers)))
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.02)
+            return self.real(buffers, offset)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+    def __enter__(self) -> SlowDevice:
+        setattr(self.ns, self.name, self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        delattr(self.ns, self.name)
+
+    def assert_fanned_out(self, requests: int) -> None:
+        assert [n for _, n in self.seen] == [MiB] * requests
+        assert self.most >= 2  # requests overlapped: queue depth > 1, not one by one
+        assert len({name for name, _ in self.seen}) >= 2
+
+
 @pytest.mark.parametrize("in_batch", [False, True], ids=["alone", "in-a-batch"])
 def test_reads_fan_out_in_1mib_requests_over_several_threads(
     store: ObjectStore, ns: FileNamespace, in_batch: bool
@@ -244,34 +282,10 @@ def test_reads_fan_out_in_1mib_requests_over_several_threads(
     data = payload(4, 8 * MiB)
     store.reserve(T, b"big", 8 * MiB, path="direct")
     store.append(T, b"big", memoryview(data))
-    seen: list[tuple[str, int]] = []
-    in_flight = [0, 0]  # now, most at once
-    lock = threading.Lock()
-    real = ns.preadv
-
-    def slow_device(buffers: list[memoryview], offset: int) -> int:
-        """The file, made to take 20 ms per request like a busy device (so that whether
-        requests overlap does not depend on how the scheduler happens to run threads)."""
-        with lock:
-            seen.append((threading.current_thread().name, sum(b.nbytes for b in buffers)))
-            in_flight[0] += 1
-            in_flight[1] = max(in_flight)
-        try:
-            time.sleep(0.02)
-            return real(buffers, offset)
-        finally:
-            with lock:
-                in_flight[0] -= 1
-
-    ns.preadv = slow_device  # type: ignore[method-assign]
-    try:
-        with serial_transfers() if in_batch else contextlib.nullcontext():
-            assert read_range(store, b"big") == data
-    finally:
-        del ns.preadv
-    assert [n for _, n in seen] == [MiB] * 8
-    assert in_flight[1] >= 2  # requests overlapped: queue depth > 1, not one by one
-    assert len({name for name, _ in seen}) >= 2
+    batch = serial_transfers() if in_batch else contextlib.nullcontext()
+    with SlowDevice(ns, "preadv") as device, batch:
+        assert read_range(store, b"big") == data
+    device.assert_fanned_out(8)
 
 
 @pytest.mark.parametrize("in_batch", [False, True], ids=["alone", "in-a-batch"])
@@ -285,33 +299,10 @@ def test_appends_fan_out_in_1mib_requests_over_several_threads(
     src = aligned_buffer(8 * MiB)
     src[:] = data
     store.reserve(T, b"big", 8 * MiB, path="direct")
-    seen: list[tuple[str, int]] = []
-    in_flight = [0, 0]  # now, most at once
-    lock = threading.Lock()
-    real = ns.pwritev
-
-    def slow_device(buffers: list[memoryview], offset: int) -> int:
-        """The file, made to take 20 ms per request like a busy device."""
-        with lock:
-            seen.append((threading.current_thread().name, sum(b.nbytes for b in buffers)))
-            in_flight[0] += 1
-            in_flight[1] = max(in_flight)
-        try:
-            time.sleep(0.02)
-            return real(buffers, offset)
-        finally:
-            with lock:
-                in_flight[0] -= 1
-
-    ns.pwritev = slow_device  # type: ignore[method-assign]
-    try:
-        with serial_transfers() if in_batch else contextlib.nullcontext():
-            store.append(T, b"big", memoryview(src))
-    finally:
-        del ns.pwritev
-    assert [n for _, n in seen] == [MiB] * 8
-    assert in_flight[1] >= 2  # requests overlapped: queue depth > 1, not one by one
-    assert len({name for name, _ in seen}) >= 2
+    batch = serial_transfers() if in_batch else contextlib.nullcontext()
+    with SlowDevice(ns, "pwritev") as device, batch:
+        store.append(T, b"big", memoryview(src))
+    device.assert_fanned_out(8)
     assert read_range(store, b"big") == data
 
 
