@@ -27,17 +27,18 @@ object and raises :class:`~dualbladed.errors.ChecksumMismatch` naming the chunk 
 ``get``: torn or stale bytes are never returned).
 
 I/O. Direct path: a read of ``k`` chunks is ``k`` pieces of :meth:`DirectEngine.run_pieces`
-(1 MiB requests at the engine's queue depth, 8 by default), each read straight into the
-destination (the session arena) when its address is block aligned. An append's write fans out
-the same way, also inside a Batch (:func:`~dualbladed.paths.engine.fanned_transfers`). Appends at a block-aligned
-end write whole blocks straight from the arena and bounce only the ragged last block
-(zero-padded, inside the extent). At an unaligned end the object's partial tail block (< one
-block; cached in :class:`LayerState`, read back once after a restart or a failed write) is
-written together with the head of the new bytes from a small aligned buffer; the rest follows
-at the next block boundary (bounced too, since its source address is then off the block grid --
-appends of whole blocks keep the end aligned and never take this path). The rewritten tail block carries the same committed bytes, so a
-concurrent reader of ``[0, size)`` sees the same values. Page-cache path: a plain ``pwrite``
-at the offset inside the slab range (contiguous, with the same reserved capacity).
+(1 MiB requests at the engine's queue depth, 8 by default), each read straight into the destination
+(the session arena) when its address is block aligned. An append's write fans out the same way,
+also inside a Batch (:func:`~dualbladed.paths.engine.fanned_transfers`). Appends at a
+block-aligned end write whole blocks straight from the arena and bounce only the ragged last
+block (zero-padded, inside the extent). At an unaligned end the object's partial tail block (<
+one block; cached in :class:`LayerState`, read back once after a restart or a failed write) is
+written together with the head of the new bytes from a small aligned buffer; the rest follows at
+the next block boundary (bounced too, since its source address is then off the block grid --
+appends of whole blocks keep the end aligned and never take this path). The rewritten tail block
+carries the same committed bytes, so a concurrent reader of ``[0, size)`` sees the same values.
+Page-cache path: a plain ``pwrite`` at the offset inside the slab range (contiguous, with the
+same reserved capacity).
 
 Crash ordering of an append (ordered by the object's :attr:`LayerState.lock`; one append at a
 time per object, reads never wait for it)::

@@ -49,8 +49,9 @@ SSD utilisation = (storage-layer bytes read + written by the worker and the daem
 measured decode steps, from ``/proc/<pid>/io``) / decode seconds / fio's O_DIRECT sequential read
 bandwidth (1 MiB requests, ``FIO_JOBS`` = 8 psync jobs: the direct path's queue depth) on the
 benchmark's fio file, measured right after each run. The fio file is written once at start-up
-in the same directory (same filesystem and disk) as the KV files and namespaces; it cannot be the daemon's namespace itself, whose unwritten extents
-would read as zeros without touching the disk.
+in the same directory (same filesystem and disk) as the KV files and namespaces; it cannot be
+the daemon's namespace itself, whose unwritten extents would read as zeros without touching the
+disk.
 """
 
 from __future__ import annotations
